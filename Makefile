@@ -1,0 +1,150 @@
+# pdserve -- one Makefile for everything. See README.md.
+#
+#   make            build every binary and library into build/
+#   make run        deps + build + default model + start a local cluster
+#   make stop       stop what `make run` started
+#   make test       deps + build + models + referee + every test
+#   make asan       the same tests on an ASan+UBSan build (build-asan/)
+#   make fuzz       libFuzzer targets (clang), a short run of each
+#   make bench-engine  engine speed vs the machine's limits and llama.cpp
+#   make deps       install missing Debian packages (needs root)
+#   make lint       cppcheck + clang-tidy
+
+CC       ?= gcc
+BUILD    ?= build
+SAN      ?=
+PKGS     := libzmq libprotobuf-c yaml-0.1 libmicrohttpd jansson libpcre2-8 libxxhash openblas libsodium
+OPT      ?= -O2
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
+               -fno-strict-aliasing -pthread -march=x86-64 -mtune=native -I common -I $(BUILD)/gen -I client
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+ifeq ($(SAN),)
+MALLOC_LIB := $(shell pkg-config --libs jemalloc 2>/dev/null)
+else
+# ASan brings its own allocator; jemalloc would hide what it checks.
+MALLOC_LIB :=
+endif
+CFLAGS   := $(CFLAGS_BASE) $(PKG_CFLAGS) $(SAN) $(EXTRA_CFLAGS)
+LDFLAGS  := -pthread $(SAN)
+LIBS     := $(PKG_LIBS) $(MALLOC_LIB) -lm
+
+PROTOS      := $(wildcard proto/*.proto)
+PROTO_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
+PROTO_H     := $(PROTO_C:.c=.h)
+COMMON_SRC  := $(wildcard common/*.c)
+COMMON_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
+CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$(wildcard client/*.c))
+CLIENT_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRC))
+ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
+CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
+
+# Binaries: one per tool, one per process folder (all of its .c files).
+TOOLS       := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/pd-*.c))
+CLIENT_BINS := $(patsubst client/%.c,$(BUILD)/bin/%,$(wildcard client/pd-*.c))
+PROC_BINS   := $(if $(wildcard router/*.c),$(BUILD)/bin/pd-router) \
+               $(if $(wildcard prefill_worker/*.c),$(BUILD)/bin/pd-prefill) \
+               $(if $(wildcard decode_worker/*.c),$(BUILD)/bin/pd-decode)
+UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
+HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/helpers/*.c))
+
+.PHONY: all deps test asan tsan fuzz lint run stop bench bench-engine models referee clean check-tests
+all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
+
+deps:
+	@scripts/deps.sh
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Wno-error -c $< -o $@
+
+# AVX2/FMA/F16C code lives in *_avx2.c files only; dispatch is at run time.
+$(BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(ENGINE_LIB): $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(CLIENT_LIB): $(CLIENT_OBJ) $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/pd-%: $(BUILD)/obj/tools/pd-%.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/bin/pd-cli $(BUILD)/bin/pd-bench $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/bin/pd-router: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard router/*.c)) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/bin/pd-prefill: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard prefill_worker/*.c)) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/bin/pd-decode: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard decode_worker/*.c)) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+# Test models (pd-mkmodel) and the llama.cpp referee (npm).
+referee:
+	@scripts/referee.sh
+
+models: all referee
+	@BUILD=$(BUILD) scripts/models.sh
+
+test: deps all models
+	@BUILD=$(BUILD) tests/run.sh
+
+asan:
+	@scripts/deps.sh
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" OPT=-O1 all
+	@$(MAKE) --no-print-directory models
+	@BUILD=build-asan MODELS=build/models ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 tests/run.sh
+
+tsan:
+	$(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT=-O1 all
+	@$(MAKE) --no-print-directory models
+	@BUILD=build-tsan MODELS=build/models tests/run.sh --unit-only
+
+fuzz:
+	@scripts/fuzz.sh
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
+	    --suppress=missingIncludeSystem -I common common router prefill_worker decode_worker client tools
+
+bench-engine: all models
+	@BUILD=$(BUILD) scripts/bench-engine.sh
+
+run:
+	@scripts/run.sh start
+
+stop:
+	@scripts/run.sh stop
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

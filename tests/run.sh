@@ -1,0 +1,84 @@
+#!/bin/bash
+# The test runner: every unit test (cmocka), then the oracle, cluster and
+# fuzz-regression scripts. Each script prints TAP-style lines
+# "ok - NAME" / "not ok - NAME"; cmocka binaries report their own counts.
+# Ends with one line: "N passed, N failed".
+#
+#   tests/run.sh [--unit-only] [FILTER]
+# Env: BUILD (build dir, default build), MODELS (model dir, default $BUILD/models)
+set -u
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+export BUILD
+export MODELS=${MODELS:-$BUILD/models}
+export PD_BIN=$BUILD/bin
+UNIT_ONLY=0
+FILTER=""
+for a in "$@"; do
+    case "$a" in
+    --unit-only) UNIT_ONLY=1 ;;
+    *) FILTER="$a" ;;
+    esac
+done
+passed=0
+failed=0
+failures=()
+LOGDIR=$BUILD/test-logs
+mkdir -p "$LOGDIR"
+
+run_cmocka() {
+    local bin=$1 name log p f
+    name=$(basename "$bin")
+    log=$LOGDIR/$name.log
+    local t0=$SECONDS
+    timeout 600 "$bin" >"$log" 2>&1
+    local rc=$?
+    p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | awk '{print $4}' | tail -1)
+    f=$(grep -E '^\[  FAILED  \] [0-9]+ test' "$log" | awk '{print $4}' | tail -1)
+    p=${p:-0}; f=${f:-0}
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; fi
+    passed=$((passed + p)); failed=$((failed + f))
+    printf '%-40s %3d passed %3d failed  (%ds)\n' "$name" "$p" "$f" $((SECONDS - t0))
+    if [ "$f" != 0 ]; then
+        failures+=("$name")
+        grep -E '^\[  (FAILED|ERROR)|[Ff]ailure|ERROR|error:' "$log" | head -20 | sed 's/^/    /'
+    fi
+}
+
+run_script() {
+    local script=$1 name log p f
+    name=$(basename "$script")
+    log=$LOGDIR/$name.log
+    local t0=$SECONDS
+    timeout 1200 "$script" >"$log" 2>&1
+    local rc=$?
+    p=$(grep -cE '^ok( |$)' "$log")
+    f=$(grep -cE '^not ok( |$)' "$log")
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; echo "not ok - $name exited $rc" >>"$log"; fi
+    passed=$((passed + p)); failed=$((failed + f))
+    printf '%-40s %3d passed %3d failed  (%ds)\n' "$name" "$p" "$f" $((SECONDS - t0))
+    if [ "$f" != 0 ]; then
+        failures+=("$name")
+        grep -E '^not ok|^#' "$log" | head -30 | sed 's/^/    /'
+    fi
+}
+
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    case "$t" in *"$FILTER"*) ;; *) continue ;; esac
+    run_cmocka "$t"
+done
+if [ "$UNIT_ONLY" = 0 ]; then
+    for dir in tests/oracle tests/cluster tests/fuzz; do
+        for s in "$dir"/t_*.sh "$dir"/t_*.mjs; do
+            [ -e "$s" ] || continue
+            case "$s" in *"$FILTER"*) ;; *) continue ;; esac
+            run_script "$s"
+        done
+    done
+fi
+if [ ${#failures[@]} -gt 0 ]; then
+    echo "failing: ${failures[*]} (logs in $LOGDIR)"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]
