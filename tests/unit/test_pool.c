@@ -1,0 +1,224 @@
+/* test_pool.c -- the thread pool runs every task index exactly once, for
+ * any task count and thread count, over many submissions, also after the
+ * workers went to sleep; runs on the worker threads concurrently. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pool.h"
+
+#define MAX_TASKS 4096
+
+typedef struct {
+    atomic_int count[MAX_TASKS];
+    atomic_int bad_n_tasks;
+    int expect_n_tasks;
+} count_ctx_t;
+
+static void count_task(void *arg, int i, int n)
+{
+    count_ctx_t *c = arg;
+    if (n != c->expect_n_tasks || i < 0 || i >= n)
+        atomic_fetch_add(&c->bad_n_tasks, 1);
+    else
+        atomic_fetch_add(&c->count[i], 1);
+}
+
+static void run_and_check(pd_pool_t *pool, count_ctx_t *c, int n_tasks)
+{
+    for (int i = 0; i < MAX_TASKS; i++)
+        atomic_store(&c->count[i], 0);
+    atomic_store(&c->bad_n_tasks, 0);
+    c->expect_n_tasks = n_tasks;
+    pd_pool_run(pool, count_task, c, n_tasks);
+    assert_int_equal(atomic_load(&c->bad_n_tasks), 0);
+    for (int i = 0; i < MAX_TASKS; i++)
+        assert_int_equal(atomic_load(&c->count[i]), i < n_tasks ? 1 : 0);
+}
+
+static void test_new_free(void **state)
+{
+    (void)state;
+    assert_null(pd_pool_new(0));
+    assert_null(pd_pool_new(-3));
+    assert_null(pd_pool_new(100000));
+    pd_pool_free(NULL);
+    assert_int_equal(pd_pool_n_threads(NULL), 1);
+    for (int n = 1; n <= 4; n++) {
+        pd_pool_t *p = pd_pool_new(n);
+        assert_non_null(p);
+        assert_int_equal(pd_pool_n_threads(p), n);
+        pd_pool_free(p);
+    }
+}
+
+static void test_every_task_once(void **state)
+{
+    (void)state;
+    count_ctx_t *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    const int task_counts[] = {0, 1, 2, 3, 5, 7, 64, 1000, MAX_TASKS};
+    for (int n_threads = 1; n_threads <= 4; n_threads++) {
+        pd_pool_t *p = pd_pool_new(n_threads);
+        assert_non_null(p);
+        for (size_t k = 0; k < sizeof(task_counts) / sizeof(task_counts[0]); k++)
+            run_and_check(p, c, task_counts[k]);
+        pd_pool_free(p);
+    }
+    /* NULL pool: inline */
+    for (size_t k = 0; k < sizeof(task_counts) / sizeof(task_counts[0]); k++)
+        run_and_check(NULL, c, task_counts[k]);
+    /* negative counts run nothing */
+    pd_pool_t *p = pd_pool_new(2);
+    assert_non_null(p);
+    run_and_check(p, c, -5);
+    pd_pool_free(p);
+    free(c);
+}
+
+/* 10k submissions back to back, with varying task counts. */
+typedef struct {
+    atomic_long sum;
+    atomic_int calls;
+} sum_ctx_t;
+
+static void sum_task(void *arg, int i, int n)
+{
+    sum_ctx_t *c = arg;
+    (void)n;
+    atomic_fetch_add(&c->sum, i + 1);
+    atomic_fetch_add(&c->calls, 1);
+}
+
+static void test_stress_submissions(void **state)
+{
+    (void)state;
+    for (int n_threads = 2; n_threads <= 3; n_threads++) {
+        pd_pool_t *p = pd_pool_new(n_threads);
+        assert_non_null(p);
+        for (int it = 0; it < 10000; it++) {
+            sum_ctx_t c;
+            atomic_init(&c.sum, 0);
+            atomic_init(&c.calls, 0);
+            int n = it % 9;
+            pd_pool_run(p, sum_task, &c, n);
+            assert_int_equal(atomic_load(&c.calls), n);
+            assert_int_equal(atomic_load(&c.sum), (long)n * (n + 1) / 2);
+        }
+        pd_pool_free(p);
+    }
+}
+
+/* Workers that fell asleep (idle longer than the spin time) wake up for
+ * the next submission. */
+static void test_wake_after_sleep(void **state)
+{
+    (void)state;
+    count_ctx_t *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    pd_pool_t *p = pd_pool_new(3);
+    assert_non_null(p);
+    for (int round = 0; round < 5; round++) {
+        struct timespec ts = {0, 20 * 1000 * 1000}; /* 20 ms >> spin time */
+        nanosleep(&ts, NULL);
+        run_and_check(p, c, 100);
+    }
+    pd_pool_free(p);
+    free(c);
+}
+
+/* Two tasks that each wait for the other to start can only finish if a
+ * worker runs one of them while the caller runs the other. */
+typedef struct {
+    atomic_int started;
+    atomic_int timed_out;
+    pthread_t who[2];
+} meet_ctx_t;
+
+static void meet_task(void *arg, int i, int n)
+{
+    meet_ctx_t *c = arg;
+    (void)n;
+    c->who[i] = pthread_self();
+    atomic_fetch_add(&c->started, 1);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&c->started) < 2) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 10) {
+            atomic_store(&c->timed_out, 1);
+            return;
+        }
+    }
+}
+
+static void test_runs_concurrently(void **state)
+{
+    (void)state;
+    pd_pool_t *p = pd_pool_new(2);
+    assert_non_null(p);
+    for (int round = 0; round < 20; round++) {
+        meet_ctx_t c;
+        memset(&c, 0, sizeof(c));
+        atomic_init(&c.started, 0);
+        atomic_init(&c.timed_out, 0);
+        pd_pool_run(p, meet_task, &c, 2);
+        assert_int_equal(atomic_load(&c.timed_out), 0);
+        assert_false(pthread_equal(c.who[0], c.who[1]));
+    }
+    pd_pool_free(p);
+}
+
+/* More tasks than one generation's 16-bit counter: indices keep counting
+ * past 65535 and every one runs once, with the caller's n_tasks. */
+#define BIG_TASKS 70001
+typedef struct {
+    atomic_uchar seen[BIG_TASKS];
+    atomic_int bad;
+} big_ctx_t;
+
+static void big_task(void *arg, int i, int n)
+{
+    big_ctx_t *c = arg;
+    if (n != BIG_TASKS || i < 0 || i >= n)
+        atomic_fetch_add(&c->bad, 1);
+    else
+        atomic_fetch_add(&c->seen[i], 1);
+}
+
+static void test_many_tasks(void **state)
+{
+    (void)state;
+    big_ctx_t *c = calloc(1, sizeof(*c));
+    assert_non_null(c);
+    pd_pool_t *p = pd_pool_new(2);
+    assert_non_null(p);
+    pd_pool_run(p, big_task, c, BIG_TASKS);
+    assert_int_equal(atomic_load(&c->bad), 0);
+    for (int i = 0; i < BIG_TASKS; i++)
+        assert_int_equal(atomic_load(&c->seen[i]), 1);
+    pd_pool_free(p);
+    free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_new_free),
+        cmocka_unit_test(test_every_task_once),
+        cmocka_unit_test(test_stress_submissions),
+        cmocka_unit_test(test_wake_after_sleep),
+        cmocka_unit_test(test_runs_concurrently),
+        cmocka_unit_test(test_many_tasks),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

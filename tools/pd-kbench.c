@@ -1,0 +1,500 @@
+/* pd-kbench -- microbenchmark of the matmul kernels against the machine's
+ * limits (memory read bandwidth, sgemm peak) and OpenBLAS.
+ *
+ *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]
+ *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]
+ *   pd-kbench --limits [--threads N] [--json]
+ *
+ * --limits prints only the machine's limits, with --json as one object:
+ *   {"mem_read_gb_s": X, "sgemm_gflops": Y, "threads": N}
+ * Without --limits, for every shape, type, row count and thread count
+ * (1 and N) it prints the time of pd_matmul, the weight bytes it streams
+ * per second (GB/s) and GFLOPS, and for F32 the time of cblas_sgemm (and
+ * cblas_sgemv for one row). --json prints one JSON object per line.
+ */
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gguf.h"
+#include "kernels.h"
+#include "pool.h"
+
+#define MAX_SHAPES 8
+#define MAX_ROWS_LIST 16
+#define MAX_TYPES 5
+#define MIN_BENCH_S 0.25    /* time spent per measurement, seconds */
+#define MIN_REPS 5
+#define READ_BUF_BYTES (512u << 20) /* > L3, so the read test hits DRAM */
+
+typedef struct {
+    int threads;
+    int json;
+    int limits;
+    int quick;
+    unsigned skinny_max;
+    int n_shapes;
+    unsigned shape_out[MAX_SHAPES], shape_in[MAX_SHAPES];
+    int n_rows_list;
+    unsigned rows_list[MAX_ROWS_LIST];
+    int n_types;
+    pd_ggml_type_t types[MAX_TYPES];
+} opts_t;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Best (minimum) seconds per call of fn(ctx), over at least MIN_REPS calls
+ * and min_s seconds, after one warm-up call. The minimum, not the median:
+ * on a shared machine other processes only ever add time. */
+typedef void (*bench_fn)(void *ctx);
+static double bench(bench_fn fn, void *ctx, double min_s)
+{
+    double times[4096];
+    int n = 0;
+    fn(ctx);
+    double t_start = now_s();
+    while (n < 4096 && (n < MIN_REPS || now_s() - t_start < min_s)) {
+        double t0 = now_s();
+        fn(ctx);
+        times[n++] = now_s() - t0;
+    }
+    qsort(times, (size_t)n, sizeof(double), cmp_double);
+    return times[0];
+}
+
+/* ====== Memory read bandwidth ====== */
+
+typedef struct {
+    const float *buf;
+    size_t n;       /* floats */
+    float sink[64]; /* one per task, so the reads are not optimized away */
+} read_ctx_t;
+
+__attribute__((target("avx2"))) static float sum_floats(const float *p, size_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_load_ps(p + i));
+        s1 = _mm256_add_ps(s1, _mm256_load_ps(p + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_load_ps(p + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_load_ps(p + i + 24));
+    }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return out[0] + out[7];
+}
+
+static void read_task(void *arg, int i, int n)
+{
+    read_ctx_t *c = arg;
+    size_t per = c->n / (size_t)n / 32 * 32;
+    c->sink[i % 64] += sum_floats(c->buf + per * (size_t)i, per);
+}
+
+typedef struct {
+    pd_pool_t *pool;
+    read_ctx_t rc;
+    int n_tasks;
+} read_bench_t;
+
+static void read_run(void *arg)
+{
+    read_bench_t *b = arg;
+    pd_pool_run(b->pool, read_task, &b->rc, b->n_tasks);
+}
+
+static double mem_read_gb_s(pd_pool_t *pool)
+{
+    float *buf = aligned_alloc(64, READ_BUF_BYTES);
+    if (!buf)
+        return 0.0;
+    for (size_t i = 0; i < READ_BUF_BYTES / 4; i++)
+        buf[i] = (float)(i & 1023);
+    read_bench_t b = {.pool = pool, .rc = {.buf = buf, .n = READ_BUF_BYTES / 4},
+                      .n_tasks = pd_pool_n_threads(pool)};
+    double t = bench(read_run, &b, 1.0);
+    free(buf);
+    return (double)READ_BUF_BYTES / t * 1e-9;
+}
+
+/* ====== sgemm peak ====== */
+
+typedef struct {
+    int m, n, k;
+    const float *a, *b;
+    float *c;
+} gemm_ctx_t;
+
+static void gemm_run(void *arg)
+{
+    gemm_ctx_t *g = arg;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->m, g->n, g->k, 1.0f, g->a, g->k,
+                g->b, g->k, 0.0f, g->c, g->n);
+}
+
+static void gemv_run(void *arg)
+{
+    gemm_ctx_t *g = arg;
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, g->n, g->k, 1.0f, g->b, g->k, g->a, 1, 0.0f,
+                g->c, 1);
+}
+
+static float *rand_floats(size_t n, unsigned seed)
+{
+    float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+    if (!p)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        p[i] = (float)((seed >> 8) & 0xffff) / 32768.0f - 1.0f;
+    }
+    return p;
+}
+
+static double sgemm_gflops(void)
+{
+    const int s = 1536;
+    float *a = rand_floats((size_t)s * s, 1), *b = rand_floats((size_t)s * s, 2);
+    float *c = rand_floats((size_t)s * s, 3);
+    double gf = 0.0;
+    if (a && b && c) {
+        gemm_ctx_t g = {s, s, s, a, b, c};
+        double t = bench(gemm_run, &g, 1.0);
+        gf = 2.0 * s * s * (double)s / t * 1e-9;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return gf;
+}
+
+/* ====== pd_matmul ====== */
+
+typedef struct {
+    pd_pool_t *pool;
+    const pd_mat_t *w;
+    const float *x;
+    unsigned n_rows;
+    float *y;
+    void *scratch;
+    unsigned skinny_max;
+} mm_ctx_t;
+
+static void mm_run(void *arg)
+{
+    mm_ctx_t *m = arg;
+    pd_matmul(m->pool, m->w, m->x, m->n_rows, m->y, m->scratch, m->skinny_max);
+}
+
+/* Weights of the given type from fp32 values (n_out rows of n_in). */
+static void *make_weights(pd_ggml_type_t t, const float *wf, unsigned n_out, unsigned n_in,
+                          size_t *row_bytes)
+{
+    size_t rb = (size_t)pd_ggml_row_bytes(t, n_in);
+    uint8_t *w = aligned_alloc(64, (rb * n_out + 63) / 64 * 64);
+    if (!w)
+        return NULL;
+    for (unsigned o = 0; o < n_out; o++) {
+        const float *src = wf + (size_t)o * n_in;
+        uint8_t *dst = w + (size_t)o * rb;
+        switch (t) {
+        case PD_GGML_TYPE_F32: memcpy(dst, src, rb); break;
+        case PD_GGML_TYPE_F16:
+        case PD_GGML_TYPE_BF16:
+            for (unsigned i = 0; i < n_in; i++) {
+                uint16_t h = t == PD_GGML_TYPE_F16 ? pd_fp32_to_fp16(src[i]) : pd_fp32_to_bf16(src[i]);
+                memcpy(dst + 2 * i, &h, 2);
+            }
+            break;
+        case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(src, dst, n_in); break;
+        case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(src, dst, n_in); break;
+        }
+    }
+    *row_bytes = rb;
+    return w;
+}
+
+static void print_row(const opts_t *o, const char *what, const char *type, unsigned n_out,
+                      unsigned n_in, unsigned rows, int threads, double t, double bytes)
+{
+    double gb = bytes / t * 1e-9;
+    double gf = 2.0 * n_out * (double)n_in * rows / t * 1e-9;
+    if (o->json)
+        printf("{\"bench\":\"%s\",\"type\":\"%s\",\"n_out\":%u,\"n_in\":%u,\"rows\":%u,"
+               "\"threads\":%d,\"ms\":%.4f,\"gb_s\":%.2f,\"gflops\":%.2f}\n",
+               what, type, n_out, n_in, rows, threads, t * 1e3, gb, gf);
+    else
+        printf("%-8s %-5s %6ux%-5u rows %3u thr %d  %9.3f ms  %7.2f GB/s  %7.2f GFLOPS\n", what,
+               type, n_out, n_in, rows, threads, t * 1e3, gb, gf);
+    fflush(stdout);
+}
+
+/* The machine's limits, measured first; the summaries compare against them. */
+typedef struct {
+    double mem_gb_s;
+    double sgemm_gflops;
+} limits_t;
+
+/* One line per type and thread count: the ratios the design asks for
+ * (batch 8 vs batch 1, batch 32 vs the sgemm peak, batch 1 vs the memory
+ * bandwidth) and the largest row count for which the skinny kernel beat
+ * sgemm (the skinny_max to use). t_mm / t_gemm: seconds per row count,
+ * 0 when not measured. */
+static void print_summary(const opts_t *o, const limits_t *lim, const char *type, unsigned n_out,
+                          unsigned n_in, int threads, size_t wbytes, const double *t_mm,
+                          const double *t_gemm)
+{
+    double t1 = 0, t8 = 0, t32 = 0;
+    unsigned skinny_wins_to = 0;
+    for (int i = 0; i < o->n_rows_list; i++) {
+        unsigned r = o->rows_list[i];
+        if (r == 1)
+            t1 = t_mm[i];
+        if (r == 8)
+            t8 = t_mm[i];
+        if (r == 32)
+            t32 = t_mm[i];
+        if (t_gemm[i] > 0 && t_mm[i] > 0 && t_mm[i] <= t_gemm[i])
+            skinny_wins_to = r;
+    }
+    double gb1 = t1 > 0 ? (double)wbytes / t1 * 1e-9 : 0;
+    double gf32 = t32 > 0 ? 2.0 * n_out * (double)n_in * 32 / t32 * 1e-9 : 0;
+    if (o->json)
+        printf("{\"summary\":\"%s\",\"n_out\":%u,\"n_in\":%u,\"threads\":%d,"
+               "\"rows1_gb_s\":%.2f,\"rows1_pct_mem\":%.1f,\"rows8_over_rows1\":%.2f,"
+               "\"rows32_gflops\":%.2f,\"rows32_pct_sgemm\":%.1f,\"skinny_beats_sgemm_to\":%u}\n",
+               type, n_out, n_in, threads, gb1, lim->mem_gb_s > 0 ? 100 * gb1 / lim->mem_gb_s : 0,
+               t1 > 0 && t8 > 0 ? t8 / t1 : 0, gf32,
+               lim->sgemm_gflops > 0 ? 100 * gf32 / lim->sgemm_gflops : 0, skinny_wins_to);
+    else
+        printf("summary  %-5s %6ux%-5u thr %d  rows1 %.1f GB/s (%.0f%% of mem read)  "
+               "rows8/rows1 %.2fx  rows32 %.1f GFLOPS (%.0f%% of sgemm peak)  "
+               "skinny beats sgemm up to %u rows\n",
+               type, n_out, n_in, threads, gb1, lim->mem_gb_s > 0 ? 100 * gb1 / lim->mem_gb_s : 0,
+               t1 > 0 && t8 > 0 ? t8 / t1 : 0, gf32,
+               lim->sgemm_gflops > 0 ? 100 * gf32 / lim->sgemm_gflops : 0, skinny_wins_to);
+    fflush(stdout);
+}
+
+static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2],
+                       const int thr[2], unsigned n_out, unsigned n_in)
+{
+    unsigned max_rows = 1;
+    for (int i = 0; i < o->n_rows_list; i++)
+        max_rows = o->rows_list[i] > max_rows ? o->rows_list[i] : max_rows;
+    float *wf = rand_floats((size_t)n_out * n_in, 7);
+    float *x = rand_floats((size_t)max_rows * n_in, 8);
+    float *y = aligned_alloc(64, ((size_t)max_rows * n_out * 4 + 63) / 64 * 64);
+    if (!wf || !x || !y)
+        goto fail;
+    double min_s = o->quick ? 0.05 : MIN_BENCH_S;
+    for (int ti = 0; ti < o->n_types; ti++) {
+        pd_ggml_type_t t = o->types[ti];
+        size_t rb;
+        void *w = make_weights(t, wf, n_out, n_in, &rb);
+        if (!w)
+            goto fail;
+        pd_mat_t m = {w, t, n_out, n_in, rb};
+        size_t sb = pd_matmul_scratch_bytes(&m, max_rows);
+        void *scratch = aligned_alloc(64, sb ? sb : 64);
+        if (!scratch) {
+            free(w);
+            goto fail;
+        }
+        const char *tn = pd_ggml_type_name(t);
+        double wbytes = (double)rb * n_out;
+        for (int pi = 0; pi < 2; pi++) {
+            if (pi == 1 && thr[1] == thr[0])
+                break;
+            openblas_set_num_threads(thr[pi]);
+            double t_mm[MAX_ROWS_LIST] = {0}, t_gemm[MAX_ROWS_LIST] = {0};
+            for (int ri = 0; ri < o->n_rows_list; ri++) {
+                unsigned rows = o->rows_list[ri];
+                mm_ctx_t mc = {pools[pi], &m, x, rows, y, scratch, o->skinny_max};
+                t_mm[ri] = bench(mm_run, &mc, min_s);
+                print_row(o, "matmul", tn, n_out, n_in, rows, thr[pi], t_mm[ri], wbytes);
+                if (rows <= o->skinny_max && !o->quick) {
+                    mc.skinny_max = 0; /* the same product through sgemm */
+                    t_gemm[ri] = bench(mm_run, &mc, min_s);
+                    print_row(o, "via-gemm", tn, n_out, n_in, rows, thr[pi], t_gemm[ri], wbytes);
+                }
+                if (t == PD_GGML_TYPE_F32 && !o->quick) {
+                    gemm_ctx_t g = {(int)rows, (int)n_out, (int)n_in, x, wf, y};
+                    print_row(o, "sgemm", tn, n_out, n_in, rows, thr[pi],
+                              bench(gemm_run, &g, min_s), wbytes);
+                    if (rows == 1)
+                        print_row(o, "sgemv", tn, n_out, n_in, rows, thr[pi],
+                                  bench(gemv_run, &g, min_s), wbytes);
+                }
+            }
+            print_summary(o, lim, tn, n_out, n_in, thr[pi], (size_t)wbytes, t_mm, t_gemm);
+        }
+        free(scratch);
+        free(w);
+    }
+    free(wf);
+    free(x);
+    free(y);
+    return 0;
+fail:
+    fprintf(stderr, "pd-kbench: out of memory for %ux%u\n", n_out, n_in);
+    free(wf);
+    free(x);
+    free(y);
+    return 1;
+}
+
+/* ====== Options ====== */
+
+static int parse_list(const char *s, unsigned *out, int max)
+{
+    int n = 0;
+    while (*s && n < max) {
+        char *end;
+        unsigned long v = strtoul(s, &end, 10);
+        if (end == s || v == 0 || v > 100000)
+            return -1;
+        out[n++] = (unsigned)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+static int parse_types(const char *s, opts_t *o)
+{
+    static const struct {
+        const char *name;
+        pd_ggml_type_t t;
+    } names[] = {{"f32", PD_GGML_TYPE_F32}, {"f16", PD_GGML_TYPE_F16},
+                 {"bf16", PD_GGML_TYPE_BF16}, {"q8_0", PD_GGML_TYPE_Q8_0},
+                 {"q4_0", PD_GGML_TYPE_Q4_0}};
+    o->n_types = 0;
+    char buf[128];
+    snprintf(buf, sizeof(buf), "%s", s);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int found = 0;
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if (strcmp(tok, names[i].name) == 0 && o->n_types < MAX_TYPES) {
+                o->types[o->n_types++] = names[i].t;
+                found = 1;
+            }
+        }
+        if (!found)
+            return -1;
+    }
+    return o->n_types > 0 ? 0 : -1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]\n"
+            "                 [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]\n"
+            "       pd-kbench --limits [--threads N] [--json]\n");
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o = {.threads = (int)sysconf(_SC_NPROCESSORS_ONLN), .skinny_max = PD_SKINNY_DEFAULT_MAX};
+    static const unsigned def_rows[] = {1, 2, 4, 8, 16, 32, 64, 128};
+    o.n_rows_list = (int)(sizeof(def_rows) / sizeof(def_rows[0]));
+    memcpy(o.rows_list, def_rows, sizeof(def_rows));
+    o.n_types = 3;
+    o.types[0] = PD_GGML_TYPE_F32;
+    o.types[1] = PD_GGML_TYPE_F16;
+    o.types[2] = PD_GGML_TYPE_Q8_0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--json") == 0) {
+            o.json = 1;
+        } else if (strcmp(a, "--limits") == 0) {
+            o.limits = 1;
+        } else if (strcmp(a, "--quick") == 0) {
+            o.quick = 1;
+        } else if (strcmp(a, "--threads") == 0 && v) {
+            o.threads = atoi(v);
+            i++;
+        } else if (strcmp(a, "--skinny-max") == 0 && v) {
+            o.skinny_max = (unsigned)atoi(v);
+            i++;
+        } else if (strcmp(a, "--rows") == 0 && v) {
+            o.n_rows_list = parse_list(v, o.rows_list, MAX_ROWS_LIST);
+            if (o.n_rows_list <= 0) {
+                usage();
+                return 2;
+            }
+            i++;
+        } else if (strcmp(a, "--types") == 0 && v) {
+            if (parse_types(v, &o) != 0) {
+                usage();
+                return 2;
+            }
+            i++;
+        } else if (strcmp(a, "--shape") == 0 && v && o.n_shapes < MAX_SHAPES) {
+            unsigned so, si;
+            if (sscanf(v, "%ux%u", &so, &si) != 2 || so == 0 || si == 0 || si % 32 != 0) {
+                usage();
+                return 2;
+            }
+            o.shape_out[o.n_shapes] = so;
+            o.shape_in[o.n_shapes++] = si;
+            i++;
+        } else {
+            usage();
+            return 2;
+        }
+    }
+    if (o.threads < 1 || o.threads > 256) {
+        usage();
+        return 2;
+    }
+    if (o.n_shapes == 0) {
+        static const unsigned so[] = {32000, 768, 2048}, si[] = {768, 768, 768};
+        o.n_shapes = 3;
+        memcpy(o.shape_out, so, sizeof(so));
+        memcpy(o.shape_in, si, sizeof(si));
+    }
+    const int thr[2] = {1, o.threads};
+    pd_pool_t *pools[2] = {pd_pool_new(1), pd_pool_new(o.threads)};
+    if (!pools[0] || !pools[1]) {
+        fprintf(stderr, "pd-kbench: cannot start %d threads\n", o.threads);
+        return 1;
+    }
+    int rc = 0;
+    openblas_set_num_threads(o.threads);
+    double gb = mem_read_gb_s(pools[1]);
+    double gf = sgemm_gflops();
+    if (o.json)
+        printf("{\"mem_read_gb_s\": %.2f, \"sgemm_gflops\": %.2f, \"threads\": %d}\n", gb, gf,
+               o.threads);
+    else
+        printf("limits: memory read %.2f GB/s, sgemm %.2f GFLOPS (%d threads, avx2=%d)\n", gb,
+               gf, o.threads, pd_kern_has_avx2());
+    fflush(stdout);
+    const limits_t lim = {gb, gf};
+    for (int s = 0; !o.limits && s < o.n_shapes && rc == 0; s++)
+        rc = bench_shape(&o, &lim, pools, thr, o.shape_out[s], o.shape_in[s]);
+    pd_pool_free(pools[0]);
+    pd_pool_free(pools[1]);
+    return rc;
+}
