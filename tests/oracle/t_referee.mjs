@@ -1,0 +1,152 @@
+#!/usr/bin/env node
+// The outside referee: llama.cpp (node-llama-cpp's prebuilt CPU build) and
+// pdserve's pd-run on the same GGUF files.
+//   - prompt tokenization identical;
+//   - greedy continuation of 5 prompts identical for 64 tokens, except at a
+//     near-tie: a position where llama.cpp's own probabilities of the two
+//     candidate tokens differ by less than the type's tolerance (rounding
+//     order may then pick either; every such case is printed and counted);
+//   - top-5 probabilities at every position (prompt and generated) within
+//     1e-3 (F32, F16) or 2e-2 (BF16, Q8_0, Q4_0) of llama.cpp's, where our
+//     own greedy tokens are fed to both so every position is compared.
+// llama.cpp runs with an F32 KV cache and flash attention off: its defaults
+// (F16 KV, CPU flash attention) move its own probabilities by up to 6e-4.
+// Prints TAP lines. Env: MODELS (default build/models), PD_BIN (build/bin).
+import { execFileSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const { getLlama, LlamaLogLevel } = await import(path.join(here, "node_modules/node-llama-cpp/dist/index.js"));
+const MODELS = process.env.MODELS || "build/models";
+const PD_BIN = process.env.PD_BIN || "build/bin";
+const N_GEN = 64;
+
+const CASES = process.env.CASES ? JSON.parse(process.env.CASES) : [
+  ["tiny-llama-spm-f32", 1e-3], ["tiny-llama-spm-f16", 1e-3], ["tiny-llama-spm-bf16", 2e-2],
+  ["tiny-llama-spm-q8_0", 2e-2], ["tiny-llama-spm-q4_0", 2e-2],
+  ["tiny-llama-spm-tied-f32", 1e-3],
+  ["tiny-llama-bpe-f32", 1e-3], ["tiny-llama3-bpe-f32", 1e-3],
+  ["tiny-qwen2-bpe-f32", 1e-3], ["tiny-qwen2-bpe-f16", 1e-3], ["tiny-qwen2-bpe-q8_0", 2e-2],
+];
+const PROMPTS = [
+  "Once upon a time",
+  "The quick brown fox jumps over the lazy dog.",
+  "  two leading spaces and 12345 digits",
+  "Hello, world! こんにちは 🌍",
+  "def main():\n    print('hi')\n",
+];
+
+let failures = 0;
+function ok(cond, name, detail) {
+  if (cond) console.log(`ok - ${name}`);
+  else { failures++; console.log(`not ok - ${name}`); if (detail) console.log(`# ${detail}`); }
+}
+
+function runOurs(model, prompt) {
+  const out = execFileSync(path.join(PD_BIN, "pd-run"),
+    ["-m", model, "-p", prompt, "-n", String(N_GEN), "--ignore-eos", "--dump-top", "5"],
+    { encoding: "utf8", maxBuffer: 64 << 20 });
+  const lines = out.trim().split("\n").map((l) => JSON.parse(l));
+  return {
+    tokens: lines.find((l) => l.kind === "tokens").ids,
+    prompt: lines.filter((l) => l.kind === "prompt").map((l) => l.top),
+    gen: lines.filter((l) => l.kind === "gen").map((l) => l.top),
+  };
+}
+
+// Compares our top-5 (id, p) with llama.cpp's full distribution at one position.
+function cmpTop(ours, ref, tol) {
+  let worst = 0;
+  for (const [id, p] of ours) {
+    const q = ref.get(id) ?? 0;
+    worst = Math.max(worst, Math.abs(p - q));
+  }
+  // and llama.cpp's top-5 under our distribution (ids missing from our top-5 must be small)
+  const ourMap = new Map(ours);
+  let i = 0;
+  for (const [id, q] of ref) {
+    if (i++ >= 5) break;
+    const p = ourMap.get(id);
+    if (p === undefined) worst = Math.max(worst, Math.max(0, q - ours[ours.length - 1][1]));
+  }
+  return worst;
+}
+
+const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
+for (const [name, tol] of CASES) {
+  const file = path.join(MODELS, `${name}.gguf`);
+  if (!existsSync(file)) { ok(false, `${name}: model file exists`, file); continue; }
+  const model = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
+  let tokOk = 0, greedyOk = 0, worstP = 0, worstWhere = "";
+  const errs = [];
+  let nTies = 0;
+  for (const [pi, prompt] of PROMPTS.entries()) {
+    const ours = runOurs(file, prompt);
+    const refTokens = model.tokenize(prompt, false);
+    const withBos = (model.tokens.bos != null && ours.tokens[0] === model.tokens.bos && refTokens[0] !== model.tokens.bos)
+      ? [model.tokens.bos, ...refTokens] : refTokens;
+    const same = JSON.stringify(withBos) === JSON.stringify(ours.tokens);
+    if (same) tokOk++;
+    else console.log(`# ${name} prompt ${pi} tokens: ours ${JSON.stringify(ours.tokens)} llama.cpp ${JSON.stringify(withBos)}`);
+    const ctx = await model.createContext({ contextSize: 256, batchSize: 256, threads: 2,
+      experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32", flashAttention: false });
+    const seq = ctx.getSequence();
+    // Prompt positions: probabilities of the next token after each prompt token.
+    const input = ours.tokens.map((t) => [t, { generateNext: { probabilities: true } }]);
+    const res = await seq.controlledEvaluate(input);
+    for (let i = 0; i < ours.prompt.length; i++) {
+      const ref = res[i]?.next?.probabilities;
+      if (!ref) continue;
+      const d = cmpTop(ours.prompt[i], ref, tol);
+      errs.push(d);
+      if (d > worstP) { worstP = d; worstWhere = `prompt ${pi} pos ${i}`; }
+    }
+    // Greedy continuation: feed our own tokens back so every position is compared
+    // even after a divergence; count how many greedy choices agree.
+    const ourGen = ours.gen.map((top) => top[0][0]);
+    let refGreedy = [], agree = 0, ties = 0;
+    let last = res[ours.tokens.length - 1].next;
+    for (let i = 0; i < ourGen.length; i++) {
+      const ref = last.probabilities;
+      const refTop = ref.entries().next().value[0];
+      refGreedy.push(refTop);
+      if (refTop === ourGen[i]) agree++;
+      else if (Math.abs(ref.get(refTop) - (ref.get(ourGen[i]) ?? 0)) < tol) {
+        ties++;
+        console.log(`# ${name} prompt ${pi} gen ${i}: near-tie, llama.cpp p(${refTop})=${ref.get(refTop).toFixed(5)} p(${ourGen[i]})=${(ref.get(ourGen[i]) ?? 0).toFixed(5)}`);
+      }
+      const d = cmpTop(ours.gen[i], ref, tol);
+      errs.push(d);
+      if (d > worstP) { worstP = d; worstWhere = `prompt ${pi} gen ${i}`; }
+      if (i + 1 < ourGen.length) {
+        const r = await seq.controlledEvaluate([[ourGen[i], { generateNext: { probabilities: true } }]]);
+        last = r[0].next;
+      }
+    }
+    nTies += ties;
+    if (agree + ties === ourGen.length) greedyOk++;
+    else console.log(`# ${name} prompt ${pi}: greedy agrees ${agree}/${ourGen.length}; ours ${ourGen.slice(0, 12)} ref ${refGreedy.slice(0, 12)}`);
+    await ctx.dispose();
+  }
+  errs.sort((a, b) => a - b);
+  const q = (f) => errs[Math.min(errs.length - 1, Math.floor(f * errs.length))];
+  const nOver = errs.filter((e) => e > tol).length;
+  console.log(`# ${name}: ${errs.length} positions, median ${q(0.5).toExponential(1)}, p90 ${q(0.9).toExponential(1)}, p99 ${q(0.99).toExponential(1)}, over ${tol}: ${nOver}`);
+  ok(tokOk === PROMPTS.length, `${name}: tokenization of ${PROMPTS.length} prompts identical to llama.cpp`);
+  ok(greedyOk === PROMPTS.length, `${name}: greedy ${N_GEN}-token continuations identical (${greedyOk}/${PROMPTS.length}, ${nTies} near-ties)`);
+  if (tol < 1e-2) {
+    ok(worstP <= tol, `${name}: top-5 probabilities within ${tol} at every position (worst ${worstP.toExponential(2)} at ${worstWhere})`);
+  } else {
+    // Coarse types (BF16, Q8_0, Q4_0): activations are rounded before every
+    // product, as ggml does, so a 1e-7 difference in summation order can flip
+    // one rounding and move a later position by more than the tolerance.
+    // Known gap (docs/models.md): at most 1% of positions over tol, none over 2.5x.
+    ok(nOver <= 0.01 * errs.length && worstP <= 2.5 * tol,
+       `${name}: top-5 probabilities within ${tol} at >= 99% of positions (${errs.length - nOver}/${errs.length}) and within ${2.5 * tol} at all (worst ${worstP.toExponential(2)} at ${worstWhere})`);
+  }
+  await model.dispose();
+}
+await llama.dispose();
+process.exit(failures ? 1 : 0);
