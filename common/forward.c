@@ -54,7 +54,7 @@ void pd_engine_opts_default(pd_engine_opts_t *o)
     o->max_batch_tokens = 512;
     o->max_ctx = 0;
     o->n_threads = 1;
-    o->skinny_max_rows = 32;
+    o->skinny_max_rows = PD_SKINNY_DEFAULT_MAX; /* measured crossover, see kernels.h */
 }
 
 static void *alloc_aligned(size_t n_bytes)

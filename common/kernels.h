@@ -54,7 +54,10 @@ void pd_quant_row_q4_0(const float *src, void *dst, uint32_t n);
 /* Bytes of scratch that pd_kern_prepare_x needs for n_rows rows of n_in. */
 size_t pd_kern_xq_bytes(pd_ggml_type_t wtype, uint32_t n_in, uint32_t n_rows);
 /* Converts x into the form the kernel for wtype reads (Q8_0 for Q8_0/Q4_0
- * weights; nothing for float types). */
+ * weights; nothing for float types). The rounding is that of ggml's x86
+ * quantize_row_q8_0, which the llama.cpp referee runs on activations:
+ * d = amax / 127 (fp16), q = round-half-even(x * (127 / amax)); model files
+ * use pd_quant_row_q8_0 (ggml's _ref: q = roundf(x * (1 / d))). */
 void pd_kern_prepare_x(pd_ggml_type_t wtype, const float *x, uint32_t x_stride, uint32_t n_in,
                        uint32_t n_rows, void *xq);
 
@@ -76,7 +79,7 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  * scratch: at least pd_matmul_scratch_bytes(w, n_rows) bytes, 64-aligned;
  * pd_matmul_scratch_bytes(w, n) covers every call with at most n rows.
  * OpenBLAS threads are left alone (the engine sets them to its n_threads);
- * the sgemm path runs while the pool's workers spin down.
+ * after a pool job the pool's workers spin for up to 0.1 ms, then sleep.
  */
 size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows);
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,

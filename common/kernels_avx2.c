@@ -42,8 +42,8 @@
 #define Q4_0_BYTES 18
 #define QK 32
 
-/* Tunables, measured with pd-kbench on a 2-core Zen 3 (see the report in
- * tools/pd-kbench.c); the -D overrides exist for those experiments. */
+/* Tunables, measured on a 2-core Zen 3 (figures at the top of
+ * tools/pd-kbench.c); the -D overrides exist for such experiments. */
 #ifndef PANEL
 #define PANEL 12      /* output rows per panel: 4 blocks of 3 weight rows */
 #endif

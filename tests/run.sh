@@ -12,6 +12,12 @@ BUILD=${BUILD:-build}
 export BUILD
 export MODELS=${MODELS:-$BUILD/models}
 export PD_BIN=$BUILD/bin
+# The GPT-2 ranks (vocabulary source) live beside the models that used them.
+if [ -z "${PD_GPT2_RANKS:-}" ]; then
+    for r in "$BUILD/data/gpt2-ranks.txt" "$MODELS/../data/gpt2-ranks.txt"; do
+        [ -s "$r" ] && { export PD_GPT2_RANKS=$r; break; }
+    done
+fi
 UNIT_ONLY=0
 FILTER=""
 for a in "$@"; do

@@ -7,10 +7,37 @@
  *
  * --limits prints only the machine's limits, with --json as one object:
  *   {"mem_read_gb_s": X, "sgemm_gflops": Y, "threads": N}
- * Without --limits, for every shape, type, row count and thread count
- * (1 and N) it prints the time of pd_matmul, the weight bytes it streams
- * per second (GB/s) and GFLOPS, and for F32 the time of cblas_sgemm (and
- * cblas_sgemv for one row). --json prints one JSON object per line.
+ * (memory read: N threads summing a 512 MB buffer, 8 sequential streams
+ * each; sgemm: cblas_sgemm 1536^3 with N OpenBLAS threads).
+ *
+ * Without --limits, for every shape (default 32000x768, 768x768, 2048x768),
+ * type (default f32, f16, q8_0), row count (default 1..128) and thread
+ * count (1 and N) it prints:
+ *   matmul    pd_matmul as the engine calls it (skinny_max --skinny-max,
+ *             default PD_SKINNY_DEFAULT_MAX)
+ *   via-gemm  the same product forced through the sgemm path (rows <=
+ *             skinny_max only), to find the crossover
+ *   sgemm     cblas_sgemm on the fp32 weights (F32 only), sgemv for 1 row
+ *   summary   rows-1 GB/s vs the memory limit, rows-8 / rows-1 time,
+ *             rows-32 GFLOPS vs the sgemm limit, and the largest row count
+ *             where the skinny kernel beat sgemm
+ * GB/s counts the weight bytes, GFLOPS 2 * n_out * n_in * rows. Times are
+ * the minimum over >= 0.25 s of calls (0.05 s with --quick): on a shared
+ * machine other processes only ever add time. --json prints one JSON
+ * object per line. --quick skips via-gemm and sgemm.
+ *
+ * Measured on the 2-core AMD EPYC (Zen 3, AVX2/FMA/F16C) this was tuned on,
+ * idle machine, 2 threads (the kernel tunables in kernels_avx2.c come from
+ * such runs):
+ *   limits: memory read 37 GB/s (1 thread: 23), sgemm 183-190 GFLOPS
+ *           (1 thread: 94)
+ *   32000x768 F32  rows 1: 2.7 ms, 37 GB/s (99% of read); cblas_sgemv 3.4 ms
+ *                  rows 8: 3.9 ms (1.5x rows 1); cblas_sgemm, 8 rows: 18 ms (1 thr)
+ *                  rows 32: 11.1 ms, 141 GFLOPS (76% of the sgemm peak)
+ *   32000x768 F16  rows 1: 1.3 ms (37 GB/s), rows 8: 2.8 ms, rows 32: 156 GFLOPS
+ *   32000x768 Q8_0 rows 1: 0.69 ms (38 GB/s), rows 8: 3.5 ms, rows 32: 115 GFLOPS
+ *   4096x4096 F32  rows 32: 131 GFLOPS; skinny vs sgemm crossover ~48-64 rows
+ *   (F32), > 64 (F16), ~32 (Q8_0: PD_SKINNY_QUANT_MAX).
  */
 #include <cblas.h>
 #include <immintrin.h>
@@ -86,18 +113,27 @@ typedef struct {
     float sink[64]; /* one per task, so the reads are not optimized away */
 } read_ctx_t;
 
+/* Sums n floats read as READ_STREAMS interleaved sequential streams (one
+ * per contiguous part): a core's hardware prefetchers reach a higher
+ * bandwidth on several streams than on one, as the skinny kernel sees when
+ * it reads 8 weight rows at once. */
+#define READ_STREAMS 8
 __attribute__((target("avx2"))) static float sum_floats(const float *p, size_t n)
 {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    for (size_t i = 0; i + 32 <= n; i += 32) {
-        s0 = _mm256_add_ps(s0, _mm256_load_ps(p + i));
-        s1 = _mm256_add_ps(s1, _mm256_load_ps(p + i + 8));
-        s2 = _mm256_add_ps(s2, _mm256_load_ps(p + i + 16));
-        s3 = _mm256_add_ps(s3, _mm256_load_ps(p + i + 24));
-    }
+    const size_t part = n / READ_STREAMS / 16 * 16;
+    __m256 s[READ_STREAMS];
+    for (int j = 0; j < READ_STREAMS; j++)
+        s[j] = _mm256_setzero_ps();
+    for (size_t i = 0; i < part; i += 16)
+        for (int j = 0; j < READ_STREAMS; j++) {
+            const float *q = p + (size_t)j * part + i;
+            s[j] = _mm256_add_ps(s[j], _mm256_add_ps(_mm256_load_ps(q), _mm256_load_ps(q + 8)));
+        }
+    __m256 t = s[0];
+    for (int j = 1; j < READ_STREAMS; j++)
+        t = _mm256_add_ps(t, s[j]);
     float out[8];
-    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    _mm256_storeu_ps(out, t);
     return out[0] + out[7];
 }
 
@@ -274,22 +310,35 @@ static void print_summary(const opts_t *o, const limits_t *lim, const char *type
         if (t_gemm[i] > 0 && t_mm[i] > 0 && t_mm[i] <= t_gemm[i])
             skinny_wins_to = r;
     }
-    double gb1 = t1 > 0 ? (double)wbytes / t1 * 1e-9 : 0;
-    double gf32 = t32 > 0 ? 2.0 * n_out * (double)n_in * 32 / t32 * 1e-9 : 0;
-    if (o->json)
+    /* each figure as text, "-" (JSON null) when its row count was not run */
+    char f_gb1[32] = "-", f_pm[32] = "-", f_r8[32] = "-", f_gf[32] = "-", f_ps[32] = "-";
+    if (t1 > 0) {
+        double gb1 = (double)wbytes / t1 * 1e-9;
+        snprintf(f_gb1, sizeof(f_gb1), "%.2f", gb1);
+        if (lim->mem_gb_s > 0)
+            snprintf(f_pm, sizeof(f_pm), "%.1f", 100 * gb1 / lim->mem_gb_s);
+    }
+    if (t1 > 0 && t8 > 0)
+        snprintf(f_r8, sizeof(f_r8), "%.2f", t8 / t1);
+    if (t32 > 0) {
+        double gf32 = 2.0 * n_out * (double)n_in * 32 / t32 * 1e-9;
+        snprintf(f_gf, sizeof(f_gf), "%.2f", gf32);
+        if (lim->sgemm_gflops > 0)
+            snprintf(f_ps, sizeof(f_ps), "%.1f", 100 * gf32 / lim->sgemm_gflops);
+    }
+    if (o->json) {
+#define JV(f) (strcmp(f, "-") == 0 ? "null" : f)
         printf("{\"summary\":\"%s\",\"n_out\":%u,\"n_in\":%u,\"threads\":%d,"
-               "\"rows1_gb_s\":%.2f,\"rows1_pct_mem\":%.1f,\"rows8_over_rows1\":%.2f,"
-               "\"rows32_gflops\":%.2f,\"rows32_pct_sgemm\":%.1f,\"skinny_beats_sgemm_to\":%u}\n",
-               type, n_out, n_in, threads, gb1, lim->mem_gb_s > 0 ? 100 * gb1 / lim->mem_gb_s : 0,
-               t1 > 0 && t8 > 0 ? t8 / t1 : 0, gf32,
-               lim->sgemm_gflops > 0 ? 100 * gf32 / lim->sgemm_gflops : 0, skinny_wins_to);
-    else
-        printf("summary  %-5s %6ux%-5u thr %d  rows1 %.1f GB/s (%.0f%% of mem read)  "
-               "rows8/rows1 %.2fx  rows32 %.1f GFLOPS (%.0f%% of sgemm peak)  "
-               "skinny beats sgemm up to %u rows\n",
-               type, n_out, n_in, threads, gb1, lim->mem_gb_s > 0 ? 100 * gb1 / lim->mem_gb_s : 0,
-               t1 > 0 && t8 > 0 ? t8 / t1 : 0, gf32,
-               lim->sgemm_gflops > 0 ? 100 * gf32 / lim->sgemm_gflops : 0, skinny_wins_to);
+               "\"rows1_gb_s\":%s,\"rows1_pct_mem\":%s,\"rows8_over_rows1\":%s,"
+               "\"rows32_gflops\":%s,\"rows32_pct_sgemm\":%s,\"skinny_beats_sgemm_to\":%u}\n",
+               type, n_out, n_in, threads, JV(f_gb1), JV(f_pm), JV(f_r8), JV(f_gf), JV(f_ps),
+               skinny_wins_to);
+#undef JV
+    } else {
+        printf("summary  %-5s %6ux%-5u thr %d  rows1 %s GB/s (%s%% of mem read)  rows8/rows1 "
+               "%sx  rows32 %s GFLOPS (%s%% of sgemm peak)  skinny beats sgemm up to %u rows\n",
+               type, n_out, n_in, threads, f_gb1, f_pm, f_r8, f_gf, f_ps, skinny_wins_to);
+    }
     fflush(stdout);
 }
 
