@@ -1,0 +1,423 @@
+/* router.c -- see router.h. Setup, the two sockets, status, timers and
+ * the reactor; requests live in requests.c, workers and scheduling in
+ * sched.c. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "router.h"
+
+/* ====== Setup ====== */
+
+int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_err_t *err)
+{
+    memset(rt, 0, sizeof *rt);
+    rt->cfg = *cfg;
+    rt->stop = stop;
+    for (int i = 0; i < RT_MAX_WORKERS; i++)
+        rt->workers[i].gen = 1;
+    if (cfg->model.path[0] == '\0')
+        return pd_err_set(err, PD_EINVAL, "model.path: not set (use --model PATH)");
+    rt->model = pd_model_load(cfg->model.path, err);
+    if (rt->model == NULL)
+        return pd_err_wrap(err, PD_EINVAL, "model %s", cfg->model.path);
+    rt->tok = pd_tok_load(rt->model->gguf, err);
+    if (rt->tok == NULL)
+        return pd_err_wrap(err, PD_EINVAL, "tokenizer of %s", cfg->model.path);
+    rt->max_seq_len = rt->model->cfg.ctx_len;
+    if (cfg->model.max_seq_len && cfg->model.max_seq_len < rt->max_seq_len)
+        rt->max_seq_len = cfg->model.max_seq_len;
+    uint64_t slots = (uint64_t)cfg->router.max_inflight + cfg->router.max_queue;
+    if (slots == 0 || slots >= (1u << RT_SLOT_BITS))
+        return pd_err_set(err, PD_EINVAL,
+                          "router.max_inflight + router.max_queue: must be 1..%u, got %llu",
+                          (1u << RT_SLOT_BITS) - 1, (unsigned long long)slots);
+    rt->n_slots = (uint32_t)slots;
+    rt->reqs = calloc(rt->n_slots, sizeof *rt->reqs);
+    rt->queue = calloc(rt->n_slots, sizeof *rt->queue);
+    rt->tok_buf = malloc(((size_t)rt->max_seq_len + 1) * sizeof *rt->tok_buf);
+    rt->in = malloc(sizeof *rt->in);
+    if (!rt->reqs || !rt->queue || !rt->tok_buf || !rt->in)
+        return pd_err_set(err, PD_ENOMEM, "router state for %u requests", rt->n_slots);
+    rt->in->n_frames = 0;
+    /* A message's decoded form is bounded by a multiple of its size;
+     * 64x covers repeated submessages of a few bytes each. */
+    pd_pb_alloc_init(&rt->alloc,
+                     (size_t)cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
+                         PD_PB_BASE_BUDGET);
+    rt->zctx = zmq_ctx_new();
+    if (rt->zctx == NULL)
+        return pd_err_set(err, PD_EIO, "zmq_ctx_new failed");
+    if (cfg->security.curve) {
+        rt->zap = pd_zap_new(rt->zctx, cfg->security.allowed_keys, cfg->security.n_allowed_keys,
+                             err);
+        if (rt->zap == NULL)
+            return PD_EINVAL;
+    }
+    pd_net_opts_t o;
+    pd_net_opts_from_config(&o, cfg);
+    o.heartbeat_ivl_ms = (int)cfg->router.heartbeat_ms;
+    rt->front = pd_net_socket(rt->zctx, ZMQ_ROUTER, &o, err);
+    if (rt->front == NULL)
+        return pd_err_wrap(err, PD_EIO, "client socket");
+    rt->back = pd_net_socket(rt->zctx, ZMQ_ROUTER, &o, err);
+    if (rt->back == NULL)
+        return pd_err_wrap(err, PD_EIO, "worker socket");
+    int rc = pd_net_bind(rt->front, cfg->router.client_endpoint, rt->front_ep, sizeof rt->front_ep,
+                         err);
+    if (rc)
+        return pd_err_wrap(err, rc, "router.client_endpoint");
+    rc = pd_net_bind(rt->back, cfg->router.worker_endpoint, rt->back_ep, sizeof rt->back_ep, err);
+    if (rc)
+        return pd_err_wrap(err, rc, "router.worker_endpoint");
+    PD_INFO("event=listening clients=%s workers=%s model=\"%s\" identity=%016llx max_seq_len=%u "
+            "slots=%u",
+            rt->front_ep, rt->back_ep, rt->model->name, (unsigned long long)rt->model->identity,
+            rt->max_seq_len, rt->n_slots);
+    return 0;
+}
+
+void rt_destroy(rt_t *rt)
+{
+    if (rt->reqs)
+        for (uint32_t i = 0; i < rt->n_slots; i++)
+            rt_req_clear(&rt->reqs[i]);
+    free(rt->reqs);
+    free(rt->queue);
+    free(rt->tok_buf);
+    free(rt->in);
+    pd_net_close(rt->front);
+    pd_net_close(rt->back);
+    pd_zap_free(rt->zap);
+    if (rt->zctx)
+        zmq_ctx_term(rt->zctx);
+    pd_tok_free(rt->tok);
+    pd_model_free(rt->model);
+    memset(rt, 0, sizeof *rt);
+}
+
+/* ====== Small helpers ====== */
+
+uint32_t rt_blocks_for(uint32_t block_size, uint64_t n_tokens)
+{
+    if (block_size == 0)
+        return UINT32_MAX;
+    uint64_t b = (n_tokens + block_size - 1) / block_size;
+    return b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+}
+
+rt_req_t *rt_req_by_id(rt_t *rt, uint64_t id)
+{
+    uint64_t slot = id & ((1u << RT_SLOT_BITS) - 1);
+    if (slot >= rt->n_slots)
+        return NULL;
+    rt_req_t *r = &rt->reqs[slot];
+    return r->state != RQ_FREE && r->id == id ? r : NULL;
+}
+
+rt_worker_t *rt_worker_of(rt_t *rt, int idx, uint32_t gen)
+{
+    if (idx < 0 || idx >= RT_MAX_WORKERS)
+        return NULL;
+    rt_worker_t *w = &rt->workers[idx];
+    return w->used && w->gen == gen ? w : NULL;
+}
+
+int rt_worker_by_zid(rt_t *rt, const void *zid, size_t len)
+{
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (w->used && w->zid_len == len && memcmp(w->zid, zid, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+void rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m)
+{
+    pd_err_t err = { 0 };
+    int rc = pd_net_send(rt->back, w->zid, w->zid_len, m, false, &err);
+    if (rc)
+        PD_WARN("event=send_failed worker=%s type=%s msg=\"%s\"", w->id,
+                pd_net_body_name(m->body_case), err.msg);
+}
+
+void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch)
+{
+    if (w == NULL)
+        return;
+    Pd__Cancel c = PD__CANCEL__INIT;
+    c.has_request_id = c.has_epoch = true;
+    c.request_id = id;
+    c.epoch = epoch;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_CANCEL;
+    m.cancel = &c;
+    rt_send_worker(rt, w, &m);
+}
+
+/* ====== Status ====== */
+
+void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
+{
+    Pd__WorkerStatus ws[RT_MAX_WORKERS];
+    Pd__WorkerStatus *wp[RT_MAX_WORKERS];
+    Pd__WorkerCounters wc[RT_MAX_WORKERS];
+    size_t n = 0;
+    uint64_t now = pd_net_now_ms();
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used)
+            continue;
+        Pd__WorkerStatus *s = &ws[n];
+        pd__worker_status__init(s);
+        Pd__WorkerCounters *c = &wc[n];
+        pd__worker_counters__init(c);
+        s->worker_id = w->id;
+        s->has_role = true;
+        s->role = w->role;
+        s->kv_endpoint = w->kv_endpoint;
+        s->state = w->draining ? "draining" : "ready";
+        s->has_queued_prefill_tokens = s->has_running_seqs = s->has_free_blocks = true;
+        s->has_total_blocks = s->has_assigned = s->has_last_seen_ms = true;
+        s->queued_prefill_tokens = w->hb_queued_tokens;
+        s->running_seqs = w->hb_running;
+        s->free_blocks = w->hb_free_blocks;
+        s->total_blocks = w->total_blocks;
+        s->assigned = w->n_decoding;
+        s->last_seen_ms = now - w->last_seen_ms;
+        c->has_steps = c->has_multi_seq_steps = c->has_joins_while_running = true;
+        c->has_retirements = c->has_preemptions = c->has_prefill_batches = true;
+        c->has_prefill_multi = c->has_prefill_tokens = c->has_kv_sent_bytes = true;
+        c->has_kv_recv_bytes = c->has_kv_rejected = c->has_decode_tokens = true;
+        c->has_max_running = c->has_kv_transfers = c->has_kv_transfer_us = true;
+        c->has_prefill_us = c->has_decode_us = true;
+        c->kv_transfers = w->counters.kv_transfers;
+        c->kv_transfer_us = w->counters.kv_transfer_us;
+        c->prefill_us = w->counters.prefill_us;
+        c->decode_us = w->counters.decode_us;
+        c->steps = w->counters.steps;
+        c->multi_seq_steps = w->counters.multi_seq_steps;
+        c->joins_while_running = w->counters.joins_while_running;
+        c->retirements = w->counters.retirements;
+        c->preemptions = w->counters.preemptions;
+        c->prefill_batches = w->counters.prefill_batches;
+        c->prefill_multi = w->counters.prefill_multi;
+        c->prefill_tokens = w->counters.prefill_tokens;
+        c->kv_sent_bytes = w->counters.kv_sent_bytes;
+        c->kv_recv_bytes = w->counters.kv_recv_bytes;
+        c->kv_rejected = w->counters.kv_rejected;
+        c->decode_tokens = w->counters.decode_tokens;
+        c->max_running = w->counters.max_running;
+        s->counters = c;
+        wp[n] = s;
+        n++;
+    }
+    Pd__ClusterStatus cs = PD__CLUSTER_STATUS__INIT;
+    cs.n_workers = n;
+    cs.workers = wp;
+    cs.has_active_requests = cs.has_queued_requests = cs.has_model_identity = true;
+    cs.has_requests_total = cs.has_requests_failed = cs.has_block_size = true;
+    cs.has_max_seq_len = cs.has_max_tokens_limit = true;
+    cs.active_requests = rt->n_active;
+    cs.queued_requests = rt->q_len;
+    cs.model_name = rt->model->name;
+    cs.model_identity = rt->model->identity;
+    cs.requests_total = rt->requests_total;
+    cs.requests_failed = rt->requests_failed;
+    cs.block_size = rt->cfg.kv.block_size;
+    cs.max_seq_len = rt->max_seq_len;
+    cs.max_tokens_limit = rt->cfg.router.max_tokens_limit;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_STATUS;
+    m.status = &cs;
+    pd_net_send(rt->front, cid, cid_len, &m, false, NULL);
+}
+
+/* ====== Client socket ====== */
+
+static void handle_front(rt_t *rt)
+{
+    pd_err_t err = { 0 };
+    pd_net_in_t *in = rt->in;
+    for (int budget = 0; budget < 256; budget++) {
+        int rc = pd_net_recv(rt->front, in, &err);
+        if (rc <= 0)
+            return;
+        const uint8_t *cid = zmq_msg_data(&in->frames[0]);
+        size_t cid_len = zmq_msg_size(&in->frames[0]);
+        if (in->n_frames != 2 || in->truncated || cid_len == 0 || cid_len > PD_NET_ID_MAX) {
+            if (in->n_frames >= 1 && cid_len > 0 && cid_len <= PD_NET_ID_MAX)
+                pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                                  "expected one frame per message, got %d", in->n_frames - 1);
+            pd_net_in_close(in);
+            continue;
+        }
+        Pd__Msg *m = pd_net_unpack(&rt->alloc, zmq_msg_data(&in->frames[1]),
+                                   zmq_msg_size(&in->frames[1]), &err);
+        if (m == NULL) {
+            pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
+                              err.msg);
+            pd_net_in_close(in);
+            continue;
+        }
+        switch (m->body_case) {
+        case PD__MSG__BODY_GENERATE: rt_on_generate(rt, cid, cid_len, m->generate); break;
+        case PD__MSG__BODY_CANCEL: rt_on_cancel(rt, cid, cid_len, m->cancel); break;
+        case PD__MSG__BODY_STATUS_REQUEST: rt_on_status(rt, cid, cid_len); break;
+        case PD__MSG__BODY_DRAIN: rt_on_drain_request(rt, cid, cid_len, m->drain); break;
+        default:
+            pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                              "message type '%s' is not accepted on the client socket",
+                              pd_net_body_name(m->body_case));
+            break;
+        }
+        pd_net_msg_free(&rt->alloc, m);
+        pd_net_in_close(in);
+    }
+}
+
+/* ====== Worker socket ====== */
+
+static void handle_back(rt_t *rt)
+{
+    pd_err_t err = { 0 };
+    pd_net_in_t *in = rt->in;
+    for (int budget = 0; budget < 256; budget++) {
+        int rc = pd_net_recv(rt->back, in, &err);
+        if (rc <= 0)
+            return;
+        const uint8_t *zid = zmq_msg_data(&in->frames[0]);
+        size_t zlen = zmq_msg_size(&in->frames[0]);
+        if (in->n_frames != 2 || in->truncated || zlen == 0 || zlen > PD_NET_ID_MAX) {
+            PD_WARN("event=bad_worker_message frames=%d", in->n_frames);
+            pd_net_in_close(in);
+            continue;
+        }
+        Pd__Msg *m = pd_net_unpack(&rt->alloc, zmq_msg_data(&in->frames[1]),
+                                   zmq_msg_size(&in->frames[1]), &err);
+        if (m == NULL) {
+            PD_WARN("event=bad_worker_message msg=\"%s\"", err.msg);
+            pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
+                              err.msg);
+            pd_net_in_close(in);
+            continue;
+        }
+        int wi = rt_worker_by_zid(rt, zid, zlen);
+        if (m->body_case == PD__MSG__BODY_REGISTER) {
+            rt_on_register(rt, zid, zlen, m->register_);
+        } else if (wi < 0) {
+            PD_WARN("event=unknown_worker type=%s", pd_net_body_name(m->body_case));
+            pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__UNAVAILABLE,
+                              "unknown worker: register first");
+        } else {
+            rt->workers[wi].last_seen_ms = pd_net_now_ms();
+            switch (m->body_case) {
+            case PD__MSG__BODY_HEARTBEAT:
+                rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
+                break;
+            case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
+            case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
+            case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;
+            case PD__MSG__BODY_DRAIN: rt_worker_drop(rt, wi, "left (drained)"); break;
+            default:
+                PD_WARN("event=unexpected_message worker=%s type=%s", rt->workers[wi].id,
+                        pd_net_body_name(m->body_case));
+                pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                                  "message type '%s' is not accepted on the worker socket",
+                                  pd_net_body_name(m->body_case));
+                break;
+            }
+        }
+        pd_net_msg_free(&rt->alloc, m);
+        pd_net_in_close(in);
+    }
+}
+
+/* ====== Timers ====== */
+
+static void timers(rt_t *rt)
+{
+    uint64_t now_ms = pd_net_now_ms();
+    if (now_ms - rt->last_hb_ms >= rt->cfg.router.heartbeat_ms) {
+        rt->last_hb_ms = now_ms;
+        Pd__Heartbeat hb = PD__HEARTBEAT__INIT;
+        Pd__Msg m = PD__MSG__INIT;
+        m.body_case = PD__MSG__BODY_HEARTBEAT;
+        m.heartbeat = &hb;
+        uint64_t dead_after = (uint64_t)rt->cfg.router.heartbeat_ms * rt->cfg.router.liveness;
+        for (int i = 0; i < RT_MAX_WORKERS; i++) {
+            rt_worker_t *w = &rt->workers[i];
+            if (!w->used)
+                continue;
+            if (now_ms - w->last_seen_ms > dead_after) {
+                rt_worker_drop(rt, i, "missed heartbeats");
+                continue;
+            }
+            pd_err_t err = { 0 };
+            if (pd_net_send(rt->back, w->zid, w->zid_len, &m, false, &err) == PD_NET_EGONE)
+                rt_worker_drop(rt, i, "disconnected");
+        }
+    }
+    if (now_ms - rt->last_sweep_ms < 10)
+        return;
+    rt->last_sweep_ms = now_ms;
+    uint64_t now = pd_net_now_us();
+    for (uint32_t i = 0; i < rt->n_slots; i++) {
+        rt_req_t *r = &rt->reqs[i];
+        if (r->state == RQ_FREE)
+            continue;
+        uint64_t stall_us = (uint64_t)rt->cfg.router.stream_stall_ms * 1000u;
+        if (r->t_blocked_us && now - r->t_blocked_us > stall_us) {
+            PD_WARN("event=stream_stalled req=%llu", (unsigned long long)r->id);
+            rt->requests_failed++;
+            rt_req_release(rt, r, true);
+            continue;
+        }
+        if (r->t_blocked_us) {
+            rt_req_flush(rt, r);
+            continue;
+        }
+        if (now > r->deadline_us && !r->finished) {
+            if (!rt_have_workers(rt))
+                rt_req_fail(rt, r, PD__ERROR_CODE__UNAVAILABLE,
+                         "no workers available before the deadline");
+            else
+                rt_req_fail(rt, r, PD__ERROR_CODE__DEADLINE_EXCEEDED,
+                         "deadline of %llu ms exceeded after %u tokens",
+                         (unsigned long long)((r->deadline_us - r->t_accept_us) / 1000u), r->n_gen);
+        }
+    }
+    rt_dispatch(rt);
+}
+
+/* ====== Reactor ====== */
+
+int rt_run(rt_t *rt)
+{
+    zmq_pollitem_t items[3] = {
+        { rt->front, 0, ZMQ_POLLIN, 0 },
+        { rt->back, 0, ZMQ_POLLIN, 0 },
+        { rt->zap ? pd_zap_socket(rt->zap) : NULL, 0, ZMQ_POLLIN, 0 },
+    };
+    while (!*rt->stop) {
+        int rc = zmq_poll(items, rt->zap ? 3 : 2, 10);
+        if (rc > 0 && rt->zap && (items[2].revents & ZMQ_POLLIN))
+            pd_zap_handle(rt->zap);
+        if (rc < 0 && errno != EINTR) {
+            PD_ERROR("event=poll_failed msg=\"%s\"", zmq_strerror(errno));
+            return PD_EIO;
+        }
+        if (rc > 0 && (items[1].revents & ZMQ_POLLIN))
+            handle_back(rt);
+        if (rc > 0 && (items[0].revents & ZMQ_POLLIN))
+            handle_front(rt);
+        timers(rt);
+    }
+    PD_INFO("event=stopping active=%u", rt->n_active);
+    return 0;
+}
+

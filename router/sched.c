@@ -1,0 +1,383 @@
+/* sched.c -- the router's workers: registry (register, heartbeats,
+ * removal) and scheduling (pick a prefill and a decode worker, dispatch,
+ * re-dispatch after preemption or a worker's death). See router.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "router.h"
+
+/* ====== Workers: scheduling ====== */
+
+/* Picks (prefill, decode) for r, or returns false when nothing fits now. */
+static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *never)
+{
+    uint64_t n_tok = (uint64_t)r->n_prompt + r->n_gen;
+    uint64_t n_full = (uint64_t)r->n_prompt + r->max_tokens;
+    /* Disaggregated when a prefill and a decode worker are up, else
+     * colocated workers. */
+    bool has_p = false, has_d = false;
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (w->used && !w->draining) {
+            has_p |= w->role == PD__ROLE__ROLE_PREFILL;
+            has_d |= w->role == PD__ROLE__ROLE_DECODE;
+        }
+    }
+    bool disagg = has_p && has_d;
+    Pd__Role drole = disagg ? PD__ROLE__ROLE_DECODE : PD__ROLE__ROLE_BOTH;
+    int best_full = -1, best_min = -1;
+    bool any_could = false;
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used || w->draining || w->role != drole)
+            continue;
+        uint32_t need_min = rt_blocks_for(w->block_size, n_tok + 1);
+        uint32_t need_full = rt_blocks_for(w->block_size, n_full);
+        if (need_min > w->total_blocks)
+            continue;
+        any_could = true;
+        uint64_t free_est = w->total_blocks > w->blocks_est ? w->total_blocks - w->blocks_est : 0;
+        if (need_full <= free_est &&
+            (best_full < 0 || w->n_decoding < rt->workers[best_full].n_decoding))
+            best_full = i;
+        if (need_min <= free_est &&
+            (best_min < 0 || free_est > rt->workers[best_min].total_blocks -
+                                            rt->workers[best_min].blocks_est))
+            best_min = i;
+    }
+    *never = !any_could;
+    int d = best_full >= 0 ? best_full : best_min;
+    if (d < 0)
+        return false;
+    int p = d;
+    if (disagg) {
+        p = -1;
+        for (int i = 0; i < RT_MAX_WORKERS; i++) {
+            rt_worker_t *w = &rt->workers[i];
+            if (!w->used || w->draining || w->role != PD__ROLE__ROLE_PREFILL)
+                continue;
+            if (p < 0 || w->prefill_tokens < rt->workers[p].prefill_tokens)
+                p = i;
+        }
+        if (p < 0)
+            return false;
+    }
+    *p_out = p;
+    *d_out = d;
+    return true;
+}
+
+static void fill_params(rt_req_t *r, Pd__GenParams *gp, Pd__Sampling *s, uint32_t max_seq_len)
+{
+    s->has_temperature = s->has_top_k = s->has_top_p = s->has_min_p = true;
+    s->has_repetition_penalty = s->has_presence_penalty = s->has_frequency_penalty = true;
+    s->has_seed = true;
+    s->temperature = r->sampling.temperature;
+    s->top_k = r->sampling.top_k;
+    s->top_p = r->sampling.top_p;
+    s->min_p = r->sampling.min_p;
+    s->repetition_penalty = r->sampling.repetition_penalty;
+    s->presence_penalty = r->sampling.presence_penalty;
+    s->frequency_penalty = r->sampling.frequency_penalty;
+    s->seed = r->sampling.seed;
+    gp->sampling = s;
+    gp->has_max_tokens = gp->has_ignore_eos = gp->has_n_prompt = true;
+    gp->has_n_generated = gp->has_max_seq_len = true;
+    gp->max_tokens = r->max_tokens;
+    gp->n_stop_ids = r->n_stop_ids;
+    gp->stop_ids = r->stop_ids;
+    gp->ignore_eos = r->ignore_eos;
+    gp->n_prompt = r->n_prompt;
+    gp->n_generated = r->n_gen;
+    gp->max_seq_len = max_seq_len;
+}
+
+/* Sends r to p (prefill) and d (decode; the same worker when colocated). */
+static void send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
+{
+    uint32_t n_tok = r->n_prompt + r->n_gen;
+    Pd__Sampling s = PD__SAMPLING__INIT;
+    Pd__GenParams gp = PD__GEN_PARAMS__INIT;
+    fill_params(r, &gp, &s, rt->max_seq_len);
+    Pd__Msg m = PD__MSG__INIT;
+    if (d != p) {
+        Pd__DecodeTask dt = PD__DECODE_TASK__INIT;
+        dt.has_request_id = dt.has_epoch = true;
+        dt.request_id = r->id;
+        dt.epoch = r->epoch;
+        dt.params = &gp;
+        dt.prefill_worker_id = p->id;
+        dt.n_history = n_tok;
+        dt.history = r->tokens;
+        m.body_case = PD__MSG__BODY_DECODE;
+        m.decode = &dt;
+        rt_send_worker(rt, d, &m);
+    }
+    Pd__PrefillTask pt = PD__PREFILL_TASK__INIT;
+    pt.has_request_id = pt.has_epoch = true;
+    pt.request_id = r->id;
+    pt.epoch = r->epoch;
+    pt.n_tokens = n_tok;
+    pt.tokens = r->tokens;
+    pt.params = &gp;
+    pt.decode_worker_id = d->id;
+    pt.decode_kv_endpoint = d->kv_endpoint;
+    m.body_case = PD__MSG__BODY_PREFILL;
+    m.prefill = &pt;
+    rt_send_worker(rt, p, &m);
+}
+
+/* Dispatches queued requests while workers have room. */
+void rt_dispatch(rt_t *rt)
+{
+    while (rt->q_len > 0 && rt->n_dispatched < rt->cfg.router.max_inflight) {
+        uint32_t slot = rt->queue[rt->q_head];
+        rt_req_t *r = &rt->reqs[slot];
+        int pi, di;
+        bool never = false;
+        if (!pick_workers(rt, r, &pi, &di, &never)) {
+            if (never && rt_have_workers(rt)) {
+                rt->q_head = (rt->q_head + 1) % rt->n_slots;
+                rt->q_len--;
+                r->state = RQ_PREFILL; /* so release does not search the queue */
+                rt_req_fail(rt, r, PD__ERROR_CODE__INVALID_ARGUMENT,
+                         "prompt: %u tokens need more KV blocks than any decode worker has",
+                         r->n_prompt + r->n_gen + 1);
+                continue;
+            }
+            return; /* wait for room */
+        }
+        rt->q_head = (rt->q_head + 1) % rt->n_slots;
+        rt->q_len--;
+        rt_worker_t *p = &rt->workers[pi], *d = &rt->workers[di];
+        r->epoch++;
+        r->state = RQ_PREFILL;
+        r->gen_at_dispatch = r->n_gen;
+        r->n_stash = 0;
+        r->p_worker = pi;
+        r->p_gen = p->gen;
+        r->d_worker = di;
+        r->d_gen = d->gen;
+        r->assigned = true;
+        r->prefill_charged = (uint64_t)r->n_prompt + r->n_gen;
+        p->prefill_tokens += r->prefill_charged;
+        r->blocks_charged = rt_blocks_for(d->block_size, (uint64_t)r->n_prompt + r->n_gen + 1);
+        d->blocks_est += r->blocks_charged;
+        d->n_decoding++;
+        if (r->t_dispatch_us == 0)
+            r->t_dispatch_us = pd_net_now_us();
+        rt->n_dispatched++;
+        PD_DEBUG("event=dispatch req=%llu epoch=%u prefill=%s decode=%s tokens=%u",
+                 (unsigned long long)r->id, r->epoch, p->id, d->id, r->n_prompt + r->n_gen);
+        send_tasks(rt, r, p, d);
+    }
+}
+
+/* Puts a dispatched request back at the head of the queue (re-prefill of
+ * prompt + generated tokens at a new epoch). */
+void rt_requeue(rt_t *rt, rt_req_t *r, const char *why)
+{
+    PD_INFO("event=requeue req=%llu epoch=%u generated=%u why=\"%s\"", (unsigned long long)r->id,
+            r->epoch, r->n_gen, why);
+    rt_req_unassign(rt, r, true);
+    r->state = RQ_QUEUED;
+    r->n_preempt++;
+    rt->q_head = (rt->q_head + rt->n_slots - 1) % rt->n_slots;
+    rt->queue[rt->q_head] = (uint32_t)(r - rt->reqs);
+    rt->q_len++;
+}
+
+/* ====== Workers: registry ====== */
+
+void rt_worker_drop(rt_t *rt, int wi, const char *why)
+{
+    rt_worker_t *w = &rt->workers[wi];
+    PD_WARN("event=worker_removed worker=%s why=\"%s\"", w->id, why);
+    for (uint32_t i = 0; i < rt->n_slots; i++) {
+        rt_req_t *r = &rt->reqs[i];
+        if (r->state != RQ_PREFILL && r->state != RQ_DECODE)
+            continue;
+        /* A prefill worker still owns a request until its KV has reached
+         * the decode worker: until the decode worker's first token. */
+        bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
+                    (r->state == RQ_PREFILL ||
+                     (r->d_worker != wi && r->n_gen == r->gen_at_dispatch + 1));
+        bool on_d = r->d_worker == wi && r->d_gen == w->gen;
+        if (on_p || on_d)
+            rt_requeue(rt, r, why);
+    }
+    uint32_t gen = w->gen + 1;
+    memset(w, 0, sizeof *w);
+    w->gen = gen;
+}
+
+static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, const char *why)
+{
+    Pd__RegisterReply rr = PD__REGISTER_REPLY__INIT;
+    rr.has_accepted = rr.has_heartbeat_ms = rr.has_liveness = true;
+    rr.accepted = ok;
+    rr.reason = (char *)why;
+    rr.heartbeat_ms = rt->cfg.router.heartbeat_ms;
+    rr.liveness = rt->cfg.router.liveness;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_REGISTER_REPLY;
+    m.register_reply = &rr;
+    pd_net_send(rt->back, zid, len, &m, false, NULL);
+}
+
+void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g)
+{
+    char why[256] = "";
+    const char *id = g->worker_id ? g->worker_id : "";
+    if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
+        snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
+                 PD_PROTOCOL_VERSION);
+    else if (!g->has_model_identity || g->model_identity != rt->model->identity)
+        snprintf(why, sizeof why, "model identity %016llx (%s), router serves %016llx (%s)",
+                 (unsigned long long)g->model_identity, g->model_name ? g->model_name : "?",
+                 (unsigned long long)rt->model->identity, rt->model->name);
+    else if (id[0] == '\0' || strlen(id) >= sizeof rt->workers[0].id)
+        snprintf(why, sizeof why, "worker_id: must be 1..63 characters");
+    else if (!g->has_role || g->role < PD__ROLE__ROLE_PREFILL || g->role > PD__ROLE__ROLE_BOTH)
+        snprintf(why, sizeof why, "role: missing or unknown");
+    else if (!g->has_block_size || g->block_size != rt->cfg.kv.block_size)
+        snprintf(why, sizeof why, "kv.block_size %u, cluster uses %u", g->block_size,
+                 rt->cfg.kv.block_size);
+    else if (g->role != PD__ROLE__ROLE_PREFILL &&
+             (!g->has_total_blocks || g->total_blocks == 0))
+        snprintf(why, sizeof why, "total_blocks: a decode worker needs KV blocks");
+    else if (g->role == PD__ROLE__ROLE_DECODE &&
+             (g->kv_endpoint == NULL || g->kv_endpoint[0] == '\0' ||
+              strlen(g->kv_endpoint) >= PD_CFG_STR))
+        snprintf(why, sizeof why, "kv_endpoint: a decode worker must announce one");
+    if (why[0]) {
+        PD_WARN("event=worker_refused worker=%s reason=\"%s\"", id, why);
+        reply_register(rt, zid, len, false, why);
+        return;
+    }
+    /* The same id again (a restart or a reconnect): the old entry's work
+     * is gone with it. */
+    for (int i = 0; i < RT_MAX_WORKERS; i++)
+        if (rt->workers[i].used && strcmp(rt->workers[i].id, id) == 0)
+            rt_worker_drop(rt, i, "re-registered");
+    int wi = rt_worker_by_zid(rt, zid, len);
+    if (wi >= 0)
+        rt_worker_drop(rt, wi, "re-registered");
+    for (wi = 0; wi < RT_MAX_WORKERS && rt->workers[wi].used; wi++)
+        ;
+    if (wi == RT_MAX_WORKERS) {
+        reply_register(rt, zid, len, false, "router has no room for more workers");
+        return;
+    }
+    rt_worker_t *w = &rt->workers[wi];
+    uint32_t gen = w->gen;
+    memset(w, 0, sizeof *w);
+    w->gen = gen;
+    w->used = true;
+    memcpy(w->zid, zid, len);
+    w->zid_len = len;
+    snprintf(w->id, sizeof w->id, "%s", id);
+    w->role = g->role;
+    pd_net_copy_str(w->kv_endpoint, sizeof w->kv_endpoint, g->kv_endpoint);
+    w->block_size = g->block_size;
+    w->total_blocks = g->total_blocks;
+    w->hb_free_blocks = g->total_blocks;
+    w->max_batch_size = g->max_batch_size;
+    w->max_batch_tokens = g->max_batch_tokens;
+    w->last_seen_ms = pd_net_now_ms();
+    PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
+            w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
+    reply_register(rt, zid, len, true, NULL);
+    rt_dispatch(rt);
+}
+
+static void copy_counters(rt_counters_t *c, const Pd__WorkerCounters *p)
+{
+    if (p == NULL)
+        return;
+    c->steps = p->steps;
+    c->multi_seq_steps = p->multi_seq_steps;
+    c->joins_while_running = p->joins_while_running;
+    c->retirements = p->retirements;
+    c->preemptions = p->preemptions;
+    c->prefill_batches = p->prefill_batches;
+    c->prefill_multi = p->prefill_multi;
+    c->prefill_tokens = p->prefill_tokens;
+    c->kv_sent_bytes = p->kv_sent_bytes;
+    c->kv_recv_bytes = p->kv_recv_bytes;
+    c->kv_rejected = p->kv_rejected;
+    c->decode_tokens = p->decode_tokens;
+    c->max_running = p->max_running;
+    c->kv_transfers = p->kv_transfers;
+    c->kv_transfer_us = p->kv_transfer_us;
+    c->prefill_us = p->prefill_us;
+    c->decode_us = p->decode_us;
+}
+
+void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)
+{
+    w->hb_queued_tokens = h->queued_prefill_tokens;
+    w->hb_running = h->running_seqs;
+    w->hb_free_blocks = h->free_blocks;
+    w->hb_waiting = h->waiting_seqs;
+    copy_counters(&w->counters, h->counters);
+    if (h->has_draining && h->draining && !w->draining) {
+        w->draining = true;
+        PD_INFO("event=worker_draining worker=%s", w->id);
+    }
+}
+
+void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p)
+{
+    rt_req_t *r = rt_req_by_id(rt, p->request_id);
+    rt_worker_t *w = &rt->workers[wi];
+    if (r == NULL || r->epoch != p->epoch || (r->state != RQ_PREFILL && r->state != RQ_DECODE)) {
+        PD_DEBUG("event=stale_preempted req=%llu worker=%s", (unsigned long long)p->request_id,
+                 w->id);
+        return;
+    }
+    if (!((r->d_worker == wi && r->d_gen == w->gen) || (r->p_worker == wi && r->p_gen == w->gen)))
+        return;
+    rt_requeue(rt, r, p->reason ? p->reason : "preempted");
+    rt_dispatch(rt);
+}
+
+void rt_on_worker_error(rt_t *rt, int wi, const Pd__Error *e)
+{
+    rt_worker_t *w = &rt->workers[wi];
+    rt_req_t *r = e->has_request_id ? rt_req_by_id(rt, e->request_id) : NULL;
+    PD_WARN("event=worker_error worker=%s req=%llu code=%d msg=\"%s\"", w->id,
+            (unsigned long long)e->request_id, (int)e->code, e->message ? e->message : "");
+    if (r == NULL || (r->state != RQ_PREFILL && r->state != RQ_DECODE))
+        return;
+    if (!((r->d_worker == wi && r->d_gen == w->gen) || (r->p_worker == wi && r->p_gen == w->gen)))
+        return;
+    rt_req_fail(rt, r, e->has_code ? e->code : PD__ERROR_CODE__INTERNAL, "worker %s: %s", w->id,
+             e->message ? e->message : "error");
+}
+
+/* pd-cli drain WORKER: forwarded to the worker; answered with the status. */
+void rt_on_drain_request(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Drain *d)
+{
+    const char *id = d->worker_id ? d->worker_id : "";
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used || strcmp(w->id, id) != 0)
+            continue;
+        Pd__Drain fwd = PD__DRAIN__INIT;
+        fwd.has_deadline_ms = d->has_deadline_ms;
+        fwd.deadline_ms = d->deadline_ms;
+        Pd__Msg m = PD__MSG__INIT;
+        m.body_case = PD__MSG__BODY_DRAIN;
+        m.drain = &fwd;
+        rt_send_worker(rt, w, &m);
+        w->draining = true; /* nothing new goes there from now on */
+        PD_INFO("event=drain_requested worker=%s", w->id);
+        rt_on_status(rt, cid, cid_len);
+        return;
+    }
+    pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                      "unknown worker id '%.64s'", id);
+}
+

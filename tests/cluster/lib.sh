@@ -1,0 +1,183 @@
+# lib.sh -- shared by tests/cluster/t_*.sh: start real pdserve processes on
+# loopback with ephemeral ports, always stop them at exit, print TAP lines.
+#
+#   . "$(dirname "$0")/lib.sh"
+#   start_router [--set k=v ...]        sets ROUTER (client endpoint), ROUTER_W
+#   start_worker prefill|decode|both ID [--set k=v ...]
+#   wait_workers N                      until N workers are registered (10 s)
+#   cli ARGS...                         pd-cli against this cluster
+#   ok NAME / not_ok NAME [why] / check NAME CMD...
+#
+# Env: BUILD (default build), PD_BIN (default $BUILD/bin), MODELS
+# (default $BUILD/models), MODEL (default $MODELS/tiny-llama-spm-f32.gguf).
+# Logs stay in $T (printed on failure) until the test exits.
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+BUILD=${BUILD:-build}
+PD_BIN=${PD_BIN:-$BUILD/bin}
+MODELS=${MODELS:-$BUILD/models}
+MODEL=${MODEL:-$MODELS/tiny-llama-spm-f32.gguf}
+T=$(mktemp -d /tmp/pdtest.XXXXXX)
+PIDS=()
+FAILED=0
+# Settings every test cluster shares: one compute thread per process (the
+# machine has 2 cores), a KV pool sized for the tiny model, quick beats.
+# Liveness 10 beats (2 s): sanitizer builds on a loaded machine are slow.
+COMMON_SETS=(--set model.threads=1 --set kv.num_blocks=1024 --set worker.heartbeat_ms=200
+             --set router.heartbeat_ms=200 --set worker.liveness=10 --set router.liveness=10)
+
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$FAILED" != 0 ]; then
+        for f in "$T"/*.log; do
+            [ -e "$f" ] || continue
+            echo "# ---- $f (last 15 lines)"
+            tail -15 "$f" | sed 's/^/# /'
+        done
+    fi
+    [ -n "${KEEP:-}" ] && echo "# logs kept in $T" || rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok() { echo "ok - $1"; }
+not_ok() {
+    FAILED=1
+    echo "not ok - $1${2:+ # $2}"
+}
+check() { # NAME CMD...
+    local name=$1
+    shift
+    if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+
+skip_all() {
+    echo "ok - SKIP $1"
+    exit 0
+}
+
+require_model() {
+    [ -s "$MODEL" ] || skip_all "model $MODEL missing (make models)"
+    for b in pd-router pd-prefill pd-decode pd-cli pd-run; do
+        [ -x "$PD_BIN/$b" ] || skip_all "$PD_BIN/$b missing (make all)"
+    done
+}
+
+start_router() {
+    rm -f "$T/router.ready"
+    "$PD_BIN/pd-router" --model "$MODEL" "${COMMON_SETS[@]}" \
+        --set router.client_endpoint=tcp://127.0.0.1:0 \
+        --set router.worker_endpoint=tcp://127.0.0.1:0 \
+        --ready-file "$T/router.ready" --log-file "$T/router.log" "$@" 2>"$T/router.stderr" &
+    PIDS+=($!)
+    ROUTER_PID=$!
+    for _ in $(seq 1 100); do
+        [ -s "$T/router.ready" ] && break
+        sleep 0.05
+    done
+    ROUTER=$(grep '^client=' "$T/router.ready" 2>/dev/null | cut -d= -f2-)
+    ROUTER_W=$(grep '^worker=' "$T/router.ready" 2>/dev/null | cut -d= -f2-)
+    if [ -z "$ROUTER" ]; then
+        not_ok "router starts"
+        exit 1
+    fi
+}
+
+start_worker() { # ROLE ID [args]
+    local role=$1 id=$2
+    shift 2
+    local bin=pd-decode
+    [ "$role" = prefill ] && bin=pd-prefill
+    "$PD_BIN/$bin" --role "$role" --id "$id" --model "$MODEL" --router "$ROUTER_W" \
+        "${COMMON_SETS[@]}" --log-file "$T/$id.log" "$@" 2>"$T/$id.stderr" &
+    PIDS+=($!)
+    LAST_PID=$!
+}
+
+cli() { "$PD_BIN/pd-cli" --router "$ROUTER" "$@"; }
+
+# Number of registered workers, from pd-cli status --json.
+n_workers() {
+    cli status --json 2>/dev/null | node -e '
+        let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
+            try { console.log(JSON.parse(s).workers.length); } catch (e) { console.log(0); } });'
+}
+
+wait_workers() { # N
+    for _ in $(seq 1 100); do
+        [ "$(n_workers)" = "$1" ] && return 0
+        sleep 0.1
+    done
+    not_ok "$1 workers register"
+    exit 1
+}
+
+# pd-run's token ids for one request: ref_tokens OUTFILE -p PROMPT -n N [flags]
+ref_tokens() {
+    local out=$1
+    shift
+    "$PD_BIN/pd-run" -m "$MODEL" --threads 1 --tokens "$@" >"$out" 2>"$out.err"
+}
+
+# ====== A deterministic workload ======
+# workload N: fills PROMPTS[i] (1..~240 words, ~2 tokens each) and ARGS[i]
+# (max_tokens 1..200; even i greedy, odd i seeded top-p sampling; half with
+# --ignore-eos).
+WORDS=(the quick brown fox jumps over lazy dog while seven wizards quietly hex jovial
+       sphinx pack my box with five dozen liquor jugs how vexingly daft zebras jump
+       river mountain cloud signal garden silver window thunder paper engine orange)
+workload() {
+    local n=$1 i k w nw
+    PROMPTS=()
+    ARGS=()
+    for ((i = 0; i < n; i++)); do
+        nw=$((1 + (i * 113) % 240))
+        w=""
+        for ((k = 0; k < nw; k++)); do
+            w+="${WORDS[$(((i * 31 + k * 7 + k / 5) % ${#WORDS[@]}))]} "
+        done
+        PROMPTS[i]="${w% }"
+        local a="-n $((1 + (i * 37) % 200))"
+        if ((i % 2)); then a+=" --temp 0.8 --top-p 0.9 --seed $((1000 + i))"; fi
+        if ((i % 4 < 2)); then a+=" --ignore-eos"; fi
+        ARGS[i]=$a
+    done
+}
+
+# refs N DIR: pd-run's tokens for every request of the workload, into DIR/ref_i.txt.
+refs() {
+    local n=$1 dir=$2 i
+    for ((i = 0; i < n; i++)); do
+        # shellcheck disable=SC2086
+        ref_tokens "$dir/ref_$i.txt" -p "${PROMPTS[i]}" ${ARGS[i]}
+    done
+}
+
+# send_all N DIR: every request of the workload at once, one pd-cli each;
+# waits for all (bounded by a 120 s timeout each).
+send_all() {
+    local n=$1 dir=$2 i pids=()
+    for ((i = 0; i < n; i++)); do
+        # shellcheck disable=SC2086
+        timeout 120 "$PD_BIN/pd-cli" --router "$ROUTER" generate "${PROMPTS[i]}" ${ARGS[i]} \
+            --json >"$dir/out_$i.jsonl" 2>"$dir/out_$i.err" &
+        pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p"; done
+}
+
+# JSON field of pd-cli status --json: status_field 'expr' (a JS expression on s)
+status_field() {
+    cli status --json 2>/dev/null | node -e '
+        let t = ""; process.stdin.on("data", d => t += d).on("end", () => {
+            const s = JSON.parse(t); console.log(eval(process.argv[1])); });' "$1"
+}
