@@ -1,0 +1,891 @@
+/* pd-plan -- size a disaggregated cluster from a measured profile.
+ *
+ *   pd-plan --profile FILE --request-rate R --input-len I --output-len O
+ *           --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]
+ *           [--num-requests N] [--seed S] [--prefill-batch-tokens T]
+ *           [--prefill-batch-size B] [--decode-batch-size B] [--kv-blocks N]
+ *           [--json FILE]
+ *
+ * FILE is what `pd-bench --profile` measured on a live cluster: prefill pass
+ * time against prompt tokens, decode step time against batch size and
+ * context, KV transfer time against tokens, and the fixed overhead a first
+ * token pays (router, network). pd-plan fits
+ *     prefill_ms(n, T) = a + b*n*T + c*n*T^2     (a pass over n prompts of T
+ *                                                 tokens; c >= 0)
+ *     decode_ms(B, C) = a + b*B + c*B*C
+ *     kv_ms(T)        = a + b*T
+ * by least squares and runs a discrete-event simulation of P prefill and D
+ * decode workers under the router's rules:
+ *   - a request arrives (Poisson, rate R) and goes to the prefill worker with
+ *     the fewest queued prompt tokens;
+ *   - a prefill worker runs FIFO batches (at most --prefill-batch-size
+ *     prompts and --prefill-batch-tokens tokens) and emits each first token
+ *     (TTFT = prefill end - arrival + overhead);
+ *   - the KV goes to the decode worker with the most free KV blocks, arrives
+ *     after kv_ms, and joins the running batch at a step boundary when the
+ *     batch has room (--decode-batch-size) and the worker has the blocks;
+ *   - each decode step gives every running sequence one token.
+ * A request is good when TTFT <= --ttft-slo and TPOT = (last token - first
+ * token) / (O - 1) <= --tpot-slo; goodput = good requests / simulated time,
+ * attainment = good / all. A cluster meets the SLOs when attainment >=
+ * --attainment (default 0.9). pd-plan tries every P:D with P + D <=
+ * --max-workers (up to 16; above that, a binary search for the smallest D at
+ * each P), prints goodput and attainment for each, and the smallest cluster
+ * that meets the SLOs.
+ *
+ * Exit: 0 a cluster meets the SLOs, 1 none within --max-workers, 2 bad
+ * options or a malformed profile.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#define EXIT_NONE 1
+#define EXIT_USAGE 2
+#define PLAN_EXHAUSTIVE_MAX 16 /* --max-workers up to this: try every P:D */
+#define PLAN_MAX_WORKERS 100000
+
+/* ====== Options ====== */
+
+typedef struct {
+    const char *profile_path, *json_path;
+    double rate, ttft_slo_ms, tpot_slo_ms, attainment;
+    uint32_t input_len, output_len, max_workers, num_requests;
+    uint32_t prefill_batch_tokens, prefill_batch_size, decode_batch_size, kv_blocks;
+    uint64_t seed;
+} opts_t;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pd-plan --profile FILE --request-rate R --input-len I --output-len O\n"
+               "               --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]\n"
+               "               [--num-requests N] [--seed S] [--prefill-batch-tokens T]\n"
+               "               [--prefill-batch-size B] [--decode-batch-size B] [--kv-blocks N]\n"
+               "               [--json FILE]\n"
+               "FILE comes from `pd-bench --profile FILE`. Exit: 0 a cluster meets the SLOs,\n"
+               "1 none within --max-workers, 2 bad options or profile.\n");
+}
+
+static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "pd-plan: %s: '%s' is not a number in [%g, %g]\n", opt, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
+        fprintf(stderr, "pd-plan: %s: '%s' is not an integer in [%u, %u]\n", opt, s, lo, hi);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* 0, 1 for --help, -1 on a bad option (message printed). */
+static int parse_args(int argc, char **argv, opts_t *o)
+{
+    memset(o, 0, sizeof *o);
+    o->rate = o->ttft_slo_ms = o->tpot_slo_ms = -1;
+    o->attainment = 0.9;
+    o->max_workers = 8;
+    o->num_requests = 2000;
+    o->prefill_batch_tokens = 2048; /* configs/example-full.yaml defaults */
+    o->prefill_batch_size = 16;
+    o->decode_batch_size = 32;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help"))
+            return 1;
+        if (v == NULL) {
+            fprintf(stderr, "pd-plan: %s: unknown option or missing value (--help for usage)\n", a);
+            return -1;
+        }
+        i++;
+        int rc = 0;
+        if (!strcmp(a, "--profile"))
+            o->profile_path = v;
+        else if (!strcmp(a, "--json"))
+            o->json_path = v;
+        else if (!strcmp(a, "--request-rate")) {
+            rc = parse_double(a, v, -1e12, 1e12, &o->rate);
+            if (rc == 0 && o->rate <= 0) {
+                fprintf(stderr, "pd-plan: --request-rate: %s must be > 0\n", v);
+                rc = -1;
+            }
+        } else if (!strcmp(a, "--ttft-slo"))
+            rc = parse_double(a, v, 1e-6, 1e12, &o->ttft_slo_ms);
+        else if (!strcmp(a, "--tpot-slo"))
+            rc = parse_double(a, v, 1e-6, 1e12, &o->tpot_slo_ms);
+        else if (!strcmp(a, "--attainment"))
+            rc = parse_double(a, v, 0, 1, &o->attainment);
+        else if (!strcmp(a, "--input-len"))
+            rc = parse_u32(a, v, 1, 10000000, &o->input_len);
+        else if (!strcmp(a, "--output-len"))
+            rc = parse_u32(a, v, 1, 10000000, &o->output_len);
+        else if (!strcmp(a, "--max-workers"))
+            rc = parse_u32(a, v, 2, PLAN_MAX_WORKERS, &o->max_workers);
+        else if (!strcmp(a, "--num-requests"))
+            rc = parse_u32(a, v, 1, 10000000, &o->num_requests);
+        else if (!strcmp(a, "--prefill-batch-tokens"))
+            rc = parse_u32(a, v, 1, 100000000, &o->prefill_batch_tokens);
+        else if (!strcmp(a, "--prefill-batch-size"))
+            rc = parse_u32(a, v, 1, 100000, &o->prefill_batch_size);
+        else if (!strcmp(a, "--decode-batch-size"))
+            rc = parse_u32(a, v, 1, 100000, &o->decode_batch_size);
+        else if (!strcmp(a, "--kv-blocks"))
+            rc = parse_u32(a, v, 1, 1000000000, &o->kv_blocks);
+        else if (!strcmp(a, "--seed")) {
+            char *end;
+            errno = 0;
+            o->seed = strtoull(v, &end, 10);
+            if (errno || end == v || *end || v[0] == '-') {
+                fprintf(stderr, "pd-plan: --seed: '%s' is not an unsigned integer\n", v);
+                rc = -1;
+            }
+        } else {
+            fprintf(stderr, "pd-plan: unknown option '%s' (--help for usage)\n", a);
+            rc = -1;
+        }
+        if (rc != 0)
+            return -1;
+    }
+    const char *missing = !o->profile_path      ? "--profile"
+                          : o->rate < 0         ? "--request-rate"
+                          : !o->input_len       ? "--input-len"
+                          : !o->output_len      ? "--output-len"
+                          : o->ttft_slo_ms < 0  ? "--ttft-slo"
+                          : o->tpot_slo_ms < 0  ? "--tpot-slo"
+                                                : NULL;
+    if (missing) {
+        fprintf(stderr, "pd-plan: %s is required (--help for usage)\n", missing);
+        return -1;
+    }
+    return 0;
+}
+
+/* ====== Profile and cost model ====== */
+
+typedef struct {
+    double pre[3];  /* prefill_ms(T) = pre[0] + pre[1]*T + pre[2]*T^2 */
+    double dec[3];  /* decode_ms(B, C) = dec[0] + dec[1]*B + dec[2]*B*C */
+    double kv[2];   /* kv_ms(T) = kv[0] + kv[1]*T */
+    double min_pre_ms, min_dec_ms; /* floors: the fastest measured pass/step */
+    double overhead_ms;
+    uint32_t block_size, kv_blocks;
+    char model[128];
+} model_t;
+
+/* Least squares: k (<= 3) features x[i*k + j], targets y (n); coef out.
+ * Returns -1 when the normal equations are singular. */
+static int lstsq(const double *x, const double *y, size_t n, int k, double *coef)
+{
+    double a[3][4] = { { 0 } };
+    for (size_t i = 0; i < n; i++)
+        for (int r = 0; r < k; r++) {
+            for (int c = 0; c < k; c++)
+                a[r][c] += x[i * k + r] * x[i * k + c];
+            a[r][k] += x[i * k + r] * y[i];
+        }
+    for (int c = 0; c < k; c++) {
+        int p = c;
+        for (int r = c + 1; r < k; r++)
+            if (fabs(a[r][c]) > fabs(a[p][c]))
+                p = r;
+        if (fabs(a[p][c]) < 1e-12)
+            return -1;
+        for (int j = 0; j <= k; j++) {
+            double t = a[c][j];
+            a[c][j] = a[p][j];
+            a[p][j] = t;
+        }
+        for (int r = 0; r < k; r++) {
+            if (r == c)
+                continue;
+            double f = a[r][c] / a[c][c];
+            for (int j = c; j <= k; j++)
+                a[r][j] -= f * a[c][j];
+        }
+    }
+    for (int c = 0; c < k; c++)
+        coef[c] = a[c][k] / a[c][c];
+    return 0;
+}
+
+/* The number at obj[key], which must be finite and >= 0. */
+static int get_num(const char *path, json_t *obj, const char *arr, size_t i, const char *key,
+                   double *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!json_is_number(v) || !isfinite(json_number_value(v)) || json_number_value(v) < 0) {
+        if (arr)
+            fprintf(stderr, "pd-plan: --profile %s: %s[%zu].%s: missing or not a number >= 0\n",
+                    path, arr, i, key);
+        else
+            fprintf(stderr, "pd-plan: --profile %s: %s: missing or not a number >= 0\n", path, key);
+        return -1;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
+/* Reads the points of array name: fields f0 (and f1) as features, "ms" as
+ * the target. Needs at least min_n points. */
+static int get_points(const char *path, json_t *root, const char *name, const char *f0,
+                      const char *f1, size_t min_n, double **a0, double **a1, double **ms,
+                      size_t *n)
+{
+    json_t *arr = json_object_get(root, name);
+    if (!json_is_array(arr) || json_array_size(arr) < min_n || json_array_size(arr) > 100000) {
+        fprintf(stderr, "pd-plan: --profile %s: %s: needs an array of at least %zu points\n", path,
+                name, min_n);
+        return -1;
+    }
+    *n = json_array_size(arr);
+    *a0 = calloc(*n + 1, sizeof **a0);
+    *a1 = calloc(*n + 1, sizeof **a1);
+    *ms = calloc(*n + 1, sizeof **ms);
+    if (!*a0 || !*a1 || !*ms)
+        return -1;
+    for (size_t i = 0; i < *n; i++) {
+        json_t *p = json_array_get(arr, i);
+        if (get_num(path, p, name, i, f0, &(*a0)[i]) || (f1 && get_num(path, p, name, i, f1, &(*a1)[i])) ||
+            get_num(path, p, name, i, "ms", &(*ms)[i]))
+            return -1;
+    }
+    return 0;
+}
+
+static int load_model(const opts_t *o, model_t *m)
+{
+    memset(m, 0, sizeof *m);
+    json_error_t je;
+    json_t *root = json_load_file(o->profile_path, 0, &je);
+    if (root == NULL) {
+        fprintf(stderr, "pd-plan: --profile %s: line %d column %d: %s\n", o->profile_path, je.line,
+                je.column, je.text);
+        return -1;
+    }
+    double *t = NULL, *u = NULL, *ms = NULL, *x = NULL;
+    size_t n = 0;
+    int rc = -1;
+    double bs, blocks;
+    if (!json_is_object(root)) {
+        fprintf(stderr, "pd-plan: --profile %s: not a pd-bench profile (an object)\n", o->profile_path);
+        goto done;
+    }
+    if (get_num(o->profile_path, root, NULL, 0, "overhead_ms", &m->overhead_ms) ||
+        get_num(o->profile_path, root, NULL, 0, "block_size", &bs) ||
+        get_num(o->profile_path, root, NULL, 0, "decode_kv_blocks", &blocks))
+        goto done;
+    if (bs < 1 || bs > 1e6 || blocks < 1 || blocks > 1e12) {
+        fprintf(stderr, "pd-plan: --profile %s: block_size %g / decode_kv_blocks %g out of range\n",
+                o->profile_path, bs, blocks);
+        goto done;
+    }
+    m->block_size = (uint32_t)bs;
+    m->kv_blocks = o->kv_blocks ? o->kv_blocks : (uint32_t)blocks;
+    const char *name = json_string_value(json_object_get(root, "model_id"));
+    snprintf(m->model, sizeof m->model, "%s", name ? name : "?");
+
+    /* prefill: a + b*n*T + c*n*T^2, c >= 0 (else a + b*n*T); n = "batch" */
+    if (get_points(o->profile_path, root, "prefill", "tokens", "batch", 2, &t, &u, &ms, &n) != 0)
+        goto done;
+    x = malloc(n * 3 * sizeof *x);
+    if (x == NULL)
+        goto done;
+    m->min_pre_ms = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] < 1) {
+            fprintf(stderr, "pd-plan: --profile %s: prefill[%zu].batch: %g is below 1\n",
+                    o->profile_path, i, u[i]);
+            goto done;
+        }
+        x[i * 3] = 1, x[i * 3 + 1] = u[i] * t[i], x[i * 3 + 2] = u[i] * t[i] * t[i];
+        if (ms[i] < m->min_pre_ms)
+            m->min_pre_ms = ms[i];
+    }
+    if (n < 3 || lstsq(x, ms, n, 3, m->pre) != 0 || m->pre[2] < 0) {
+        m->pre[2] = 0;
+        for (size_t i = 0; i < n; i++)
+            x[i * 2] = 1, x[i * 2 + 1] = u[i] * t[i];
+        if (lstsq(x, ms, n, 2, m->pre) != 0) {
+            fprintf(stderr, "pd-plan: --profile %s: prefill: the points do not determine a line "
+                            "(need two distinct token counts)\n", o->profile_path);
+            goto done;
+        }
+    }
+    free(t), free(u), free(ms), free(x);
+    t = u = ms = x = NULL;
+
+    /* decode: a + b*B + c*B*C */
+    if (get_points(o->profile_path, root, "decode", "batch", "context", 3, &t, &u, &ms, &n) != 0)
+        goto done;
+    x = malloc(n * 3 * sizeof *x);
+    if (x == NULL)
+        goto done;
+    m->min_dec_ms = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        x[i * 3] = 1, x[i * 3 + 1] = t[i], x[i * 3 + 2] = t[i] * u[i];
+        if (ms[i] < m->min_dec_ms)
+            m->min_dec_ms = ms[i];
+    }
+    if (lstsq(x, ms, n, 3, m->dec) != 0) {
+        m->dec[2] = 0;
+        for (size_t i = 0; i < n; i++)
+            x[i * 2] = 1, x[i * 2 + 1] = t[i];
+        if (lstsq(x, ms, n, 2, m->dec) != 0) {
+            fprintf(stderr, "pd-plan: --profile %s: decode: the points do not determine a fit "
+                            "(need distinct batch sizes)\n", o->profile_path);
+            goto done;
+        }
+    }
+    free(t), free(u), free(ms), free(x);
+    t = u = ms = x = NULL;
+
+    /* KV transfer: a + b*T (optional: no points = free) */
+    if (json_array_size(json_object_get(root, "kv_transfer")) > 0) {
+        if (get_points(o->profile_path, root, "kv_transfer", "tokens", NULL, 1, &t, &u, &ms, &n))
+            goto done;
+        x = malloc(n * 2 * sizeof *x);
+        if (x == NULL)
+            goto done;
+        for (size_t i = 0; i < n; i++)
+            x[i * 2] = 1, x[i * 2 + 1] = t[i];
+        if (n < 2 || lstsq(x, ms, n, 2, m->kv) != 0 || m->kv[1] < 0) {
+            double s = 0;
+            for (size_t i = 0; i < n; i++)
+                s += ms[i];
+            m->kv[0] = s / (double)n, m->kv[1] = 0;
+        }
+    }
+    rc = 0;
+done:
+    free(t), free(u), free(ms), free(x);
+    json_decref(root);
+    return rc;
+}
+
+/* One prefill pass over n prompts of len tokens each: the linear part grows
+ * with the batch's tokens, the attention part with each prompt's square. */
+static double prefill_ms(const model_t *m, double n, double len)
+{
+    double v = m->pre[0] + m->pre[1] * n * len + m->pre[2] * n * len * len;
+    return v > m->min_pre_ms * 0.5 ? v : m->min_pre_ms * 0.5;
+}
+
+static double decode_ms(const model_t *m, double batch, double ctx)
+{
+    double v = m->dec[0] + m->dec[1] * batch + m->dec[2] * batch * ctx;
+    return v > m->min_dec_ms * 0.5 ? v : m->min_dec_ms * 0.5;
+}
+
+static double kv_ms(const model_t *m, double tokens)
+{
+    double v = m->kv[0] + m->kv[1] * tokens;
+    return v > 0 ? v : 0;
+}
+
+/* ====== Simulation ====== */
+
+enum { EV_ARRIVAL, EV_PREFILL_DONE, EV_KV_DONE, EV_STEP_DONE };
+
+typedef struct {
+    double t;
+    uint64_t seq; /* ties: first scheduled first */
+    int type;
+    uint32_t a;
+} event_t;
+
+typedef struct {
+    event_t *v;
+    size_t n, cap;
+    uint64_t seq;
+} heap_t;
+
+static bool ev_less(const event_t *x, const event_t *y)
+{
+    return x->t < y->t || (x->t == y->t && x->seq < y->seq);
+}
+
+static int heap_push(heap_t *h, double t, int type, uint32_t a)
+{
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 1024;
+        event_t *p = realloc(h->v, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        h->v = p;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    h->v[i] = (event_t){ t, h->seq++, type, a };
+    while (i > 0 && ev_less(&h->v[i], &h->v[(i - 1) / 2])) {
+        event_t tmp = h->v[i];
+        h->v[i] = h->v[(i - 1) / 2];
+        h->v[(i - 1) / 2] = tmp;
+        i = (i - 1) / 2;
+    }
+    return 0;
+}
+
+static event_t heap_pop(heap_t *h)
+{
+    event_t top = h->v[0];
+    h->v[0] = h->v[--h->n];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, s = i;
+        if (l < h->n && ev_less(&h->v[l], &h->v[s]))
+            s = l;
+        if (r < h->n && ev_less(&h->v[r], &h->v[s]))
+            s = r;
+        if (s == i)
+            break;
+        event_t tmp = h->v[i];
+        h->v[i] = h->v[s];
+        h->v[s] = tmp;
+        i = s;
+    }
+    return top;
+}
+
+typedef struct {
+    double arrive, prefill_end, first, finish;
+    uint32_t gen;    /* tokens made by decode steps */
+    uint32_t dw;     /* decode worker */
+} sreq_t;
+
+/* A FIFO of request indexes (capacity = all requests, so it never fills). */
+typedef struct {
+    uint32_t *v;
+    size_t head, n, cap;
+} fifo_t;
+
+static void fifo_push(fifo_t *f, uint32_t x) { f->v[(f->head + f->n++) % f->cap] = x; }
+static uint32_t fifo_pop(fifo_t *f)
+{
+    uint32_t x = f->v[f->head];
+    f->head = (f->head + 1) % f->cap;
+    f->n--;
+    return x;
+}
+
+typedef struct {
+    fifo_t q;
+    uint32_t *batch; /* (n_batch) prompts in the running pass */
+    size_t n_batch;
+    uint64_t load_tokens; /* queued + running prompt tokens */
+    bool busy;
+} pworker_t;
+
+typedef struct {
+    fifo_t wait;
+    uint32_t *run; /* (n_run) running sequences */
+    size_t n_run;
+    int64_t free_blocks, promised; /* promised: blocks of requests on their way */
+    bool busy;
+} dworker_t;
+
+typedef struct {
+    double goodput, attainment, duration_s, p90_ttft_ms, p90_tpot_ms, mean_ttft_ms, mean_tpot_ms;
+    size_t good, n;
+} result_t;
+
+typedef struct {
+    const opts_t *o;
+    const model_t *m;
+    uint32_t P, D;
+    sreq_t *r;
+    pworker_t *pw;
+    dworker_t *dw;
+    heap_t h;
+    uint32_t blocks_per_req;
+} sim_t;
+
+/* Prompt tokens of a request, BOS included. */
+static double o_len(const sim_t *s) { return (double)s->o->input_len + 1; }
+
+static int start_prefill(sim_t *s, uint32_t w, double now)
+{
+    pworker_t *p = &s->pw[w];
+    if (p->busy || p->q.n == 0)
+        return 0;
+    uint64_t tokens = 0;
+    p->n_batch = 0;
+    while (p->q.n && p->n_batch < s->o->prefill_batch_size &&
+           (p->n_batch == 0 || tokens + s->o->input_len <= s->o->prefill_batch_tokens)) {
+        p->batch[p->n_batch++] = fifo_pop(&p->q);
+        tokens += s->o->input_len;
+    }
+    p->busy = true;
+    return heap_push(&s->h, now + prefill_ms(s->m, (double)p->n_batch, o_len(s)) / 1000.0,
+                     EV_PREFILL_DONE, w);
+}
+
+static int start_step(sim_t *s, uint32_t w, double now)
+{
+    dworker_t *d = &s->dw[w];
+    if (d->busy)
+        return 0;
+    while (d->wait.n && d->n_run < s->o->decode_batch_size && d->free_blocks >= s->blocks_per_req) {
+        d->run[d->n_run++] = fifo_pop(&d->wait);
+        d->free_blocks -= s->blocks_per_req;
+        d->promised -= s->blocks_per_req;
+    }
+    if (d->n_run == 0)
+        return 0;
+    double ctx = 0;
+    for (size_t i = 0; i < d->n_run; i++)
+        ctx += s->o->input_len + 1 + s->r[d->run[i]].gen;
+    ctx /= (double)d->n_run;
+    d->busy = true;
+    return heap_push(&s->h, now + decode_ms(s->m, (double)d->n_run, ctx) / 1000.0, EV_STEP_DONE, w);
+}
+
+static int on_event(sim_t *s, event_t e)
+{
+    const opts_t *o = s->o;
+    if (e.type == EV_ARRIVAL) {
+        uint32_t best = 0;
+        for (uint32_t w = 1; w < s->P; w++)
+            if (s->pw[w].load_tokens < s->pw[best].load_tokens)
+                best = w;
+        fifo_push(&s->pw[best].q, e.a);
+        s->pw[best].load_tokens += o->input_len;
+        return start_prefill(s, best, e.t);
+    }
+    if (e.type == EV_PREFILL_DONE) {
+        pworker_t *p = &s->pw[e.a];
+        for (size_t i = 0; i < p->n_batch; i++) {
+            sreq_t *r = &s->r[p->batch[i]];
+            r->prefill_end = e.t;
+            r->first = e.t + s->m->overhead_ms / 1000.0;
+            p->load_tokens -= o->input_len;
+            if (o->output_len == 1) {
+                r->finish = r->first;
+                continue;
+            }
+            uint32_t best = 0;
+            for (uint32_t w = 1; w < s->D; w++)
+                if (s->dw[w].free_blocks - s->dw[w].promised >
+                    s->dw[best].free_blocks - s->dw[best].promised)
+                    best = w;
+            r->dw = best;
+            s->dw[best].promised += s->blocks_per_req;
+            if (heap_push(&s->h, e.t + kv_ms(s->m, o->input_len + 1) / 1000.0, EV_KV_DONE,
+                          p->batch[i]) != 0)
+                return -1;
+        }
+        p->busy = false;
+        p->n_batch = 0;
+        return start_prefill(s, e.a, e.t);
+    }
+    if (e.type == EV_KV_DONE) {
+        sreq_t *r = &s->r[e.a];
+        fifo_push(&s->dw[r->dw].wait, e.a);
+        return start_step(s, r->dw, e.t);
+    }
+    /* EV_STEP_DONE */
+    dworker_t *d = &s->dw[e.a];
+    size_t k = 0;
+    for (size_t i = 0; i < d->n_run; i++) {
+        sreq_t *r = &s->r[d->run[i]];
+        if (++r->gen + 1 >= o->output_len) {
+            r->finish = e.t + s->m->overhead_ms / 1000.0;
+            d->free_blocks += s->blocks_per_req;
+        } else {
+            d->run[k++] = d->run[i];
+        }
+    }
+    d->n_run = k;
+    d->busy = false;
+    return start_step(s, e.a, e.t);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double p90(double *v, size_t n)
+{
+    qsort(v, n, sizeof *v, cmp_double);
+    double pos = 0.9 * (double)(n - 1);
+    size_t lo = (size_t)floor(pos), hi = (size_t)ceil(pos);
+    return v[lo] + (v[hi] - v[lo]) * (pos - (double)lo);
+}
+
+/* Simulates P prefill + D decode workers; fills res. */
+static int simulate(const opts_t *o, const model_t *m, uint32_t P, uint32_t D, result_t *res)
+{
+    sim_t s = { .o = o, .m = m, .P = P, .D = D };
+    size_t n = o->num_requests;
+    int rc = -1;
+    double *ttft = NULL, *tpot = NULL;
+    memset(res, 0, sizeof *res);
+    s.blocks_per_req = (o->input_len + 1 + o->output_len + m->block_size - 1) / m->block_size;
+    s.r = calloc(n, sizeof *s.r);
+    s.pw = calloc(P, sizeof *s.pw);
+    s.dw = calloc(D, sizeof *s.dw);
+    ttft = malloc(n * sizeof *ttft);
+    tpot = malloc(n * sizeof *tpot);
+    if (!s.r || !s.pw || !s.dw || !ttft || !tpot)
+        goto done;
+    for (uint32_t w = 0; w < P; w++) {
+        s.pw[w].q = (fifo_t){ calloc(n, sizeof(uint32_t)), 0, 0, n };
+        s.pw[w].batch = calloc(o->prefill_batch_size, sizeof(uint32_t));
+        if (!s.pw[w].q.v || !s.pw[w].batch)
+            goto done;
+    }
+    for (uint32_t w = 0; w < D; w++) {
+        s.dw[w].wait = (fifo_t){ calloc(n, sizeof(uint32_t)), 0, 0, n };
+        s.dw[w].run = calloc(o->decode_batch_size, sizeof(uint32_t));
+        s.dw[w].free_blocks = m->kv_blocks;
+        if (!s.dw[w].wait.v || !s.dw[w].run)
+            goto done;
+    }
+    uint64_t x = o->seed * 0x9e3779b97f4a7c15ull + 1; /* the same arrivals for every P:D */
+    double t = 0;
+    for (size_t i = 0; i < n; i++) {
+        s.r[i].arrive = t;
+        if (heap_push(&s.h, t, EV_ARRIVAL, (uint32_t)i) != 0)
+            goto done;
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double u = ((double)(x >> 11) + 0.5) * 0x1.0p-53;
+        t += -log(u) / o->rate;
+    }
+    while (s.h.n)
+        if (on_event(&s, heap_pop(&s.h)) != 0)
+            goto done;
+    double end = 0;
+    size_t n_tpot = 0;
+    bool fits = s.blocks_per_req <= m->kv_blocks;
+    for (size_t i = 0; i < n; i++) {
+        sreq_t *r = &s.r[i];
+        if (!fits)
+            break;
+        if (r->finish > end)
+            end = r->finish;
+        double a = (r->first - r->arrive) * 1000.0;
+        double b = o->output_len > 1 ? (r->finish - r->first) * 1000.0 / (o->output_len - 1) : 0;
+        ttft[i] = a;
+        if (o->output_len > 1)
+            tpot[n_tpot++] = b;
+        res->mean_ttft_ms += a / (double)n;
+        res->mean_tpot_ms += b / (double)n;
+        if (a <= o->ttft_slo_ms && b <= o->tpot_slo_ms)
+            res->good++;
+    }
+    res->n = n;
+    res->duration_s = end;
+    res->goodput = end > 0 ? (double)res->good / end : 0;
+    res->attainment = (double)res->good / (double)n;
+    res->p90_ttft_ms = fits ? p90(ttft, n) : INFINITY;
+    res->p90_tpot_ms = n_tpot ? p90(tpot, n_tpot) : 0;
+    rc = 0;
+done:
+    for (uint32_t w = 0; s.pw && w < P; w++)
+        free(s.pw[w].q.v), free(s.pw[w].batch);
+    for (uint32_t w = 0; s.dw && w < D; w++)
+        free(s.dw[w].wait.v), free(s.dw[w].run);
+    free(s.pw), free(s.dw), free(s.r), free(s.h.v), free(ttft), free(tpot);
+    return rc;
+}
+
+/* ====== Search and report ====== */
+
+typedef struct {
+    uint32_t P, D;
+    result_t r;
+    bool meets;
+} row_t;
+
+static int cmp_row(const void *a, const void *b)
+{
+    const row_t *x = a, *y = b;
+    uint32_t tx = x->P + x->D, ty = y->P + y->D;
+    if (tx != ty)
+        return tx < ty ? -1 : 1;
+    return (x->P > y->P) - (x->P < y->P);
+}
+
+typedef struct {
+    row_t *v;
+    size_t n, cap;
+} rows_t;
+
+static row_t *try_config(const opts_t *o, const model_t *m, rows_t *rows, uint32_t P, uint32_t D)
+{
+    for (size_t i = 0; i < rows->n; i++)
+        if (rows->v[i].P == P && rows->v[i].D == D)
+            return &rows->v[i];
+    if (rows->n == rows->cap) {
+        size_t cap = rows->cap ? rows->cap * 2 : 64;
+        row_t *p = realloc(rows->v, cap * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        rows->v = p;
+        rows->cap = cap;
+    }
+    row_t *r = &rows->v[rows->n];
+    r->P = P, r->D = D;
+    if (simulate(o, m, P, D, &r->r) != 0)
+        return NULL;
+    r->meets = r->r.attainment >= o->attainment;
+    rows->n++;
+    return r;
+}
+
+static int search(const opts_t *o, const model_t *m, rows_t *rows)
+{
+    uint32_t N = o->max_workers;
+    for (uint32_t P = 1; P < N; P++) {
+        if (N <= PLAN_EXHAUSTIVE_MAX) {
+            for (uint32_t D = 1; P + D <= N; D++)
+                if (try_config(o, m, rows, P, D) == NULL)
+                    return -1;
+            continue;
+        }
+        /* binary search the smallest D that meets the SLOs at this P */
+        uint32_t lo = 1, hi = N - P;
+        row_t *r = try_config(o, m, rows, P, hi);
+        if (r == NULL)
+            return -1;
+        if (!r->meets)
+            continue;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if ((r = try_config(o, m, rows, P, mid)) == NULL)
+                return -1;
+            if (r->meets)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+    }
+    qsort(rows->v, rows->n, sizeof *rows->v, cmp_row);
+    return 0;
+}
+
+/* In binary-search mode, the row worth printing for its P: the smallest D
+ * that meets the SLOs, or the largest D tried when none does. */
+static bool shown(const rows_t *rows, const row_t *r)
+{
+    for (size_t i = 0; i < rows->n; i++) {
+        const row_t *q = &rows->v[i];
+        if (q->P != r->P || q == r)
+            continue;
+        if (r->meets ? (q->meets && q->D < r->D) : (q->meets || q->D > r->D))
+            return false;
+    }
+    return true;
+}
+
+static json_t *row_json(const row_t *r)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "prefill", json_integer(r->P));
+    json_object_set_new(j, "decode", json_integer(r->D));
+    json_object_set_new(j, "workers", json_integer(r->P + r->D));
+    json_object_set_new(j, "goodput", json_real(r->r.goodput));
+    json_object_set_new(j, "attainment", json_real(r->r.attainment));
+    json_object_set_new(j, "p90_ttft_ms", isfinite(r->r.p90_ttft_ms) ? json_real(r->r.p90_ttft_ms) : json_null());
+    json_object_set_new(j, "p90_tpot_ms", json_real(r->r.p90_tpot_ms));
+    json_object_set_new(j, "mean_ttft_ms", json_real(r->r.mean_ttft_ms));
+    json_object_set_new(j, "mean_tpot_ms", json_real(r->r.mean_tpot_ms));
+    json_object_set_new(j, "duration_s", json_real(r->r.duration_s));
+    json_object_set_new(j, "meets", json_boolean(r->meets));
+    return j;
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o;
+    int prc = parse_args(argc, argv, &o);
+    if (prc != 0) {
+        usage(prc > 0 ? stdout : stderr);
+        return prc > 0 ? 0 : EXIT_USAGE;
+    }
+    model_t m;
+    if (load_model(&o, &m) != 0)
+        return EXIT_USAGE;
+    rows_t rows = { 0 };
+    if (search(&o, &m, &rows) != 0) {
+        fprintf(stderr, "pd-plan: out of memory\n");
+        free(rows.v);
+        return EXIT_NONE;
+    }
+    printf("pd-plan: model %s, rate %g req/s, input %u, output %u tokens; SLOs TTFT <= %g ms, "
+           "TPOT <= %g ms, attainment >= %g; %u requests simulated per config\n",
+           m.model, o.rate, o.input_len, o.output_len, o.ttft_slo_ms, o.tpot_slo_ms, o.attainment,
+           o.num_requests);
+    printf("cost model: prefill_ms(n,T) = %.4g + %.4g*n*T + %.4g*n*T^2; decode_ms(B,C) = %.4g + %.4g*B + "
+           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms\n",
+           m.pre[0], m.pre[1], m.pre[2], m.dec[0], m.dec[1], m.dec[2], m.kv[0], m.kv[1],
+           m.overhead_ms);
+    printf("%5s %5s %8s %15s %11s %14s %14s %6s\n", "P", "D", "workers", "goodput(req/s)",
+           "attainment", "p90 TTFT(ms)", "p90 TPOT(ms)", "meets");
+    const row_t *best = NULL;
+    bool all = o.max_workers <= PLAN_EXHAUSTIVE_MAX;
+    if (!all)
+        printf("(binary search: for each P, the smallest D that meets the SLOs, or the largest "
+               "D tried when none does; --json lists every configuration simulated)\n");
+    for (size_t i = 0; i < rows.n; i++) {
+        const row_t *r = &rows.v[i];
+        if (r->meets && (best == NULL || r->P + r->D < best->P + best->D ||
+                         (r->P + r->D == best->P + best->D && r->r.goodput > best->r.goodput)))
+            best = r;
+        if (!all && !shown(&rows, r))
+            continue;
+        printf("%5u %5u %8u %15.3f %11.3f %14.2f %14.3f %6s\n", r->P, r->D, r->P + r->D,
+               r->r.goodput, r->r.attainment, r->r.p90_ttft_ms, r->r.p90_tpot_ms,
+               r->meets ? "yes" : "no");
+    }
+    if (best)
+        printf("smallest cluster meeting the SLOs at %g req/s: %u prefill + %u decode (%u workers), "
+               "predicted goodput %.3f req/s, attainment %.3f\n",
+               o.rate, best->P, best->D, best->P + best->D, best->r.goodput, best->r.attainment);
+    else
+        printf("no cluster of at most %u workers meets the SLOs at %g req/s\n", o.max_workers,
+               o.rate);
+    int status = best ? 0 : EXIT_NONE;
+    if (o.json_path) {
+        json_t *j = json_object(), *arr = json_array();
+        json_object_set_new(j, "model_id", json_string(m.model));
+        json_object_set_new(j, "request_rate", json_real(o.rate));
+        json_object_set_new(j, "input_len", json_integer(o.input_len));
+        json_object_set_new(j, "output_len", json_integer(o.output_len));
+        json_object_set_new(j, "ttft_slo_ms", json_real(o.ttft_slo_ms));
+        json_object_set_new(j, "tpot_slo_ms", json_real(o.tpot_slo_ms));
+        json_object_set_new(j, "attainment_target", json_real(o.attainment));
+        json_object_set_new(j, "num_requests", json_integer(o.num_requests));
+        for (size_t i = 0; i < rows.n; i++)
+            json_array_append_new(arr, row_json(&rows.v[i]));
+        json_object_set_new(j, "configs", arr);
+        json_object_set_new(j, "smallest", best ? row_json(best) : json_null());
+        if (json_dump_file(j, o.json_path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) {
+            fprintf(stderr, "pd-plan: --json %s: cannot write\n", o.json_path);
+            status = EXIT_NONE;
+        }
+        json_decref(j);
+    }
+    free(rows.v);
+    return status;
+}

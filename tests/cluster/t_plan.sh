@@ -1,0 +1,90 @@
+#!/bin/bash
+# pd-plan on a recorded profile (tests/cluster/profile-tiny.json, measured by
+# `pd-bench --profile` on a 1 prefill + 1 decode tiny-model cluster): goodput
+# rises with workers, SLO attainment stays within [0, 1], the reported
+# smallest cluster meets the SLOs in its own simulation and no smaller one
+# does, the search for large clusters agrees with the exhaustive one, and bad
+# options or a malformed profile fail with a clear message and exit 2.
+. "$(dirname "$0")/lib.sh"
+[ -x "$PD_BIN/pd-plan" ] || skip_all "$PD_BIN/pd-plan missing (make all)"
+PLAN=$PD_BIN/pd-plan
+PROF=tests/cluster/profile-tiny.json
+ARGS=(--profile $PROF --request-rate 200 --input-len 128 --output-len 64 --ttft-slo 40 --tpot-slo 2)
+
+"$PLAN" "${ARGS[@]}" --max-workers 7 --json "$T/p.json" >"$T/p.out" 2>&1
+check "pd-plan: a cluster meets the SLOs (exit 0)" test $? = 0
+check "pd-plan: prints the smallest cluster" grep -q "^smallest cluster meeting the SLOs at 200 req/s" "$T/p.out"
+node -e '
+const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+const R = j.request_rate, tol = 0.02 * R;
+let bad = 0;
+function check(name, cond, why = "") {
+    console.log(`${cond ? "ok" : "not ok"} - pd-plan: ${name}${cond || !why ? "" : " # " + why}`);
+    if (!cond) bad++;
+}
+const at = (P, D) => j.configs.find((c) => c.prefill === P && c.decode === D);
+check("every P:D with P + D <= 7 was tried", j.configs.length === 21, `${j.configs.length}`);
+let mono = true, why = "";
+for (const c of j.configs) {
+    const up = [at(c.prefill + 1, c.decode), at(c.prefill, c.decode + 1)].filter(Boolean);
+    for (const u of up)
+        if (u.goodput < c.goodput - tol) { mono = false; why = `${c.prefill}:${c.decode} -> ${u.prefill}:${u.decode}`; }
+}
+check("goodput rises with workers (adding a prefill or a decode worker never loses goodput)", mono, why);
+const best = (w) => Math.max(...j.configs.filter((c) => c.workers === w).map((c) => c.goodput));
+let bestMono = true;
+for (let w = 3; w <= 7; w++) if (best(w) < best(w - 1) - tol) bestMono = false;
+check("the best goodput at W workers rises with W", bestMono);
+check("best goodput grows from 2 to 7 workers", best(7) > best(2) * 2, `${best(2)} -> ${best(7)}`);
+check("SLO attainment is within [0, 1] everywhere", j.configs.every((c) => c.attainment >= 0 && c.attainment <= 1));
+const s = j.smallest;
+check("the smallest cluster meets the SLOs in its own simulation",
+      s && s.attainment >= j.attainment_target && s.meets && at(s.prefill, s.decode).attainment === s.attainment);
+check("no smaller cluster meets the SLOs", s && j.configs.every((c) => c.workers >= s.workers || !c.meets));
+console.log(`# smallest ${s.prefill}P+${s.decode}D goodput ${s.goodput.toFixed(2)} attainment ${s.attainment}`);
+process.exit(bad ? 1 : 0);' "$T/p.json" | tee "$T/check.txt"
+grep -q '^not ok' "$T/check.txt" && FAILED=1
+
+"$PLAN" "${ARGS[@]}" --max-workers 7 --json "$T/p2.json" >/dev/null 2>&1
+check "pd-plan: the same inputs give the same plan" cmp -s "$T/p.json" "$T/p2.json"
+"$PLAN" "${ARGS[@]}" --max-workers 60 --json "$T/big.json" >"$T/big.out" 2>&1
+check "pd-plan: the search over 60 workers finds the same smallest cluster" node -e '
+    const fs = require("fs");
+    const a = JSON.parse(fs.readFileSync(process.argv[1], "utf8")).smallest;
+    const b = JSON.parse(fs.readFileSync(process.argv[2], "utf8")).smallest;
+    process.exit(a && b && a.workers === b.workers ? 0 : 1);' "$T/p.json" "$T/big.json"
+"$PLAN" --profile $PROF --request-rate 200 --input-len 128 --output-len 64 --ttft-slo 0.001 \
+    --tpot-slo 2 --max-workers 4 >"$T/none.out" 2>&1
+rc=$?
+check "pd-plan: unreachable SLOs: exit 1 and says so" \
+    test $rc = 1 -a -n "$(grep 'no cluster of at most 4 workers meets the SLOs' "$T/none.out")"
+
+expect_fail() { # NAME PATTERN ARGS...: exit 2 with PATTERN on stderr
+    local name=$1 pat=$2
+    shift 2
+    "$PLAN" "$@" >"$T/bad.out" 2>"$T/bad.err"
+    local rc=$?
+    if [ $rc = 2 ] && grep -qE -- "$pat" "$T/bad.err"; then ok "$name"; else
+        not_ok "$name" "exit $rc: $(head -c 200 "$T/bad.err")"; fi
+}
+head -c 300 $PROF >"$T/trunc.json"
+expect_fail "pd-plan: truncated profile refused" "trunc.json: line [0-9]+ column" \
+    --profile "$T/trunc.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+node -e '
+    const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    delete p.prefill[1].ms; fs.writeFileSync(process.argv[2], JSON.stringify(p));
+    p.prefill[1].ms = -3; fs.writeFileSync(process.argv[3], JSON.stringify(p));
+    p.prefill = [p.prefill[0]]; fs.writeFileSync(process.argv[4], JSON.stringify(p));' \
+    $PROF "$T/nofield.json" "$T/neg.json" "$T/short.json"
+expect_fail "pd-plan: profile without prefill[1].ms refused, naming it" "prefill\[1\]\.ms: missing" \
+    --profile "$T/nofield.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: negative time in the profile refused" "prefill\[1\]\.ms" \
+    --profile "$T/neg.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: one prefill point refused" "prefill: needs an array of at least 2" \
+    --profile "$T/short.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: missing profile file refused" "no-such.json" \
+    --profile "$T/no-such.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: --request-rate 0 refused" "request-rate.*> 0" \
+    --profile $PROF --request-rate 0 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: missing --tpot-slo refused" "tpot-slo is required" \
+    --profile $PROF --request-rate 3 --input-len 8 --output-len 8 --ttft-slo 1
