@@ -55,6 +55,7 @@ void pd_engine_opts_default(pd_engine_opts_t *o)
     o->max_ctx = 0;
     o->n_threads = 1;
     o->skinny_max_rows = PD_SKINNY_DEFAULT_MAX; /* measured crossover, see kernels.h */
+    o->batch_invariant = true;
 }
 
 static void *alloc_aligned(size_t n_bytes)
@@ -407,10 +408,28 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
     return xr;
 }
 
+/* Batch-invariant mode: the skinny kernels compute each row independently of
+ * the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed (skinny kernels reach ~75% of sgemm's FLOPS at 32-64 rows);
+ * docs/benchmarks.md has both figures. */
 static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
 {
     const float *xin = round_activations(e, w->type, x, n_rows, w->n_in);
-    pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
+    if (!e->opts.batch_invariant) {
+        pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
+        return;
+    }
+    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
+    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
+    for (uint32_t r = 0; r < n_rows; r += chunk) {
+        uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
+        pd_matmul(e->pool, w, xin + (size_t)r * w->n_in, m, y + (size_t)r * w->n_out, e->scratch,
+                  chunk);
+    }
 }
 
 /* ====== The forward pass ====== */

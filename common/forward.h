@@ -36,6 +36,9 @@ typedef struct {
     uint32_t max_ctx;           /* largest position + 1 (<= model ctx_len) */
     int n_threads;              /* compute threads, including the caller */
     uint32_t skinny_max_rows;   /* <= this many rows: our kernels, else sgemm */
+    bool batch_invariant;       /* every product through the skinny kernels in
+                                   row chunks: a row's result is then bit-identical
+                                   whatever else is in the batch (default true) */
 } pd_engine_opts_t;
 
 typedef struct pd_engine pd_engine_t;

@@ -9,6 +9,8 @@
  * --tokens prints the generated token ids (one line, space-separated)
  * instead of text. --dump-top K prints, for every prompt position and
  * every generated token, one JSON line with the top K (id, probability).
+ * --no-batch-invariant lets prefill use OpenBLAS sgemm (faster prefill;
+ * results then depend on the batch in the last bits, see forward.h).
  */
 #include <inttypes.h>
 #include <math.h>
@@ -37,6 +39,7 @@ typedef struct {
     bool print_tokens;
     bool bench;
     bool json;
+    bool fast_prefill;          /* batch invariance off: sgemm for prefill */
     int threads;
     uint32_t dump_top;
 } run_opts_t;
@@ -70,7 +73,7 @@ static void runner_free(runner_t *r)
 /* Loads model and tokenizer, and sizes the cache for n_seqs sequences of
  * up to max_ctx positions. */
 static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t max_ctx,
-                       uint32_t max_batch, int threads, pd_err_t *err)
+                       uint32_t max_batch, int threads, bool invariant, pd_err_t *err)
 {
     memset(r, 0, sizeof *r);
     r->model = pd_model_load(path, err);
@@ -95,6 +98,7 @@ static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t 
     eo.max_batch_tokens = max_batch;
     eo.max_ctx = max_ctx;
     eo.n_threads = threads;
+    eo.batch_invariant = invariant;
     r->eng = pd_engine_new(r->model, r->kv, &eo, err);
     if (r->eng == NULL)
         return PD_ENOMEM;
@@ -333,9 +337,9 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
     if (o->json)
         printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"n_params\":%" PRIu64
                ",\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
-               "\"decode_b32_tok_s\":%.2f,\"threads\":%d}\n",
+               "\"decode_b32_tok_s\":%.2f,\"threads\":%d,\"batch_invariant\":%s}\n",
                r->model->name, r->model->weight_bytes, r->model->n_params, prefill_tps, d1, d8,
-               d32, o->threads);
+               d32, o->threads, o->fast_prefill ? "false" : "true");
     else
         printf("model %s (%.1f M params, %.1f MB weights), %d threads\n"
                "prefill (512-token prompt): %8.1f tok/s\n"
@@ -355,7 +359,7 @@ static void usage(void)
             "usage: pd-run -m FILE -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
             "              [--min-p M] [--repeat-penalty R] [--presence-penalty P]\n"
             "              [--frequency-penalty F] [--seed S] [--ignore-eos] [--threads T]\n"
-            "              [--tokens] [--dump-top K]\n"
+            "              [--tokens] [--dump-top K] [--no-batch-invariant]\n"
             "       pd-run -m FILE --bench [--json] [--threads T]\n");
 }
 
@@ -382,6 +386,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         if (strcmp(a, "--bench") == 0) { o->bench = true; continue; }
         if (strcmp(a, "--json") == 0) { o->json = true; continue; }
         if (strcmp(a, "--tokens") == 0) { o->print_tokens = true; continue; }
+        if (strcmp(a, "--no-batch-invariant") == 0) { o->fast_prefill = true; continue; }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { usage(); exit(0); }
         if (i + 1 >= argc) {
             fprintf(stderr, "pd-run: unknown option or missing value: '%s'\n", a);
@@ -438,7 +443,7 @@ int main(int argc, char **argv)
         ctx = (uint32_t)(strlen(o.prompt) + 8 + o.n_predict);
     }
     int rc = runner_init(&r, o.model_path, n_seqs, ctx > 0 ? ctx : 1, PD_RUN_CHUNK, o.threads,
-                         &err);
+                         !o.fast_prefill, &err);
     if (rc == 0)
         rc = o.bench ? bench(&r, &o, &err) : generate(&r, &o, &err);
     runner_free(&r);
