@@ -72,6 +72,9 @@ static const char *const g_log_levels[] = { "debug", "info", "warn", "error", NU
 static const char *const g_kv_dtypes[] = { "f32", NULL };
 /* Index = pd_kv_load_failure_t value. */
 static const char *const g_load_failures[] = { "recompute", "fail", NULL };
+/* router/chat_template.h's families; "auto" = the GGUF's tokenizer.chat_template. */
+static const char *const g_chat_templates[] = { "auto",    "chatml", "llama2", "llama3",
+                                                "mistral", "zephyr", NULL };
 
 static const cfg_key_t g_keys[] = {
     STRK(model, path, K_STR, false),
@@ -79,6 +82,7 @@ static const cfg_key_t g_keys[] = {
     U32(model, max_seq_len, 0, 1048576),
     LIST(model, end_tokens, K_I32_LIST, 0, INT32_MAX, false),
     U32(model, threads, 1, 1024),
+    BOOL(model, batch_invariant),
 
     STRK(router, client_endpoint, K_ENDPOINT, false),
     STRK(router, worker_endpoint, K_ENDPOINT, false),
@@ -128,6 +132,7 @@ static const cfg_key_t g_keys[] = {
     U32(http, max_connections, 1, 65536),
     U64(http, max_body_bytes, 1024, 1024ull * MIB),
     U32(http, idle_timeout_s, 1, 86400),
+    CHOICE(http, chat_template, K_CHOICE_STR, g_chat_templates),
 
     CHOICE(log, level, K_CHOICE_STR, g_log_levels),
     STRK(log, dir, K_STR, false),
@@ -220,6 +225,7 @@ void pd_config_default(pd_config_t *c)
 
     c->model.max_seq_len = 0;
     c->model.threads = 1;
+    c->model.batch_invariant = true;
 
     copy_str(c->router.client_endpoint, sizeof c->router.client_endpoint, "tcp://127.0.0.1:5555");
     copy_str(c->router.worker_endpoint, sizeof c->router.worker_endpoint, "tcp://127.0.0.1:5556");
@@ -262,6 +268,7 @@ void pd_config_default(pd_config_t *c)
     c->http.max_connections = 256;
     c->http.max_body_bytes = MIB;
     c->http.idle_timeout_s = 30;
+    copy_str(c->http.chat_template, sizeof c->http.chat_template, "auto");
 
     copy_str(c->log.level, sizeof c->log.level, "info");
     copy_str(c->log.dir, sizeof c->log.dir, "run");

@@ -20,7 +20,7 @@
  *   security: curve (bool), server_public_key, server_secret_key,
  *             client_public_key, client_secret_key, allowed_keys (list)
  *   http:     listen, api_keys (list), max_connections, max_body_bytes,
- *             idle_timeout_s
+ *             idle_timeout_s, chat_template
  *   log:      level, dir
  *
  * docs/config.md lists every key with its type, range, default and reader.
@@ -47,6 +47,7 @@ typedef struct {
     int32_t end_tokens[PD_CFG_MAX_LIST];
     uint32_t n_end_tokens;
     uint32_t threads;             /* compute threads per worker */
+    bool batch_invariant;         /* bit-identical rows in any batch (forward.h) */
 } pd_cfg_model_t;
 
 typedef struct {
@@ -116,6 +117,7 @@ typedef struct {
     uint32_t max_connections;
     uint64_t max_body_bytes;
     uint32_t idle_timeout_s;
+    char chat_template[16];            /* auto (the GGUF's) | chatml | llama2 | llama3 | mistral | zephyr */
 } pd_cfg_http_t;
 
 typedef struct {

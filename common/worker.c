@@ -423,6 +423,7 @@ static int setup(wk_t *w, const pd_proc_args_t *a, wk_role_t role, pd_err_t *err
     eo.max_batch_tokens = w->max_fwd_tokens;
     eo.max_ctx = w->max_seq_len;
     eo.n_threads = w->cfg.model.threads ? (int)w->cfg.model.threads : 1;
+    eo.batch_invariant = w->cfg.model.batch_invariant;
     w->engine = pd_engine_new(w->model, w->kv, &eo, err);
     if (w->engine == NULL)
         return pd_err_wrap(err, PD_ENOMEM, "engine");

@@ -96,6 +96,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.http.max_connections, 256);
     assert_int_equal(c.http.max_body_bytes, 1u << 20);
     assert_int_equal(c.http.idle_timeout_s, 30);
+    assert_string_equal(c.http.chat_template, "auto");
     assert_string_equal(c.log.level, "info");
     assert_string_equal(c.log.dir, "run");
     assert_int_equal(pd_config_validate(&c, &err), 0);
@@ -174,6 +175,7 @@ static const char *g_full =
     "  max_connections: 9\n"
     "  max_body_bytes: 4096\n"
     "  idle_timeout_s: 7\n"
+    "  chat_template: llama3\n"
     "log:\n"
     "  level: debug\n"
     "  dir: /var/log/pd\n";
@@ -236,6 +238,7 @@ static void test_full_file(void **state)
     assert_int_equal(c.http.max_connections, 9);
     assert_int_equal(c.http.max_body_bytes, 4096);
     assert_int_equal(c.http.idle_timeout_s, 7);
+    assert_string_equal(c.http.chat_template, "llama3");
     assert_string_equal(c.log.level, "debug");
     assert_string_equal(c.log.dir, "/var/log/pd");
     assert_int_equal(pd_config_validate(&c, &err), 0);
@@ -397,6 +400,11 @@ static void test_enums(void **state)
                  "t.yaml:3: kv.dtype: expected one of f32, got 'f16'");
     expect_error("log:\n  level: INFO\n",
                  "t.yaml:2: log.level: expected one of debug, info, warn, error, got 'INFO'");
+    expect_ok(&c, "http:\n  chat_template: chatml\n");
+    assert_string_equal(c.http.chat_template, "chatml");
+    expect_error("http:\n  chat_template: jinja\n",
+                 "t.yaml:2: http.chat_template: expected one of auto, chatml, llama2, llama3, "
+                 "mistral, zephyr, got 'jinja'");
 }
 
 static void test_z85_keys(void **state)
