@@ -48,6 +48,9 @@ PROC_BINS   := $(if $(wildcard router/*.c),$(BUILD)/bin/pd-router) \
 UNIT_TESTS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/helpers/*.c))
 
+# Keep objects: they are intermediates of pattern rules, and make would delete them.
+.SECONDARY:
+
 .PHONY: all deps test asan tsan fuzz lint run stop bench bench-engine models referee clean check-tests
 all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
