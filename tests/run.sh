@@ -75,7 +75,7 @@ for t in "$BUILD"/tests/test_*; do
     run_cmocka "$t"
 done
 if [ "$UNIT_ONLY" = 0 ]; then
-    for dir in tests/oracle tests/cluster tests/fuzz; do
+    for dir in tests/cli tests/oracle tests/cluster tests/fuzz; do
         for s in "$dir"/t_*.sh "$dir"/t_*.mjs; do
             [ -e "$s" ] || continue
             case "$s" in *"$FILTER"*) ;; *) continue ;; esac

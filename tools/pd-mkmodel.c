@@ -138,6 +138,18 @@ static int add_tensor(maker_t *mk, const char *name, pd_ggml_type_t type, uint64
 
 /* ====== Command line ====== */
 
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: pd-mkmodel -o FILE [--shape NAME] [--arch llama|qwen2] [--dim N] [--layers N]\n"
+            "       [--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N]\n"
+            "       [--type f32|f16|bf16|q8_0|q4_0] [--vocab-kind spm|bpe]\n"
+            "       [--pre gpt-2|llama-bpe|qwen2] [--ranks FILE] [--rope-base F]\n"
+            "       [--rope-scale F] [--tied] [--seed N] [--logit-std F]\n"
+            "shapes: tiny, llama-110M, tinyllama-1.1B, qwen2-tiny, qwen2-small\n"
+            "--ranks: GPT-2 ranks exported by tools/export-gpt2-ranks.mjs (default $PD_GPT2_RANKS)\n");
+}
+
 static int parse_type(const char *s, pd_ggml_type_t *t)
 {
     static const struct { const char *n; pd_ggml_type_t t; } T[] = {
@@ -150,18 +162,6 @@ static int parse_type(const char *s, pd_ggml_type_t *t)
             return 0;
         }
     return -1;
-}
-
-static void usage(void)
-{
-    fprintf(stderr,
-            "usage: pd-mkmodel -o FILE [--shape NAME] [--arch llama|qwen2] [--dim N] [--layers N]\n"
-            "       [--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N]\n"
-            "       [--type f32|f16|bf16|q8_0|q4_0] [--vocab-kind spm|bpe]\n"
-            "       [--pre gpt-2|llama-bpe|qwen2] [--ranks FILE] [--rope-base F]\n"
-            "       [--rope-scale F] [--tied] [--seed N] [--logit-std F]\n"
-            "shapes: tiny, llama-110M, tinyllama-1.1B, qwen2-tiny, qwen2-small\n"
-            "--ranks: GPT-2 ranks exported by tools/export-gpt2-ranks.mjs (default $PD_GPT2_RANKS)\n");
 }
 
 static int parse_u32(const char *flag, const char *v, uint32_t *out)
@@ -262,6 +262,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
     if (strcmp(o->s.vocab_kind, "spm") != 0 && strcmp(o->s.vocab_kind, "bpe") != 0) {
         fprintf(stderr, "pd-mkmodel: --vocab-kind: expected spm or bpe, got '%s'\n",
                 o->s.vocab_kind);
+        return -1;
+    }
+    pd_ggml_type_t wt;
+    if (parse_type(o->type, &wt) != 0) {
+        fprintf(stderr, "pd-mkmodel: --type: expected f32|f16|bf16|q8_0|q4_0, got '%s'\n", o->type);
         return -1;
     }
     if (o->ranks == NULL) {
