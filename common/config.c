@@ -83,6 +83,7 @@ static const cfg_key_t g_keys[] = {
     LIST(model, end_tokens, K_I32_LIST, 0, INT32_MAX, false),
     U32(model, threads, 1, 1024),
     BOOL(model, batch_invariant),
+    BOOL(model, batch_invariant_quant),
 
     STRK(router, client_endpoint, K_ENDPOINT, false),
     STRK(router, worker_endpoint, K_ENDPOINT, false),

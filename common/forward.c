@@ -56,6 +56,7 @@ void pd_engine_opts_default(pd_engine_opts_t *o)
     o->n_threads = 1;
     o->skinny_max_rows = PD_SKINNY_DEFAULT_MAX; /* measured crossover, see kernels.h */
     o->batch_invariant = true;
+    o->batch_invariant_quant = false;
 }
 
 static void *alloc_aligned(size_t n_bytes)
@@ -419,11 +420,11 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
 static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
 {
     const float *xin = round_activations(e, w->type, x, n_rows, w->n_in);
-    if (!e->opts.batch_invariant) {
+    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
+    if (!(quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant)) {
         pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
         return;
     }
-    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
     uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
     for (uint32_t r = 0; r < n_rows; r += chunk) {
         uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;

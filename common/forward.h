@@ -36,9 +36,13 @@ typedef struct {
     uint32_t max_ctx;           /* largest position + 1 (<= model ctx_len) */
     int n_threads;              /* compute threads, including the caller */
     uint32_t skinny_max_rows;   /* <= this many rows: our kernels, else sgemm */
-    bool batch_invariant;       /* every product through the skinny kernels in
-                                   row chunks: a row's result is then bit-identical
-                                   whatever else is in the batch (default true) */
+    bool batch_invariant;       /* every product with float weights (F32, F16,
+                                   BF16) through the skinny kernels in row chunks:
+                                   a row's result is then bit-identical whatever
+                                   else is in the batch (default true) */
+    bool batch_invariant_quant; /* the same for Q8_0/Q4_0 weights (default false:
+                                   the int8 kernels are ~10x slower than
+                                   dequantize+sgemm for prefill) */
 } pd_engine_opts_t;
 
 typedef struct pd_engine pd_engine_t;

@@ -347,6 +347,17 @@ static void on_router_msg(wk_t *w, const Pd__Msg *m)
     }
 }
 
+void wk_on_router_payload(wk_t *w, const void *data, size_t len)
+{
+    pd_err_t err = { 0 };
+    Pd__Msg *m = pd_net_unpack(&w->alloc, data, len, &err);
+    if (m == NULL)
+        PD_WARN("event=bad_router_message msg=\"%s\"", err.msg);
+    else
+        on_router_msg(w, m);
+    pd_net_msg_free(&w->alloc, m);
+}
+
 static void handle_router(wk_t *w)
 {
     pd_err_t err = { 0 };
@@ -360,13 +371,8 @@ static void handle_router(wk_t *w)
             pd_net_in_close(w->in);
             continue;
         }
-        Pd__Msg *m = pd_net_unpack(&w->alloc, zmq_msg_data(&w->in->frames[0]),
-                                   zmq_msg_size(&w->in->frames[0]), &err);
-        if (m == NULL)
-            PD_WARN("event=bad_router_message msg=\"%s\"", err.msg);
-        else
-            on_router_msg(w, m);
-        pd_net_msg_free(&w->alloc, m);
+        wk_on_router_payload(w, zmq_msg_data(&w->in->frames[0]),
+                             zmq_msg_size(&w->in->frames[0]));
         pd_net_in_close(w->in);
     }
 }
@@ -424,6 +430,7 @@ static int setup(wk_t *w, const pd_proc_args_t *a, wk_role_t role, pd_err_t *err
     eo.max_ctx = w->max_seq_len;
     eo.n_threads = w->cfg.model.threads ? (int)w->cfg.model.threads : 1;
     eo.batch_invariant = w->cfg.model.batch_invariant;
+    eo.batch_invariant_quant = w->cfg.model.batch_invariant_quant;
     w->engine = pd_engine_new(w->model, w->kv, &eo, err);
     if (w->engine == NULL)
         return pd_err_wrap(err, PD_ENOMEM, "engine");

@@ -40,6 +40,7 @@ typedef struct {
     bool bench;
     bool json;
     bool fast_prefill;          /* batch invariance off: sgemm for prefill */
+    bool invariant_quant;       /* batch invariance for Q8_0/Q4_0 weights too */
     int threads;
     uint32_t dump_top;
 } run_opts_t;
@@ -73,7 +74,8 @@ static void runner_free(runner_t *r)
 /* Loads model and tokenizer, and sizes the cache for n_seqs sequences of
  * up to max_ctx positions. */
 static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t max_ctx,
-                       uint32_t max_batch, int threads, bool invariant, pd_err_t *err)
+                       uint32_t max_batch, int threads, bool invariant, bool invariant_quant,
+                       pd_err_t *err)
 {
     memset(r, 0, sizeof *r);
     r->model = pd_model_load(path, err);
@@ -99,6 +101,7 @@ static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t 
     eo.max_ctx = max_ctx;
     eo.n_threads = threads;
     eo.batch_invariant = invariant;
+    eo.batch_invariant_quant = invariant_quant;
     r->eng = pd_engine_new(r->model, r->kv, &eo, err);
     if (r->eng == NULL)
         return PD_ENOMEM;
@@ -360,6 +363,7 @@ static void usage(void)
             "              [--min-p M] [--repeat-penalty R] [--presence-penalty P]\n"
             "              [--frequency-penalty F] [--seed S] [--ignore-eos] [--threads T]\n"
             "              [--tokens] [--dump-top K] [--no-batch-invariant]\n"
+            "              [--batch-invariant-quant]\n"
             "       pd-run -m FILE --bench [--json] [--threads T]\n");
 }
 
@@ -387,6 +391,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         if (strcmp(a, "--json") == 0) { o->json = true; continue; }
         if (strcmp(a, "--tokens") == 0) { o->print_tokens = true; continue; }
         if (strcmp(a, "--no-batch-invariant") == 0) { o->fast_prefill = true; continue; }
+        if (strcmp(a, "--batch-invariant-quant") == 0) { o->invariant_quant = true; continue; }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { usage(); exit(0); }
         if (i + 1 >= argc) {
             fprintf(stderr, "pd-run: unknown option or missing value: '%s'\n", a);
@@ -443,7 +448,7 @@ int main(int argc, char **argv)
         ctx = (uint32_t)(strlen(o.prompt) + 8 + o.n_predict);
     }
     int rc = runner_init(&r, o.model_path, n_seqs, ctx > 0 ? ctx : 1, PD_RUN_CHUNK, o.threads,
-                         !o.fast_prefill, &err);
+                         !o.fast_prefill, o.invariant_quant, &err);
     if (rc == 0)
         rc = o.bench ? bench(&r, &o, &err) : generate(&r, &o, &err);
     runner_free(&r);

@@ -67,6 +67,7 @@ static int fx_open(fx_t *f, const char *name, uint32_t n_blocks, uint32_t max_ba
     o.max_ctx = 256;
     o.n_threads = 2;
     o.batch_invariant = g_invariant;
+    o.batch_invariant_quant = g_invariant;
     f->e = pd_engine_new(f->m, f->kv, &o, &err);
     assert_non_null(f->e);
     f->logits = malloc(sizeof(float) * max_batch * c->vocab_size);
