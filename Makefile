@@ -113,6 +113,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
 # Test models (pd-mkmodel) and the llama.cpp referee (npm).
 referee:
 	@scripts/referee.sh
+	@scripts/http-deps.sh
 
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
@@ -129,7 +130,8 @@ asan:
 tsan:
 	$(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT=-O1 all
 	@$(MAKE) --no-print-directory models
-	@BUILD=build-tsan MODELS=build/models tests/run.sh --unit-only
+	@TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp $${TSAN_OPTIONS:-}" \
+	    BUILD=build-tsan MODELS=build/models tests/run.sh --unit-only
 
 fuzz:
 	@scripts/fuzz.sh
@@ -137,6 +139,9 @@ fuzz:
 lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	    --suppress=missingIncludeSystem -I common common router prefill_worker decode_worker client tools
+
+bench: all models
+	@BUILD=$(BUILD) scripts/bench.sh
 
 bench-engine: all models
 	@BUILD=$(BUILD) scripts/bench-engine.sh

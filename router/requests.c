@@ -116,6 +116,7 @@ static void flush_error(rt_t *rt, rt_req_t *r)
             r->t_blocked_us = pd_net_now_us();
         return;
     }
+    pd_metrics_request_failed(rt->metrics, r->err_code);
     rt_req_release(rt, r, true);
 }
 
@@ -239,6 +240,8 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
     r->tok_sent = r->n_gen;
     r->text_sent = r->text_ok;
     if (r->finished) {
+        pd_metrics_request_done(rt->metrics, r->finish, r->n_prompt, r->n_gen, tm.queue_us,
+                                r->t_first_us ? r->t_first_us - r->t_accept_us : 0, tm.e2e_us);
         PD_INFO("event=request_done req=%llu client_req=%llu prompt=%u out=%u finish=%d "
                 "preempted=%u e2e_ms=%.1f",
                 (unsigned long long)r->id, (unsigned long long)r->client_req, r->n_prompt,

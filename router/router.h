@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "model.h"
 #include "net.h"
 #include "sampler.h"
@@ -128,6 +129,7 @@ typedef struct {
     int32_t *tok_buf;                /* (max_seq_len + 1) tokenizer output */
     pd_net_in_t *in;
     volatile sig_atomic_t *stop;
+    pd_metrics_t *metrics;           /* borrowed, may be NULL (metrics.h; main sets it) */
 } rt_t;
 
 /* Sets up everything from cfg (model, sockets). err names what failed. */
@@ -147,9 +149,19 @@ uint32_t rt_blocks_for(uint32_t block_size, uint64_t n_tokens); /* UINT32_MAX if
 rt_req_t *rt_req_by_id(rt_t *rt, uint64_t id);                  /* NULL: unknown or finished */
 rt_worker_t *rt_worker_of(rt_t *rt, int idx, uint32_t gen);     /* NULL: gone or replaced */
 int rt_worker_by_zid(rt_t *rt, const void *zid, size_t len);    /* index, or -1 */
-void rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m); /* logs a failure */
+/* Sends m to w without blocking; logs a failure and returns pd_net_send's
+ * result (PD_EFULL: back-pressure, PD_NET_EGONE: the worker is gone). */
+int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m);
 void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch); /* w may be NULL */
 void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len);
+/* One client (cid) or worker (zid) message payload, as received: unpacks it
+ * under rt->alloc's budget, answers a malformed one with an Error and hands
+ * a decoded one to its rt_on_* handler. The socket loops and the protocol
+ * fuzz target (tests/fuzz/fuzz_proto_router.c) both enter here. */
+void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const void *data,
+                          size_t len);
+void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void *data,
+                          size_t len);
 
 /* requests.c */
 void rt_req_clear(rt_req_t *r); /* frees what r owns; r becomes RQ_FREE */

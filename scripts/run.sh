@@ -111,6 +111,19 @@ The cluster runs in the background (router on tcp://127.0.0.1:5555).
   logs:        $RUN/*.log
   stop:        make stop
 EOF
+    # The OpenAI-compatible HTTP front (http.listen in the config; docs/api.md).
+    local http
+    http=$(awk '/^http:/ { s = 1; next } /^[^ #]/ { s = 0 }
+                s && $1 == "listen:" { gsub(/["\047]/, "", $2); print $2; exit }' "$CONFIG" 2>/dev/null || true)
+    if [ -n "$http" ]; then
+        cat <<EOF
+  OpenAI API:  http://$http/v1  (docs/api.md; also /health and /metrics)
+    curl -s http://$http/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"prompt": "Once upon a time", "max_tokens": 32}'
+    curl -sN http://$http/v1/completions -H 'Content-Type: application/json' \\
+      -d '{"prompt": "Once upon a time", "max_tokens": 32, "stream": true}'
+EOF
+    fi
 }
 
 stop() {
