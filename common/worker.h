@@ -203,6 +203,10 @@ void wk_send_error(wk_t *w, uint64_t req, Pd__ErrorCode code, const char *fmt, .
     __attribute__((format(printf, 4, 5)));
 void wk_send_preempted(wk_t *w, uint64_t req, uint32_t epoch, uint32_t n_generated,
                        const char *why);
+/* One message payload from the router, as received: unpacks it under
+ * w->alloc's budget and hands it to its handler (every field validated
+ * there). The socket loop and tests/fuzz/fuzz_proto_worker.c enter here. */
+void wk_on_router_payload(wk_t *w, const void *data, size_t len);
 
 /* worker_prefill.c */
 void wk_prefill_on_task(wk_t *w, const Pd__PrefillTask *t);
@@ -219,6 +223,11 @@ void wk_prefill_drop_all(wk_t *w);
 /* worker_decode.c */
 void wk_decode_on_task(wk_t *w, const Pd__DecodeTask *t);
 void wk_decode_on_kv(wk_t *w);   /* read the KV ingress socket */
+/* One KV message as received on the ingress ROUTER: in->frames[0] the
+ * sender's id, [1] the KvTransfer envelope, [2..] block frames (n_frames >=
+ * 2). Validates everything, acks or refuses, keeps the frames it accepts
+ * (taken out of in). Used by wk_decode_on_kv and the worker fuzz target. */
+void wk_decode_on_transfer(wk_t *w, pd_net_in_t *in);
 void wk_decode_cancel(wk_t *w, uint64_t req, uint32_t epoch);
 /* Colocated hand-off: takes t's blocks and tokens as a waiting sequence. */
 int wk_decode_adopt(wk_t *w, wk_task_t *t);

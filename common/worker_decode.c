@@ -106,7 +106,7 @@ static void send_ack(wk_t *w, const uint8_t *to, size_t to_len, uint64_t req, ui
     pd_err_t err = { 0 };
     if (pd_net_send(w->kv_in, to, to_len, &m, false, &err) != 0)
         PD_WARN("event=kv_ack_failed req=%llu msg=\"%s\"", (unsigned long long)req, err.msg);
-    if (!ok && strcmp(reason, "cancelled") != 0) {
+    if (!ok && reason != NULL && strcmp(reason, "cancelled") != 0) {
         w->c.kv_rejected++;
         PD_WARN("event=kv_rejected req=%llu epoch=%u reason=\"%s\"", (unsigned long long)req,
                 epoch, reason);
@@ -205,7 +205,7 @@ static void load_failed(wk_t *w, uint64_t req, uint32_t epoch, const char *why)
     seq_remove(w, (uint32_t)i);
 }
 
-static void on_transfer(wk_t *w, pd_net_in_t *in)
+void wk_decode_on_transfer(wk_t *w, pd_net_in_t *in)
 {
     const uint8_t *from = zmq_msg_data(&in->frames[0]);
     size_t from_len = zmq_msg_size(&in->frames[0]);
@@ -289,7 +289,7 @@ void wk_decode_on_kv(wk_t *w)
             w->c.kv_rejected++;
             PD_WARN("event=bad_kv_message frames=%d", w->in->n_frames);
         } else {
-            on_transfer(w, w->in);
+            wk_decode_on_transfer(w, w->in);
         }
         pd_net_in_close(w->in);
     }
@@ -522,6 +522,8 @@ void wk_decode_step(wk_t *w)
         w->b_ntable[n] = s->seq.n_blocks;
         run[n++] = s;
     }
+    if (n == 0)
+        return; /* n_running counts DS_RUNNING sequences; never 0-sized arrays below */
     pd_batch_t b = { n, w->b_tokens, w->b_pos, w->b_seq, w->b_want, n, w->b_tables, w->b_ntable };
     pd_err_t err = { 0 };
     uint64_t t0 = pd_net_now_us();

@@ -136,13 +136,14 @@ int rt_worker_by_zid(rt_t *rt, const void *zid, size_t len)
     return -1;
 }
 
-void rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m)
+int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m)
 {
     pd_err_t err = { 0 };
     int rc = pd_net_send(rt->back, w->zid, w->zid_len, m, false, &err);
     if (rc)
         PD_WARN("event=send_failed worker=%s type=%s msg=\"%s\"", w->id,
                 pd_net_body_name(m->body_case), err.msg);
+    return rc;
 }
 
 void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch)
@@ -239,6 +240,30 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
 
 /* ====== Client socket ====== */
 
+void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const void *data,
+                          size_t len)
+{
+    pd_err_t err = { 0 };
+    Pd__Msg *m = pd_net_unpack(&rt->alloc, data, len, &err);
+    if (m == NULL) {
+        pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
+                          err.msg);
+        return;
+    }
+    switch (m->body_case) {
+    case PD__MSG__BODY_GENERATE: rt_on_generate(rt, cid, cid_len, m->generate); break;
+    case PD__MSG__BODY_CANCEL: rt_on_cancel(rt, cid, cid_len, m->cancel); break;
+    case PD__MSG__BODY_STATUS_REQUEST: rt_on_status(rt, cid, cid_len); break;
+    case PD__MSG__BODY_DRAIN: rt_on_drain_request(rt, cid, cid_len, m->drain); break;
+    default:
+        pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                          "message type '%s' is not accepted on the client socket",
+                          pd_net_body_name(m->body_case));
+        break;
+    }
+    pd_net_msg_free(&rt->alloc, m);
+}
+
 static void handle_front(rt_t *rt)
 {
     pd_err_t err = { 0 };
@@ -256,31 +281,53 @@ static void handle_front(rt_t *rt)
             pd_net_in_close(in);
             continue;
         }
-        Pd__Msg *m = pd_net_unpack(&rt->alloc, zmq_msg_data(&in->frames[1]),
-                                   zmq_msg_size(&in->frames[1]), &err);
-        if (m == NULL) {
-            pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
-                              err.msg);
-            pd_net_in_close(in);
-            continue;
-        }
-        switch (m->body_case) {
-        case PD__MSG__BODY_GENERATE: rt_on_generate(rt, cid, cid_len, m->generate); break;
-        case PD__MSG__BODY_CANCEL: rt_on_cancel(rt, cid, cid_len, m->cancel); break;
-        case PD__MSG__BODY_STATUS_REQUEST: rt_on_status(rt, cid, cid_len); break;
-        case PD__MSG__BODY_DRAIN: rt_on_drain_request(rt, cid, cid_len, m->drain); break;
-        default:
-            pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
-                              "message type '%s' is not accepted on the client socket",
-                              pd_net_body_name(m->body_case));
-            break;
-        }
-        pd_net_msg_free(&rt->alloc, m);
+        rt_on_client_payload(rt, cid, cid_len, zmq_msg_data(&in->frames[1]),
+                             zmq_msg_size(&in->frames[1]));
         pd_net_in_close(in);
     }
 }
 
 /* ====== Worker socket ====== */
+
+void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void *data,
+                          size_t len)
+{
+    pd_err_t err = { 0 };
+    Pd__Msg *m = pd_net_unpack(&rt->alloc, data, len, &err);
+    if (m == NULL) {
+        PD_WARN("event=bad_worker_message msg=\"%s\"", err.msg);
+        pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
+                          err.msg);
+        return;
+    }
+    int wi = rt_worker_by_zid(rt, zid, zlen);
+    if (m->body_case == PD__MSG__BODY_REGISTER) {
+        rt_on_register(rt, zid, zlen, m->register_);
+    } else if (wi < 0) {
+        PD_WARN("event=unknown_worker type=%s", pd_net_body_name(m->body_case));
+        pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__UNAVAILABLE,
+                          "unknown worker: register first");
+    } else {
+        rt->workers[wi].last_seen_ms = pd_net_now_ms();
+        switch (m->body_case) {
+        case PD__MSG__BODY_HEARTBEAT:
+            rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
+            break;
+        case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
+        case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
+        case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;
+        case PD__MSG__BODY_DRAIN: rt_worker_drop(rt, wi, "left (drained)"); break;
+        default:
+            PD_WARN("event=unexpected_message worker=%s type=%s", rt->workers[wi].id,
+                    pd_net_body_name(m->body_case));
+            pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                              "message type '%s' is not accepted on the worker socket",
+                              pd_net_body_name(m->body_case));
+            break;
+        }
+    }
+    pd_net_msg_free(&rt->alloc, m);
+}
 
 static void handle_back(rt_t *rt)
 {
@@ -297,42 +344,8 @@ static void handle_back(rt_t *rt)
             pd_net_in_close(in);
             continue;
         }
-        Pd__Msg *m = pd_net_unpack(&rt->alloc, zmq_msg_data(&in->frames[1]),
-                                   zmq_msg_size(&in->frames[1]), &err);
-        if (m == NULL) {
-            PD_WARN("event=bad_worker_message msg=\"%s\"", err.msg);
-            pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
-                              err.msg);
-            pd_net_in_close(in);
-            continue;
-        }
-        int wi = rt_worker_by_zid(rt, zid, zlen);
-        if (m->body_case == PD__MSG__BODY_REGISTER) {
-            rt_on_register(rt, zid, zlen, m->register_);
-        } else if (wi < 0) {
-            PD_WARN("event=unknown_worker type=%s", pd_net_body_name(m->body_case));
-            pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__UNAVAILABLE,
-                              "unknown worker: register first");
-        } else {
-            rt->workers[wi].last_seen_ms = pd_net_now_ms();
-            switch (m->body_case) {
-            case PD__MSG__BODY_HEARTBEAT:
-                rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
-                break;
-            case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
-            case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
-            case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;
-            case PD__MSG__BODY_DRAIN: rt_worker_drop(rt, wi, "left (drained)"); break;
-            default:
-                PD_WARN("event=unexpected_message worker=%s type=%s", rt->workers[wi].id,
-                        pd_net_body_name(m->body_case));
-                pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
-                                  "message type '%s' is not accepted on the worker socket",
-                                  pd_net_body_name(m->body_case));
-                break;
-            }
-        }
-        pd_net_msg_free(&rt->alloc, m);
+        rt_on_worker_payload(rt, zid, zlen, zmq_msg_data(&in->frames[1]),
+                             zmq_msg_size(&in->frames[1]));
         pd_net_in_close(in);
     }
 }

@@ -93,8 +93,9 @@ static void fill_params(rt_req_t *r, Pd__GenParams *gp, Pd__Sampling *s, uint32_
     gp->max_seq_len = max_seq_len;
 }
 
-/* Sends r to p (prefill) and d (decode; the same worker when colocated). */
-static void send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
+/* Sends r to p (prefill) and d (decode; the same worker when colocated).
+ * Returns 0, or the first send's failure (nothing after it is sent). */
+static int send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
 {
     uint32_t n_tok = r->n_prompt + r->n_gen;
     Pd__Sampling s = PD__SAMPLING__INIT;
@@ -112,7 +113,9 @@ static void send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
         dt.history = r->tokens;
         m.body_case = PD__MSG__BODY_DECODE;
         m.decode = &dt;
-        rt_send_worker(rt, d, &m);
+        int rc = rt_send_worker(rt, d, &m);
+        if (rc != 0)
+            return rc;
     }
     Pd__PrefillTask pt = PD__PREFILL_TASK__INIT;
     pt.has_request_id = pt.has_epoch = true;
@@ -125,7 +128,7 @@ static void send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
     pt.decode_kv_endpoint = d->kv_endpoint;
     m.body_case = PD__MSG__BODY_PREFILL;
     m.prefill = &pt;
-    rt_send_worker(rt, p, &m);
+    return rt_send_worker(rt, p, &m);
 }
 
 /* Dispatches queued requests while workers have room. */
@@ -170,7 +173,14 @@ void rt_dispatch(rt_t *rt)
         rt->n_dispatched++;
         PD_DEBUG("event=dispatch req=%llu epoch=%u prefill=%s decode=%s tokens=%u",
                  (unsigned long long)r->id, r->epoch, p->id, d->id, r->n_prompt + r->n_gen);
-        send_tasks(rt, r, p, d);
+        if (send_tasks(rt, r, p, d) != 0) {
+            /* Back-pressure (or a vanished worker): a task that did not
+             * leave must not leave the request waiting for its deadline.
+             * Back to the head of the queue; the timer dispatches again. */
+            rt_requeue(rt, r, "worker socket full");
+            r->n_preempt--; /* not a preemption */
+            return;
+        }
     }
 }
 
@@ -232,7 +242,7 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     const char *id = g->worker_id ? g->worker_id : "";
     if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
         snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
-                 PD_PROTOCOL_VERSION);
+                 (unsigned)PD_PROTOCOL_VERSION);
     else if (!g->has_model_identity || g->model_identity != rt->model->identity)
         snprintf(why, sizeof why, "model identity %016llx (%s), router serves %016llx (%s)",
                  (unsigned long long)g->model_identity, g->model_name ? g->model_name : "?",
@@ -339,6 +349,7 @@ void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p)
     }
     if (!((r->d_worker == wi && r->d_gen == w->gen) || (r->p_worker == wi && r->p_gen == w->gen)))
         return;
+    pd_metrics_preempted(rt->metrics);
     rt_requeue(rt, r, p->reason ? p->reason : "preempted");
     rt_dispatch(rt);
 }

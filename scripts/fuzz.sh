@@ -15,6 +15,10 @@
 # Seeds come from tests/fuzz/corpus/<name>/ (read only); new inputs that
 # libFuzzer finds go to $FUZZ_BUILD/corpus/<name>/, crashes to
 # $FUZZ_BUILD/crashes/. A dictionary tests/fuzz/<name>.dict is used if present.
+# A target that needs sources beyond common/*.c names them on a line
+#   // fuzz-sources: router/router.c router/requests.c
+# (or " * fuzz-sources: ..." inside a comment); they are compiled like
+# common/*.c and linked into that target only.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${FUZZ_BUILD:-build-fuzz}
@@ -54,11 +58,11 @@ done
 # ====== Objects (rebuilt when the source or any common header is newer) ======
 
 # shellcheck disable=SC2012 # our own file names
-newest_header=$(ls -t common/*.h "$OUT"/gen/*.h 2>/dev/null | head -1)
+newest_header=$(ls -t common/*.h router/*.h "$OUT"/gen/*.h 2>/dev/null | head -1)
 
 compile_one() {
-    local src=$1 obj extra=""
-    obj=$OUT/obj/$(echo "$src" | tr '/' '_' | sed 's/\.c$/.o/')
+    local src=$1 objdir=${2:-$OUT/obj} obj extra=""
+    obj=$objdir/$(echo "$src" | tr '/' '_' | sed 's/\.c$/.o/')
     case "$src" in *_avx2.c) extra="-mavx2 -mfma -mf16c" ;; esac
     # Up to date: an object (or a recorded failure) newer than its inputs.
     for done_file in "$obj" "$obj.failed"; do
@@ -105,9 +109,19 @@ for src in "${targets[@]}"; do
     short=${name#fuzz_}               # gguf
     bin=$OUT/$name
     log=$OUT/logs/$name.log
+    extra_objs=()
+    extra_inc=()
+    extra_src=$(sed -n 's/^[[:space:]/*]*fuzz-sources:[[:space:]]*//p' "$src" | head -1)
+    mkdir -p "$OUT/obj-extra"
+    for e in $extra_src; do
+        compile_one "$e" "$OUT/obj-extra"
+        eobj=$OUT/obj-extra/$(echo "$e" | tr '/' '_' | sed 's/\.c$/.o/')
+        [ -e "$eobj" ] && extra_objs+=("$eobj")
+        extra_inc+=("-I" "$(dirname "$e")")
+    done
     # shellcheck disable=SC2086
-    if ! $CC $CFLAGS $SAN -fsanitize=fuzzer "$src" "$OUT/libfuzzcommon.a" -o "$bin" \
-        $PKG_LIBS -lm 2>"$log"; then
+    if ! $CC $CFLAGS $SAN -fsanitize=fuzzer "${extra_inc[@]}" "$src" "${extra_objs[@]}" "$OUT/libfuzzcommon.a" \
+        -o "$bin" $PKG_LIBS -lm 2>"$log"; then
         echo "not ok - $name (build failed)"
         sed 's/^/# /' "$log" | head -20
         failed=$((failed + 1))

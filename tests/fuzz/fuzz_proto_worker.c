@@ -1,0 +1,341 @@
+/* fuzz_proto_worker.c -- libFuzzer target for a worker's message handlers
+ * (scripts/fuzz.sh): every byte the router or a prefill worker can send to
+ * a worker.
+ *
+ * A colocated ("both") worker state is built once without an engine: a
+ * fake model identity, a small KV pool, a DEALER to the router connected
+ * to an inproc sink (drained after each operation), a KV ingress ROUTER
+ * nobody connects to. Handlers are driven without compute (no prefill
+ * batch, no decode step), which is every validation path. Each input is a
+ * sequence of operations [op:1][len:2 LE][len bytes]:
+ *   op % 8 == 0  raw router payload          -> wk_on_router_payload
+ *   op % 8 == 1  raw KV message: the bytes are the envelope, followed by
+ *                (len % 4) block frames of the right size
+ *                                            -> wk_decode_on_transfer
+ *   op % 8 == 2  a DecodeTask built from the bytes (request 1..4, epoch,
+ *                n_prompt, n_generated, max_tokens, history ids raw)
+ *   op % 8 == 3  a KvTransfer built from the bytes with correct checksums
+ *                unless a bit says otherwise (n_tokens, n_blocks,
+ *                first_token, block size, identity perturbed)
+ *   op % 8 == 4  a PrefillTask built from the bytes
+ *   op % 8 == 5  a Cancel (request, epoch) from the router
+ *   op % 8 == 6  a KvAck (request, epoch, ok)  -> wk_prefill_on_ack
+ *   op % 8 == 7  an Error UNAVAILABLE from the router (forget everything,
+ *                re-register) or a Drain
+ * Invariants (abort() when broken): at most WK_MAX_ORPHANS orphans; every
+ * sequence's history within its capacity; a waiting sequence holds exactly
+ * the blocks its positions need, each of block_bytes; and after dropping
+ * everything, no sequence, orphan or task is left and every KV block is
+ * free.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "log.h"
+#include "worker.h"
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "fuzz_proto_worker: %s (line %d)\n", #cond, __LINE__);    \
+            abort();                                                                  \
+        }                                                                             \
+    } while (0)
+
+#define IDENTITY 0x5eed5eed12345678ull
+#define VOCAB 300
+#define MAX_SEQ 64
+#define BLOCK 4
+
+static wk_t *g_w;
+static pd_model_t g_model;
+static volatile sig_atomic_t g_stop;
+static void *g_sink;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    pd_log_init("fuzz", PD_LOG_ERROR);
+    pd_log_set_stderr(false);
+    wk_t *w = calloc(1, sizeof *w);
+    CHECK(w);
+    pd_config_default(&w->cfg);
+    w->role = WK_ROLE_BOTH;
+    snprintf(w->id, sizeof w->id, "w1");
+    w->stop = &g_stop;
+    snprintf(g_model.name, sizeof g_model.name, "fuzz");
+    g_model.identity = IDENTITY;
+    w->model = &g_model;
+    w->vocab = VOCAB;
+    w->max_seq_len = MAX_SEQ;
+    pd_err_t err = { 0 };
+    pd_kv_shape_t shape = { .n_layers = 1, .n_kv_heads = 1, .head_dim = 4, .block_size = BLOCK,
+                            .n_blocks = 64 };
+    w->kv = pd_kv_new(&shape, &err);
+    CHECK(w->kv);
+    w->block_bytes = pd_kv_block_bytes(w->kv);
+    pd_pb_alloc_init(&w->alloc, (size_t)w->cfg.net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
+                                    PD_PB_BASE_BUDGET);
+    w->in = calloc(1, sizeof *w->in);
+    CHECK(w->in);
+    w->zctx = zmq_ctx_new();
+    CHECK(w->zctx);
+    pd_net_opts_t o;
+    pd_net_opts_from_config(&o, &w->cfg);
+    g_sink = pd_net_socket(w->zctx, ZMQ_ROUTER, &o, &err);
+    w->rsock = pd_net_socket(w->zctx, ZMQ_DEALER, &o, &err);
+    w->kv_in = pd_net_socket(w->zctx, ZMQ_ROUTER, &o, &err);
+    CHECK(g_sink && w->rsock && w->kv_in);
+    CHECK(pd_net_bind(g_sink, "inproc://fuzz-router", NULL, 0, &err) == 0);
+    CHECK(pd_net_bind(w->kv_in, "inproc://fuzz-kv", NULL, 0, &err) == 0);
+    CHECK(pd_net_connect(w->rsock, "inproc://fuzz-router", &err) == 0);
+    g_w = w;
+    return 0;
+}
+
+static void drain_sink(void)
+{
+    char buf[256];
+    while (zmq_recv(g_sink, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) {
+    }
+}
+
+static void router_msg(const Pd__Msg *m)
+{
+    size_t n = pd__msg__get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1);
+    CHECK(buf);
+    pd__msg__pack(m, buf);
+    wk_on_router_payload(g_w, buf, n);
+    free(buf);
+}
+
+/* A KV message: sender "P", envelope env[0..env_len), nb frames of
+ * block_bytes filled from seed. */
+static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
+{
+    pd_net_in_t *in = g_w->in;
+    in->n_frames = 0;
+    in->truncated = false;
+    CHECK(zmq_msg_init_size(&in->frames[in->n_frames++], 1) == 0);
+    memcpy(zmq_msg_data(&in->frames[0]), "P", 1);
+    CHECK(zmq_msg_init_size(&in->frames[in->n_frames], env_len) == 0);
+    if (env_len)
+        memcpy(zmq_msg_data(&in->frames[in->n_frames]), env, env_len);
+    in->n_frames++;
+    for (uint32_t i = 0; i < nb; i++) {
+        CHECK(zmq_msg_init_size(&in->frames[in->n_frames], g_w->block_bytes) == 0);
+        memset(zmq_msg_data(&in->frames[in->n_frames]), seed + (int)i, g_w->block_bytes);
+        in->n_frames++;
+    }
+    wk_decode_on_transfer(g_w, in);
+    pd_net_in_close(in);
+}
+
+static uint32_t byte(const uint8_t *p, size_t n, size_t at) { return at < n ? p[at] : 0; }
+
+static void decode_task(const uint8_t *p, size_t n)
+{
+    Pd__Sampling s = PD__SAMPLING__INIT;
+    Pd__GenParams gp = PD__GEN_PARAMS__INIT;
+    gp.sampling = &s;
+    gp.has_max_tokens = gp.has_n_prompt = gp.has_n_generated = true;
+    gp.n_prompt = byte(p, n, 2) % 80;
+    gp.n_generated = byte(p, n, 3) % 8;
+    gp.max_tokens = byte(p, n, 4) % 32;
+    int32_t hist[128];
+    size_t nh = (size_t)gp.n_prompt + gp.n_generated;
+    if (byte(p, n, 5) & 1)
+        nh = byte(p, n, 5) % 128;
+    for (size_t i = 0; i < nh; i++)
+        hist[i] = (byte(p, n, 6) & 1) ? (int32_t)(byte(p, n, 7 + i) * 2 - 40) : (int32_t)i;
+    Pd__DecodeTask t = PD__DECODE_TASK__INIT;
+    t.has_request_id = t.has_epoch = true;
+    t.request_id = 1 + byte(p, n, 0) % 4;
+    t.epoch = byte(p, n, 1) % 4;
+    t.params = &gp;
+    t.n_history = nh;
+    t.history = hist;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_DECODE;
+    m.decode = &t;
+    router_msg(&m);
+}
+
+static void kv_transfer(const uint8_t *p, size_t n)
+{
+    uint32_t flags = byte(p, n, 4);
+    Pd__KvTransfer k = PD__KV_TRANSFER__INIT;
+    k.has_request_id = k.has_epoch = k.has_n_blocks = k.has_n_tokens = true;
+    k.has_block_bytes = k.has_first_token = k.has_model_identity = k.has_block_size = true;
+    k.request_id = 1 + byte(p, n, 0) % 4;
+    k.epoch = byte(p, n, 1) % 4;
+    k.n_tokens = byte(p, n, 2) % 80;
+    uint32_t nb = (k.n_tokens + BLOCK - 1) / BLOCK;
+    if (flags & 1)
+        nb = byte(p, n, 3) % 24;
+    k.n_blocks = (flags & 2) ? byte(p, n, 5) : nb;
+    k.block_bytes = (flags & 4) ? byte(p, n, 6) : g_w->block_bytes;
+    k.block_size = (flags & 8) ? byte(p, n, 7) : BLOCK;
+    k.model_identity = (flags & 16) ? 1 : IDENTITY;
+    k.first_token = (flags & 32) ? (int32_t)(byte(p, n, 8) * 4 - 100) : (int32_t)byte(p, n, 8);
+    uint8_t seed = (uint8_t)byte(p, n, 9);
+    uint64_t sums[24];
+    uint8_t *blk = malloc(g_w->block_bytes);
+    CHECK(blk);
+    for (uint32_t i = 0; i < nb; i++) {
+        memset(blk, seed + (int)i, g_w->block_bytes);
+        sums[i] = XXH3_64bits(blk, g_w->block_bytes) ^ ((flags & 64) && i == 0 ? 1 : 0);
+    }
+    free(blk);
+    k.n_checksums = (flags & 128) ? nb / 2 : nb;
+    k.checksums = sums;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_KV_TRANSFER;
+    m.kv_transfer = &k;
+    size_t len = pd__msg__get_packed_size(&m);
+    uint8_t *buf = malloc(len ? len : 1);
+    CHECK(buf);
+    pd__msg__pack(&m, buf);
+    kv_msg(buf, len, nb, seed);
+    free(buf);
+}
+
+static void prefill_task(const uint8_t *p, size_t n)
+{
+    Pd__GenParams gp = PD__GEN_PARAMS__INIT;
+    gp.has_max_tokens = gp.has_n_prompt = gp.has_n_generated = true;
+    gp.n_prompt = byte(p, n, 2) % 80;
+    gp.n_generated = byte(p, n, 3) % 8;
+    gp.max_tokens = byte(p, n, 4) % 32;
+    int32_t toks[128];
+    size_t nt = (byte(p, n, 5) & 1) ? byte(p, n, 5) % 128 : (size_t)gp.n_prompt + gp.n_generated;
+    for (size_t i = 0; i < nt; i++)
+        toks[i] = (byte(p, n, 6) & 1) ? (int32_t)(byte(p, n, 7 + i) * 2 - 40) : (int32_t)i;
+    Pd__PrefillTask t = PD__PREFILL_TASK__INIT;
+    t.has_request_id = t.has_epoch = true;
+    t.request_id = 1 + byte(p, n, 0) % 4;
+    t.epoch = byte(p, n, 1) % 4;
+    t.params = &gp;
+    t.n_tokens = nt;
+    t.tokens = toks;
+    switch (byte(p, n, 6) >> 1 & 3) {
+    case 0: t.decode_worker_id = (char *)"w1"; break; /* colocated */
+    case 1:
+        t.decode_worker_id = (char *)"d9";
+        t.decode_kv_endpoint = (char *)"inproc://fuzz-nowhere";
+        break;
+    case 2: t.decode_worker_id = (char *)"d9"; break; /* no endpoint */
+    default: break;
+    }
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_PREFILL;
+    m.prefill = &t;
+    router_msg(&m);
+}
+
+static void check_invariants(void)
+{
+    wk_t *w = g_w;
+    CHECK(w->n_orphans <= WK_MAX_ORPHANS);
+    CHECK(w->n_seqs <= w->cap_seqs || w->n_seqs == 0);
+    for (uint32_t i = 0; i < w->n_seqs; i++) {
+        const wk_seq_t *s = w->seqs[i];
+        CHECK(s->n_hist <= s->cap_hist);
+        if (s->st == DS_WAITING && !s->has_blocks) {
+            CHECK(s->n_frames == (s->n_past + BLOCK - 1) / BLOCK);
+            for (uint32_t f = 0; f < s->n_frames; f++)
+                CHECK(zmq_msg_size(&s->frames[f]) == w->block_bytes);
+        }
+    }
+    for (uint32_t i = 0; i < w->n_orphans; i++)
+        CHECK(w->orphans[i].n_frames == (w->orphans[i].n_tokens + BLOCK - 1) / BLOCK);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    wk_t *w = g_w;
+    w->draining = false;
+    w->registered = true;
+    g_stop = 0;
+    size_t at = 0;
+    while (at + 3 <= size) {
+        uint8_t op = data[at];
+        size_t len = (size_t)data[at + 1] | (size_t)data[at + 2] << 8;
+        at += 3;
+        if (len > size - at)
+            len = size - at;
+        const uint8_t *p = data + at;
+        at += len;
+        switch (op % 8) {
+        case 0: wk_on_router_payload(w, p, len); break;
+        case 1: kv_msg(p, len, (uint32_t)(len % 4), 7); break;
+        case 2: decode_task(p, len); break;
+        case 3: kv_transfer(p, len); break;
+        case 4: prefill_task(p, len); break;
+        case 5: {
+            Pd__Cancel c = PD__CANCEL__INIT;
+            c.has_request_id = c.has_epoch = true;
+            c.request_id = 1 + byte(p, len, 0) % 4;
+            c.epoch = byte(p, len, 1) % 4;
+            Pd__Msg m = PD__MSG__INIT;
+            m.body_case = PD__MSG__BODY_CANCEL;
+            m.cancel = &c;
+            router_msg(&m);
+            break;
+        }
+        case 6: {
+            Pd__KvAck a = PD__KV_ACK__INIT;
+            a.has_request_id = a.has_epoch = a.has_ok = true;
+            a.request_id = 1 + byte(p, len, 0) % 4;
+            a.epoch = byte(p, len, 1) % 4;
+            a.ok = byte(p, len, 2) & 1;
+            a.reason = (byte(p, len, 2) & 2) ? (char *)"cancelled" : NULL;
+            wk_prefill_on_ack(w, &a);
+            break;
+        }
+        case 7: {
+            Pd__Error e = PD__ERROR__INIT;
+            Pd__Drain d = PD__DRAIN__INIT;
+            Pd__Msg m = PD__MSG__INIT;
+            if (byte(p, len, 0) & 1) {
+                e.has_code = true;
+                e.code = PD__ERROR_CODE__UNAVAILABLE;
+                e.message = (char *)"unknown worker: register first";
+                m.body_case = PD__MSG__BODY_ERROR;
+                m.error = &e;
+            } else {
+                m.body_case = PD__MSG__BODY_DRAIN;
+                m.drain = &d;
+            }
+            router_msg(&m);
+            w->registered = true;
+            break;
+        }
+        }
+        check_invariants();
+        drain_sink();
+    }
+#ifdef FUZZ_TRACE /* seeds' reach, when built by hand with -DFUZZ_TRACE */
+    fprintf(stderr, "trace: seqs=%u orphans=%u tasks=%u kv_recv_bytes=%llu\n", w->n_seqs,
+            w->n_orphans, w->n_tasks, (unsigned long long)w->c.kv_recv_bytes);
+#endif
+    wk_prefill_drop_all(w);
+    wk_decode_drop_all(w);
+    drain_sink();
+    CHECK(w->n_seqs == 0 && w->n_orphans == 0 && w->n_tasks == 0);
+    CHECK(pd_kv_n_used(w->kv) == 0);
+    /* Forget what is still queued for the router (back-pressure). */
+    while (w->out_len > 0) {
+        free(w->outbox[w->out_head].data);
+        w->out_head = (w->out_head + 1) % WK_OUTBOX;
+        w->out_len--;
+    }
+    memset(w->cancelled, 0, sizeof w->cancelled);
+    w->cancelled_next = 0;
+    return 0;
+}
