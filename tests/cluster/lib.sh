@@ -181,3 +181,15 @@ status_field() {
         let t = ""; process.stdin.on("data", d => t += d).on("end", () => {
             const s = JSON.parse(t); console.log(eval(process.argv[1])); });' "$1"
 }
+
+# Polls `pd-cli status --json` until the JS expression on s is true (workers
+# report free blocks in heartbeats, so a state lags by up to a beat or two;
+# under CPU load, more). wait_status 'expr' [timeout_s, default 10]
+wait_status() {
+    local expr=$1 limit=${2:-10} t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt "$limit" ]; do
+        [ "$(status_field "$expr")" = true ] && return 0
+        sleep 0.2
+    done
+    return 1
+}

@@ -21,10 +21,9 @@ node tests/cluster/check_streams.mjs "$T" $N "64 requests, 2P+2D" | tee "$T/chec
 grep -q '^not ok' "$T/check.txt" && FAILED=1
 
 # Counters arrive with heartbeats (200 ms here): wait for one.
-sleep 0.5
 dec='s.workers.filter(w => w.role == "decode")'
 check "both decode workers served requests" \
-    test "$(status_field "$dec.filter(w => w.counters.retirements > 0).length")" = 2
+    wait_status "$dec.filter(w => w.counters.retirements > 0).length == 2"
 check "both prefill workers served requests" \
     test "$(status_field 's.workers.filter(w => w.role == "prefill" && w.counters.prefill_batches > 0).length')" = 2
 check "continuous batching: steps with more than one sequence" \
@@ -44,7 +43,7 @@ check "prefill batched several prompts in one pass" \
 check "KV shipped and received (bytes equal)" \
     test "$(status_field 's.workers.reduce((a, w) => a + w.counters.kv_sent_bytes, 0) == s.workers.reduce((a, w) => a + w.counters.kv_recv_bytes, 0) && s.workers.some(w => w.counters.kv_sent_bytes > 0)')" = true
 check "no leaks: every worker's free blocks back to its total" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks)')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks)'
 check "no leaks: router holds no request state" \
     test "$(status_field 's.active_requests + s.queued_requests')" = 0
 check "no KV transfer rejected" \

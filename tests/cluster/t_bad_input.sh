@@ -99,6 +99,5 @@ refs $N "$T"
 send_all $N "$T"
 node tests/cluster/check_streams.mjs "$T" $N "still serving after bad input" | tee "$T/check.txt"
 grep -q '^not ok' "$T/check.txt" && FAILED=1
-sleep 0.5
 check "no leaks after bad input" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0'

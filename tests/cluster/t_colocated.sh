@@ -17,14 +17,13 @@ refs $N "$T"
 send_all $N "$T"
 node tests/cluster/check_streams.mjs "$T" $N "64 requests, 2 colocated" | tee "$T/check.txt"
 grep -q '^not ok' "$T/check.txt" && FAILED=1
-sleep 0.5
 check "both colocated workers served requests" \
-    test "$(status_field 's.workers.filter(w => w.counters.prefill_batches > 0 && w.counters.steps > 0).length')" = 2
+    wait_status 's.workers.filter(w => w.counters.prefill_batches > 0 && w.counters.steps > 0).length == 2'
 check "continuous batching in colocated workers" \
     test "$(status_field 's.workers.some(w => w.counters.multi_seq_steps > 0 && w.counters.joins_while_running > 0)')" = true
 check "no KV shipped between colocated workers" \
     test "$(status_field 's.workers.reduce((a, w) => a + w.counters.kv_sent_bytes + w.counters.kv_recv_bytes, 0)')" = 0
 check "no leaks: free blocks back to total" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks)')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks)'
 check "no leaks: router holds no request state" \
     test "$(status_field 's.active_requests + s.queued_requests')" = 0

@@ -44,6 +44,5 @@ refs $N "$T/after"
 send_all $N "$T/after"
 node tests/cluster/check_streams.mjs "$T/after" $N "served after the pause" | tee "$T/check2.txt"
 grep -q '^not ok' "$T/check2.txt" && FAILED=1
-sleep 0.6
 check "no leaks after the pause" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0'

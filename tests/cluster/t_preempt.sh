@@ -22,10 +22,9 @@ refs $N "$T"
 send_all $N "$T"
 node tests/cluster/check_streams.mjs "$T" $N "preemption" | tee "$T/check.txt"
 grep -q '^not ok' "$T/check.txt" && FAILED=1
-sleep 0.5
 check "the decode worker preempted under block pressure" \
-    test "$(status_field 's.workers.find(w => w.role == "decode").counters.preemptions > 0')" = true
+    wait_status 's.workers.find(w => w.role == "decode").counters.preemptions > 0'
 check "clients saw re-prefilled requests (timings.preemptions)" \
     bash -c "cat $T/out_*.jsonl | grep -q '\"preemptions\":[1-9]'"
 check "no leaks after preemption" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0'

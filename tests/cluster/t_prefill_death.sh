@@ -37,6 +37,5 @@ node tests/cluster/check_streams.mjs "$T" $N "prefill worker killed" | tee "$T/c
 grep -q '^not ok' "$T/check.txt" && FAILED=1
 check "the router removed the dead prefill worker" \
     grep -q 'event=worker_removed worker=p1' "$T/router.log"
-sleep 0.6
 check "no blocks stranded on the survivors, no request state" \
-    test "$(status_field 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0 && s.workers.length == 3')" = true
+    wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0 && s.workers.length == 3'
