@@ -113,6 +113,18 @@ static ALWAYS_INLINE float hsum8(__m256 a)
     return _mm_cvtss_f32(reduce4(a, a, a, a));
 }
 
+/* ggml's hsum_float_8, in its exact order (high half + low half, then
+ * movehl, then movehdup): the quantized kernels end with it so that a
+ * single-row product is bit-identical to ggml_vec_dot_q8_0_q8_0 on AVX2,
+ * which is what the llama.cpp referee runs for every decode step. */
+static ALWAYS_INLINE float hsum8_ggml(__m256 a)
+{
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
 /* Loads 8 weights starting at element k of a float-type row, as fp32. */
 static ALWAYS_INLINE __m256 load_w8(const uint8_t *row, size_t k, int wt)
 {
@@ -489,7 +501,7 @@ static void skinny_quant(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
         pf_step(&pf, pf.left);
         for (uint32_t o = 0; o < np; o++)
             for (uint32_t r = 0; r < n_rows; r++)
-                y[r * y_stride + p0 + o] = nb_all ? hsum8(acc[o * n_rows + r]) : 0.0f;
+                y[r * y_stride + p0 + o] = nb_all ? hsum8_ggml(acc[o * n_rows + r]) : 0.0f;
     }
 }
 
