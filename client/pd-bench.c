@@ -8,6 +8,16 @@
  *            [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]
  *            [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]
  *            [--connect-timeout MS] [--request-timeout MS] [--no-progress]
+ *   pd-bench --target http://HOST:PORT[/v1] [--api-key KEY] ...   any OpenAI-compatible
+ *            server (the key defaults to $OPENAI_API_KEY; sent as a Bearer token)
+ *
+ * With --target the same arrivals, datasets and metrics drive POST
+ * /v1/completions ("stream": true, usage included) on plain non-blocking
+ * sockets, one connection per request in flight (client/httpc.h), timed as
+ * vLLM's backend_request_func does for openai-completions: TTFT at the first
+ * event with non-empty choices[0].text, ITL between such events, E2E at
+ * "data: [DONE]", output_len = usage.completion_tokens (else the number of
+ * text events).
  *
  * Metrics carry the names and definitions of vLLM's benchmarks/benchmark_serving.py
  * (calculate_metrics), so numbers compare side by side:
@@ -27,11 +37,13 @@
  *
  * Exit status: 0 the benchmark ran (failed requests are part of the numbers),
  * 1 nothing completed or an output file could not be written, 2 bad options
- * or dataset, 3 the router cannot be reached, 130 interrupted (Ctrl-C: the
- * requests in flight are cancelled and what finished is reported).
+ * or dataset, 3 the router (or the --target server) cannot be reached, 130
+ * interrupted (Ctrl-C: the requests in flight are cancelled -- with --target
+ * their connections closed -- and what finished is reported).
  */
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -44,6 +56,7 @@
 #include <jansson.h>
 
 #include "gguf.h"
+#include "httpc.h"
 #include "pdclient.h"
 #include "tokenizer.h"
 
@@ -152,6 +165,8 @@ typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT } dataset_kind_t;
 
 typedef struct {
     const char *router;
+    const char *target;          /* --target http://HOST:PORT, or NULL */
+    const char *api_key;         /* --api-key, else $OPENAI_API_KEY, or NULL */
     const char *model;           /* GGUF for the tokenizer, or NULL */
     dataset_kind_t dataset;
     const char *dataset_path;
@@ -192,12 +207,14 @@ static void usage(FILE *f)
             "                [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]\n"
             "                [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]\n"
             "                [--connect-timeout MS] [--request-timeout MS] [--no-progress]\n"
+            "       pd-bench --target http://HOST:PORT[/v1] [--api-key KEY] ...  (same options)\n"
             "       pd-bench --profile FILE -m MODEL.gguf [--router ADDR] [--profile-max-batch B]\n"
             "                [--profile-max-context C]   (measure the cluster for pd-plan)\n"
-            "The router defaults to $PD_ROUTER, else tcp://127.0.0.1:5555. --target http://...\n"
-            "(an OpenAI-compatible server) is not supported yet. The random and sharegpt\n"
-            "datasets need the model's tokenizer (-m). Exit: 0 ran, 1 nothing completed or\n"
-            "output not written, 2 bad options, 3 router unreachable, 130 interrupted.\n");
+            "The router defaults to $PD_ROUTER, else tcp://127.0.0.1:5555. --target\n"
+            "http://HOST:PORT[/v1] measures any OpenAI-compatible server instead (pdserve's HTTP\n"
+            "front, vLLM, llama.cpp server) with streamed POST /v1/completions. The random and\n"
+            "sharegpt datasets need the model's tokenizer (-m). Exit: 0 ran, 1 nothing completed\n"
+            "or output not written, 2 bad options, 3 server unreachable, 130 interrupted.\n");
 }
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
@@ -310,13 +327,12 @@ static int parse_args(int argc, char **argv, opts_t *o)
         } else if (!strcmp(a, "--router")) {
             NEED_VALUE;
             o->router = v;
-        } else if (!strcmp(a, "--target")) {
+        } else if (!strcmp(a, "--target") || !strcmp(a, "--base-url")) {
             NEED_VALUE;
-            fprintf(stderr,
-                    "pd-bench: --target %s: not supported yet (pdserve has no OpenAI-compatible "
-                    "HTTP front); use --router tcp://HOST:PORT\n",
-                    v);
-            return -1;
+            o->target = v;
+        } else if (!strcmp(a, "--api-key")) {
+            NEED_VALUE;
+            o->api_key = v;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             NEED_VALUE;
             o->model = v;
@@ -464,6 +480,23 @@ static int parse_args(int argc, char **argv, opts_t *o)
     if ((o->dataset != DS_FILE || o->prefix_len > 0) && o->model == NULL) {
         fprintf(stderr, "pd-bench: %s needs the model's tokenizer: give -m MODEL.gguf\n",
                 o->dataset == DS_FILE ? "--prefix-len" : "this dataset");
+        return -1;
+    }
+    if (o->api_key == NULL && o->target && getenv("OPENAI_API_KEY") && *getenv("OPENAI_API_KEY"))
+        o->api_key = getenv("OPENAI_API_KEY");
+    if (o->api_key && o->target == NULL) {
+        fprintf(stderr, "pd-bench: --api-key is for --target http://...\n");
+        return -1;
+    }
+    for (const char *k = o->api_key; k && *k; k++)
+        if ((unsigned char)*k < 0x20 || *k == 0x7f) {
+            fprintf(stderr, "pd-bench: --api-key: control character at offset %zu\n",
+                    (size_t)(k - o->api_key));
+            return -1;
+        }
+    if (o->target && o->profile_path) {
+        fprintf(stderr, "pd-bench: --profile measures a pdserve cluster: use --router, not "
+                        "--target\n");
         return -1;
     }
     if (o->append && o->json_path == NULL) {
@@ -714,7 +747,7 @@ static int load_file(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix
 static int load_sharegpt(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix,
                          uint32_t max_seq, rng_t *rng, dataset_t *d)
 {
-    json_error_t je;
+    json_error_t je = { 0 };
     json_t *root = json_load_file(o->dataset_path, 0, &je);
     if (root == NULL) {
         fprintf(stderr, "pd-bench: --dataset-path %s: line %d column %d: %s\n", o->dataset_path,
@@ -819,6 +852,8 @@ typedef struct {
     uint64_t *chunk_ns;         /* (n_chunks) arrival of each token-carrying chunk */
     size_t n_chunks, cap_chunks;
     char *error;                /* "STATUS: message" when !ok */
+    pd_http_conn_t *conn;       /* --target: the request's connection while in flight */
+    bool http_done, http_usage; /* --target: "[DONE]" seen, usage seen */
     int finish;
     uint32_t usage_prompt, usage_completion, n_preemptions;
     uint64_t queue_us, router_ttft_us, router_e2e_us;
@@ -834,6 +869,12 @@ typedef struct {
     size_t inflight, done, max_inflight;
     uint64_t start_ns, end_ns;
     bool interrupted;
+    const pd_http_url_t *http;  /* --target, or NULL */
+    const char *http_model;     /* the served model id ("model" of each request) */
+    char http_path[600];        /* ".../v1/completions" */
+    size_t *live;               /* (n_live) --target: indexes of requests in flight */
+    size_t n_live, cap_live;
+    struct pollfd *pfd;         /* (cap_live) */
 } bench_t;
 
 static int map_put(bench_t *b, uint64_t id, size_t idx)
@@ -1018,6 +1059,309 @@ static int submit_one(bench_t *b, pd_client_t *c, const dataset_t *d, size_t i)
     return 0;
 }
 
+/* ====== --target: an OpenAI-compatible HTTP server ====== */
+
+/* One SSE data payload of request r (user). Returns 1 at "[DONE]". */
+static int on_sse(void *user, const char *data, size_t len)
+{
+    req_t *r = user;
+    uint64_t t = now_ns();
+    if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
+        r->http_done = true;
+        r->end_ns = t;
+        return 1;
+    }
+    json_error_t je = { 0 };
+    json_t *j = json_loadb(data, len, 0, &je);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        req_fail(r, "malformed event (%s): %.80s", je.text, data);
+        return 1;
+    }
+    json_t *e = json_object_get(j, "error");
+    if (e && !json_is_null(e)) {
+        const char *msg = json_string_value(json_object_get(e, "message"));
+        req_fail(r, "%s%s", "error event: ", msg ? msg : "(no message)");
+    }
+    json_t *ch = json_object_get(j, "choices");
+    json_t *c0 = json_is_array(ch) && json_array_size(ch) > 0 ? json_array_get(ch, 0) : NULL;
+    if (c0) {
+        const char *text = json_string_value(json_object_get(c0, "text"));
+        if (text && *text && push_ns(&r->chunk_ns, &r->n_chunks, &r->cap_chunks, t) != 0)
+            req_fail(r, "%s%s", "out of memory", "");
+        const char *fr = json_string_value(json_object_get(c0, "finish_reason"));
+        if (fr)
+            r->finish = !strcmp(fr, "length")  ? PD_FINISH_LENGTH
+                        : !strcmp(fr, "stop")  ? PD_FINISH_STOP
+                        : !strcmp(fr, "abort") ? PD_FINISH_CANCELLED
+                                               : PD_FINISH_NONE;
+    }
+    json_t *u = json_object_get(j, "usage");
+    if (json_is_object(u)) {
+        json_int_t pt = json_integer_value(json_object_get(u, "prompt_tokens"));
+        json_int_t ct = json_integer_value(json_object_get(u, "completion_tokens"));
+        if (pt >= 0 && pt <= BENCH_MAX_LEN * 16ll && ct >= 0 && ct <= BENCH_MAX_LEN * 16ll) {
+            r->usage_prompt = (uint32_t)pt;
+            r->usage_completion = (uint32_t)ct;
+            r->http_usage = json_is_integer(json_object_get(u, "completion_tokens"));
+        }
+    }
+    json_decref(j);
+    return 0;
+}
+
+/* Ends request idx (in flight) at time t: success when the stream ended with
+ * [DONE] and no error was seen, else fails it with why (may be NULL). */
+static void http_finish(bench_t *b, size_t idx, uint64_t t, const char *why)
+{
+    req_t *r = &b->reqs[idx];
+    if (why)
+        req_fail(r, "%s%s", why, "");
+    if (r->conn && r->error == NULL && pd_http_conn_status(r->conn) != 200) {
+        size_t len;
+        const char *body = pd_http_conn_body(r->conn, &len);
+        json_t *j = json_loadb(body, len, 0, NULL);
+        const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        if (msg == NULL) /* llama.cpp nests it the same way; else show the start of the body */
+            msg = json_string_value(json_object_get(j, "message"));
+        char st[32];
+        snprintf(st, sizeof st, "HTTP %d: ", pd_http_conn_status(r->conn));
+        char brief[201];
+        snprintf(brief, sizeof brief, "%s", msg ? msg : body);
+        req_fail(r, "%s%s", st, brief);
+        json_decref(j);
+    }
+    if (r->error == NULL && !r->http_done)
+        req_fail(r, "%s%s",
+                 r->conn && !pd_http_conn_is_sse(r->conn)
+                     ? "HTTP 200 but not an event stream (Content-Type text/event-stream)"
+                     : "the stream ended without data: [DONE]",
+                 "");
+    pd_http_conn_free(r->conn);
+    r->conn = NULL;
+    if (!r->http_done)
+        r->end_ns = t;
+    r->state = REQ_DONE;
+    if (r->error == NULL) {
+        r->ok = true;
+        /* Output tokens: usage.completion_tokens, else one per text event.
+         * Tokens past the events' count arrived with the last text event. */
+        size_t n = r->http_usage ? r->usage_completion : r->n_chunks;
+        r->tok_ns = n ? malloc(n * sizeof *r->tok_ns) : NULL;
+        if (n && r->tok_ns == NULL) {
+            req_fail(r, "%s%s", "out of memory", "");
+        } else {
+            for (size_t k = 0; k < n; k++)
+                r->tok_ns[k] = r->n_chunks == 0        ? r->end_ns
+                               : k < r->n_chunks       ? r->chunk_ns[k]
+                                                       : r->chunk_ns[r->n_chunks - 1];
+            r->n_tok = r->cap_tok = n;
+        }
+        if (r->prompt_len == 0)
+            r->prompt_len = r->usage_prompt;
+    }
+    b->inflight--;
+    b->done++;
+    if (b->done == b->n_reqs)
+        b->end_ns = t;
+}
+
+/* JSON body of request number i (dataset item it); NULL when out of memory. */
+static char *http_body(const bench_t *b, const item_t *it, size_t i, size_t *len)
+{
+    const opts_t *o = b->o;
+    json_t *j = json_object(), *prompt;
+    if (it->ids) {
+        prompt = json_array();
+        for (size_t k = 0; k < it->n_ids; k++)
+            json_array_append_new(prompt, json_integer(it->ids[k]));
+    } else {
+        prompt = json_string(it->text);
+    }
+    if (b->http_model)
+        json_object_set_new(j, "model", json_string(b->http_model));
+    json_object_set_new(j, "prompt", prompt);
+    json_object_set_new(j, "max_tokens", json_integer(it->output_len));
+    json_object_set_new(j, "temperature", json_real(o->temperature));
+    json_object_set_new(j, "seed", json_integer((json_int_t)((o->seed + i) & INT64_MAX)));
+    json_object_set_new(j, "stream", json_true());
+    json_t *so = json_object();
+    json_object_set_new(so, "include_usage", json_true());
+    json_object_set_new(j, "stream_options", so);
+    if (o->ignore_eos)
+        json_object_set_new(j, "ignore_eos", json_true());
+    char *s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    *len = s ? strlen(s) : 0;
+    return s;
+}
+
+/* Submits request number i over HTTP: 0, 1 to retry later (no file
+ * descriptor free), or -1 when out of memory. */
+static int submit_http(bench_t *b, const dataset_t *d, size_t i)
+{
+    if (b->n_reqs == b->cap_reqs) {
+        size_t cap = b->cap_reqs ? b->cap_reqs * 2 : 256;
+        req_t *p = realloc(b->reqs, cap * sizeof *p);
+        if (p == NULL)
+            return -1;
+        b->reqs = p;
+        b->cap_reqs = cap;
+    }
+    if (b->n_live == b->cap_live) {
+        size_t cap = b->cap_live ? b->cap_live * 2 : 64;
+        size_t *l = realloc(b->live, cap * sizeof *l);
+        if (l == NULL)
+            return -1;
+        b->live = l;
+        struct pollfd *pf = realloc(b->pfd, cap * sizeof *pf);
+        if (pf == NULL)
+            return -1;
+        b->pfd = pf;
+        b->cap_live = cap;
+    }
+    req_t *r = &b->reqs[b->n_reqs];
+    memset(r, 0, sizeof *r);
+    r->item = i % d->n;
+    r->id = b->n_reqs + 1;
+    const item_t *it = &d->items[r->item];
+    r->prompt_len = it->prompt_len;
+    r->expected_len = it->output_len;
+    size_t len;
+    char *body = http_body(b, it, i, &len);
+    if (body == NULL)
+        return -1;
+    pd_err_t err = { 0 };
+    r->send_ns = now_ns();
+    r->conn = pd_http_conn_new(b->http, "POST", b->http_path, body, len, b->o->api_key, &err);
+    free(body);
+    if (r->conn == NULL && err.code == PD_EFULL && b->inflight > 0)
+        return 1; /* out of file descriptors: retry when a request ends */
+    b->n_reqs++;
+    r->state = REQ_INFLIGHT;
+    b->inflight++;
+    if (b->inflight > b->max_inflight)
+        b->max_inflight = b->inflight;
+    if (r->conn == NULL) {
+        char why[PD_ERR_MSG_MAX + 16];
+        snprintf(why, sizeof why, "submit: %s", err.msg);
+        http_finish(b, b->n_reqs - 1, now_ns(), why);
+        return 0;
+    }
+    b->live[b->n_live++] = b->n_reqs - 1;
+    return 0;
+}
+
+/* Waits up to wait_ms for the HTTP requests in flight and advances them;
+ * enforces --connect-timeout (until connected) and --request-timeout. */
+static void poll_http(bench_t *b, int wait_ms)
+{
+    const opts_t *o = b->o;
+    for (size_t k = 0; k < b->n_live; k++) {
+        req_t *r = &b->reqs[b->live[k]];
+        b->pfd[k].fd = pd_http_conn_fd(r->conn);
+        b->pfd[k].events = pd_http_conn_events(r->conn);
+        b->pfd[k].revents = 0;
+    }
+    int n = poll(b->pfd, b->n_live, wait_ms);
+    if (n < 0 && errno != EINTR)
+        n = 0;
+    uint64_t t = now_ns();
+    size_t keep = 0;
+    for (size_t k = 0; k < b->n_live; k++) {
+        size_t idx = b->live[k];
+        req_t *r = &b->reqs[idx];
+        const char *why = NULL;
+        char buf[PD_ERR_MSG_MAX + 64];
+        int rc = 0;
+        if (n > 0 && b->pfd[k].revents) {
+            pd_err_t err = { 0 };
+            rc = pd_http_conn_io(r->conn, b->pfd[k].revents, on_sse, r, &err);
+            if (rc < 0) {
+                snprintf(buf, sizeof buf, "http: %s", err.msg);
+                why = buf;
+            }
+        }
+        if (rc == 0 && !pd_http_conn_connected(r->conn) &&
+            t - r->send_ns >= (uint64_t)o->connect_timeout_ms * 1000000ull) {
+            snprintf(buf, sizeof buf, "http: connect timed out after %u ms", o->connect_timeout_ms);
+            why = buf;
+            rc = -1;
+        } else if (rc == 0 && t - r->send_ns >= (uint64_t)o->request_timeout_ms * 1000000ull) {
+            snprintf(buf, sizeof buf, "http: no complete response within %u ms (--request-timeout)",
+                     o->request_timeout_ms);
+            why = buf;
+            rc = -1;
+        }
+        if (rc != 0)
+            http_finish(b, idx, t, why);
+        else
+            b->live[keep++] = idx;
+    }
+    b->n_live = keep;
+}
+
+/* Ctrl-C with --target: closing a connection cancels its request. */
+static void cancel_http(bench_t *b)
+{
+    uint64_t t = now_ns();
+    for (size_t k = 0; k < b->n_live; k++)
+        http_finish(b, b->live[k], t, "cancelled (interrupted)");
+    b->n_live = 0;
+}
+
+/* GET /v1/models (blocking, within --connect-timeout): the served model's
+ * id and max_model_len. 0, or -1 with a message printed. */
+static int http_models(const opts_t *o, const pd_http_url_t *u, const char *base, char *model,
+                       size_t cap, uint32_t *max_len)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/models", base);
+    pd_err_t err = { 0 };
+    pd_http_conn_t *c = pd_http_conn_new(u, "GET", path, NULL, 0, o->api_key, &err);
+    uint64_t until = now_ns() + (uint64_t)o->connect_timeout_ms * 1000000ull;
+    int rc = c ? 0 : -1;
+    while (rc == 0) {
+        uint64_t t = now_ns();
+        if (t >= until) {
+            pd_err_set(&err, PD_EIO, "no answer to GET %s", path);
+            rc = -1;
+            break;
+        }
+        struct pollfd pf = { .fd = pd_http_conn_fd(c), .events = pd_http_conn_events(c) };
+        int ms = (int)((until - t) / 1000000ull) + 1;
+        if (poll(&pf, 1, ms > BENCH_POLL_MS ? BENCH_POLL_MS : ms) > 0)
+            rc = pd_http_conn_io(c, pf.revents, NULL, NULL, &err);
+        if (g_interrupted)
+            rc = pd_err_set(&err, PD_EIO, "interrupted");
+    }
+    if (rc < 0) {
+        fprintf(stderr, "pd-bench: cannot reach the server at %s within %u ms: %s\n", o->target,
+                o->connect_timeout_ms, err.msg);
+        pd_http_conn_free(c);
+        return -1;
+    }
+    size_t len;
+    const char *body = pd_http_conn_body(c, &len);
+    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *m0 = json_array_get(json_object_get(j, "data"), 0);
+    const char *id = json_string_value(json_object_get(m0, "id"));
+    if (pd_http_conn_status(c) != 200 || id == NULL) {
+        const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+        fprintf(stderr, "pd-bench: GET http://%s%s: HTTP %d: %.200s\n", u->hostport, path,
+                pd_http_conn_status(c), msg ? msg : pd_http_conn_status(c) == 200 ? "no model listed" : body);
+        json_decref(j);
+        pd_http_conn_free(c);
+        return -1;
+    }
+    snprintf(model, cap, "%s", id);
+    json_int_t ml = json_integer_value(json_object_get(m0, "max_model_len"));
+    *max_len = ml > 0 && ml <= (json_int_t)UINT32_MAX ? (uint32_t)ml : 0;
+    json_decref(j);
+    pd_http_conn_free(c);
+    return 0;
+}
+
 /* Runs the load: arrivals by the gamma process, at most max_concurrency in
  * flight, until num_prompts are done or --duration has passed, or Ctrl-C. */
 static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
@@ -1037,7 +1381,9 @@ static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
         if (g_interrupted && !b->interrupted) {
             b->interrupted = true;
             stop_submitting = true;
-            for (size_t i = 0; i < b->n_reqs; i++)
+            if (b->http)
+                cancel_http(b);
+            for (size_t i = 0; c && i < b->n_reqs; i++)
                 if (b->reqs[i].state == REQ_INFLIGHT)
                     pd_client_cancel(c, b->reqs[i].id, NULL);
             drain_until = t + BENCH_DRAIN_MS * 1000000ull;
@@ -1046,7 +1392,7 @@ static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
             stop_submitting = true;
         while (!stop_submitting && next < limit && t >= next_at &&
                (o->max_concurrency == 0 || b->inflight < o->max_concurrency)) {
-            int rc = submit_one(b, c, d, next);
+            int rc = b->http ? submit_http(b, d, next) : submit_one(b, c, d, next);
             if (rc < 0) {
                 fprintf(stderr, "pd-bench: out of memory\n");
                 return -1;
@@ -1071,7 +1417,11 @@ static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
         }
         pd_err_t err = { 0 };
         if (b->inflight > 0 || wait_ms > 0) {
-            int rc = b->inflight > 0 ? pd_client_poll(c, wait_ms, on_chunk, b, &err) : 0;
+            int rc = 0;
+            if (b->inflight > 0 && b->http)
+                poll_http(b, wait_ms);
+            else if (b->inflight > 0)
+                rc = pd_client_poll(c, wait_ms, on_chunk, b, &err);
             if (rc < 0) {
                 fprintf(stderr, "pd-bench: %s\n", err.msg);
                 return -1;
@@ -1309,8 +1659,11 @@ static json_t *result_json(const bench_t *b, const metrics_t *m, const char *mod
     struct tm tm;
     strftime(date, sizeof date, "%Y%m%d-%H%M%S", gmtime_r(&now, &tm));
     json_object_set_new(j, "date", json_string(date));
-    json_object_set_new(j, "backend", json_string("pdserve"));
-    json_object_set_new(j, "router", json_string(o->router));
+    json_object_set_new(j, "backend", json_string(o->target ? "openai" : "pdserve"));
+    if (o->target)
+        json_object_set_new(j, "base_url", json_string(o->target));
+    else
+        json_object_set_new(j, "router", json_string(o->router));
     json_object_set_new(j, "model_id", json_string(model_id));
     json_object_set_new(j, "tokenizer_id", o->model ? json_string(o->model) : json_null());
     json_object_set_new(j, "dataset", json_string(DS[o->dataset]));
@@ -1863,7 +2216,10 @@ static void bench_free(bench_t *b)
         free(b->reqs[i].tok_ns);
         free(b->reqs[i].chunk_ns);
         free(b->reqs[i].error);
+        pd_http_conn_free(b->reqs[i].conn);
     }
+    free(b->live);
+    free(b->pfd);
     free(b->reqs);
     free(b->map_id);
     free(b->map_idx);
@@ -1886,6 +2242,8 @@ int main(int argc, char **argv)
     bench_t b = { .o = &o };
     metrics_t m = { 0 };
     pd_err_t err = { 0 };
+    pd_http_url_t url;
+    char base[540];
     rng_t rng;
     rng_seed(&rng, o.seed);
 
@@ -1901,6 +2259,30 @@ int main(int argc, char **argv)
     if (o.model && (tok = load_tokenizer(o.model)) == NULL)
         goto done;
 
+    if (o.target) {
+        /* An OpenAI-compatible server: its model and context length. */
+        int urc = pd_http_url_parse(o.target, &url, &err);
+        if (urc != 0) {
+            fprintf(stderr, "pd-bench: --target %s\n", err.msg);
+            status = urc == PD_EIO ? EXIT_UNREACHABLE : EXIT_USAGE; /* name does not resolve */
+            goto done;
+        }
+        size_t pl = strlen(url.path);
+        snprintf(base, sizeof base, "%s%s", url.path,
+                 pl >= 3 && !strcmp(url.path + pl - 3, "/v1") ? "" : "/v1");
+        snprintf(b.http_path, sizeof b.http_path, "%s/completions", base);
+        cs = calloc(1, sizeof *cs);
+        if (cs == NULL)
+            goto done;
+        if (http_models(&o, &url, base, cs->model_name, sizeof cs->model_name,
+                        &cs->max_seq_len) != 0) {
+            status = EXIT_UNREACHABLE;
+            goto done;
+        }
+        b.http = &url;
+        b.http_model = cs->model_name;
+        goto have_server;
+    }
     /* Is the router there? (Connecting is lazy: ask for its status.) */
     c = pd_client_new(o.router, &err);
     if (c == NULL) {
@@ -1922,6 +2304,7 @@ int main(int argc, char **argv)
         goto done;
     }
 
+have_server:
     prefix = malloc(((size_t)o.prefix_len + 1) * sizeof *prefix);
     if (prefix == NULL)
         goto done;
@@ -1939,7 +2322,7 @@ int main(int argc, char **argv)
     fprintf(stderr,
             "pd-bench: %s, model %s, %zu distinct prompts, request rate %s/s, burstiness %g "
             "(%s), max concurrency %s\n",
-            o.router, cs->model_name, ds.n, rate, o.burstiness,
+            o.target ? o.target : o.router, cs->model_name, ds.n, rate, o.burstiness,
             o.burstiness == 1.0 ? "Poisson" : "gamma", conc);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

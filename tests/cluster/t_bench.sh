@@ -35,8 +35,8 @@ expect_fail "bad option: --num-prompts 0 refused" 2 "num-prompts" --num-prompts 
 expect_fail "bad option: --goodput with an unknown metric refused" 2 "unknown metric 'foo'" --goodput foo:3
 expect_fail "bad option: random dataset without a tokenizer refused" 2 "needs the model's tokenizer" \
     --router $NOWHERE
-expect_fail "bad option: --target http:// says not supported yet" 2 "not supported yet" \
-    --target http://127.0.0.1:8000/v1
+expect_fail "bad option: --target with a non-http URL refused" 2 "not an http://HOST:PORT URL" \
+    --target ftp://x -m "$MODEL"
 expect_fail "missing server: clear error, exit 3" 3 "cannot reach the router at $NOWHERE" \
     --router $NOWHERE -m "$MODEL" --connect-timeout 500 --num-prompts 2
 expect_fail "bad option: unknown flag refused" 2 "unknown option '--frobnicate'" --frobnicate
