@@ -301,18 +301,22 @@ static void attention_task(void *arg, int i, int n)
         uint32_t kvh = h / group, n_pos = (uint32_t)b->pos[t] + 1;
         const int32_t *table = b->block_tables[b->seq[t]];
         const float *q = e->q + (size_t)t * q_dim + (size_t)h * hd;
-        for (uint32_t p = 0; p < n_pos; p++) {
-            const float *kp = pd_kv_k(e->kv, table[p / bs], lc->layer) +
-                              (size_t)(p % bs) * kv_dim + (size_t)kvh * hd;
-            scores[p] = pd_kern_dot_f32(q, kp, hd) * scale;
+        /* Block by block: one address computation per block, then the
+         * block's positions are kv_dim floats apart. */
+        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+            const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer) + (size_t)kvh * hd;
+            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
+            for (uint32_t p = p0; p < p1; p++)
+                scores[p] = pd_kern_dot_f32(q, kb + (size_t)(p - p0) * kv_dim, hd) * scale;
         }
         pd_kern_softmax(scores, n_pos);
         float *out = e->att + (size_t)t * q_dim + (size_t)h * hd;
         memset(out, 0, sizeof(float) * hd);
-        for (uint32_t p = 0; p < n_pos; p++) {
-            const float *vp = pd_kv_v(e->kv, table[p / bs], lc->layer) +
-                              (size_t)(p % bs) * kv_dim + (size_t)kvh * hd;
-            pd_kern_axpy_f32(out, scores[p], vp, hd);
+        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+            const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer) + (size_t)kvh * hd;
+            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
+            for (uint32_t p = p0; p < p1; p++)
+                pd_kern_axpy_f32(out, scores[p], vb + (size_t)(p - p0) * kv_dim, hd);
         }
     }
 }
