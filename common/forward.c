@@ -383,7 +383,8 @@ static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool
  * way before either kernel path, so that (1) the skinny kernels and the
  * sgemm path see identical inputs -- batching then changes nothing -- and
  * (2) our numbers match llama.cpp's. The rounding is idempotent, so the
- * Q8_0 skinny kernel's own quantization of x reproduces it exactly. */
+ * Q8_0 skinny kernel's own quantization of x reproduces it exactly, and
+ * matmul() skips this step when the skinny kernel will quantize anyway. */
 static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const float *x,
                                       uint32_t n_rows, uint32_t n_in)
 {
@@ -423,13 +424,18 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
  * docs/benchmarks.md has both figures. */
 static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
 {
-    const float *xin = round_activations(e, w->type, x, n_rows, w->n_in);
     bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
-    if (!(quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant)) {
+    bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
+    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
+    /* The Q8_0 skinny kernels quantize x themselves, with the same
+     * quantizer: rounding it here first would be the same work twice on
+     * every decode step. Only the sgemm path needs the rounded floats. */
+    bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
+    const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
+    if (!invariant) {
         pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
         return;
     }
-    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
     for (uint32_t r = 0; r < n_rows; r += chunk) {
         uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
         pd_matmul(e->pool, w, xin + (size_t)r * w->n_in, m, y + (size_t)r * w->n_out, e->scratch,

@@ -482,6 +482,13 @@ static uint32_t task_chunk(uint32_t n_out, int n_threads)
     return div_up(chunk, PD_MATMUL_CHUNK_ROWS) * PD_MATMUL_CHUNK_ROWS;
 }
 
+bool pd_matmul_uses_skinny(const pd_mat_t *w, uint32_t n_rows, uint32_t skinny_max)
+{
+    if (is_quant(w->type) && skinny_max > PD_SKINNY_QUANT_MAX)
+        skinny_max = PD_SKINNY_QUANT_MAX;
+    return n_rows <= skinny_max && n_rows <= PD_SKINNY_MAX_ROWS;
+}
+
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,
                void *scratch, uint32_t skinny_max)
 {
@@ -489,9 +496,7 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
         return;
     const int n_threads = pd_pool_n_threads(pool);
     matmul_ctx_t c = {.w = w, .x = x, .x_stride = w->n_in, .y = y, .n_rows = n_rows};
-    if (is_quant(w->type) && skinny_max > PD_SKINNY_QUANT_MAX)
-        skinny_max = PD_SKINNY_QUANT_MAX;
-    if (n_rows <= skinny_max && n_rows <= PD_SKINNY_MAX_ROWS) {
+    if (pd_matmul_uses_skinny(w, n_rows, skinny_max)) {
         if (is_quant(w->type)) {
             pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
             c.xq = scratch;

@@ -82,6 +82,9 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  * after a pool job the pool's workers spin for up to 0.1 ms, then sleep.
  */
 size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows);
+/* True when pd_matmul(w, .., n_rows, .., skinny_max) takes the skinny path
+ * (the only place that rule lives; the engine asks it, it does not copy it). */
+bool pd_matmul_uses_skinny(const pd_mat_t *w, uint32_t n_rows, uint32_t skinny_max);
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,
                void *scratch, uint32_t skinny_max);
 
