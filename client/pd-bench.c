@@ -55,6 +55,7 @@
 
 #include <jansson.h>
 
+#include "args.h"
 #include "gguf.h"
 #include "httpc.h"
 #include "pdclient.h"
@@ -219,28 +220,12 @@ static void usage(FILE *f)
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "pd-bench: %s: '%s' is not a number in [%g, %g]\n", opt, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return pd_arg_double("pd-bench", opt, s, lo, hi, out);
 }
 
 static int parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
-        fprintf(stderr, "pd-bench: %s: '%s' is not an integer in [%u, %u]\n", opt, s, lo, hi);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
+    return pd_arg_u32("pd-bench", opt, s, lo, hi, out);
 }
 
 /* One "name:ms" goodput SLO. */

@@ -46,6 +46,8 @@
 
 #include <jansson.h>
 
+#include "args.h"
+
 #define EXIT_NONE 1
 #define EXIT_USAGE 2
 #define PLAN_EXHAUSTIVE_MAX 16 /* --max-workers up to this: try every P:D */
@@ -74,28 +76,12 @@ static void usage(FILE *f)
 
 static int parse_double(const char *opt, const char *s, double lo, double hi, double *out)
 {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "pd-plan: %s: '%s' is not a number in [%g, %g]\n", opt, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return pd_arg_double("pd-plan", opt, s, lo, hi, out);
 }
 
 static int parse_u32(const char *opt, const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || *end || s[0] == '-' || v < lo || v > hi) {
-        fprintf(stderr, "pd-plan: %s: '%s' is not an integer in [%u, %u]\n", opt, s, lo, hi);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
+    return pd_arg_u32("pd-plan", opt, s, lo, hi, out);
 }
 
 /* 0, 1 for --help, -1 on a bad option (message printed). */

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "err.h"
 #include "gguf.h"
 #include "kernels.h"
@@ -166,13 +167,16 @@ static int parse_type(const char *s, pd_ggml_type_t *t)
 
 static int parse_u32(const char *flag, const char *v, uint32_t *out)
 {
-    char *end;
-    unsigned long x = strtoul(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || x == 0 || x > (1ul << 24)) {
-        fprintf(stderr, "pd-mkmodel: %s: expected a positive integer, got '%s'\n", flag, v);
+    return pd_arg_u32("pd-mkmodel", flag, v, 1, 1u << 24, out);
+}
+
+/* A positive float flag (rope base and scale, logit std, gains). */
+static int parse_pos(const char *flag, const char *v, float *out)
+{
+    double d;
+    if (pd_arg_double("pd-mkmodel", flag, v, 1e-30, 1e30, &d) != 0)
         return -1;
-    }
-    *out = (uint32_t)x;
+    *out = (float)d;
     return 0;
 }
 
@@ -232,12 +236,12 @@ static int parse_args(int argc, char **argv, opts_t *o)
         else if (strcmp(a, "--vocab-kind") == 0) o->s.vocab_kind = v;
         else if (strcmp(a, "--pre") == 0) o->s.pre = v;
         else if (strcmp(a, "--ranks") == 0) o->ranks = v;
-        else if (strcmp(a, "--rope-base") == 0) o->rope_base = strtof(v, NULL);
-        else if (strcmp(a, "--rope-scale") == 0) o->rope_scale = strtof(v, NULL);
-        else if (strcmp(a, "--logit-std") == 0) o->logit_std = strtof(v, NULL);
-        else if (strcmp(a, "--qk-gain") == 0) o->qk_gain = strtof(v, NULL);
-        else if (strcmp(a, "--res-scale") == 0) o->res_scale = strtof(v, NULL);
-        else if (strcmp(a, "--seed") == 0) o->seed = strtoull(v, NULL, 10);
+        else if (strcmp(a, "--rope-base") == 0) rc = parse_pos(a, v, &o->rope_base);
+        else if (strcmp(a, "--rope-scale") == 0) rc = parse_pos(a, v, &o->rope_scale);
+        else if (strcmp(a, "--logit-std") == 0) rc = parse_pos(a, v, &o->logit_std);
+        else if (strcmp(a, "--qk-gain") == 0) rc = parse_pos(a, v, &o->qk_gain);
+        else if (strcmp(a, "--res-scale") == 0) rc = parse_pos(a, v, &o->res_scale);
+        else if (strcmp(a, "--seed") == 0) rc = pd_arg_u64("pd-mkmodel", a, v, &o->seed);
         else {
             fprintf(stderr, "pd-mkmodel: unknown option '%s'\n", a);
             return -1;

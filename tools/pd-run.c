@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "args.h"
 #include "err.h"
 #include "forward.h"
 #include "kvcache.h"
@@ -369,14 +370,7 @@ static void usage(void)
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
 {
-    char *end;
-    double x = strtod(v, &end);
-    if (*v == '\0' || *end != '\0' || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "pd-run: %s: expected a number in [%g, %g], got '%s'\n", flag, lo, hi, v);
-        return -1;
-    }
-    *out = x;
-    return 0;
+    return pd_arg_double("pd-run", flag, v, lo, hi, out);
 }
 
 static int parse_args(int argc, char **argv, run_opts_t *o)
@@ -410,7 +404,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         else if (strcmp(a, "--repeat-penalty") == 0) { rc = parse_num(a, v, 0, 10, &x); o->sp.repetition_penalty = (float)x; }
         else if (strcmp(a, "--presence-penalty") == 0) { rc = parse_num(a, v, -2, 2, &x); o->sp.presence_penalty = (float)x; }
         else if (strcmp(a, "--frequency-penalty") == 0) { rc = parse_num(a, v, -2, 2, &x); o->sp.frequency_penalty = (float)x; }
-        else if (strcmp(a, "--seed") == 0) { rc = parse_num(a, v, 0, 1.8e19, &x); o->sp.seed = strtoull(v, NULL, 10); }
+        else if (strcmp(a, "--seed") == 0) { uint64_t seed = 0; rc = pd_arg_u64("pd-run", a, v, &seed); o->sp.seed = seed; }
         else if (strcmp(a, "--threads") == 0) { rc = parse_num(a, v, 1, 256, &x); o->threads = (int)x; }
         else if (strcmp(a, "--dump-top") == 0) { rc = parse_num(a, v, 1, 100, &x); o->dump_top = (uint32_t)x; }
         else {

@@ -57,6 +57,10 @@ expect_fail "top-p out of range" "top-p" "$BIN/pd-run" -m "$M" -p hi --top-p 1.5
 expect_fail "unknown flag" "unknown option" "$BIN/pd-run" -m "$M" -p hi --frobnicate
 expect_fail "pd-mkmodel bad type" "--type" "$BIN/pd-mkmodel" -o "$T/x.gguf" --type q5_k
 expect_fail "pd-mkmodel bad shape" "unknown shape" "$BIN/pd-mkmodel" -o "$T/x.gguf" --shape huge
+expect_fail "pd-mkmodel float flag with trailing junk" "--rope-base: '1x' is not a number" "$BIN/pd-mkmodel" -o "$T/x.gguf" --rope-base 1x
+expect_fail "pd-mkmodel zero dimension" "--dim: '0' is not an integer" "$BIN/pd-mkmodel" -o "$T/x.gguf" --dim 0
+expect_fail "pd-mkmodel negative seed" "--seed: '-3' is not an unsigned integer" "$BIN/pd-mkmodel" -o "$T/x.gguf" --seed -3
+expect_fail "pd-run negative seed" "--seed: '-3' is not an unsigned integer" "$BIN/pd-run" -m "$M" -p hi --seed -3
 
 # And the happy path still works (so the cases above failed for their reason).
 n=$((n + 1))
