@@ -18,6 +18,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "grow.h"
 #include "log.h"
 #include "unicode.h"
 
@@ -702,17 +703,7 @@ static int buf_reserve(buf_t *b, size_t extra)
 {
     if (extra > SIZE_MAX / 2 - b->n)
         return PD_ENOMEM;
-    if (b->n + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->n + extra)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return PD_ENOMEM;
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return pd_grow((void **)&b->p, &b->cap, b->n + extra, 1, 256);
 }
 
 static int buf_add(buf_t *b, const void *s, size_t n)
@@ -760,14 +751,8 @@ static bool bg_before(const heap_t *h, const bigram_t *a, const bigram_t *b)
 
 static int heap_push(heap_t *h, bigram_t x)
 {
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        bigram_t *v = realloc(h->v, cap * sizeof *v);
-        if (!v)
-            return PD_ENOMEM;
-        h->v = v;
-        h->cap = cap;
-    }
+    if (pd_grow((void **)&h->v, &h->cap, h->n + 1, sizeof *h->v, 64) != 0)
+        return PD_ENOMEM;
     size_t i = h->n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -809,14 +794,8 @@ typedef struct {
 
 static int syms_push(syms_t *s, sym_t x)
 {
-    if (s->n == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        sym_t *v = realloc(s->v, cap * sizeof *v);
-        if (!v)
-            return PD_ENOMEM;
-        s->v = v;
-        s->cap = cap;
-    }
+    if (pd_grow((void **)&s->v, &s->cap, s->n + 1, sizeof *s->v, 64) != 0)
+        return PD_ENOMEM;
     s->v[s->n++] = x;
     return 0;
 }
@@ -1044,14 +1023,8 @@ typedef struct {
 
 static int frags_push(frags_t *f, frag_t x)
 {
-    if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 16;
-        frag_t *v = realloc(f->v, cap * sizeof *v);
-        if (!v)
-            return PD_ENOMEM;
-        f->v = v;
-        f->cap = cap;
-    }
+    if (pd_grow((void **)&f->v, &f->cap, f->n + 1, sizeof *f->v, 16) != 0)
+        return PD_ENOMEM;
     f->v[f->n++] = x;
     return 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "grow.h"
 
 /* ====== Classes ====== */
 
@@ -242,14 +243,8 @@ typedef struct {
 
 static int lens_push(lens_t *l, size_t x)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        size_t *v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return PD_ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    if (pd_grow((void **)&l->v, &l->cap, l->n + 1, sizeof *l->v, 64) != 0)
+        return PD_ENOMEM;
     l->v[l->n++] = x;
     return 0;
 }
