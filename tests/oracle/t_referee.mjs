@@ -18,7 +18,11 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const { getLlama, LlamaLogLevel } = await import(path.join(here, "node_modules/node-llama-cpp/dist/index.js"));
+// avx2/node_modules: the package with only the haswell (AVX2) CPU variant
+// (scripts/referee.sh), so the reference does not move with the CPU.
+const NLC = existsSync(path.join(here, "avx2/node_modules/node-llama-cpp/dist/index.js"))
+  ? "avx2/node_modules" : "node_modules";
+const { getLlama, LlamaLogLevel } = await import(path.join(here, NLC, "node-llama-cpp/dist/index.js"));
 const MODELS = process.env.MODELS || "build/models";
 const PD_BIN = process.env.PD_BIN || "build/bin";
 const N_GEN = 64;
