@@ -43,7 +43,7 @@ struct pd_engine {
     float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
                        weight type's activation format (see round_activations) */
     void *qrow;     /* (T, Q8_0 row of max_in) activations quantized as ggml does */
-    float *scores;  /* (n_attn_chunks, max_ctx) attention scores */
+    float *scores;  /* (n_attn_chunks, n_heads, max_ctx) attention scores */
     void *scratch;  /* pd_matmul scratch */
     size_t scratch_bytes;
     int32_t *rows;  /* (T) batch rows whose logits are wanted */
@@ -124,7 +124,7 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
     e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
-    e->scores = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->opts.max_ctx);
+    e->scores = alloc_aligned(sizeof(float) * e->n_attn_chunks * c->n_heads * e->opts.max_ctx);
     e->rows = alloc_aligned(sizeof(int32_t) * T);
     size_t s = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) {
@@ -251,6 +251,7 @@ typedef struct {
     pd_engine_t *e;
     const pd_batch_t *b;
     uint32_t layer;
+    uint32_t n_head_groups; /* attention: each token's heads in this many ranges */ 
 } layer_ctx_t;
 
 /* Per token: bias, rope, and the K/V write into the paged cache. */
@@ -282,8 +283,13 @@ static void qkv_post_task(void *arg, int i, int n)
     }
 }
 
-/* Attention for (token, head) pairs i, i+n, i+2n...: softmax(q K^T / sqrt(d)) V
- * over positions 0..pos of the token's sequence, read through its block table. */
+/* Attention for work units i, i+n, i+2n...: unit u is token u / n_groups and
+ * the u % n_groups-th contiguous range of its heads. For each position the
+ * K (then V) row of every head in the range is read in one sweep, so the
+ * cache is streamed row by row instead of once per head at a kv_dim stride
+ * (decode attention is bound by reading the KV cache). Per head the
+ * arithmetic and its order are those of softmax(q K^T / sqrt(d)) V over
+ * positions 0..pos, so results do not depend on the grouping. */
 static void attention_task(void *arg, int i, int n)
 {
     layer_ctx_t *lc = arg;
@@ -293,30 +299,42 @@ static void attention_task(void *arg, int i, int n)
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
     const uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    const uint32_t n_groups = lc->n_head_groups;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = e->scores + (size_t)i * e->opts.max_ctx;
-    uint32_t n_pairs = b->n_tokens * c->n_heads;
-    for (uint32_t pair = (uint32_t)i; pair < n_pairs; pair += (uint32_t)n) {
-        uint32_t t = pair / c->n_heads, h = pair % c->n_heads;
-        uint32_t kvh = h / group, n_pos = (uint32_t)b->pos[t] + 1;
+    float *scores = e->scores + (size_t)i * c->n_heads * e->opts.max_ctx;
+    uint32_t n_units = b->n_tokens * n_groups;
+    for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
+        uint32_t t = u / n_groups, g = u % n_groups;
+        uint32_t h0 = g * c->n_heads / n_groups, h1 = (g + 1) * c->n_heads / n_groups;
+        uint32_t n_pos = (uint32_t)b->pos[t] + 1;
         const int32_t *table = b->block_tables[b->seq[t]];
-        const float *q = e->q + (size_t)t * q_dim + (size_t)h * hd;
-        /* Block by block: one address computation per block, then the
-         * block's positions are kv_dim floats apart. */
+        const float *q = e->q + (size_t)t * q_dim;
+        /* scores: (h1 - h0, n_pos) */
         for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
-            const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer) + (size_t)kvh * hd;
+            const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer);
             uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++)
-                scores[p] = pd_kern_dot_f32(q, kb + (size_t)(p - p0) * kv_dim, hd) * scale;
+            for (uint32_t p = p0; p < p1; p++) {
+                const float *krow = kb + (size_t)(p - p0) * kv_dim;
+                for (uint32_t h = h0; h < h1; h++)
+                    scores[(size_t)(h - h0) * n_pos + p] =
+                        pd_kern_dot_f32(q + (size_t)h * hd, krow + (size_t)(h / group) * hd, hd) *
+                        scale;
+            }
         }
-        pd_kern_softmax(scores, n_pos);
-        float *out = e->att + (size_t)t * q_dim + (size_t)h * hd;
-        memset(out, 0, sizeof(float) * hd);
+        float *out = e->att + (size_t)t * q_dim;
+        for (uint32_t h = h0; h < h1; h++) {
+            pd_kern_softmax(scores + (size_t)(h - h0) * n_pos, n_pos);
+            memset(out + (size_t)h * hd, 0, sizeof(float) * hd);
+        }
         for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
-            const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer) + (size_t)kvh * hd;
+            const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer);
             uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++)
-                pd_kern_axpy_f32(out, scores[p], vb + (size_t)(p - p0) * kv_dim, hd);
+            for (uint32_t p = p0; p < p1; p++) {
+                const float *vrow = vb + (size_t)(p - p0) * kv_dim;
+                for (uint32_t h = h0; h < h1; h++)
+                    pd_kern_axpy_f32(out + (size_t)h * hd, scores[(size_t)(h - h0) * n_pos + p],
+                                     vrow + (size_t)(h / group) * hd, hd);
+            }
         }
     }
 }
@@ -450,7 +468,7 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
     const pd_model_config_t *c = &e->model->cfg;
     const pd_layer_t *L = &e->model->layers[l];
     const uint32_t T = b->n_tokens;
-    layer_ctx_t lc = { e, b, l };
+    layer_ctx_t lc = { e, b, l, 1 };
     int nt = pd_pool_n_threads(e->pool);
 
     /* Attention block. */
@@ -459,8 +477,12 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
     matmul(e, &L->wk, e->xn, T, e->k);
     matmul(e, &L->wv, e->xn, T, e->v);
     pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
-    uint32_t n_pairs = T * c->n_heads;
-    uint32_t chunks = n_pairs < e->n_attn_chunks ? n_pairs : e->n_attn_chunks;
+    /* Enough units for every chunk: whole tokens when the batch is big,
+     * else each token's heads split into contiguous ranges. */
+    uint32_t groups = (e->n_attn_chunks + T - 1) / T;
+    lc.n_head_groups = groups < 1 ? 1 : groups > c->n_heads ? c->n_heads : groups;
+    uint32_t n_units = T * lc.n_head_groups;
+    uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
     matmul(e, &L->wo, e->att, T, e->tmp);
     elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);

@@ -3,7 +3,7 @@
  *   pd-run -m FILE -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]
  *          [--repeat-penalty R] [--presence-penalty P] [--frequency-penalty F]
  *          [--seed S] [--ignore-eos] [--threads T] [--tokens] [--dump-top K]
- *   pd-run -m FILE --bench [--json] [--threads T]
+ *   pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]
  *
  * Prints the continuation to stdout and nothing else (logs go to stderr).
  * --tokens prints the generated token ids (one line, space-separated)
@@ -43,6 +43,7 @@ typedef struct {
     bool fast_prefill;          /* batch invariance off: sgemm for prefill */
     bool invariant_quant;       /* batch invariance for Q8_0/Q4_0 weights too */
     int threads;
+    uint32_t bench_ctx; /* --bench: decode prompts of this many tokens */
     uint32_t dump_top;
 } run_opts_t;
 
@@ -255,11 +256,11 @@ out:
 
 /* ====== Benchmark ====== */
 
-/* Decode tok/s for batch n_seqs: 16-token prompts, 48 new tokens each,
- * counted after the first. */
-static double bench_decode(runner_t *r, uint32_t n_seqs, pd_err_t *err)
+/* Decode tok/s for batch n_seqs: PROMPT-token prompts (--bench-ctx, 16 by
+ * default), 48 new tokens each, counted after the first. */
+static double bench_decode(runner_t *r, uint32_t n_seqs, uint32_t PROMPT, pd_err_t *err)
 {
-    enum { PROMPT = 16, NEW = 48 };
+    enum { NEW = 48 };
     const uint32_t V = r->model->cfg.vocab_size;
     pd_kv_seq_t seqs[32];
     int32_t tok[32], pos[32], sq[32];
@@ -267,10 +268,10 @@ static double bench_decode(runner_t *r, uint32_t n_seqs, pd_err_t *err)
     const int32_t *tables[32];
     uint32_t n_table[32];
     memset(seqs, 0, sizeof seqs);
-    int32_t prompt[PROMPT];
+    int32_t prompt[512];
     double t_decode = 0;
     for (uint32_t s = 0; s < n_seqs; s++) {
-        for (int i = 0; i < PROMPT; i++)
+        for (uint32_t i = 0; i < PROMPT; i++)
             prompt[i] = (int32_t)((s * 131u + (uint32_t)i * 7919u) % V);
         if (prefill(r, &seqs[s], prompt, PROMPT, 0, err) != 0)
             return -1;
@@ -333,25 +334,26 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
     if (rc != 0)
         return rc;
     double prefill_tps = N_PREFILL / best;
-    double d1 = bench_decode(r, 1, err);
-    double d8 = d1 > 0 ? bench_decode(r, 8, err) : -1;
-    double d32 = d8 > 0 ? bench_decode(r, 32, err) : -1;
+    uint32_t bctx = o->bench_ctx;
+    double d1 = bench_decode(r, 1, bctx, err);
+    double d8 = d1 > 0 ? bench_decode(r, 8, bctx, err) : -1;
+    double d32 = d8 > 0 ? bench_decode(r, 32, bctx, err) : -1;
     if (d32 < 0)
         return PD_EINVAL;
     if (o->json)
         printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"n_params\":%" PRIu64
                ",\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
-               "\"decode_b32_tok_s\":%.2f,\"threads\":%d,\"batch_invariant\":%s}\n",
+               "\"decode_b32_tok_s\":%.2f,\"decode_ctx\":%u,\"threads\":%d,\"batch_invariant\":%s}\n",
                r->model->name, r->model->weight_bytes, r->model->n_params, prefill_tps, d1, d8,
-               d32, o->threads, o->fast_prefill ? "false" : "true");
+               d32, bctx, o->threads, o->fast_prefill ? "false" : "true");
     else
         printf("model %s (%.1f M params, %.1f MB weights), %d threads\n"
                "prefill (512-token prompt): %8.1f tok/s\n"
-               "decode batch 1:             %8.1f tok/s\n"
+               "decode batch 1:             %8.1f tok/s  (context %u..%u)\n"
                "decode batch 8:             %8.1f tok/s\n"
                "decode batch 32:            %8.1f tok/s\n",
                r->model->name, r->model->n_params / 1e6, r->model->weight_bytes / 1e6, o->threads,
-               prefill_tps, d1, d8, d32);
+               prefill_tps, d1, bctx, bctx + 48, d8, d32);
     return 0;
 }
 
@@ -365,7 +367,7 @@ static void usage(void)
             "              [--frequency-penalty F] [--seed S] [--ignore-eos] [--threads T]\n"
             "              [--tokens] [--dump-top K] [--no-batch-invariant]\n"
             "              [--batch-invariant-quant]\n"
-            "       pd-run -m FILE --bench [--json] [--threads T]\n");
+            "       pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]\n");
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -377,6 +379,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
 {
     o->n_predict = 64;
     o->threads = 1;
+    o->bench_ctx = 16;
     pd_sampling_default(&o->sp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -406,6 +409,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         else if (strcmp(a, "--frequency-penalty") == 0) { rc = parse_num(a, v, -2, 2, &x); o->sp.frequency_penalty = (float)x; }
         else if (strcmp(a, "--seed") == 0) { uint64_t seed = 0; rc = pd_arg_u64("pd-run", a, v, &seed); o->sp.seed = seed; }
         else if (strcmp(a, "--threads") == 0) { rc = parse_num(a, v, 1, 256, &x); o->threads = (int)x; }
+        else if (strcmp(a, "--bench-ctx") == 0) { rc = parse_num(a, v, 1, 512 - 48, &x); o->bench_ctx = (uint32_t)x; }
         else if (strcmp(a, "--dump-top") == 0) { rc = parse_num(a, v, 1, 100, &x); o->dump_top = (uint32_t)x; }
         else {
             fprintf(stderr, "pd-run: unknown option '%s'\n", a);
