@@ -112,7 +112,7 @@ static void flush_error(rt_t *rt, rt_req_t *r)
 {
     int rc = pd_net_send_error(rt->front, r->cid, r->cid_len, r->client_req, r->err_code, "%s",
                                r->err_msg ? r->err_msg : "error");
-    if (rc == PD_EFULL) {
+    if (rc == PD_EFULL || rc == PD_ENOMEM) { /* no room now: the timer retries */
         if (r->t_blocked_us == 0)
             r->t_blocked_us = pd_net_now_us();
         return;
@@ -224,7 +224,9 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
     m.chunk = &c;
     pd_err_t err = { 0 };
     int rc = pd_net_send(rt->front, r->cid, r->cid_len, &m, false, &err);
-    if (rc == PD_EFULL) {
+    /* No buffer for the message (out of memory) is not a vanished client:
+     * retried like back-pressure, cut after router.stream_stall_ms. */
+    if (rc == PD_EFULL || rc == PD_ENOMEM) {
         if (r->t_blocked_us == 0)
             r->t_blocked_us = now;
         return; /* the timer retries; a stalled stream is cut there */
