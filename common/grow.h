@@ -14,6 +14,7 @@
 #include <stdlib.h>
 
 #include "err.h"
+#include "fault.h"
 
 static inline int pd_grow(void **p, size_t *cap, size_t need, size_t elem, size_t min_cap)
 {
@@ -27,7 +28,7 @@ static inline int pd_grow(void **p, size_t *cap, size_t need, size_t elem, size_
     }
     if (elem != 0 && c > SIZE_MAX / elem)
         return PD_ENOMEM;
-    void *q = realloc(*p, c * elem);
+    void *q = pd_realloc(*p, c * elem);
     if (q == NULL)
         return PD_ENOMEM;
     *p = q;

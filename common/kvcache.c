@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
 #include "log.h"
 
 #define PD_KV_ALIGN 64                          /* bytes; one cache line, enough for AVX-512 loads */
@@ -232,7 +233,7 @@ int pd_kv_seq_reserve(pd_kv_t *kv, pd_kv_seq_t *seq, uint32_t n_tokens)
             cap = want;
         if (cap > UINT32_MAX || cap > SIZE_MAX / sizeof *seq->blocks)
             return PD_ERANGE;
-        int32_t *t = realloc(seq->blocks, (size_t)cap * sizeof *t);
+        int32_t *t = pd_realloc(seq->blocks, (size_t)cap * sizeof *t);
         if (t == NULL)
             return PD_ENOMEM;
         seq->blocks = t;

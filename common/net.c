@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fault.h"
 #include "log.h"
 
 /* ====== Socket options ====== */
@@ -280,9 +281,11 @@ static void *pb_alloc(void *data, size_t size)
         a->exceeded = true;
         return NULL;
     }
-    alloc_hdr_t *h = malloc(sizeof *h + size);
-    if (h == NULL)
+    alloc_hdr_t *h = pd_malloc(sizeof *h + size);
+    if (h == NULL) {
+        a->out_of_memory = true;
         return NULL;
+    }
     h->size = size;
     a->used += size;
     return h + 1;
@@ -310,7 +313,7 @@ void pd_pb_alloc_init(pd_pb_alloc_t *a, size_t cap_bytes)
 
 Pd__Msg *pd_net_unpack(pd_pb_alloc_t *a, const void *data, size_t len, pd_err_t *err)
 {
-    a->exceeded = false;
+    a->exceeded = a->out_of_memory = false;
     size_t per = len > (SIZE_MAX - PD_PB_BASE_BUDGET) / PD_PB_BYTES_PER_WIRE_BYTE
                      ? SIZE_MAX
                      : len * PD_PB_BYTES_PER_WIRE_BYTE + PD_PB_BASE_BUDGET;
@@ -318,7 +321,9 @@ Pd__Msg *pd_net_unpack(pd_pb_alloc_t *a, const void *data, size_t len, pd_err_t 
     a->budget = a->used + (per < a->cap ? per : a->cap);
     Pd__Msg *m = pd__msg__unpack(&a->base, len, data);
     if (m == NULL) {
-        if (a->exceeded)
+        if (a->out_of_memory)
+            pd_err_set(err, PD_ENOMEM, "out of memory decoding a message of %zu bytes", len);
+        else if (a->exceeded)
             pd_err_set(err, PD_ERANGE, "message of %zu bytes needs more than %zu bytes to decode",
                        len, a->budget - a->used);
         else
@@ -337,6 +342,86 @@ void pd_net_msg_free(pd_pb_alloc_t *a, Pd__Msg *msg)
 {
     if (msg)
         pd__msg__free_unpacked(msg, &a->base);
+}
+
+/* ====== Peeking at the wire ====== */
+
+/* Reads a varint at *p (< end); false if truncated or longer than 10 bytes. */
+static bool wire_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (int shift = 0; shift < 70 && *p < end; shift += 7) {
+        uint8_t b = *(*p)++;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Skips one field's value of wire type wt; false if it does not fit. */
+static bool wire_skip(const uint8_t **p, const uint8_t *end, unsigned wt)
+{
+    uint64_t n;
+    switch (wt) {
+    case 0: return wire_varint(p, end, &n);
+    case 1: n = 8; break;
+    case 2:
+        if (!wire_varint(p, end, &n))
+            return false;
+        break;
+    case 5: n = 4; break;
+    default: return false; /* groups are not used by pd.proto */
+    }
+    if (n > (uint64_t)(end - *p))
+        return false;
+    *p += n;
+    return true;
+}
+
+void pd_net_peek(const void *data, size_t len, pd_net_peek_t *out)
+{
+    memset(out, 0, sizeof *out);
+    const uint8_t *p = data, *end = p + len, *body = NULL, *body_end = NULL;
+    while (p < end) {
+        uint64_t tag;
+        if (!wire_varint(&p, end, &tag))
+            return;
+        uint64_t field = tag >> 3;
+        unsigned wt = (unsigned)(tag & 7);
+        const uint8_t *start = p;
+        if (!wire_skip(&p, end, wt))
+            return;
+        if (wt == 2 && field >= 1 && field <= 64 &&
+            strcmp(pd_net_body_name((int)field), "unknown") != 0) {
+            out->body_case = (int)field;
+            uint64_t n;
+            wire_varint(&start, end, &n); /* cannot fail: wire_skip read it */
+            body = start;
+            body_end = p;
+        }
+    }
+    for (p = body; p && p < body_end;) {
+        uint64_t tag, v;
+        if (!wire_varint(&p, body_end, &tag))
+            return;
+        if ((tag & 7) != 0) {
+            if (!wire_skip(&p, body_end, (unsigned)(tag & 7)))
+                return;
+            continue;
+        }
+        if (!wire_varint(&p, body_end, &v))
+            return;
+        if (tag >> 3 == 1) {
+            out->has_request_id = true;
+            out->request_id = v;
+        } else if (tag >> 3 == 2) {
+            out->has_epoch = true;
+            out->epoch = (uint32_t)v;
+        }
+    }
 }
 
 const char *pd_net_body_name(int body_case)
@@ -379,7 +464,9 @@ int pd_net_send(void *sock, const void *id, size_t id_len, const Pd__Msg *m, boo
 {
     size_t len = pd__msg__get_packed_size(m);
     zmq_msg_t payload;
-    if (zmq_msg_init_size(&payload, len) != 0)
+    /* The payload buffer is the one allocation we ask libzmq for: the fault
+     * hook (fault.h) may fail it as if libzmq's malloc had. */
+    if (pd_fault_alloc_fails() || zmq_msg_init_size(&payload, len) != 0)
         return pd_err_set(err, PD_ENOMEM, "zmq_msg_init_size(%zu)", len);
     pd__msg__pack(m, zmq_msg_data(&payload));
     if (id) {

@@ -108,6 +108,7 @@ typedef struct {
     size_t budget;            /* bytes the current unpack may allocate */
     size_t used;
     bool exceeded;            /* an allocation was refused */
+    bool out_of_memory;       /* malloc failed (or the fault hook failed it) */
 } pd_pb_alloc_t;
 
 /* Decoded size allowed per wire byte: packed int32 take 4 bytes per 1-byte
@@ -119,10 +120,25 @@ void pd_pb_alloc_init(pd_pb_alloc_t *a, size_t cap_bytes);
 
 /* Unpacks one envelope from data[0..len), allowing it at most
  * min(cap, len * PD_PB_BYTES_PER_WIRE_BYTE + PD_PB_BASE_BUDGET) bytes of
- * decoded memory. NULL and err naming the problem (malformed, over budget,
- * no body set) on failure. Free with pd_net_msg_free(msg, a). */
+ * decoded memory. NULL and err naming the problem (PD_EFORMAT malformed or
+ * no body set, PD_ERANGE over budget, PD_ENOMEM out of memory) on failure. Free with pd_net_msg_free(msg, a). */
 Pd__Msg *pd_net_unpack(pd_pb_alloc_t *a, const void *data, size_t len, pd_err_t *err);
 void pd_net_msg_free(pd_pb_alloc_t *a, Pd__Msg *msg); /* accepts NULL */
+
+/* What a payload is about, read from its wire bytes without allocating
+ * (so it can answer a message that could not be unpacked): the envelope's
+ * body (the last body field on the wire, as protobuf's "last one wins"), and
+ * that body's field 1 and field 2 when they are varints -- request_id and
+ * epoch in every request-carrying body (GenerateRequest has no epoch: its
+ * field 2 is the prompt). Unknown or malformed bytes give body_case 0 or
+ * has_request_id false; nothing here is validated beyond the bounds. */
+typedef struct {
+    int body_case;          /* PD__MSG__BODY_*, 0 = none found */
+    bool has_request_id, has_epoch;
+    uint64_t request_id;
+    uint32_t epoch;
+} pd_net_peek_t;
+void pd_net_peek(const void *data, size_t len, pd_net_peek_t *out);
 
 /* Name of an envelope's body type ("generate", "kv_transfer"...). */
 const char *pd_net_body_name(int body_case);

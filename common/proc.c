@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 
 static int set_kv(pd_config_t *c, const char *kv, pd_err_t *err)
@@ -99,7 +100,8 @@ int pd_proc_log_start(const pd_proc_args_t *a, const char *role, pd_err_t *err)
     pd_log_init(role, lvl < 0 ? PD_LOG_INFO : (pd_log_level_t)lvl);
     if (a->log_file[0] && pd_log_open_file(a->log_file) != 0)
         return pd_err_set(err, PD_EIO, "--log-file %s: cannot open", a->log_file);
-    return 0;
+    /* The allocation-failure test hook (fault.h), off unless PD_FAULT_ALLOC is set. */
+    return pd_fault_configure_env(err);
 }
 
 static volatile sig_atomic_t *g_stop_flag; /* see pd_proc_signals */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fault.h"
 #include "log.h"
 #include "proc.h"
 
@@ -350,12 +351,30 @@ static void on_router_msg(wk_t *w, const Pd__Msg *m)
 void wk_on_router_payload(wk_t *w, const void *data, size_t len)
 {
     pd_err_t err = { 0 };
+    pd_net_peek_t pk;
+    if (pd_fault_armed(PD_FAULT_DECODE_ADMIT)) { /* fault.h test hook */
+        pd_net_peek(data, len, &pk);
+        if (pk.body_case == PD__MSG__BODY_DECODE && pk.has_request_id)
+            pd_fault_enter(PD_FAULT_DECODE_ADMIT, pk.request_id);
+    }
     Pd__Msg *m = pd_net_unpack(&w->alloc, data, len, &err);
-    if (m == NULL)
+    if (m == NULL && err.code == PD_ENOMEM) {
+        /* A task we could not even decode must still end: the router
+         * fails the request (it would otherwise wait for its deadline). */
+        pd_net_peek(data, len, &pk);
+        PD_WARN("event=bad_router_message type=%s msg=\"%s\"", pd_net_body_name(pk.body_case),
+                err.msg);
+        if ((pk.body_case == PD__MSG__BODY_DECODE || pk.body_case == PD__MSG__BODY_PREFILL) &&
+            pk.has_request_id && pk.request_id != 0)
+            wk_send_error(w, pk.request_id, PD__ERROR_CODE__RESOURCE_EXHAUSTED,
+                          "%s task: %s", pd_net_body_name(pk.body_case), err.msg);
+    } else if (m == NULL) {
         PD_WARN("event=bad_router_message msg=\"%s\"", err.msg);
-    else
+    } else {
         on_router_msg(w, m);
+    }
     pd_net_msg_free(&w->alloc, m);
+    pd_fault_leave();
 }
 
 static void handle_router(wk_t *w)

@@ -12,6 +12,7 @@
 
 #include <xxhash.h>
 
+#include "fault.h"
 #include "log.h"
 #include "worker.h"
 
@@ -59,13 +60,13 @@ static wk_seq_t *seq_add(wk_t *w, uint64_t req, uint32_t epoch, const wk_params_
         return NULL;
     if (w->n_seqs == w->cap_seqs) {
         uint32_t cap = w->cap_seqs ? w->cap_seqs * 2 : 64;
-        wk_seq_t **ns = realloc(w->seqs, cap * sizeof *ns);
+        wk_seq_t **ns = pd_realloc(w->seqs, cap * sizeof *ns);
         if (ns == NULL)
             return NULL;
         w->seqs = ns;
         w->cap_seqs = cap;
     }
-    wk_seq_t *s = calloc(1, sizeof *s);
+    wk_seq_t *s = pd_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;
     s->req = req;
@@ -135,7 +136,7 @@ static int attach(wk_t *w, wk_seq_t *s, uint32_t n_tokens, int32_t first, zmq_ms
 
 static zmq_msg_t *take_frames(pd_net_in_t *in, int from, uint32_t n)
 {
-    zmq_msg_t *f = malloc((n ? n : 1) * sizeof *f);
+    zmq_msg_t *f = pd_malloc((n ? n : 1) * sizeof *f);
     if (f == NULL)
         return NULL;
     for (uint32_t i = 0; i < n; i++) {
@@ -210,13 +211,34 @@ void wk_decode_on_transfer(wk_t *w, pd_net_in_t *in)
     const uint8_t *from = zmq_msg_data(&in->frames[0]);
     size_t from_len = zmq_msg_size(&in->frames[0]);
     pd_err_t err = { 0 };
-    Pd__Msg *m = pd_net_unpack(&w->alloc, zmq_msg_data(&in->frames[1]),
-                               zmq_msg_size(&in->frames[1]), &err);
+    const void *hdr = zmq_msg_data(&in->frames[1]);
+    size_t hdr_len = zmq_msg_size(&in->frames[1]);
+    pd_net_peek_t pk;
+    if (pd_fault_armed(PD_FAULT_DECODE_ADMIT)) { /* fault.h test hook */
+        pd_net_peek(hdr, hdr_len, &pk);
+        if (pk.body_case == PD__MSG__BODY_KV_TRANSFER && pk.has_request_id)
+            pd_fault_enter(PD_FAULT_DECODE_ADMIT, pk.request_id);
+    }
+    Pd__Msg *m = pd_net_unpack(&w->alloc, hdr, hdr_len, &err);
+    if (m == NULL && err.code == PD_ENOMEM) {
+        /* Not the sender's fault: refuse the transfer (the prefill worker
+         * frees its blocks) and let the request recompute or fail. */
+        pd_net_peek(hdr, hdr_len, &pk);
+        if (pk.body_case == PD__MSG__BODY_KV_TRANSFER && pk.has_request_id && pk.has_epoch) {
+            send_ack(w, from, from_len, pk.request_id, pk.epoch, false, "out of memory");
+            load_failed(w, pk.request_id, pk.epoch, "out of memory");
+        } else {
+            PD_WARN("event=bad_kv_message frames=%d msg=\"%s\"", in->n_frames, err.msg);
+        }
+        pd_fault_leave();
+        return;
+    }
     if (m == NULL || m->body_case != PD__MSG__BODY_KV_TRANSFER) {
         w->c.kv_rejected++;
         PD_WARN("event=bad_kv_message frames=%d msg=\"%s\"", in->n_frames,
                 m ? "not a kv_transfer" : err.msg);
         pd_net_msg_free(&w->alloc, m);
+        pd_fault_leave();
         return;
     }
     const Pd__KvTransfer *k = m->kv_transfer;
@@ -235,7 +257,9 @@ void wk_decode_on_transfer(wk_t *w, pd_net_in_t *in)
     }
     zmq_msg_t *frames = take_frames(in, 2, nb);
     if (frames == NULL) {
+        /* The sequence must not wait for KV that will never come. */
         send_ack(w, from, from_len, k->request_id, k->epoch, false, "out of memory");
+        load_failed(w, k->request_id, k->epoch, "out of memory");
         goto done;
     }
     if (i >= 0) {
@@ -276,6 +300,7 @@ void wk_decode_on_transfer(wk_t *w, pd_net_in_t *in)
     o->t_ms = pd_net_now_ms();
 done:
     pd_net_msg_free(&w->alloc, m);
+    pd_fault_leave();
 }
 
 void wk_decode_on_kv(wk_t *w)
@@ -343,12 +368,13 @@ void wk_decode_on_task(wk_t *w, const Pd__DecodeTask *m)
         }
         seq_remove(w, (uint32_t)i);
     }
+    bool full = w->n_seqs >= WK_MAX_SEQS;
     wk_seq_t *s = seq_add(w, req, m->epoch, &p);
-    if (s == NULL || (s->hist = malloc(s->cap_hist * sizeof *s->hist)) == NULL) {
+    if (s == NULL || (s->hist = pd_malloc(s->cap_hist * sizeof *s->hist)) == NULL) {
         if (s)
             seq_remove(w, w->n_seqs - 1);
-        wk_send_error(w, req, PD__ERROR_CODE__RESOURCE_EXHAUSTED,
-                      "decode worker %s cannot take more sequences", w->id);
+        wk_send_error(w, req, PD__ERROR_CODE__RESOURCE_EXHAUSTED, "decode worker %s %s", w->id,
+                      full ? "cannot take more sequences" : "is out of memory for a sequence");
         return;
     }
     memcpy(s->hist, m->history, m->n_history * sizeof *s->hist);
@@ -377,7 +403,7 @@ int wk_decode_adopt(wk_t *w, wk_task_t *t)
         wk_send_preempted(w, t->req, t->epoch, t->params.n_generated + 1, "decode side full");
         return PD_EFULL;
     }
-    int32_t *h = realloc(t->tokens, s->cap_hist * sizeof *h);
+    int32_t *h = pd_realloc(t->tokens, s->cap_hist * sizeof *h);
     if (h == NULL) {
         seq_remove(w, w->n_seqs - 1);
         wk_send_preempted(w, t->req, t->epoch, t->params.n_generated + 1, "out of memory");
@@ -451,7 +477,17 @@ static void admit(wk_t *w)
         wk_seq_t *s = w->seqs[i];
         if (s->st != DS_WAITING)
             continue;
-        if (pd_kv_seq_reserve(w->kv, &s->seq, s->n_past + 1) != 0) {
+        pd_fault_enter(PD_FAULT_DECODE_ADMIT, s->req); /* fault.h test hook */
+        int rc = pd_kv_seq_reserve(w->kv, &s->seq, s->n_past + 1);
+        pd_fault_leave();
+        if (rc == PD_ENOMEM || rc == PD_ERANGE) {
+            /* No memory for the block table: waiting would spin on it;
+             * the router re-prefills the request (here or elsewhere). */
+            preempt(w, i, "out of memory for the block table");
+            i--;
+            continue;
+        }
+        if (rc != 0) {
             if (blocks_to_admit(w, s) > pd_kv_shape(w->kv)->n_blocks) {
                 preempt(w, i, "sequence needs more KV blocks than this worker has");
                 i--;
@@ -473,6 +509,7 @@ static void admit(wk_t *w)
         s->st = DS_RUNNING;
         s->admit_order = ++w->admit_counter;
         w->n_running++;
+        pd_fault_complete(PD_FAULT_DECODE_ADMIT, s->req);
     }
 }
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
 #include "log.h"
 #include "router.h"
 
@@ -98,7 +99,7 @@ void rt_req_fail(rt_t *rt, rt_req_t *r, Pd__ErrorCode code, const char *fmt, ...
             (unsigned long long)r->id, (unsigned long long)r->client_req, (int)code, msg);
     rt->requests_failed++;
     free(r->err_msg);
-    r->err_msg = strdup(msg);
+    r->err_msg = pd_strdup(msg); /* NULL: flush_error sends "error" */
     r->err_code = code ? code : PD__ERROR_CODE__INTERNAL;
     r->finished = true;
     r->finish = PD__FINISH_REASON__FINISH_ERROR;
@@ -111,7 +112,7 @@ static void flush_error(rt_t *rt, rt_req_t *r)
 {
     int rc = pd_net_send_error(rt->front, r->cid, r->cid_len, r->client_req, r->err_code, "%s",
                                r->err_msg ? r->err_msg : "error");
-    if (rc == PD_EFULL) {
+    if (rc == PD_EFULL || rc == PD_ENOMEM) { /* no room now: the timer retries */
         if (r->t_blocked_us == 0)
             r->t_blocked_us = pd_net_now_us();
         return;
@@ -129,7 +130,7 @@ static int text_reserve(rt_req_t *r, size_t extra)
     size_t cap = r->text_cap ? r->text_cap * 2 : 256;
     while (cap < r->text_len + extra)
         cap *= 2;
-    char *t = realloc(r->text, cap);
+    char *t = pd_realloc(r->text, cap);
     if (t == NULL)
         return PD_ENOMEM;
     r->text = t;
@@ -223,7 +224,9 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
     m.chunk = &c;
     pd_err_t err = { 0 };
     int rc = pd_net_send(rt->front, r->cid, r->cid_len, &m, false, &err);
-    if (rc == PD_EFULL) {
+    /* No buffer for the message (out of memory) is not a vanished client:
+     * retried like back-pressure, cut after router.stream_stall_ms. */
+    if (rc == PD_EFULL || rc == PD_ENOMEM) {
         if (r->t_blocked_us == 0)
             r->t_blocked_us = now;
         return; /* the timer retries; a stalled stream is cut there */
@@ -326,8 +329,10 @@ static bool sampling_from_pb(const Pd__Sampling *s, pd_sampling_t *out, char *wh
     return true;
 }
 
-/* Fills r from g, or writes why it cannot and returns false. */
-static bool req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *why, size_t cap)
+/* Fills r from g. Returns 0, or writes why it cannot and returns the code to
+ * answer with: INVALID_ARGUMENT (the request is wrong) or RESOURCE_EXHAUSTED
+ * (out of memory: the same request may succeed later). */
+static Pd__ErrorCode req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *why, size_t cap)
 {
     uint32_t vocab = pd_tok_n_vocab(rt->tok);
     size_t n = 0;
@@ -335,13 +340,13 @@ static bool req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *
         if (g->n_prompt_tokens > rt->max_seq_len) {
             snprintf(why, cap, "prompt: %zu tokens, over the context of %u tokens",
                      g->n_prompt_tokens, rt->max_seq_len);
-            return false;
+            return PD__ERROR_CODE__INVALID_ARGUMENT;
         }
         for (size_t i = 0; i < g->n_prompt_tokens; i++) {
             if (g->prompt_tokens[i] < 0 || (uint32_t)g->prompt_tokens[i] >= vocab) {
                 snprintf(why, cap, "prompt_tokens[%zu]: id %d outside the vocabulary [0, %u)", i,
                          g->prompt_tokens[i], vocab);
-                return false;
+                return PD__ERROR_CODE__INVALID_ARGUMENT;
             }
             rt->tok_buf[i] = g->prompt_tokens[i];
         }
@@ -349,7 +354,7 @@ static bool req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *
     } else {
         if (g->prompt == NULL || g->prompt[0] == '\0') {
             snprintf(why, cap, "prompt: empty (give prompt text or prompt_tokens)");
-            return false;
+            return PD__ERROR_CODE__INVALID_ARGUMENT;
         }
         pd_err_t err = { 0 };
         int rc = pd_tok_encode(rt->tok, g->prompt, strlen(g->prompt), true, rt->tok_buf,
@@ -357,76 +362,77 @@ static bool req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *
         if (rc == PD_ERANGE || n > rt->max_seq_len) {
             snprintf(why, cap, "prompt: %zu tokens, over the context of %u tokens", n,
                      rt->max_seq_len);
-            return false;
+            return PD__ERROR_CODE__INVALID_ARGUMENT;
         }
         if (rc) {
             snprintf(why, cap, "prompt: %.400s", err.msg);
-            return false;
+            return rc == PD_ENOMEM ? PD__ERROR_CODE__RESOURCE_EXHAUSTED
+                                   : PD__ERROR_CODE__INVALID_ARGUMENT;
         }
     }
     if (n == 0) {
         snprintf(why, cap, "prompt: empty after tokenization");
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     if (n >= rt->max_seq_len) {
         snprintf(why, cap, "prompt: %zu tokens leaves no room in the context of %u tokens", n,
                  rt->max_seq_len);
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     uint32_t max_tokens = g->has_max_tokens ? g->max_tokens : 16;
     if (max_tokens == 0) {
         snprintf(why, cap, "max_tokens: must be at least 1");
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     if (max_tokens > rt->cfg.router.max_tokens_limit) {
         snprintf(why, cap, "max_tokens: %u over the limit of %u (router.max_tokens_limit)",
                  max_tokens, rt->cfg.router.max_tokens_limit);
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     if (!sampling_from_pb(g->sampling, &r->sampling, why, cap))
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     if (g->n_stop > RT_MAX_STOP) {
         snprintf(why, cap, "stop: %zu strings, at most %d", g->n_stop, RT_MAX_STOP);
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     for (size_t i = 0; i < g->n_stop; i++) {
         size_t sl = g->stop[i] ? strlen(g->stop[i]) : 0;
         if (sl == 0 || sl > RT_MAX_STOP_LEN) {
             snprintf(why, cap, "stop[%zu]: length must be 1..%d bytes", i, RT_MAX_STOP_LEN);
-            return false;
+            return PD__ERROR_CODE__INVALID_ARGUMENT;
         }
     }
     if (g->n_stop_ids > RT_MAX_STOP_IDS) {
         snprintf(why, cap, "stop_ids: %zu ids, at most %d", g->n_stop_ids, RT_MAX_STOP_IDS);
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     for (size_t i = 0; i < g->n_stop_ids; i++) {
         if (g->stop_ids[i] < 0 || (uint32_t)g->stop_ids[i] >= vocab) {
             snprintf(why, cap, "stop_ids[%zu]: id %d outside the vocabulary [0, %u)", i,
                      g->stop_ids[i], vocab);
-            return false;
+            return PD__ERROR_CODE__INVALID_ARGUMENT;
         }
         r->stop_ids[i] = g->stop_ids[i];
     }
     r->n_stop_ids = (uint32_t)g->n_stop_ids;
     if (g->has_deadline_ms && g->deadline_ms > 24u * 3600u * 1000u) {
         snprintf(why, cap, "deadline_ms: at most one day");
-        return false;
+        return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
     /* Everything checked: take memory. */
     r->cap_tokens = (uint32_t)n + max_tokens;
-    r->tokens = malloc((size_t)r->cap_tokens * sizeof *r->tokens);
+    r->tokens = pd_malloc((size_t)r->cap_tokens * sizeof *r->tokens);
     if (r->tokens == NULL) {
-        snprintf(why, cap, "out of memory");
-        return false;
+        snprintf(why, cap, "out of memory for %u tokens", r->cap_tokens);
+        return PD__ERROR_CODE__RESOURCE_EXHAUSTED;
     }
     memcpy(r->tokens, rt->tok_buf, n * sizeof *r->tokens);
     r->n_prompt = (uint32_t)n;
     for (size_t i = 0; i < g->n_stop; i++) {
-        r->stop[i] = strdup(g->stop[i]);
+        r->stop[i] = pd_strdup(g->stop[i]);
         if (r->stop[i] == NULL) {
-            snprintf(why, cap, "out of memory");
-            return false;
+            snprintf(why, cap, "out of memory for stop[%zu]", i);
+            return PD__ERROR_CODE__RESOURCE_EXHAUSTED;
         }
         r->n_stop++;
     }
@@ -437,7 +443,7 @@ static bool req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *g, char *
                                                       : rt->cfg.router.request_timeout_ms;
     r->deadline_us = r->t_accept_us + dl * 1000u;
     pd_detok_init(&r->detok, false);
-    return true;
+    return PD__ERROR_CODE__ERROR_NONE;
 }
 
 bool rt_have_workers(rt_t *rt)
@@ -498,12 +504,12 @@ void rt_on_generate(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Gene
     r->p_worker = r->d_worker = -1;
     r->t_accept_us = pd_net_now_us();
     char why[512] = "";
-    if (!req_fill(rt, r, g, why, sizeof why)) {
+    Pd__ErrorCode code = req_fill(rt, r, g, why, sizeof why);
+    if (code != PD__ERROR_CODE__ERROR_NONE) {
         rt_req_clear(r);
-        PD_INFO("event=request_refused client_req=%llu msg=\"%s\"",
-                (unsigned long long)g->request_id, why);
-        pd_net_send_error(rt->front, cid, cid_len, g->request_id,
-                          PD__ERROR_CODE__INVALID_ARGUMENT, "%s", why);
+        PD_INFO("event=request_refused client_req=%llu code=%d msg=\"%s\"",
+                (unsigned long long)g->request_id, (int)code, why);
+        pd_net_send_error(rt->front, cid, cid_len, g->request_id, code, "%s", why);
         return;
     }
     r->id = (++rt->next_seq << RT_SLOT_BITS) | slot;

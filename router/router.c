@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fault.h"
 #include "log.h"
 #include "router.h"
 
@@ -244,10 +245,30 @@ void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const vo
                           size_t len)
 {
     pd_err_t err = { 0 };
+    static uint64_t fault_seq; /* fault.h test hook: one region per GenerateRequest */
+    pd_net_peek_t pk;
+    if (pd_fault_armed(PD_FAULT_ROUTER_REQUEST)) {
+        pd_net_peek(data, len, &pk);
+        if (pk.body_case == PD__MSG__BODY_GENERATE)
+            pd_fault_enter(PD_FAULT_ROUTER_REQUEST, ++fault_seq);
+    }
     Pd__Msg *m = pd_net_unpack(&rt->alloc, data, len, &err);
-    if (m == NULL) {
+    if (m == NULL && err.code == PD_ENOMEM) {
+        /* Not the sender's fault: answer its request (if the bytes name one)
+         * so the client is not left waiting. */
+        pd_net_peek(data, len, &pk);
+        uint64_t rid = pk.body_case == PD__MSG__BODY_GENERATE && pk.has_request_id
+                           ? pk.request_id : 0;
+        PD_WARN("event=request_refused client_req=%llu msg=\"%s\"", (unsigned long long)rid,
+                err.msg);
+        pd_net_send_error(rt->front, cid, cid_len, rid, PD__ERROR_CODE__RESOURCE_EXHAUSTED,
+                          "router %s", err.msg);
+    } else if (m == NULL) {
         pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT, "%s",
                           err.msg);
+    }
+    if (m == NULL) {
+        pd_fault_leave();
         return;
     }
     switch (m->body_case) {
@@ -262,6 +283,7 @@ void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const vo
         break;
     }
     pd_net_msg_free(&rt->alloc, m);
+    pd_fault_leave();
 }
 
 static void handle_front(rt_t *rt)

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fault.h"
 #include "log.h"
 #include "router.h"
 
@@ -173,14 +174,19 @@ void rt_dispatch(rt_t *rt)
         rt->n_dispatched++;
         PD_DEBUG("event=dispatch req=%llu epoch=%u prefill=%s decode=%s tokens=%u",
                  (unsigned long long)r->id, r->epoch, p->id, d->id, r->n_prompt + r->n_gen);
-        if (send_tasks(rt, r, p, d) != 0) {
-            /* Back-pressure (or a vanished worker): a task that did not
-             * leave must not leave the request waiting for its deadline.
-             * Back to the head of the queue; the timer dispatches again. */
-            rt_requeue(rt, r, "worker socket full");
+        int rc = send_tasks(rt, r, p, d);
+        if (rc != 0) {
+            /* Back-pressure, no memory for the message, or a vanished
+             * worker: a task that did not leave must not leave the request
+             * waiting for its deadline. Back to the head of the queue; the
+             * timer dispatches again. */
+            rt_requeue(rt, r, rc == PD_ENOMEM ? "out of memory for a task message"
+                              : rc == PD_EFULL ? "worker socket full" : "worker unreachable");
             r->n_preempt--; /* not a preemption */
             return;
         }
+        /* fault.h test hook: the request got through the router's region. */
+        pd_fault_complete(PD_FAULT_ROUTER_REQUEST, pd_fault_current_key(PD_FAULT_ROUTER_REQUEST));
     }
 }
 
