@@ -19,6 +19,9 @@
 require_model
 RESTARTS=${RESTARTS:-50}
 RSS_SLACK_KB=${RSS_SLACK_KB:-4096}
+# The 5 s promise; sanitizer builds start and run several times slower.
+LIMIT_MS=5000
+[ "$BUILD" = build-asan ] && LIMIT_MS=10000
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 start_router
@@ -143,14 +146,15 @@ if ended s1 s2 s3 s4; then
 else
     not_ok "in-flight clients end (no hang)" "still running 30 s after the kill"
 fi
-check "workers re-registered within 5 s of the restart ($reg_ms ms)" test "$reg_ms" -le 5000
+check "workers re-registered within $((LIMIT_MS / 1000)) s of the restart ($reg_ms ms)" \
+    test "$reg_ms" -le $LIMIT_MS
 dropped() { grep 'event=dropped_orphans' "$T/d1.log" | grep -q 'decode_seqs=4 '; }
 check "the decode worker logs dropping the 4 orphaned streams" dropped
 out=$(cli generate "river mountain" -n 8 2>&1)
 gen_rc=$?
 first_ms=$(($(now_ms) - RESTART_MS))
-check "a new request is served within 5 s of the restart ($first_ms ms)" \
-    test $gen_rc = 0 -a "$first_ms" -le 5000 -a -n "$out"
+check "a new request is served within $((LIMIT_MS / 1000)) s of the restart ($first_ms ms)" \
+    test $gen_rc = 0 -a "$first_ms" -le $LIMIT_MS -a -n "$out"
 check "free blocks return to the total, nothing running or queued" wait_status "$idle_expr"
 send_all $N "$T"
 node tests/cluster/check_streams.mjs "$T" $N "after a restart mid-stream" | tee "$T/check.txt"
@@ -200,13 +204,13 @@ for ((r = 1; r <= RESTARTS; r++)); do
         reg_ms=$(($(now_ms) - RESTART_MS))
     fi
     [ "$reg_ms" -gt "$max_reg" ] && max_reg=$reg_ms
-    [ "$reg_ms" -gt 5000 ] && slow=$((slow + 1))
+    [ "$reg_ms" -gt $LIMIT_MS ] && slow=$((slow + 1))
 done
 echo "# $RESTARTS restarts in $((SECONDS - t_loop)) s, $with_streams with 2 streams in flight;" \
     "slowest re-registration $max_reg ms"
 check "$RESTARTS more restarts: workers re-registered, every in-flight client got the lost-router error ($with_streams x 2)" \
     test $bad = 0
-check "$RESTARTS more restarts: every re-registration within 5 s" test $slow = 0
+check "$RESTARTS more restarts: every re-registration within $((LIMIT_MS / 1000)) s" test $slow = 0
 check "after $RESTARTS restarts: free blocks == total, nothing running or queued" \
     wait_status "$idle_expr"
 P1_FDS2=$(fds $P1) D1_FDS2=$(fds $D1) P1_RSS2=$(rss_kb $P1) D1_RSS2=$(rss_kb $D1)
@@ -233,11 +237,16 @@ node tests/cluster/check_streams.mjs "$T" $N "after $RESTARTS more restarts" | t
 grep -q '^not ok' "$T/check.txt" && FAILED=1
 
 # ====== Clean exit ======
-kill -TERM $P1 $D1
+kill -TERM $P1 $D1 $ROUTER_PID
 wait $P1
 p1_rc=$?
 wait $D1
 d1_rc=$?
-check "workers exit 0 on SIGTERM (p1 $p1_rc, d1 $d1_rc)" test $p1_rc = 0 -a $d1_rc = 0
-no_report() { ! grep -q -E 'LeakSanitizer|AddressSanitizer|runtime error' "$T/p1.stderr" "$T/d1.stderr"; }
-check "no sanitizer report in the workers' stderr" no_report
+wait $ROUTER_PID
+r_rc=$?
+check "workers and the last router exit 0 on SIGTERM (p1 $p1_rc, d1 $d1_rc, router $r_rc)" \
+    test $p1_rc = 0 -a $d1_rc = 0 -a $r_rc = 0
+no_report() {
+    ! grep -l -E 'LeakSanitizer|AddressSanitizer|runtime error' "$T"/*.stderr "$T"/*.err
+}
+check "no sanitizer report in any stderr (workers, routers, the last clients)" no_report
