@@ -19,6 +19,7 @@ typedef struct {
     uint64_t id;
     uint64_t deadline_us; /* client-side give-up time: silence until then */
     uint64_t wait_us;     /* how long a silent stream is waited for */
+    uint64_t conn_gen;    /* c->n_lost when it was sent */
 } inflight_t;
 
 struct pd_client {
@@ -31,7 +32,15 @@ struct pd_client {
     size_t n_fl, cap_fl;
     pd_pb_alloc_t alloc;
     pd_net_in_t *in;
+    /* Connection watch (zmq_socket_monitor): a DEALER reconnects silently,
+     * and a router that died (or restarted: its new instance knows nothing
+     * of our requests) never answers what was in flight. Every disconnect
+     * counts in n_lost; a request sent before it ends with UNAVAILABLE. */
+    void *mon;
+    uint64_t n_lost;
 };
+
+#define PD_CLIENT_MONITOR "inproc://pdclient-monitor" /* one per context */
 
 const char *pd_status_name(int code)
 {
@@ -109,6 +118,14 @@ pd_client_t *pd_client_new(const char *router_addr, pd_err_t *err)
     c->sock = pd_net_socket(c->zctx, ZMQ_DEALER, &o, err);
     if (c->sock == NULL)
         goto fail;
+    int zero = 0;
+    if (zmq_socket_monitor(c->sock, PD_CLIENT_MONITOR, ZMQ_EVENT_DISCONNECTED) != 0 ||
+        (c->mon = zmq_socket(c->zctx, ZMQ_PAIR)) == NULL ||
+        zmq_setsockopt(c->mon, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+        zmq_connect(c->mon, PD_CLIENT_MONITOR) != 0) {
+        pd_err_set(err, PD_EIO, "connection monitor: %s", zmq_strerror(errno));
+        goto fail;
+    }
     if (pd_net_connect(c->sock, c->addr, err) != 0)
         goto fail;
     free(cfg);
@@ -123,6 +140,10 @@ void pd_client_free(pd_client_t *c)
 {
     if (c == NULL)
         return;
+    if (c->mon) {
+        zmq_socket_monitor(c->sock, NULL, 0);
+        zmq_close(c->mon);
+    }
     pd_net_close(c->sock);
     if (c->zctx)
         zmq_ctx_term(c->zctx);
@@ -135,12 +156,40 @@ void pd_client_set_timeout(pd_client_t *c, uint32_t timeout_ms) { c->timeout_ms 
 
 size_t pd_client_inflight(const pd_client_t *c) { return c->n_fl; }
 
+/* Counts the disconnects the monitor reported so far into c->n_lost. */
+static void watch_connection(pd_client_t *c)
+{
+    for (;;) {
+        zmq_msg_t ev, addr;
+        zmq_msg_init(&ev);
+        if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&ev);
+            return;
+        }
+        /* Two frames: event id (2 bytes) + value (4), then the endpoint. */
+        uint16_t id = 0;
+        if (zmq_msg_size(&ev) >= 2)
+            memcpy(&id, zmq_msg_data(&ev), 2);
+        bool more = zmq_msg_more(&ev);
+        zmq_msg_close(&ev);
+        if (more) {
+            zmq_msg_init(&addr);
+            zmq_msg_recv(&addr, c->mon, 0);
+            zmq_msg_close(&addr);
+        }
+        if (id == ZMQ_EVENT_DISCONNECTED)
+            c->n_lost++;
+    }
+}
+
 /* Sends m, waiting (up to timeout_ms) for the connection to the router to
  * come up: DEALER sockets queue nothing for peers not yet connected. */
 static int send_wait(pd_client_t *c, const Pd__Msg *m, uint32_t timeout_ms, pd_err_t *err)
 {
     uint64_t end = pd_net_now_ms() + timeout_ms;
     for (;;) {
+        /* Drops before the send are not this message's: count them now. */
+        watch_connection(c);
         int rc = pd_net_send(c->sock, NULL, 0, m, false, err);
         if (rc != PD_EFULL)
             return rc;
@@ -214,7 +263,8 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     uint64_t wait_ms = c->timeout_ms;
     if (req->deadline_ms && (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS > wait_ms)
         wait_ms = (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS;
-    c->fl[c->n_fl++] = (inflight_t){ rid, pd_net_now_us() + wait_ms * 1000u, wait_ms * 1000u };
+    c->fl[c->n_fl++] =
+        (inflight_t){ rid, pd_net_now_us() + wait_ms * 1000u, wait_ms * 1000u, c->n_lost };
     if (id)
         *id = rid;
     return 0;
@@ -307,22 +357,57 @@ static int expire(pd_client_t *c, pd_chunk_fn fn, void *user)
     return n;
 }
 
+/* Ends every request sent before a disconnect counted in c->n_lost: the
+ * router that had it is gone, or no longer knows this connection. */
+static int fail_lost(pd_client_t *c, pd_chunk_fn fn, void *user)
+{
+    int n = 0;
+    for (size_t i = 0; i < c->n_fl;) {
+        if (c->fl[i].conn_gen >= c->n_lost) {
+            i++;
+            continue;
+        }
+        char text[PD_CFG_STR + 160];
+        snprintf(text, sizeof text, "lost the connection to router %s mid-request (the router "
+                 "stopped or restarted); the request's outcome is unknown", c->addr);
+        pd_chunk_t ch;
+        memset(&ch, 0, sizeof ch);
+        ch.request_id = c->fl[i].id;
+        ch.is_final = true;
+        ch.finish = PD_FINISH_ERROR;
+        ch.status = PD_STATUS_UNAVAILABLE;
+        ch.error = text;
+        ch.text = "";
+        inflight_remove(c, i);
+        if (fn)
+            fn(&ch, user);
+        n++;
+    }
+    return n;
+}
+
 int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, pd_err_t *err)
 {
     int delivered = expire(c, fn, user);
-    zmq_pollitem_t it = { c->sock, 0, ZMQ_POLLIN, 0 };
-    int rc = zmq_poll(&it, 1, delivered ? 0 : timeout_ms);
+    zmq_pollitem_t it[2] = { { c->sock, 0, ZMQ_POLLIN, 0 }, { c->mon, 0, ZMQ_POLLIN, 0 } };
+    int rc = zmq_poll(it, 2, delivered ? 0 : timeout_ms);
     if (rc < 0) {
         if (errno == EINTR)
             return delivered;
         return pd_err_set(err, PD_EIO, "poll: %s", zmq_strerror(errno));
     }
+    /* Disconnects first, then the messages: what the lost connection
+     * delivered before it dropped is queued already and is read below. */
+    watch_connection(c);
+    bool drained = false;
     for (int budget = 0; budget < 1024; budget++) {
         rc = pd_net_recv(c->sock, c->in, err);
         if (rc < 0)
             return rc;
-        if (rc == 0)
+        if (rc == 0) {
+            drained = true;
             break;
+        }
         if (c->in->n_frames == 1 && !c->in->truncated) {
             pd_err_t e2 = { 0 };
             Pd__Msg *m = pd_net_unpack(&c->alloc, zmq_msg_data(&c->in->frames[0]),
@@ -334,6 +419,8 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
         }
         pd_net_in_close(c->in);
     }
+    if (drained)
+        delivered += fail_lost(c, fn, user);
     return delivered;
 }
 

@@ -259,14 +259,26 @@ static int connect_router(wk_t *w, pd_err_t *err)
     return 0;
 }
 
+/* The router that gave us our work is gone (why): its requests are
+ * orphans nobody will read. Drop them all, freeing their blocks, and say
+ * how many. */
+static void drop_router_work(wk_t *w, const char *why)
+{
+    uint32_t n_tasks = w->n_tasks, n_seqs = w->n_seqs, n_orphans = w->n_orphans;
+    wk_prefill_drop_all(w);
+    wk_decode_drop_all(w);
+    PD_WARN("event=dropped_orphans why=%s prefill_tasks=%u decode_seqs=%u kv_orphans=%u "
+            "free_blocks=%u/%u", why, n_tasks, n_seqs, n_orphans, pd_kv_n_free(w->kv),
+            pd_kv_shape(w->kv)->n_blocks);
+}
+
 /* The router went silent: whatever it had given us is its to re-dispatch,
  * so drop it all and register again on a fresh connection. */
 static void reconnect_router(wk_t *w)
 {
     PD_WARN("event=router_lost router=%s silent_ms=%llu", w->cfg.worker.router,
             (unsigned long long)(pd_net_now_ms() - w->last_router_ms));
-    wk_prefill_drop_all(w);
-    wk_decode_drop_all(w);
+    drop_router_work(w, "router_silent");
     for (uint32_t i = 0; i < w->out_len; i++)
         free(w->outbox[(w->out_head + i) % WK_OUTBOX].data);
     w->out_len = 0;
@@ -337,8 +349,7 @@ static void on_router_msg(wk_t *w, const Pd__Msg *m)
         if (m->error->code == PD__ERROR_CODE__UNAVAILABLE && w->registered) {
             /* "unknown worker: register first" -- the router restarted. */
             w->registered = false;
-            wk_prefill_drop_all(w);
-            wk_decode_drop_all(w);
+            drop_router_work(w, "router_restarted");
             send_register(w);
         }
         break;
