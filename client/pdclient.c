@@ -35,6 +35,7 @@ struct pd_client {
     uint32_t hb_ivl_ms, hb_liveness;
     uint64_t last_tx_ms;  /* our last message to the router */
     uint64_t last_rx_ms;  /* the router's last message to us */
+    uint64_t tick_ms;     /* our loop's last sign of life (see tick()) */
     inflight_t *fl;       /* (n_fl) requests without their final chunk */
     size_t n_fl, cap_fl;
     pd_pb_alloc_t alloc;
@@ -232,7 +233,7 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     if (rc)
         return rc;
     if (c->n_fl == 0)
-        c->last_rx_ms = pd_net_now_ms(); /* the router's silence counts from now */
+        c->last_rx_ms = c->tick_ms = pd_net_now_ms(); /* the router's silence counts from now */
     uint64_t wait_ms = c->timeout_ms;
     if (req->deadline_ms && (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS > wait_ms)
         wait_ms = (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS;
@@ -352,12 +353,27 @@ static void beat(pd_client_t *c)
     send_now(c, &m, NULL);
 }
 
+/* Our own loop's progress: when more than half a liveness window passed
+ * since the last tick beyond the `allowed` ms we meant to wait (this
+ * process was stopped or starved, a callback blocked, the caller did not
+ * poll), we were not listening: the router gets a fresh window rather than
+ * the blame (what it sent meanwhile may not even be readable yet). */
+static void tick(pd_client_t *c, uint64_t allowed)
+{
+    uint64_t now = pd_net_now_ms();
+    uint64_t stall = (uint64_t)c->hb_ivl_ms * c->hb_liveness / 2;
+    if (c->tick_ms && now - c->tick_ms > allowed + stall)
+        c->last_rx_ms = now;
+    c->tick_ms = now;
+}
+
 /* A router silent for hb_liveness intervals while requests are in flight
  * is dead (stopped, hung, unreachable): every request ends with
  * UNAVAILABLE (and a Cancel, in case it comes back). Returns the number of
  * final chunks delivered. */
 static int router_silent(pd_client_t *c, pd_chunk_fn fn, void *user)
 {
+    tick(c, 0);
     uint64_t silent = pd_net_now_ms() - c->last_rx_ms;
     uint64_t limit = (uint64_t)c->hb_ivl_ms * c->hb_liveness;
     if (c->n_fl == 0 || silent <= limit)
@@ -398,6 +414,7 @@ static int router_silent(pd_client_t *c, pd_chunk_fn fn, void *user)
 
 int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, pd_err_t *err)
 {
+    tick(c, 0);
     int delivered = expire(c, fn, user);
     beat(c);
     long wait_ms = delivered ? 0 : timeout_ms;
@@ -412,7 +429,9 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
             wait_ms = cap;
     }
     zmq_pollitem_t it = { c->sock, 0, ZMQ_POLLIN, 0 };
+    tick(c, 0);
     int rc = zmq_poll(&it, 1, wait_ms);
+    tick(c, wait_ms < 0 ? UINT64_MAX / 2 : (uint64_t)wait_ms);
     if (rc < 0) {
         if (errno == EINTR)
             return delivered;
@@ -435,6 +454,7 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
             }
         }
         pd_net_in_close(c->in);
+        tick(c, 0);
         beat(c); /* a slow callback must not silence us */
     }
     /* Judged only after reading everything that arrived. */

@@ -22,11 +22,22 @@
 require_model
 command -v python3 >/dev/null || skip_all "python3 missing"
 RANKS=${PD_GPT2_RANKS:-$BUILD/data/gpt2-ranks.txt}
+[ -s "$RANKS" ] || RANKS=build/data/gpt2-ranks.txt # sanitizer builds share the main build's data
 [ -x "$PD_BIN/pd-mkmodel" ] || skip_all "$PD_BIN/pd-mkmodel missing (make all)"
 PD_GPT2_RANKS=$RANKS "$PD_BIN/pd-mkmodel" -o "$T/wide.gguf" --shape tiny --vocab-kind spm \
     --dim 512 --layers 8 --heads 8 --kv-heads 4 --ffn 1536 --type f16 --seed 7 \
     >"$T/mkmodel.log" 2>&1 || skip_all "pd-mkmodel failed: $(tail -1 "$T/mkmodel.log")"
 MODEL=$T/wide.gguf
+# Stream lengths from the model's measured speed (a sanitizer build is ~10x
+# slower): controls last about 6 s, the streams that get stopped about 15 s.
+t0=$(date +%s%N)
+"$PD_BIN/pd-run" -m "$MODEL" --threads 1 --tokens -p "river" -n 60 --ignore-eos >/dev/null 2>&1 ||
+    skip_all "pd-run cannot run $MODEL"
+rate=$((60 * 1000 / (($(date +%s%N) - t0) / 1000000 + 1))) # tokens/s, a lower bound
+clamp() { local v=$1; [ "$v" -lt "$2" ] && v=$2; [ "$v" -gt "$3" ] && v=$3; echo "$v"; }
+N_CTRL=$(clamp $((rate * 6)) 40 1500)
+N_LONG=$(clamp $((rate * 15)) 100 1800)
+echo "# wide model: ~$rate tokens/s; control streams $N_CTRL tokens, stopped streams $N_LONG"
 COMMON_SETS+=(--set kv.num_blocks=512)
 HB_MS=500
 LIVENESS=4 # a 2 s window
@@ -45,7 +56,7 @@ decode_running='s.workers.filter(w => w.role == "decode").map(w => w.running_seq
 # token-identical to pd-run (a client that did not beat would be cut).
 N=2
 PROMPTS=("river mountain cloud" "the quick brown fox jumps")
-ARGS=("-n 1000 --ignore-eos" "-n 800 --ignore-eos --temp 0.8 --top-p 0.9 --seed 11")
+ARGS=("-n $N_CTRL --ignore-eos" "-n $((N_CTRL * 4 / 5)) --ignore-eos --temp 0.8 --top-p 0.9 --seed 11")
 refs $N "$T"
 t0=$SECONDS
 send_all $N "$T"
@@ -74,12 +85,12 @@ with open(sys.argv[1], "wb") as out:
         out.write(b)
         time.sleep(0.01)
 sys.exit(p.wait())
-' "$T/slow.jsonl" "$PD_BIN/pd-cli" --router "$ROUTER" generate "silver window thunder" -n 1000 \
+' "$T/slow.jsonl" "$PD_BIN/pd-cli" --router "$ROUTER" generate "silver window thunder" -n $N_CTRL \
     --ignore-eos --json
 rc=$?
 check "slow reader: pd-cli completes (exit 0) after $((SECONDS - t0)) s" test $rc = 0
-check "slow reader: the stream is whole (1000 tokens, finish length)" bash -c "
-    tail -1 '$T/slow.jsonl' | grep -q '\"finish_reason\":\"length\".*\"completion_tokens\":1000'"
+check "slow reader: the stream is whole ($N_CTRL tokens, finish length)" bash -c "
+    tail -1 '$T/slow.jsonl' | grep -q '\"finish_reason\":\"length\".*\"completion_tokens\":$N_CTRL}'"
 check "slow reader: the router streamed for longer than the window" \
     test "$(e2e_ms "$T/slow.jsonl")" -gt $((HB_MS * LIVENESS))
 check "slow reader: not cut (no client_timeout)" bash -c "! grep -q 'event=client_timeout' '$T/router.log'"
@@ -90,7 +101,7 @@ if command -v curl >/dev/null && [ -n "$HTTP" ]; then
     t0=$(date +%s%N)
     code=$(curl -s -N -o "$T/http.sse" -w '%{http_code}' --max-time 120 "http://$HTTP/v1/completions" \
         -H 'Content-Type: application/json' \
-        -d '{"prompt":"paper engine","max_tokens":1000,"stream":true,"ignore_eos":true}')
+        -d '{"prompt":"paper engine","max_tokens":'$N_CTRL',"stream":true,"ignore_eos":true}')
     ms=$((($(date +%s%N) - t0) / 1000000))
     check "HTTP stream longer than the window completes (200, [DONE], ${ms} ms)" \
         bash -c "[ $ms -gt $((HB_MS * LIVENESS)) ] && [ '$code' = 200 ] && grep -q '\[DONE\]' '$T/http.sse' && ! grep -q '\"error\"' '$T/http.sse'"
@@ -102,7 +113,7 @@ check "idle after the controls" wait_status "$idle" 15
 
 # ---- A client stopped mid-stream.
 n_done=$(grep -c 'event=request_done' "$T/router.log")
-"$PD_BIN/pd-cli" --router "$ROUTER" generate "garden signal orange" -n 1800 --ignore-eos --json \
+"$PD_BIN/pd-cli" --router "$ROUTER" generate "garden signal orange" -n $N_LONG --ignore-eos --json \
     >"$T/stopped.jsonl" 2>"$T/stopped.err" &
 CLI=$!
 PIDS+=($CLI)
@@ -144,10 +155,10 @@ else
         bash -c "[ $rc = 1 ] && grep -q 'CANCELLED: client silent' '$T/stopped.err'"
 fi
 n_got=$(grep -c '"final":false' "$T/stopped.jsonl")
-check "it had received part of the stream only ($n_got of 1800 chunks)" test "$n_got" -lt 1800
+check "it had received part of the stream only ($n_got of $N_LONG chunks)" test "$n_got" -lt "$N_LONG"
 
 # ---- The router stopped mid-stream: pd-cli notices its silence.
-"$PD_BIN/pd-cli" --router "$ROUTER" generate "jovial sphinx" -n 1800 --ignore-eos --json \
+"$PD_BIN/pd-cli" --router "$ROUTER" generate "jovial sphinx" -n $N_LONG --ignore-eos --json \
     >"$T/orphan.jsonl" 2>"$T/orphan.err" &
 CLI=$!
 PIDS+=($CLI)
