@@ -4,7 +4,8 @@
 #   - pd-cli stopped (SIGSTOP) mid-stream: the router notices its silence
 #     (event=client_timeout), cancels its request, the decode worker frees
 #     it (running 0, free blocks back to total); resumed, pd-cli ends with
-#     the router's CANCELLED error;
+#     an error (the router's CANCELLED, or UNAVAILABLE if its connection was
+#     lost meanwhile);
 #   - controls: normal streams longer than the liveness window complete
 #     token-identical to pd-run; a pd-cli held back by a slow stdout reader
 #     (its library loop delayed, still running) is not cut; an HTTP stream
@@ -151,8 +152,12 @@ else
     wait $CLI
     rc=$?
     sed "s/^/# /" "$T/stopped.err"
-    check "resumed pd-cli ends with the router's CANCELLED error (exit 1)" \
-        bash -c "[ $rc = 1 ] && grep -q 'CANCELLED: client silent' '$T/stopped.err'"
+    # The router's Error(CANCELLED) is best effort: it is queued on the
+    # connection, but the resumed client's own ZMTP heartbeat timer may
+    # close that connection before its buffered bytes are read; then the
+    # client ends the request itself, the router being silent to it.
+    check "resumed pd-cli ends with an error: the router's CANCELLED or, its connection lost, UNAVAILABLE (exit 1)" \
+        bash -c "[ $rc = 1 ] && grep -Eq 'CANCELLED: client silent|UNAVAILABLE: router .* silent' '$T/stopped.err'"
 fi
 n_got=$(grep -c '"final":false' "$T/stopped.jsonl")
 check "it had received part of the stream only ($n_got of $N_LONG chunks)" test "$n_got" -lt "$N_LONG"
