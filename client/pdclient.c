@@ -28,6 +28,15 @@ struct pd_client {
     char addr[PD_CFG_STR];
     uint64_t next_id;
     uint32_t timeout_ms;
+    /* Liveness (Paranoid Pirate, both ways) while requests are in flight:
+     * we send a Heartbeat when we have sent nothing for hb_ivl_ms, and give
+     * up on a router we have heard nothing from for hb_liveness intervals.
+     * Both values are the router's (its Heartbeats carry them); until one
+     * arrives, the config defaults (router.client_heartbeat_ms/liveness). */
+    uint32_t hb_ivl_ms, hb_liveness;
+    uint64_t last_tx_ms;  /* our last message to the router */
+    uint64_t last_rx_ms;  /* the router's last message to us */
+    uint64_t tick_ms;     /* our loop's last sign of life (see tick()) */
     inflight_t *fl;       /* (n_fl) requests without their final chunk */
     size_t n_fl, cap_fl;
     pd_pb_alloc_t alloc;
@@ -93,6 +102,8 @@ pd_client_t *pd_client_new(const char *router_addr, pd_err_t *err)
     if (c->next_id == 0)
         c->next_id = 1;
     pd_config_default(cfg);
+    c->hb_ivl_ms = cfg->router.client_heartbeat_ms;
+    c->hb_liveness = cfg->router.client_liveness;
     pd_pb_alloc_init(&c->alloc,
                      (size_t)cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
                          PD_PB_BASE_BUDGET);
@@ -182,6 +193,15 @@ static void watch_connection(pd_client_t *c)
     }
 }
 
+/* Sends m without blocking; a message sent is also a beat. */
+static int send_now(pd_client_t *c, const Pd__Msg *m, pd_err_t *err)
+{
+    int rc = pd_net_send(c->sock, NULL, 0, m, false, err);
+    if (rc == 0)
+        c->last_tx_ms = pd_net_now_ms();
+    return rc;
+}
+
 /* Sends m, waiting (up to timeout_ms) for the connection to the router to
  * come up: DEALER sockets queue nothing for peers not yet connected. */
 static int send_wait(pd_client_t *c, const Pd__Msg *m, uint32_t timeout_ms, pd_err_t *err)
@@ -190,7 +210,7 @@ static int send_wait(pd_client_t *c, const Pd__Msg *m, uint32_t timeout_ms, pd_e
     for (;;) {
         /* Drops before the send are not this message's: count them now. */
         watch_connection(c);
-        int rc = pd_net_send(c->sock, NULL, 0, m, false, err);
+        int rc = send_now(c, m, err);
         if (rc != PD_EFULL)
             return rc;
         uint64_t now = pd_net_now_ms();
@@ -246,6 +266,7 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     g.prompt_tokens = (int32_t *)req->prompt_tokens;
     g.sampling = &s;
     g.has_max_tokens = g.has_ignore_eos = g.has_stream = g.has_deadline_ms = true;
+    g.has_heartbeats = g.heartbeats = true; /* pd_client_poll beats for us */
     g.max_tokens = req->max_tokens;
     g.n_stop = req->n_stop;
     g.stop = (char **)req->stop;
@@ -260,6 +281,8 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     int rc = send_wait(c, &m, c->timeout_ms, err);
     if (rc)
         return rc;
+    if (c->n_fl == 0)
+        c->last_rx_ms = c->tick_ms = pd_net_now_ms(); /* the router's silence counts from now */
     uint64_t wait_ms = c->timeout_ms;
     if (req->deadline_ms && (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS > wait_ms)
         wait_ms = (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS;
@@ -278,7 +301,7 @@ int pd_client_cancel(pd_client_t *c, uint64_t id, pd_err_t *err)
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_CANCEL;
     m.cancel = &x;
-    return pd_net_send(c->sock, NULL, 0, &m, false, err);
+    return send_now(c, &m, err);
 }
 
 /* Delivers one received message; returns 1 if a chunk was delivered. */
@@ -315,6 +338,15 @@ static int deliver(pd_client_t *c, const Pd__Msg *m, pd_chunk_fn fn, void *user)
         ch.error = e->message ? e->message : "";
         ch.text = "";
     } else {
+        if (m->body_case == PD__MSG__BODY_HEARTBEAT) {
+            /* The router's interval and liveness for us (hostile: bounded
+             * as the router's own config keys are). */
+            const Pd__Heartbeat *h = m->heartbeat;
+            if (h->has_interval_ms && h->interval_ms >= 10 && h->interval_ms <= 60000)
+                c->hb_ivl_ms = h->interval_ms;
+            if (h->has_liveness && h->liveness >= 1 && h->liveness <= 100)
+                c->hb_liveness = h->liveness;
+        }
         return 0;
     }
     int i = inflight_find(c, ch.request_id);
@@ -386,11 +418,99 @@ static int fail_lost(pd_client_t *c, pd_chunk_fn fn, void *user)
     return n;
 }
 
+/* Our beat: a Heartbeat when requests are in flight and we have sent the
+ * router nothing for an interval. Back-pressure or no connection: the next
+ * call tries again (our silence is what the router judges). */
+static void beat(pd_client_t *c)
+{
+    if (c->n_fl == 0 || pd_net_now_ms() - c->last_tx_ms < c->hb_ivl_ms)
+        return;
+    Pd__Heartbeat hb = PD__HEARTBEAT__INIT;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    send_now(c, &m, NULL);
+}
+
+/* Our own loop's progress: when more than half a liveness window passed
+ * since the last tick beyond the `allowed` ms we meant to wait (this
+ * process was stopped or starved, a callback blocked, the caller did not
+ * poll), we were not listening: the router gets a fresh window rather than
+ * the blame (what it sent meanwhile may not even be readable yet). */
+static void tick(pd_client_t *c, uint64_t allowed)
+{
+    uint64_t now = pd_net_now_ms();
+    uint64_t stall = (uint64_t)c->hb_ivl_ms * c->hb_liveness / 2;
+    if (c->tick_ms && now - c->tick_ms > allowed + stall)
+        c->last_rx_ms = now;
+    c->tick_ms = now;
+}
+
+/* A router silent for hb_liveness intervals while requests are in flight
+ * is dead (stopped, hung, unreachable): every request ends with
+ * UNAVAILABLE (and a Cancel, in case it comes back). Returns the number of
+ * final chunks delivered. */
+static int router_silent(pd_client_t *c, pd_chunk_fn fn, void *user)
+{
+    tick(c, 0);
+    uint64_t silent = pd_net_now_ms() - c->last_rx_ms;
+    uint64_t limit = (uint64_t)c->hb_ivl_ms * c->hb_liveness;
+    if (c->n_fl == 0 || silent <= limit)
+        return 0;
+    /* Messages waiting unread (we were stopped or slow, not the router)
+     * are read by the next call before anything is judged. */
+    zmq_pollitem_t it = { c->sock, 0, ZMQ_POLLIN, 0 };
+    if (zmq_poll(&it, 1, 0) > 0)
+        return 0;
+    char msg[PD_CFG_STR + 160];
+    snprintf(msg, sizeof msg,
+             "router %s silent for %llu ms (%u heartbeats of %u ms missed): request abandoned",
+             c->addr, (unsigned long long)silent, c->hb_liveness, c->hb_ivl_ms);
+    /* Take the table first: a callback may submit new requests. */
+    inflight_t *fl = c->fl;
+    size_t n_fl = c->n_fl;
+    c->fl = NULL;
+    c->n_fl = c->cap_fl = 0;
+    int n = 0;
+    for (size_t i = 0; i < n_fl; i++) {
+        uint64_t id = fl[i].id;
+        pd_client_cancel(c, id, NULL);
+        pd_chunk_t ch;
+        memset(&ch, 0, sizeof ch);
+        ch.request_id = id;
+        ch.is_final = true;
+        ch.finish = PD_FINISH_ERROR;
+        ch.status = PD_STATUS_UNAVAILABLE;
+        ch.error = msg;
+        ch.text = "";
+        if (fn)
+            fn(&ch, user);
+        n++;
+    }
+    free(fl);
+    return n;
+}
+
 int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, pd_err_t *err)
 {
+    tick(c, 0);
     int delivered = expire(c, fn, user);
+    beat(c);
+    long wait_ms = delivered ? 0 : timeout_ms;
+    if (c->n_fl > 0 && wait_ms != 0) {
+        /* Wake up in time for our next beat and to judge the router. */
+        uint64_t now = pd_net_now_ms();
+        uint64_t next = c->last_tx_ms + c->hb_ivl_ms;
+        uint64_t dead = c->last_rx_ms + (uint64_t)c->hb_ivl_ms * c->hb_liveness + 1;
+        uint64_t until = next < dead ? next : dead;
+        long cap = until > now + 10 ? (long)(until - now) : 10; /* no spin on a failed beat */
+        if (wait_ms < 0 || cap < wait_ms)
+            wait_ms = cap;
+    }
     zmq_pollitem_t it[2] = { { c->sock, 0, ZMQ_POLLIN, 0 }, { c->mon, 0, ZMQ_POLLIN, 0 } };
-    int rc = zmq_poll(it, 2, delivered ? 0 : timeout_ms);
+    tick(c, 0);
+    int rc = zmq_poll(it, 2, wait_ms);
+    tick(c, wait_ms < 0 ? UINT64_MAX / 2 : (uint64_t)wait_ms);
     if (rc < 0) {
         if (errno == EINTR)
             return delivered;
@@ -408,6 +528,7 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
             drained = true;
             break;
         }
+        c->last_rx_ms = pd_net_now_ms(); /* any message is a beat */
         if (c->in->n_frames == 1 && !c->in->truncated) {
             pd_err_t e2 = { 0 };
             Pd__Msg *m = pd_net_unpack(&c->alloc, zmq_msg_data(&c->in->frames[0]),
@@ -418,10 +539,13 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
             }
         }
         pd_net_in_close(c->in);
+        tick(c, 0);
+        beat(c); /* a slow callback must not silence us */
     }
     if (drained)
         delivered += fail_lost(c, fn, user);
-    return delivered;
+    /* Judged only after reading everything that arrived. */
+    return delivered + router_silent(c, fn, user);
 }
 
 /* ====== Blocking generate ====== */
@@ -537,6 +661,7 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
             d->kv_transfer_us = k->kv_transfer_us;
             d->prefill_us = k->prefill_us;
             d->decode_us = k->decode_us;
+            d->prefill_pass_tokens = k->prefill_pass_tokens;
         }
     }
     return o;
@@ -562,6 +687,7 @@ static int status_call(pd_client_t *c, const Pd__Msg *m, pd_cluster_status_t **o
         rc = pd_net_recv(c->sock, c->in, err);
         if (rc <= 0)
             continue;
+        c->last_rx_ms = pd_net_now_ms();
         Pd__Msg *r = NULL;
         if (c->in->n_frames == 1)
             r = pd_net_unpack(&c->alloc, zmq_msg_data(&c->in->frames[0]),

@@ -126,7 +126,16 @@ int pd_client_generate(pd_client_t *c, const pd_gen_request_t *req, pd_chunk_fn 
 int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, pd_err_t *err);
 
 /* Waits up to timeout_ms for chunks and delivers each to fn (any request).
- * Returns the number of chunks delivered (0 on timeout), or a negative code. */
+ * Returns the number of chunks delivered (0 on timeout), or a negative code.
+ *
+ * Liveness: while requests are in flight, poll (and generate) send the
+ * router a Heartbeat whenever the client has sent it nothing for the client
+ * heartbeat interval, so call poll at least that often (and return from
+ * callbacks within the router's window): a client silent for
+ * router.client_liveness intervals has all its requests cancelled by the
+ * router. Both values come from the router (1000 ms and 5 by default). A
+ * router silent that long ends every in-flight request with a final chunk
+ * PD_STATUS_UNAVAILABLE ("router ADDR silent for N ms"). */
 int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, pd_err_t *err);
 
 /* Requests that have not had their final chunk yet. */

@@ -94,6 +94,8 @@ static const cfg_key_t g_keys[] = {
     U32(router, heartbeat_ms, 10, 60000),
     U32(router, liveness, 1, 100),
     U32(router, stream_stall_ms, 1, MS_DAY),
+    U32(router, client_heartbeat_ms, 10, 60000),
+    U32(router, client_liveness, 1, 100),
 
     U32(prefill, max_batch_tokens, 1, 1048576),
     U32(prefill, max_batch_size, 1, 4096),
@@ -237,6 +239,8 @@ void pd_config_default(pd_config_t *c)
     c->router.heartbeat_ms = 500;
     c->router.liveness = 4;
     c->router.stream_stall_ms = 30000;
+    c->router.client_heartbeat_ms = 1000;
+    c->router.client_liveness = 5;
 
     c->prefill.max_batch_tokens = 2048;
     c->prefill.max_batch_size = 16;

@@ -9,7 +9,8 @@
  *   model:    path, max_seq_len, end_tokens (list of ids), threads, name
  *   router:   client_endpoint, worker_endpoint, max_queue, max_inflight,
  *             request_timeout_ms, max_tokens_limit, heartbeat_ms, liveness,
- *             stream_stall_ms   (the HTTP front's address is http.listen)
+ *             stream_stall_ms, client_heartbeat_ms, client_liveness
+ *             (the HTTP front's address is http.listen)
  *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv
  *   decode:   max_batch_size, wait_ms, kv_endpoint (bind address for KV ingress)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
@@ -61,6 +62,8 @@ typedef struct {
     uint32_t heartbeat_ms;
     uint32_t liveness;                 /* missed beats before a peer is dead */
     uint32_t stream_stall_ms;
+    uint32_t client_heartbeat_ms;      /* client <-> router application heartbeats */
+    uint32_t client_liveness;          /* silent client intervals before its requests end */
 } pd_cfg_router_t;
 
 typedef struct {

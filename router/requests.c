@@ -72,6 +72,7 @@ void rt_req_release(rt_t *rt, rt_req_t *r, bool notify)
     else
         rt_req_unassign(rt, r, notify);
     rt->n_active--;
+    rt_client_detach(rt, r);
     rt_req_clear(r);
 }
 
@@ -238,6 +239,7 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
         return;
     }
     r->t_blocked_us = 0;
+    rt_client_sent(rt, r);
     if (r->t_first_us == 0 && n_new > 0)
         r->t_first_us = now;
     r->tok_sent = r->n_gen;
@@ -516,6 +518,12 @@ void rt_on_generate(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Gene
     memcpy(r->cid, cid, cid_len);
     r->cid_len = cid_len;
     r->client_req = g->request_id;
+    if (rt_client_attach(rt, r, g->has_heartbeats && g->heartbeats) != 0) {
+        rt_req_clear(r);
+        pd_net_send_error(rt->front, cid, cid_len, g->request_id,
+                          PD__ERROR_CODE__RESOURCE_EXHAUSTED, "router out of memory");
+        return;
+    }
     r->state = RQ_QUEUED;
     rt->queue[(rt->q_head + rt->q_len++) % rt->n_slots] = slot;
     rt->n_active++;

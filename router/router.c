@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fault.h"
+#include "grow.h"
 #include "log.h"
 #include "router.h"
 
@@ -87,6 +88,7 @@ void rt_destroy(rt_t *rt)
         for (uint32_t i = 0; i < rt->n_slots; i++)
             rt_req_clear(&rt->reqs[i]);
     free(rt->reqs);
+    free(rt->clients);
     free(rt->queue);
     free(rt->tok_buf);
     free(rt->in);
@@ -159,6 +161,175 @@ void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch)
     m.body_case = PD__MSG__BODY_CANCEL;
     m.cancel = &c;
     rt_send_worker(rt, w, &m);
+}
+
+/* ====== Clients: liveness ======
+ *
+ * Paranoid Pirate toward clients: any message from a client counts as a
+ * beat; a client that declared heartbeats and has requests in flight gets a
+ * Heartbeat (carrying the interval and liveness it should use) whenever the
+ * router has sent it nothing for router.client_heartbeat_ms, and loses all
+ * its requests once silent for router.client_liveness intervals. The table
+ * is searched linearly: it holds only clients with requests in flight. */
+
+static int client_find(const rt_t *rt, const uint8_t *cid, size_t len)
+{
+    for (size_t i = 0; i < rt->n_clients; i++) {
+        const rt_client_t *c = &rt->clients[i];
+        if (c->used && c->cid_len == len && memcmp(c->cid, cid, len) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats)
+{
+    uint64_t now = pd_net_now_ms();
+    int ci = client_find(rt, r->cid, r->cid_len);
+    if (ci < 0) {
+        size_t i = 0;
+        while (i < rt->n_clients && rt->clients[i].used)
+            i++;
+        if (i == rt->n_clients) {
+            if (pd_grow((void **)&rt->clients, &rt->cap_clients, i + 1, sizeof *rt->clients,
+                        16) != 0)
+                return PD_ENOMEM;
+            rt->n_clients++;
+        }
+        rt_client_t *c = &rt->clients[i];
+        memset(c, 0, sizeof *c);
+        c->used = true;
+        memcpy(c->cid, r->cid, r->cid_len);
+        c->cid_len = r->cid_len;
+        ci = (int)i;
+    }
+    rt_client_t *c = &rt->clients[ci];
+    c->n_reqs++;
+    c->last_rx_ms = now;
+    if (beats && !c->beats) {
+        c->beats = true;
+        c->last_tx_ms = 0; /* tell it our interval and liveness at the next sweep */
+    }
+    r->client = (uint32_t)ci;
+    return 0;
+}
+
+void rt_client_detach(rt_t *rt, rt_req_t *r)
+{
+    if (r->client >= rt->n_clients)
+        return;
+    rt_client_t *c = &rt->clients[r->client];
+    if (!c->used || c->cid_len != r->cid_len || memcmp(c->cid, r->cid, r->cid_len) != 0)
+        return; /* never attached (a refused request) */
+    if (c->n_reqs > 0)
+        c->n_reqs--;
+    if (c->n_reqs == 0) {
+        c->used = false;
+        while (rt->n_clients > 0 && !rt->clients[rt->n_clients - 1].used)
+            rt->n_clients--;
+    }
+}
+
+void rt_client_sent(rt_t *rt, const rt_req_t *r)
+{
+    if (r->client < rt->n_clients && rt->clients[r->client].used)
+        rt->clients[r->client].last_tx_ms = pd_net_now_ms();
+}
+
+/* Any message from a client is a beat; a Heartbeat also declares that it
+ * heartbeats. Clients without requests have no entry and are not tracked. */
+static void client_heard(rt_t *rt, const uint8_t *cid, size_t len, bool heartbeat)
+{
+    int ci = client_find(rt, cid, len);
+    if (ci < 0)
+        return;
+    rt->clients[ci].last_rx_ms = pd_net_now_ms();
+    if (heartbeat && !rt->clients[ci].beats) {
+        rt->clients[ci].beats = true;
+        rt->clients[ci].last_tx_ms = 0;
+    }
+}
+
+static void cid_hex(const uint8_t *cid, size_t len, char *out, size_t cap)
+{
+    size_t n = len > 16 ? 16 : len, o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < n && o + 3 < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%02x", cid[i]);
+    if (n < len && o + 4 < cap)
+        snprintf(out + o, cap - o, "...");
+}
+
+/* Ends every request of client ci (the entry goes with the last one). With
+ * why (a timeout) each request gets a best-effort Error(CANCELLED) in case
+ * the client comes back; without (the client is gone) nothing is sent. The
+ * workers are told to drop them at once, as for a Cancel. */
+static void client_end(rt_t *rt, size_t ci, const char *event, const char *why)
+{
+    char hex[64];
+    cid_hex(rt->clients[ci].cid, rt->clients[ci].cid_len, hex, sizeof hex);
+    uint64_t silent = pd_net_now_ms() - rt->clients[ci].last_rx_ms;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < rt->n_slots && ci < rt->n_clients && rt->clients[ci].used; i++) {
+        rt_req_t *r = &rt->reqs[i];
+        if (r->state == RQ_FREE || r->client != ci)
+            continue;
+        PD_DEBUG("event=request_cancelled req=%llu client_req=%llu reason=%s",
+                 (unsigned long long)r->id, (unsigned long long)r->client_req, event);
+        if (why)
+            pd_net_send_error(rt->front, r->cid, r->cid_len, r->client_req,
+                              PD__ERROR_CODE__CANCELLED, "%s", why);
+        pd_metrics_request_failed(rt->metrics, PD__ERROR_CODE__CANCELLED);
+        rt->requests_failed++;
+        rt_req_release(rt, r, true);
+        n++;
+    }
+    PD_WARN("event=%s client=%s requests=%u silent_ms=%llu", event, hex, n,
+            (unsigned long long)silent);
+}
+
+/* Judges and heartbeats the clients that heartbeat (called every sweep). */
+static void clients_check(rt_t *rt, uint64_t now)
+{
+    uint64_t ivl = rt->cfg.router.client_heartbeat_ms;
+    uint64_t dead_after = ivl * rt->cfg.router.client_liveness;
+    /* A reactor that did not run for a while (stopped, starved) heard
+     * nothing meanwhile: give every client a fresh window, not the blame. */
+    uint64_t stalled = dead_after / 2 > 50 ? dead_after / 2 : 50;
+    if (rt->last_client_check_ms && now - rt->last_client_check_ms > stalled)
+        for (size_t i = 0; i < rt->n_clients; i++)
+            rt->clients[i].last_rx_ms = now;
+    rt->last_client_check_ms = now;
+    Pd__Heartbeat hb = PD__HEARTBEAT__INIT;
+    hb.has_interval_ms = hb.has_liveness = true;
+    hb.interval_ms = rt->cfg.router.client_heartbeat_ms;
+    hb.liveness = rt->cfg.router.client_liveness;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    for (size_t i = 0; i < rt->n_clients; i++) {
+        rt_client_t *c = &rt->clients[i];
+        if (!c->used || !c->beats)
+            continue;
+        if (now - c->last_rx_ms > dead_after) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "client silent for %llu ms (router.client_liveness %u x "
+                     "router.client_heartbeat_ms %u): request cancelled",
+                     (unsigned long long)(now - c->last_rx_ms), rt->cfg.router.client_liveness,
+                     rt->cfg.router.client_heartbeat_ms);
+            client_end(rt, i, "client_timeout", why);
+            continue;
+        }
+        if (now - c->last_tx_ms < ivl)
+            continue;
+        int rc = pd_net_send(rt->front, c->cid, c->cid_len, &m, false, NULL);
+        if (rc == 0)
+            c->last_tx_ms = now;
+        else if (rc == PD_NET_EGONE)
+            client_end(rt, i, "client_gone", NULL);
+        /* PD_EFULL: it is not reading; its silence will tell. */
+    }
 }
 
 /* ====== Status ====== */
@@ -253,6 +424,7 @@ void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const vo
             pd_fault_enter(PD_FAULT_ROUTER_REQUEST, ++fault_seq);
     }
     Pd__Msg *m = pd_net_unpack(&rt->alloc, data, len, &err);
+    client_heard(rt, cid, cid_len, m && m->body_case == PD__MSG__BODY_HEARTBEAT);
     if (m == NULL && err.code == PD_ENOMEM) {
         /* Not the sender's fault: answer its request (if the bytes name one)
          * so the client is not left waiting. */
@@ -272,6 +444,7 @@ void rt_on_client_payload(rt_t *rt, const uint8_t *cid, size_t cid_len, const vo
         return;
     }
     switch (m->body_case) {
+    case PD__MSG__BODY_HEARTBEAT: break; /* a beat: noted above, never answered */
     case PD__MSG__BODY_GENERATE: rt_on_generate(rt, cid, cid_len, m->generate); break;
     case PD__MSG__BODY_CANCEL: rt_on_cancel(rt, cid, cid_len, m->cancel); break;
     case PD__MSG__BODY_STATUS_REQUEST: rt_on_status(rt, cid, cid_len); break;
@@ -400,6 +573,7 @@ static void timers(rt_t *rt)
     if (now_ms - rt->last_sweep_ms < 10)
         return;
     rt->last_sweep_ms = now_ms;
+    clients_check(rt, now_ms);
     uint64_t now = pd_net_now_us();
     for (uint32_t i = 0; i < rt->n_slots; i++) {
         rt_req_t *r = &rt->reqs[i];

@@ -64,11 +64,29 @@ typedef struct {
     uint64_t last_seen_ms;
 } rt_worker_t;
 
+/* A client with requests in flight (rt_req_t.client indexes it). Created
+ * by its first accepted request, freed with its last: the table never holds
+ * more entries than there are requests. A client that declared heartbeats
+ * (GenerateRequest.heartbeats, or a Heartbeat) and then stays silent for
+ * router.client_liveness x router.client_heartbeat_ms loses all its
+ * requests (event=client_timeout); one that never declared them (an old
+ * client, the HTTP front's in-process bridge) is held to deadlines alone. */
+typedef struct {
+    bool used;
+    bool beats;                      /* the client heartbeats */
+    uint8_t cid[PD_NET_ID_MAX];      /* ZMQ routing id on the client socket */
+    size_t cid_len;
+    uint32_t n_reqs;                 /* requests of this client in the table */
+    uint64_t last_rx_ms;             /* its last message of any kind */
+    uint64_t last_tx_ms;             /* our last message to it (0: never) */
+} rt_client_t;
+
 typedef struct rt_req {
     rt_state_t state;
     uint64_t id;                     /* router-wide, sent to workers */
     uint8_t cid[PD_NET_ID_MAX];      /* client's routing id */
     size_t cid_len;
+    uint32_t client;                 /* index into rt_t.clients (held while not RQ_FREE) */
     uint64_t client_req;             /* the client's request id */
     uint32_t epoch;
     int32_t *tokens;                 /* (cap_tokens) prompt, then output */
@@ -122,10 +140,12 @@ typedef struct {
     uint32_t n_slots;
     uint32_t *queue;                 /* (n_slots) ring of slot indexes, QUEUED requests */
     uint32_t q_head, q_len;
+    rt_client_t *clients;            /* (n_clients, cap_clients) slots; used ones have requests */
+    size_t n_clients, cap_clients;   /* n_clients: high-water mark of used slots */
     uint32_t n_active, n_dispatched;
     uint64_t next_seq;
     uint64_t requests_total, requests_failed;
-    uint64_t last_hb_ms, last_sweep_ms;
+    uint64_t last_hb_ms, last_sweep_ms, last_client_check_ms;
     int32_t *tok_buf;                /* (max_seq_len + 1) tokenizer output */
     pd_net_in_t *in;
     volatile sig_atomic_t *stop;
@@ -154,6 +174,14 @@ int rt_worker_by_zid(rt_t *rt, const void *zid, size_t len);    /* index, or -1 
 int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m);
 void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch); /* w may be NULL */
 void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len);
+/* Client liveness (router.c). rt_client_attach binds a newly accepted
+ * request r (r->cid set) to its client's entry, creating it (PD_ENOMEM if it
+ * cannot: refuse the request); beats: the client declared heartbeats.
+ * rt_client_detach undoes it when r leaves the table; rt_client_sent notes
+ * a message just sent to r's client (no heartbeat needed for a while). */
+int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats);
+void rt_client_detach(rt_t *rt, rt_req_t *r);
+void rt_client_sent(rt_t *rt, const rt_req_t *r);
 /* One client (cid) or worker (zid) message payload, as received: unpacks it
  * under rt->alloc's budget, answers a malformed one with an Error and hands
  * a decoded one to its rt_on_* handler. The socket loops and the protocol

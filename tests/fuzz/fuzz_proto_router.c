@@ -208,6 +208,7 @@ static void reset(void)
     for (int i = 0; i < RT_MAX_WORKERS; i++)
         rt->workers[i].gen = 1;
     rt->q_head = rt->q_len = rt->n_active = rt->n_dispatched = 0;
+    rt->n_clients = 0; /* entries of requests cleared above */
     rt->next_seq = 0;
     rt->requests_total = rt->requests_failed = 0;
     register_worker("P", PD__ROLE__ROLE_PREFILL);
@@ -345,6 +346,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rt->reqs[i].state != RQ_FREE)
             rt_req_release(rt, &rt->reqs[i], false);
     CHECK(rt->n_active == 0 && rt->q_len == 0 && rt->n_dispatched == 0);
+    CHECK(rt->n_clients == 0); /* client entries leave with their last request */
     drain_peers();
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         const rt_worker_t *w = &rt->workers[i];

@@ -67,6 +67,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.router.heartbeat_ms, 500);
     assert_int_equal(c.router.liveness, 4);
     assert_int_equal(c.router.stream_stall_ms, 30000);
+    assert_int_equal(c.router.client_heartbeat_ms, 1000);
+    assert_int_equal(c.router.client_liveness, 5);
     assert_int_equal(c.prefill.max_batch_tokens, 2048);
     assert_int_equal(c.prefill.max_batch_size, 16);
     assert_int_equal(c.prefill.wait_ms, 2);
@@ -134,6 +136,8 @@ static const char *g_full =
     "  heartbeat_ms: 100\n"
     "  liveness: 3\n"
     "  stream_stall_ms: 2000\n"
+    "  client_heartbeat_ms: 300\n"
+    "  client_liveness: 7\n"
     "prefill:\n"
     "  max_batch_tokens: 512\n"
     "  max_batch_size: 4\n"
@@ -202,6 +206,8 @@ static void test_full_file(void **state)
     assert_int_equal(c.router.heartbeat_ms, 100);
     assert_int_equal(c.router.liveness, 3);
     assert_int_equal(c.router.stream_stall_ms, 2000);
+    assert_int_equal(c.router.client_heartbeat_ms, 300);
+    assert_int_equal(c.router.client_liveness, 7);
     assert_int_equal(c.prefill.max_batch_tokens, 512);
     assert_int_equal(c.prefill.max_batch_size, 4);
     assert_int_equal(c.prefill.wait_ms, 0);
@@ -285,6 +291,10 @@ static void test_bad_integers(void **state)
     (void)state;
     expect_error("prefill:\n  wait_ms: 1\n  max_batch_tokens: abc\n",
                  "t.yaml:3: prefill.max_batch_tokens: expected an integer in [1, 1048576], got 'abc'");
+    expect_error("router:\n  client_heartbeat_ms: 5\n",
+                 "t.yaml:2: router.client_heartbeat_ms: expected an integer in [10, 60000], got '5'");
+    expect_error("router:\n  client_liveness: 0\n",
+                 "t.yaml:2: router.client_liveness: expected an integer in [1, 100], got '0'");
     const char *bad[] = { "-1", "0", "1048577", "99999999999999999999999", "18446744073709551616",
                           "0x10", "1.5", "1e3", "010", "+5", "5 ", "\"\"", "''", "~", "1_000" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
