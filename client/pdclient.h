@@ -159,6 +159,7 @@ typedef struct {
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us; /* acknowledged transfers, sum of ship->ack us */
     uint64_t prefill_us, decode_us;        /* sums of forward-pass times */
+    uint32_t prefill_pass_tokens;          /* current cap on tokens per prefill pass (0: none yet) */
 } pd_worker_status_t;
 
 typedef struct {

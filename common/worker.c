@@ -226,6 +226,10 @@ static void send_heartbeat(wk_t *w)
     c.kv_rejected = w->c.kv_rejected;
     c.decode_tokens = w->c.decode_tokens;
     c.max_running = w->c.max_running;
+    if (w->role != WK_ROLE_DECODE) {
+        c.has_prefill_pass_tokens = true;
+        c.prefill_pass_tokens = wk_prefill_pass_tokens(w);
+    }
     Pd__Heartbeat h = PD__HEARTBEAT__INIT;
     h.has_queued_prefill_tokens = h.has_running_seqs = h.has_free_blocks = true;
     h.has_total_blocks = h.has_draining = h.has_waiting_seqs = true;

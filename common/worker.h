@@ -99,6 +99,7 @@ typedef struct {
     uint32_t n_past;           /* positions in the cache */
     int32_t last_token;        /* next token to feed, at position n_past */
     uint32_t last_index;       /* its index in the output */
+    bool echo_first;           /* send last_token (the prefill worker's) with the first step */
     uint64_t admit_order;
     uint64_t t_ms;
 } wk_seq_t;
@@ -216,6 +217,9 @@ bool wk_prefill_ready(wk_t *w);  /* a batch should run now */
 void wk_prefill_run(wk_t *w);    /* one batched forward pass */
 void wk_prefill_timers(wk_t *w); /* shipping retries, lease expiry, freeing */
 uint32_t wk_prefill_queued_tokens(const wk_t *w);
+/* Tokens one prefill pass may take now: prefill.max_batch_tokens, capped
+ * so a pass stays within half a heartbeat at the measured speed. */
+uint32_t wk_prefill_pass_tokens(const wk_t *w);
 bool wk_prefill_busy(const wk_t *w); /* anything queued, shipping or leased */
 void wk_prefill_poll_egress(wk_t *w);
 void wk_prefill_drop_all(wk_t *w);

@@ -128,6 +128,11 @@ static int attach(wk_t *w, wk_seq_t *s, uint32_t n_tokens, int32_t first, zmq_ms
     s->last_token = first;
     s->last_index = s->params.n_generated;
     s->hist[s->n_hist++] = first;
+    /* The prefill worker streams this token itself, on another socket; if
+     * it stalls or dies after shipping, our tokens would reach the router
+     * ahead of it. Echoing it makes our stream complete on its own (the
+     * router drops whichever copy comes second). */
+    s->echo_first = true;
     s->st = DS_WAITING;
     s->t_ms = pd_net_now_ms();
     w->c.kv_recv_bytes += (uint64_t)nb * w->block_bytes;
@@ -582,11 +587,23 @@ void wk_decode_step(wk_t *w)
     if (n > w->c.max_running)
         w->c.max_running = n;
     w->c.decode_tokens += n;
-    Pd__TokenEntry ents[n];
-    Pd__TokenEntry *eps[n];
+    Pd__TokenEntry ents[2 * n];
+    Pd__TokenEntry *eps[2 * n];
     bool done[n];
+    uint32_t ne = 0;
     for (uint32_t k = 0; k < n; k++) {
         wk_seq_t *s = run[k];
+        if (s->echo_first) {
+            Pd__TokenEntry *e = &ents[ne];
+            pd__token_entry__init(e);
+            e->has_request_id = e->has_epoch = e->has_token = e->has_index = true;
+            e->request_id = s->req;
+            e->epoch = s->epoch;
+            e->token = s->last_token;
+            e->index = s->last_index;
+            eps[ne++] = e;
+            s->echo_first = false;
+        }
         uint32_t pos = s->n_past + 1;
         int32_t tok = pd_sample(&s->params.s, w->logits + (size_t)k * w->vocab, w->vocab, pos,
                                 s->hist, s->n_hist, w->scratch);
@@ -598,7 +615,7 @@ void wk_decode_step(wk_t *w)
         if (s->n_hist < s->cap_hist)
             s->hist[s->n_hist++] = tok;
         done[k] = fin != PD__FINISH_REASON__FINISH_NONE;
-        Pd__TokenEntry *e = &ents[k];
+        Pd__TokenEntry *e = &ents[ne];
         pd__token_entry__init(e);
         e->has_request_id = e->has_epoch = e->has_token = e->has_index = true;
         e->request_id = s->req;
@@ -607,10 +624,10 @@ void wk_decode_step(wk_t *w)
         e->index = index;
         e->has_finish_reason = done[k];
         e->finish_reason = fin;
-        eps[k] = e;
+        eps[ne++] = e;
     }
     Pd__TokenBatch tb = PD__TOKEN_BATCH__INIT;
-    tb.n_entries = n;
+    tb.n_entries = ne;
     tb.entries = eps;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_TOKENS;

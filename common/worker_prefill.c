@@ -402,9 +402,22 @@ static void after_prefill(wk_t *w, wk_task_t *t, Pd__FinishReason fin, uint32_t 
     try_ship(w, t);
 }
 
-void wk_prefill_run(wk_t *w)
+/* Test hook PD_TEST_LOSE_FIRST_TOKEN=1 (docs/config.md): the first token of
+ * a request shipped to another worker is never sent, as when this worker
+ * stalls or dies between shipping the KV and streaming the token. The
+ * decode worker's echo of it (worker_decode.c) must keep the stream whole. */
+static bool lose_first_token(void)
 {
-    uint32_t max_seqs = w->cfg.prefill.max_batch_size;
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("PD_TEST_LOSE_FIRST_TOKEN");
+        on = v != NULL && strcmp(v, "1") == 0;
+    }
+    return on == 1;
+}
+
+uint32_t wk_prefill_pass_tokens(const wk_t *w)
+{
     uint32_t max_tok = w->cfg.prefill.max_batch_tokens;
     /* A pass blocks the reactor: keep it well inside a heartbeat interval
      * (measured speed), so liveness never mistakes a long prompt for a
@@ -417,10 +430,17 @@ void wk_prefill_run(wk_t *w)
     } else if (max_tok > WK_FIRST_PASS_TOKENS) {
         max_tok = WK_FIRST_PASS_TOKENS; /* no measurement yet: start small */
     }
-    if (max_seqs > w->max_fwd_seqs)
-        max_seqs = w->max_fwd_seqs;
     if (max_tok > w->max_fwd_tokens)
         max_tok = w->max_fwd_tokens;
+    return max_tok;
+}
+
+void wk_prefill_run(wk_t *w)
+{
+    uint32_t max_seqs = w->cfg.prefill.max_batch_size;
+    uint32_t max_tok = wk_prefill_pass_tokens(w);
+    if (max_seqs > w->max_fwd_seqs)
+        max_seqs = w->max_fwd_seqs;
     wk_task_t *picked[w->max_fwd_seqs];
     uint32_t chunk[w->max_fwd_seqs];
     uint32_t n_seqs = 0, n_tok = 0;
@@ -498,6 +518,10 @@ void wk_prefill_run(wk_t *w)
         e->index = index;
         e->has_finish_reason = fins[s] != PD__FINISH_REASON__FINISH_NONE;
         e->finish_reason = fins[s];
+        if (!e->has_finish_reason && strcmp(t->decode_id, w->id) != 0 && lose_first_token()) {
+            PD_INFO("event=test_first_token_lost req=%llu", (unsigned long long)t->req);
+            continue;
+        }
         eps[n_ent++] = e;
     }
     PD_DEBUG("event=prefill_batch seqs=%u tokens=%u done=%u ms=%.2f", n_seqs, n_tok, n_ent,

@@ -372,6 +372,8 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         c->kv_transfer_us = w->counters.kv_transfer_us;
         c->prefill_us = w->counters.prefill_us;
         c->decode_us = w->counters.decode_us;
+        c->has_prefill_pass_tokens = true;
+        c->prefill_pass_tokens = w->counters.prefill_pass_tokens;
         c->steps = w->counters.steps;
         c->multi_seq_steps = w->counters.multi_seq_steps;
         c->joins_while_running = w->counters.joins_while_running;

@@ -42,6 +42,7 @@ typedef struct {
     uint64_t prefill_batches, prefill_multi, prefill_tokens;
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
+    uint32_t prefill_pass_tokens; /* the worker's current cap per prefill pass */
 } rt_counters_t;
 
 typedef struct {

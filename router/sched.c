@@ -329,6 +329,7 @@ static void copy_counters(rt_counters_t *c, const Pd__WorkerCounters *p)
     c->kv_transfer_us = p->kv_transfer_us;
     c->prefill_us = p->prefill_us;
     c->decode_us = p->decode_us;
+    c->prefill_pass_tokens = p->prefill_pass_tokens;
 }
 
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)
