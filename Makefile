@@ -9,6 +9,7 @@
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
 #   make lint       cppcheck + clang-tidy
+#   make soak       long soak with a nemesis (SOAK_SECONDS per seed, SOAK_SEEDS)
 
 CC       ?= gcc
 BUILD    ?= build
@@ -51,7 +52,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test asan tsan fuzz lint run stop bench bench-engine models referee clean check-tests
+.PHONY: all deps test asan tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 deps:
@@ -145,6 +146,12 @@ bench: all models
 
 bench-engine: all models
 	@BUILD=$(BUILD) scripts/bench-engine.sh
+
+# Soak: faults injected under load, P1-P4 checked over every seed's history.
+SOAK_SECONDS ?= 300
+SOAK_SEEDS   ?= 1 2 3 4 5 6 7 8 9 10
+soak: all
+	@BUILD=$(BUILD) tests/soak/run_seeds.sh $(SOAK_SECONDS) $(SOAK_SEEDS)
 
 run:
 	@scripts/run.sh start

@@ -20,6 +20,7 @@ typedef struct {
     uint64_t deadline_us; /* client-side give-up time: silence until then */
     uint64_t wait_us;     /* how long a silent stream is waited for */
     uint64_t conn_gen;    /* c->n_lost when it was sent */
+    uint64_t end_us;      /* deadline + grace: never waited for beyond (0 = none) */
 } inflight_t;
 
 struct pd_client {
@@ -286,8 +287,11 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     uint64_t wait_ms = c->timeout_ms;
     if (req->deadline_ms && (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS > wait_ms)
         wait_ms = (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS;
-    c->fl[c->n_fl++] =
-        (inflight_t){ rid, pd_net_now_us() + wait_ms * 1000u, wait_ms * 1000u, c->n_lost };
+    uint64_t now = pd_net_now_us();
+    uint64_t end = req->deadline_ms
+                       ? now + ((uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS) * 1000u
+                       : 0;
+    c->fl[c->n_fl++] = (inflight_t){ rid, now + wait_ms * 1000u, wait_ms * 1000u, c->n_lost, end };
     if (id)
         *id = rid;
     return 0;
@@ -354,8 +358,15 @@ static int deliver(pd_client_t *c, const Pd__Msg *m, pd_chunk_fn fn, void *user)
         return 0; /* not ours any more (timed out, or a stray error) */
     if (ch.is_final)
         inflight_remove(c, (size_t)i);
-    else
-        c->fl[i].deadline_us = pd_net_now_us() + c->fl[i].wait_us; /* it is alive */
+    else {
+        /* It is alive: wait again, but not past its own deadline + grace
+         * (the router that owned it may be gone: a restarted one never
+         * heard of it). */
+        inflight_t *f = &c->fl[i];
+        f->deadline_us = pd_net_now_us() + f->wait_us;
+        if (f->end_us && f->deadline_us > f->end_us)
+            f->deadline_us = f->end_us;
+    }
     if (fn && fn(&ch, user) != 0 && !ch.is_final)
         pd_client_cancel(c, ch.request_id, NULL);
     return 1;

@@ -111,7 +111,9 @@ void pd_client_free(pd_client_t *c); /* accepts NULL; in-flight requests are aba
  * router (default 60000 ms; the request's deadline_ms + 5 s when that is
  * larger), and how long pd_client_status waits. On expiry the request is
  * cancelled and a final chunk with PD_STATUS_DEADLINE_EXCEEDED is delivered.
- * The router enforces the request's own deadline_ms. */
+ * The router enforces the request's own deadline_ms; a request with a
+ * deadline_ms is never waited for beyond deadline_ms + 5 s from its submit,
+ * however recently it streamed (its router may have died mid-stream). */
 void pd_client_set_timeout(pd_client_t *c, uint32_t timeout_ms);
 
 /* Blocking: sends req and delivers its chunks to fn until the final one.

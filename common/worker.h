@@ -33,6 +33,7 @@
 
 #define WK_MAX_STOP_IDS 64
 #define WK_MAX_EGRESS 64       /* decode endpoints a prefill worker ships to */
+#define WK_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
 #define WK_MAX_ORPHANS 64      /* KV transfers held until their DecodeTask */
 #define WK_OUTBOX 4096         /* messages to the router waiting on back-pressure */
 #define WK_CANCELLED 256       /* recently cancelled (request, epoch): their KV is refused */
@@ -79,6 +80,7 @@ typedef struct {
 struct wk_egress {
     char endpoint[PD_CFG_STR];
     void *sock;                /* DEALER to a decode worker's KV ingress */
+    uint64_t last_used_ms;     /* last shipment (closed after WK_EGRESS_IDLE_MS idle) */
 };
 
 /* ====== Decode ====== */

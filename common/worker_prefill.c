@@ -229,6 +229,7 @@ static wk_egress_t *egress_get(wk_t *w, const char *endpoint)
             return NULL;
         }
     }
+    eg->last_used_ms = pd_net_now_ms();
     return eg;
 }
 
@@ -243,6 +244,31 @@ static void egress_reset(wk_t *w, const char *endpoint)
             pd_net_close(w->egress[i].sock);
             w->egress[i].sock = NULL;
         }
+}
+
+/* Closes egress sockets that no task uses and that shipped nothing for
+ * WK_EGRESS_IDLE_MS: a decode worker that died or left (a restarted one
+ * has another endpoint) must not keep a socket, its descriptors and
+ * ZeroMQ's reconnect attempts here forever, nor its slot in egress[]
+ * (with all WK_MAX_EGRESS slots holding sockets nothing could ship to a
+ * new endpoint). A live decode worker's socket is simply made again. */
+static void egress_close_idle(wk_t *w, uint64_t now)
+{
+    for (uint32_t i = 0; i < w->n_egress; i++) {
+        wk_egress_t *eg = &w->egress[i];
+        if (eg->sock == NULL || now - eg->last_used_ms < WK_EGRESS_IDLE_MS)
+            continue;
+        bool busy = false;
+        for (uint32_t k = 0; k < w->n_tasks && !busy; k++)
+            busy = w->tasks[k]->st != PT_QUEUED &&
+                   strcmp(w->tasks[k]->kv_endpoint, eg->endpoint) == 0;
+        if (busy) {
+            eg->last_used_ms = now; /* look again after another idle period */
+            continue;
+        }
+        PD_DEBUG("event=kv_egress_closed endpoint=%s", eg->endpoint);
+        egress_reset(w, eg->endpoint);
+    }
 }
 
 static void frame_done(void *data, void *hint)
@@ -574,6 +600,7 @@ void wk_prefill_timers(wk_t *w)
         }
         i++;
     }
+    egress_close_idle(w, now);
 }
 
 void wk_prefill_drop_all(wk_t *w)
