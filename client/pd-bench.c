@@ -1925,13 +1925,17 @@ static int plot(const bench_t *b, const metrics_t *m, const char *prefix)
  *   prefill:  L-token prompts (max_tokens 2, so the KV is shipped), first
  *             one at a time, then 8 at once (batched by the worker): ms per
  *             prefill pass (prefill_us / batches) with the mean prompts per
- *             pass, client TTFT, and KV transfer ms (kv_transfer_us /
- *             transfers, single prompts);
+ *             pass (below 1 when the worker cut prompts into chunks to keep
+ *             a pass within half a heartbeat), client TTFT, and KV transfer
+ *             ms (kv_transfer_us / transfers, single prompts);
+ *   prefill_pass_tokens: the workers' pass cap at the end (pd-plan
+ *             simulates the chunking with it);
  *   decode:   B requests at once with C-token prompts and 32 output tokens:
  *             mean batch (decode_tokens / steps) and ms per step
  *             (decode_us / steps) at mean context C + 16;
- *   overhead: median over the prefill runs of TTFT - prefill pass - the
- *             queueing the router reported (network, router, scheduling).
+ *   overhead: median over the single-prompt runs of TTFT - the prompt's
+ *             prefill passes - the queueing the router reported (network,
+ *             router, scheduling).
  */
 
 #define PROFILE_REPEAT 3        /* prefill runs per prompt length */
@@ -1942,6 +1946,7 @@ typedef struct {
     uint64_t prefill_us, prefill_batches, kv_transfers, kv_transfer_us;
     uint64_t steps, decode_us, decode_tokens;
     uint32_t decode_blocks; /* smallest total_blocks of a decode-capable worker */
+    uint32_t pass_tokens;   /* smallest prefill pass cap of a prefill-capable worker */
     size_t n_prefill, n_decode;
 } counters_t;
 
@@ -1967,6 +1972,9 @@ static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, 
         k->n_decode += dec;
         if (dec && (k->decode_blocks == 0 || w->total_blocks < k->decode_blocks))
             k->decode_blocks = w->total_blocks;
+        if (pre && w->prefill_pass_tokens &&
+            (k->pass_tokens == 0 || w->prefill_pass_tokens < k->pass_tokens))
+            k->pass_tokens = w->prefill_pass_tokens;
         /* the oldest heartbeat decides whether every worker has reported */
         if (*min_fresh_ms == UINT64_MAX || w->last_seen_ms > *min_fresh_ms)
             *min_fresh_ms = w->last_seen_ms;
@@ -2067,6 +2075,14 @@ static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *c
     double ovh[64];
     size_t n_ovh = 0;
     uint32_t n_bos = pd_tok_add_bos(tok) && pd_tok_bos(tok) >= 0 ? 1 : 0;
+    {
+        /* Warm-up, not recorded: a worker's first passes fault in the
+         * mmapped weights and would weigh on the fit as slow points. */
+        double ttft, queue;
+        fprintf(stderr, "pd-bench: --profile: warm-up\n");
+        if (profile_run(o, c, tok, rng, 2, 1, 16, 4, &k0, &k1, &ttft, &queue) != 0)
+            goto done;
+    }
     for (uint32_t len = 16; len <= max_ctx; len *= 2) {
         /* one prompt at a time, then a burst the worker batches */
         uint32_t burst = o->profile_max_batch < 8 ? o->profile_max_batch : 8;
@@ -2100,8 +2116,10 @@ static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *c
                                                         1000.0 / (double)nt));
                 json_array_append_new(kv, kt);
             }
+            /* all of a prompt's passes (more than one when it was cut) */
+            double per_prompt = (double)(k1.prefill_us - k0.prefill_us) / 1000.0 / (double)n;
             if (n_ovh < 64)
-                ovh[n_ovh++] = ttft - pms - queue > 0 ? ttft - pms - queue : 0;
+                ovh[n_ovh++] = ttft - per_prompt - queue > 0 ? ttft - per_prompt - queue : 0;
         }
     }
     uint32_t ctxs[3] = { 32, 128, max_ctx }, n_ctx = max_ctx > 128 ? 3 : max_ctx > 32 ? 2 : 1;
@@ -2132,6 +2150,9 @@ static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *c
     json_object_set_new(j, "n_decode_workers", json_integer((json_int_t)k1.n_decode));
     json_object_set_new(j, "decode_kv_blocks", json_integer(k1.decode_blocks));
     json_object_set_new(j, "overhead_ms", json_real(percentile(ovh, n_ovh, 50)));
+    /* the cap a prefill pass had at the end (workers keep a pass within
+     * half a heartbeat at their measured speed; 0 = not reported) */
+    json_object_set_new(j, "prefill_pass_tokens", json_integer(k1.pass_tokens));
     json_object_set_new(j, "prefill", pre);
     json_object_set_new(j, "kv_transfer", kv);
     json_object_set_new(j, "decode", dec);

@@ -3,23 +3,28 @@
  *   pd-plan --profile FILE --request-rate R --input-len I --output-len O
  *           --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]
  *           [--num-requests N] [--seed S] [--prefill-batch-tokens T]
- *           [--prefill-batch-size B] [--decode-batch-size B] [--kv-blocks N]
- *           [--json FILE]
+ *           [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]
+ *           [--decode-batch-size B] [--kv-blocks N] [--json FILE]
  *
  * FILE is what `pd-bench --profile` measured on a live cluster: prefill pass
  * time against prompt tokens, decode step time against batch size and
  * context, KV transfer time against tokens, and the fixed overhead a first
  * token pays (router, network). pd-plan fits
  *     prefill_ms(n, T) = a + b*n*T + c*n*T^2     (a pass over n prompts of T
- *                                                 tokens; c >= 0)
+ *                                                 tokens; c >= 0; n < 1 when
+ *                                                 prompts took several passes)
  *     decode_ms(B, C) = a + b*B + c*B*C
  *     kv_ms(T)        = a + b*T
  * by least squares and runs a discrete-event simulation of P prefill and D
  * decode workers under the router's rules:
- *   - a request arrives (Poisson, rate R) and goes to the prefill worker with
+ *   - a request arrives (Poisson, rate R; or at the submit times of a
+ *     pd-bench --save-requests file, --arrivals) and goes to the prefill worker with
  *     the fewest queued prompt tokens;
  *   - a prefill worker runs FIFO batches (at most --prefill-batch-size
- *     prompts and --prefill-batch-tokens tokens) and emits each first token
+ *     prompts and min(--prefill-batch-tokens, the pass cap) tokens, the cap
+ *     being the profile's prefill_pass_tokens or --prefill-pass-tokens: a
+ *     worker keeps each pass within half a heartbeat, cutting long prompts
+ *     into chunks) and emits each first token when its last chunk is done
  *     (TTFT = prefill end - arrival + overhead);
  *   - the KV goes to the decode worker with the most free KV blocks, arrives
  *     after kv_ms, and joins the running batch at a step boundary when the
@@ -60,16 +65,87 @@ typedef struct {
     double rate, ttft_slo_ms, tpot_slo_ms, attainment;
     uint32_t input_len, output_len, max_workers, num_requests;
     uint32_t prefill_batch_tokens, prefill_batch_size, decode_batch_size, kv_blocks;
+    uint32_t prefill_pass_tokens; /* 0: the profile's (0 there too: no cap) */
     uint64_t seed;
+    const char *arrivals_path; /* --arrivals: replay these submit times */
+    double *arrivals;          /* (num_requests) seconds from the first, ascending */
 } opts_t;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* --arrivals FILE: pd-bench --save-requests records (one JSON object per
+ * line); their start_ms become the simulated arrival times, so a
+ * prediction and a measurement see the very same arrivals (no sampling
+ * noise between them). Sets o->arrivals, o->num_requests and, unless
+ * given, o->rate (requests / span). */
+static int load_arrivals(opts_t *o)
+{
+    FILE *f = fopen(o->arrivals_path, "r");
+    if (f == NULL) {
+        fprintf(stderr, "pd-plan: --arrivals %s: %s\n", o->arrivals_path, strerror(errno));
+        return -1;
+    }
+    size_t n = 0, cap = 0, line_no = 0;
+    double *t = NULL;
+    char *line = NULL;
+    size_t line_cap = 0;
+    int rc = -1;
+    while (getline(&line, &line_cap, f) > 0) {
+        line_no++;
+        if (line[0] == '\n')
+            continue;
+        json_error_t je;
+        json_t *j = json_loads(line, 0, &je);
+        json_t *v = json_is_object(j) ? json_object_get(j, "start_ms") : NULL;
+        double x = json_is_number(v) ? json_number_value(v) : -1;
+        json_decref(j);
+        if (!(x >= 0 && x < 1e12)) {
+            fprintf(stderr, "pd-plan: --arrivals %s: line %zu: no start_ms >= 0 (a pd-bench "
+                            "--save-requests record?)\n", o->arrivals_path, line_no);
+            goto done;
+        }
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 256;
+            double *p = nc <= 10000000 ? realloc(t, nc * sizeof *p) : NULL;
+            if (p == NULL) {
+                fprintf(stderr, "pd-plan: --arrivals %s: too many records\n", o->arrivals_path);
+                goto done;
+            }
+            t = p, cap = nc;
+        }
+        t[n++] = x / 1000.0;
+    }
+    if (n == 0) {
+        fprintf(stderr, "pd-plan: --arrivals %s: no records\n", o->arrivals_path);
+        goto done;
+    }
+    qsort(t, n, sizeof *t, cmp_double);
+    for (size_t i = n; i-- > 0;)
+        t[i] -= t[0];
+    o->arrivals = t;
+    o->num_requests = (uint32_t)n;
+    if (o->rate < 0)
+        o->rate = t[n - 1] > 0 ? (double)(n - 1) / t[n - 1] : 1;
+    t = NULL;
+    rc = 0;
+done:
+    free(t);
+    free(line);
+    fclose(f);
+    return rc;
+}
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pd-plan --profile FILE --request-rate R --input-len I --output-len O\n"
                "               --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]\n"
                "               [--num-requests N] [--seed S] [--prefill-batch-tokens T]\n"
-               "               [--prefill-batch-size B] [--decode-batch-size B] [--kv-blocks N]\n"
-               "               [--json FILE]\n"
+               "               [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]\n"
+               "               [--decode-batch-size B] [--kv-blocks N] [--json FILE]\n"
                "FILE comes from `pd-bench --profile FILE`. Exit: 0 a cluster meets the SLOs,\n"
                "1 none within --max-workers, 2 bad options or profile.\n");
 }
@@ -131,6 +207,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
             rc = parse_u32(a, v, 1, 10000000, &o->num_requests);
         else if (!strcmp(a, "--prefill-batch-tokens"))
             rc = parse_u32(a, v, 1, 100000000, &o->prefill_batch_tokens);
+        else if (!strcmp(a, "--arrivals"))
+            o->arrivals_path = v;
+        else if (!strcmp(a, "--prefill-pass-tokens"))
+            rc = parse_u32(a, v, 1, 100000000, &o->prefill_pass_tokens);
         else if (!strcmp(a, "--prefill-batch-size"))
             rc = parse_u32(a, v, 1, 100000, &o->prefill_batch_size);
         else if (!strcmp(a, "--decode-batch-size"))
@@ -153,7 +233,7 @@ static int parse_args(int argc, char **argv, opts_t *o)
             return -1;
     }
     const char *missing = !o->profile_path      ? "--profile"
-                          : o->rate < 0         ? "--request-rate"
+                          : o->rate < 0 && !o->arrivals_path ? "--request-rate"
                           : !o->input_len       ? "--input-len"
                           : !o->output_len      ? "--output-len"
                           : o->ttft_slo_ms < 0  ? "--ttft-slo"
@@ -175,6 +255,7 @@ typedef struct {
     double min_pre_ms, min_dec_ms; /* floors: the fastest measured pass/step */
     double overhead_ms;
     uint32_t block_size, kv_blocks;
+    uint32_t pass_tokens; /* tokens one prefill pass may take (chunked prefill); 0 = no cap */
     char model[128];
 } model_t;
 
@@ -287,6 +368,13 @@ static int load_model(const opts_t *o, model_t *m)
     }
     m->block_size = (uint32_t)bs;
     m->kv_blocks = o->kv_blocks ? o->kv_blocks : (uint32_t)blocks;
+    /* Optional (older profiles): the prefill workers' pass cap. */
+    json_t *pt = json_object_get(root, "prefill_pass_tokens");
+    double cap = 0;
+    if (pt != NULL && get_num(o->profile_path, root, NULL, 0, "prefill_pass_tokens", &cap) != 0)
+        goto done;
+    m->pass_tokens = o->prefill_pass_tokens ? o->prefill_pass_tokens
+                     : cap >= 1 && cap <= 1e8 ? (uint32_t)cap : 0;
     const char *name = json_string_value(json_object_get(root, "model_id"));
     snprintf(m->model, sizeof m->model, "%s", name ? name : "?");
 
@@ -298,8 +386,10 @@ static int load_model(const opts_t *o, model_t *m)
         goto done;
     m->min_pre_ms = INFINITY;
     for (size_t i = 0; i < n; i++) {
-        if (u[i] < 1) {
-            fprintf(stderr, "pd-plan: --profile %s: prefill[%zu].batch: %g is below 1\n",
+        /* batch < 1: prompts cut into several passes (chunked prefill);
+         * n*T is still the tokens per pass and n*T^2 its attention work */
+        if (!(u[i] > 0) || u[i] > 1e6) {
+            fprintf(stderr, "pd-plan: --profile %s: prefill[%zu].batch: %g is not in (0, 1e6]\n",
                     o->profile_path, i, u[i]);
             goto done;
         }
@@ -368,11 +458,14 @@ done:
     return rc;
 }
 
-/* One prefill pass over n prompts of len tokens each: the linear part grows
- * with the batch's tokens, the attention part with each prompt's square. */
-static double prefill_ms(const model_t *m, double n, double len)
+/* One prefill pass of `tokens` tokens whose attention work is `att`: a
+ * chunk of c tokens at offset o in its prompt counts c * (2o + c), so a
+ * whole prompt of T tokens counts T^2 and a prompt's chunks add up to T^2
+ * however it is cut. For n whole prompts of T tokens this is the fitted
+ * a + b*n*T + c*n*T^2. */
+static double prefill_ms(const model_t *m, double tokens, double att)
 {
-    double v = m->pre[0] + m->pre[1] * n * len + m->pre[2] * n * len * len;
+    double v = m->pre[0] + m->pre[1] * tokens + m->pre[2] * att;
     return v > m->min_pre_ms * 0.5 ? v : m->min_pre_ms * 0.5;
 }
 
@@ -453,6 +546,7 @@ static event_t heap_pop(heap_t *h)
 
 typedef struct {
     double arrive, prefill_end, first, finish;
+    uint32_t pdone;  /* prompt tokens prefilled so far (chunked prefill) */
     uint32_t gen;    /* tokens made by decode steps */
     uint32_t dw;     /* decode worker */
 } sreq_t;
@@ -474,7 +568,8 @@ static uint32_t fifo_pop(fifo_t *f)
 
 typedef struct {
     fifo_t q;
-    uint32_t *batch; /* (n_batch) prompts in the running pass */
+    uint32_t *batch; /* (n_batch) prompts in the running pass, head of q first */
+    uint32_t *chunk; /* (n_batch) their tokens in this pass */
     size_t n_batch;
     uint64_t load_tokens; /* queued + running prompt tokens */
     bool busy;
@@ -507,21 +602,37 @@ typedef struct {
 /* Prompt tokens of a request, BOS included. */
 static double o_len(const sim_t *s) { return (double)s->o->input_len + 1; }
 
+/* The prefill worker's rule (wk_prefill_run): FIFO from the head of the
+ * queue, up to prefill_batch_size prompts and a token budget of
+ * min(prefill_batch_tokens, the pass cap); each prompt gives what is left of
+ * it or what is left of the budget, so only the last one picked can be cut
+ * (chunked prefill: it stays at the head for the next pass). */
 static int start_prefill(sim_t *s, uint32_t w, double now)
 {
     pworker_t *p = &s->pw[w];
     if (p->busy || p->q.n == 0)
         return 0;
+    uint32_t len = (uint32_t)o_len(s);
+    uint64_t budget = s->o->prefill_batch_tokens;
+    if (s->m->pass_tokens && s->m->pass_tokens < budget)
+        budget = s->m->pass_tokens;
     uint64_t tokens = 0;
+    double att = 0;
     p->n_batch = 0;
-    while (p->q.n && p->n_batch < s->o->prefill_batch_size &&
-           (p->n_batch == 0 || tokens + s->o->input_len <= s->o->prefill_batch_tokens)) {
-        p->batch[p->n_batch++] = fifo_pop(&p->q);
-        tokens += s->o->input_len;
+    for (size_t i = 0; i < p->q.n && p->n_batch < s->o->prefill_batch_size && tokens < budget;
+         i++) {
+        uint32_t r = p->q.v[(p->q.head + i) % p->q.cap];
+        uint32_t off = s->r[r].pdone, take = len - off;
+        if (take > budget - tokens)
+            take = (uint32_t)(budget - tokens);
+        p->batch[p->n_batch] = r;
+        p->chunk[p->n_batch++] = take;
+        tokens += take;
+        att += (double)take * (2.0 * off + take);
     }
     p->busy = true;
-    return heap_push(&s->h, now + prefill_ms(s->m, (double)p->n_batch, o_len(s)) / 1000.0,
-                     EV_PREFILL_DONE, w);
+    return heap_push(&s->h, now + prefill_ms(s->m, (double)tokens, att) / 1000.0, EV_PREFILL_DONE,
+                     w);
 }
 
 static int start_step(sim_t *s, uint32_t w, double now)
@@ -558,8 +669,13 @@ static int on_event(sim_t *s, event_t e)
     }
     if (e.type == EV_PREFILL_DONE) {
         pworker_t *p = &s->pw[e.a];
+        uint32_t len = (uint32_t)o_len(s);
         for (size_t i = 0; i < p->n_batch; i++) {
             sreq_t *r = &s->r[p->batch[i]];
+            r->pdone += p->chunk[i];
+            if (r->pdone < len)
+                continue; /* cut: the rest goes in the next pass */
+            fifo_pop(&p->q); /* whole prompts leave from the head, in order */
             r->prefill_end = e.t;
             r->first = e.t + s->m->overhead_ms / 1000.0;
             p->load_tokens -= o->input_len;
@@ -604,12 +720,6 @@ static int on_event(sim_t *s, event_t e)
     return start_step(s, e.a, e.t);
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double p90(double *v, size_t n)
 {
     qsort(v, n, sizeof *v, cmp_double);
@@ -637,7 +747,8 @@ static int simulate(const opts_t *o, const model_t *m, uint32_t P, uint32_t D, r
     for (uint32_t w = 0; w < P; w++) {
         s.pw[w].q = (fifo_t){ calloc(n, sizeof(uint32_t)), 0, 0, n };
         s.pw[w].batch = calloc(o->prefill_batch_size, sizeof(uint32_t));
-        if (!s.pw[w].q.v || !s.pw[w].batch)
+        s.pw[w].chunk = calloc(o->prefill_batch_size, sizeof(uint32_t));
+        if (!s.pw[w].q.v || !s.pw[w].batch || !s.pw[w].chunk)
             goto done;
     }
     for (uint32_t w = 0; w < D; w++) {
@@ -650,6 +761,8 @@ static int simulate(const opts_t *o, const model_t *m, uint32_t P, uint32_t D, r
     uint64_t x = o->seed * 0x9e3779b97f4a7c15ull + 1; /* the same arrivals for every P:D */
     double t = 0;
     for (size_t i = 0; i < n; i++) {
+        if (o->arrivals)
+            t = o->arrivals[i];
         s.r[i].arrive = t;
         if (heap_push(&s.h, t, EV_ARRIVAL, (uint32_t)i) != 0)
             goto done;
@@ -688,7 +801,7 @@ static int simulate(const opts_t *o, const model_t *m, uint32_t P, uint32_t D, r
     rc = 0;
 done:
     for (uint32_t w = 0; s.pw && w < P; w++)
-        free(s.pw[w].q.v), free(s.pw[w].batch);
+        free(s.pw[w].q.v), free(s.pw[w].batch), free(s.pw[w].chunk);
     for (uint32_t w = 0; s.dw && w < D; w++)
         free(s.dw[w].wait.v), free(s.dw[w].run);
     free(s.pw), free(s.dw), free(s.r), free(s.h.v), free(ttft), free(tpot);
@@ -809,23 +922,31 @@ int main(int argc, char **argv)
         usage(prc > 0 ? stdout : stderr);
         return prc > 0 ? 0 : EXIT_USAGE;
     }
-    model_t m;
-    if (load_model(&o, &m) != 0)
+    if (o.arrivals_path && load_arrivals(&o) != 0)
         return EXIT_USAGE;
+    model_t m;
+    if (load_model(&o, &m) != 0) {
+        free(o.arrivals);
+        return EXIT_USAGE;
+    }
     rows_t rows = { 0 };
     if (search(&o, &m, &rows) != 0) {
         fprintf(stderr, "pd-plan: out of memory\n");
         free(rows.v);
+        free(o.arrivals);
         return EXIT_NONE;
     }
     printf("pd-plan: model %s, rate %g req/s, input %u, output %u tokens; SLOs TTFT <= %g ms, "
            "TPOT <= %g ms, attainment >= %g; %u requests simulated per config\n",
            m.model, o.rate, o.input_len, o.output_len, o.ttft_slo_ms, o.tpot_slo_ms, o.attainment,
            o.num_requests);
+    char cap_text[32] = "none";
+    if (m.pass_tokens)
+        snprintf(cap_text, sizeof cap_text, "%u tokens", m.pass_tokens);
     printf("cost model: prefill_ms(n,T) = %.4g + %.4g*n*T + %.4g*n*T^2; decode_ms(B,C) = %.4g + %.4g*B + "
-           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms\n",
+           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass cap %s\n",
            m.pre[0], m.pre[1], m.pre[2], m.dec[0], m.dec[1], m.dec[2], m.kv[0], m.kv[1],
-           m.overhead_ms);
+           m.overhead_ms, cap_text);
     printf("%5s %5s %8s %15s %11s %14s %14s %6s\n", "P", "D", "workers", "goodput(req/s)",
            "attainment", "p90 TTFT(ms)", "p90 TPOT(ms)", "meets");
     const row_t *best = NULL;
@@ -862,6 +983,14 @@ int main(int argc, char **argv)
         json_object_set_new(j, "tpot_slo_ms", json_real(o.tpot_slo_ms));
         json_object_set_new(j, "attainment_target", json_real(o.attainment));
         json_object_set_new(j, "num_requests", json_integer(o.num_requests));
+        json_object_set_new(j, "prefill_pass_tokens", json_integer(m.pass_tokens));
+        json_object_set_new(j, "cost_model", json_pack("{s:[f,f,f],s:[f,f,f],s:[f,f],s:f}",
+                                                       "prefill", m.pre[0], m.pre[1], m.pre[2],
+                                                       "decode", m.dec[0], m.dec[1], m.dec[2],
+                                                       "kv", m.kv[0], m.kv[1], "overhead_ms",
+                                                       m.overhead_ms));
+        json_object_set_new(j, "arrivals", o.arrivals_path ? json_string(o.arrivals_path)
+                                                           : json_null());
         for (size_t i = 0; i < rows.n; i++)
             json_array_append_new(arr, row_json(&rows.v[i]));
         json_object_set_new(j, "configs", arr);
@@ -873,5 +1002,6 @@ int main(int argc, char **argv)
         json_decref(j);
     }
     free(rows.v);
+    free(o.arrivals);
     return status;
 }

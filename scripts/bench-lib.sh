@@ -18,9 +18,10 @@ BENCH_PIDS=()
 # to 129 tokens here) in one pass; at ~4 ms/token that needs a beat over ~1 s.
 # Liveness 14 beats (21 s), so a slow pass on a loaded core is never taken
 # for a dead worker.
-BENCH_SETS=(--set model.threads=1 --set worker.heartbeat_ms=1500 --set router.heartbeat_ms=1500
-            --set worker.liveness=14 --set router.liveness=14
-            --set router.max_queue=100000 --set router.max_inflight=4096)
+# Default heartbeats (500 ms, liveness 4): a prefill worker keeps each pass
+# within half a beat at its measured speed (chunked prefill), which the
+# profile records and pd-plan simulates.
+BENCH_SETS=(--set model.threads=1 --set router.max_queue=100000 --set router.max_inflight=4096)
 
 bench_stop() {
     local p

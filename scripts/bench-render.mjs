@@ -29,6 +29,9 @@ for (const l of readFileSync(`${OUT}/commands.tsv`, "utf8").trim().split("\n")) 
 }
 const J = (name) => JSON.parse(readFileSync(`${OUT}/${name}.json`, "utf8"));
 const has = (name) => existsSync(`${OUT}/${name}.json`);
+// the prefill workers' pass cap at the end of the profile (0: not reported)
+const passCap = has("profile") ? J("profile").prefill_pass_tokens ?? 0 : 0;
+const capText = passCap > 0 ? `${passCap} tokens` : "not reported";
 const reqs = (name) =>
   readFileSync(`${OUT}/${name}.req.jsonl`, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
 
@@ -98,9 +101,9 @@ p(
     "f32 weights, 110 M parameters; synthetic weights, so the text is meaningless but the cost is real).",
   "- **Cluster**: one router and single-thread workers (`model.threads=1`) on loopback, ephemeral ports; a worker " +
     "\"pinned to core N\" runs under `taskset -c N`. The router and pd-bench are not pinned: they share the two cores " +
-    "with the workers. Heartbeats every 1.5 s, liveness 14 beats (a worker cannot beat during a forward pass, and a " +
-    "prefill worker caps one pass at half a beat of its measured speed, here ~190 tokens, chunking longer prompts). " +
-    "Other settings are the defaults (prefill batches ≤ 16 prompts / 2048 tokens, decode batches ≤ 32 sequences, " +
+    "with the workers. Heartbeats at the defaults (500 ms, liveness 4 beats): a worker cannot beat during a forward " +
+    `pass, so a prefill worker keeps one pass within half a beat at its measured speed (here ${capText} per pass at ` +
+    "the end of the profile), cutting longer prompts into chunks (chunked prefill). Other settings are the defaults (prefill batches ≤ 16 prompts / 2048 tokens, decode batches ≤ 32 sequences, " +
     "512 MiB of KV per worker).",
   "- **Processes** (every cluster below; `MODEL` = `build/models/" + model + ".gguf`, ports from the ephemeral range, " +
     "announced in the router's ready file):",
@@ -294,7 +297,7 @@ for (const [w, name] of [["pre", `prefill-heavy (${preIn} → ${preOut})`], ["de
       "the disaggregated cluster, the colocated one still has the other core's share of it. The disaggregated cluster " +
       "also ships every prompt's KV (72 KiB per token in f32) between processes. What colocation costs is " +
       "interference: a colocated decode batch stalls behind every prefill pass on its core (passes are capped at " +
-      "~190 tokens), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is " +
+      `${capText}), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is " +
       `${f(tail(pc), 1)} colocated against ${f(tail(pd), 1)} disaggregated (p50 ${f(pc.median_tpot_ms, 1)} → p99 ` +
       `${f(pc.p99_tpot_ms, 1)} ms colocated; ${f(pd.median_tpot_ms, 1)} → ${f(pd.p99_tpot_ms, 1)} ms disaggregated). ` +
       "Disaggregation wins when that interference is what breaks the TPOT SLO while neither of its single-phase " +
@@ -350,7 +353,8 @@ const cm = planTxt.match(
   /prefill_ms\(n,T\) = (\S+) \+ (\S+)\*n\*T \+ (\S+)\*n\*T\^2; decode_ms\(B,C\) = (\S+) \+ (\S+)\*B \+ (\S+)\*B\*C; kv_ms\(T\) = (\S+) \+ (\S+)\*T; overhead (\S+) ms/,
 );
 p("**pd-plan's prediction vs measurement.** `pd-bench --profile` measured the 1:1 cluster (idle) before the sweep; " +
-  "pd-plan then simulated each measured run (same rate, lengths, SLOs and number of requests):", "");
+  "pd-plan then simulated each measured run: same lengths and SLOs, and the run's own arrival times (`--arrivals` " +
+  "replays pd-bench's `--save-requests` records), so both sides see the same requests at the same moments:", "");
 if (cm) p("```", `cost model: ${cm[0]}`, "```", "");
 else p(`pd-plan did not produce a plan: \`${planTxt.trim().split("\n")[0]}\``, "");
 p("| P:D | rate (req/s) | measured goodput | predicted | error | fits this machine |", "|---|---|---|---|---|---|");
@@ -382,12 +386,12 @@ p("");
       `${within.length} of ${errs.length} rates` +
       (within.length < errs.length
         ? ` (off at ${errs.filter(([, e]) => Math.abs(e) > 0.15).map(([r, e]) => `${r} req/s: ${showErr(e)}`).join(", ")}; ` +
-          "the profile is measured on an idle cluster, while under load the router and pd-bench take CPU from the workers on this 2-core machine, and other jobs were running)."
+          "the profile is measured on an idle cluster, while under load the router and pd-bench take CPU from the workers on this 2-core machine" +
+          (Number(meta.load_start.split(" ")[0]) > 1.5 ? ", and other jobs were running)." : ").")
         : ").") +
-      ` The runs are short (${sweepRows.map(([, j]) => j.completed).join(", ")} requests), so one request more or less ` +
-      `meeting the SLOs moves a measured goodput by ${f(100 / Math.max(...sweepRows.map(([, j]) => j.completed)), 0)}–` +
-      `${f(100 / Math.max(1, Math.min(...sweepRows.map(([, j]) => j.completed))), 0)} %: this table checks the simulator's order of magnitude ` +
-      "and its trend, not its last digit; longer runs (raise `SWEEP_S` in scripts/bench.sh) tighten it.",
+      ` Runs of ${sweepRows.map(([, j]) => j.completed).join(", ")} requests: one request more or less ` +
+      `meeting the SLOs moves a measured goodput by ${f(100 / Math.max(...sweepRows.map(([, j]) => j.completed)), 1)}–` +
+      `${f(100 / Math.max(1, Math.min(...sweepRows.map(([, j]) => j.completed))), 1)} %.`,
     "",
   );
 }

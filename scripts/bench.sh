@@ -79,8 +79,8 @@ if [ $QUICK = 1 ]; then
     SEED_N=30 SEED_RATE=6
 else
     N_UNLOADED=3
-    RATES="0.25 0.5 1 1.5"
-    SWEEP_S=16
+    RATES="0.5 1 1.5 2"
+    SWEEP_S=40
     PROFILE_ARGS=(--profile-max-context 128 --profile-max-batch 8)
     PRE_RATE=0.7 PRE_N=14
     DEC_RATE=0.6 DEC_N=16
@@ -176,11 +176,12 @@ for r in $RATES; do
         --output-len $BAL_OUT --goodput ttft:$BAL_TTFT tpot:$BAL_TPOT
 done
 # pd-plan's prediction for every swept rate (1:1 measured above) and 2:1 / 1:2.
+# --arrivals: the simulation replays the measured run's submit times, so
+# prediction and measurement see the same arrivals (no sampling noise).
 for r in $RATES; do
-    n=$(node -p "JSON.parse(require('fs').readFileSync('$OUT/sweep_$r.json','utf8')).completed")
     cmd=("$BIN/pd-plan" --profile "$OUT/profile.json" --request-rate "$r" --input-len $BAL_IN
         --output-len $BAL_OUT --ttft-slo "$BAL_TTFT" --tpot-slo "$BAL_TPOT" --max-workers 3
-        --num-requests "$((n < 20 ? 20 : n))" --seed $SEED --json "$OUT/plan_$r.json")
+        --arrivals "$OUT/sweep_$r.req.jsonl" --json "$OUT/plan_$r.json")
     cmdlog ratio "$(show "${cmd[@]}")"
     "${cmd[@]}" >"$LOGS/plan_$r.txt" 2>&1 || true # exit 1: no config meets the SLOs
 done

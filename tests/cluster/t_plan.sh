@@ -86,5 +86,42 @@ expect_fail "pd-plan: missing profile file refused" "no-such.json" \
     --profile "$T/no-such.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
 expect_fail "pd-plan: --request-rate 0 refused" "request-rate.*> 0" \
     --profile $PROF --request-rate 0 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+# Chunked prefill: with a pass cap of 32 tokens a 129-token prompt takes 5
+# passes; their attention work adds up to the whole prompt's, so alone (rate
+# far below capacity) each request's TTFT grows by exactly 4 pass intercepts.
+LOW=(--profile $PROF --request-rate 0.5 --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100
+     --max-workers 2 --num-requests 50)
+"$PLAN" "${LOW[@]}" --json "$T/nocap.json" >/dev/null 2>&1
+"$PLAN" "${LOW[@]}" --prefill-pass-tokens 32 --json "$T/cap.json" >/dev/null 2>&1
+check "pd-plan: a 32-token pass cap adds 4 pass intercepts to every TTFT (chunked prefill)" node -e '
+    const fs = require("fs");
+    const a = JSON.parse(fs.readFileSync(process.argv[1], "utf8")), b = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+    const x = a.configs.find((c) => c.prefill === 1 && c.decode === 1), y = b.configs.find((c) => c.prefill === 1 && c.decode === 1);
+    const want = 4 * a.cost_model.prefill[0], got = y.mean_ttft_ms - x.mean_ttft_ms;
+    console.log(`# intercept ${a.cost_model.prefill[0].toFixed(3)} ms: TTFT ${x.mean_ttft_ms.toFixed(3)} -> ${y.mean_ttft_ms.toFixed(3)} ms`);
+    process.exit(b.prefill_pass_tokens === 32 && a.prefill_pass_tokens === 0 && want > 0 &&
+                 Math.abs(got - want) < 0.01 * want ? 0 : 1);' "$T/nocap.json" "$T/cap.json"
+node -e '
+    const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    p.prefill_pass_tokens = 32; p.prefill[0].batch = 0.25; fs.writeFileSync(process.argv[2], JSON.stringify(p));
+    p.prefill[0].batch = 0; fs.writeFileSync(process.argv[3], JSON.stringify(p));' $PROF "$T/chunked.json" "$T/zero.json"
+"$PLAN" "${LOW[@]/$PROF/$T/chunked.json}" --json "$T/chunked.out.json" >/dev/null 2>&1
+check "pd-plan: a profile of chunked passes (batch < 1) and its pass cap are taken" node -e '
+    const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    process.exit(j.prefill_pass_tokens === 32 ? 0 : 1);' "$T/chunked.out.json"
+expect_fail "pd-plan: prefill[0].batch 0 refused, naming it" "prefill\[0\]\.batch" \
+    --profile "$T/zero.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+
+# --arrivals replays pd-bench --save-requests submit times.
+printf '%s\n' '{"index":0,"start_ms":1000.5}' '{"index":1,"start_ms":0}' '{"index":2,"start_ms":6000}' >"$T/arr.jsonl"
+"$PLAN" --profile $PROF --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100 --max-workers 2 \
+    --arrivals "$T/arr.jsonl" --json "$T/arr.json" >"$T/arr.out" 2>&1
+check "pd-plan: --arrivals simulates exactly those 3 requests over their 6 s" node -e '
+    const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    const c = j.configs.find((c) => c.prefill === 1 && c.decode === 1);
+    process.exit(j.num_requests === 3 && Math.abs(j.request_rate - 2 / 6) < 1e-9 && c.duration_s > 6 && c.duration_s < 7 ? 0 : 1);' "$T/arr.json"
+printf '%s\n' '{"index":0,"start_ms":0}' '{"index":1}' >"$T/badarr.jsonl"
+expect_fail "pd-plan: an arrivals record without start_ms refused, naming its line" "badarr.jsonl: line 2" \
+    --profile $PROF --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1 --arrivals "$T/badarr.jsonl"
 expect_fail "pd-plan: missing --tpot-slo refused" "tpot-slo is required" \
     --profile $PROF --request-rate 3 --input-len 8 --output-len 8 --ttft-slo 1

@@ -206,10 +206,12 @@ do_drain_worker() {
     restart_worker "$nid" "$role"
 }
 do_kill_router() {
+    # Logged before the kill: clients see the connection drop at once, and
+    # the checker's outage window must already be open when they do.
+    nlog fault kind='"kill_router"' pid="$ROUTER_PID"
     kill -9 "$ROUTER_PID"
     wait "$ROUTER_PID" 2>/dev/null
     forget_pid "$ROUTER_PID"
-    nlog fault kind='"kill_router"' pid="$ROUTER_PID"
     sleep_ms "$(rnd_ms 200 1500)"
     rm -f "$T/router.ready"
     "$PD_BIN/pd-router" --model "$MODEL" "${COMMON_SETS[@]}" \
