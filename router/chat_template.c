@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "grow.h"
 
 static const char *const g_names[] = { "none", "chatml", "llama2", "llama3", "mistral", "zephyr" };
 #define N_KINDS (sizeof g_names / sizeof g_names[0])
@@ -61,17 +62,9 @@ static void put(str_t *s, const char *text)
     size_t k = strlen(text);
     if (s->failed)
         return;
-    if (s->n + k + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->n + k + 1)
-            cap *= 2;
-        char *p = realloc(s->p, cap);
-        if (p == NULL) {
-            s->failed = true;
-            return;
-        }
-        s->p = p;
-        s->cap = cap;
+    if (k >= SIZE_MAX - s->n || pd_grow((void **)&s->p, &s->cap, s->n + k + 1, 1, 256) != 0) {
+        s->failed = true;
+        return;
     }
     memcpy(s->p + s->n, text, k + 1);
     s->n += k;
