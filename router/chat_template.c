@@ -130,7 +130,7 @@ int pd_chat_render(pd_chat_kind_t k, const pd_chat_msg_t *m, size_t n, char **ou
         return pd_err_set(err, PD_EINVAL, "messages: empty");
     for (size_t i = 0; i < n; i++) {
         const char *r = m[i].role;
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+        if (strcmp(r, "system") != 0 && strcmp(r, "user") != 0 && strcmp(r, "assistant") != 0)
             return pd_err_set(err, PD_EINVAL,
                               "messages[%zu].role: '%.32s' (expected system, user or assistant)",
                               i, r);
