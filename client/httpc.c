@@ -1,6 +1,7 @@
 /* httpc -- see httpc.h. */
 #include "httpc.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -269,11 +270,15 @@ static int body_bytes(pd_http_conn_t *c, const char *p, size_t n, pd_http_data_f
 static int parse_header(pd_http_conn_t *c, pd_err_t *err)
 {
     c->hdr[c->hdr_len] = 0;
-    int major, minor, status;
-    if (sscanf(c->hdr, "HTTP/%d.%d %3d", &major, &minor, &status) != 3 || status < 100 ||
-        status > 999)
+    /* "HTTP/D.D NNN": digits checked one by one (sscanf's %d has undefined
+     * behaviour on a number that does not fit, and the peer is hostile). */
+    const char *h = c->hdr;
+    if (strncmp(h, "HTTP/", 5) != 0 || !isdigit((unsigned char)h[5]) || h[6] != '.' ||
+        !isdigit((unsigned char)h[7]) || h[8] != ' ' || !isdigit((unsigned char)h[9]) ||
+        !isdigit((unsigned char)h[10]) || !isdigit((unsigned char)h[11]) || h[9] == '0' ||
+        (h[12] != ' ' && h[12] != '\r'))
         return pd_err_set(err, PD_EFORMAT, "malformed HTTP status line: %.60s", c->hdr);
-    c->status = status;
+    c->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
     char *save = NULL;
     char *line = strtok_r(c->hdr, "\r\n", &save); /* the status line */
     while ((line = strtok_r(NULL, "\r\n", &save)) != NULL) {

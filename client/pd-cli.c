@@ -536,6 +536,18 @@ static int cmd_bench_zmq(int argc, char **argv)
 
 /* ====== debug-send ====== */
 
+/* The value of one hex digit, or -1. */
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 static int cmd_debug_send(const char *router, int argc, char **argv)
 {
     if (argc < 1) {
@@ -552,8 +564,9 @@ static int cmd_debug_send(const char *router, int argc, char **argv)
     if (buf == NULL)
         return 1;
     for (size_t i = 0; i < n / 2; i++) {
-        unsigned v;
-        if (sscanf(hex + 2 * i, "%2x", &v) != 1) {
+        int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+        unsigned v = (unsigned)(hi * 16 + lo);
+        if (hi < 0 || lo < 0) {
             free(buf);
             fprintf(stderr, "pd-cli: debug-send: bad hex\n");
             return 2;

@@ -54,16 +54,22 @@ typedef struct {
     bool is_secret;           /* written as "<redacted>" by a redacting dump */
 } cfg_key_t;
 
+/* sec.fld is a member designator: it cannot take parentheses. */
+// NOLINTNEXTLINE(bugprone-macro-parentheses)
 #define FLD(sec, fld) offsetof(pd_config_t, sec.fld), sizeof(((pd_config_t *)0)->sec.fld)
+// NOLINTNEXTLINE(bugprone-macro-parentheses)
 #define ITEM(sec, fld) offsetof(pd_config_t, sec.fld[0]), sizeof(((pd_config_t *)0)->sec.fld[0])
 
-#define U32(sec, fld, lo, hi) { #sec, #fld, K_U32, FLD(sec, fld), 0, lo, hi, NULL, false }
-#define U64(sec, fld, lo, hi) { #sec, #fld, K_U64, FLD(sec, fld), 0, lo, hi, NULL, false }
+#define U32(sec, fld, lo, hi) { #sec, #fld, K_U32, FLD(sec, fld), 0, (lo), (hi), NULL, false }
+#define U64(sec, fld, lo, hi) { #sec, #fld, K_U64, FLD(sec, fld), 0, (lo), (hi), NULL, false }
 #define BOOL(sec, fld) { #sec, #fld, K_BOOL, FLD(sec, fld), 0, 0, 0, NULL, false }
 #define STRK(sec, fld, kind, secret) { #sec, #fld, kind, FLD(sec, fld), 0, 0, 0, NULL, secret }
 #define CHOICE(sec, fld, kind, list) { #sec, #fld, kind, FLD(sec, fld), 0, 0, 0, list, false }
+// NOLINTBEGIN(bugprone-macro-parentheses): sec.n_##fld is a member designator
 #define LIST(sec, fld, kind, lo, hi, secret) \
-    { #sec, #fld, kind, ITEM(sec, fld), offsetof(pd_config_t, sec.n_##fld), lo, hi, NULL, secret }
+    { #sec, #fld, kind, ITEM(sec, fld), offsetof(pd_config_t, sec.n_##fld), (lo), (hi), NULL, \
+      secret }
+// NOLINTEND(bugprone-macro-parentheses)
 
 #define MS_DAY 86400000u /* one day in ms: the cap of every timeout */
 #define MIB (1024u * 1024u)

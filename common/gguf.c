@@ -111,7 +111,8 @@ uint32_t pd_ggml_block_elems(pd_ggml_type_t t)
 {
     switch (t) {
     case PD_GGML_TYPE_F32: case PD_GGML_TYPE_F16: case PD_GGML_TYPE_BF16: return 1;
-    case PD_GGML_TYPE_Q8_0: return PD_QK8_0;
+    /* Two constants that happen to be equal (32), kept apart on purpose. */
+    case PD_GGML_TYPE_Q8_0: return PD_QK8_0; // NOLINT(bugprone-branch-clone)
     case PD_GGML_TYPE_Q4_0: return PD_QK4_0;
     default: return 0;
     }
@@ -814,7 +815,8 @@ static void kv_int(const gguf_kv_t *kv, bool *is_signed, int64_t *s, uint64_t *u
     case PD_GGUF_TYPE_UINT16: *is_signed = false; *u = v.u16; break;
     case PD_GGUF_TYPE_UINT32: *is_signed = false; *u = v.u32; break;
     case PD_GGUF_TYPE_UINT64: *is_signed = false; *u = v.u64; break;
-    case PD_GGUF_TYPE_INT8: *s = v.i8; break;
+    /* int8_t widened with its sign, which is what a GGUF INT8 means. */
+    case PD_GGUF_TYPE_INT8: *s = v.i8; break; // NOLINT(bugprone-signed-char-misuse,cert-str34-c)
     case PD_GGUF_TYPE_INT16: *s = v.i16; break;
     case PD_GGUF_TYPE_INT32: *s = v.i32; break;
     default: *s = v.i64; break;

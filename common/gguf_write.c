@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "gguf_internal.h"
+#include "grow.h"
 
 /* ====== Byte buffer ====== */
 
@@ -32,16 +33,8 @@ static int wbuf_put(wbuf_t *b, const void *src, size_t n)
 {
     if (n > SIZE_MAX - b->len)
         return PD_ENOMEM;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n)
-            cap = cap > SIZE_MAX / 2 ? b->len + n : cap * 2;
-        uint8_t *p = realloc(b->p, cap);
-        if (p == NULL)
-            return PD_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
+    if (pd_grow((void **)&b->p, &b->cap, b->len + n, 1, 256) != 0)
+        return PD_ENOMEM;
     if (n)
         memcpy(b->p + b->len, src, n);
     b->len += n;
@@ -76,7 +69,9 @@ struct pd_gguf_writer {
     wbuf_t kv;            /* serialized key/value pairs */
     int64_t n_kv;
     char **keys;          /* (n_kv) copies, for the duplicate check */
+    size_t keys_cap;
     wtensor_t *tensors;   /* (n_tensors) */
+    size_t tensors_cap;
     int64_t n_tensors;
     pd_err_t first_err;   /* first add_* failure, reported again by write */
 };
@@ -133,10 +128,8 @@ static int kv_begin(pd_gguf_writer_t *w, const char *key, pd_gguf_type_t type)
     for (int64_t i = 0; i < w->n_kv; i++)
         if (strcmp(w->keys[i], key) == 0)
             return w_fail(w, PD_EINVAL, "gguf writer: duplicate key '%s'", key);
-    char **keys = realloc(w->keys, (size_t)(w->n_kv + 1) * sizeof *keys);
-    if (keys == NULL)
+    if (pd_grow((void **)&w->keys, &w->keys_cap, (size_t)w->n_kv + 1, sizeof *w->keys, 16) != 0)
         return w_fail(w, PD_ENOMEM, "gguf writer: out of memory for key '%s'", key);
-    w->keys = keys;
     if ((w->keys[w->n_kv] = strdup(key)) == NULL)
         return w_fail(w, PD_ENOMEM, "gguf writer: out of memory for key '%s'", key);
     w->n_kv++;
@@ -289,13 +282,10 @@ int pd_gguf_writer_add_tensor(pd_gguf_writer_t *w, const char *name, pd_ggml_typ
         return w_fail(w, PD_EINVAL, "gguf writer: tensor '%s': ne[0] = %" PRIu64 " is not a "
                       "multiple of the %s block, or the size overflows", name, t.ne[0],
                       pd_ggml_type_name(type));
-    wtensor_t *ts = realloc(w->tensors, (size_t)(w->n_tensors + 1) * sizeof *ts);
-    if (ts == NULL || (t.name = strdup(name)) == NULL) {
-        if (ts)
-            w->tensors = ts;
+    if (pd_grow((void **)&w->tensors, &w->tensors_cap, (size_t)w->n_tensors + 1,
+                sizeof *w->tensors, 16) != 0 ||
+        (t.name = strdup(name)) == NULL)
         return w_fail(w, PD_ENOMEM, "gguf writer: out of memory for tensor '%s'", name);
-    }
-    w->tensors = ts;
     w->tensors[w->n_tensors++] = t;
     return 0;
 }

@@ -14,6 +14,15 @@
 
 /* ====== Socket options ====== */
 
+void pd_net_opts_heartbeat(pd_net_opts_t *o, uint32_t heartbeat_ms, uint32_t liveness)
+{
+    o->heartbeat_ivl_ms = heartbeat_ms > 600000 ? 600000 : (int)heartbeat_ms;
+    uint64_t to = (uint64_t)heartbeat_ms * (liveness ? liveness : 3);
+    o->heartbeat_timeout_ms = to > 600000 ? 600000 : (int)to;
+    /* TTL has 100 ms resolution in ZMTP; keep it a multiple. */
+    o->heartbeat_ttl_ms = ((o->heartbeat_timeout_ms + 99) / 100) * 100;
+}
+
 void pd_net_opts_from_config(pd_net_opts_t *o, const pd_config_t *c)
 {
     memset(o, 0, sizeof *o);
@@ -22,11 +31,7 @@ void pd_net_opts_from_config(pd_net_opts_t *o, const pd_config_t *c)
     o->maxmsgsize = c->net.max_msg_bytes > INT64_MAX ? INT64_MAX : (int64_t)c->net.max_msg_bytes;
     o->linger_ms = (int)c->net.linger_ms;
     o->handshake_ms = (int)c->net.handshake_ms;
-    o->heartbeat_ivl_ms = (int)c->worker.heartbeat_ms;
-    uint64_t to = (uint64_t)c->worker.heartbeat_ms * (c->worker.liveness ? c->worker.liveness : 3);
-    o->heartbeat_timeout_ms = to > 600000 ? 600000 : (int)to;
-    /* TTL has 100 ms resolution in ZMTP; keep it a multiple. */
-    o->heartbeat_ttl_ms = ((o->heartbeat_timeout_ms + 99) / 100) * 100;
+    pd_net_opts_heartbeat(o, c->worker.heartbeat_ms, c->worker.liveness);
     const pd_cfg_security_t *s = &c->security;
     o->curve.on = s->curve;
     snprintf(o->curve.server_public, sizeof o->curve.server_public, "%s", s->server_public_key);

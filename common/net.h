@@ -70,6 +70,12 @@ typedef struct {
  * liveness) and c->security (CURVE). */
 void pd_net_opts_from_config(pd_net_opts_t *o, const pd_config_t *c);
 
+/* Sets o's ZMTP heartbeat: a PING every heartbeat_ms; a peer that sends
+ * nothing for heartbeat_ms * liveness after a PING (3 if liveness is 0) is
+ * disconnected. pd_net_opts_from_config uses worker.heartbeat_ms and
+ * worker.liveness; the router's sockets use the router.* pair. */
+void pd_net_opts_heartbeat(pd_net_opts_t *o, uint32_t heartbeat_ms, uint32_t liveness);
+
 /* A socket of type (ZMQ_ROUTER or ZMQ_DEALER) with every option of o and
  * of its type applied, CURVE included when o->curve.on (a ROUTER without a
  * server secret key, or a DEALER without client keys, is refused). NULL and

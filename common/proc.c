@@ -60,7 +60,7 @@ int pd_proc_parse(pd_proc_args_t *a, int argc, char **argv, pd_err_t *err)
                 return pd_err_set(err, PD_EINVAL, "--id: 1..%zu characters", sizeof a->id - 1);
             snprintf(a->id, sizeof a->id, "%s", v);
         } else if (strcmp(f, "--role") == 0) {
-            if (strcmp(v, "prefill") && strcmp(v, "decode") && strcmp(v, "both"))
+            if (strcmp(v, "prefill") != 0 && strcmp(v, "decode") != 0 && strcmp(v, "both") != 0)
                 return pd_err_set(err, PD_EINVAL, "--role: expected prefill|decode|both, got '%s'",
                                   v);
             snprintf(a->role, sizeof a->role, "%s", v);

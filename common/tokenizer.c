@@ -474,12 +474,12 @@ static void mark_eog(pd_tok_t *t)
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
         "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>",
         "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>",
-        "<|tool_response>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+        "<|tool_response>", "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>",
         "[e~[", NULL};
     static const char *const eot_texts[] = {
         "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
         "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-        "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+        "<\357\275\234end\342\226\201of\342\226\201sentence\357\275\234>",
         "<end_of_utterance>", NULL};
     static const char *const user_texts[] = {"<|channel|>", "<|message|>", "<|start|>",
                                              "<|constrain|>", NULL};

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "grow.h"
 
 static const char *const g_names[] = { "none", "chatml", "llama2", "llama3", "mistral", "zephyr" };
 #define N_KINDS (sizeof g_names / sizeof g_names[0])
@@ -61,17 +62,9 @@ static void put(str_t *s, const char *text)
     size_t k = strlen(text);
     if (s->failed)
         return;
-    if (s->n + k + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->n + k + 1)
-            cap *= 2;
-        char *p = realloc(s->p, cap);
-        if (p == NULL) {
-            s->failed = true;
-            return;
-        }
-        s->p = p;
-        s->cap = cap;
+    if (k >= SIZE_MAX - s->n || pd_grow((void **)&s->p, &s->cap, s->n + k + 1, 1, 256) != 0) {
+        s->failed = true;
+        return;
     }
     memcpy(s->p + s->n, text, k + 1);
     s->n += k;
@@ -137,7 +130,7 @@ int pd_chat_render(pd_chat_kind_t k, const pd_chat_msg_t *m, size_t n, char **ou
         return pd_err_set(err, PD_EINVAL, "messages: empty");
     for (size_t i = 0; i < n; i++) {
         const char *r = m[i].role;
-        if (strcmp(r, "system") && strcmp(r, "user") && strcmp(r, "assistant"))
+        if (strcmp(r, "system") != 0 && strcmp(r, "user") != 0 && strcmp(r, "assistant") != 0)
             return pd_err_set(err, PD_EINVAL,
                               "messages[%zu].role: '%.32s' (expected system, user or assistant)",
                               i, r);

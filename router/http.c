@@ -25,6 +25,7 @@
 #include "http.h"
 #include "log.h"
 #include "net.h"
+#include "grow.h"
 
 #define WAIT_SLICE_MS 50          /* a waiting thread checks its client this often */
 #define STATUS_TIMEOUT_MS 3000    /* the router answers StatusRequest within this */
@@ -192,19 +193,11 @@ static void on_chunk_locked(pd_http_t *h, const Pd__StreamChunk *c)
         return;
     if (c->has_text && c->text.len > 0) {
         size_t need = r->text_len + c->text.len + 1;
-        if (need > r->text_cap) {
-            size_t cap = r->text_cap ? r->text_cap * 2 : 256;
-            while (cap < need)
-                cap *= 2;
-            char *t = realloc(r->text, cap);
-            if (t == NULL) {
-                r->code = PD__ERROR_CODE__INTERNAL;
-                snprintf(r->err, sizeof r->err, "out of memory for the output text");
-                finish_locked(h, r);
-                return;
-            }
-            r->text = t;
-            r->text_cap = cap;
+        if (pd_grow((void **)&r->text, &r->text_cap, need, 1, 256) != 0) {
+            r->code = PD__ERROR_CODE__INTERNAL;
+            snprintf(r->err, sizeof r->err, "out of memory for the output text");
+            finish_locked(h, r);
+            return;
         }
         memcpy(r->text + r->text_len, c->text.data, c->text.len);
         r->text_len += c->text.len;
@@ -1103,17 +1096,9 @@ static int sse_put(conn_t *x, json_t *j, bool done)
     if (s == NULL)
         return PD_ENOMEM;
     size_t need = x->pend_len + strlen(s) + 9;
-    if (need > x->pend_cap) {
-        size_t cap = x->pend_cap ? x->pend_cap * 2 : 1024;
-        while (cap < need)
-            cap *= 2;
-        char *p = realloc(x->pend, cap);
-        if (p == NULL) {
-            free(s);
-            return PD_ENOMEM;
-        }
-        x->pend = p;
-        x->pend_cap = cap;
+    if (pd_grow((void **)&x->pend, &x->pend_cap, need, 1, 1024) != 0) {
+        free(s);
+        return PD_ENOMEM;
     }
     x->pend_len += (size_t)sprintf(x->pend + x->pend_len, "data: %s\n\n", s);
     free(s);
@@ -1357,16 +1342,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             x->too_big = true;
             return MHD_YES;
         }
-        if (x->body_len + n + 1 > x->body_cap) {
-            size_t cap = x->body_cap ? x->body_cap * 2 : 4096;
-            while (cap < x->body_len + n + 1)
-                cap *= 2;
-            char *p = realloc(x->body, cap);
-            if (p == NULL)
-                return MHD_NO;
-            x->body = p;
-            x->body_cap = cap;
-        }
+        if (pd_grow((void **)&x->body, &x->body_cap, x->body_len + n + 1, 1, 4096) != 0)
+            return MHD_NO;
         memcpy(x->body + x->body_len, upload, n);
         x->body_len += n;
         return MHD_YES;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "metrics.h"
+#include "grow.h"
 
 /* ====== Histograms ====== */
 
@@ -168,14 +169,10 @@ static void sb_printf(sbuf_t *b, const char *fmt, ...)
             b->len += (size_t)n;
             return;
         }
-        size_t cap = b->cap * 2 + (size_t)n;
-        char *p = realloc(b->buf, cap);
-        if (p == NULL) {
+        if (pd_grow((void **)&b->buf, &b->cap, b->len + (size_t)n + 1, 1, 4096) != 0) {
             b->failed = true;
             return;
         }
-        b->buf = p;
-        b->cap = cap;
     }
 }
 

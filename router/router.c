@@ -61,7 +61,7 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
     }
     pd_net_opts_t o;
     pd_net_opts_from_config(&o, cfg);
-    o.heartbeat_ivl_ms = (int)cfg->router.heartbeat_ms;
+    pd_net_opts_heartbeat(&o, cfg->router.heartbeat_ms, cfg->router.liveness);
     rt->front = pd_net_socket(rt->zctx, ZMQ_ROUTER, &o, err);
     if (rt->front == NULL)
         return pd_err_wrap(err, PD_EIO, "client socket");

@@ -40,6 +40,7 @@
  *   (F32), > 64 (F16), ~32 (Q8_0: PD_SKINNY_QUANT_MAX).
  */
 #include <cblas.h>
+#include <errno.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "args.h"
 #include "gguf.h"
 #include "kernels.h"
 #include "pool.h"
@@ -327,7 +329,7 @@ static void print_summary(const opts_t *o, const limits_t *lim, const char *type
             snprintf(f_ps, sizeof(f_ps), "%.1f", 100 * gf32 / lim->sgemm_gflops);
     }
     if (o->json) {
-#define JV(f) (strcmp(f, "-") == 0 ? "null" : f)
+#define JV(f) (strcmp((f), "-") == 0 ? "null" : (f))
         printf("{\"summary\":\"%s\",\"n_out\":%u,\"n_in\":%u,\"threads\":%d,"
                "\"rows1_gb_s\":%s,\"rows1_pct_mem\":%s,\"rows8_over_rows1\":%s,"
                "\"rows32_gflops\":%s,\"rows32_pct_sgemm\":%s,\"skinny_beats_sgemm_to\":%u}\n",
@@ -481,10 +483,16 @@ int main(int argc, char **argv)
         } else if (strcmp(a, "--quick") == 0) {
             o.quick = 1;
         } else if (strcmp(a, "--threads") == 0 && v) {
-            o.threads = atoi(v);
+            uint32_t t;
+            if (pd_arg_u32("pd-kbench", "--threads", v, 1, 1024, &t) != 0)
+                return 2;
+            o.threads = (int)t;
             i++;
         } else if (strcmp(a, "--skinny-max") == 0 && v) {
-            o.skinny_max = (unsigned)atoi(v);
+            uint32_t s;
+            if (pd_arg_u32("pd-kbench", "--skinny-max", v, 0, 1u << 20, &s) != 0)
+                return 2;
+            o.skinny_max = s;
             i++;
         } else if (strcmp(a, "--rows") == 0 && v) {
             o.n_rows_list = parse_list(v, o.rows_list, MAX_ROWS_LIST);
@@ -500,13 +508,20 @@ int main(int argc, char **argv)
             }
             i++;
         } else if (strcmp(a, "--shape") == 0 && v && o.n_shapes < MAX_SHAPES) {
-            unsigned so, si;
-            if (sscanf(v, "%ux%u", &so, &si) != 2 || so == 0 || si == 0 || si % 32 != 0) {
+            /* OUTxIN: two decimal numbers, nothing else (strtoul reports
+             * overflow; sscanf would not). */
+            char *x = NULL, *end = NULL;
+            errno = 0;
+            unsigned long so = v[0] >= '0' && v[0] <= '9' ? strtoul(v, &x, 10) : 0;
+            unsigned long si =
+                x && *x == 'x' && x[1] >= '0' && x[1] <= '9' ? strtoul(x + 1, &end, 10) : 0;
+            if (errno || end == NULL || *end || so == 0 || si == 0 || so > (1ul << 24) ||
+                si > (1ul << 24) || si % 32 != 0) {
                 usage();
                 return 2;
             }
-            o.shape_out[o.n_shapes] = so;
-            o.shape_in[o.n_shapes++] = si;
+            o.shape_out[o.n_shapes] = (unsigned)so;
+            o.shape_in[o.n_shapes++] = (unsigned)si;
             i++;
         } else {
             usage();

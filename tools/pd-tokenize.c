@@ -85,7 +85,7 @@ static int mkvocab(char **argv)
     pd_vocab_kind_t kind = strcmp(kind_s, "spm") == 0 ? PD_VOCAB_SPM : PD_VOCAB_BPE;
     pd_vocab_t v;
     pd_err_t err = {0};
-    if (n <= 0 || n > 1000000 || (strcmp(kind_s, "spm") && strcmp(kind_s, "bpe"))) {
+    if (n <= 0 || n > 1000000 || (strcmp(kind_s, "spm") != 0 && strcmp(kind_s, "bpe") != 0)) {
         fprintf(stderr, "pd-tokenize: --mkvocab RANKS spm|bpe N PRE OUT\n");
         return 2;
     }

@@ -97,6 +97,34 @@ static void test_body_names(void **state)
     assert_string_equal(pd_net_body_name(999), "unknown");
 }
 
+/* The router's sockets take their ZMTP heartbeat from router.*, the other
+ * processes' from worker.*: timeout = interval x liveness, TTL a multiple
+ * of 100 ms. */
+static void test_heartbeat_options_follow_their_keys(void **state)
+{
+    pd_config_t *c = malloc(sizeof *c);
+    assert_non_null(c);
+    pd_config_default(c);
+    c->worker.heartbeat_ms = 200;
+    c->worker.liveness = 10;
+    c->router.heartbeat_ms = 500;
+    c->router.liveness = 100;
+    pd_net_opts_t o;
+    pd_net_opts_from_config(&o, c);
+    assert_int_equal(o.heartbeat_ivl_ms, 200);
+    assert_int_equal(o.heartbeat_timeout_ms, 2000);
+    assert_int_equal(o.heartbeat_ttl_ms, 2000);
+    pd_net_opts_heartbeat(&o, c->router.heartbeat_ms, c->router.liveness);
+    assert_int_equal(o.heartbeat_ivl_ms, 500);
+    assert_int_equal(o.heartbeat_timeout_ms, 50000);
+    pd_net_opts_heartbeat(&o, 250, 3);
+    assert_int_equal(o.heartbeat_timeout_ms, 750);
+    assert_int_equal(o.heartbeat_ttl_ms, 800);
+    pd_net_opts_heartbeat(&o, 60000, 100); /* capped at 10 minutes */
+    assert_int_equal(o.heartbeat_timeout_ms, 600000);
+    free(c);
+}
+
 typedef struct {
     void *ctx;
     pd_net_opts_t o;
@@ -225,6 +253,7 @@ int main(void)
         cmocka_unit_test(test_unpack_over_budget_is_refused),
         cmocka_unit_test(test_malformed_and_empty_envelopes),
         cmocka_unit_test(test_body_names),
+        cmocka_unit_test(test_heartbeat_options_follow_their_keys),
         cmocka_unit_test_setup_teardown(test_bind_any_port_reports_it, setup_ctx, teardown_ctx),
         cmocka_unit_test_setup_teardown(test_router_send_to_unknown_peer_is_egone, setup_ctx,
                                         teardown_ctx),
