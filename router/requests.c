@@ -65,8 +65,53 @@ static void queue_remove(rt_t *rt, uint32_t slot)
     rt->q_len = out;
 }
 
+/* ====== Requests: held output ======
+ *
+ * ZeroMQ's back-pressure (EAGAIN at the router's net.hwm) belongs to a
+ * client's connection, not to one of its streams: with many streams on one
+ * connection some sends are refused even while the client reads promptly.
+ * So a refused request is held with a FIFO ticket, every later flush of that
+ * client's requests queues behind it, and the timer's pass (rt_req_retry)
+ * sends them oldest first. A stream is cut only when its connection took
+ * nothing for router.stream_stall_ms (rt_client_t.stuck_since_us). */
+
+static void req_hold(rt_t *rt, rt_req_t *r, uint64_t now)
+{
+    if (r->block_ticket)
+        return; /* keeps its place in the line */
+    r->block_ticket = ++rt->next_ticket;
+    r->t_blocked_us = now;
+    rt->n_blocked++;
+    rt_client_t *c = rt_client_of(rt, r);
+    if (c)
+        c->n_blocked++;
+}
+
+static void req_unhold(rt_t *rt, rt_req_t *r)
+{
+    if (r->block_ticket == 0)
+        return;
+    r->block_ticket = r->t_blocked_us = 0;
+    if (rt->n_blocked)
+        rt->n_blocked--;
+    rt_client_t *c = rt_client_of(rt, r);
+    if (c && c->n_blocked)
+        c->n_blocked--;
+}
+
+/* r must not send now: it is held, or its client has held requests that
+ * are older (sending first would overtake them). */
+static bool req_must_wait(rt_t *rt, const rt_req_t *r)
+{
+    if (r->block_ticket)
+        return true;
+    const rt_client_t *c = rt_client_of(rt, r);
+    return c && c->n_blocked > 0;
+}
+
 void rt_req_release(rt_t *rt, rt_req_t *r, bool notify)
 {
+    req_unhold(rt, r);
     if (r->state == RQ_QUEUED)
         queue_remove(rt, (uint32_t)(r - rt->reqs));
     else
@@ -108,16 +153,24 @@ void rt_req_fail(rt_t *rt, rt_req_t *r, Pd__ErrorCode code, const char *fmt, ...
     rt_req_flush(rt, r);
 }
 
-/* Sends a failed request's Error; releases it unless back-pressure holds it. */
-static void flush_error(rt_t *rt, rt_req_t *r)
+/* Sends a failed request's Error (retry: in rt_req_retry's order); releases
+ * it unless back-pressure holds it. */
+static void flush_error(rt_t *rt, rt_req_t *r, bool retry)
 {
+    uint64_t now = pd_net_now_us();
+    if (!retry && req_must_wait(rt, r)) {
+        req_hold(rt, r, now);
+        return;
+    }
     int rc = pd_net_send_error(rt->front, r->cid, r->cid_len, r->client_req, r->err_code, "%s",
                                r->err_msg ? r->err_msg : "error");
     if (rc == PD_EFULL || rc == PD_ENOMEM) { /* no room now: the timer retries */
-        if (r->t_blocked_us == 0)
-            r->t_blocked_us = pd_net_now_us();
+        req_hold(rt, r, now);
+        rt_client_refused(rt, r, now);
         return;
     }
+    if (rc == 0)
+        rt_client_sent(rt, r);
     pd_metrics_request_failed(rt->metrics, r->err_code);
     rt_req_release(rt, r, true);
 }
@@ -181,18 +234,24 @@ static void apply_stops(rt_req_t *r, bool final)
 }
 
 /* Sends what the client has not seen yet (and the final chunk once
- * finished). Releases the request after its final chunk. Back-pressure
- * (EAGAIN) keeps everything for a later try; a vanished client ends it. */
-void rt_req_flush(rt_t *rt, rt_req_t *r)
+ * finished); retry: rt_req_retry's turn for a held request. Releases the
+ * request after its final chunk. Back-pressure (EAGAIN) holds everything
+ * for a later try (the next chunk carries all of it); a vanished client
+ * ends it. */
+static void req_flush(rt_t *rt, rt_req_t *r, bool retry)
 {
     if (r->err_code) {
-        flush_error(rt, r);
+        flush_error(rt, r, retry);
         return;
     }
     uint32_t n_new = r->n_gen - r->tok_sent;
     size_t t_new = r->text_ok - r->text_sent;
     if (!r->finished && (!r->stream || (n_new == 0 && t_new == 0)))
         return;
+    if (!retry && req_must_wait(rt, r)) {
+        req_hold(rt, r, pd_net_now_us());
+        return;
+    }
     Pd__StreamChunk c = PD__STREAM_CHUNK__INIT;
     c.has_request_id = true;
     c.request_id = r->client_req;
@@ -228,8 +287,8 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
     /* No buffer for the message (out of memory) is not a vanished client:
      * retried like back-pressure, cut after router.stream_stall_ms. */
     if (rc == PD_EFULL || rc == PD_ENOMEM) {
-        if (r->t_blocked_us == 0)
-            r->t_blocked_us = now;
+        req_hold(rt, r, now);
+        rt_client_refused(rt, r, now);
         return; /* the timer retries; a stalled stream is cut there */
     }
     if (rc) {
@@ -238,7 +297,7 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
         rt_req_release(rt, r, true);
         return;
     }
-    r->t_blocked_us = 0;
+    req_unhold(rt, r);
     rt_client_sent(rt, r);
     if (r->t_first_us == 0 && n_new > 0)
         r->t_first_us = now;
@@ -252,6 +311,54 @@ void rt_req_flush(rt_t *rt, rt_req_t *r)
                 (unsigned long long)r->id, (unsigned long long)r->client_req, r->n_prompt,
                 r->n_gen, (int)r->finish, r->n_preempt, (double)(now - r->t_accept_us) / 1000.0);
         rt_req_release(rt, r, true);
+    }
+}
+
+void rt_req_flush(rt_t *rt, rt_req_t *r)
+{
+    req_flush(rt, r, false);
+}
+
+static int held_cmp(const void *a, const void *b)
+{
+    uint64_t x = ((const struct rt_held *)a)->ticket, y = ((const struct rt_held *)b)->ticket;
+    return x < y ? -1 : x > y;
+}
+
+void rt_req_retry(rt_t *rt, uint64_t now)
+{
+    if (rt->n_blocked == 0 || rt->held == NULL)
+        return;
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < rt->n_slots; i++)
+        if (rt->reqs[i].state != RQ_FREE && rt->reqs[i].block_ticket) {
+            rt->held[n].ticket = rt->reqs[i].block_ticket;
+            rt->held[n++].slot = i;
+        }
+    qsort(rt->held, n, sizeof *rt->held, held_cmp);
+    uint64_t stall_us = (uint64_t)rt->cfg.router.stream_stall_ms * 1000u;
+    uint64_t pass = ++rt->retry_pass;
+    for (uint32_t k = 0; k < n; k++) {
+        rt_req_t *r = &rt->reqs[rt->held[k].slot];
+        if (r->state == RQ_FREE || r->block_ticket != rt->held[k].ticket)
+            continue; /* ended meanwhile */
+        rt_client_t *c = rt_client_of(rt, r);
+        uint64_t since = c ? c->stuck_since_us : r->t_blocked_us;
+        if (since && now > since && now - since > stall_us) {
+            PD_WARN("event=stream_stalled req=%llu client_req=%llu stalled_ms=%llu "
+                    "held_ms=%llu sent=%u out=%u",
+                    (unsigned long long)r->id, (unsigned long long)r->client_req,
+                    (unsigned long long)((now - since) / 1000u),
+                    (unsigned long long)((now - r->t_blocked_us) / 1000u), r->tok_sent, r->n_gen);
+            rt->requests_failed++;
+            rt_req_release(rt, r, true);
+            continue;
+        }
+        if (c && c->retry_pass == pass)
+            continue; /* its connection refused an older one in this pass */
+        req_flush(rt, r, true);
+        if (c && r->state != RQ_FREE && r->block_ticket)
+            c->retry_pass = pass;
     }
 }
 

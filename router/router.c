@@ -40,9 +40,10 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
     rt->n_slots = (uint32_t)slots;
     rt->reqs = calloc(rt->n_slots, sizeof *rt->reqs);
     rt->queue = calloc(rt->n_slots, sizeof *rt->queue);
+    rt->held = calloc(rt->n_slots, sizeof *rt->held);
     rt->tok_buf = malloc(((size_t)rt->max_seq_len + 1) * sizeof *rt->tok_buf);
     rt->in = malloc(sizeof *rt->in);
-    if (!rt->reqs || !rt->queue || !rt->tok_buf || !rt->in)
+    if (!rt->reqs || !rt->queue || !rt->held || !rt->tok_buf || !rt->in)
         return pd_err_set(err, PD_ENOMEM, "router state for %u requests", rt->n_slots);
     rt->in->n_frames = 0;
     /* A message's decoded form is bounded by a multiple of its size;
@@ -90,6 +91,7 @@ void rt_destroy(rt_t *rt)
     free(rt->reqs);
     free(rt->clients);
     free(rt->queue);
+    free(rt->held);
     free(rt->tok_buf);
     free(rt->in);
     pd_net_close(rt->front);
@@ -214,13 +216,21 @@ int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats)
     return 0;
 }
 
-void rt_client_detach(rt_t *rt, rt_req_t *r)
+rt_client_t *rt_client_of(rt_t *rt, const rt_req_t *r)
 {
     if (r->client >= rt->n_clients)
-        return;
+        return NULL;
     rt_client_t *c = &rt->clients[r->client];
     if (!c->used || c->cid_len != r->cid_len || memcmp(c->cid, r->cid, r->cid_len) != 0)
-        return; /* never attached (a refused request) */
+        return NULL; /* never attached (a refused request) */
+    return c;
+}
+
+void rt_client_detach(rt_t *rt, rt_req_t *r)
+{
+    rt_client_t *c = rt_client_of(rt, r);
+    if (c == NULL)
+        return;
     if (c->n_reqs > 0)
         c->n_reqs--;
     if (c->n_reqs == 0) {
@@ -232,8 +242,18 @@ void rt_client_detach(rt_t *rt, rt_req_t *r)
 
 void rt_client_sent(rt_t *rt, const rt_req_t *r)
 {
-    if (r->client < rt->n_clients && rt->clients[r->client].used)
-        rt->clients[r->client].last_tx_ms = pd_net_now_ms();
+    rt_client_t *c = rt_client_of(rt, r);
+    if (c) {
+        c->last_tx_ms = pd_net_now_ms();
+        c->stuck_since_us = 0; /* the connection took a message: it is moving */
+    }
+}
+
+void rt_client_refused(rt_t *rt, const rt_req_t *r, uint64_t now_us)
+{
+    rt_client_t *c = rt_client_of(rt, r);
+    if (c && c->stuck_since_us == 0)
+        c->stuck_since_us = now_us;
 }
 
 /* Any message from a client is a beat; a Heartbeat also declares that it
@@ -324,8 +344,10 @@ static void clients_check(rt_t *rt, uint64_t now)
         if (now - c->last_tx_ms < ivl)
             continue;
         int rc = pd_net_send(rt->front, c->cid, c->cid_len, &m, false, NULL);
-        if (rc == 0)
+        if (rc == 0) {
             c->last_tx_ms = now;
+            c->stuck_since_us = 0;
+        }
         else if (rc == PD_NET_EGONE)
             client_end(rt, i, "client_gone", NULL);
         /* PD_EFULL: it is not reading; its silence will tell. */
@@ -577,21 +599,11 @@ static void timers(rt_t *rt)
     rt->last_sweep_ms = now_ms;
     clients_check(rt, now_ms);
     uint64_t now = pd_net_now_us();
+    rt_req_retry(rt, now);
     for (uint32_t i = 0; i < rt->n_slots; i++) {
         rt_req_t *r = &rt->reqs[i];
         if (r->state == RQ_FREE)
             continue;
-        uint64_t stall_us = (uint64_t)rt->cfg.router.stream_stall_ms * 1000u;
-        if (r->t_blocked_us && now - r->t_blocked_us > stall_us) {
-            PD_WARN("event=stream_stalled req=%llu", (unsigned long long)r->id);
-            rt->requests_failed++;
-            rt_req_release(rt, r, true);
-            continue;
-        }
-        if (r->t_blocked_us) {
-            rt_req_flush(rt, r);
-            continue;
-        }
         if (now > r->deadline_us && !r->finished) {
             if (!rt_have_workers(rt))
                 rt_req_fail(rt, r, PD__ERROR_CODE__UNAVAILABLE,

@@ -80,6 +80,14 @@ typedef struct {
     uint32_t n_reqs;                 /* requests of this client in the table */
     uint64_t last_rx_ms;             /* its last message of any kind */
     uint64_t last_tx_ms;             /* our last message to it (0: never) */
+    /* Back-pressure is per connection (one ZeroMQ pipe, router's net.hwm),
+     * so a stalled stream is judged here, not per request: stuck_since_us
+     * is the first send refused since the last one that went through (0:
+     * the connection is keeping up). Once it is older than
+     * router.stream_stall_ms the client's held streams are cut. */
+    uint64_t stuck_since_us;
+    uint32_t n_blocked;              /* its requests with output held (block_ticket != 0) */
+    uint64_t retry_pass;             /* the retry pass in which its connection last refused */
 } rt_client_t;
 
 typedef struct rt_req {
@@ -111,7 +119,12 @@ typedef struct rt_req {
     Pd__FinishReason finish;
     Pd__ErrorCode err_code;          /* != 0: ends with an Error, not a final chunk */
     char *err_msg;
-    uint64_t t_accept_us, t_dispatch_us, t_first_us, deadline_us, t_blocked_us;
+    uint64_t t_accept_us, t_dispatch_us, t_first_us, deadline_us;
+    /* Output held back (a send refused, or queued behind its client's held
+     * requests): a ticket from rt_t.next_ticket, retried oldest first; 0:
+     * nothing held. The held output is what r keeps anyway (tokens, text:
+     * bounded by its max_tokens), so holding costs no extra memory. */
+    uint64_t block_ticket, t_blocked_us;
     int p_worker, d_worker;          /* indexes into workers, -1 = none */
     uint32_t p_gen, d_gen;
     uint64_t prefill_charged;        /* tokens charged to the prefill worker */
@@ -142,6 +155,10 @@ typedef struct {
     uint32_t *queue;                 /* (n_slots) ring of slot indexes, QUEUED requests */
     uint32_t q_head, q_len;
     rt_client_t *clients;            /* (n_clients, cap_clients) slots; used ones have requests */
+    uint64_t next_ticket;            /* last rt_req_t.block_ticket handed out */
+    uint32_t n_blocked;              /* requests with a block_ticket */
+    uint64_t retry_pass;             /* count of rt_req_retry passes */
+    struct rt_held { uint64_t ticket; uint32_t slot; } *held; /* (n_slots) rt_req_retry's scratch */
     size_t n_clients, cap_clients;   /* n_clients: high-water mark of used slots */
     uint32_t n_active, n_dispatched;
     uint64_t next_seq;
@@ -183,6 +200,10 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len);
 int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats);
 void rt_client_detach(rt_t *rt, rt_req_t *r);
 void rt_client_sent(rt_t *rt, const rt_req_t *r);
+/* rt_client_refused: a send to r's client was refused (back-pressure, or no
+ * memory for the message); starts the connection's stall clock. */
+void rt_client_refused(rt_t *rt, const rt_req_t *r, uint64_t now_us);
+rt_client_t *rt_client_of(rt_t *rt, const rt_req_t *r); /* NULL: r never attached */
 /* One client (cid) or worker (zid) message payload, as received: unpacks it
  * under rt->alloc's budget, answers a malformed one with an Error and hands
  * a decoded one to its rt_on_* handler. The socket loops and the protocol
@@ -201,8 +222,15 @@ void rt_req_settle(rt_t *rt, rt_req_t *r); /* finished: leaves queue and workers
 /* Ends r with an Error (its terminal message, kept until it can be sent). */
 void rt_req_fail(rt_t *rt, rt_req_t *r, Pd__ErrorCode code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Sends what the client has not seen; releases r after its final message. */
+/* Sends what the client has not seen; releases r after its final message.
+ * While its client has held requests, r queues behind them (rt_req_retry). */
 void rt_req_flush(rt_t *rt, rt_req_t *r);
+/* The timer's pass over held output: cuts the held streams of a client
+ * whose connection made no progress for router.stream_stall_ms
+ * (event=stream_stalled), retries the others oldest-held first, and stops
+ * trying a connection for this pass at its first refusal, so no stream
+ * overtakes an older one and none starves. */
+void rt_req_retry(rt_t *rt, uint64_t now_us);
 bool rt_have_workers(rt_t *rt); /* a prefill+decode pair or a colocated worker */
 void rt_on_generate(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__GenerateRequest *g);
 void rt_on_cancel(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Cancel *c);
