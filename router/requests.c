@@ -246,8 +246,10 @@ static void req_flush(rt_t *rt, rt_req_t *r, bool retry)
     }
     uint32_t n_new = r->n_gen - r->tok_sent;
     size_t t_new = r->text_ok - r->text_sent;
-    if (!r->finished && (!r->stream || (n_new == 0 && t_new == 0)))
+    if (!r->finished && (!r->stream || (n_new == 0 && t_new == 0))) {
+        req_unhold(rt, r); /* nothing to send: must not hold up its client */
         return;
+    }
     if (!retry && req_must_wait(rt, r)) {
         req_hold(rt, r, pd_net_now_us());
         return;
