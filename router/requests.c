@@ -352,7 +352,8 @@ void rt_req_retry(rt_t *rt, uint64_t now)
                     (unsigned long long)r->id, (unsigned long long)r->client_req,
                     (unsigned long long)((now - since) / 1000u),
                     (unsigned long long)((now - r->t_blocked_us) / 1000u), r->tok_sent, r->n_gen);
-            rt->requests_failed++;
+            if (r->err_code == 0) /* rt_req_fail counted one whose Error was held */
+                rt->requests_failed++;
             rt_req_release(rt, r, true);
             continue;
         }

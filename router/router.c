@@ -299,8 +299,10 @@ static void client_end(rt_t *rt, size_t ci, const char *event, const char *why)
         if (why)
             pd_net_send_error(rt->front, r->cid, r->cid_len, r->client_req,
                               PD__ERROR_CODE__CANCELLED, "%s", why);
-        pd_metrics_request_failed(rt->metrics, PD__ERROR_CODE__CANCELLED);
-        rt->requests_failed++;
+        /* One whose Error was still held was counted by rt_req_fail. */
+        pd_metrics_request_failed(rt->metrics, r->err_code ? r->err_code : PD__ERROR_CODE__CANCELLED);
+        if (r->err_code == 0)
+            rt->requests_failed++;
         rt_req_release(rt, r, true);
         n++;
     }

@@ -26,6 +26,8 @@
 #   only when the whole connection made no progress for
 #   router.stream_stall_ms), and retry the held streams fairly, so none
 #   starves while the others take the room.
+# - Then once more (run_deadline_case) with the streams held past their
+#   deadline: they end with DEADLINE_EXCEEDED and free their workers at once.
 . "$(dirname "$0")/lib.sh"
 require_model
 command -v node >/dev/null || skip_all "node missing"
@@ -101,7 +103,55 @@ run_case() {
     mv "$T/router.log" "$T/router-hwm$hwm.log"
 }
 
+# Held past the deadline: a stream whose output is held (its client stopped
+# reading) still ends at its deadline, with DEADLINE_EXCEEDED: its workers
+# drop it and free its blocks at once, though the Error itself waits in
+# line (here for good: the connection takes nothing more) until the held
+# streams are cut after router.stream_stall_ms. Each such request counts
+# once as failed, not again when it is cut. Sizes: the reader's connection
+# fills after a few thousand chunks (well under a second here), the 16
+# streams of 2000 tokens need several times the 3 s deadline, so at the
+# deadline every stream is running and held; net.hwm 64 lets the router's
+# 16 Cancels to the decode worker through at once (at net.hwm 4 a burst of
+# them meets the worker socket's own high-water mark).
+run_deadline_case() {
+    local n_dl held p1 d1
+    start_router --set net.hwm=64 --set router.stream_stall_ms=10000 --set router.request_timeout_ms=3000 \
+        --set router.max_tokens_limit=2000 --set router.heartbeat_ms=500 --set router.liveness=100 \
+        --set "router.client_endpoint=ipc://$T/client-deadline.sock"
+    start_worker prefill p1
+    p1=$LAST_PID
+    start_worker decode d1 --set kv.num_blocks=2560
+    d1=$LAST_PID
+    wait_workers 2
+    timeout 60 node tests/cluster/slow_reader.mjs "$ROUTER" "$N" 2000 40 >"$T/slow-deadline.out" 2>&1 &
+    SLOW=$!
+    for _ in $(seq 1 150); do
+        [ "$(grep -c 'event=request_failed.*code=4 ' "$T/router.log")" -ge "$N" ] && break
+        sleep 0.1
+    done
+    n_dl=$(grep -c 'event=request_failed.*code=4 msg="deadline' "$T/router.log")
+    check "[held] every held stream ends at its deadline with DEADLINE_EXCEEDED ($n_dl of $N; $(stalled_count) cut as stalled, $(done_count) done)" \
+        bash -c "[ $n_dl = $N ] && [ $(stalled_count) = 0 ] && [ $(done_count) = 0 ]"
+    check "[held] the workers let go at once (no sequence running, every block free) while the Errors wait" \
+        wait_status "s.workers.every(w => w.running_seqs == 0 && w.free_blocks == w.total_blocks)" 5
+    held=$(status_field 's.active_requests')
+    check "[held] the Errors are held, not sent (active $held of $N, $(stalled_count) cut yet)" \
+        bash -c "[ '$held' = $N ] && [ $(stalled_count) = 0 ]"
+    check "[held] after router.stream_stall_ms the held requests are cut (0 active)" wait_status 's.active_requests == 0' 20
+    check "[held] each counts once as failed (requests_failed $(status_field 's.requests_failed'), $N requests)" \
+        test "$(status_field 's.requests_failed')" = "$N"
+    check "[held] no request ends any other way (no client_gone, no request_done)" \
+        bash -c "! grep -q 'event=client_gone\|event=request_done' '$T/router.log'"
+    kill "$SLOW" 2>/dev/null
+    wait "$SLOW" 2>/dev/null
+    kill "$ROUTER_PID" "$p1" "$d1" 2>/dev/null
+    wait "$ROUTER_PID" "$p1" "$d1" 2>/dev/null
+    mv "$T/router.log" "$T/router-deadline.log"
+}
+
 for hwm in ${HWMS:-64 4}; do
     run_case "$hwm"
 done
+run_deadline_case
 exit $FAILED
