@@ -1930,9 +1930,9 @@ static int plot(const bench_t *b, const metrics_t *m, const char *prefix)
  *             ms (kv_transfer_us / transfers, single prompts);
  *   prefill_pass_tokens: the workers' pass cap at the end (pd-plan
  *             simulates the chunking with it);
- *   decode:   B requests at once with C-token prompts and 32 output tokens:
- *             mean batch (decode_tokens / steps) and ms per step
- *             (decode_us / steps) at mean context C + 16;
+ *   decode:   B requests at once with C-token prompts and 32 output tokens,
+ *             3 runs: mean batch (decode_tokens / steps) and the median ms
+ *             per step (decode_us / steps) at mean context C + 16;
  *   overhead: median over the single-prompt runs of TTFT - the prompt's
  *             prefill passes - the queueing the router reported (network,
  *             router, scheduling).
@@ -2269,22 +2269,29 @@ static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *c
     ctxs[n_ctx - 1] = max_ctx;
     for (uint32_t ci = 0; ci < n_ctx; ci++) {
         for (uint32_t bsz = 1; bsz <= o->profile_max_batch; bsz *= 2) {
-            double ttft, queue;
-            fprintf(stderr, "pd-bench: --profile: decode batch %u context %u\n", bsz, ctxs[ci]);
-            if (profile_run(o, c, tok, rng, bsz, 0, ctxs[ci], PROFILE_DECODE_OUT, &k0, &k1, &ttft,
-                            &queue) != 0)
-                goto done;
-            uint64_t steps = k1.steps - k0.steps;
-            if (steps == 0) {
-                fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
-                goto done;
+            /* PROFILE_REPEAT runs, the median step time (a busy moment on a
+             * shared machine slows one run, not the point) */
+            double step_ms[PROFILE_REPEAT], batch = 0;
+            for (int rep = 0; rep < PROFILE_REPEAT; rep++) {
+                double ttft, queue;
+                fprintf(stderr, "pd-bench: --profile: decode batch %u context %u (%d of %d)\n", bsz,
+                        ctxs[ci], rep + 1, PROFILE_REPEAT);
+                if (profile_run(o, c, tok, rng, bsz, 0, ctxs[ci], PROFILE_DECODE_OUT, &k0, &k1,
+                                &ttft, &queue) != 0)
+                    goto done;
+                uint64_t steps = k1.steps - k0.steps;
+                if (steps == 0) {
+                    fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
+                    goto done;
+                }
+                batch += (double)(k1.decode_tokens - k0.decode_tokens) / (double)steps / PROFILE_REPEAT;
+                step_ms[rep] = (double)(k1.decode_us - k0.decode_us) / 1000.0 / (double)steps;
             }
+            qsort(step_ms, PROFILE_REPEAT, sizeof *step_ms, cmp_double);
             json_t *pt = json_object();
-            json_object_set_new(pt, "batch",
-                                json_real((double)(k1.decode_tokens - k0.decode_tokens) / (double)steps));
+            json_object_set_new(pt, "batch", json_real(batch));
             json_object_set_new(pt, "context", json_integer(ctxs[ci] + n_bos + PROFILE_DECODE_OUT / 2));
-            json_object_set_new(pt, "ms", json_real((double)(k1.decode_us - k0.decode_us) / 1000.0 /
-                                                    (double)steps));
+            json_object_set_new(pt, "ms", json_real(percentile(step_ms, PROFILE_REPEAT, 50)));
             json_array_append_new(dec, pt);
         }
     }
