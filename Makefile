@@ -5,6 +5,7 @@
 #   make stop       stop what `make run` started
 #   make test       deps + build + models + referee + every test
 #   make asan       the same tests on an ASan+UBSan build (build-asan/)
+#   make asan-ci    unit + fault-path cluster tests on the ASan build (CI)
 #   make fuzz       libFuzzer targets (clang), a short run of each
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
@@ -52,7 +53,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test asan tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 deps:
@@ -127,6 +128,15 @@ asan:
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" OPT=-O1 all
 	@$(MAKE) --no-print-directory models
 	@BUILD=build-asan MODELS=build/models ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 tests/run.sh
+
+# The sanitizer part of CI (.ci/run, after `make test`): the ASan+UBSan
+# build with every unit test and the cluster tests that drive the error and
+# fault paths (hostile bytes, allocation failures, kills, restarts, cancels).
+# The whole suite under ASan is `make asan` (about 15 min here, by hand).
+ASAN_CI_TESTS := tests/test_|t_pd_run|t_bad_input|t_alloc_sweep|t_hostile_peer|t_worker_death|t_prefill_death|t_cancel|t_curve\.|t_first_token_lost
+asan-ci:
+	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" OPT=-O1 all
+	@BUILD=build-asan MODELS=build/models ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 tests/run.sh '$(ASAN_CI_TESTS)'
 
 tsan:
 	$(MAKE) BUILD=build-tsan SAN="-fsanitize=thread" OPT=-O1 all

@@ -94,8 +94,9 @@ p(
 );
 if (quick) p("**Quick mode: every part shortened; these numbers are for checking the suite, not for quoting.**", "");
 p(
-  `- **Machine**: ${meta.cpu}, ${meta.cores} cores, **shared with other jobs while this ran** (load average ` +
-    `${meta.load_start} at the start, ${meta.load_end} at the end). The numbers come from one run and are noisy; ` +
+  `- **Machine**: ${meta.cpu}, ${meta.cores} cores, a shared machine (load average ${meta.load_start} at the ` +
+    `start, ${meta.load_end} at the end; the suite's own router, workers and pd-bench account for about 3 of it, ` +
+    "anything above that is other jobs). The numbers come from one run and are noisy; " +
     "compare the ratios between configurations of the same run rather than absolute values across runs.",
   `- **Model**: \`${model}\` (\`scripts/models.sh default\`: llama shape, dim 768, 12 layers, vocabulary 32000, ` +
     "f32 weights, 110 M parameters; synthetic weights, so the text is meaningless but the cost is real).",
@@ -161,7 +162,9 @@ p("", "![TTFT and TPOT p99 vs request rate](img/rate_sweep.png)", "");
         : `The cluster saturates between ${sweepRows[i - 1][0]} and ${sat[0]} req/s: `) +
         `at ${sat[0]} req/s requests queue (median TTFT ${msu(sat[1].median_ttft_ms)}, over twice the unloaded ` +
         `${msu(ub.median_ttft_ms)}; p99 ${msu(sat[1].p99_ttft_ms)}) and it completes ${f(sat[1].request_throughput, 2)} req/s. ` +
-        `At the top rate (${rates[rates.length - 1]} req/s) it completes ${f(last.request_throughput, 2)} req/s. ` +
+        (i === sweepRows.length - 1
+          ? ""
+          : `At the top rate (${rates[rates.length - 1]} req/s) it completes ${f(last.request_throughput, 2)} req/s. `) +
         "(\"achieved\" counts from the first submit to the last token of a short Poisson run, so it can differ from " +
         "the offered rate even when the cluster keeps up.)",
       "",
@@ -297,7 +300,7 @@ for (const [w, name] of [["pre", `prefill-heavy (${preIn} → ${preOut})`], ["de
       "the disaggregated cluster, the colocated one still has the other core's share of it. The disaggregated cluster " +
       "also ships every prompt's KV (72 KiB per token in f32) between processes. What colocation costs is " +
       "interference: a colocated decode batch stalls behind every prefill pass on its core (passes are capped at " +
-      `${capText}), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is " +
+      `${capText}), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is ` +
       `${f(tail(pc), 1)} colocated against ${f(tail(pd), 1)} disaggregated (p50 ${f(pc.median_tpot_ms, 1)} → p99 ` +
       `${f(pc.p99_tpot_ms, 1)} ms colocated; ${f(pd.median_tpot_ms, 1)} → ${f(pd.p99_tpot_ms, 1)} ms disaggregated). ` +
       "Disaggregation wins when that interference is what breaks the TPOT SLO while neither of its single-phase " +
@@ -371,7 +374,7 @@ const showErr = (e) => (e === null ? "–" : !isFinite(e) ? "(measured 0)" : `${
 for (const [r, j] of sweepRows) {
   const c = planCfg(r, 1, 1);
   const e = relErr(c, j.request_goodput);
-  if (e !== null) errs.push([r, e]);
+  if (e !== null) errs.push([r, e, c.goodput, j.request_goodput]);
   p(`| 1:1 | ${r} | ${f(j.request_goodput, 2)} | ${c ? f(c.goodput, 2) : "–"} | ${showErr(e)} | yes |`);
 }
 for (const [k, P, D] of [["2:1", 2, 1], ["1:2", 1, 2]]) {
@@ -385,9 +388,16 @@ p("");
     `For the configuration that fits (1:1), the prediction is within 15 % of the measurement at ` +
       `${within.length} of ${errs.length} rates` +
       (within.length < errs.length
-        ? ` (off at ${errs.filter(([, e]) => Math.abs(e) > 0.15).map(([r, e]) => `${r} req/s: ${showErr(e)}`).join(", ")}; ` +
-          "the profile is measured on an idle cluster, while under load the router and pd-bench take CPU from the workers on this 2-core machine" +
-          (Number(meta.load_start.split(" ")[0]) > 1.5 ? ", and other jobs were running)." : ").")
+        ? ` (off at ${errs
+            .filter(([, e]) => Math.abs(e) > 0.15)
+            .map(
+              ([r, e, pr, me]) =>
+                `${r} req/s: ${showErr(e)}, ${f(pr, 3)} predicted vs ${f(me, 3)} measured, a gap of ` +
+                `${f((100 * Math.abs(pr - me)) / Number(r), 1)} % of the offered rate` +
+                (me < 0.1 * Number(r) ? ", past saturation, where goodput collapses toward 0 and a relative error is of a near-zero number" : ""),
+            )
+            .join("; ")}` +
+          (Number(meta.load_start.split(" ")[0]) > 1.5 ? "; other jobs were running on the machine)." : ").")
         : ").") +
       ` Runs of ${sweepRows.map(([, j]) => j.completed).join(", ")} requests: one request more or less ` +
       `meeting the SLOs moves a measured goodput by ${f(100 / Math.max(...sweepRows.map(([, j]) => j.completed)), 1)}–` +

@@ -63,7 +63,7 @@ trap 'exit 130' INT TERM
 # ---- parameters (full / quick)
 SEED=1
 BAL_IN=128 BAL_OUT=64        # balanced workload: parts 1 and 3
-PRE_IN=256 PRE_OUT=16        # prefill-heavy: part 2
+PRE_IN=512 PRE_OUT=64        # prefill-heavy: part 2
 DEC_IN=32 DEC_OUT=128        # decode-heavy: part 2
 SEED_IN=${SEED_IN:-32} SEED_OUT=${SEED_OUT:-16}
 # RATIO_RATE must be one of RATES (the 1:1 run of part 3 is that sweep run).
@@ -82,8 +82,11 @@ else
     RATES="0.5 1 1.5 2"
     SWEEP_S=40
     PROFILE_ARGS=(--profile-max-context 128 --profile-max-batch 8)
-    PRE_RATE=0.7 PRE_N=14
-    DEC_RATE=0.6 DEC_N=16
+    # Rates that load the single-phase core of the disaggregated cluster
+    # (one 513-token prompt is ~1.5 s of prefill on one core) without
+    # saturating it, so interference, not capacity, decides the TPOT tail.
+    PRE_RATE=0.45 PRE_N=16
+    DEC_RATE=1.2 DEC_N=24
     RATIO_RATE=1
     SEED_N=1500 SEED_RATE=6
 fi

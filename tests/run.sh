@@ -5,6 +5,8 @@
 # Ends with one line: "N passed, N failed".
 #
 #   tests/run.sh [--unit-only] [FILTER]
+# FILTER: an extended regular expression matched against each test's path
+# (a plain name matches as a substring: `tests/run.sh t_http`).
 # Env: BUILD (build dir, default build), MODELS (model dir, default $BUILD/models)
 set -u
 cd "$(dirname "$0")/.."
@@ -71,14 +73,14 @@ run_script() {
 
 for t in "$BUILD"/tests/test_*; do
     [ -x "$t" ] || continue
-    case "$t" in *"$FILTER"*) ;; *) continue ;; esac
+    [[ $t =~ $FILTER ]] || continue
     run_cmocka "$t"
 done
 if [ "$UNIT_ONLY" = 0 ]; then
     for dir in tests/cli tests/oracle tests/cluster tests/fuzz; do
         for s in "$dir"/t_*.sh "$dir"/t_*.mjs; do
             [ -e "$s" ] || continue
-            case "$s" in *"$FILTER"*) ;; *) continue ;; esac
+            [[ $s =~ $FILTER ]] || continue
             run_script "$s"
         done
     done
