@@ -259,7 +259,7 @@ static int parse_pcts(opts_t *o, const char *s)
         fprintf(stderr, "pd-bench: --percentiles: list too long\n");
         return -1;
     }
-    strcpy(buf, s);
+    memcpy(buf, s, strlen(s) + 1); /* fits: checked above */
     o->n_pcts = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (o->n_pcts == BENCH_MAX_PCTS) {
@@ -467,8 +467,9 @@ static int parse_args(int argc, char **argv, opts_t *o)
                 o->dataset == DS_FILE ? "--prefix-len" : "this dataset");
         return -1;
     }
-    if (o->api_key == NULL && o->target && getenv("OPENAI_API_KEY") && *getenv("OPENAI_API_KEY"))
-        o->api_key = getenv("OPENAI_API_KEY");
+    const char *env_key = getenv("OPENAI_API_KEY");
+    if (o->api_key == NULL && o->target && env_key && *env_key)
+        o->api_key = env_key;
     if (o->api_key && o->target == NULL) {
         fprintf(stderr, "pd-bench: --api-key is for --target http://...\n");
         return -1;
@@ -1352,6 +1353,10 @@ static int http_models(const opts_t *o, const pd_http_url_t *u, const char *base
 static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
 {
     const opts_t *o = b->o;
+    if (d->n == 0) { /* the loaders refuse an empty dataset; request i uses item i % n */
+        fprintf(stderr, "pd-bench: the dataset has no prompts\n");
+        return -1;
+    }
     bool by_duration = o->duration_s > 0;
     size_t limit = by_duration && !o->has_num_prompts ? SIZE_MAX : o->num_prompts;
     uint64_t dur_ns = (uint64_t)(o->duration_s * 1e9);

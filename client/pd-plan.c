@@ -919,7 +919,8 @@ static int search(const opts_t *o, const model_t *m, rows_t *rows)
                 lo = mid + 1;
         }
     }
-    qsort(rows->v, rows->n, sizeof *rows->v, cmp_row);
+    if (rows->n > 1) /* rows->v is NULL while empty */
+        qsort(rows->v, rows->n, sizeof *rows->v, cmp_row);
     return 0;
 }
 
