@@ -280,7 +280,8 @@ static int parse_header(pd_http_conn_t *c, pd_err_t *err)
         return pd_err_set(err, PD_EFORMAT, "malformed HTTP status line: %.60s", c->hdr);
     c->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
     char *save = NULL;
-    char *line = strtok_r(c->hdr, "\r\n", &save); /* the status line */
+    (void)strtok_r(c->hdr, "\r\n", &save); /* skips the status line */
+    char *line;
     while ((line = strtok_r(NULL, "\r\n", &save)) != NULL) {
         char *colon = strchr(line, ':');
         if (colon == NULL)

@@ -259,7 +259,7 @@ static int parse_pcts(opts_t *o, const char *s)
         fprintf(stderr, "pd-bench: --percentiles: list too long\n");
         return -1;
     }
-    strcpy(buf, s);
+    memcpy(buf, s, strlen(s) + 1); /* fits: checked above */
     o->n_pcts = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (o->n_pcts == BENCH_MAX_PCTS) {
@@ -467,8 +467,9 @@ static int parse_args(int argc, char **argv, opts_t *o)
                 o->dataset == DS_FILE ? "--prefix-len" : "this dataset");
         return -1;
     }
-    if (o->api_key == NULL && o->target && getenv("OPENAI_API_KEY") && *getenv("OPENAI_API_KEY"))
-        o->api_key = getenv("OPENAI_API_KEY");
+    const char *env_key = getenv("OPENAI_API_KEY");
+    if (o->api_key == NULL && o->target && env_key && *env_key)
+        o->api_key = env_key;
     if (o->api_key && o->target == NULL) {
         fprintf(stderr, "pd-bench: --api-key is for --target http://...\n");
         return -1;
@@ -1352,6 +1353,10 @@ static int http_models(const opts_t *o, const pd_http_url_t *u, const char *base
 static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
 {
     const opts_t *o = b->o;
+    if (d->n == 0) { /* the loaders refuse an empty dataset; request i uses item i % n */
+        fprintf(stderr, "pd-bench: the dataset has no prompts\n");
+        return -1;
+    }
     bool by_duration = o->duration_s > 0;
     size_t limit = by_duration && !o->has_num_prompts ? SIZE_MAX : o->num_prompts;
     uint64_t dur_ns = (uint64_t)(o->duration_s * 1e9);
@@ -1930,9 +1935,9 @@ static int plot(const bench_t *b, const metrics_t *m, const char *prefix)
  *             ms (kv_transfer_us / transfers, single prompts);
  *   prefill_pass_tokens: the workers' pass cap at the end (pd-plan
  *             simulates the chunking with it);
- *   decode:   B requests at once with C-token prompts and 32 output tokens:
- *             mean batch (decode_tokens / steps) and ms per step
- *             (decode_us / steps) at mean context C + 16;
+ *   decode:   B requests at once with C-token prompts and 32 output tokens,
+ *             3 runs: mean batch (decode_tokens / steps) and the median ms
+ *             per step (decode_us / steps) at mean context C + 16;
  *   overhead: median over the single-prompt runs of TTFT - the prompt's
  *             prefill passes - the queueing the router reported (network,
  *             router, scheduling).
@@ -1948,6 +1953,7 @@ typedef struct {
     uint32_t decode_blocks; /* smallest total_blocks of a decode-capable worker */
     uint32_t pass_tokens;   /* smallest prefill pass cap of a prefill-capable worker */
     size_t n_prefill, n_decode;
+    size_t n_only_prefill, n_only_decode; /* role prefill / role decode (not both) */
 } counters_t;
 
 static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, pd_err_t *err)
@@ -1970,6 +1976,8 @@ static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, 
         bool pre = strcmp(w->role, "decode") != 0, dec = strcmp(w->role, "prefill") != 0;
         k->n_prefill += pre;
         k->n_decode += dec;
+        k->n_only_prefill += !dec;
+        k->n_only_decode += !pre;
         if (dec && (k->decode_blocks == 0 || w->total_blocks < k->decode_blocks))
             k->decode_blocks = w->total_blocks;
         if (pre && w->prefill_pass_tokens &&
@@ -2009,10 +2017,61 @@ static int settled_counters(pd_client_t *c, uint64_t done_ns, counters_t *k)
 /* One grid run: n requests of in_len random prompt tokens and out_len output
  * tokens, at most conc in flight; counters before and after into k0 and k1,
  * medians of TTFT and queueing into *ttft_ms / *queue_ms. */
+typedef struct {
+    uint32_t n, in_len, out_len;
+} group_t;
+
+/* Appends n random prompts of in_len tokens and out_len outputs to d. */
+static int add_group(const opts_t *base, const pd_tok_t *tok, rng_t *rng, group_t g, dataset_t *d)
+{
+    opts_t o = *base;
+    o.num_prompts = g.n;
+    o.input_len = g.in_len;
+    o.output_len = g.out_len;
+    o.range_ratio = 0;
+    o.prefix_len = 0;
+    dataset_t e = { 0 };
+    int32_t prefix[1];
+    if (build_random(&o, tok, rng, prefix, 0, &e) != 0)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < e.n; i++) {
+        item_t *it = dataset_push(d);
+        if (it == NULL) {
+            rc = -1;
+            break;
+        }
+        *it = e.items[i]; /* moved: d owns the text and ids now */
+        memset(&e.items[i], 0, sizeof e.items[i]);
+    }
+    dataset_free(&e);
+    return rc;
+}
+
+/* Runs the requests of d (all at once, or at most conc in flight); counters
+ * before and after into k0 and k1, medians of TTFT and queueing into
+ * *ttft_ms / *queue_ms (when not NULL). */
+static int profile_run_set(const opts_t *base, pd_client_t *c, rng_t *rng, dataset_t *d,
+                           uint32_t conc, counters_t *k0, counters_t *k1, double *ttft_ms,
+                           double *queue_ms);
+
 static int profile_run(const opts_t *base, pd_client_t *c, const pd_tok_t *tok, rng_t *rng,
                        uint32_t n, uint32_t conc, uint32_t in_len, uint32_t out_len,
                        counters_t *k0, counters_t *k1, double *ttft_ms, double *queue_ms)
 {
+    dataset_t d = { 0 };
+    int rc = -1;
+    if (add_group(base, tok, rng, (group_t){ n, in_len, out_len }, &d) == 0)
+        rc = profile_run_set(base, c, rng, &d, conc, k0, k1, ttft_ms, queue_ms);
+    dataset_free(&d);
+    return rc;
+}
+
+static int profile_run_set(const opts_t *base, pd_client_t *c, rng_t *rng, dataset_t *d,
+                           uint32_t conc, counters_t *k0, counters_t *k1, double *ttft_ms,
+                           double *queue_ms)
+{
+    uint32_t n = (uint32_t)d->n;
     opts_t o = *base;
     o.dataset = DS_RANDOM;
     o.num_prompts = n;
@@ -2020,21 +2079,17 @@ static int profile_run(const opts_t *base, pd_client_t *c, const pd_tok_t *tok, 
     o.duration_s = 0;
     o.rate = INFINITY;
     o.max_concurrency = conc;
-    o.input_len = in_len;
-    o.output_len = out_len;
     o.range_ratio = 0;
     o.prefix_len = 0;
     o.ignore_eos = true;
     o.has_goodput = false;
     o.progress = false;
-    dataset_t d = { 0 };
     bench_t b = { .o = &o };
     metrics_t m = { 0 };
-    int32_t prefix[1];
     int rc = -1;
-    if (build_random(&o, tok, rng, prefix, 0, &d) != 0 || settled_counters(c, now_ns(), k0) != 0)
+    if (settled_counters(c, now_ns(), k0) != 0)
         goto done;
-    if (run(&b, c, &d, rng) != 0 || compute_metrics(&b, &m) != 0)
+    if (run(&b, c, d, rng) != 0 || compute_metrics(&b, &m) != 0)
         goto done;
     if (m.failed || m.completed != n) {
         fprintf(stderr, "pd-bench: --profile: %zu of %u requests failed (%s)\n", m.failed, n,
@@ -2047,13 +2102,106 @@ static int profile_run(const opts_t *base, pd_client_t *c, const pd_tok_t *tok, 
     for (size_t i = 0; i < b.n_reqs; i++)
         q[i] = (double)b.reqs[i].queue_us / 1000.0;
     qsort(q, n, sizeof *q, cmp_double);
-    *queue_ms = percentile(q, n, 50);
+    if (queue_ms)
+        *queue_ms = percentile(q, n, 50);
     free(q);
-    *ttft_ms = m.st[M_TTFT].median;
+    if (ttft_ms)
+        *ttft_ms = m.st[M_TTFT].median;
     rc = settled_counters(c, b.end_ns, k1);
 done:
     metrics_free(&m);
     bench_free(&b);
+    return rc;
+}
+
+/* Interference: on one machine a prefill pass and a decode step running at
+ * the same time on different cores slow each other down (they share the
+ * memory bus and caches). Measured as two ratios of the same work done with
+ * and without the other phase running beside it:
+ *   decode:  B requests (32 -> 64 tokens) alone, then the same with enough
+ *            long prompts (max_tokens 1: prefill only) queued behind them
+ *            to keep the prefill workers busy for their whole decode:
+ *            (decode_us / steps) busy over idle;
+ *   prefill: two long prompts behind B short ones with max_tokens 1 (no
+ *            decode), then the same with the short ones decoding for
+ *            longer than the long prompts take: prefill_us busy over idle.
+ * pd-plan scales a step or pass by these factors in proportion to how many
+ * workers of the other phase are busy when it starts. */
+static int profile_interference(const opts_t *o, pd_client_t *c, const pd_tok_t *tok,
+                                rng_t *rng, uint32_t max_ctx, json_t **out)
+{
+    uint32_t bsz = o->profile_max_batch < 4 ? o->profile_max_batch : 4;
+    uint32_t long_len = max_ctx < 256 ? max_ctx : 256;
+    uint32_t dec_out = 64;
+    counters_t k0, k1;
+    dataset_t d = { 0 };
+    int rc = -1;
+    double dec_idle, dec_busy, pre_idle, pre_busy, dec_run_ms, pre_prompt_ms;
+
+    fprintf(stderr, "pd-bench: --profile: interference: decode alone\n");
+    if (add_group(o, tok, rng, (group_t){ bsz, 32, dec_out }, &d) != 0 ||
+        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
+        goto done;
+    dataset_free(&d);
+    if (k1.steps == k0.steps)
+        goto no_steps;
+    dec_idle = (double)(k1.decode_us - k0.decode_us) / (double)(k1.steps - k0.steps);
+    dec_run_ms = (double)(k1.decode_us - k0.decode_us) / 1000.0;
+
+    fprintf(stderr, "pd-bench: --profile: interference: prefill alone\n");
+    if (add_group(o, tok, rng, (group_t){ bsz, 32, 1 }, &d) != 0 ||
+        add_group(o, tok, rng, (group_t){ 2, long_len, 1 }, &d) != 0 ||
+        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
+        goto done;
+    dataset_free(&d);
+    if (k1.prefill_us == k0.prefill_us)
+        goto no_passes;
+    pre_idle = (double)(k1.prefill_us - k0.prefill_us);
+    pre_prompt_ms = pre_idle / 1000.0 / 2.0; /* about: the short prompts are cheap */
+
+    /* long prompts for 1.5x the decode run, spread over the prefill workers */
+    uint64_t n_long = (uint64_t)(1.5 * dec_run_ms / pre_prompt_ms) + 1;
+    if (n_long > 64)
+        n_long = 64;
+    fprintf(stderr, "pd-bench: --profile: interference: decode beside %llu prefills\n",
+            (unsigned long long)n_long);
+    if (add_group(o, tok, rng, (group_t){ bsz, 32, dec_out }, &d) != 0 ||
+        add_group(o, tok, rng, (group_t){ (uint32_t)n_long, long_len, 1 }, &d) != 0 ||
+        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
+        goto done;
+    dataset_free(&d);
+    if (k1.steps == k0.steps)
+        goto no_steps;
+    dec_busy = (double)(k1.decode_us - k0.decode_us) / (double)(k1.steps - k0.steps);
+
+    /* short requests decoding for 1.5x the two long prompts' prefill */
+    uint64_t out2 = (uint64_t)(1.5 * 2.0 * pre_prompt_ms * 1000.0 / dec_idle) + 8;
+    if (out2 + 40 > max_ctx + 32)
+        out2 = max_ctx > 40 ? max_ctx - 8 : 32;
+    fprintf(stderr, "pd-bench: --profile: interference: prefill beside %u decodes of %llu tokens\n",
+            bsz, (unsigned long long)out2);
+    if (add_group(o, tok, rng, (group_t){ bsz, 32, (uint32_t)out2 }, &d) != 0 ||
+        add_group(o, tok, rng, (group_t){ 2, long_len, 1 }, &d) != 0 ||
+        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
+        goto done;
+    dataset_free(&d);
+    if (k1.prefill_us == k0.prefill_us)
+        goto no_passes;
+    pre_busy = (double)(k1.prefill_us - k0.prefill_us);
+
+    *out = json_pack("{s:f,s:f,s:i,s:i}", "decode", dec_busy / dec_idle, "prefill",
+                     pre_busy / pre_idle, "decode_batch", (json_int_t)bsz, "prefill_tokens",
+                     (json_int_t)long_len);
+    rc = *out ? 0 : -1;
+    fprintf(stderr, "pd-bench: --profile: interference: decode step x%.3f, prefill x%.3f\n",
+            dec_busy / dec_idle, pre_busy / pre_idle);
+    goto done;
+no_steps:
+    fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
+    goto done;
+no_passes:
+    fprintf(stderr, "pd-bench: --profile: the workers reported no prefill passes\n");
+done:
     dataset_free(&d);
     return rc;
 }
@@ -2126,24 +2274,37 @@ static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *c
     ctxs[n_ctx - 1] = max_ctx;
     for (uint32_t ci = 0; ci < n_ctx; ci++) {
         for (uint32_t bsz = 1; bsz <= o->profile_max_batch; bsz *= 2) {
-            double ttft, queue;
-            fprintf(stderr, "pd-bench: --profile: decode batch %u context %u\n", bsz, ctxs[ci]);
-            if (profile_run(o, c, tok, rng, bsz, 0, ctxs[ci], PROFILE_DECODE_OUT, &k0, &k1, &ttft,
-                            &queue) != 0)
-                goto done;
-            uint64_t steps = k1.steps - k0.steps;
-            if (steps == 0) {
-                fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
-                goto done;
+            /* PROFILE_REPEAT runs, the median step time (a busy moment on a
+             * shared machine slows one run, not the point) */
+            double step_ms[PROFILE_REPEAT], batch = 0;
+            for (int rep = 0; rep < PROFILE_REPEAT; rep++) {
+                double ttft, queue;
+                fprintf(stderr, "pd-bench: --profile: decode batch %u context %u (%d of %d)\n", bsz,
+                        ctxs[ci], rep + 1, PROFILE_REPEAT);
+                if (profile_run(o, c, tok, rng, bsz, 0, ctxs[ci], PROFILE_DECODE_OUT, &k0, &k1,
+                                &ttft, &queue) != 0)
+                    goto done;
+                uint64_t steps = k1.steps - k0.steps;
+                if (steps == 0) {
+                    fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
+                    goto done;
+                }
+                batch += (double)(k1.decode_tokens - k0.decode_tokens) / (double)steps / PROFILE_REPEAT;
+                step_ms[rep] = (double)(k1.decode_us - k0.decode_us) / 1000.0 / (double)steps;
             }
+            qsort(step_ms, PROFILE_REPEAT, sizeof *step_ms, cmp_double);
             json_t *pt = json_object();
-            json_object_set_new(pt, "batch",
-                                json_real((double)(k1.decode_tokens - k0.decode_tokens) / (double)steps));
+            json_object_set_new(pt, "batch", json_real(batch));
             json_object_set_new(pt, "context", json_integer(ctxs[ci] + n_bos + PROFILE_DECODE_OUT / 2));
-            json_object_set_new(pt, "ms", json_real((double)(k1.decode_us - k0.decode_us) / 1000.0 /
-                                                    (double)steps));
+            json_object_set_new(pt, "ms", json_real(percentile(step_ms, PROFILE_REPEAT, 50)));
             json_array_append_new(dec, pt);
         }
+    }
+    if (k1.n_only_prefill > 0 && k1.n_only_decode > 0) {
+        json_t *inf = NULL;
+        if (profile_interference(o, c, tok, rng, max_ctx, &inf) != 0)
+            goto done;
+        json_object_set_new(j, "interference", inf);
     }
     qsort(ovh, n_ovh, sizeof *ovh, cmp_double);
     json_object_set_new(j, "n_prefill_workers", json_integer((json_int_t)k1.n_prefill));

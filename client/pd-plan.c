@@ -29,7 +29,13 @@
  *   - the KV goes to the decode worker with the most free KV blocks, arrives
  *     after kv_ms, and joins the running batch at a step boundary when the
  *     batch has room (--decode-batch-size) and the worker has the blocks;
- *   - each decode step gives every running sequence one token.
+ *   - each decode step gives every running sequence one token;
+ *   - interference (when the profile measured it, see pd-bench): a decode
+ *     step costs decode_ms * (1 + (f_d - 1) * busy prefill workers / P), a
+ *     prefill pass prefill_ms * (1 + (f_p - 1) * busy decode workers / D):
+ *     on one machine the two phases slow each other down through the memory
+ *     bus. --no-interference ignores it (prefill and decode on separate
+ *     machines).
  * A request is good when TTFT <= --ttft-slo and TPOT = (last token - first
  * token) / (O - 1) <= --tpot-slo; goodput = good requests / simulated time,
  * attainment = good / all. A cluster meets the SLOs when attainment >=
@@ -68,6 +74,7 @@ typedef struct {
     uint32_t prefill_pass_tokens; /* 0: the profile's (0 there too: no cap) */
     uint64_t seed;
     const char *arrivals_path; /* --arrivals: replay these submit times */
+    bool no_interference;      /* --no-interference: ignore the profile's factors */
     double *arrivals;          /* (num_requests) seconds from the first, ascending */
 } opts_t;
 
@@ -145,7 +152,8 @@ static void usage(FILE *f)
                "               --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]\n"
                "               [--num-requests N] [--seed S] [--prefill-batch-tokens T]\n"
                "               [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]\n"
-               "               [--decode-batch-size B] [--kv-blocks N] [--json FILE]\n"
+               "               [--decode-batch-size B] [--kv-blocks N] [--no-interference]\n"
+               "               [--json FILE]\n"
                "FILE comes from `pd-bench --profile FILE`. Exit: 0 a cluster meets the SLOs,\n"
                "1 none within --max-workers, 2 bad options or profile.\n");
 }
@@ -175,6 +183,10 @@ static int parse_args(int argc, char **argv, opts_t *o)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             return 1;
+        if (!strcmp(a, "--no-interference")) {
+            o->no_interference = true;
+            continue;
+        }
         if (v == NULL) {
             fprintf(stderr, "pd-plan: %s: unknown option or missing value (--help for usage)\n", a);
             return -1;
@@ -256,6 +268,7 @@ typedef struct {
     double overhead_ms;
     uint32_t block_size, kv_blocks;
     uint32_t pass_tokens; /* tokens one prefill pass may take (chunked prefill); 0 = no cap */
+    double inf_dec, inf_pre; /* interference: a step / pass beside the other phase costs x this */
     char model[128];
 } model_t;
 
@@ -375,6 +388,24 @@ static int load_model(const opts_t *o, model_t *m)
         goto done;
     m->pass_tokens = o->prefill_pass_tokens ? o->prefill_pass_tokens
                      : cap >= 1 && cap <= 1e8 ? (uint32_t)cap : 0;
+    /* Optional: interference between the phases (1 = none, or not measured). */
+    m->inf_dec = m->inf_pre = 1;
+    json_t *inf = json_object_get(root, "interference");
+    if (inf != NULL && !o->no_interference) {
+        if (!json_is_object(inf)) {
+            fprintf(stderr, "pd-plan: --profile %s: interference: not an object {decode, "
+                            "prefill}\n", o->profile_path);
+            goto done;
+        }
+        if (get_num(o->profile_path, inf, NULL, 0, "decode", &m->inf_dec) != 0 ||
+            get_num(o->profile_path, inf, NULL, 0, "prefill", &m->inf_pre) != 0)
+            goto done;
+        if (!(m->inf_dec >= 0.5 && m->inf_dec <= 10) || !(m->inf_pre >= 0.5 && m->inf_pre <= 10)) {
+            fprintf(stderr, "pd-plan: --profile %s: interference factors %g / %g are not in "
+                            "[0.5, 10]\n", o->profile_path, m->inf_dec, m->inf_pre);
+            goto done;
+        }
+    }
     const char *name = json_string_value(json_object_get(root, "model_id"));
     snprintf(m->model, sizeof m->model, "%s", name ? name : "?");
 
@@ -597,6 +628,7 @@ typedef struct {
     dworker_t *dw;
     heap_t h;
     uint32_t blocks_per_req;
+    uint32_t busy_p, busy_d; /* workers in a pass / a step now */
 } sim_t;
 
 /* Prompt tokens of a request, BOS included. */
@@ -631,8 +663,11 @@ static int start_prefill(sim_t *s, uint32_t w, double now)
         att += (double)take * (2.0 * off + take);
     }
     p->busy = true;
-    return heap_push(&s->h, now + prefill_ms(s->m, (double)tokens, att) / 1000.0, EV_PREFILL_DONE,
-                     w);
+    s->busy_p++;
+    /* slowed by the decode workers stepping beside it (interference) */
+    double f = 1 + (s->m->inf_pre - 1) * (double)s->busy_d / (double)s->D;
+    return heap_push(&s->h, now + f * prefill_ms(s->m, (double)tokens, att) / 1000.0,
+                     EV_PREFILL_DONE, w);
 }
 
 static int start_step(sim_t *s, uint32_t w, double now)
@@ -652,7 +687,10 @@ static int start_step(sim_t *s, uint32_t w, double now)
         ctx += s->o->input_len + 1 + s->r[d->run[i]].gen;
     ctx /= (double)d->n_run;
     d->busy = true;
-    return heap_push(&s->h, now + decode_ms(s->m, (double)d->n_run, ctx) / 1000.0, EV_STEP_DONE, w);
+    s->busy_d++;
+    double f = 1 + (s->m->inf_dec - 1) * (double)s->busy_p / (double)s->P;
+    return heap_push(&s->h, now + f * decode_ms(s->m, (double)d->n_run, ctx) / 1000.0,
+                     EV_STEP_DONE, w);
 }
 
 static int on_event(sim_t *s, event_t e)
@@ -695,6 +733,7 @@ static int on_event(sim_t *s, event_t e)
                 return -1;
         }
         p->busy = false;
+        s->busy_p--;
         p->n_batch = 0;
         return start_prefill(s, e.a, e.t);
     }
@@ -717,6 +756,7 @@ static int on_event(sim_t *s, event_t e)
     }
     d->n_run = k;
     d->busy = false;
+    s->busy_d--;
     return start_step(s, e.a, e.t);
 }
 
@@ -879,7 +919,8 @@ static int search(const opts_t *o, const model_t *m, rows_t *rows)
                 lo = mid + 1;
         }
     }
-    qsort(rows->v, rows->n, sizeof *rows->v, cmp_row);
+    if (rows->n > 1) /* rows->v is NULL while empty */
+        qsort(rows->v, rows->n, sizeof *rows->v, cmp_row);
     return 0;
 }
 
@@ -944,9 +985,10 @@ int main(int argc, char **argv)
     if (m.pass_tokens)
         snprintf(cap_text, sizeof cap_text, "%u tokens", m.pass_tokens);
     printf("cost model: prefill_ms(n,T) = %.4g + %.4g*n*T + %.4g*n*T^2; decode_ms(B,C) = %.4g + %.4g*B + "
-           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass cap %s\n",
+           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass cap %s; "
+           "interference: decode step x%.3g, prefill pass x%.3g\n",
            m.pre[0], m.pre[1], m.pre[2], m.dec[0], m.dec[1], m.dec[2], m.kv[0], m.kv[1],
-           m.overhead_ms, cap_text);
+           m.overhead_ms, cap_text, m.inf_dec, m.inf_pre);
     printf("%5s %5s %8s %15s %11s %14s %14s %6s\n", "P", "D", "workers", "goodput(req/s)",
            "attainment", "p90 TTFT(ms)", "p90 TPOT(ms)", "meets");
     const row_t *best = NULL;
@@ -984,11 +1026,12 @@ int main(int argc, char **argv)
         json_object_set_new(j, "attainment_target", json_real(o.attainment));
         json_object_set_new(j, "num_requests", json_integer(o.num_requests));
         json_object_set_new(j, "prefill_pass_tokens", json_integer(m.pass_tokens));
-        json_object_set_new(j, "cost_model", json_pack("{s:[f,f,f],s:[f,f,f],s:[f,f],s:f}",
+        json_object_set_new(j, "cost_model", json_pack("{s:[f,f,f],s:[f,f,f],s:[f,f],s:f,s:{s:f,s:f}}",
                                                        "prefill", m.pre[0], m.pre[1], m.pre[2],
                                                        "decode", m.dec[0], m.dec[1], m.dec[2],
                                                        "kv", m.kv[0], m.kv[1], "overhead_ms",
-                                                       m.overhead_ms));
+                                                       m.overhead_ms, "interference", "decode",
+                                                       m.inf_dec, "prefill", m.inf_pre));
         json_object_set_new(j, "arrivals", o.arrivals_path ? json_string(o.arrivals_path)
                                                            : json_null());
         for (size_t i = 0; i < rows.n; i++)

@@ -1009,7 +1009,6 @@ int pd_config_load_file(pd_config_t *c, const char *path, pd_err_t *err)
         goto fail;
     }
     close(fd);
-    fd = -1;
     rc = pd_config_load_string(c, buf, len, path, err);
     free(buf);
     return rc;

@@ -1,4 +1,5 @@
 /* err.c -- see err.h */
+#define PD_ERR_IMPL /* defines pd_err_set: no analyzer macro */
 #include "err.h"
 
 #include <stdarg.h>

@@ -32,6 +32,13 @@ typedef struct pd_err {
  * returns code, so callers can write `return pd_err_set(err, PD_EINVAL, ...)`. */
 int pd_err_set(pd_err_t *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+#if defined(__clang_analyzer__) && !defined(PD_ERR_IMPL)
+/* The static analyzer does not inline variadic functions, so it cannot see
+ * that pd_err_set returns code and explores `return pd_err_set(...)` as a
+ * possible success (0) with nothing initialised. Spell the contract out for
+ * it; compilers never see this. */
+#define pd_err_set(err, code, ...) (pd_err_set((err), (code), __VA_ARGS__), (code))
+#endif
 
 /* Prepends "prefix: " to the message already in err. Returns err->code
  * (or code if err is NULL). */

@@ -468,6 +468,11 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
     const pd_model_config_t *c = &e->model->cfg;
     const pd_layer_t *L = &e->model->layers[l];
     const uint32_t T = b->n_tokens;
+    /* validate_batch already rejects an empty batch; this keeps the
+     * attention split's division by T safe on its own (clang-analyzer
+     * does not carry that check through pd_forward's calls). */
+    if (T == 0)
+        return;
     layer_ctx_t lc = { e, b, l, 1 };
     int nt = pd_pool_n_threads(e->pool);
 

@@ -251,11 +251,16 @@ static int rd_str(gguf_rd_t *r, pd_gguf_str_t *out, const char *field, int64_t e
         snprintf(name, sizeof name, "%s[%" PRId64 "]", field, elem);
     else
         snprintf(name, sizeof name, "%s", field);
+    /* rd_fail returns its code; the explicit PD_EFORMAT lets the analyzer
+     * (which does not inline variadic functions) see that *out is only
+     * read after a 0. */
     if (!has_len)
-        return rd_fail(r, PD_EFORMAT, "%s length at byte %zu: file truncated (needs 8 bytes, "
-                       "%zu left)", name, at, rd_left(r));
-    return rd_fail(r, PD_EFORMAT, "%s length %" PRIu64 " at byte %zu is longer than the %zu "
-                   "bytes left in the file", name, len, at, rd_left(r) - sizeof len);
+        rd_fail(r, PD_EFORMAT, "%s length at byte %zu: file truncated (needs 8 bytes, "
+                "%zu left)", name, at, rd_left(r));
+    else
+        rd_fail(r, PD_EFORMAT, "%s length %" PRIu64 " at byte %zu is longer than the %zu "
+                "bytes left in the file", name, len, at, rd_left(r) - sizeof len);
+    return PD_EFORMAT;
 }
 
 /* ====== Header ====== */
@@ -808,6 +813,7 @@ static void kv_int(const gguf_kv_t *kv, bool *is_signed, int64_t *s, uint64_t *u
 {
     union { uint8_t u8; int8_t i8; uint16_t u16; int16_t i16; uint32_t u32; int32_t i32;
             uint64_t u64; int64_t i64; } v;
+    memset(&v, 0, sizeof v); /* defined even for a type narrower than the one read */
     memcpy(&v, kv->data, pd_gguf__scalar_bytes(kv->type));
     *is_signed = true;
     switch (kv->type) {

@@ -435,7 +435,9 @@ static int load_merges(pd_tok_t *t, const pd_gguf_t *g, pd_err_t *err)
                               PD_TOK_MAX_TEXT_BYTES);
     }
     t->merge_text = malloc(total ? total : 1);
-    t->merges = malloc((n ? n : 1) * sizeof *t->merges);
+    /* zeroed: insert_merge reads earlier ranks only, but the analyzer
+     * cannot follow that through the hash table */
+    t->merges = calloc(n ? n : 1, sizeof *t->merges);
     if (!t->merge_text || !t->merges)
         return pd_err_set(err, PD_ENOMEM, "%s: out of memory", key);
     t->n_merges = (uint32_t)n;
@@ -625,7 +627,7 @@ pd_tok_t *pd_tok_load(const pd_gguf_t *g, pd_err_t *err)
         goto fail;
     }
     mark_eog(t);
-    if ((rc = collect_specials(t, err)) != 0)
+    if (collect_specials(t, err) != 0)
         goto fail;
     if ((rc = measure_pieces(t)) != 0) {
         pd_err_set(err, rc, "tokenizer: out of memory");
@@ -927,6 +929,8 @@ static int bpe_add_bigram(bpe_t *s, int32_t left, int32_t right)
 static int bpe_word(bpe_t *s, const char *word, size_t n, ids_t *out)
 {
     const pd_tok_t *t = s->t;
+    if (n == 0)
+        return 0; /* an empty word has no tokens (and word may be NULL) */
     s->word = word;
     s->heap.n = 0;
     if (t->ignore_merges) {
@@ -977,6 +981,8 @@ static int bpe_word(bpe_t *s, const char *word, size_t n, ids_t *out)
 /* Pre-tokenizes the fragment text[0..n) (valid UTF-8) and encodes each word. */
 static int bpe_tokenize(bpe_t *s, const char *text, size_t n, ids_t *out, pd_err_t *err)
 {
+    if (n == 0)
+        return 0; /* no code points, no words (and s->cpts may be NULL) */
     if (n > s->cpts_cap) {
         uint32_t *c = realloc(s->cpts, n * sizeof *c);
         if (!c)

@@ -535,7 +535,7 @@ int pd_pretok_split(pd_pretok_t kind, const uint32_t *cpts, size_t n, size_t **l
     struct {
         pass_kind_t k;
         simple_re_t re;
-    } passes[4];
+    } passes[4] = {{0}}; /* .re is only set (and read) for PASS_SIMPLE */
     size_t n_passes = 0;
     switch (kind) {
     case PD_PRETOK_GPT2:

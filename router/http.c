@@ -531,11 +531,15 @@ static bool bad(bad_t *b, const char *param, const char *fmt, ...)
 
 static bool get_num(json_t *v, const char *key, double lo, double hi, double *out, bad_t *b)
 {
-    if (!json_is_number(v))
-        return bad(b, key, "%s: expected a number", key);
+    if (!json_is_number(v)) {
+        bad(b, key, "%s: expected a number", key);
+        return false;
+    }
     double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi)
-        return bad(b, key, "%s: must be in [%g, %g], got %g", key, lo, hi, x);
+    if (!isfinite(x) || x < lo || x > hi) {
+        bad(b, key, "%s: must be in [%g, %g], got %g", key, lo, hi, x);
+        return false;
+    }
     *out = x;
     return true;
 }
@@ -543,19 +547,25 @@ static bool get_num(json_t *v, const char *key, double lo, double hi, double *ou
 static bool get_int(json_t *v, const char *key, long long lo, long long hi, long long *out,
                     bad_t *b)
 {
-    if (!json_is_integer(v))
-        return bad(b, key, "%s: expected an integer", key);
+    if (!json_is_integer(v)) {
+        bad(b, key, "%s: expected an integer", key);
+        return false;
+    }
     long long x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return bad(b, key, "%s: must be in [%lld, %lld], got %lld", key, lo, hi, x);
+    if (x < lo || x > hi) {
+        bad(b, key, "%s: must be in [%lld, %lld], got %lld", key, lo, hi, x);
+        return false;
+    }
     *out = x;
     return true;
 }
 
 static bool get_bool(json_t *v, const char *key, bool *out, bad_t *b)
 {
-    if (!json_is_boolean(v))
-        return bad(b, key, "%s: expected true or false", key);
+    if (!json_is_boolean(v)) {
+        bad(b, key, "%s: expected true or false", key);
+        return false;
+    }
     *out = json_is_true(v);
     return true;
 }
@@ -678,7 +688,7 @@ static bool parse_messages(pd_http_t *h, json_t *v, gen_t *g, bad_t *b)
         const char *k;
         json_t *x;
         json_object_foreach(m, k, x) {
-            if (strcmp(k, "role") && strcmp(k, "content") && strcmp(k, "name")) {
+            if (strcmp(k, "role") != 0 && strcmp(k, "content") != 0 && strcmp(k, "name") != 0) {
                 bad(b, key, "%s.%s: not supported", key, k);
                 goto done;
             }
@@ -751,7 +761,7 @@ static bool parse_param(pd_http_t *h, const char *k, json_t *v, gen_t *g, bad_t 
 {
     double d;
     long long i;
-    if (json_is_null(v) && strcmp(k, "prompt") && strcmp(k, "messages"))
+    if (json_is_null(v) && strcmp(k, "prompt") != 0 && strcmp(k, "messages") != 0)
         return true; /* null = not given (clients send explicit nulls) */
     if (strcmp(k, "model") == 0) {
         if (!json_is_string(v))
@@ -1438,7 +1448,7 @@ static int chat_setup(pd_http_t *h, const pd_http_opts_t *o, pd_err_t *err)
     }
     pd_chat_init(&h->chat, k, o->tok);
     PD_INFO("event=chat_template family=%s source=%s", pd_chat_name(k),
-            name[0] && strcmp(name, "auto") ? "config" : (o->chat_template ? "gguf" : "none"));
+            name[0] && strcmp(name, "auto") != 0 ? "config" : (o->chat_template ? "gguf" : "none"));
     return 0;
 }
 
@@ -1510,11 +1520,20 @@ pd_http_t *pd_http_start(const pd_http_opts_t *o, pd_err_t *err)
         goto fail;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_LISTEN_FD);
-    struct sockaddr_storage bound;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+        struct sockaddr_storage ss;
+    } bound;
+    memset(&bound, 0, sizeof bound);
     socklen_t bl = sizeof bound;
-    if (di && getsockname(di->listen_fd, (struct sockaddr *)&bound, &bl) == 0)
-        h->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                    : ((struct sockaddr_in *)&bound)->sin_port);
+    if (di && getsockname(di->listen_fd, &bound.sa, &bl) == 0) {
+        if (bound.sa.sa_family == AF_INET6)
+            h->port = ntohs(bound.in6.sin6_port);
+        else if (bound.sa.sa_family == AF_INET)
+            h->port = ntohs(bound.in.sin_port);
+    }
     const char *colon = strrchr(h->cfg.listen, ':');
     int hl = (int)(colon - h->cfg.listen);
     bool wild = hl == 0 || strncmp(h->cfg.listen, "0.0.0.0:", 8) == 0 ||

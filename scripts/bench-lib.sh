@@ -11,13 +11,7 @@
 # recorded in BENCH_PIDS; the caller's EXIT trap must call bench_stop.
 
 BENCH_PIDS=()
-# One compute thread per worker (each is pinned to one core). Heartbeats
-# every 1.5 s (the router's interval, which it hands to the workers): a
-# prefill worker caps a pass at half a beat of its measured speed, chunking
-# longer prompts, and pd-bench --profile needs each single profile prompt (up
-# to 129 tokens here) in one pass; at ~4 ms/token that needs a beat over ~1 s.
-# Liveness 14 beats (21 s), so a slow pass on a loaded core is never taken
-# for a dead worker.
+# One compute thread per worker (each is pinned to one core).
 # Default heartbeats (500 ms, liveness 4): a prefill worker keeps each pass
 # within half a beat at its measured speed (chunked prefill), which the
 # profile records and pd-plan simulates.

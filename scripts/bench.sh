@@ -187,6 +187,10 @@ for r in $RATES; do
         --arrivals "$OUT/sweep_$r.req.jsonl" --json "$OUT/plan_$r.json")
     cmdlog ratio "$(show "${cmd[@]}")"
     "${cmd[@]}" >"$LOGS/plan_$r.txt" 2>&1 || true # exit 1: no config meets the SLOs
+    # the same without the measured interference between the phases
+    cmd=("${cmd[@]/$OUT\/plan_$r.json/$OUT/plan_${r}_noint.json}" --no-interference)
+    cmdlog ratio "$(show "${cmd[@]}")"
+    "${cmd[@]}" >"$LOGS/plan_${r}_noint.txt" 2>&1 || true
 done
 cp "$LOGS/plan_$RATIO_RATE.txt" "$OUT/plan_ratio.txt" 2>/dev/null || true
 

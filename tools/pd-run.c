@@ -422,6 +422,10 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         fprintf(stderr, "pd-run: -m FILE and -p PROMPT (or --bench) are required\n");
         return -1;
     }
+    if (o->prompt && strlen(o->prompt) > PD_RUN_MAX_PROMPT_BYTES) {
+        fprintf(stderr, "pd-run: -p: the prompt is over %u bytes\n", PD_RUN_MAX_PROMPT_BYTES);
+        return -1;
+    }
     pd_err_t err = { 0 };
     if (pd_sampling_validate(&o->sp, &err) != 0) {
         fprintf(stderr, "pd-run: %s\n", err.msg);
@@ -440,12 +444,13 @@ int main(int argc, char **argv)
     }
     pd_err_t err = { 0 };
     runner_t r;
-    uint32_t n_seqs = o.bench ? 32 : 1, ctx = o.bench ? 512 : 0;
+    uint32_t n_seqs = o.bench ? 32 : 1, ctx = 512;
     if (!o.bench) {
-        /* the context is the model's; size the cache for prompt + n */
+        /* the context is the model's; size the cache for prompt + n
+         * (parse_args bounds both, so this is in 8..2^24 + 2^20 + 8) */
         ctx = (uint32_t)(strlen(o.prompt) + 8 + o.n_predict);
     }
-    int rc = runner_init(&r, o.model_path, n_seqs, ctx > 0 ? ctx : 1, PD_RUN_CHUNK, o.threads,
+    int rc = runner_init(&r, o.model_path, n_seqs, ctx, PD_RUN_CHUNK, o.threads,
                          !o.fast_prefill, o.invariant_quant, &err);
     if (rc == 0)
         rc = o.bench ? bench(&r, &o, &err) : generate(&r, &o, &err);

@@ -126,6 +126,11 @@ check "--profile: prefill, KV transfer and decode points, all positive" node -e 
                  && p.kv_transfer.length === 3 && p.decode.length === 6
                  && pos(p.decode, ["batch", "context", "ms"]) && p.n_prefill_workers === 1
                  && p.n_decode_workers === 1 && p.overhead_ms >= 0 ? 0 : 1);' "$T/prof.json"
+check "--profile: interference factors measured on the 1P+1D cluster (decode step, prefill pass; 0.5..10)" node -e '
+    const i = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).interference || {};
+    console.log(`# interference ${JSON.stringify(i)}`);
+    const r = (x) => typeof x === "number" && x >= 0.5 && x <= 10;
+    process.exit(r(i.decode) && r(i.prefill) && i.decode_batch === 4 && i.prefill_tokens === 64 ? 0 : 1);' "$T/prof.json"
 if [ -x "$PD_BIN/pd-plan" ]; then
     "$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 5 --input-len 32 --output-len 16 \
         --ttft-slo 1000 --tpot-slo 100 --max-workers 3 >"$T/plan.out" 2>&1

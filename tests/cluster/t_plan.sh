@@ -112,6 +112,40 @@ check "pd-plan: a profile of chunked passes (batch < 1) and its pass cap are tak
 expect_fail "pd-plan: prefill[0].batch 0 refused, naming it" "prefill\[0\]\.batch" \
     --profile "$T/zero.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
 
+# Interference: a profile's measured factors slow a decode step in
+# proportion to the busy prefill workers (and a prefill pass to the busy
+# decode workers); --no-interference ignores them.
+node -e '
+    const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    p.interference = { decode: 2, prefill: 1.5, decode_batch: 4, prefill_tokens: 128 };
+    fs.writeFileSync(process.argv[2], JSON.stringify(p));
+    p.interference.decode = 0.1; fs.writeFileSync(process.argv[3], JSON.stringify(p));
+    p.interference = "x"; fs.writeFileSync(process.argv[4], JSON.stringify(p));' \
+    $PROF "$T/inf.json" "$T/inf-low.json" "$T/inf-str.json"
+BUSY=(--request-rate 100 --input-len 128 --output-len 64 --ttft-slo 1000 --tpot-slo 100 --max-workers 2
+      --num-requests 400)
+"$PLAN" --profile $PROF "${BUSY[@]}" --json "$T/inf0.json" >/dev/null 2>&1
+"$PLAN" --profile "$T/inf.json" "${BUSY[@]}" --json "$T/inf1.json" >"$T/inf1.out" 2>&1
+"$PLAN" --profile "$T/inf.json" "${BUSY[@]}" --no-interference --json "$T/inf2.json" >/dev/null 2>&1
+check "pd-plan: the profile's interference factors are taken and printed" bash -c "
+    grep -q 'interference: decode step x2, prefill pass x1.5' '$T/inf1.out' &&
+    node -e 'const j = JSON.parse(require(\"fs\").readFileSync(process.argv[1], \"utf8\"));
+             process.exit(j.cost_model.interference.decode === 2 && j.cost_model.interference.prefill === 1.5 ? 0 : 1)' '$T/inf1.json'"
+check "pd-plan: with interference, decode steps beside busy prefill are slower (mean TPOT and TTFT rise)" node -e '
+    const fs = require("fs"), rd = (f) => JSON.parse(fs.readFileSync(f, "utf8"));
+    const a = rd(process.argv[1]).configs.find((c) => c.prefill === 1 && c.decode === 1);
+    const b = rd(process.argv[2]).configs.find((c) => c.prefill === 1 && c.decode === 1);
+    console.log(`# 1:1 at 100 req/s: TPOT ${a.mean_tpot_ms.toFixed(3)} -> ${b.mean_tpot_ms.toFixed(3)} ms, TTFT ${a.mean_ttft_ms.toFixed(2)} -> ${b.mean_ttft_ms.toFixed(2)} ms`);
+    process.exit(b.mean_tpot_ms > a.mean_tpot_ms * 1.05 && b.mean_ttft_ms > a.mean_ttft_ms ? 0 : 1);' "$T/inf0.json" "$T/inf1.json"
+check "pd-plan: --no-interference gives the plan of a profile without the factors" node -e '
+    const fs = require("fs"), rd = (f) => JSON.parse(fs.readFileSync(f, "utf8"));
+    process.exit(JSON.stringify(rd(process.argv[1]).configs) === JSON.stringify(rd(process.argv[2]).configs) ? 0 : 1);' \
+    "$T/inf0.json" "$T/inf2.json"
+expect_fail "pd-plan: an interference factor out of range refused" "interference factors 0.1 / 1.5 are not in" \
+    --profile "$T/inf-low.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+expect_fail "pd-plan: interference that is not an object refused" "inf-str.json: interference: not an object" \
+    --profile "$T/inf-str.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
+
 # --arrivals replays pd-bench --save-requests submit times.
 printf '%s\n' '{"index":0,"start_ms":1000.5}' '{"index":1,"start_ms":0}' '{"index":2,"start_ms":6000}' >"$T/arr.jsonl"
 "$PLAN" --profile $PROF --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100 --max-workers 2 \
