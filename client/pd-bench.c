@@ -2127,83 +2127,77 @@ done:
  *            longer than the long prompts take: prefill_us busy over idle.
  * pd-plan scales a step or pass by these factors in proportion to how many
  * workers of the other phase are busy when it starts. */
+/* One interference run: groups a and b (b.n may be 0) sent at once. Out:
+ * the decode ms per step (when want_steps) or the prefill ms the workers
+ * spent, and the decode ms in all; -1 (message printed) when the run failed
+ * or the workers reported no steps / passes. */
+static int interf_run(const opts_t *o, pd_client_t *c, const pd_tok_t *tok, rng_t *rng,
+                      const char *what, group_t a, group_t b, bool want_steps, double *ms,
+                      double *decode_ms)
+{
+    dataset_t d = { 0 };
+    counters_t k0, k1;
+    int rc = -1;
+    fprintf(stderr, "pd-bench: --profile: interference: %s\n", what);
+    if (add_group(o, tok, rng, a, &d) != 0 || (b.n && add_group(o, tok, rng, b, &d) != 0) ||
+        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
+        goto done;
+    uint64_t steps = k1.steps - k0.steps, pre_us = k1.prefill_us - k0.prefill_us;
+    if (want_steps ? steps == 0 : pre_us == 0) {
+        fprintf(stderr, "pd-bench: --profile: the workers reported no %s\n",
+                want_steps ? "decode steps" : "prefill passes");
+        goto done;
+    }
+    double dec_ms = (double)(k1.decode_us - k0.decode_us) / 1000.0;
+    *ms = want_steps ? dec_ms / (double)steps : (double)pre_us / 1000.0;
+    if (decode_ms)
+        *decode_ms = dec_ms;
+    rc = 0;
+done:
+    dataset_free(&d);
+    return rc;
+}
+
 static int profile_interference(const opts_t *o, pd_client_t *c, const pd_tok_t *tok,
                                 rng_t *rng, uint32_t max_ctx, json_t **out)
 {
     uint32_t bsz = o->profile_max_batch < 4 ? o->profile_max_batch : 4;
     uint32_t long_len = max_ctx < 256 ? max_ctx : 256;
-    uint32_t dec_out = 64;
-    counters_t k0, k1;
-    dataset_t d = { 0 };
-    int rc = -1;
-    double dec_idle, dec_busy, pre_idle, pre_busy, dec_run_ms, pre_prompt_ms;
+    const group_t none = { 0, 0, 0 }, decoding = { bsz, 32, 64 }, quiet = { bsz, 32, 1 };
+    const group_t two_long = { 2, long_len, 1 };
+    double dec_idle, dec_busy, pre_idle, pre_busy, dec_run_ms;
+    char what[96];
 
-    fprintf(stderr, "pd-bench: --profile: interference: decode alone\n");
-    if (add_group(o, tok, rng, (group_t){ bsz, 32, dec_out }, &d) != 0 ||
-        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
-        goto done;
-    dataset_free(&d);
-    if (k1.steps == k0.steps)
-        goto no_steps;
-    dec_idle = (double)(k1.decode_us - k0.decode_us) / (double)(k1.steps - k0.steps);
-    dec_run_ms = (double)(k1.decode_us - k0.decode_us) / 1000.0;
-
-    fprintf(stderr, "pd-bench: --profile: interference: prefill alone\n");
-    if (add_group(o, tok, rng, (group_t){ bsz, 32, 1 }, &d) != 0 ||
-        add_group(o, tok, rng, (group_t){ 2, long_len, 1 }, &d) != 0 ||
-        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
-        goto done;
-    dataset_free(&d);
-    if (k1.prefill_us == k0.prefill_us)
-        goto no_passes;
-    pre_idle = (double)(k1.prefill_us - k0.prefill_us);
-    pre_prompt_ms = pre_idle / 1000.0 / 2.0; /* about: the short prompts are cheap */
+    if (interf_run(o, c, tok, rng, "decode alone", decoding, none, true, &dec_idle, &dec_run_ms) ||
+        interf_run(o, c, tok, rng, "prefill alone", quiet, two_long, false, &pre_idle, NULL))
+        return -1;
+    double pre_prompt_ms = pre_idle / 2.0; /* about: the short prompts are cheap */
 
     /* long prompts for 1.5x the decode run, spread over the prefill workers */
     uint64_t n_long = (uint64_t)(1.5 * dec_run_ms / pre_prompt_ms) + 1;
     if (n_long > 64)
         n_long = 64;
-    fprintf(stderr, "pd-bench: --profile: interference: decode beside %llu prefills\n",
-            (unsigned long long)n_long);
-    if (add_group(o, tok, rng, (group_t){ bsz, 32, dec_out }, &d) != 0 ||
-        add_group(o, tok, rng, (group_t){ (uint32_t)n_long, long_len, 1 }, &d) != 0 ||
-        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
-        goto done;
-    dataset_free(&d);
-    if (k1.steps == k0.steps)
-        goto no_steps;
-    dec_busy = (double)(k1.decode_us - k0.decode_us) / (double)(k1.steps - k0.steps);
+    snprintf(what, sizeof what, "decode beside %u prefills", (unsigned)n_long);
+    if (interf_run(o, c, tok, rng, what, decoding, (group_t){ (uint32_t)n_long, long_len, 1 },
+                   true, &dec_busy, NULL))
+        return -1;
 
     /* short requests decoding for 1.5x the two long prompts' prefill */
-    uint64_t out2 = (uint64_t)(1.5 * 2.0 * pre_prompt_ms * 1000.0 / dec_idle) + 8;
-    if (out2 + 40 > max_ctx + 32)
-        out2 = max_ctx > 40 ? max_ctx - 8 : 32;
-    fprintf(stderr, "pd-bench: --profile: interference: prefill beside %u decodes of %llu tokens\n",
-            bsz, (unsigned long long)out2);
-    if (add_group(o, tok, rng, (group_t){ bsz, 32, (uint32_t)out2 }, &d) != 0 ||
-        add_group(o, tok, rng, (group_t){ 2, long_len, 1 }, &d) != 0 ||
-        profile_run_set(o, c, rng, &d, 0, &k0, &k1, NULL, NULL) != 0)
-        goto done;
-    dataset_free(&d);
-    if (k1.prefill_us == k0.prefill_us)
-        goto no_passes;
-    pre_busy = (double)(k1.prefill_us - k0.prefill_us);
+    uint64_t out2 = (uint64_t)(1.5 * 2.0 * pre_prompt_ms / dec_idle) + 8;
+    uint64_t out2_cap = max_ctx > 40 ? max_ctx - 8 : 32; /* prompt + output within max_seq_len */
+    if (out2 > out2_cap)
+        out2 = out2_cap;
+    snprintf(what, sizeof what, "prefill beside %u decodes of %u tokens", bsz, (unsigned)out2);
+    if (interf_run(o, c, tok, rng, what, (group_t){ bsz, 32, (uint32_t)out2 }, two_long, false,
+                   &pre_busy, NULL))
+        return -1;
 
     *out = json_pack("{s:f,s:f,s:i,s:i}", "decode", dec_busy / dec_idle, "prefill",
                      pre_busy / pre_idle, "decode_batch", (json_int_t)bsz, "prefill_tokens",
                      (json_int_t)long_len);
-    rc = *out ? 0 : -1;
     fprintf(stderr, "pd-bench: --profile: interference: decode step x%.3f, prefill x%.3f\n",
             dec_busy / dec_idle, pre_busy / pre_idle);
-    goto done;
-no_steps:
-    fprintf(stderr, "pd-bench: --profile: the workers reported no decode steps\n");
-    goto done;
-no_passes:
-    fprintf(stderr, "pd-bench: --profile: the workers reported no prefill passes\n");
-done:
-    dataset_free(&d);
-    return rc;
+    return *out ? 0 : -1;
 }
 
 static int profile(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *cs,
