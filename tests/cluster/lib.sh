@@ -25,6 +25,14 @@ FAILED=0
 # Liveness 10 beats (2 s): sanitizer builds on a loaded machine are slow.
 COMMON_SETS=(--set model.threads=1 --set kv.num_blocks=1024 --set worker.heartbeat_ms=200
              --set router.heartbeat_ms=200 --set worker.liveness=10 --set router.liveness=10)
+# SANITIZER: "asan" or "tsan" when the binaries under test carry one (tests
+# whose bounds are timing or RSS read it: a sanitizer build runs 3-10x
+# slower, and ASan's quarantine keeps freed memory resident by design).
+SANITIZER=""
+case "$(ldd "$PD_BIN/pd-router" 2>/dev/null)" in
+*libasan*) SANITIZER=asan ;;
+*libtsan*) SANITIZER=tsan ;;
+esac
 
 cleanup() {
     local p
@@ -37,6 +45,7 @@ cleanup() {
     done
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
+    sanitizer_scan
     if [ "$FAILED" != 0 ]; then
         for f in "$T"/*.log; do
             [ -e "$f" ] || continue
@@ -45,6 +54,23 @@ cleanup() {
         done
     fi
     [ -n "${KEEP:-}" ] && echo "# logs kept in $T" || rm -rf "$T"
+}
+# Every process a test starts writes its stderr to $T/*.stderr or *.err;
+# under `make asan` / `make tsan` that is where a sanitizer report lands
+# (workers and routers exit through SIGTERM in cleanup, so LeakSanitizer
+# runs too). Any report fails the test, whatever its own checks said.
+sanitizer_scan() {
+    local f hits=()
+    for f in "$T"/*.stderr "$T"/*.err "$T"/*/*.stderr "$T"/*/*.err; do
+        [ -s "$f" ] || continue
+        grep -qE 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$f" && hits+=("$f")
+    done
+    [ ${#hits[@]} = 0 ] && return 0
+    not_ok "no sanitizer report in any process's stderr" "${#hits[@]} files"
+    for f in "${hits[@]}"; do
+        echo "# ---- $f"
+        grep -m1 -A12 -E 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$f" | sed 's/^/# /'
+    done
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

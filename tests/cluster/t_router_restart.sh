@@ -16,7 +16,7 @@ W=${ROUTER_W##*:}
 t0=$SECONDS
 "$PD_BIN/pd-router" --model "$MODEL" "${COMMON_SETS[@]}" \
     --set router.client_endpoint=tcp://127.0.0.1:$C --set router.worker_endpoint=tcp://127.0.0.1:$W \
-    --log-file "$T/router2.log" 2>/dev/null &
+    --log-file "$T/router2.log" 2>"$T/router2.stderr" &
 PIDS+=($!)
 wait_workers 2
 check "workers re-registered within 5 s of the restart" test $((SECONDS - t0)) -le 5

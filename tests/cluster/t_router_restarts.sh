@@ -21,7 +21,7 @@ RESTARTS=${RESTARTS:-50}
 RSS_SLACK_KB=${RSS_SLACK_KB:-4096}
 # The 5 s promise; sanitizer builds start and run several times slower.
 LIMIT_MS=5000
-[ "$BUILD" = build-asan ] && LIMIT_MS=10000
+[ -n "$SANITIZER" ] && LIMIT_MS=10000
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 start_router
@@ -219,7 +219,7 @@ check "prefill worker's open fds back at the baseline ($P1_FDS2 vs $P1_FDS)" \
     test "$P1_FDS2" = "$P1_FDS"
 check "decode worker's open fds back at the baseline ($D1_FDS2 vs $D1_FDS)" \
     test "$D1_FDS2" = "$D1_FDS"
-if [ "$BUILD" = build-asan ]; then
+if [ "$SANITIZER" = asan ]; then
     # ASan's quarantine keeps freed memory resident by design: RSS says
     # nothing there; LeakSanitizer at exit (below) is the leak check.
     ok "RSS check replaced by LeakSanitizer under ASan"

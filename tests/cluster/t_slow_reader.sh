@@ -36,6 +36,16 @@ N=16
 # Long enough (several seconds) that a stream starved by its siblings would
 # outlast router.stream_stall_ms.
 CONTROL_TOKENS=1500
+# The deadline case's timing: the reader's connection must fill before the
+# deadline, and the held Errors wait for the stall cut.
+DL_MS=3000 DL_STALL_MS=10000 DL_HOLD_S=40 DL_WAIT=15
+# A sanitizer build decodes ~10x slower: 1500-token control streams would
+# outlast the reading client, and within 3 s the slow reader's connection
+# would not fill (nothing would be held at the deadline).
+if [ -n "$SANITIZER" ]; then
+    CONTROL_TOKENS=300
+    DL_MS=12000 DL_STALL_MS=25000 DL_HOLD_S=80 DL_WAIT=40
+fi
 rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
 done_count() { grep -c 'event=request_done' "$T/router.log" 2>/dev/null; }
 stalled_count() { grep -c 'event=stream_stalled' "$T/router.log" 2>/dev/null; }
@@ -116,7 +126,7 @@ run_case() {
 # them meets the worker socket's own high-water mark).
 run_deadline_case() {
     local n_dl held p1 d1
-    start_router --set net.hwm=64 --set router.stream_stall_ms=10000 --set router.request_timeout_ms=3000 \
+    start_router --set net.hwm=64 --set router.stream_stall_ms=$DL_STALL_MS --set router.request_timeout_ms=$DL_MS \
         --set router.max_tokens_limit=2000 --set router.heartbeat_ms=500 --set router.liveness=100 \
         --set "router.client_endpoint=ipc://$T/client-deadline.sock"
     start_worker prefill p1
@@ -124,9 +134,9 @@ run_deadline_case() {
     start_worker decode d1 --set kv.num_blocks=2560
     d1=$LAST_PID
     wait_workers 2
-    timeout 60 node tests/cluster/slow_reader.mjs "$ROUTER" "$N" 2000 40 >"$T/slow-deadline.out" 2>&1 &
+    timeout $((DL_HOLD_S + 20)) node tests/cluster/slow_reader.mjs "$ROUTER" "$N" 2000 $DL_HOLD_S >"$T/slow-deadline.out" 2>&1 &
     SLOW=$!
-    for _ in $(seq 1 150); do
+    for _ in $(seq 1 $((DL_WAIT * 10))); do
         [ "$(grep -c 'event=request_failed.*code=4 ' "$T/router.log")" -ge "$N" ] && break
         sleep 0.1
     done
@@ -138,7 +148,7 @@ run_deadline_case() {
     held=$(status_field 's.active_requests')
     check "[held] the Errors are held, not sent (active $held of $N, $(stalled_count) cut yet)" \
         bash -c "[ '$held' = $N ] && [ $(stalled_count) = 0 ]"
-    check "[held] after router.stream_stall_ms the held requests are cut (0 active)" wait_status 's.active_requests == 0' 20
+    check "[held] after router.stream_stall_ms the held requests are cut (0 active)" wait_status 's.active_requests == 0' $((DL_STALL_MS / 1000 + 10))
     check "[held] each counts once as failed (requests_failed $(status_field 's.requests_failed'), $N requests)" \
         test "$(status_field 's.requests_failed')" = "$N"
     check "[held] no request ends any other way (no client_gone, no request_done)" \
