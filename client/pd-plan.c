@@ -13,7 +13,7 @@
  *     prefill_ms(n, T) = a + b*n*T + c*n*T^2     (a pass over n prompts of T
  *                                                 tokens; c >= 0; n < 1 when
  *                                                 prompts took several passes)
- *     decode_ms(B, C) = a + b*B + c*B*C
+ *     decode_ms(B, C) = a + b*B + c*B*C         (c >= 0)
  *     kv_ms(T)        = a + b*T
  * by least squares and runs a discrete-event simulation of P prefill and D
  * decode workers under the router's rules:
@@ -441,7 +441,9 @@ static int load_model(const opts_t *o, model_t *m)
     free(t), free(u), free(ms), free(x);
     t = u = ms = x = NULL;
 
-    /* decode: a + b*B + c*B*C */
+    /* decode: a + b*B + c*B*C, c >= 0 (else a + b*B): attention work cannot
+     * shrink with context; a negative c from a noisy grid would make steps at
+     * contexts beyond the grid cheaper than the measured ones */
     if (get_points(o->profile_path, root, "decode", "batch", "context", 3, &t, &u, &ms, &n) != 0)
         goto done;
     x = malloc(n * 3 * sizeof *x);
@@ -453,7 +455,7 @@ static int load_model(const opts_t *o, model_t *m)
         if (ms[i] < m->min_dec_ms)
             m->min_dec_ms = ms[i];
     }
-    if (lstsq(x, ms, n, 3, m->dec) != 0) {
+    if (lstsq(x, ms, n, 3, m->dec) != 0 || m->dec[2] < 0) {
         m->dec[2] = 0;
         for (size_t i = 0; i < n; i++)
             x[i * 2] = 1, x[i * 2 + 1] = t[i];

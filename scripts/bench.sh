@@ -71,6 +71,7 @@ SEED_IN=${SEED_IN:-32} SEED_OUT=${SEED_OUT:-16}
 if [ $QUICK = 1 ]; then
     N_UNLOADED=2
     RATES="0.5 1"
+    REPEAT_RATES="0.5"
     SWEEP_S=8 # requests per rate = rate * SWEEP_S (at least 6)
     PROFILE_ARGS=(--profile-max-context 64 --profile-max-batch 2)
     PRE_RATE=0.7 PRE_N=6
@@ -79,7 +80,10 @@ if [ $QUICK = 1 ]; then
     SEED_N=30 SEED_RATE=6
 else
     N_UNLOADED=3
-    RATES="0.5 1 1.5 2"
+    RATES="0.5 0.75 1 1.5 2"
+    # measured a second time after the sweep: how much the same rate moves
+    # between runs on this machine, beside pd-plan's error
+    REPEAT_RATES="0.5 0.75 1"
     SWEEP_S=40
     PROFILE_ARGS=(--profile-max-context 128 --profile-max-batch 8)
     # Rates that load the single-phase core of the disaggregated cluster
@@ -105,6 +109,7 @@ meta bal "$BAL_IN $BAL_OUT"
 meta pre "$PRE_IN $PRE_OUT $PRE_RATE $PRE_N"
 meta dec "$DEC_IN $DEC_OUT $DEC_RATE $DEC_N"
 meta rates "$RATES"
+meta repeat_rates "$REPEAT_RATES"
 meta ratio "$RATIO_RATE $RATIO_N"
 meta seedwl "$SEED_IN $SEED_OUT $SEED_RATE $SEED_N"
 meta sets "${BENCH_SETS[*]}"
@@ -178,19 +183,25 @@ for r in $RATES; do
     bench sweep "sweep_$r" --num-prompts "$n" --request-rate "$r" --input-len $BAL_IN \
         --output-len $BAL_OUT --goodput ttft:$BAL_TTFT tpot:$BAL_TPOT
 done
-# pd-plan's prediction for every swept rate (1:1 measured above) and 2:1 / 1:2.
+for r in $REPEAT_RATES; do
+    n=$(awk -v r="$r" -v s=$SWEEP_S 'BEGIN { n = int(r * s + 0.5); print (n < 6 ? 6 : n) }')
+    bench sweep "sweep_${r}_b" --num-prompts "$n" --request-rate "$r" --input-len $BAL_IN \
+        --output-len $BAL_OUT --goodput ttft:$BAL_TTFT tpot:$BAL_TPOT
+done
+# pd-plan's prediction for every swept run (1:1 measured above) and 2:1 / 1:2.
 # --arrivals: the simulation replays the measured run's submit times, so
 # prediction and measurement see the same arrivals (no sampling noise).
-for r in $RATES; do
+for run in $RATES $(printf '%s_b ' $REPEAT_RATES); do
+    r=${run%_b}
     cmd=("$BIN/pd-plan" --profile "$OUT/profile.json" --request-rate "$r" --input-len $BAL_IN
         --output-len $BAL_OUT --ttft-slo "$BAL_TTFT" --tpot-slo "$BAL_TPOT" --max-workers 3
-        --arrivals "$OUT/sweep_$r.req.jsonl" --json "$OUT/plan_$r.json")
+        --arrivals "$OUT/sweep_$run.req.jsonl" --json "$OUT/plan_$run.json")
     cmdlog ratio "$(show "${cmd[@]}")"
-    "${cmd[@]}" >"$LOGS/plan_$r.txt" 2>&1 || true # exit 1: no config meets the SLOs
+    "${cmd[@]}" >"$LOGS/plan_$run.txt" 2>&1 || true # exit 1: no config meets the SLOs
     # the same without the measured interference between the phases
-    cmd=("${cmd[@]/$OUT\/plan_$r.json/$OUT/plan_${r}_noint.json}" --no-interference)
+    cmd=("${cmd[@]/$OUT\/plan_$run.json/$OUT/plan_${run}_noint.json}" --no-interference)
     cmdlog ratio "$(show "${cmd[@]}")"
-    "${cmd[@]}" >"$LOGS/plan_${r}_noint.txt" 2>&1 || true
+    "${cmd[@]}" >"$LOGS/plan_${run}_noint.txt" 2>&1 || true
 done
 cp "$LOGS/plan_$RATIO_RATE.txt" "$OUT/plan_ratio.txt" 2>/dev/null || true
 

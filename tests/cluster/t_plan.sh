@@ -112,6 +112,18 @@ check "pd-plan: a profile of chunked passes (batch < 1) and its pass cap are tak
 expect_fail "pd-plan: prefill[0].batch 0 refused, naming it" "prefill\[0\]\.batch" \
     --profile "$T/zero.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
 
+# A noisy grid can fit a negative attention term; pd-plan drops it (steps
+# at contexts beyond the grid would otherwise get cheaper than measured).
+node -e '
+    const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+    for (const d of p.decode) d.ms = 10 + 1 * d.batch - 0.001 * d.batch * d.context;
+    fs.writeFileSync(process.argv[2], JSON.stringify(p));' $PROF "$T/negc.json"
+"$PLAN" "${LOW[@]/$PROF/$T/negc.json}" --json "$T/negc.out.json" >/dev/null 2>&1
+check "pd-plan: a negative fitted attention term of decode steps is dropped (c = 0, a + b*B refitted)" node -e '
+    const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), d = j.cost_model.decode;
+    console.log(`# decode fit ${d.map((v) => v.toFixed(4)).join(", ")}`);
+    process.exit(d[2] === 0 && d[1] > 0 ? 0 : 1);' "$T/negc.out.json"
+
 # Interference: a profile's measured factors slow a decode step in
 # proportion to the busy prefill workers (and a prefill pass to the busy
 # decode workers); --no-interference ignores them.
