@@ -94,7 +94,9 @@ else
     RATIO_RATE=1
     SEED_N=1500 SEED_RATE=6
 fi
-RATIO_N=$(awk -v r="$RATIO_RATE" -v s=$SWEEP_S 'BEGIN { n = int(r * s + 0.5); print (n < 6 ? 6 : n) }')
+# requests for a run at RATE: RATE x SWEEP_S, at least 6
+nreq() { awk -v r="$1" -v s=$SWEEP_S 'BEGIN { n = int(r * s + 0.5); print (n < 6 ? 6 : n) }'; }
+RATIO_N=$(nreq "$RATIO_RATE")
 
 T_START=$SECONDS
 meta() { echo "$1=$2" >>"$OUT/meta.env"; }
@@ -179,13 +181,11 @@ cmdlog ratio "$(show "${cmd[@]}")"
 echo "bench: [$((SECONDS - T_START)) s] profile: pd-bench --profile ${PROFILE_ARGS[*]}"
 "${cmd[@]}" >"$LOGS/profile.txt" 2>&1
 for r in $RATES; do
-    n=$(awk -v r="$r" -v s=$SWEEP_S 'BEGIN { n = int(r * s + 0.5); print (n < 6 ? 6 : n) }')
-    bench sweep "sweep_$r" --num-prompts "$n" --request-rate "$r" --input-len $BAL_IN \
+    bench sweep "sweep_$r" --num-prompts "$(nreq "$r")" --request-rate "$r" --input-len $BAL_IN \
         --output-len $BAL_OUT --goodput ttft:$BAL_TTFT tpot:$BAL_TPOT
 done
 for r in $REPEAT_RATES; do
-    n=$(awk -v r="$r" -v s=$SWEEP_S 'BEGIN { n = int(r * s + 0.5); print (n < 6 ? 6 : n) }')
-    bench sweep "sweep_${r}_b" --num-prompts "$n" --request-rate "$r" --input-len $BAL_IN \
+    bench sweep "sweep_${r}_b" --num-prompts "$(nreq "$r")" --request-rate "$r" --input-len $BAL_IN \
         --output-len $BAL_OUT --goodput ttft:$BAL_TTFT tpot:$BAL_TPOT
 done
 # pd-plan's prediction for every swept run (1:1 measured above) and 2:1 / 1:2.
