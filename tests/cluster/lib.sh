@@ -60,16 +60,16 @@ cleanup() {
 # (workers and routers exit through SIGTERM in cleanup, so LeakSanitizer
 # runs too). Any report fails the test, whatever its own checks said.
 sanitizer_scan() {
-    local f hits=()
+    local f hits=() re='ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:'
     for f in "$T"/*.stderr "$T"/*.err "$T"/*/*.stderr "$T"/*/*.err; do
         [ -s "$f" ] || continue
-        grep -qE 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$f" && hits+=("$f")
+        grep -qE "$re" "$f" && hits+=("$f")
     done
     [ ${#hits[@]} = 0 ] && return 0
     not_ok "no sanitizer report in any process's stderr" "${#hits[@]} files"
     for f in "${hits[@]}"; do
         echo "# ---- $f"
-        grep -m1 -A12 -E 'ERROR: (Address|Leak)Sanitizer|WARNING: ThreadSanitizer|runtime error:' "$f" | sed 's/^/# /'
+        grep -m1 -A12 -E "$re" "$f" | sed 's/^/# /'
     done
 }
 trap cleanup EXIT
