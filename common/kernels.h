@@ -99,6 +99,51 @@ float pd_kern_dot_f32(const float *a, const float *b, uint32_t n);
 /* y[i] += a * x[i] */
 void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
 
+/* ====== Attention over the paged KV cache ======
+ *
+ * n_q queries that share one K/V head (the grouped-query heads of a token,
+ * the tokens of one sequence in a prefill chunk, or both) each attend to
+ * positions [0, n_pos[i]) of their sequence:
+ *     out[i] = sum_p softmax_p(scale * q[i] . k_p) v_p
+ * k_blk[j] / v_blk[j] point at the K / V row of position j * block_size in
+ * this head (the cache's block j of the sequence, offset by the head);
+ * rows of a block are row_stride floats apart. Every block up to the
+ * largest n_pos must be given. q[i] and out[i] hold head_dim floats.
+ *
+ * The AVX2 version is one pass over the blocks (flash-attention style):
+ * each block's K and V come from memory once for all n_q queries (then
+ * from L1), scores come 2 queries x 4 positions at a time, P V 4 queries
+ * x 16 dimensions at a time, and the softmax is online (running
+ * max and sum, rescaled per block). Every query's result is computed by
+ * the same operations whatever the other queries of the call are (masked
+ * positions contribute exact zeros), so a token's attention is
+ * bit-identical alone, in a decode batch or in a prefill chunk.
+ * scratch: pd_kern_attn_scratch_floats(s, n_q) floats, 32-byte aligned. */
+#define PD_ATTN_MAX_HEAD_DIM 256
+#define PD_ATTN_MAX_BLOCK 256 /* positions per KV block */
+
+typedef struct {
+    uint32_t head_dim;
+    uint32_t block_size;  /* positions per KV block */
+    uint32_t row_stride;  /* floats between consecutive positions in a block */
+    float scale;          /* usually 1 / sqrt(head_dim) */
+} pd_attn_shape_t;
+
+bool pd_kern_attn_supported(const pd_attn_shape_t *s);
+size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q);
+void pd_kern_attn(const pd_attn_shape_t *s, const float *const *k_blk, const float *const *v_blk,
+                  uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
+                  float *scratch);
+/* Plain C, in double, three passes per query (also the fallback without
+ * AVX2 or when head_dim % 8 != 0). */
+void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
+                      const float *const *v_blk, uint32_t n_q, const float *const *q,
+                      const uint32_t *n_pos, float *const *out, float *scratch);
+/* Needs pd_kern_has_avx2() and head_dim % 8 == 0. */
+void pd_kern_attn_avx2(const pd_attn_shape_t *s, const float *const *k_blk,
+                       const float *const *v_blk, uint32_t n_q, const float *const *q,
+                       const uint32_t *n_pos, float *const *out, float *scratch);
+
 /* True when the AVX2/FMA/F16C paths are in use. */
 bool pd_kern_has_avx2(void);
 
