@@ -67,6 +67,11 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Wno-error -c $< -o $@
 
+# AVX-512 code lives in *_avx512.c files only; dispatch is at run time.
+$(BUILD)/obj/%_avx512.o: %_avx512.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni -MMD -MP -c $< -o $@
+
 # AVX2/FMA/F16C code lives in *_avx2.c files only; dispatch is at run time.
 $(BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
 	@mkdir -p $(dir $@)

@@ -16,6 +16,7 @@
 #include <cpuid.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define Q8_0_BYTES 34 /* bytes per Q8_0 block */
@@ -63,15 +64,61 @@ static bool detect_avx2(void)
     return b & (1u << 5); /* AVX2 */
 }
 
-bool pd_kern_has_avx2(void)
+/* AVX-512 F, DQ, BW, VL and VNNI, and the OS saves the ZMM state (XCR0
+ * opmask, ZMM_Hi256, Hi16_ZMM). Called only after detect_avx2(). */
+static bool detect_avx512(void)
 {
-    static atomic_int cached; /* 0 unknown, 1 no, 2 yes */
+    unsigned a, b, c, d;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0xe6) != 0xe6)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30),
+               vl = b & (1u << 31), vnni = c & (1u << 11);
+    return f && dq && bw && vl && vnni;
+}
+
+/* The best kernel set of this CPU, capped by the environment variable
+ * PD_ISA (ref, avx2 or avx512): a cluster of mixed machines sets the same
+ * cap everywhere so that every worker computes the same bits. */
+static pd_isa_t detect_isa(void)
+{
+    pd_isa_t isa = PD_ISA_REF;
+    if (detect_avx2())
+        isa = detect_avx512() ? PD_ISA_AVX512 : PD_ISA_AVX2;
+    const char *cap = getenv("PD_ISA");
+    if (cap != NULL) {
+        pd_isa_t want = strcmp(cap, "ref") == 0 ? PD_ISA_REF
+                      : strcmp(cap, "avx2") == 0 ? PD_ISA_AVX2 : PD_ISA_AVX512;
+        isa = want < isa ? want : isa;
+    }
+    return isa;
+}
+
+pd_isa_t pd_kern_isa(void)
+{
+    static atomic_int cached; /* 0 unknown, else isa + 1 */
     int v = atomic_load_explicit(&cached, memory_order_relaxed);
     if (v == 0) {
-        v = detect_avx2() ? 2 : 1;
+        v = (int)detect_isa() + 1;
         atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
-    return v == 2;
+    return (pd_isa_t)(v - 1);
+}
+
+const char *pd_kern_isa_name(void)
+{
+    switch (pd_kern_isa()) {
+    case PD_ISA_AVX512: return "avx512";
+    case PD_ISA_AVX2: return "avx2";
+    default: return "ref";
+    }
+}
+
+bool pd_kern_has_avx2(void)
+{
+    return pd_kern_isa() >= PD_ISA_AVX2;
 }
 
 /* ====== Scalar conversions ====== */
@@ -383,10 +430,17 @@ void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const f
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)
 {
-    if (pd_kern_has_avx2())
+    switch (pd_kern_isa()) {
+    case PD_ISA_AVX512:
+        pd_kern_skinny_avx512(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+        break;
+    case PD_ISA_AVX2:
         pd_kern_skinny_avx2(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
-    else
+        break;
+    default:
         pd_kern_skinny_ref(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+        break;
+    }
 }
 
 /* ====== Matmul with dispatch ====== */

@@ -147,6 +147,16 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *s, const float *const *k_blk,
 /* True when the AVX2/FMA/F16C paths are in use. */
 bool pd_kern_has_avx2(void);
 
+/* The kernel set in use: the best the CPU has (checked once), capped by
+ * the environment variable PD_ISA=ref|avx2|avx512. The skinny matmul's
+ * float results depend on it in the last bits (8- or 16-lane sums), so
+ * batch invariance holds between workers with the same kernel set: set
+ * PD_ISA=avx2 on every worker of a cluster that mixes machines. The
+ * quantized kernels give the same bits with avx2 and avx512 (VNNI). */
+typedef enum { PD_ISA_REF = 0, PD_ISA_AVX2 = 1, PD_ISA_AVX512 = 2 } pd_isa_t;
+pd_isa_t pd_kern_isa(void);
+const char *pd_kern_isa_name(void);
+
 /* ====== Variants (tests and the benchmark call these directly) ======
  * The _ref versions are plain C (float kernels accumulate in double); the
  * _avx2 versions need pd_kern_has_avx2(). pd_kern_prepare_x_ref and
@@ -161,6 +171,11 @@ void pd_kern_prepare_x_avx2(pd_ggml_type_t wtype, const float *x, uint32_t x_str
 void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                          uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                          uint32_t y_stride);
+/* Needs pd_kern_isa() == PD_ISA_AVX512: 16-lane float kernels, VNNI for
+ * Q8_0/Q4_0 (bit-identical to the AVX2 quantized kernel). */
+void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                           uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
+                           uint32_t y_stride);
 void pd_dequant_row_ref(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_kern_rmsnorm_ref(float *out, const float *x, const float *g, uint32_t n, float eps);
