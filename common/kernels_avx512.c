@@ -227,25 +227,21 @@ static ALWAYS_INLINE float hsum8_ggml(__m256 a)
     return _mm_cvtss_f32(r);
 }
 
-/* The 32 signed weights of a block as bytes. */
-static ALWAYS_INLINE __m256i load_qw(const uint8_t *blk, int wt)
-{
-    if (wt == PD_GGML_TYPE_Q8_0)
-        return _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
-    const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(blk + 2));
-    const __m256i nib = _mm256_and_si256(
-        _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1),
-        _mm256_set1_epi8(0x0f));
-    return _mm256_sub_epi8(nib, _mm256_set1_epi8(8));
-}
-
-/* As kernels_avx2.c's mk_quant, with vpdpbusd for maddubs + madd: lane i
- * of the int32 result is the same sum of 4 products, exactly. */
+/* As kernels_avx2.c's mk_quant, with vpdpbusd (unsigned x signed bytes,
+ * sums of 4 products into int32 lanes) in place of maddubs + madd; the
+ * int32 lanes are exactly the same sums of 4 products (w * x), so the
+ * float part, unchanged, gives the AVX2 kernel's bits.
+ *   Q8_0: |w| x sign(x, w), as ggml's VNNI path.
+ *   Q4_0: the nibbles n = w + 8 are already unsigned: n x x, started from
+ *         -8 * (sum of the 4 x), computed once per activation block and
+ *         shared by the NO weight rows; no sign or subtract per row. */
 static ALWAYS_INLINE void mk_quant(const int NO, const int NR, const int wt, const uint8_t *w,
                                    size_t w_stride, const uint8_t *xq, size_t xq_stride,
                                    size_t nb, __m256 *acc_io, size_t acc_stride, bool first)
 {
-    const size_t bsz = wt == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    const bool q8 = wt == PD_GGML_TYPE_Q8_0;
+    const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eights = _mm256_set1_epi8(8);
     __m256 acc[4][4];
 #pragma GCC unroll 4
     for (int o = 0; o < NO; o++)
@@ -253,24 +249,36 @@ static ALWAYS_INLINE void mk_quant(const int NO, const int NR, const int wt, con
         for (int r = 0; r < NR; r++)
             acc[o][r] = first ? _mm256_setzero_ps() : acc_io[o * acc_stride + r];
     for (size_t b = 0; b < nb; b++) {
-        __m256i xv[4];
+        __m256i xv[4], x0[4];
         __m256 dx[4];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; r++) {
             const uint8_t *xb = xq + r * xq_stride + b * Q8_0_BYTES;
             xv[r] = _mm256_loadu_si256((const __m256i *)(const void *)(xb + 2));
             dx[r] = _mm256_set1_ps(fp16_load(xb));
+            if (!q8) /* -8 * (x0 + x1 + x2 + x3) per int32 lane */
+                x0[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), eights, xv[r]));
         }
 #pragma GCC unroll 4
         for (int o = 0; o < NO; o++) {
             const uint8_t *wb = w + o * w_stride + b * bsz;
-            const __m256i wv = load_qw(wb, wt);
             const __m256 dw = _mm256_set1_ps(fp16_load(wb));
-            const __m256i aw = _mm256_sign_epi8(wv, wv);
+            __m256i wu; /* unsigned operand */
+            __m256i ws = _mm256_setzero_si256(); /* Q8_0: the signed weights */
+            if (q8) {
+                ws = _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2));
+                wu = _mm256_sign_epi8(ws, ws);
+            } else {
+                const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(wb + 2));
+                wu = _mm256_and_si256(
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1), m4);
+            }
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                const __m256i sx = _mm256_sign_epi8(xv[r], wv);
-                const __m256i p32 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+                const __m256i p32 = q8 ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu,
+                                                             _mm256_sign_epi8(xv[r], ws))
+                                       : _mm256_dpbusd_epi32(x0[r], wu, xv[r]);
                 /* dw * dx as one product, as the AVX2 kernel's scalar dw * dx[r] */
                 acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dw, dx[r]),
                                             acc[o][r]);
