@@ -468,25 +468,86 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
  * continues with exactly the tokens it would have produced. The price is
  * prefill speed (skinny kernels reach ~75% of sgemm's FLOPS at 32-64 rows);
  * docs/benchmarks.md has both figures. */
-static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+/* An element-wise epilogue of a product, over batch rows [r0, r0 + n_rows)
+ * and output columns [o0, o1): a[r][o] = silu(a[r][o]) * b[r][o] (SwiGLU
+ * of gate and up) or a[r][o] += b[r][o] (the residual add). */
+typedef struct {
+    float *a;
+    const float *b;
+    uint32_t stride; /* floats per row of a and b */
+    uint32_t r0, n_rows;
+    bool swiglu;
+} rows_epi_t;
+
+static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
 {
+    const rows_epi_t *c = ctx;
+    (void)i_out;
+    for (uint32_t r = c->r0; r < c->r0 + c->n_rows; r++) {
+        float *a = c->a + (size_t)r * c->stride + o0;
+        const float *b = c->b + (size_t)r * c->stride + o0;
+        if (c->swiglu)
+            pd_kern_swiglu(a, b, o1 - o0);
+        else
+            pd_kern_axpy_f32(a, 1.0f, b, o1 - o0);
+    }
+}
+
+/* The products outs[0..n) of one input x (n_rows, n_in), then the
+ * epilogue epi (NULL, or a rows_epi_t for all rows), in as few pool runs
+ * as pd_matmul_multi allows. All products must share type and n_in.
+ *
+ * Batch-invariant mode: the skinny kernels compute each row independently
+ * of the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed; docs/benchmarks.md has the figures. */
+static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockstep,
+                     const float *x, uint32_t n_rows, const rows_epi_t *epi)
+{
+    const pd_mat_t *w = outs[0].w;
     bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
     bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
-    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
+    uint32_t chunk = invariant ? (quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS) : n_rows;
+    uint32_t skinny_max = invariant ? chunk : e->opts.skinny_max_rows;
     /* The Q8_0 skinny kernels quantize x themselves, with the same
      * quantizer: rounding it here first would be the same work twice on
      * every decode step. Only the sgemm path needs the rounded floats. */
     bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
     const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
-    if (!invariant) {
-        pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
-        return;
-    }
     for (uint32_t r = 0; r < n_rows; r += chunk) {
         uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
-        pd_matmul(e->pool, w, xin + (size_t)r * w->n_in, m, y + (size_t)r * w->n_out, e->scratch,
-                  chunk);
+        pd_mm_out_t o[PD_MM_MAX_OUTS];
+        for (int i = 0; i < n; i++)
+            o[i] = (pd_mm_out_t){ outs[i].w, outs[i].y + (size_t)r * outs[i].w->n_out };
+        rows_epi_t ep = epi ? *epi : (rows_epi_t){ 0 };
+        ep.r0 = r;
+        ep.n_rows = m;
+        pd_matmul_multi(e->pool, o, n, lockstep, xin + (size_t)r * w->n_in, m, e->scratch,
+                        skinny_max, epi ? rows_epi : NULL, &ep);
     }
+}
+
+static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+{
+    const pd_mm_out_t o = { w, y };
+    products(e, &o, 1, false, x, n_rows, NULL);
+}
+
+/* y = x W^T, then x_res += y (stride dim) in the same pool run. */
+static void matmul_residual(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows,
+                            float *y, float *x_res)
+{
+    const pd_mm_out_t o = { w, y };
+    const rows_epi_t epi = { x_res, y, w->n_out, 0, n_rows, false };
+    products(e, &o, 1, false, x, n_rows, &epi);
+}
+
+static bool same_kind(const pd_mat_t *a, const pd_mat_t *b)
+{
+    return a->type == b->type && a->n_in == b->n_in;
 }
 
 /* ====== The forward pass ====== */
@@ -506,23 +567,33 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
 
     /* Attention block. */
     rmsnorm_rows(e, e->xn, e->x, L->attn_norm, T, NULL);
-    matmul(e, &L->wq, e->xn, T, e->q);
-    matmul(e, &L->wk, e->xn, T, e->k);
-    matmul(e, &L->wv, e->xn, T, e->v);
+    if (same_kind(&L->wq, &L->wk) && same_kind(&L->wq, &L->wv)) {
+        const pd_mm_out_t qkv[3] = { { &L->wq, e->q }, { &L->wk, e->k }, { &L->wv, e->v } };
+        products(e, qkv, 3, false, e->xn, T, NULL);
+    } else {
+        matmul(e, &L->wq, e->xn, T, e->q);
+        matmul(e, &L->wk, e->xn, T, e->k);
+        matmul(e, &L->wv, e->xn, T, e->v);
+    }
     pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
     uint32_t n_units = e->n_tiles * c->n_kv_heads;
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
-    matmul(e, &L->wo, e->att, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    matmul_residual(e, &L->wo, e->att, T, e->tmp, e->x);
 
-    /* Feed-forward block (SwiGLU). */
+    /* Feed-forward block (SwiGLU): gate and up in lockstep, so each task
+     * applies silu(gate) * up to the rows it has just computed. */
     rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
-    matmul(e, &L->w_gate, e->xn, T, e->gate);
-    matmul(e, &L->w_up, e->xn, T, e->up);
-    elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
-    matmul(e, &L->w_down, e->gate, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    const rows_epi_t glu = { e->gate, e->up, c->ffn_dim, 0, T, true };
+    if (same_kind(&L->w_gate, &L->w_up) && L->w_gate.n_out == L->w_up.n_out) {
+        const pd_mm_out_t gu[2] = { { &L->w_gate, e->gate }, { &L->w_up, e->up } };
+        products(e, gu, 2, true, e->xn, T, &glu);
+    } else {
+        matmul(e, &L->w_gate, e->xn, T, e->gate);
+        matmul(e, &L->w_up, e->xn, T, e->up);
+        elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+    }
+    matmul_residual(e, &L->w_down, e->gate, T, e->tmp, e->x);
 }
 
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)

@@ -587,6 +587,103 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
     }
 }
 
+/* ====== Several products of one input ====== */
+
+typedef struct {
+    const pd_mm_out_t *outs;
+    int n_outs;
+    bool lockstep;
+    const float *x;
+    uint32_t x_stride;
+    const void *xq;
+    uint32_t n_rows;
+    uint32_t chunk;                     /* output rows per task */
+    uint32_t first_task[PD_MM_MAX_OUTS + 1]; /* task index where each product starts */
+    pd_mm_epilogue_fn epi;
+    void *epi_ctx;
+} multi_ctx_t;
+
+static void multi_task(void *arg, int i_task, int n_tasks)
+{
+    const multi_ctx_t *c = arg;
+    (void)n_tasks;
+    int i = 0;
+    uint32_t t = (uint32_t)i_task;
+    if (!c->lockstep)
+        while (t >= c->first_task[i + 1])
+            i++;
+    const pd_mat_t *w = c->outs[i].w;
+    const uint32_t o0 = (t - c->first_task[i]) * c->chunk;
+    const uint32_t o1 = o0 + c->chunk < w->n_out ? o0 + c->chunk : w->n_out;
+    for (int j = i; j < (c->lockstep ? c->n_outs : i + 1); j++)
+        pd_kern_skinny(c->outs[j].w, o0, o1, c->x, c->x_stride, c->xq, c->n_rows, c->outs[j].y,
+                       c->outs[j].w->n_out);
+    if (c->epi)
+        c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o1);
+}
+
+typedef struct {
+    pd_mm_epilogue_fn epi;
+    void *ctx;
+    int i;
+    uint32_t n, chunk;
+} epi_ctx_t;
+
+static void epi_task(void *arg, int i_task, int n_tasks)
+{
+    const epi_ctx_t *c = arg;
+    (void)n_tasks;
+    uint32_t o0 = (uint32_t)i_task * c->chunk, o1 = o0 + c->chunk < c->n ? o0 + c->chunk : c->n;
+    c->epi(c->ctx, c->i, o0, o1);
+}
+
+void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                     const float *x, uint32_t n_rows, void *scratch, uint32_t skinny_max,
+                     pd_mm_epilogue_fn epi, void *epi_ctx)
+{
+    if (n_rows == 0 || n_outs <= 0)
+        return;
+    const pd_mat_t *w = outs[0].w;
+    const int n_threads = pd_pool_n_threads(pool);
+    if (!pd_matmul_uses_skinny(w, n_rows, skinny_max) || n_outs > PD_MM_MAX_OUTS) {
+        for (int i = 0; i < n_outs; i++) {
+            pd_matmul(pool, outs[i].w, x, n_rows, outs[i].y, scratch, skinny_max);
+            if (epi && !lockstep) {
+                epi_ctx_t ec = {epi, epi_ctx, i, outs[i].w->n_out, task_chunk(outs[i].w->n_out, n_threads)};
+                pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
+            }
+        }
+        if (epi && lockstep) {
+            epi_ctx_t ec = {epi, epi_ctx, -1, w->n_out, task_chunk(w->n_out, n_threads)};
+            pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
+        }
+        return;
+    }
+    multi_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .x = x,
+                     .x_stride = w->n_in, .n_rows = n_rows, .epi = epi, .epi_ctx = epi_ctx};
+    if (is_quant(w->type)) {
+        pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
+        c.xq = scratch;
+    } else if (wants_x_pad(w, n_rows)) {
+        float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
+        c.x_stride = w->n_in + X_PAD_FLOATS;
+        for (uint32_t r = 0; r < n_rows; r++)
+            memcpy(xp + (size_t)r * c.x_stride, x + (size_t)r * w->n_in,
+                   (size_t)w->n_in * sizeof(float));
+        c.x = xp;
+    }
+    /* one chunk size for all products, from their total rows */
+    uint32_t total = 0;
+    for (int i = 0; i < n_outs; i++)
+        total += lockstep ? (i == 0 ? outs[i].w->n_out : 0) : outs[i].w->n_out;
+    c.chunk = task_chunk(total, n_threads);
+    c.first_task[0] = 0;
+    for (int i = 0; i < n_outs; i++)
+        c.first_task[i + 1] = c.first_task[i] +
+                              (lockstep && i > 0 ? 0 : div_up(outs[i].w->n_out, c.chunk));
+    pd_pool_run(pool, multi_task, &c, (int)c.first_task[n_outs]);
+}
+
 /* ====== Small vector kernels: reference ====== */
 
 /* As ggml's rms_norm: squares in float, summed in double; then

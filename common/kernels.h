@@ -88,6 +88,32 @@ bool pd_matmul_uses_skinny(const pd_mat_t *w, uint32_t n_rows, uint32_t skinny_m
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,
                void *scratch, uint32_t skinny_max);
 
+/* ====== Several products of one input, one pool run ======
+ *
+ * y_i = x (n_rows, n_in) @ W_i^T for the n_outs products of outs (all of
+ * one type and n_in: Q, K and V; gate and up). On the skinny path x is
+ * prepared once and the output rows of all products are one task list, so
+ * the pool synchronises once, not once per product. With `lockstep` (all
+ * n_out equal) a task computes the same output rows [o0, o1) of every
+ * product. After a task has written its rows it calls epi(epi_ctx, i, o0,
+ * o1) (i = the product, or -1 with lockstep) for every batch row: an
+ * element-wise epilogue (SwiGLU of gate and up, a residual add) runs while
+ * those rows are hot in cache, in the same pool run. On the sgemm path the
+ * products run one after the other and the epilogue runs over the pool
+ * afterwards, in row chunks. A product's y is what pd_matmul gives. */
+typedef struct {
+    const pd_mat_t *w;
+    float *y; /* (n_rows, w->n_out) */
+} pd_mm_out_t;
+
+typedef void (*pd_mm_epilogue_fn)(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end);
+
+#define PD_MM_MAX_OUTS 4
+
+void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                     const float *x, uint32_t n_rows, void *scratch, uint32_t skinny_max,
+                     pd_mm_epilogue_fn epi, void *epi_ctx);
+
 /* ====== Small vector kernels ====== */
 /* out[i] = x[i] / rms(x) * g[i]; rms = sqrt(mean(x^2) + eps). out may be x. */
 void pd_kern_rmsnorm(float *out, const float *x, const float *g, uint32_t n, float eps);

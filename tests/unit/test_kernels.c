@@ -673,6 +673,68 @@ static void test_matmul_paths(void **state)
     pd_pool_free(pool);
 }
 
+/* pd_matmul_multi gives each product's pd_matmul result bit for bit, and
+ * its epilogue covers every output row of every product exactly once, on
+ * the skinny path (one pool run) and the sgemm path, lockstep or not. */
+typedef struct {
+    int *hits; /* (product, or 0 in lockstep; 4096 output rows) calls per row */
+} epi_count_t;
+
+static void count_epi(void *ctx, int i, uint32_t o0, uint32_t o1)
+{
+    epi_count_t *c = ctx;
+    int k = i < 0 ? 0 : i;
+    for (uint32_t o = o0; o < o1; o++)
+        __atomic_fetch_add(&c->hits[(size_t)k * 4096 + o], 1, __ATOMIC_RELAXED);
+}
+
+static void test_matmul_multi(void **state)
+{
+    (void)state;
+    rng_t r = {0x77ull};
+    pd_pool_t *pool = pd_pool_new(3);
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_F32, PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    const uint32_t rows[] = {1, 5, 32, 70};
+    for (size_t t = 0; t < 3; t++)
+        for (size_t k = 0; k < 4; k++)
+            for (int lock = 0; lock < 2; lock++) {
+                const uint32_t n_in = 96, n_outs[3] = {100, lock ? 100 : 33, lock ? 100 : 17};
+                pd_mat_t w[3];
+                pd_mm_out_t outs[3];
+                float *ref[3];
+                uint8_t *wd[3];
+                float *x = make_f((size_t)n_in * rows[k], &r);
+                size_t sb = 0;
+                for (int i = 0; i < 3; i++) {
+                    wd[i] = make_w(types[t], n_outs[i], n_in, &r);
+                    w[i] = (pd_mat_t){wd[i], types[t], n_outs[i], n_in, row_bytes(types[t], n_in)};
+                    outs[i] = (pd_mm_out_t){&w[i], malloc(sizeof(float) * n_outs[i] * rows[k])};
+                    ref[i] = malloc(sizeof(float) * n_outs[i] * rows[k]);
+                    size_t b = pd_matmul_scratch_bytes(&w[i], rows[k]);
+                    sb = b > sb ? b : sb;
+                }
+                void *scratch = aligned_alloc(64, sb);
+                for (int i = 0; i < 3; i++)
+                    pd_matmul(pool, &w[i], x, rows[k], ref[i], scratch, PD_SKINNY_DEFAULT_MAX);
+                epi_count_t ec = {calloc(3 * 4096, sizeof(int))};
+                assert_non_null(ec.hits);
+                pd_matmul_multi(pool, outs, 3, lock, x, rows[k], scratch, PD_SKINNY_DEFAULT_MAX,
+                                count_epi, &ec);
+                for (int i = 0; i < 3; i++) {
+                    assert_memory_equal(outs[i].y, ref[i], sizeof(float) * n_outs[i] * rows[k]);
+                    for (uint32_t o = 0; o < n_outs[i]; o++)
+                        assert_int_equal(ec.hits[(size_t)(lock ? 0 : i) * 4096 + o], 1);
+                    free(outs[i].y);
+                    free(ref[i]);
+                    free(wd[i]);
+                }
+                free(ec.hits);
+                free(scratch);
+                free(x);
+            }
+    pd_pool_free(pool);
+}
+
 static void test_scratch_bytes(void **state)
 {
     (void)state;
@@ -863,6 +925,7 @@ int main(void)
         cmocka_unit_test(test_skinny_subrange),
         cmocka_unit_test(test_skinny_batch_invariant),
         cmocka_unit_test(test_matmul_paths),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_scratch_bytes),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_softmax),
