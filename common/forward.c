@@ -22,7 +22,7 @@
 /* Attention work is split into this many interleaved chunks per thread. */
 #define PD_ATTN_CHUNKS_PER_THREAD 4
 /* Queries (tokens x grouped heads) per attention call: they share every
- * K/V block load. 32 x (head_dim + block) floats of state stay in L1/L2. */
+ * K/V block load; each needs a row of max_ctx scores in the scratch. */
 #define PD_ATTN_TILE_Q 32
 #define PD_ALIGN 64
 
@@ -102,7 +102,8 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
                    opts->max_batch_tokens, opts->n_threads);
         return NULL;
     }
-    const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f };
+    const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f,
+                                   1 };
     if (!pd_kern_attn_supported(&ash0)) {
         pd_err_set(err, PD_EINVAL, "engine: head_dim %u / KV block_size %u: attention supports "
                    "at most %u / %u", c->head_dim, ks->block_size, PD_ATTN_MAX_HEAD_DIM,
@@ -139,7 +140,8 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
     e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
-    const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f };
+    const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f,
+                                  e->opts.max_ctx };
     e->attn_scratch_floats = (pd_kern_attn_scratch_floats(&ash, PD_ATTN_TILE_Q) + 15) / 16 * 16;
     e->attn_scratch = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->attn_scratch_floats);
     e->max_seq_blocks = (e->opts.max_ctx + ks->block_size - 1) / ks->block_size;
@@ -322,7 +324,8 @@ static void attention_task(void *arg, int i, int n)
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
     const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
-    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd, 1.0f / sqrtf((float)hd) };
+    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd, 1.0f / sqrtf((float)hd),
+                                 e->opts.max_ctx };
     float *scratch = e->attn_scratch + (size_t)i * e->attn_scratch_floats;
     const float **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
     const float **vb = kb + e->max_seq_blocks;

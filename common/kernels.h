@@ -134,17 +134,21 @@ void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
  * k_blk[j] / v_blk[j] point at the K / V row of position j * block_size in
  * this head (the cache's block j of the sequence, offset by the head);
  * rows of a block are row_stride floats apart. Every block up to the
- * largest n_pos must be given. q[i] and out[i] hold head_dim floats.
+ * largest n_pos must be given. q[i] and out[i] hold head_dim floats;
+ * n_pos[i] <= max_pos.
  *
- * The AVX2 version is one pass over the blocks (flash-attention style):
- * each block's K and V come from memory once for all n_q queries (then
- * from L1), scores come 2 queries x 4 positions at a time, P V 4 queries
- * x 16 dimensions at a time, and the softmax is online (running
- * max and sum, rescaled per block). Every query's result is computed by
- * the same operations whatever the other queries of the call are (masked
- * positions contribute exact zeros), so a token's attention is
- * bit-identical alone, in a decode batch or in a prefill chunk.
- * scratch: pd_kern_attn_scratch_floats(s, n_q) floats, 32-byte aligned. */
+ * The AVX2 version streams each K block once for all n_q queries (scores
+ * 4 positions at a time), takes each query's softmax, then streams each V
+ * block once (P V for up to 4 queries x 64 dimensions at a time), with
+ * software prefetch of the blocks ahead (their rows are a whole KV row
+ * apart). Each query's arithmetic is the engine's earlier per-position
+ * loop, operation for operation (pd_kern_dot_f32_avx2's summation,
+ * pd_kern_softmax_avx2, one FMA per position): an online softmax was tried
+ * and moved the F16 referee's worst position over its 1e-3 bound. A
+ * query's result never depends on the other queries of the call (masked
+ * positions add exact zeros), so a token's attention is bit-identical
+ * alone, in a decode batch or in a prefill chunk.
+ * scratch: pd_kern_attn_scratch_floats(s, n_q) floats. */
 #define PD_ATTN_MAX_HEAD_DIM 256
 #define PD_ATTN_MAX_BLOCK 256 /* positions per KV block */
 
@@ -153,10 +157,13 @@ typedef struct {
     uint32_t block_size;  /* positions per KV block */
     uint32_t row_stride;  /* floats between consecutive positions in a block */
     float scale;          /* usually 1 / sqrt(head_dim) */
+    uint32_t max_pos;     /* the largest n_pos of a call (sizes the scratch) */
 } pd_attn_shape_t;
 
 bool pd_kern_attn_supported(const pd_attn_shape_t *s);
 size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q);
+/* Floats of scratch per query (its scores row). */
+size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s);
 void pd_kern_attn(const pd_attn_shape_t *s, const float *const *k_blk, const float *const *v_blk,
                   uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
                   float *scratch);

@@ -5,18 +5,21 @@
 
 #include "kernels.h"
 
+size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s)
+{
+    /* scores are written 4 positions at a time: up to 3 past max_pos */
+    return ((size_t)s->max_pos + 4 + 7) / 8 * 8;
+}
+
 size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q)
 {
-    const size_t bs_pad = (s->block_size + 7) / 8 * 8;
-    /* per query: acc (head_dim), m, l and a row of scores (bs_pad); + 8
-     * for alignment */
-    return (size_t)n_q * (s->head_dim + 2 + bs_pad) + 8;
+    return (size_t)n_q * pd_kern_attn_row_floats(s);
 }
 
 bool pd_kern_attn_supported(const pd_attn_shape_t *s)
 {
     return s->head_dim > 0 && s->head_dim <= PD_ATTN_MAX_HEAD_DIM && s->block_size > 0 &&
-           s->block_size <= PD_ATTN_MAX_BLOCK;
+           s->block_size <= PD_ATTN_MAX_BLOCK && s->max_pos > 0;
 }
 
 /* Per query, in double: the maximum score, then the sum of exponentials,

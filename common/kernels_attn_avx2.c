@@ -32,56 +32,61 @@ static ALWAYS_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d)
     return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-/* s[i][p0 .. p0+NP) = scale * q_i . k_p for NQ queries and NP (4 or 8)
- * positions (lanes are head dimensions: one FMA chain over the head's
- * 8-float chunks per (query, position), then reduce4; NQ and NP change no
- * result). k[j] is the K row of position p0 + j. */
-static ALWAYS_INLINE void scores_mk(const int NQ, const int NP, const float *const *q,
-                                    const float *const *k, uint32_t hd, uint32_t p0,
-                                    __m128 scale, float *const *s)
+/* s[p0 .. p0+4) = scale * q . k_p for one query and 4 positions, each dot
+ * product summed exactly as pd_kern_dot_f32_avx2 sums it (4 partial sums
+ * over 32-float steps, 8-float steps into the first, (s0+s1)+(s2+s3), then
+ * the same lane tree): the attention is then bit for bit the engine's
+ * earlier dot / softmax / axpy loop, which the referee has measured.
+ * k[j] is the K row of position p0 + j. */
+static ALWAYS_INLINE void scores_mk(const float *q, const float *const *k, uint32_t hd,
+                                    uint32_t p0, __m128 scale, float *s)
 {
-    __m256 acc[2][8];
-#pragma GCC unroll 2
-    for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < NP; j++)
-            acc[i][j] = _mm256_setzero_ps();
-    for (uint32_t d = 0; d < hd; d += 8) {
-        __m256 qv[2];
-#pragma GCC unroll 2
-        for (int i = 0; i < NQ; i++)
-            qv[i] = _mm256_loadu_ps(q[i] + d);
-#pragma GCC unroll 8
-        for (int j = 0; j < NP; j++) {
-            const __m256 kv = _mm256_loadu_ps(k[j] + d);
-#pragma GCC unroll 2
-            for (int i = 0; i < NQ; i++)
-                acc[i][j] = _mm256_fmadd_ps(qv[i], kv, acc[i][j]);
-        }
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            acc[j][c] = _mm256_setzero_ps();
+    uint32_t d = 0;
+    for (; d + 32 <= hd; d += 32) {
+        __m256 qv[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            qv[c] = _mm256_loadu_ps(q + d + 8 * c);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++)
+                acc[j][c] = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k[j] + d + 8 * c), acc[j][c]);
     }
-#pragma GCC unroll 2
-    for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 2
-        for (int j = 0; j < NP; j += 4)
-            _mm_store_ps(s[i] + p0 + j, _mm_mul_ps(reduce4(acc[i][j], acc[i][j + 1], acc[i][j + 2],
-                                                           acc[i][j + 3]), scale));
+    for (; d + 8 <= hd; d += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + d);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            acc[j][0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[j] + d), acc[j][0]);
+    }
+    __m256 t[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++)
+        t[j] = _mm256_add_ps(_mm256_add_ps(acc[j][0], acc[j][1]), _mm256_add_ps(acc[j][2], acc[j][3]));
+    _mm_storeu_ps(s + p0, _mm_mul_ps(reduce4(t[0], t[1], t[2], t[3]), scale));
 }
 
-/* acc[i][d0 .. d0+ND*8) = acc * corr[i] + sum_{p < nv} e[i][p] * v[p][same]
+/* acc[i][d0 .. d0+ND*8) += sum_{p < nv} e[i][p] * v[p][same], one FMA per
+ * position in position order (as pd_kern_axpy_f32 did it)
  * for NQ queries and ND chunks of 8 dims (NQ * ND <= 8 accumulators: the
  * FMA chains are per element, so NQ and ND change no result, only how
  * many chains run side by side). */
 static ALWAYS_INLINE void pv_mk(const int NQ, const int ND, float *const *acc_p,
-                                const float *const *e, const float *corr, const float *v,
-                                uint32_t row_stride, uint32_t nv, uint32_t d0)
+                                const float *const *e, const float *v, uint32_t row_stride,
+                                uint32_t nv, uint32_t d0)
 {
     __m256 acc[QB][8];
 #pragma GCC unroll 4
     for (int i = 0; i < NQ; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < ND; j++)
-            acc[i][j] = _mm256_mul_ps(_mm256_load_ps(acc_p[i] + d0 + 8 * j),
-                                      _mm256_set1_ps(corr[i]));
+            acc[i][j] = _mm256_loadu_ps(acc_p[i] + d0 + 8 * j);
     for (uint32_t p = 0; p < nv; p++) {
         const float *vr = v + (size_t)p * row_stride + d0;
         __m256 ep[QB];
@@ -100,55 +105,51 @@ static ALWAYS_INLINE void pv_mk(const int NQ, const int ND, float *const *acc_p,
     for (int i = 0; i < NQ; i++)
 #pragma GCC unroll 8
         for (int j = 0; j < ND; j++)
-            _mm256_store_ps(acc_p[i] + d0 + 8 * j, acc[i][j]);
+            _mm256_storeu_ps(acc_p[i] + d0 + 8 * j, acc[i][j]);
 }
 
-/* Scores of nq queries for the bs_pad positions of a block whose first
- * nv rows are at k (row_stride apart); rows past nv read as zeros. */
+/* Scores of the queries qs[0..nq) for positions [p0, p0 + nv) of a block
+ * whose rows are at k (row_stride apart), into s_i[p0 ..] (a few floats
+ * past p0 + nv are written too: rows past nv read as zeros). */
 static void scores_group(uint32_t nq, const float *const *q, const float *k, uint32_t row_stride,
-                         uint32_t nv, uint32_t hd, uint32_t bs_pad, float scale, float *const *s)
+                         uint32_t p0, uint32_t nv, uint32_t hd, float scale, float *const *s)
 {
     static const float zeros[PD_ATTN_MAX_HEAD_DIM];
     const __m128 vs = _mm_set1_ps(scale);
-    for (uint32_t p0 = 0; p0 < bs_pad; p0 += 8) { /* bs_pad % 8 == 0 */
-        const float *kr[8];
-        for (uint32_t j = 0; j < 8; j++)
-            kr[j] = p0 + j < nv ? k + (size_t)(p0 + j) * row_stride : zeros;
-        uint32_t i = 0;
-        for (; i + 2 <= nq; i += 2) {
-            scores_mk(2, 4, q + i, kr, hd, p0, vs, s + i);
-            scores_mk(2, 4, q + i, kr + 4, hd, p0 + 4, vs, s + i);
-        }
-        if (i < nq)
-            scores_mk(1, 8, q + i, kr, hd, p0, vs, s + i);
+    for (uint32_t j0 = 0; j0 < nv; j0 += 4) {
+        const float *kr[4];
+        for (uint32_t j = 0; j < 4; j++)
+            kr[j] = j0 + j < nv ? k + (size_t)(j0 + j) * row_stride : zeros;
+        for (uint32_t i = 0; i < nq; i++)
+            scores_mk(q[i], kr, hd, p0 + j0, vs, s[i]);
     }
 }
 
-static void pv_group(uint32_t nq, float *const *acc, const float *const *e, const float *corr,
-                     const float *v, uint32_t row_stride, uint32_t nv, uint32_t hd)
+static void pv_group(uint32_t nq, float *const *acc, const float *const *e, const float *v,
+                     uint32_t row_stride, uint32_t nv, uint32_t hd)
 {
     /* as many 8-dim chunks per pass as 8 accumulators allow, then halves */
     for (uint32_t d0 = 0; d0 < hd;) {
         const uint32_t left = (hd - d0) / 8;
         switch (nq) {
         case 1:
-            if (left >= 8) { pv_mk(1, 8, acc, e, corr, v, row_stride, nv, d0); d0 += 64; }
-            else if (left >= 4) { pv_mk(1, 4, acc, e, corr, v, row_stride, nv, d0); d0 += 32; }
-            else if (left >= 2) { pv_mk(1, 2, acc, e, corr, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(1, 1, acc, e, corr, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 8) { pv_mk(1, 8, acc, e, v, row_stride, nv, d0); d0 += 64; }
+            else if (left >= 4) { pv_mk(1, 4, acc, e, v, row_stride, nv, d0); d0 += 32; }
+            else if (left >= 2) { pv_mk(1, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
+            else { pv_mk(1, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
             break;
         case 2:
-            if (left >= 4) { pv_mk(2, 4, acc, e, corr, v, row_stride, nv, d0); d0 += 32; }
-            else if (left >= 2) { pv_mk(2, 2, acc, e, corr, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(2, 1, acc, e, corr, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 4) { pv_mk(2, 4, acc, e, v, row_stride, nv, d0); d0 += 32; }
+            else if (left >= 2) { pv_mk(2, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
+            else { pv_mk(2, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
             break;
         case 3:
-            if (left >= 2) { pv_mk(3, 2, acc, e, corr, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(3, 1, acc, e, corr, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 2) { pv_mk(3, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
+            else { pv_mk(3, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
             break;
         default:
-            if (left >= 2) { pv_mk(4, 2, acc, e, corr, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(4, 1, acc, e, corr, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 2) { pv_mk(4, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
+            else { pv_mk(4, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
             break;
         }
     }
@@ -157,100 +158,77 @@ static void pv_group(uint32_t nq, float *const *acc, const float *const *e, cons
 /* Prefetches the rows [0, nv) of one head's K and V in block j (the rows
  * are a whole KV row apart, a stride the hardware prefetcher does not
  * follow: without this, decode attention waits on every row). */
-static void prefetch_block(const float *k, const float *v, uint32_t row_stride, uint32_t nv,
-                           uint32_t hd)
+static void prefetch_block(const float *kv, uint32_t row_stride, uint32_t nv, uint32_t hd)
 {
     for (uint32_t p = 0; p < nv; p++)
-        for (uint32_t d = 0; d < hd; d += 16) {
-            _mm_prefetch((const char *)(k + (size_t)p * row_stride + d), _MM_HINT_T0);
-            _mm_prefetch((const char *)(v + (size_t)p * row_stride + d), _MM_HINT_T0);
-        }
+        for (uint32_t d = 0; d < hd; d += 16)
+            _mm_prefetch((const char *)(kv + (size_t)p * row_stride + d), _MM_HINT_T0);
 }
 
-/* Online softmax step for one query over one block: s (bs_pad scores, the
- * first lim valid) becomes e; updates m, l; returns the correction for
- * the query's accumulator. */
-static float softmax_step(float *s, uint32_t lim, uint32_t bs_pad, float *m, float *l)
+/* The queries of [0, n_q) that see positions from p0 on, at most QB from
+ * *i0 on, with their rows of p and out; advances *i0. */
+static uint32_t active_group(uint32_t *i0, uint32_t n_q, const uint32_t *n_pos, uint32_t p0,
+                             const float *const *q, float *const *out, float *s, size_t rs,
+                             const float **qg, float **sg, float **og)
 {
-    const __m256 ninf = _mm256_set1_ps(-INFINITY);
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256 mx = ninf;
-    for (uint32_t c = 0; c < bs_pad; c += 8) {
-        const __m256 valid = _mm256_castsi256_ps(
-            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lim - (int)c), lane));
-        const __m256 v = _mm256_blendv_ps(ninf, _mm256_load_ps(s + c), valid);
-        _mm256_store_ps(s + c, v);
-        mx = _mm256_max_ps(mx, v);
+    uint32_t nq = 0;
+    for (; *i0 < n_q && nq < QB; (*i0)++) {
+        if (n_pos[*i0] <= p0)
+            continue;
+        qg[nq] = q[*i0];
+        sg[nq] = s + (size_t)*i0 * rs;
+        og[nq] = out[*i0];
+        nq++;
     }
-    const float m_blk = hmax8(mx);
-    const float m_new = m_blk > *m ? m_blk : *m;
-    const float corr = expf(*m - m_new); /* 0 on the first block (m = -inf) */
-    const __m256 vm = _mm256_set1_ps(m_new);
-    __m256 sum = _mm256_setzero_ps();
-    for (uint32_t c = 0; c < bs_pad; c += 8) {
-        const __m256 v = _mm256_load_ps(s + c);
-        const __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(v, vm)), _mm256_cmp_ps(v, ninf, _CMP_NEQ_OQ));
-        _mm256_store_ps(s + c, e);
-        sum = _mm256_add_ps(sum, e);
-    }
-    *l = *l * corr + hadd8(sum);
-    *m = m_new;
-    return corr;
+    return nq;
 }
+
+#define PF_BLOCKS_AHEAD 2
 
 void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
                        const float *const *v_blk, uint32_t n_q, const float *const *q,
                        const uint32_t *n_pos, float *const *out, float *scratch)
 {
-    const uint32_t hd = sh->head_dim, bs = sh->block_size, bs_pad = (bs + 7) / 8 * 8;
-    /* scratch: s (n_q, bs_pad) | acc (n_q, hd) | m, l (n_q) */
-    float *s = (float *)(((uintptr_t)scratch + 31) & ~(uintptr_t)31);
-    float *acc = s + (size_t)n_q * bs_pad;
-    float *m = acc + (size_t)n_q * hd, *l = m + n_q;
+    const uint32_t hd = sh->head_dim, bs = sh->block_size;
     uint32_t max_pos = 0;
-    for (uint32_t i = 0; i < n_q; i++) {
-        m[i] = -INFINITY;
-        l[i] = 0.0f;
-        memset(acc + (size_t)i * hd, 0, sizeof(float) * hd);
+    for (uint32_t i = 0; i < n_q; i++)
         max_pos = n_pos[i] > max_pos ? n_pos[i] : max_pos;
-    }
-#define PF_BLOCKS_AHEAD 2
+    const size_t rs = pd_kern_attn_row_floats(sh); /* scores per query: (max_pos + bs + 4) */
+    float *s = scratch;
+    const float *qg[QB];
+    float *sg[QB], *og[QB];
+    /* 1. scores of every query for the blocks it sees, K streamed once */
     for (uint32_t p0 = 0, j = 0; p0 < max_pos && j < PF_BLOCKS_AHEAD; p0 += bs, j++)
-        prefetch_block(k_blk[j], v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
+        prefetch_block(k_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
     for (uint32_t p0 = 0, j = 0; p0 < max_pos; p0 += bs, j++) {
-        const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs;
-        const uint32_t pf0 = p0 + PF_BLOCKS_AHEAD * bs;
+        const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
         if (pf0 < max_pos)
-            prefetch_block(k_blk[j + PF_BLOCKS_AHEAD], v_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
+            prefetch_block(k_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
                            max_pos - pf0 < bs ? max_pos - pf0 : bs, hd);
-        /* the queries that see this block, in groups of QB */
-        for (uint32_t i0 = 0; i0 < n_q;) {
-            const float *qg[QB];
-            float *sg[QB], *ag[QB];
-            float cg[QB];
-            uint32_t ig[QB], nq = 0;
-            for (; i0 < n_q && nq < QB; i0++) {
-                if (n_pos[i0] <= p0)
-                    continue;
-                ig[nq] = i0;
-                qg[nq] = q[i0];
-                sg[nq] = s + (size_t)i0 * bs_pad;
-                ag[nq] = acc + (size_t)i0 * hd;
-                nq++;
-            }
-            if (nq == 0)
-                break;
-            scores_group(nq, qg, k_blk[j], sh->row_stride, nv, hd, bs_pad, sh->scale, sg);
-            for (uint32_t g = 0; g < nq; g++) {
-                const uint32_t i = ig[g], lim = n_pos[i] - p0 < bs ? n_pos[i] - p0 : bs;
-                cg[g] = softmax_step(sg[g], lim, bs_pad, &m[i], &l[i]);
-            }
-            pv_group(nq, ag, (const float *const *)sg, cg, v_blk[j], sh->row_stride, nv, hd);
-        }
+        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, out, s, rs, qg, sg, og));)
+            scores_group(nq, qg, k_blk[j], sh->row_stride, p0, nv, hd, sh->scale, sg);
     }
+    /* 2. softmax per query over its own positions; zeros past them, so that
+     *    a tile's longer rows add exact zeros to its shorter ones */
     for (uint32_t i = 0; i < n_q; i++) {
-        const __m256 inv = _mm256_set1_ps(n_pos[i] ? 1.0f / l[i] : 0.0f);
-        for (uint32_t d = 0; d < hd; d += 8)
-            _mm256_storeu_ps(out[i] + d, _mm256_mul_ps(_mm256_load_ps(acc + (size_t)i * hd + d), inv));
+        float *si = s + (size_t)i * rs;
+        pd_kern_softmax_avx2(si, n_pos[i]);
+        memset(si + n_pos[i], 0, sizeof(float) * (max_pos - n_pos[i]));
+        memset(out[i], 0, sizeof(float) * hd);
+    }
+    /* 3. out += p * V, V streamed once */
+    for (uint32_t p0 = 0, j = 0; p0 < max_pos && j < PF_BLOCKS_AHEAD; p0 += bs, j++)
+        prefetch_block(v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
+    for (uint32_t p0 = 0, j = 0; p0 < max_pos; p0 += bs, j++) {
+        const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
+        if (pf0 < max_pos)
+            prefetch_block(v_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
+                           max_pos - pf0 < bs ? max_pos - pf0 : bs, hd);
+        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, out, s, rs, qg, sg, og));) {
+            const float *eg[QB];
+            for (uint32_t g = 0; g < nq; g++)
+                eg[g] = sg[g] + p0;
+            pv_group(nq, og, eg, v_blk[j], sh->row_stride, nv, hd);
+        }
     }
 }

@@ -52,7 +52,7 @@ typedef struct {
 static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, rng_t *r)
 {
     const uint32_t head_off = hd, row_stride = 3 * hd + 4; /* a middle head, odd stride */
-    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd) };
+    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos };
     c->n_blocks = (max_pos + bs - 1) / bs;
     size_t n = (size_t)c->n_blocks * bs * row_stride;
     c->k = malloc(sizeof(float) * n);
