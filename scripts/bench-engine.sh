@@ -12,7 +12,10 @@
 # Each round runs ours, then llama.cpp, then ours again, back to back, per
 # model and thread count: the machine is shared, so the report gives the range
 # of the ratios over those pairs, never a figure from another moment.
-# Env: BUILD, THREADS (list), ROUNDS, BENCH_MODELS (list), LLAMACPP_TIMEOUT (s).
+# BEFORE_BIN=/path/to/an/older/pd-run adds that binary to every round (after
+# llama.cpp), for before/after tables measured in the same run.
+# Env: BUILD, THREADS (list), ROUNDS, BENCH_MODELS (list), LLAMACPP_TIMEOUT (s),
+# BEFORE_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -58,9 +61,12 @@ for t in $THREADS; do
     for r in $(seq 1 "$ROUNDS"); do
         for m in $BENCH_MODELS; do
             f=$BUILD/models/$m.gguf
-            echo "== round $r, $m, $t threads: pdserve, llama.cpp, pdserve"
+            echo "== round $r, $m, $t threads: pdserve, llama.cpp, ${BEFORE_BIN:+pdserve before, }pdserve"
             "$BUILD/bin/pd-run" -m "$f" --bench --json --threads "$t" | tee "$d/$m.pd.$r.a.json"
             theirs "$f" "$t" "$d/$m.ref.$r.json"
+            if [ -n "${BEFORE_BIN:-}" ]; then
+                "$BEFORE_BIN" -m "$f" --bench --json --threads "$t" | tee "$d/$m.before.$r.json"
+            fi
             "$BUILD/bin/pd-run" -m "$f" --bench --json --threads "$t" | tee "$d/$m.pd.$r.b.json"
         done
     done

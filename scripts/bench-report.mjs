@@ -30,8 +30,9 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
   console.log(`\n### ${td.slice(1)} thread(s)\n`);
   console.log(`Limits in this run (before / after): memory read ${lims.map((l) => l.mem_read_gb_s.toFixed(1)).join(" / ")} GB/s, ` +
     `sgemm ${lims.map((l) => l.sgemm_gflops.toFixed(1)).join(" / ")} GFLOPS; fractions below use the higher.\n`);
-  console.log("| model | figure | pdserve tok/s | llama.cpp tok/s | pdserve / llama.cpp | of limit |");
-  console.log("|---|---|---|---|---|---|");
+  const hasBefore = readdirSync(d).some((f) => f.includes(".before."));
+  console.log(`| model | figure | pdserve tok/s | llama.cpp tok/s | pdserve / llama.cpp | of limit |${hasBefore ? " before tok/s | before / llama.cpp |" : ""}`);
+  console.log(`|---|---|---|---|---|---|${hasBefore ? "---|---|" : ""}`);
   const models = [...new Set(readdirSync(d).filter((f) => f.endsWith(".json") && f.includes(".pd.")).map((f) => f.split(".pd.")[0]))].sort();
   for (const m of models) {
     const files = readdirSync(d);
@@ -53,9 +54,21 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
       if (k === "decode_b1_tok_s") frac = `${range(ours.map((v) => (100 * v * p0.weight_bytes) / (bw * 1e9)), 0)} % of read GB/s`;
       if (k === "prefill_tok_s" && /f32/.test(m)) frac = `${range(ours.map((v) => (100 * v * 2 * p0.n_params) / (gf * 1e9)), 0)} % of sgemm`;
       if (k === "decode_b32_tok_s") frac = `${range(ours.map((v) => (v * 2 * p0.n_params) / 1e9), 0)} GFLOPS`;
-      console.log(`| ${m} | ${name[k]} | ${range(ours)} | ${range(ref.map((x) => x[k]))} | ${range(ratios, 2)} | ${frac} |`);
+      let before = "";
+      if (hasBefore) {
+        const bs = [], br = [];
+        for (const r of rounds) {
+          const p = `${d}/${m}.before.${r}.json`;
+          if (!existsSync(p)) continue;
+          const v = read(p)[k], theirs = read(`${d}/${m}.ref.${r}.json`)[k];
+          bs.push(v);
+          if (theirs > 0) br.push(v / theirs);
+        }
+        before = ` ${range(bs)} | ${range(br, 2)} |`;
+      }
+      console.log(`| ${m} | ${name[k]} | ${range(ours)} | ${range(ref.map((x) => x[k]))} | ${range(ratios, 2)} | ${frac} |${before}`);
     }
   }
 }
-console.log("\nRatios: each round runs pdserve, llama.cpp, pdserve back to back; a ratio is one pdserve run over the llama.cpp run between them.");
+console.log("\nRatios: each round runs pdserve, llama.cpp, (pdserve before,) pdserve back to back; a ratio is one pdserve run over the llama.cpp run of its round.");
 console.log("Limits: decode b1 counts weight bytes read per token against the STREAM-style read bandwidth; prefill counts 2 x params FLOPs per token against OpenBLAS sgemm (F32 models).");
