@@ -1,6 +1,6 @@
 /* err.c -- see err.h */
 #define PD_ERR_IMPL /* defines pd_err_set: no analyzer macro */
-#include "err.h"
+#include "base/err.h"
 
 #include <stdarg.h>
 #include <stdio.h>

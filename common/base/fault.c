@@ -1,9 +1,9 @@
 /* fault.c -- allocation-failure injection. See fault.h. */
-#include "fault.h"
+#include "base/fault.h"
 
 #include <stdio.h>
 
-#include "log.h"
+#include "base/log.h"
 
 _Thread_local bool pd_fault_active_;
 

@@ -44,7 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "base/err.h"
 
 typedef enum {
     PD_FAULT_NONE = 0,

@@ -13,8 +13,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#include "err.h"
-#include "fault.h"
+#include "base/err.h"
+#include "base/fault.h"
 
 static inline int pd_grow(void **p, size_t *cap, size_t need, size_t elem, size_t min_cap)
 {

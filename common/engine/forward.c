@@ -8,7 +8,7 @@
  * pd_matmul, which picks our skinny kernels for few rows and OpenBLAS
  * sgemm for many. All buffers are allocated once in pd_engine_new.
  */
-#include "forward.h"
+#include "engine/forward.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
-#include "log.h"
+#include "engine/kernels.h"
+#include "base/log.h"
 
 /* Attention work is split into this many interleaved chunks per thread. */
 #define PD_ATTN_CHUNKS_PER_THREAD 4

@@ -15,10 +15,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "kvcache.h"
-#include "model.h"
-#include "pool.h"
+#include "base/err.h"
+#include "engine/kvcache.h"
+#include "engine/model.h"
+#include "engine/pool.h"
 
 typedef struct {
     uint32_t n_tokens;

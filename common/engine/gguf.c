@@ -6,7 +6,7 @@
  * so a count of 2^63 costs nothing. Strings point into the buffer; only
  * tensor names are copied (NUL-terminated). The writer is in gguf_write.c.
  */
-#include "gguf.h"
+#include "engine/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "gguf_internal.h"
+#include "engine/gguf_internal.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "gguf.c reads little-endian integers with memcpy: port it before using a big-endian host"

@@ -3,7 +3,7 @@
 #ifndef PD_GGUF_INTERNAL_H
 #define PD_GGUF_INTERNAL_H
 
-#include "gguf.h"
+#include "engine/gguf.h"
 
 #define PD_GGUF_SHOW_BUF 72 /* 64 shown bytes + "..." + NUL */
 

@@ -6,7 +6,7 @@
  * callback writes straight into the mapping, so a 1 GB model never sits in
  * memory twice. Then path.tmp is renamed over path.
  */
-#include "gguf.h"
+#include "engine/gguf.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,8 +18,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "gguf_internal.h"
-#include "grow.h"
+#include "engine/gguf_internal.h"
+#include "base/grow.h"
 
 /* ====== Byte buffer ====== */
 

@@ -10,7 +10,7 @@
  *         element j in its low nibble and element j + 16 in its high
  *         nibble; x = (nibble - 8) * d.
  */
-#include "kernels.h"
+#include "engine/kernels.h"
 
 #include <cblas.h>
 #include <cpuid.h>

@@ -13,8 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
-#include "pool.h"
+#include "engine/gguf.h"
+#include "engine/pool.h"
 
 /* A weight matrix view (borrowed; points into the mapped model file). */
 typedef struct {

@@ -30,7 +30,7 @@
  * Quantized weights (Q8_0, Q4_0) use the same loop nest over 32-blocks
  * with an integer micro-kernel against Q8_0 activations (4 x 2 blocks).
  */
-#include "kernels.h"
+#include "engine/kernels.h"
 
 #include <immintrin.h>
 #include <math.h>

@@ -1,12 +1,12 @@
 /* kvcache.c -- see kvcache.h */
-#include "kvcache.h"
+#include "engine/kvcache.h"
 
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 
 #define PD_KV_ALIGN 64                          /* bytes; one cache line, enough for AVX-512 loads */
 #define PD_KV_MAX_POOL_BYTES (64ull << 30)      /* bytes; refuse pools above 64 GiB */

@@ -6,7 +6,7 @@
  *   blk.N.attn_output.weight, blk.N.ffn_norm.weight,
  *   blk.N.ffn_{gate,up,down}.weight
  */
-#include "model.h"
+#include "engine/model.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "engine/kernels.h"
 
 #define PD_MODEL_MAX_LAYERS 512
 #define PD_MODEL_MAX_DIM 65536

@@ -12,9 +12,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "gguf.h"
-#include "kernels.h"
+#include "base/err.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
 
 typedef enum { PD_ARCH_LLAMA = 1, PD_ARCH_QWEN2 = 2 } pd_arch_t;
 

@@ -23,7 +23,7 @@
  * the counter (seq_cst on both sides, so at least one sees the other) and
  * only then takes the mutex to broadcast.
  */
-#include "pool.h"
+#include "engine/pool.h"
 
 #include <immintrin.h>
 #include <pthread.h>

@@ -1,5 +1,5 @@
 /* sampler.c -- see sampler.h */
-#include "sampler.h"
+#include "engine/sampler.h"
 
 #include <assert.h>
 #include <float.h>

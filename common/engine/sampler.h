@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "base/err.h"
 
 typedef struct {
     float temperature;         /* 0 = greedy; >= 0 */

@@ -11,16 +11,16 @@
  * encoding (SPM byte fallback with no <0xXX> token for a byte) we use the
  * unknown token, or fail with PD_EUNSUPPORTED when there is none.
  */
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
 
-#include "grow.h"
-#include "log.h"
-#include "unicode.h"
+#include "base/grow.h"
+#include "base/log.h"
+#include "engine/unicode.h"
 
 /* Largest vocabulary we accept (real ones are <= ~260k ids). */
 #define PD_TOK_MAX_VOCAB (1u << 24)

@@ -23,8 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "gguf.h"
+#include "base/err.h"
+#include "engine/gguf.h"
 
 typedef struct pd_tok pd_tok_t;
 

@@ -2,13 +2,13 @@
  * See unicode.h. The splitters reproduce llama.cpp's src/unicode.cpp
  * (unicode_regex_split and its custom gpt2/llama3/qwen2 splitters)
  * behaviour for behaviour, including where it differs from a real regex. */
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "grow.h"
+#include "base/err.h"
+#include "base/grow.h"
 
 /* ====== Classes ====== */
 

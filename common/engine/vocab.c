@@ -1,5 +1,5 @@
 /* vocab.c -- test-model vocabularies from GPT-2's ranks. See vocab.h. */
-#include "vocab.h"
+#include "engine/vocab.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #define PD_VOCAB_MAX_RANKS 1000000u  /* more lines than any real rank table */
 #define PD_VOCAB_MAX_TOKEN_BYTES 256 /* longest token we accept, bytes */

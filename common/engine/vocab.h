@@ -24,8 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "gguf.h"
+#include "base/err.h"
+#include "engine/gguf.h"
 
 typedef enum { PD_VOCAB_SPM = 1, PD_VOCAB_BPE = 2 } pd_vocab_kind_t;
 

@@ -11,7 +11,7 @@
  * each a mapping of keys, each a scalar or (for list keys) a flat sequence.
  * It parses into a copy and commits only on success.
  */
-#include "config.h"
+#include "runtime/config.h"
 
 #include <assert.h>
 #include <errno.h>

@@ -35,7 +35,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "err.h"
+#include "base/err.h"
 
 #define PD_CFG_STR 256
 #define PD_CFG_MAX_LIST 16

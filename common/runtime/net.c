@@ -1,5 +1,5 @@
 /* net.c -- see net.h */
-#include "net.h"
+#include "runtime/net.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 
 /* ====== Socket options ====== */
 

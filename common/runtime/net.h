@@ -27,8 +27,8 @@
 #include <protobuf-c/protobuf-c.h>
 #include <zmq.h>
 
-#include "config.h"
-#include "err.h"
+#include "runtime/config.h"
+#include "base/err.h"
 #include "pd.pb-c.h"
 
 /* Incompatible wire changes bump this; a peer with another one is refused. */

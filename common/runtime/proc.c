@@ -1,13 +1,13 @@
 /* proc.c -- see proc.h */
-#include "proc.h"
+#include "runtime/proc.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 
 static int set_kv(pd_config_t *c, const char *kv, pd_err_t *err)
 {

@@ -21,8 +21,8 @@
 #include <signal.h>
 #include <stdbool.h>
 
-#include "config.h"
-#include "err.h"
+#include "runtime/config.h"
+#include "base/err.h"
 
 typedef struct {
     pd_config_t cfg;

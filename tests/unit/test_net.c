@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "config.h"
-#include "net.h"
+#include "runtime/config.h"
+#include "runtime/net.h"
 
 static size_t pack_generate(size_t n_tokens, uint8_t **out)
 {

@@ -21,10 +21,10 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "gguf.h"
-#include "tokenizer.h"
-#include "unicode.h"
-#include "vocab.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode.h"
+#include "engine/vocab.h"
 
 /* ====== Helpers ====== */
 
