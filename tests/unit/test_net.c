@@ -1,4 +1,4 @@
-/* test_net.c -- common/net.c: the bounded protobuf allocator, envelope
+/* test_net.c -- common/runtime/net.c: the bounded protobuf allocator, envelope
  * decoding, and the socket discipline (ROUTER_MANDATORY, IMMEDIATE,
  * non-blocking sends, frame limits). */
 #include <setjmp.h>
