@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "engine/kernels.h"
 
 typedef struct {
     uint64_t s;

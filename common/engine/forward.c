@@ -1,0 +1,632 @@
+/* forward.c -- the transformer forward pass over a flattened batch.
+ *
+ * Read it top to bottom like the paper: embed, then per layer
+ * (rmsnorm -> q,k,v -> rope -> write K/V into the paged cache -> attention
+ * through the block table -> output projection -> residual; rmsnorm ->
+ * SwiGLU FFN -> residual), then the final norm and the output projection
+ * for the rows whose logits are wanted. Linear layers go through
+ * pd_matmul, which picks our skinny kernels for few rows and OpenBLAS
+ * sgemm for many. All buffers are allocated once in pd_engine_new.
+ */
+#include "engine/forward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "base/log.h"
+
+/* Attention work is split into this many interleaved chunks per thread. */
+#define PD_ATTN_CHUNKS_PER_THREAD 4
+/* Queries (tokens x grouped heads) per attention call: they share every
+ * K/V block load; each needs a row of max_ctx scores in the scratch. */
+#define PD_ATTN_TILE_Q 32
+#define PD_ALIGN 64
+
+struct pd_engine {
+    const pd_model_t *model;
+    pd_kv_t *kv;
+    pd_pool_t *pool;
+    pd_engine_opts_t opts;
+    uint32_t n_attn_chunks;
+    /* Run state, sized for opts.max_batch_tokens (T) rows. */
+    float *x;       /* (T, dim) residual stream */
+    float *xn;      /* (T, max(dim, q_dim)) normed input of a sublayer */
+    float *q;       /* (T, q_dim) */
+    float *k;       /* (T, kv_dim) */
+    float *v;       /* (T, kv_dim) */
+    float *att;     /* (T, q_dim) attention output */
+    float *tmp;     /* (T, dim) projection output before the residual add */
+    float *gate;    /* (T, ffn_dim) */
+    float *up;      /* (T, ffn_dim) */
+    float *rope;    /* (T, head_dim) cos/sin pairs per token */
+    float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
+                       weight type's activation format (see round_activations) */
+    void *qrow;     /* (T, Q8_0 row of max_in) activations quantized as ggml does */
+    float *attn_scratch;  /* (n_attn_chunks, attn_scratch_floats) pd_kern_attn scratch */
+    size_t attn_scratch_floats;
+    const float **attn_blocks; /* (n_attn_chunks, 2, max_seq_blocks) K, V block pointers */
+    uint32_t max_seq_blocks;   /* blocks of a max_ctx sequence */
+    uint32_t *tiles;      /* (T + 1) first token of each attention tile, then T */
+    uint32_t n_tiles;
+    void *scratch;  /* pd_matmul scratch */
+    size_t scratch_bytes;
+    int32_t *rows;  /* (T) batch rows whose logits are wanted */
+};
+
+void pd_engine_opts_default(pd_engine_opts_t *o)
+{
+    o->max_batch_tokens = 512;
+    o->max_ctx = 0;
+    o->n_threads = 1;
+    o->skinny_max_rows = PD_SKINNY_DEFAULT_MAX; /* measured crossover, see kernels.h */
+    o->batch_invariant = true;
+    o->batch_invariant_quant = false;
+}
+
+static void *alloc_aligned(size_t n_bytes)
+{
+    void *p = NULL;
+    if (n_bytes == 0)
+        n_bytes = PD_ALIGN;
+    n_bytes = (n_bytes + PD_ALIGN - 1) / PD_ALIGN * PD_ALIGN;
+    if (posix_memalign(&p, PD_ALIGN, n_bytes) != 0)
+        return NULL;
+    return p;
+}
+
+static size_t mat_scratch(const pd_mat_t *w, uint32_t rows, size_t cur)
+{
+    size_t n = pd_matmul_scratch_bytes(w, rows);
+    return n > cur ? n : cur;
+}
+
+pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opts_t *opts,
+                           pd_err_t *err)
+{
+    const pd_model_config_t *c = &m->cfg;
+    const pd_kv_shape_t *ks = pd_kv_shape(kv);
+    if (ks->n_layers != c->n_layers || ks->n_kv_heads != c->n_kv_heads ||
+        ks->head_dim != c->head_dim) {
+        pd_err_set(err, PD_EINVAL, "engine: KV cache shape (layers %u, kv_heads %u, head_dim %u) "
+                   "does not match the model (%u, %u, %u)", ks->n_layers, ks->n_kv_heads,
+                   ks->head_dim, c->n_layers, c->n_kv_heads, c->head_dim);
+        return NULL;
+    }
+    if (opts->max_batch_tokens == 0 || opts->max_batch_tokens > (1u << 20) ||
+        opts->n_threads < 1 || opts->n_threads > 256) {
+        pd_err_set(err, PD_EINVAL, "engine: max_batch_tokens %u / threads %d out of range",
+                   opts->max_batch_tokens, opts->n_threads);
+        return NULL;
+    }
+    const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f,
+                                   1 };
+    if (!pd_kern_attn_supported(&ash0)) {
+        pd_err_set(err, PD_EINVAL, "engine: head_dim %u / KV block_size %u: attention supports "
+                   "at most %u / %u", c->head_dim, ks->block_size, PD_ATTN_MAX_HEAD_DIM,
+                   PD_ATTN_MAX_BLOCK);
+        return NULL;
+    }
+    pd_engine_t *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        pd_err_set(err, PD_ENOMEM, "engine: out of memory");
+        return NULL;
+    }
+    e->model = m;
+    e->kv = kv;
+    e->opts = *opts;
+    if (e->opts.max_ctx == 0 || e->opts.max_ctx > c->ctx_len)
+        e->opts.max_ctx = c->ctx_len;
+    if (e->opts.skinny_max_rows > PD_SKINNY_MAX_ROWS)
+        e->opts.skinny_max_rows = PD_SKINNY_MAX_ROWS;
+    size_t T = e->opts.max_batch_tokens;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t xn_dim = q_dim > c->dim ? q_dim : c->dim;
+    e->pool = pd_pool_new(opts->n_threads);
+    e->n_attn_chunks = (uint32_t)opts->n_threads * PD_ATTN_CHUNKS_PER_THREAD;
+    e->x = alloc_aligned(sizeof(float) * T * c->dim);
+    e->xn = alloc_aligned(sizeof(float) * T * xn_dim);
+    e->q = alloc_aligned(sizeof(float) * T * q_dim);
+    e->k = alloc_aligned(sizeof(float) * T * kv_dim);
+    e->v = alloc_aligned(sizeof(float) * T * kv_dim);
+    e->att = alloc_aligned(sizeof(float) * T * q_dim);
+    e->tmp = alloc_aligned(sizeof(float) * T * c->dim);
+    e->gate = alloc_aligned(sizeof(float) * T * c->ffn_dim);
+    e->up = alloc_aligned(sizeof(float) * T * c->ffn_dim);
+    e->rope = alloc_aligned(sizeof(float) * T * c->head_dim);
+    size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
+    e->xr = alloc_aligned(sizeof(float) * T * max_in);
+    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
+    const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f,
+                                  e->opts.max_ctx };
+    e->attn_scratch_floats = (pd_kern_attn_scratch_floats(&ash, PD_ATTN_TILE_Q) + 15) / 16 * 16;
+    e->attn_scratch = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->attn_scratch_floats);
+    e->max_seq_blocks = (e->opts.max_ctx + ks->block_size - 1) / ks->block_size;
+    e->attn_blocks = alloc_aligned(sizeof(float *) * e->n_attn_chunks * 2 * e->max_seq_blocks);
+    e->tiles = alloc_aligned(sizeof(uint32_t) * (T + 1));
+    e->rows = alloc_aligned(sizeof(int32_t) * T);
+    size_t s = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const pd_layer_t *L = &m->layers[l];
+        s = mat_scratch(&L->wq, (uint32_t)T, s);
+        s = mat_scratch(&L->wk, (uint32_t)T, s);
+        s = mat_scratch(&L->wv, (uint32_t)T, s);
+        s = mat_scratch(&L->wo, (uint32_t)T, s);
+        s = mat_scratch(&L->w_gate, (uint32_t)T, s);
+        s = mat_scratch(&L->w_up, (uint32_t)T, s);
+        s = mat_scratch(&L->w_down, (uint32_t)T, s);
+    }
+    s = mat_scratch(&m->output, (uint32_t)T, s);
+    e->scratch_bytes = s;
+    e->scratch = alloc_aligned(s);
+    if (e->pool == NULL || !e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->tmp ||
+        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->attn_scratch || !e->attn_blocks || !e->tiles || !e->rows ||
+        !e->scratch) {
+        pd_err_set(err, PD_ENOMEM, "engine: out of memory for run state (%zu batch tokens)", T);
+        pd_engine_free(e);
+        return NULL;
+    }
+    openblas_set_num_threads(opts->n_threads);
+    return e;
+}
+
+void pd_engine_free(pd_engine_t *e)
+{
+    if (e == NULL)
+        return;
+    pd_pool_free(e->pool);
+    free(e->x);
+    free(e->xn);
+    free(e->q);
+    free(e->k);
+    free(e->v);
+    free(e->att);
+    free(e->tmp);
+    free(e->gate);
+    free(e->up);
+    free(e->rope);
+    free(e->xr);
+    free(e->qrow);
+    free(e->attn_scratch);
+    free((void *)e->attn_blocks);
+    free(e->tiles);
+    free(e->rows);
+    free(e->scratch);
+    free(e);
+}
+
+const pd_model_t *pd_engine_model(const pd_engine_t *e) { return e->model; }
+pd_kv_t *pd_engine_kv(pd_engine_t *e) { return e->kv; }
+pd_pool_t *pd_engine_pool(pd_engine_t *e) { return e->pool; }
+
+/* ====== Batch validation ====== */
+
+static int validate_batch(const pd_engine_t *e, const pd_batch_t *b, pd_err_t *err)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    if (b->n_tokens == 0 || b->n_tokens > e->opts.max_batch_tokens)
+        return pd_err_set(err, PD_EINVAL, "forward: n_tokens %u not in [1, %u]", b->n_tokens,
+                          e->opts.max_batch_tokens);
+    if (b->n_seqs == 0)
+        return pd_err_set(err, PD_EINVAL, "forward: n_seqs is 0");
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        if (b->tokens[t] < 0 || (uint32_t)b->tokens[t] >= c->vocab_size)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u id %d out of range [0, %u)", t,
+                              b->tokens[t], c->vocab_size);
+        if (b->pos[t] < 0 || (uint32_t)b->pos[t] >= e->opts.max_ctx)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u position %d out of range "
+                              "[0, %u)", t, b->pos[t], e->opts.max_ctx);
+        if (b->seq[t] < 0 || (uint32_t)b->seq[t] >= b->n_seqs)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u sequence %d out of range", t,
+                              b->seq[t]);
+        uint32_t s = (uint32_t)b->seq[t];
+        uint32_t need = (uint32_t)b->pos[t] / bs + 1;
+        if (b->n_table[s] < need)
+            return pd_err_set(err, PD_EINVAL, "forward: sequence %u block table has %u blocks, "
+                              "position %d needs %u", s, b->n_table[s], b->pos[t], need);
+    }
+    for (uint32_t s = 0; s < b->n_seqs; s++)
+        for (uint32_t i = 0; i < b->n_table[s]; i++)
+            if (!pd_kv_valid_id(e->kv, b->block_tables[s][i]))
+                return pd_err_set(err, PD_EINVAL, "forward: sequence %u block %u has invalid "
+                                  "id %d", s, i, b->block_tables[s][i]);
+    return 0;
+}
+
+/* ====== Building blocks ====== */
+
+/* RoPE cos/sin per token, computed as ggml does (theta *= theta_scale). */
+static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float *cache)
+{
+    const float theta_scale = powf(c->rope_base, -2.0f / (float)c->head_dim);
+    const float freq_scale = 1.0f / c->rope_scale;
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        float *cs = cache + (size_t)t * c->head_dim;
+        float theta = (float)b->pos[t];
+        for (uint32_t i = 0; i < c->head_dim; i += 2) {
+            float th = freq_scale * theta;
+            cs[i] = cosf(th);
+            cs[i + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* Rotates n_heads heads of one token in place. Normal mode rotates pairs
+ * (x[2i], x[2i+1]); NeoX mode rotates (x[i], x[i + d/2]). */
+static void rope_apply(float *x, uint32_t n_heads, uint32_t hd, const float *cs, bool neox)
+{
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (uint32_t i = 0; i < hd; i += 2) {
+            float c0 = cs[i], s0 = cs[i + 1];
+            uint32_t a = neox ? i / 2 : i, bidx = neox ? i / 2 + hd / 2 : i + 1;
+            float x0 = v[a], x1 = v[bidx];
+            v[a] = x0 * c0 - x1 * s0;
+            v[bidx] = x0 * s0 + x1 * c0;
+        }
+    }
+}
+
+typedef struct {
+    pd_engine_t *e;
+    const pd_batch_t *b;
+    uint32_t layer;
+} layer_ctx_t;
+
+/* Per token: bias, rope, and the K/V write into the paged cache. */
+static void qkv_post_task(void *arg, int i, int n)
+{
+    layer_ctx_t *lc = arg;
+    pd_engine_t *e = lc->e;
+    const pd_batch_t *b = lc->b;
+    const pd_model_config_t *c = &e->model->cfg;
+    const pd_layer_t *L = &e->model->layers[lc->layer];
+    uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    for (uint32_t t = (uint32_t)i; t < b->n_tokens; t += (uint32_t)n) {
+        float *q = e->q + (size_t)t * q_dim, *k = e->k + (size_t)t * kv_dim;
+        float *v = e->v + (size_t)t * kv_dim;
+        if (L->bq) {
+            pd_kern_axpy_f32(q, 1.0f, L->bq, q_dim);
+            pd_kern_axpy_f32(k, 1.0f, L->bk, kv_dim);
+            pd_kern_axpy_f32(v, 1.0f, L->bv, kv_dim);
+        }
+        const float *cs = e->rope + (size_t)t * c->head_dim;
+        rope_apply(q, c->n_heads, c->head_dim, cs, c->rope_neox);
+        rope_apply(k, c->n_kv_heads, c->head_dim, cs, c->rope_neox);
+        uint32_t pos = (uint32_t)b->pos[t];
+        int32_t blk = b->block_tables[b->seq[t]][pos / bs];
+        size_t off = (size_t)(pos % bs) * kv_dim;
+        memcpy(pd_kv_k(e->kv, blk, lc->layer) + off, k, sizeof(float) * kv_dim);
+        memcpy(pd_kv_v(e->kv, blk, lc->layer) + off, v, sizeof(float) * kv_dim);
+    }
+}
+
+/* Attention, one work unit per (tile, KV head): a tile is a run of
+ * consecutive batch tokens of one sequence (one token in a decode batch,
+ * up to PD_ATTN_TILE_Q / group tokens of a prefill chunk), and the unit's
+ * queries are those tokens' heads that share the KV head. pd_kern_attn
+ * reads each K/V block of the sequence once for all of them. Units
+ * i, i+n, i+2n... go to task i, which owns scratch i. A token's result
+ * does not depend on its tile (see pd_kern_attn), so tiling is free to
+ * follow the batch. */
+static void attention_task(void *arg, int i, int n)
+{
+    layer_ctx_t *lc = arg;
+    pd_engine_t *e = lc->e;
+    const pd_batch_t *b = lc->b;
+    const pd_model_config_t *c = &e->model->cfg;
+    const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
+    const uint32_t group = c->n_heads / c->n_kv_heads;
+    const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
+    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd, 1.0f / sqrtf((float)hd),
+                                 e->opts.max_ctx };
+    float *scratch = e->attn_scratch + (size_t)i * e->attn_scratch_floats;
+    const float **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
+    const float **vb = kb + e->max_seq_blocks;
+    const float *qp[PD_ATTN_TILE_Q];
+    float *op[PD_ATTN_TILE_Q];
+    uint32_t np[PD_ATTN_TILE_Q];
+    const uint32_t n_units = e->n_tiles * c->n_kv_heads;
+    for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
+        const uint32_t tile = u / c->n_kv_heads, h = u % c->n_kv_heads;
+        const uint32_t t0 = e->tiles[tile], t1 = e->tiles[tile + 1];
+        const int32_t *table = b->block_tables[b->seq[t0]];
+        const uint32_t n_blocks = ((uint32_t)b->pos[t1 - 1] + ks->block_size) / ks->block_size;
+        for (uint32_t j = 0; j < n_blocks; j++) {
+            kb[j] = pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd;
+            vb[j] = pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd;
+        }
+        uint32_t nq = 0;
+        for (uint32_t t = t0; t < t1; t++)
+            for (uint32_t g = 0; g < group; g++, nq++) {
+                const size_t off = (size_t)t * q_dim + (size_t)(h * group + g) * hd;
+                qp[nq] = e->q + off;
+                op[nq] = e->att + off;
+                np[nq] = (uint32_t)b->pos[t] + 1;
+            }
+        pd_kern_attn(&sh, kb, vb, nq, qp, np, op, scratch);
+    }
+}
+
+/* Splits the batch into attention tiles (see attention_task). */
+static void make_tiles(pd_engine_t *e, const pd_batch_t *b)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    uint32_t group = c->n_heads / c->n_kv_heads;
+    uint32_t max_tok = group >= PD_ATTN_TILE_Q ? 1 : PD_ATTN_TILE_Q / group;
+    e->n_tiles = 0;
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        bool start = t == 0 || b->seq[t] != b->seq[t - 1] ||
+                     t - e->tiles[e->n_tiles - 1] >= max_tok;
+        if (start)
+            e->tiles[e->n_tiles++] = t;
+    }
+    e->tiles[e->n_tiles] = b->n_tokens;
+}
+
+typedef struct {
+    float *out;
+    const float *x;
+    const float *g;
+    uint32_t dim;
+    size_t stride;
+    uint32_t n_rows;
+    float eps;
+    const int32_t *rows; /* NULL: row r; else gather rows[r] */
+} norm_ctx_t;
+
+static void norm_task(void *arg, int i, int n)
+{
+    norm_ctx_t *nc = arg;
+    for (uint32_t r = (uint32_t)i; r < nc->n_rows; r += (uint32_t)n) {
+        uint32_t src = nc->rows ? (uint32_t)nc->rows[r] : r;
+        pd_kern_rmsnorm(nc->out + (size_t)r * nc->dim, nc->x + (size_t)src * nc->stride, nc->g,
+                        nc->dim, nc->eps);
+    }
+}
+
+static void rmsnorm_rows(pd_engine_t *e, float *out, const float *x, const float *g,
+                         uint32_t n_rows, const int32_t *rows)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    norm_ctx_t nc = { out, x, g, c->dim, c->dim, n_rows, c->norm_eps, rows };
+    pd_pool_run(n_rows >= 8 ? e->pool : NULL, norm_task, &nc, n_rows >= 8 ? pd_pool_n_threads(e->pool) : 1);
+}
+
+typedef struct {
+    float *a;
+    const float *b;
+    size_t n;
+    bool swiglu; /* a = silu(a) * b, else a += b */
+} ew_ctx_t;
+
+static void ew_task(void *arg, int i, int n)
+{
+    ew_ctx_t *c = arg;
+    size_t chunk = (c->n + (size_t)n - 1) / (size_t)n;
+    size_t lo = chunk * (size_t)i, hi = lo + chunk > c->n ? c->n : lo + chunk;
+    if (lo >= hi)
+        return;
+    if (c->swiglu)
+        pd_kern_swiglu(c->a + lo, c->b + lo, (uint32_t)(hi - lo));
+    else
+        pd_kern_axpy_f32(c->a + lo, 1.0f, c->b + lo, (uint32_t)(hi - lo));
+}
+
+static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool swiglu)
+{
+    ew_ctx_t c = { a, b, n, swiglu };
+    int tasks = n >= 16384 ? pd_pool_n_threads(e->pool) : 1;
+    pd_pool_run(tasks > 1 ? e->pool : NULL, ew_task, &c, tasks);
+}
+
+/* ggml multiplies a quantized or half-precision weight by activations
+ * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0
+ * weights, F16 for F16, BF16 for BF16. We round the activations the same
+ * way before either kernel path, so that (1) the skinny kernels and the
+ * sgemm path see identical inputs -- batching then changes nothing -- and
+ * (2) our numbers match llama.cpp's. The rounding is idempotent, so the
+ * Q8_0 skinny kernel's own quantization of x reproduces it exactly, and
+ * matmul() skips this step when the skinny kernel will quantize anyway. */
+static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const float *x,
+                                      uint32_t n_rows, uint32_t n_in)
+{
+    if (wt == PD_GGML_TYPE_F32)
+        return x;
+    float *xr = e->xr;
+    size_t n = (size_t)n_rows * n_in;
+    switch (wt) {
+    case PD_GGML_TYPE_F16:
+        for (size_t i = 0; i < n; i++)
+            xr[i] = pd_fp16_to_fp32(pd_fp32_to_fp16(x[i]));
+        break;
+    case PD_GGML_TYPE_BF16:
+        for (size_t i = 0; i < n; i++)
+            xr[i] = pd_bf16_to_fp32(pd_fp32_to_bf16(x[i]));
+        break;
+    default: { /* Q8_0, Q4_0: activations go through Q8_0, with ggml's
+                  * activation quantizer (id = 127/amax, round half to even) */
+        size_t rb = pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, n_in);
+        pd_kern_prepare_x(PD_GGML_TYPE_Q8_0, x, n_in, n_in, n_rows, e->qrow);
+        for (uint32_t r = 0; r < n_rows; r++)
+            pd_dequant_row(PD_GGML_TYPE_Q8_0, (const uint8_t *)e->qrow + r * rb,
+                           xr + (size_t)r * n_in, n_in);
+        break;
+    }
+    }
+    return xr;
+}
+
+/* Batch-invariant mode: the skinny kernels compute each row independently of
+ * the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed (skinny kernels reach ~75% of sgemm's FLOPS at 32-64 rows);
+ * docs/benchmarks.md has both figures. */
+/* An element-wise epilogue of a product, over batch rows [r0, r0 + n_rows)
+ * and output columns [o0, o1): a[r][o] = silu(a[r][o]) * b[r][o] (SwiGLU
+ * of gate and up) or a[r][o] += b[r][o] (the residual add). */
+typedef struct {
+    float *a;
+    const float *b;
+    uint32_t stride; /* floats per row of a and b */
+    uint32_t r0, n_rows;
+    bool swiglu;
+} rows_epi_t;
+
+static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
+{
+    const rows_epi_t *c = ctx;
+    (void)i_out;
+    for (uint32_t r = c->r0; r < c->r0 + c->n_rows; r++) {
+        float *a = c->a + (size_t)r * c->stride + o0;
+        const float *b = c->b + (size_t)r * c->stride + o0;
+        if (c->swiglu)
+            pd_kern_swiglu(a, b, o1 - o0);
+        else
+            pd_kern_axpy_f32(a, 1.0f, b, o1 - o0);
+    }
+}
+
+/* The products outs[0..n) of one input x (n_rows, n_in), then the
+ * epilogue epi (NULL, or a rows_epi_t for all rows), in as few pool runs
+ * as pd_matmul_multi allows. All products must share type and n_in.
+ *
+ * Batch-invariant mode: the skinny kernels compute each row independently
+ * of the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed; docs/benchmarks.md has the figures. */
+static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockstep,
+                     const float *x, uint32_t n_rows, const rows_epi_t *epi)
+{
+    const pd_mat_t *w = outs[0].w;
+    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
+    bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
+    uint32_t chunk = invariant ? (quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS) : n_rows;
+    uint32_t skinny_max = invariant ? chunk : e->opts.skinny_max_rows;
+    /* The Q8_0 skinny kernels quantize x themselves, with the same
+     * quantizer: rounding it here first would be the same work twice on
+     * every decode step. Only the sgemm path needs the rounded floats. */
+    bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
+    const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
+    for (uint32_t r = 0; r < n_rows; r += chunk) {
+        uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
+        pd_mm_out_t o[PD_MM_MAX_OUTS];
+        for (int i = 0; i < n; i++)
+            o[i] = (pd_mm_out_t){ outs[i].w, outs[i].y + (size_t)r * outs[i].w->n_out };
+        rows_epi_t ep = epi ? *epi : (rows_epi_t){ 0 };
+        ep.r0 = r;
+        ep.n_rows = m;
+        pd_matmul_multi(e->pool, o, n, lockstep, xin + (size_t)r * w->n_in, m, e->scratch,
+                        skinny_max, epi ? rows_epi : NULL, &ep);
+    }
+}
+
+static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+{
+    const pd_mm_out_t o = { w, y };
+    products(e, &o, 1, false, x, n_rows, NULL);
+}
+
+/* y = x W^T, then x_res += y (stride dim) in the same pool run. */
+static void matmul_residual(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows,
+                            float *y, float *x_res)
+{
+    const pd_mm_out_t o = { w, y };
+    const rows_epi_t epi = { x_res, y, w->n_out, 0, n_rows, false };
+    products(e, &o, 1, false, x, n_rows, &epi);
+}
+
+static bool same_kind(const pd_mat_t *a, const pd_mat_t *b)
+{
+    return a->type == b->type && a->n_in == b->n_in;
+}
+
+/* ====== The forward pass ====== */
+
+static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    const pd_layer_t *L = &e->model->layers[l];
+    const uint32_t T = b->n_tokens;
+    /* validate_batch already rejects an empty batch; this keeps the
+     * attention split's division by T safe on its own (clang-analyzer
+     * does not carry that check through pd_forward's calls). */
+    if (T == 0)
+        return;
+    layer_ctx_t lc = { e, b, l };
+    int nt = pd_pool_n_threads(e->pool);
+
+    /* Attention block. */
+    rmsnorm_rows(e, e->xn, e->x, L->attn_norm, T, NULL);
+    if (same_kind(&L->wq, &L->wk) && same_kind(&L->wq, &L->wv)) {
+        const pd_mm_out_t qkv[3] = { { &L->wq, e->q }, { &L->wk, e->k }, { &L->wv, e->v } };
+        products(e, qkv, 3, false, e->xn, T, NULL);
+    } else {
+        matmul(e, &L->wq, e->xn, T, e->q);
+        matmul(e, &L->wk, e->xn, T, e->k);
+        matmul(e, &L->wv, e->xn, T, e->v);
+    }
+    pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
+    uint32_t n_units = e->n_tiles * c->n_kv_heads;
+    uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
+    pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
+    matmul_residual(e, &L->wo, e->att, T, e->tmp, e->x);
+
+    /* Feed-forward block (SwiGLU): gate and up in lockstep, so each task
+     * applies silu(gate) * up to the rows it has just computed. */
+    rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
+    const rows_epi_t glu = { e->gate, e->up, c->ffn_dim, 0, T, true };
+    if (same_kind(&L->w_gate, &L->w_up) && L->w_gate.n_out == L->w_up.n_out) {
+        const pd_mm_out_t gu[2] = { { &L->w_gate, e->gate }, { &L->w_up, e->up } };
+        products(e, gu, 2, true, e->xn, T, &glu);
+    } else {
+        matmul(e, &L->w_gate, e->xn, T, e->gate);
+        matmul(e, &L->w_up, e->xn, T, e->up);
+        elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+    }
+    matmul_residual(e, &L->w_down, e->gate, T, e->tmp, e->x);
+}
+
+int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
+{
+    int rc = validate_batch(e, b, err);
+    if (rc != 0)
+        return rc;
+    const pd_model_t *m = e->model;
+    const pd_model_config_t *c = &m->cfg;
+    const uint32_t T = b->n_tokens;
+
+    /* Embeddings: dequantized rows of token_embd. */
+    for (uint32_t t = 0; t < T; t++) {
+        const uint8_t *row = (const uint8_t *)m->tok_embd.data +
+                             (size_t)b->tokens[t] * m->tok_embd.row_bytes;
+        pd_dequant_row(m->tok_embd.type, row, e->x + (size_t)t * c->dim, c->dim);
+    }
+    rope_cache(c, b, e->rope);
+    make_tiles(e, b);
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        layer_forward(e, b, l);
+
+    /* Final norm and logits, only for the rows asked. */
+    uint32_t n_out = 0;
+    for (uint32_t t = 0; t < T; t++)
+        if (b->want_logits == NULL ? t == T - 1 : b->want_logits[t])
+            e->rows[n_out++] = (int32_t)t;
+    if (n_out == 0)
+        return 0;
+    rmsnorm_rows(e, e->xn, e->x, m->out_norm, n_out, e->rows);
+    matmul(e, &m->output, e->xn, n_out, logits);
+    return 0;
+}
