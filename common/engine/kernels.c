@@ -643,17 +643,20 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
 {
     if (n_rows == 0 || n_outs <= 0)
         return;
+    bool any_empty = false; /* a product without rows: one at a time, skipping it */
+    for (int i = 0; i < n_outs; i++)
+        any_empty = any_empty || outs[i].w->n_out == 0;
     const pd_mat_t *w = outs[0].w;
     const int n_threads = pd_pool_n_threads(pool);
-    if (!pd_matmul_uses_skinny(w, n_rows, skinny_max) || n_outs > PD_MM_MAX_OUTS) {
+    if (!pd_matmul_uses_skinny(w, n_rows, skinny_max) || n_outs > PD_MM_MAX_OUTS || any_empty) {
         for (int i = 0; i < n_outs; i++) {
             pd_matmul(pool, outs[i].w, x, n_rows, outs[i].y, scratch, skinny_max);
-            if (epi && !lockstep) {
+            if (epi && !lockstep && outs[i].w->n_out > 0) {
                 epi_ctx_t ec = {epi, epi_ctx, i, outs[i].w->n_out, task_chunk(outs[i].w->n_out, n_threads)};
                 pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
             }
         }
-        if (epi && lockstep) {
+        if (epi && lockstep && w->n_out > 0) {
             epi_ctx_t ec = {epi, epi_ctx, -1, w->n_out, task_chunk(w->n_out, n_threads)};
             pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
         }
