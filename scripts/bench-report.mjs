@@ -9,7 +9,14 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 
 const [dir, kind] = process.argv.slice(2);
 const native = kind === "native";
-const read = (p) => JSON.parse(readFileSync(p, "utf8"));
+// A run that was cut short leaves an empty or partial file: it counts as absent.
+const read = (p) => {
+  try {
+    return JSON.parse(readFileSync(p, "utf8"));
+  } catch {
+    return null;
+  }
+};
 const figs = ["prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b32_tok_s"];
 const name = { prefill_tok_s: "prefill 512", decode_b1_tok_s: "decode b1", decode_b8_tok_s: "decode b8", decode_b32_tok_s: "decode b32" };
 const range = (xs, d = 1) => {
@@ -25,7 +32,7 @@ for (const f of ["load-start.txt", "load-end.txt"])
 
 for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
   const d = `${dir}/${td}`;
-  const lims = ["limits-before.json", "limits-after.json"].filter((f) => existsSync(`${d}/${f}`)).map((f) => read(`${d}/${f}`));
+  const lims = ["limits-before.json", "limits-after.json"].map((f) => read(`${d}/${f}`)).filter((x) => x);
   const bw = Math.max(...lims.map((l) => l.mem_read_gb_s)), gf = Math.max(...lims.map((l) => l.sgemm_gflops));
   console.log(`\n### ${td.slice(1)} thread(s)\n`);
   console.log(`Limits in this run (before / after): memory read ${lims.map((l) => l.mem_read_gb_s.toFixed(1)).join(" / ")} GB/s, ` +
@@ -37,15 +44,16 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
   for (const m of models) {
     const files = readdirSync(d);
     const rounds = [...new Set(files.filter((f) => f.startsWith(`${m}.ref.`)).map((f) => f.split(".")[f.split(".").length - 2]))];
-    const pd = files.filter((f) => f.startsWith(`${m}.pd.`)).map((f) => read(`${d}/${f}`));
-    const ref = rounds.map((r) => read(`${d}/${m}.ref.${r}.json`));
+    const pd = files.filter((f) => f.startsWith(`${m}.pd.`)).map((f) => read(`${d}/${f}`)).filter((x) => x);
+    const ref = rounds.map((r) => read(`${d}/${m}.ref.${r}.json`)).filter((x) => x);
+    if (pd.length === 0) continue;
     for (const k of figs) {
       const ratios = [];
       for (const r of rounds) {
-        const theirs = read(`${d}/${m}.ref.${r}.json`)[k];
+        const theirs = read(`${d}/${m}.ref.${r}.json`)?.[k];
         for (const s of ["a", "b"]) {
-          const p = `${d}/${m}.pd.${r}.${s}.json`;
-          if (existsSync(p) && theirs > 0) ratios.push(read(p)[k] / theirs);
+          const ours = read(`${d}/${m}.pd.${r}.${s}.json`)?.[k];
+          if (ours > 0 && theirs > 0) ratios.push(ours / theirs);
         }
       }
       const ours = pd.map((x) => x[k]);
@@ -58,9 +66,8 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
       if (hasBefore) {
         const bs = [], br = [];
         for (const r of rounds) {
-          const p = `${d}/${m}.before.${r}.json`;
-          if (!existsSync(p)) continue;
-          const v = read(p)[k], theirs = read(`${d}/${m}.ref.${r}.json`)[k];
+          const v = read(`${d}/${m}.before.${r}.json`)?.[k], theirs = read(`${d}/${m}.ref.${r}.json`)?.[k];
+          if (!(v > 0)) continue;
           bs.push(v);
           if (theirs > 0) br.push(v / theirs);
         }
