@@ -576,6 +576,8 @@ static void handle_back(rt_t *rt)
 static void timers(rt_t *rt)
 {
     uint64_t now_ms = pd_net_now_ms();
+    if (rt->health)
+        pd_proc_health(rt->health, "serving", now_ms, rt->cfg.router.heartbeat_ms);
     if (now_ms - rt->last_hb_ms >= rt->cfg.router.heartbeat_ms) {
         rt->last_hb_ms = now_ms;
         Pd__Heartbeat hb = PD__HEARTBEAT__INIT;

@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "net.h"
+#include "proc.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -168,6 +169,7 @@ typedef struct {
     pd_net_in_t *in;
     volatile sig_atomic_t *stop;
     pd_metrics_t *metrics;           /* borrowed, may be NULL (metrics.h; main sets it) */
+    pd_proc_health_t *health;        /* borrowed, may be NULL (--health-file; main sets it) */
 } rt_t;
 
 /* Sets up everything from cfg (model, sockets). err names what failed. */

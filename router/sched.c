@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "addr.h"
 #include "fault.h"
 #include "log.h"
 #include "router.h"
@@ -244,7 +245,7 @@ static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, co
 
 void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g)
 {
-    char why[256] = "";
+    char why[256] = "", bad_ep[160];
     const char *id = g->worker_id ? g->worker_id : "";
     if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
         snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
@@ -267,6 +268,9 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
              (g->kv_endpoint == NULL || g->kv_endpoint[0] == '\0' ||
               strlen(g->kv_endpoint) >= PD_CFG_STR))
         snprintf(why, sizeof why, "kv_endpoint: a decode worker must announce one");
+    else if (g->role != PD__ROLE__ROLE_PREFILL && g->kv_endpoint && g->kv_endpoint[0] &&
+             !pd_addr_check_announced(g->kv_endpoint, bad_ep, sizeof bad_ep))
+        snprintf(why, sizeof why, "kv_endpoint: %s", bad_ep); /* not echoed: hostile bytes */
     if (why[0]) {
         PD_WARN("event=worker_refused worker=%s reason=\"%s\"", id, why);
         reply_register(rt, zid, len, false, why);
