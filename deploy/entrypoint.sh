@@ -17,7 +17,9 @@
 #   --model /models/$PD_MODEL    when PD_MODEL is a bare file name; PD_MODEL=/path as is
 #   --router $PD_WORKER_ROUTER   workers: the router's worker endpoint
 #   --advertise $PD_ADVERTISE    decode/both: the KV address peers should use
-#   --id $PD_ID                  workers; default the container's host name
+#   --id $PD_ID                  workers; default the container's host name, with
+#                                "-ROLE-XXXXXX" (random) added when PD_UNIQUE_ID=1 (host
+#                                networking: every container has the host's name)
 #   --log-level $PD_LOG_LEVEL
 #   --set section.key=VALUE      for every PD_CFG_SECTION_KEY=VALUE variable: the section
 #                                is the first word, the key the rest, lower-cased
@@ -80,7 +82,10 @@ process() { # BIN ROLE ARGS...
     fi
     [ -n "${PD_LOG_LEVEL:-}" ] && a+=(--log-level "$PD_LOG_LEVEL")
     if [ "$role" != router ]; then
-        a+=(--role "$role" --id "${PD_ID:-$(hostname)}")
+        local id=${PD_ID:-$(hostname)}
+        [ -z "${PD_ID:-}" ] && [ "${PD_UNIQUE_ID:-0}" = 1 ] &&
+            id=$id-$role-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')
+        a+=(--role "$role" --id "$id")
         [ -n "${PD_WORKER_ROUTER:-}" ] && a+=(--router "$PD_WORKER_ROUTER")
         [ "$role" != prefill ] && [ -n "${PD_ADVERTISE:-}" ] && a+=(--advertise "$PD_ADVERTISE")
     fi

@@ -169,3 +169,48 @@ left_n=$(docker network ls -q --filter "label=com.docker.compose.project=$COMPOS
 check "down leaves no container ($left_c) and no network ($left_n) of the project" \
     test "$left_c" = 0 -a "$left_n" = 0
 echo "# stop + down: $(since $t0) s"
+
+# ---- 4. the multi-node override, its hosts played by this one ----
+# deploy/keys.sh makes the CURVE keys, mounted as compose secrets; the
+# router publishes its worker port; the workers use the host's network and
+# reach the router at PD_ROUTER_HOST (here 127.0.0.1, their KV ports bound
+# on loopback too), as they would from other machines.
+t0=$SECONDS
+export COMPOSE_PROJECT_NAME=pdtestmn$$
+deploy/keys.sh "$T/secrets" >/dev/null
+export PD_SECRETS=$T/secrets PD_ROUTER_HOST=127.0.0.1 PD_WORKER_PORT
+PD_WORKER_PORT=$(free_port)
+cat >"$T/test-mn.yml" <<'YML'
+services:
+  prefill:
+    environment:
+      PD_CFG_DECODE_KV_ENDPOINT: tcp://127.0.0.1:0
+  decode:
+    environment:
+      PD_CFG_DECODE_KV_ENDPOINT: tcp://127.0.0.1:0
+YML
+MN=(docker-compose -f deploy/docker-compose.yml -f deploy/docker-compose.multinode.yml -f "$T/test.yml" -f "$T/test-mn.yml")
+on_exit "${MN[*]} down --remove-orphans -t 5"
+"${MN[@]}" up -d router >"$T/mn-up.log" 2>&1
+"${MN[@]}" up -d --no-deps --scale prefill=2 --scale decode=2 prefill decode >>"$T/mn-up.log" 2>&1
+set -a
+. "$T/secrets/client.env"
+set +a
+wait_workers 4
+ok "multi-node override: 4 host-networked workers register over CURVE with the keys as secrets"
+got=$(status_field 's.workers.filter(w => w.role == "decode").map(w => w.kv_endpoint + " " + w.id).join(",")')
+check "decode workers announce a host address and unique ids ($got)" \
+    bash -c "[[ '$got' =~ ^tcp://127\.0\.0\.1:[0-9]+\ [0-9a-z.-]+-decode-[0-9a-f]{6},tcp://127\.0\.0\.1:[0-9]+\ [0-9a-z.-]+-decode-[0-9a-f]{6}$ ]]"
+mkdir -p "$T/mn"
+N=8
+workload $N
+for ((i = 0; i < N; i++)); do cp "$T/ref_$i.txt" "$T/mn/"; done
+send_all $N "$T/mn"
+node tests/cluster/check_streams.mjs "$T/mn" $N "multi-node override over CURVE" | tee "$T/check4.txt"
+grep -q '^not ok' "$T/check4.txt" && FAILED=1
+out=$(env -u PD_CURVE_SERVER_KEY timeout 20 "$PD_BIN/pd-cli" --router "$ROUTER" generate hello -n 4 --timeout 1500 2>&1)
+check "a plain-text client is refused" test $? = 1
+"${MN[@]}" down --remove-orphans -t 40 >"$T/mn-down.log" 2>&1
+check "down leaves nothing of the multi-node project" \
+    test "$(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" | wc -l)" = 0
+echo "# multi-node override: $(since $t0) s"
