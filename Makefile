@@ -120,6 +120,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
 referee:
 	@scripts/referee.sh
 	@scripts/http-deps.sh
+	@scripts/k8s-deps.sh
 
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
