@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "addr.h"
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
+#include "runtime/addr.h"
 #include "router.h"
 
 /* ====== Workers: scheduling ====== */

@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "addr.h"
+#include "runtime/addr.h"
 
 static bool host(const char *s) { return pd_addr_is_host(s, strlen(s), NULL, 0); }
 
