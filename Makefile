@@ -152,7 +152,11 @@ referee:
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
 
+# The container and multi-host tests (tests/deploy) need docker and network
+# namespaces: scripts/docker-deps.sh installs and starts them (as root); where
+# it cannot, those tests print a skip line saying why.
 test: deps all models
+	-@scripts/docker-deps.sh
 	@BUILD=$(BUILD) tests/run.sh
 
 asan:

@@ -16,7 +16,9 @@ require_model
 need_docker
 
 t0=$SECONDS
-if make -s image >"$T/image.log" 2>&1; then
+make -s image >"$T/image.log" 2>&1 &
+PIDS+=($!) # stopped with the rest if the test is interrupted
+if wait $!; then
     ok "make image builds pdserve:latest ($(since $t0) s; $(docker image inspect -f '{{.Size}}' pdserve:latest | awk '{ printf "%.0f MB", $1 / 1e6 }'))"
 else
     not_ok "make image" "$(tail -n 3 "$T/image.log" | tr '\n' ' ')"
@@ -50,7 +52,7 @@ services:
   decode: *test
 EOF
 DC=(docker-compose -f deploy/docker-compose.yml -f "$T/test.yml")
-on_exit "${DC[*]} down --remove-orphans -t 5"
+on_exit "COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME ${DC[*]} down --remove-orphans -t 5"
 ROUTER=tcp://127.0.0.1:$CPORT
 
 t0=$SECONDS
@@ -190,7 +192,7 @@ services:
       PD_CFG_DECODE_KV_ENDPOINT: tcp://127.0.0.1:0
 YML
 MN=(docker-compose -f deploy/docker-compose.yml -f deploy/docker-compose.multinode.yml -f "$T/test.yml" -f "$T/test-mn.yml")
-on_exit "${MN[*]} down --remove-orphans -t 5"
+on_exit "COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME ${MN[*]} down --remove-orphans -t 5"
 "${MN[@]}" up -d router >"$T/mn-up.log" 2>&1
 "${MN[@]}" up -d --no-deps --scale prefill=2 --scale decode=2 prefill decode >>"$T/mn-up.log" 2>&1
 set -a
