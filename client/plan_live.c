@@ -188,6 +188,7 @@ static double now_s(void)
 
 static int get_metrics(const pd_http_url_t *u, pd_obs_metrics_t *m, pd_err_t *err)
 {
+    memset(m, 0, sizeof *m);
     char path[600];
     snprintf(path, sizeof path, "%s/metrics", u->path);
     pd_http_conn_t *c = pd_http_conn_new(u, "GET", path, NULL, 0, NULL, err);

@@ -236,7 +236,7 @@ static int route_source(const char *router, char *out, size_t cap)
             ((struct sockaddr_in *)ai->ai_addr)->sin_port = htons(port ? port : 9);
         else if (ai->ai_family == AF_INET6)
             ((struct sockaddr_in6 *)ai->ai_addr)->sin6_port = htons(port ? port : 9);
-        struct sockaddr_storage me;
+        struct sockaddr_storage me = { 0 };
         socklen_t ml = sizeof me;
         if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
             getsockname(fd, (struct sockaddr *)&me, &ml) == 0)
@@ -273,7 +273,7 @@ static int copy_ep(char *out, size_t cap, const char *ep, pd_err_t *err)
 int pd_addr_advertise(const char *bound, const char *advertise, const char *router, char *out,
                       size_t cap, const char **how, pd_err_t *err)
 {
-    const char *dummy;
+    const char *dummy = NULL;
     how = how ? how : &dummy;
     *how = "bound";
     size_t blen = strlen(bound), hlen, alen = strlen(advertise);
