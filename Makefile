@@ -10,6 +10,7 @@
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
 #   make lint       cppcheck + clang-tidy
+#   make archcheck  no #include or linked symbol crosses a forbidden arrow
 #   make soak       long soak with a nemesis (SOAK_SECONDS per seed, SOAK_SEEDS)
 
 CC       ?= gcc
@@ -73,7 +74,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all deps test archcheck asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(RUNTIME_LIB) $(WORKER_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 deps:
@@ -156,8 +157,13 @@ referee:
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
 
-test: deps all models
+test: deps all models archcheck
 	@BUILD=$(BUILD) tests/run.sh
+
+# The architecture's arrows, on the sources and on the built objects
+# (docs/architecture.md "Where the code is"; scripts/archcheck.sh).
+archcheck: all
+	@scripts/archcheck.sh --build $(BUILD)
 
 asan:
 	@scripts/deps.sh
