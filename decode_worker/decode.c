@@ -7,6 +7,7 @@
 
 #include "base/log.h"
 #include "decode_internal.h"
+#include "runtime/addr.h"
 
 void dc_close_frames(zmq_msg_t *frames, uint32_t n)
 {
@@ -116,7 +117,9 @@ const char *pd_decode_kv_endpoint(const pd_decode_t *d) { return d->kv_endpoint;
 /* ====== Life ====== */
 
 /* The KV ingress: a ROUTER bound to decode.kv_endpoint, frames as large as
- * a block; with CURVE, a ZAP handler that admits the allowed keys only. */
+ * a block; with CURVE, a ZAP handler that admits the allowed keys only.
+ * kv_endpoint is what Register announces: decode.kv_advertise, or what a
+ * wildcard bind stands for (runtime/addr.h). */
 static int bind_ingress(pd_decode_t *d, pd_err_t *err)
 {
     const pd_config_t *cfg = d->cfg;
@@ -134,10 +137,17 @@ static int bind_ingress(pd_decode_t *d, pd_err_t *err)
     d->kv_in = pd_net_socket(d->env.zctx, ZMQ_ROUTER, &o, err);
     if (d->kv_in == NULL)
         return pd_err_wrap(err, PD_EIO, "KV ingress socket");
-    int rc = pd_net_bind(d->kv_in, cfg->decode.kv_endpoint, d->kv_endpoint,
-                         sizeof d->kv_endpoint, err);
+    char bound[PD_CFG_STR];
+    const char *how;
+    int rc = pd_net_bind(d->kv_in, cfg->decode.kv_endpoint, bound, sizeof bound, err);
     if (rc)
         return pd_err_wrap(err, rc, "decode.kv_endpoint");
+    /* What prefill workers can reach, which a wildcard bind is not (addr.h). */
+    rc = pd_addr_advertise(bound, cfg->decode.kv_advertise, cfg->worker.router, d->kv_endpoint,
+                           sizeof d->kv_endpoint, &how, err);
+    if (rc)
+        return rc;
+    PD_INFO("event=kv_advertise bound=%s kv=%s from=%s", bound, d->kv_endpoint, how);
     return 0;
 }
 

@@ -33,7 +33,8 @@ pd_decode_t *pd_decode_new(const pd_wkrole_env_t *env, pd_err_t *err);
 void pd_decode_free(pd_decode_t *d);
 
 pd_wkrole_t pd_decode_role(pd_decode_t *d);
-/* The bound KV ingress endpoint (what Register announces). */
+/* The KV ingress endpoint Register announces (the bound one, or the
+ * advertised one: runtime/addr.h). */
 const char *pd_decode_kv_endpoint(const pd_decode_t *d);
 
 /* The one entry of a request with its KV. Returns 0 when taken (h is then

@@ -19,6 +19,7 @@ typedef struct {
     pd_config_t cfg;
     Pd__Role role;
     char id[64];
+    pd_proc_health_t *health; /* --health-file (proc.h) */
     pd_wkengine_t eng;
     pd_wkhost_t *host;
     pd_prefill_t *prefill;
@@ -44,6 +45,7 @@ static int setup(worker_t *w, pd_err_t *err)
     w->host = pd_wkhost_new(&w->cfg, w->id, &g_stop, err);
     if (w->host == NULL)
         return PD_ENOMEM;
+    pd_wkhost_set_health(w->host, w->health);
     pd_wkrole_env_t env = { &w->eng, &w->cfg, w->id, pd_wkhost_port(w->host),
                             pd_wkhost_zctx(w->host) };
     pd_wkrole_t pr = { 0 }, dr = { 0 };
@@ -138,6 +140,7 @@ int pd_worker_main(int argc, char **argv, Pd__Role default_role)
         return 2;
     }
     pd_proc_signals(&g_stop);
+    w.health = &args.health;
     if (setup(&w, &err) != 0) {
         PD_ERROR("event=start_failed msg=\"%s\"", err.msg);
         teardown(&w);

@@ -22,6 +22,7 @@ struct pd_wkhost {
     const pd_config_t *cfg;
     char id[64];
     volatile sig_atomic_t *stop;
+    pd_proc_health_t *health;  /* --health-file, or NULL */
     bool draining;
     bool refused;              /* the router refused our Register */
     uint64_t drain_deadline_ms;
@@ -422,6 +423,8 @@ const pd_wkport_t *pd_wkhost_port(pd_wkhost_t *h) { return &h->port; }
 
 void *pd_wkhost_zctx(pd_wkhost_t *h) { return h->zctx; }
 
+void pd_wkhost_set_health(pd_wkhost_t *h, pd_proc_health_t *health) { h->health = health; }
+
 void pd_wkhost_set_roles(pd_wkhost_t *h, pd_wkrole_t prefill, pd_wkrole_t decode)
 {
     h->prefill = prefill;
@@ -462,6 +465,10 @@ static void timers(pd_wkhost_t *h)
         send_heartbeat(h);
     if (now - h->last_router_ms > (uint64_t)h->hb_ms * h->liveness && !h->draining)
         reconnect_router(h);
+    if (h->health)
+        pd_proc_health(h->health,
+                       h->draining ? "draining" : h->registered ? "registered" : "registering",
+                       now, h->hb_ms);
     if (h->prefill.ops)
         h->prefill.ops->timers(h->prefill.self);
     if (h->decode.ops)

@@ -40,6 +40,7 @@
 #include "proto/codec.h"
 #include "proto/pd.pb-c.h"
 #include "runtime/config.h"
+#include "runtime/proc.h"
 #include "runtime/wkrole.h"
 
 typedef struct pd_wkhost pd_wkhost_t;
@@ -66,6 +67,11 @@ void pd_wkhost_free(pd_wkhost_t *h);
 /* For the roles: the port to reach the host, the context for their sockets. */
 const pd_wkport_t *pd_wkhost_port(pd_wkhost_t *h);
 void *pd_wkhost_zctx(pd_wkhost_t *h);
+
+/* The process's health file (--health-file; proc.h), rewritten every beat
+ * with the link's state (registering, registered, draining). Borrowed;
+ * NULL: none. */
+void pd_wkhost_set_health(pd_wkhost_t *h, pd_proc_health_t *health);
 
 /* Gives the host its roles (either may have ops NULL). Borrowed. */
 void pd_wkhost_set_roles(pd_wkhost_t *h, pd_wkrole_t prefill, pd_wkrole_t decode);
