@@ -390,6 +390,10 @@ static int cmd_status(const char *router, int argc, char **argv)
             C(kv_transfer_us);
             C(prefill_us);
             C(decode_us);
+            C(prefill_pass_tokens);
+            C(compute_turns);
+            C(compute_busy_ms);
+            C(mixed_steps);
 #undef C
             json_object_set_new(j, "counters", k);
             json_array_append_new(ws, j);

@@ -154,6 +154,7 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->has_kv_recv_bytes = m->has_kv_rejected = m->has_decode_tokens = true;
     m->has_max_running = m->has_kv_transfers = m->has_kv_transfer_us = true;
     m->has_prefill_us = m->has_decode_us = m->has_prefill_pass_tokens = true;
+    m->has_compute_turns = m->has_compute_busy_ms = m->has_mixed_steps = true;
     m->steps = c->steps;
     m->multi_seq_steps = c->multi_seq_steps;
     m->joins_while_running = c->joins_while_running;
@@ -172,6 +173,9 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->prefill_us = c->prefill_us;
     m->decode_us = c->decode_us;
     m->prefill_pass_tokens = c->prefill_pass_tokens;
+    m->compute_turns = c->compute_turns;
+    m->compute_busy_ms = c->compute_busy_ms;
+    m->mixed_steps = c->mixed_steps;
 }
 
 void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t *out)
@@ -198,6 +202,9 @@ void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t
     out->prefill_us = m->prefill_us;
     out->decode_us = m->decode_us;
     out->prefill_pass_tokens = m->prefill_pass_tokens;
+    out->compute_turns = m->compute_turns;
+    out->compute_busy_ms = m->compute_busy_ms;
+    out->mixed_steps = m->mixed_steps;
 }
 
 void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__WorkerCounters *c)

@@ -93,7 +93,10 @@ typedef struct {
     uint64_t prefill_batches, prefill_multi, prefill_tokens;
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
-    uint32_t prefill_pass_tokens; /* current cap per prefill pass (0: none) */
+    uint32_t prefill_pass_tokens; /* tokens one prefill pass may take */
+    uint64_t compute_turns;       /* the compute thread's loop turns so far */
+    uint32_t compute_busy_ms;     /* how long it has been in the current one (0: idle) */
+    uint64_t mixed_steps;         /* colocated passes of decode tokens + a prefill chunk */
 } pd_worker_counters_t;
 
 void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *m);

@@ -43,7 +43,9 @@ typedef struct {
     uint64_t prefill_batches, prefill_multi, prefill_tokens;
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
-    uint32_t prefill_pass_tokens; /* the worker's current cap per prefill pass */
+    uint32_t prefill_pass_tokens; /* tokens one prefill pass may take */
+    uint64_t compute_turns, mixed_steps;
+    uint32_t compute_busy_ms;     /* the compute thread's current turn, at the last beat */
 } rt_counters_t;
 
 /* Whether a worker takes new work. READY -> CORDONED (pd-cli drain --keep)

@@ -334,6 +334,9 @@ static void copy_counters(rt_counters_t *c, const Pd__WorkerCounters *p)
     c->prefill_us = p->prefill_us;
     c->decode_us = p->decode_us;
     c->prefill_pass_tokens = p->prefill_pass_tokens;
+    c->compute_turns = p->compute_turns;
+    c->compute_busy_ms = p->compute_busy_ms;
+    c->mixed_steps = p->mixed_steps;
 }
 
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)

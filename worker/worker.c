@@ -42,7 +42,7 @@ static int setup(worker_t *w, pd_err_t *err)
     int rc = pd_wkengine_init(&w->eng, &w->cfg, has_prefill, has_decode, err);
     if (rc)
         return rc;
-    w->host = pd_wkhost_new(&w->cfg, w->id, &g_stop, err);
+    w->host = pd_wkhost_new(&w->cfg, w->id, &w->eng, &g_stop, err);
     if (w->host == NULL)
         return PD_ENOMEM;
     pd_wkhost_set_health(w->host, w->health);

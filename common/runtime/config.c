@@ -110,6 +110,7 @@ static const cfg_key_t g_keys[] = {
     U32(prefill, max_batch_size, 1, 4096),
     U32(prefill, wait_ms, 0, 10000),
     U32(prefill, max_inflight_kv, 1, 100000),
+    U32(prefill, chunk_tokens, 0, 1048576),
 
     U32(decode, max_batch_size, 1, 4096),
     U32(decode, wait_ms, 0, 10000),
@@ -121,6 +122,7 @@ static const cfg_key_t g_keys[] = {
     U32(worker, liveness, 1, 100),
     U32(worker, drain_timeout_ms, 0, MS_DAY),
     U32(worker, lease_ms, 1, MS_DAY),
+    U32(worker, compute_timeout_ms, 10, MS_DAY),
 
     U32(kv, block_size, 1, 1024),
     U32(kv, num_blocks, 0, 16777216),
@@ -256,6 +258,7 @@ void pd_config_default(pd_config_t *c)
     c->prefill.max_batch_size = 16;
     c->prefill.wait_ms = 2;
     c->prefill.max_inflight_kv = 64;
+    c->prefill.chunk_tokens = 32;
 
     c->decode.max_batch_size = 32;
     c->decode.wait_ms = 1;
@@ -266,6 +269,7 @@ void pd_config_default(pd_config_t *c)
     c->worker.liveness = 4;
     c->worker.drain_timeout_ms = 30000;
     c->worker.lease_ms = 10000;
+    c->worker.compute_timeout_ms = 60000;
 
     c->kv.block_size = 16;
     c->kv.num_blocks = 0;

@@ -11,11 +11,12 @@
  *             request_timeout_ms, max_tokens_limit, heartbeat_ms, liveness,
  *             stream_stall_ms, client_heartbeat_ms, client_liveness
  *             (the HTTP front's address is http.listen)
- *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv
+ *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv,
+ *             chunk_tokens (colocated: the budget of a mixed step)
  *   decode:   max_batch_size, wait_ms, kv_endpoint (bind address for KV ingress),
  *             kv_advertise (the KV address announced to peers, addr.h)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
- *             liveness, drain_timeout_ms, lease_ms
+ *             liveness, drain_timeout_ms, lease_ms, compute_timeout_ms
  *   kv:       block_size, num_blocks, memory_mb, dtype (f32), load_failure
  *             (recompute|fail)
  *   net:      hwm, max_msg_bytes, linger_ms, handshake_ms
@@ -72,6 +73,8 @@ typedef struct {
     uint32_t max_batch_size;
     uint32_t wait_ms;
     uint32_t max_inflight_kv;
+    uint32_t chunk_tokens;             /* colocated: rows of a step mixing decode tokens
+                                        * and a prefill chunk; 0 = no mixing */
 } pd_cfg_prefill_t;
 
 typedef struct {
@@ -87,6 +90,8 @@ typedef struct {
     uint32_t liveness;
     uint32_t drain_timeout_ms;
     uint32_t lease_ms;
+    uint32_t compute_timeout_ms;       /* longest compute turn before the worker
+                                        * declares itself stalled */
 } pd_cfg_worker_t;
 
 typedef enum { PD_KV_LOAD_RECOMPUTE = 0, PD_KV_LOAD_FAIL = 1 } pd_kv_load_failure_t;

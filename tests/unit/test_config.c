@@ -273,7 +273,7 @@ static void test_unknown_key(void **state)
     (void)state;
     expect_error("# comment\nprefill:\n  max_batch_tokns: 5\n",
                  "t.yaml:3: unknown key 'prefill.max_batch_tokns' (known: max_batch_tokens, "
-                 "max_batch_size, wait_ms, max_inflight_kv)");
+                 "max_batch_size, wait_ms, max_inflight_kv, chunk_tokens)");
     expect_error("log:\n  level: info\n\n  colour: red\n",
                  "t.yaml:4: unknown key 'log.colour' (known: level, dir)");
 }
@@ -663,7 +663,7 @@ static void test_set(void **state)
     assert_int_equal(c.prefill.max_batch_tokens, 2048);
     assert_int_equal(pd_config_set(&c, "prefill.max_batch_tokns", "1", &err), PD_EINVAL);
     assert_string_equal(err.msg, "unknown key 'prefill.max_batch_tokns' (known: max_batch_tokens, "
-                                 "max_batch_size, wait_ms, max_inflight_kv)");
+                                 "max_batch_size, wait_ms, max_inflight_kv, chunk_tokens)");
     assert_int_equal(pd_config_set(&c, "blocks", "1", &err), PD_EINVAL);
     assert_non_null(strstr(err.msg, "unknown key 'blocks' (expected SECTION.KEY; sections: model,"));
     assert_int_equal(pd_config_set(&c, "kvv.block_size", "1", &err), PD_EINVAL);
