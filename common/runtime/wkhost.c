@@ -362,9 +362,11 @@ static void run_roles(pd_wkhost_t *h)
         return;
     test_stall(h, ++h->passes);
     if (pr && dr && h->cfg->prefill.chunk_tokens > 0) {
-        uint32_t n_pre = 0;
-        pd_wkrole_run_mixed(h->eng, h->decode, h->prefill, h->cfg->prefill.chunk_tokens, &n_pre);
-        h->mixed_steps += n_pre > 0;
+        uint32_t n_pre = 0, budget = h->cfg->prefill.chunk_tokens;
+        uint32_t rows = pd_wkrole_run_mixed(h->eng, h->decode, h->prefill, budget, &n_pre);
+        h->mixed_steps += n_pre > 0 && rows > n_pre;
+        PD_DEBUG("event=mixed_step decode_rows=%u prefill_rows=%u budget=%u", rows - n_pre, n_pre,
+                 budget);
         return;
     }
     if (pr)
