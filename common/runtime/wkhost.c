@@ -323,12 +323,10 @@ void pd_wkhost_set_roles(pd_wkhost_t *h, pd_wkrole_t prefill, pd_wkrole_t decode
 
 int pd_wkhost_start(pd_wkhost_t *h, const pd_wkhost_info_t *info, pd_err_t *err)
 {
-    publish(h); /* nothing yet: the first beats say so */
-    h->link = pd_wklink_start(h->cfg, h->id, h->zctx, info, h->health, err);
-    if (h->link == NULL)
-        return PD_EIO;
-    publish(h);
-    return 0;
+    pd_worker_load_t l;
+    gather_load(h, &l);
+    h->link = pd_wklink_start(h->cfg, h->id, h->zctx, info, h->health, &l, err);
+    return h->link ? 0 : PD_EIO;
 }
 
 void pd_wkhost_test_reset(pd_wkhost_t *h) { h->draining = false; }

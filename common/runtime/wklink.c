@@ -500,7 +500,7 @@ static void link_free(pd_wklink_t *l)
 
 pd_wklink_t *pd_wklink_start(const pd_config_t *cfg, const char *id, void *zctx,
                              const pd_wklink_info_t *info, pd_proc_health_t *health,
-                             pd_err_t *err)
+                             const pd_worker_load_t *load, pd_err_t *err)
 {
     pd_wklink_t *l = calloc(1, sizeof *l);
     if (l == NULL || (l->in = calloc(1, sizeof *l->in)) == NULL) {
@@ -518,6 +518,7 @@ pd_wklink_t *pd_wklink_start(const pd_config_t *cfg, const char *id, void *zctx,
     pd_net_copy_str(l->model_name, sizeof l->model_name, info->model_name);
     l->limits = info->limits;
     l->health = health;
+    l->load = *load;
     l->hb_ms = cfg->worker.heartbeat_ms ? cfg->worker.heartbeat_ms : 500;
     l->liveness = cfg->worker.liveness ? cfg->worker.liveness : 3;
     pd_pb_alloc_init(&l->alloc,

@@ -86,12 +86,13 @@ typedef struct {
 } pd_wklink_event_t;
 
 /* A link for worker id with cfg (borrowed, outlives it) in ZeroMQ context
- * zctx; health: the --health-file (borrowed; NULL: none). Creates the PAIR
- * between the two threads and the router DEALER, connects it, and starts
- * the I/O thread, which registers at once. NULL on failure (err says). */
+ * zctx; health: the --health-file (borrowed; NULL: none); load: the
+ * compute thread's load to start from (copied). Creates the PAIR between
+ * the two threads and the router DEALER, connects it, and starts the I/O
+ * thread, which registers at once. NULL on failure (err says). */
 pd_wklink_t *pd_wklink_start(const pd_config_t *cfg, const char *id, void *zctx,
                              const pd_wklink_info_t *info, pd_proc_health_t *health,
-                             pd_err_t *err);
+                             const pd_worker_load_t *load, pd_err_t *err);
 /* From the compute thread: tells the link to leave (it flushes what it can,
  * sends the router a Drain when registered), joins it, closes both sockets
  * and frees it. Accepts NULL. */
