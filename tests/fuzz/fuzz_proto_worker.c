@@ -6,8 +6,9 @@
  *
  * A colocated ("both") worker is built once, as worker/worker.c builds one,
  * but without an engine: a fake model identity and a small real KV pool;
- * its host's DEALER to the router connects to an inproc sink (drained after
- * each operation), its decode role's KV ingress ROUTER binds an inproc
+ * its host's router link (the I/O thread, runtime/wklink.h) connects to an
+ * inproc sink (drained after each operation) and forwards what the roles
+ * send there, its decode role's KV ingress ROUTER binds an inproc
  * endpoint nobody connects to. Handlers are driven without compute (no
  * prefill pass, no decode step), which is every validation path. Each input
  * is a sequence of operations [op:1][len:2 LE][len bytes]:

@@ -81,6 +81,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.worker.liveness, 4);
     assert_int_equal(c.worker.drain_timeout_ms, 30000);
     assert_int_equal(c.worker.lease_ms, 10000);
+    assert_int_equal(c.worker.compute_timeout_ms, 60000);
+    assert_int_equal(c.prefill.chunk_tokens, 32);
     assert_int_equal(c.kv.block_size, 16);
     assert_int_equal(c.kv.num_blocks, 0);
     assert_int_equal(c.kv.memory_mb, 512);
