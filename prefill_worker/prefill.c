@@ -148,7 +148,8 @@ static void on_task(void *self, const Pd__Msg *msg)
     t->epoch = m->epoch;
     t->n_tokens = (uint32_t)m->n_tokens;
     t->params = params;
-    snprintf(t->decode_id, sizeof t->decode_id, "%s", m->decode_worker_id);
+    snprintf(t->decode_id, sizeof t->decode_id, "%s",
+             m->decode_worker_id ? m->decode_worker_id : "");
     pd_net_copy_str(t->kv_endpoint, sizeof t->kv_endpoint, m->decode_kv_endpoint);
     t->t_arrive_ms = pf_now_ms(p);
     atomic_init(&t->frames_out, 0);

@@ -22,7 +22,8 @@
  *                        its share of a heartbeat
  *   drop_all             the router that gave it its work is gone: free it
  *   close                the process stops: close its sockets (the host then
- *                        ends the ZeroMQ context; the role is freed after)
+ *                        ends the ZeroMQ context; the role is freed after).
+ *                        May be called more than once.
  */
 #ifndef PD_WKROLE_H
 #define PD_WKROLE_H
