@@ -241,6 +241,9 @@ void rt_dispatch(rt_t *rt); /* queued requests to workers while there is room */
 /* Back to the head of the queue for a re-prefill at a new epoch. */
 void rt_requeue(rt_t *rt, rt_req_t *r, const char *why);
 void rt_worker_drop(rt_t *rt, int wi, const char *why); /* re-dispatches its requests */
+/* Whether worker wi holds request r: what rt_worker_drop would re-dispatch
+ * (status reports the count per worker as `assigned`). */
+bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi);
 void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g);
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h);
 void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p);
