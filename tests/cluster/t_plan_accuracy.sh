@@ -1,0 +1,131 @@
+#!/bin/bash
+# pd-plan's accuracy, gated: a measured run against pd-plan's prediction from
+# the same cluster's profile (the long form is part 3 of `make bench`, on
+# llama-110M; docs/benchmarks.md). One router, one prefill and one decode
+# worker on the tiny model; pd-bench --profile measures the costs; three
+# request rates below the knee (5, 10, 20 req/s of 64-token prompts and
+# 32-token answers), each measured twice with the same seed (the same
+# requests at the same moments); pd-plan simulates each rate replaying
+# those arrival times (--arrivals). SLOs as in `make bench`: TTFT 3x and
+# TPOT 2x the unloaded medians measured first.
+#
+# The bounds, and why (measured on the shared 2-core machine, load average
+# 12-16 from other jobs, 2026-12-06):
+# - goodput, in the SLO-meeting regime: within 15 % of the less disturbed
+#   of the two runs (the one with the higher attainment). In calm runs the
+#   error was 3-16 % (docs/benchmarks.md reports the same 15 % on
+#   llama-110M). Other jobs' bursts only ever slow a run, and one of two
+#   runs 6 s apart was disturbed in about one rate in three (attainment
+#   0.55-0.87 where the other had 0.92-0.97, goodput off by 40-130 %): the
+#   second run is the noise allowance. A rate where neither run meets the
+#   SLOs (attainment < 0.9) is outside this check's regime: there the
+#   measurement is only a lower bound, and the prediction must not fall
+#   below it by more than 15 %; at most one of the three rates may be
+#   outside (more: the machine was too loaded to measure, a failure).
+# - mean TTFT and mean TPOT of that run: within a factor of 2.5 of pd-plan's.
+#   Calm runs: TTFT predicted 14-44 % low (the profile's overhead term
+#   misses some router and client time), TPOT 9-26 % low. Goodput below the
+#   knee cannot see an optimistic model; these catch a cost model or a
+#   simulation grossly off (a term dropped, a unit wrong).
+# The gate is shown to fail: pd-plan fed the same profile with every cost
+# 4x must fail at least one check per rate.
+# About a minute here (profile 16 s, six runs of 6 s).
+. "$(dirname "$0")/lib.sh"
+require_model
+for b in pd-bench pd-plan; do
+    [ -x "$PD_BIN/$b" ] || skip_all "$PD_BIN/$b missing (make all)"
+done
+RATES=(5 10 20)
+IN=64 OUT=32 DUR=6
+GOODPUT_BOUND=0.15 LATENCY_FACTOR=2.5
+plan $((2 + 2 * ${#RATES[@]} + 2))
+start_router
+start_worker prefill p1
+start_worker decode d1
+wait_workers 2
+BENCH=("$PD_BIN/pd-bench" --router "$ROUTER" -m "$MODEL" --seed 3 --ignore-eos --no-progress
+       --input-len $IN --output-len $OUT)
+t0=$SECONDS
+"${BENCH[@]}" --num-prompts 5 --max-concurrency 1 --request-rate inf --json "$T/unl.json" >"$T/unl.out" 2>&1
+# A profile pd-plan refuses (on a loaded machine an interference ratio can
+# come out absurd, e.g. a decode step 5x faster beside prefill than alone)
+# is measured once more.
+accepted() {
+    "$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 1 --input-len $IN --output-len $OUT \
+        --ttft-slo 1000 --tpot-slo 100 --max-workers 2 >"$T/accept.out" 2>&1
+    [ $? != 2 ]
+}
+for try in 1 2; do
+    "${BENCH[@]}" --profile "$T/prof.json" --profile-max-context 128 --profile-max-batch 8 >"$T/prof.out" 2>&1
+    accepted && break
+    echo "# profile $try refused: $(tail -1 "$T/accept.out")"
+done
+check "pd-bench --profile measures the 1P+1D cluster, pd-plan takes it ($((SECONDS - t0)) s)" accepted
+read -r TTFT_SLO TPOT_SLO < <(node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    console.log((3 * j.median_ttft_ms).toFixed(2), (2 * j.median_tpot_ms).toFixed(3));' "$T/unl.json" 2>/dev/null)
+check "SLOs from the unloaded medians (TTFT ${TTFT_SLO:-?} ms, TPOT ${TPOT_SLO:-?} ms)" \
+    test -n "$TTFT_SLO" -a -n "$TPOT_SLO"
+for r in "${RATES[@]}"; do
+    n=$((r * DUR))
+    for run in a b; do
+        "${BENCH[@]}" --num-prompts $n --request-rate "$r" --goodput "ttft:$TTFT_SLO" "tpot:$TPOT_SLO" \
+            --json "$T/m_${r}_$run.json" --save-requests "$T/m_${r}_$run.jsonl" >"$T/m_${r}_$run.out" 2>&1
+    done
+    for prof in prof slow; do
+        [ $prof = slow ] && node -e '
+            // The gate can fail: the same profile with every cost 4x (a cost model gone wrong).
+            const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
+            for (const k of ["prefill", "decode", "kv_transfer"]) for (const x of p[k]) x.ms *= 4;
+            fs.writeFileSync(process.argv[2], JSON.stringify(p));' "$T/prof.json" "$T/slow.json"
+        "$PD_BIN/pd-plan" --profile "$T/$prof.json" --request-rate "$r" --input-len $IN --output-len $OUT \
+            --ttft-slo "$TTFT_SLO" --tpot-slo "$TPOT_SLO" --max-workers 2 --arrivals "$T/m_${r}_a.jsonl" \
+            --json "$T/${prof}_$r.pred.json" >"$T/${prof}_$r.pred.out" 2>&1
+    done
+done
+# One node judges all rates: per rate, the goodput and latency results, and
+# finally how many rates were in the regime.
+checker "pd-plan vs measured" node -e '
+const fs = require("fs");
+const [dir, rates, gb, lf] = [process.argv[1], process.argv[2].split(" "), +process.argv[3], +process.argv[4]];
+const last = (f) => JSON.parse(fs.readFileSync(f, "utf8").trim().split("\n").pop());
+function judge(prof, quiet) {
+let outside = 0, failed = 0;
+const line = (ok, what, why) => {
+    if (!ok) failed++;
+    if (!quiet) console.log(`${ok ? "ok" : "not ok"} - ${what}${ok || !why ? "" : " # " + why}`);
+};
+for (const r of rates) {
+    const runs = ["a", "b"].map((k) => last(`${dir}/m_${r}_${k}.json`));
+    const att = (m) => (m.completed ? (m.request_goodput * m.duration) / m.num_prompts : 0);
+    const m = runs.reduce((x, y) => (att(y) > att(x) ? y : x));
+    const p = JSON.parse(fs.readFileSync(`${dir}/${prof}_${r}.pred.json`, "utf8")).configs.find((c) => c.prefill === 1 && c.decode === 1);
+    const e = (a, b) => (a - b) / b;
+    const pc = (x) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(0)} %`;
+    if (!quiet) console.log(`# ${r} req/s: measured goodput ${runs.map((x) => x.request_goodput.toFixed(2)).join(" / ")} ` +
+        `(attainment ${runs.map((x) => att(x).toFixed(2)).join(" / ")}), predicted ${p.goodput.toFixed(2)} (${p.attainment.toFixed(2)}); ` +
+        `TTFT ${m.mean_ttft_ms.toFixed(1)} vs ${p.mean_ttft_ms.toFixed(1)} ms, TPOT ${m.mean_tpot_ms.toFixed(2)} vs ${p.mean_tpot_ms.toFixed(2)} ms`);
+    const g = e(p.goodput, m.request_goodput);
+    if (att(m) < 0.9) {
+        // Disturbed by other jobs: the measurement is only a lower bound.
+        outside++;
+        line(g >= -gb, `${r} req/s (outside the SLO-meeting regime here, attainment ${att(m).toFixed(2)}): ` +
+             `predicted goodput not below the measured by more than ${100 * gb} % (${pc(g)})`,
+             `predicted ${p.goodput.toFixed(2)}, measured ${m.request_goodput.toFixed(2)}`);
+    } else {
+        line(Math.abs(g) <= gb, `${r} req/s: predicted goodput within ${100 * gb} % of the measured (${pc(g)})`,
+             `predicted ${p.goodput.toFixed(2)}, measured ${m.request_goodput.toFixed(2)}`);
+    }
+    const within = (a, b) => a <= b * lf && b <= a * lf;
+    line(within(p.mean_ttft_ms, m.mean_ttft_ms) && within(p.mean_tpot_ms, m.mean_tpot_ms),
+         `${r} req/s: predicted mean TTFT and TPOT within a factor ${lf} of the measured (${pc(e(p.mean_ttft_ms, m.mean_ttft_ms))}, ${pc(e(p.mean_tpot_ms, m.mean_tpot_ms))})`);
+}
+line(outside <= 1, `the SLO-meeting regime held at ${rates.length - outside} of ${rates.length} rates (at least ${rates.length - 1})`,
+     "the machine was too loaded to measure pd-plan against");
+return failed;
+}
+judge("prof", false);
+const slow = judge("slow", true);
+console.log(`${slow >= rates.length ? "ok" : "not ok"} - the gate fails pd-plan fed the same profile with every cost 4x ` +
+    `(${slow} of ${2 * rates.length + 1} checks fail)`);
+' "$T" "${RATES[*]}" $GOODPUT_BOUND $LATENCY_FACTOR
+echo "# $((SECONDS - t0)) s"
