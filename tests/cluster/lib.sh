@@ -219,7 +219,7 @@ check_served() {
     if [ $rc = 0 ] && [ -n "$want" ] && [ "$got" = "$want" ]; then
         ok "$name"
     else
-        not_ok "$name" "exit $rc, got '${got:0:60}' want '${want:0:60}': $(head -c 200 "$T/served.err")"
+        not_ok "$name" "exit $rc, got '$(printf %s "${got:0:60}" | tr '\n' ' ')' want '$(printf %s "${want:0:60}" | tr '\n' ' ')': $(head -c 200 "$T/served.err" | tr '\n' ' ')"
     fi
 }
 
