@@ -21,8 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "pd.pb-c.h"
+#include "base/err.h"
+#include "proto/pd.pb-c.h"
 
 typedef struct pd_metrics pd_metrics_t;
 
