@@ -24,7 +24,7 @@ require_model
 RANKS=${PD_GPT2_RANKS:-$BUILD/data/gpt2-ranks.txt}
 [ -s "$RANKS" ] || RANKS=build/data/gpt2-ranks.txt # sanitizer builds share the main build's data
 [ -x "$PD_BIN/pd-mkmodel" ] || skip_all "$PD_BIN/pd-mkmodel missing (make all)"
-plan 24
+plan 23
 # The wide model and its speed are this test's input: a pd-mkmodel or pd-run
 # that fails is a failure (of the build), never a reason to skip.
 if ! PD_GPT2_RANKS=$RANKS "$PD_BIN/pd-mkmodel" -o "$T/wide.gguf" --shape tiny --vocab-kind spm \

@@ -14,7 +14,7 @@
 # is requested and the worker resumed, and it reads those prompts first.
 . "$(dirname "$0")/lib.sh"
 require_model
-plan 13
+plan 14
 start_router
 start_worker prefill p1
 P1=$LAST_PID
