@@ -150,7 +150,11 @@ async function collect(llama, file) {
     const refTokens = model.tokenize(prompt, false);
     const withBos = (model.tokens.bos != null && ours.tokens[0] === model.tokens.bos && refTokens[0] !== model.tokens.bos)
       ? [model.tokens.bos, ...refTokens] : [...refTokens];
-    const ctx = await model.createContext({ contextSize: 256, batchSize: 256, threads: 2,
+    // One thread: the same distributions bit for bit as with two (ggml
+    // splits a product by rows), and no thread-pool hand-off per token: with
+    // two threads each one-token evaluation took ~1 s on a loaded 2-core
+    // machine (40 tokens: 38 s against 0.2 s), and the referee overran 20 min.
+    const ctx = await model.createContext({ contextSize: 256, batchSize: 256, threads: 1,
       experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32", flashAttention: false });
     const seq = ctx.getSequence();
     // Prompt positions: the next token's distribution after each prompt token.
