@@ -34,25 +34,26 @@ if ! PD_GPT2_RANKS=$RANKS "$PD_BIN/pd-mkmodel" -o "$T/wide.gguf" --shape tiny --
     exit 1
 fi
 MODEL=$T/wide.gguf
-# Stream lengths from the model's decode speed (a sanitizer build is ~10x
-# slower): pd-run -n 1 (load and prompt) against -n 101 gives 100 decode
-# steps; controls last about 8 s, the streams that get stopped about 15 s.
-# The controls need only outlast the 2 s window: 4x margin for a machine
-# whose load drops between this measurement and the streams.
+# Stream lengths from the model's decode speed in CPU time (a sanitizer
+# build is ~10x slower): pd-run -n 1 (load and prompt) against -n 101 gives
+# 100 decode steps. CPU time, not wall time: on a loaded machine the wall
+# clock of this measurement can be 5x the quiet speed the streams later get
+# (control streams of "6 s" then lasted 1.7 s). At the CPU-time speed the
+# control streams last at least 5 s (the window is 2 s), longer when the
+# machine is loaded; the streams that get stopped about 15 s.
 run_ms() {
-    local t0
-    t0=$(date +%s%N)
-    "$PD_BIN/pd-run" -m "$MODEL" --threads 1 --tokens -p "river" -n "$1" --ignore-eos >/dev/null 2>"$T/run.err" ||
-        return 1
-    echo $((($(date +%s%N) - t0) / 1000000))
+    local t TIMEFORMAT=%3U+%3S
+    t=$({ time "$PD_BIN/pd-run" -m "$MODEL" --threads 1 --tokens -p "river" -n "$1" --ignore-eos \
+        >/dev/null 2>"$T/run.err"; } 2>&1) || return 1
+    awk -v t="$t" 'BEGIN { split(t, a, "+"); printf "%d\n", (a[1] + a[2]) * 1000 }'
 }
 if ! m1=$(run_ms 1) || ! m101=$(run_ms 101); then
     not_ok "pd-run runs the wide model" "$(tail -1 "$T/run.err")"
     exit 1
 fi
-rate=$((100 * 1000 / (m101 > m1 ? m101 - m1 : 1))) # decode tokens/s
+rate=$((100 * 1000 / (m101 > m1 ? m101 - m1 : 1))) # decode tokens per CPU second
 clamp() { local v=$1; [ "$v" -lt "$2" ] && v=$2; [ "$v" -gt "$3" ] && v=$3; echo "$v"; }
-N_CTRL=$(clamp $((rate * 8)) 40 1500)
+N_CTRL=$(clamp $((rate * 5)) 40 1500)
 N_LONG=$(clamp $((rate * 15)) 100 1800)
 echo "# wide model: ~$rate tokens/s; control streams $N_CTRL tokens, stopped streams $N_LONG"
 COMMON_SETS+=(--set kv.num_blocks=512)
