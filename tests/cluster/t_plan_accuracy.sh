@@ -22,14 +22,15 @@
 #   measurement is only a lower bound, and the prediction must not fall
 #   below it by more than 15 %; at most one of the three rates may be
 #   outside (more: the machine was too loaded to measure, a failure).
-# - mean TTFT and mean TPOT of that run: within a factor of 2.5 of pd-plan's.
+# - mean TTFT and mean TPOT, the lower of the two runs (load only adds to
+#   them): within a factor of 2.5 of pd-plan's.
 #   Calm runs: TTFT predicted 14-44 % low (the profile's overhead term
 #   misses some router and client time), TPOT 9-26 % low. Goodput below the
 #   knee cannot see an optimistic model; these catch a cost model or a
 #   simulation grossly off (a term dropped, a unit wrong).
 # The gate is shown to fail: pd-plan fed the same profile with every cost
 # 4x must fail at least one check per rate.
-# About a minute here (profile 16 s, six runs of 6 s).
+# About 80 s here (two profiles of 16 s, six runs of 6 s).
 . "$(dirname "$0")/lib.sh"
 require_model
 for b in pd-bench pd-plan; do
@@ -47,27 +48,41 @@ BENCH=("$PD_BIN/pd-bench" --router "$ROUTER" -m "$MODEL" --seed 3 --ignore-eos -
        --input-len $IN --output-len $OUT)
 t0=$SECONDS
 "${BENCH[@]}" --num-prompts 5 --max-concurrency 1 --request-rate inf --json "$T/unl.json" >"$T/unl.out" 2>&1
-# A profile pd-plan refuses is measured once more. On a loaded machine what
-# it refuses is the interference ratios (a prefill pass measured 10x faster
-# beside decode steps than alone: the "alone" run was the disturbed one);
-# refused twice, the profile is used without them (said in the result:
-# pd-plan then simulates no interference, a few percent of TTFT here).
+# The profile is measured twice and each cost taken from the faster
+# measurement: other jobs on the machine only ever add time, and one
+# disturbed profile (a decode step measured 2.5x slower than the runs later
+# saw) made every prediction fail. Each interference ratio is taken from the
+# profile where it is nearer 1 (a disturbed "alone" run pushes it below 1, a
+# disturbed "beside" run above); still outside pd-plan's [0.5, 10], the
+# ratios are dropped (said in the result: pd-plan then simulates no
+# interference, a few percent of TTFT here).
 accepted() {
     "$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 1 --input-len $IN --output-len $OUT \
         --ttft-slo 1000 --tpot-slo 100 --max-workers 2 >"$T/accept.out" 2>&1
     [ $? != 2 ]
 }
-NOTE=""
-for try in 1 2; do
-    "${BENCH[@]}" --profile "$T/prof.json" --profile-max-context 128 --profile-max-batch 8 >"$T/prof.out" 2>&1
-    accepted && break
-    echo "# profile $try refused: $(tail -1 "$T/accept.out")"
+for k in 1 2; do
+    "${BENCH[@]}" --profile "$T/prof$k.json" --profile-max-context 128 --profile-max-batch 8 >"$T/prof$k.out" 2>&1
 done
-if ! accepted && grep -q 'interference factors' "$T/accept.out"; then
-    node -e 'const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
-        delete p.interference; fs.writeFileSync(process.argv[1], JSON.stringify(p));' "$T/prof.json"
-    NOTE=", its interference ratios dropped as noise"
-fi
+NOTE=$(node -e '
+    const fs = require("fs"), [a, b] = [process.argv[1], process.argv[2]].map((f) => JSON.parse(fs.readFileSync(f, "utf8")));
+    for (const k of ["prefill", "decode", "kv_transfer"])
+        a[k].forEach((x, i) => { for (const f of ["ms", "ttft_ms"]) if (f in x) x[f] = Math.min(x[f], b[k][i][f]); });
+    a.overhead_ms = Math.min(a.overhead_ms, b.overhead_ms);
+    let note = "";
+    if (a.interference && b.interference) {
+        for (const f of ["decode", "prefill"]) {
+            const near = (v) => Math.abs(Math.log(v));
+            if (near(b.interference[f]) < near(a.interference[f])) a.interference[f] = b.interference[f];
+        }
+        const ok = (v) => v >= 0.5 && v <= 10;
+        if (!ok(a.interference.decode) || !ok(a.interference.prefill)) {
+            note = `, interference ratios ${a.interference.decode.toFixed(2)} / ${a.interference.prefill.toFixed(2)} dropped as noise`;
+            delete a.interference;
+        }
+    }
+    fs.writeFileSync(process.argv[3], JSON.stringify(a));
+    console.log(note);' "$T/prof1.json" "$T/prof2.json" "$T/prof.json" 2>"$T/merge.err")
 check "pd-bench --profile measures the 1P+1D cluster, pd-plan takes it$NOTE ($((SECONDS - t0)) s)" accepted
 read -r TTFT_SLO TPOT_SLO < <(node -e 'const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     console.log((3 * j.median_ttft_ms).toFixed(2), (2 * j.median_tpot_ms).toFixed(3));' "$T/unl.json" 2>/dev/null)
@@ -111,7 +126,8 @@ for (const r of rates) {
     const pc = (x) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(0)} %`;
     if (!quiet) console.log(`# ${r} req/s: measured goodput ${runs.map((x) => x.request_goodput.toFixed(2)).join(" / ")} ` +
         `(attainment ${runs.map((x) => att(x).toFixed(2)).join(" / ")}), predicted ${p.goodput.toFixed(2)} (${p.attainment.toFixed(2)}); ` +
-        `TTFT ${m.mean_ttft_ms.toFixed(1)} vs ${p.mean_ttft_ms.toFixed(1)} ms, TPOT ${m.mean_tpot_ms.toFixed(2)} vs ${p.mean_tpot_ms.toFixed(2)} ms`);
+        `mean TTFT ${runs.map((x) => x.mean_ttft_ms.toFixed(1)).join(" / ")} vs ${p.mean_ttft_ms.toFixed(1)} ms, ` +
+        `mean TPOT ${runs.map((x) => x.mean_tpot_ms.toFixed(2)).join(" / ")} vs ${p.mean_tpot_ms.toFixed(2)} ms`);
     const g = e(p.goodput, m.request_goodput);
     if (att(m) < 0.9) {
         // Disturbed by other jobs: the measurement is only a lower bound.
@@ -123,9 +139,11 @@ for (const r of rates) {
         line(Math.abs(g) <= gb, `${r} req/s: predicted goodput within ${100 * gb} % of the measured (${pc(g)})`,
              `predicted ${p.goodput.toFixed(2)}, measured ${m.request_goodput.toFixed(2)}`);
     }
+    // Latency: the lower of the two runs (load only adds to it).
     const within = (a, b) => a <= b * lf && b <= a * lf;
-    line(within(p.mean_ttft_ms, m.mean_ttft_ms) && within(p.mean_tpot_ms, m.mean_tpot_ms),
-         `${r} req/s: predicted mean TTFT and TPOT within a factor ${lf} of the measured (${pc(e(p.mean_ttft_ms, m.mean_ttft_ms))}, ${pc(e(p.mean_tpot_ms, m.mean_tpot_ms))})`);
+    const ttft = Math.min(...runs.map((x) => x.mean_ttft_ms)), tpot = Math.min(...runs.map((x) => x.mean_tpot_ms));
+    line(within(p.mean_ttft_ms, ttft) && within(p.mean_tpot_ms, tpot),
+         `${r} req/s: predicted mean TTFT and TPOT within a factor ${lf} of the measured (${pc(e(p.mean_ttft_ms, ttft))}, ${pc(e(p.mean_tpot_ms, tpot))})`);
 }
 line(outside <= 1, `the SLO-meeting regime held at ${rates.length - outside} of ${rates.length} rates (at least ${rates.length - 1})`,
      "the machine was too loaded to measure pd-plan against");
