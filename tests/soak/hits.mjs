@@ -9,7 +9,10 @@
 //     "event=worker_removed worker=ID" after the fault in any router log
 //     LOG_DIR/router*.log, then its "event=requeue ... why=" lines);
 //   drain_worker: "held" -- prefill_tasks + decode_seqs of the worker's own
-//     "event=draining" line after the fault (LOG_DIR/ID.log).
+//     "event=draining" line after the fault (LOG_DIR/ID.log) -- and
+//     "requeued", as above: a worker stopped for the aim and drained on
+//     resuming may leave before it reads the tasks waiting in its socket
+//     (it saw its stop flag first); the router then re-dispatches them.
 // "found": false when the log has no such line. tests/soak/check.mjs fails
 // every fault that did not hit work in flight (and kill_router faults from
 // the client history: requests in flight at the kill).
@@ -62,17 +65,16 @@ for (const e of events) {
   if (e.ev !== "fault" || e.kind === "kill_router") continue;
   const since = (e.frozen_t ?? e.t) - SLACK_S;
   const hit = { ev: "hit", n: e.n, kind: e.kind, target: e.target };
+  const r = removals.find((x) => x.worker === e.target && x.t >= since);
+  hit.found = Boolean(r);
+  hit.requeued = r ? r.requeued : 0;
+  if (r) hit.why = r.why.replace(/"/g, "");
   if (e.kind === "drain_worker") {
     const log = path.join(logDir, `${e.target}.log`);
     const line = existsSync(log) ? readFileSync(log, "utf8").split("\n").map(parse)
       .find((p) => p && p[0] >= since && p[1].includes(" event=draining ")) : undefined;
-    hit.found = Boolean(line);
+    hit.found = hit.found || Boolean(line);
     hit.held = line ? Number(field(line[1], "prefill_tasks")) + Number(field(line[1], "decode_seqs")) : 0;
-  } else {
-    const r = removals.find((x) => x.worker === e.target && x.t >= since);
-    hit.found = Boolean(r);
-    hit.requeued = r ? r.requeued : 0;
-    if (r) hit.why = r.why.replace(/"/g, "");
   }
   out.push(JSON.stringify(hit));
 }
