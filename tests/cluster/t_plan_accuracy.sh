@@ -23,7 +23,9 @@
 #   below it by more than 15 %; at most one of the three rates may be
 #   outside (more: the machine was too loaded to measure, a failure).
 # - mean TTFT and mean TPOT, the lower of the two runs (load only adds to
-#   them): within a factor of 2.5 of pd-plan's.
+#   them): within a factor of 2.5 of pd-plan's (outside the regime, where
+#   both runs were disturbed, only an upper bound: pd-plan's must not be
+#   above it by more than 2.5x).
 #   Calm runs: TTFT predicted 14-44 % low (the profile's overhead term
 #   misses some router and client time), TPOT 9-26 % low. Goodput below the
 #   knee cannot see an optimistic model; these catch a cost model or a
@@ -139,11 +141,15 @@ for (const r of rates) {
         line(Math.abs(g) <= gb, `${r} req/s: predicted goodput within ${100 * gb} % of the measured (${pc(g)})`,
              `predicted ${p.goodput.toFixed(2)}, measured ${m.request_goodput.toFixed(2)}`);
     }
-    // Latency: the lower of the two runs (load only adds to it).
-    const within = (a, b) => a <= b * lf && b <= a * lf;
+    // Latency: the lower of the two runs (load only adds to it); outside the
+    // regime it is only an upper bound, so only a prediction above it by more
+    // than the factor fails there.
+    const disturbed = att(m) < 0.9;
+    const within = (a, b) => a <= b * lf && (disturbed || b <= a * lf);
     const ttft = Math.min(...runs.map((x) => x.mean_ttft_ms)), tpot = Math.min(...runs.map((x) => x.mean_tpot_ms));
     line(within(p.mean_ttft_ms, ttft) && within(p.mean_tpot_ms, tpot),
-         `${r} req/s: predicted mean TTFT and TPOT within a factor ${lf} of the measured (${pc(e(p.mean_ttft_ms, ttft))}, ${pc(e(p.mean_tpot_ms, tpot))})`);
+         `${r} req/s: predicted mean TTFT and TPOT ${disturbed ? "not above" : "within"} a factor ${lf} of the measured ` +
+         `(${pc(e(p.mean_ttft_ms, ttft))}, ${pc(e(p.mean_tpot_ms, tpot))})`);
 }
 line(outside <= 1, `the SLO-meeting regime held at ${rates.length - outside} of ${rates.length} rates (at least ${rates.length - 1})`,
      "the machine was too loaded to measure pd-plan against");
