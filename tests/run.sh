@@ -1,6 +1,6 @@
 #!/bin/bash
-# The test runner: every unit test (cmocka), then the self, oracle, cluster
-# and fuzz-regression scripts. Ends with one line:
+# The test runner: every unit test (cmocka), then the self, cli, oracle,
+# cluster, deploy and fuzz-regression scripts. Ends with one line:
 #   "N passed, N failed, N skipped"
 #
 # How it counts (docs/operations.md, "How the suite counts"):
@@ -25,9 +25,9 @@
 # Env: BUILD (build dir, default build), MODELS (model dir, default
 # $BUILD/models), PD_ALLOW_SKIP=1 (skips do not fail the run),
 # PD_TEST_DIRS (script directories, default "tests/self tests/cli
-# tests/oracle tests/cluster tests/fuzz"; the runner's self-test points it
-# at doctored scripts), PD_TEST_TIMEOUT (seconds per script, default 1200),
-# PD_TEST_LOGDIR (default $BUILD/test-logs).
+# tests/oracle tests/cluster tests/deploy tests/fuzz"; the runner's
+# self-test points it at doctored scripts), PD_TEST_TIMEOUT (seconds per
+# script, default 1200), PD_TEST_LOGDIR (default $BUILD/test-logs).
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -50,7 +50,7 @@ for a in "$@"; do
     *) FILTER="$a" ;;
     esac
 done
-DIRS=${PD_TEST_DIRS:-tests/self tests/cli tests/oracle tests/cluster tests/fuzz}
+DIRS=${PD_TEST_DIRS:-tests/self tests/cli tests/oracle tests/cluster tests/deploy tests/fuzz}
 TIMEOUT=${PD_TEST_TIMEOUT:-1200}
 passed=0
 failed=0
