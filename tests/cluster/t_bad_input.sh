@@ -4,7 +4,7 @@
 # keeps serving correct answers afterwards.
 . "$(dirname "$0")/lib.sh"
 require_model
-plan 23
+plan 26
 start_router --set router.max_tokens_limit=1000
 start_worker prefill p1 --set worker.lease_ms=1000
 start_worker decode d1 --set worker.lease_ms=1000
