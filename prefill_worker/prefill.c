@@ -405,6 +405,8 @@ static int sockets(void *self, zmq_pollitem_t *items, int cap)
 
 static bool busy(const void *self) { return ((const pd_prefill_t *)self)->n_tasks > 0; }
 
+static uint32_t held(const void *self) { return (uint32_t)((const pd_prefill_t *)self)->n_tasks; }
+
 static void load(const void *self, pd_worker_load_t *out)
 {
     const pd_prefill_t *p = self;
@@ -444,6 +446,7 @@ static const pd_wkrole_ops_t g_ops = {
     .run = run,
     .timers = timers,
     .busy = busy,
+    .held = held,
     .load = load,
     .drop_all = drop_all,
     .close = close_sockets,
