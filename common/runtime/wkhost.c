@@ -81,6 +81,8 @@ static void add_counters(pd_worker_counters_t *c, const pd_worker_counters_t *k)
     c->prefill_pass_tokens += k->prefill_pass_tokens;
 }
 
+static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }
+
 /* The heartbeat's load: each role's share, summed (a colocated worker's
  * roles share one KV cache: its blocks are counted once). The compute
  * thread's progress is the link's to add. */
@@ -379,7 +381,9 @@ static bool check_drain(pd_wkhost_t *h)
     if (*h->stop && !h->draining) {
         h->draining = true;
         h->drain_deadline_ms = pd_net_now_ms() + h->cfg->worker.drain_timeout_ms;
-        PD_INFO("event=draining deadline_ms=%u", h->cfg->worker.drain_timeout_ms);
+        /* What it holds now is what the drain must finish (tests check it). */
+        PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
+                h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
         publish(h);
         pd_wklink_beat_now(h->link);
     }
