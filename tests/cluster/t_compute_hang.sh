@@ -11,6 +11,7 @@
 # KV block leaks anywhere.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 14
 COMMON_SETS+=(--set worker.compute_timeout_ms=1000)
 start_router
 start_worker prefill p1
@@ -31,15 +32,15 @@ refs $N "$T"
 t0=$(date +%s%N)
 send_all $N "$T"
 t1=$(date +%s%N)
-node tests/cluster/check_streams.mjs "$T" $N "decode worker's compute thread hung" | tee "$T/check.txt"
-grep -q '^not ok' "$T/check.txt" && FAILED=1
+check_streams "$T" $N "decode worker's compute thread hung"
 check "d1's compute thread stalled at its 40th step" grep -q 'event=test_stall pass=40 ms=6000' "$T/d1.log"
 check "d1's link declared the stall (event=compute_stalled)" grep -q 'event=compute_stalled' "$T/d1.log"
 check "the router removed d1 for the stall it reported" \
     grep -q 'event=worker_removed worker=d1 why="left (compute thread stalled' "$T/router.log"
 check "not for missed heartbeats: the link beat until it declared the stall" \
     bash -c "! grep -q 'event=worker_removed worker=d1 why=\"missed heartbeats\"' '$T/router.log'"
-check "its requests were re-dispatched" grep -q 'event=requeue' "$T/router.log"
+n_requeued=$(requeued_from d1)
+check "the requests d1 held were re-dispatched ($n_requeued)" test "$n_requeued" -ge 1
 echo "# 8 streams of 300 tokens took $(((t1 - t0) / 1000000)) ms"
 # The stall ends 6 s after it began: d1 recovers and registers again.
 for _ in $(seq 1 100); do grep -q 'event=compute_recovered' "$T/d1.log" && break; sleep 0.1; done
@@ -53,7 +54,6 @@ workload $N
 mkdir -p "$T/after"
 refs $N "$T/after"
 send_all $N "$T/after"
-node tests/cluster/check_streams.mjs "$T/after" $N "served after the stall" | tee "$T/check2.txt"
-grep -q '^not ok' "$T/check2.txt" && FAILED=1
+check_streams "$T/after" $N "served after the stall"
 check "no leaks" \
     wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0 && s.workers.length == 3'
