@@ -1,0 +1,370 @@
+/* workers.c -- the router's workers: the registry (register, heartbeats,
+ * drain, removal), what workers report about requests (preempted, errors)
+ * and the cluster status that pd-cli and /metrics read. Scheduling is
+ * sched.c's. See router.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "router.h"
+
+/* ====== Lookups and sends ====== */
+
+rt_worker_t *rt_worker_of(rt_t *rt, int idx, uint32_t gen)
+{
+    if (idx < 0 || idx >= RT_MAX_WORKERS)
+        return NULL;
+    rt_worker_t *w = &rt->workers[idx];
+    return w->used && w->gen == gen ? w : NULL;
+}
+
+int rt_worker_by_zid(rt_t *rt, const void *zid, size_t len)
+{
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (w->used && w->zid_len == len && memcmp(w->zid, zid, len) == 0)
+            return i;
+    }
+    return -1;
+}
+
+int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m)
+{
+    pd_err_t err = { 0 };
+    int rc = pd_net_send(rt->back, w->zid, w->zid_len, m, false, &err);
+    if (rc)
+        PD_WARN("event=send_failed worker=%s type=%s msg=\"%s\"", w->id,
+                pd_net_body_name(m->body_case), err.msg);
+    return rc;
+}
+
+void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch)
+{
+    if (w == NULL)
+        return;
+    Pd__Cancel c = PD__CANCEL__INIT;
+    c.has_request_id = c.has_epoch = true;
+    c.request_id = id;
+    c.epoch = epoch;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_CANCEL;
+    m.cancel = &c;
+    rt_send_worker(rt, w, &m);
+}
+
+bool rt_have_workers(rt_t *rt)
+{
+    bool p = false, d = false, b = false;
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used || w->draining)
+            continue;
+        p |= w->role == PD__ROLE__ROLE_PREFILL;
+        d |= w->role == PD__ROLE__ROLE_DECODE;
+        b |= w->role == PD__ROLE__ROLE_BOTH;
+    }
+    return (p && d) || b;
+}
+
+
+/* ====== Registry ====== */
+
+void rt_worker_drop(rt_t *rt, int wi, const char *why)
+{
+    rt_worker_t *w = &rt->workers[wi];
+    PD_WARN("event=worker_removed worker=%s why=\"%s\"", w->id, why);
+    for (uint32_t i = 0; i < rt->n_slots; i++) {
+        rt_req_t *r = &rt->reqs[i];
+        if (!rt_req_on_workers(r))
+            continue;
+        /* A prefill worker still answers for a request until its KV has
+         * reached the decode worker: until the decode worker's first token. */
+        bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
+                    (r->state == RQ_PREFILL || r->state == RQ_HANDOFF);
+        bool on_d = r->d_worker == wi && r->d_gen == w->gen;
+        if (on_p || on_d)
+            rt_req_requeue(rt, r, why, true);
+    }
+    uint32_t gen = w->gen + 1;
+    memset(w, 0, sizeof *w);
+    w->gen = gen;
+}
+
+static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, const char *why)
+{
+    Pd__RegisterReply rr = PD__REGISTER_REPLY__INIT;
+    rr.has_accepted = rr.has_heartbeat_ms = rr.has_liveness = true;
+    rr.accepted = ok;
+    rr.reason = (char *)why;
+    rr.heartbeat_ms = rt->cfg.router.heartbeat_ms;
+    rr.liveness = rt->cfg.router.liveness;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_REGISTER_REPLY;
+    m.register_reply = &rr;
+    pd_net_send(rt->back, zid, len, &m, false, NULL);
+}
+
+void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g)
+{
+    char why[256] = "";
+    const char *id = g->worker_id ? g->worker_id : "";
+    if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
+        snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
+                 (unsigned)PD_PROTOCOL_VERSION);
+    else if (!g->has_model_identity || g->model_identity != rt->model->identity)
+        snprintf(why, sizeof why, "model identity %016llx (%s), router serves %016llx (%s)",
+                 (unsigned long long)g->model_identity, g->model_name ? g->model_name : "?",
+                 (unsigned long long)rt->model->identity, rt->model->name);
+    else if (id[0] == '\0' || strlen(id) >= sizeof rt->workers[0].id)
+        snprintf(why, sizeof why, "worker_id: must be 1..63 characters");
+    else if (!g->has_role || g->role < PD__ROLE__ROLE_PREFILL || g->role > PD__ROLE__ROLE_BOTH)
+        snprintf(why, sizeof why, "role: missing or unknown");
+    else if (!g->has_block_size || g->block_size != rt->cfg.kv.block_size)
+        snprintf(why, sizeof why, "kv.block_size %u, cluster uses %u", g->block_size,
+                 rt->cfg.kv.block_size);
+    else if (g->role != PD__ROLE__ROLE_PREFILL &&
+             (!g->has_total_blocks || g->total_blocks == 0))
+        snprintf(why, sizeof why, "total_blocks: a decode worker needs KV blocks");
+    else if (g->role == PD__ROLE__ROLE_DECODE &&
+             (g->kv_endpoint == NULL || g->kv_endpoint[0] == '\0' ||
+              strlen(g->kv_endpoint) >= PD_CFG_STR))
+        snprintf(why, sizeof why, "kv_endpoint: a decode worker must announce one");
+    if (why[0]) {
+        PD_WARN("event=worker_refused worker=%s reason=\"%s\"", id, why);
+        reply_register(rt, zid, len, false, why);
+        return;
+    }
+    /* The same id again (a restart or a reconnect): the old entry's work
+     * is gone with it. */
+    for (int i = 0; i < RT_MAX_WORKERS; i++)
+        if (rt->workers[i].used && strcmp(rt->workers[i].id, id) == 0)
+            rt_worker_drop(rt, i, "re-registered");
+    int wi = rt_worker_by_zid(rt, zid, len);
+    if (wi >= 0)
+        rt_worker_drop(rt, wi, "re-registered");
+    for (wi = 0; wi < RT_MAX_WORKERS && rt->workers[wi].used; wi++)
+        ;
+    if (wi == RT_MAX_WORKERS) {
+        reply_register(rt, zid, len, false, "router has no room for more workers");
+        return;
+    }
+    rt_worker_t *w = &rt->workers[wi];
+    uint32_t gen = w->gen;
+    memset(w, 0, sizeof *w);
+    w->gen = gen;
+    w->used = true;
+    memcpy(w->zid, zid, len);
+    w->zid_len = len;
+    snprintf(w->id, sizeof w->id, "%s", id);
+    w->role = g->role;
+    pd_net_copy_str(w->kv_endpoint, sizeof w->kv_endpoint, g->kv_endpoint);
+    w->block_size = g->block_size;
+    w->total_blocks = g->total_blocks;
+    w->hb_free_blocks = g->total_blocks;
+    w->max_batch_size = g->max_batch_size;
+    w->max_batch_tokens = g->max_batch_tokens;
+    w->last_seen_ms = pd_net_now_ms();
+    PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
+            w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
+    reply_register(rt, zid, len, true, NULL);
+    rt_dispatch(rt);
+}
+
+/* Heartbeats every worker each router.heartbeat_ms; drops one that was
+ * silent for router.liveness beats or whose connection is gone. */
+void rt_workers_check(rt_t *rt, uint64_t now_ms)
+{
+    if (now_ms - rt->last_hb_ms < rt->cfg.router.heartbeat_ms)
+        return;
+    rt->last_hb_ms = now_ms;
+    Pd__Heartbeat hb = PD__HEARTBEAT__INIT;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_HEARTBEAT;
+    m.heartbeat = &hb;
+    uint64_t dead_after = (uint64_t)rt->cfg.router.heartbeat_ms * rt->cfg.router.liveness;
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used)
+            continue;
+        if (now_ms - w->last_seen_ms > dead_after) {
+            rt_worker_drop(rt, i, "missed heartbeats");
+            continue;
+        }
+        pd_err_t err = { 0 };
+        if (pd_net_send(rt->back, w->zid, w->zid_len, &m, false, &err) == PD_NET_EGONE)
+            rt_worker_drop(rt, i, "disconnected");
+    }
+}
+
+static void copy_counters(rt_counters_t *c, const Pd__WorkerCounters *p)
+{
+    if (p == NULL)
+        return;
+    c->steps = p->steps;
+    c->multi_seq_steps = p->multi_seq_steps;
+    c->joins_while_running = p->joins_while_running;
+    c->retirements = p->retirements;
+    c->preemptions = p->preemptions;
+    c->prefill_batches = p->prefill_batches;
+    c->prefill_multi = p->prefill_multi;
+    c->prefill_tokens = p->prefill_tokens;
+    c->kv_sent_bytes = p->kv_sent_bytes;
+    c->kv_recv_bytes = p->kv_recv_bytes;
+    c->kv_rejected = p->kv_rejected;
+    c->decode_tokens = p->decode_tokens;
+    c->max_running = p->max_running;
+    c->kv_transfers = p->kv_transfers;
+    c->kv_transfer_us = p->kv_transfer_us;
+    c->prefill_us = p->prefill_us;
+    c->decode_us = p->decode_us;
+    c->prefill_pass_tokens = p->prefill_pass_tokens;
+}
+
+void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)
+{
+    w->hb_queued_tokens = h->queued_prefill_tokens;
+    w->hb_running = h->running_seqs;
+    w->hb_free_blocks = h->free_blocks;
+    w->hb_waiting = h->waiting_seqs;
+    copy_counters(&w->counters, h->counters);
+    if (h->has_draining && h->draining && !w->draining) {
+        w->draining = true;
+        PD_INFO("event=worker_draining worker=%s", w->id);
+    }
+}
+
+/* ====== Reports about requests ====== */
+
+void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p)
+{
+    rt_req_t *r = rt_req_by_id(rt, p->request_id);
+    rt_worker_t *w = &rt->workers[wi];
+    if (r == NULL || r->epoch != p->epoch || !rt_req_on_workers(r)) {
+        PD_DEBUG("event=stale_preempted req=%llu worker=%s", (unsigned long long)p->request_id,
+                 w->id);
+        return;
+    }
+    if (!((r->d_worker == wi && r->d_gen == w->gen) || (r->p_worker == wi && r->p_gen == w->gen)))
+        return;
+    pd_metrics_preempted(rt->metrics);
+    rt_req_requeue(rt, r, p->reason ? p->reason : "preempted", true);
+    rt_dispatch(rt);
+}
+
+void rt_on_worker_error(rt_t *rt, int wi, const Pd__Error *e)
+{
+    rt_worker_t *w = &rt->workers[wi];
+    rt_req_t *r = e->has_request_id ? rt_req_by_id(rt, e->request_id) : NULL;
+    PD_WARN("event=worker_error worker=%s req=%llu code=%d msg=\"%s\"", w->id,
+            (unsigned long long)e->request_id, (int)e->code, e->message ? e->message : "");
+    if (r == NULL || !rt_req_on_workers(r))
+        return;
+    if (!((r->d_worker == wi && r->d_gen == w->gen) || (r->p_worker == wi && r->p_gen == w->gen)))
+        return;
+    rt_req_fail(rt, r, e->has_code ? e->code : PD__ERROR_CODE__INTERNAL, "worker %s: %s", w->id,
+                e->message ? e->message : "error");
+}
+
+/* pd-cli drain WORKER: forwarded to the worker; answered with the status. */
+void rt_on_drain_request(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Drain *d)
+{
+    const char *id = d->worker_id ? d->worker_id : "";
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used || strcmp(w->id, id) != 0)
+            continue;
+        Pd__Drain fwd = PD__DRAIN__INIT;
+        fwd.has_deadline_ms = d->has_deadline_ms;
+        fwd.deadline_ms = d->deadline_ms;
+        Pd__Msg m = PD__MSG__INIT;
+        m.body_case = PD__MSG__BODY_DRAIN;
+        m.drain = &fwd;
+        rt_send_worker(rt, w, &m);
+        w->draining = true; /* nothing new goes there from now on */
+        PD_INFO("event=drain_requested worker=%s", w->id);
+        rt_on_status(rt, cid, cid_len);
+        return;
+    }
+    pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                      "unknown worker id '%.64s'", id);
+}
+
+/* ====== Status ====== */
+
+void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
+{
+    Pd__WorkerStatus ws[RT_MAX_WORKERS];
+    Pd__WorkerStatus *wp[RT_MAX_WORKERS];
+    Pd__WorkerCounters wc[RT_MAX_WORKERS];
+    size_t n = 0;
+    uint64_t now = pd_net_now_ms();
+    for (int i = 0; i < RT_MAX_WORKERS; i++) {
+        rt_worker_t *w = &rt->workers[i];
+        if (!w->used)
+            continue;
+        Pd__WorkerStatus *s = &ws[n];
+        pd__worker_status__init(s);
+        Pd__WorkerCounters *c = &wc[n];
+        pd__worker_counters__init(c);
+        s->worker_id = w->id;
+        s->has_role = true;
+        s->role = w->role;
+        s->kv_endpoint = w->kv_endpoint;
+        s->state = w->draining ? "draining" : "ready";
+        s->has_queued_prefill_tokens = s->has_running_seqs = s->has_free_blocks = true;
+        s->has_total_blocks = s->has_assigned = s->has_last_seen_ms = true;
+        s->queued_prefill_tokens = w->hb_queued_tokens;
+        s->running_seqs = w->hb_running;
+        s->free_blocks = w->hb_free_blocks;
+        s->total_blocks = w->total_blocks;
+        s->assigned = w->n_decoding;
+        s->last_seen_ms = now - w->last_seen_ms;
+        c->has_steps = c->has_multi_seq_steps = c->has_joins_while_running = true;
+        c->has_retirements = c->has_preemptions = c->has_prefill_batches = true;
+        c->has_prefill_multi = c->has_prefill_tokens = c->has_kv_sent_bytes = true;
+        c->has_kv_recv_bytes = c->has_kv_rejected = c->has_decode_tokens = true;
+        c->has_max_running = c->has_kv_transfers = c->has_kv_transfer_us = true;
+        c->has_prefill_us = c->has_decode_us = true;
+        c->kv_transfers = w->counters.kv_transfers;
+        c->kv_transfer_us = w->counters.kv_transfer_us;
+        c->prefill_us = w->counters.prefill_us;
+        c->decode_us = w->counters.decode_us;
+        c->has_prefill_pass_tokens = true;
+        c->prefill_pass_tokens = w->counters.prefill_pass_tokens;
+        c->steps = w->counters.steps;
+        c->multi_seq_steps = w->counters.multi_seq_steps;
+        c->joins_while_running = w->counters.joins_while_running;
+        c->retirements = w->counters.retirements;
+        c->preemptions = w->counters.preemptions;
+        c->prefill_batches = w->counters.prefill_batches;
+        c->prefill_multi = w->counters.prefill_multi;
+        c->prefill_tokens = w->counters.prefill_tokens;
+        c->kv_sent_bytes = w->counters.kv_sent_bytes;
+        c->kv_recv_bytes = w->counters.kv_recv_bytes;
+        c->kv_rejected = w->counters.kv_rejected;
+        c->decode_tokens = w->counters.decode_tokens;
+        c->max_running = w->counters.max_running;
+        s->counters = c;
+        wp[n] = s;
+        n++;
+    }
+    Pd__ClusterStatus cs = PD__CLUSTER_STATUS__INIT;
+    cs.n_workers = n;
+    cs.workers = wp;
+    cs.has_active_requests = cs.has_queued_requests = cs.has_model_identity = true;
+    cs.has_requests_total = cs.has_requests_failed = cs.has_block_size = true;
+    cs.has_max_seq_len = cs.has_max_tokens_limit = true;
+    cs.active_requests = rt->n_active;
+    cs.queued_requests = rt->q_len;
+    cs.model_name = rt->model->name;
+    cs.model_identity = rt->model->identity;
+    cs.requests_total = rt->requests_total;
+    cs.requests_failed = rt->requests_failed;
+    cs.block_size = rt->cfg.kv.block_size;
+    cs.max_seq_len = rt->max_seq_len;
+    cs.max_tokens_limit = rt->cfg.router.max_tokens_limit;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_STATUS;
+    m.status = &cs;
+    pd_net_send(rt->front, cid, cid_len, &m, false, NULL);
+}
