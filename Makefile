@@ -40,6 +40,9 @@ CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$
 CLIENT_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRC))
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
 CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
+# The router's modules without its main, for the unit tests that drive them.
+ROUTER_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out router/main.c,$(wildcard router/*.c)))
+ROUTER_LIB  := $(BUILD)/lib/libpdrouter.a
 
 # Binaries: one per tool, one per process folder (all of its .c files).
 TOOLS       := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/pd-*.c))
@@ -84,6 +87,10 @@ $(CLIENT_LIB): $(CLIENT_OBJ) $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+$(ROUTER_LIB): $(ROUTER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
 $(BUILD)/bin/pd-%: $(BUILD)/obj/tools/pd-%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
@@ -104,7 +111,10 @@ $(BUILD)/bin/pd-decode: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard decode_worker
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+# Unit tests see router/ too (they drive its modules through libpdrouter).
+$(BUILD)/obj/tests/unit/%.o: CFLAGS += -I router
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ROUTER_LIB) $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
