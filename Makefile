@@ -36,7 +36,7 @@ PROTO_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
 PROTO_H     := $(PROTO_C:.c=.h)
 COMMON_SRC  := $(wildcard common/*.c)
 COMMON_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
-CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$(wildcard client/*.c))
+CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-plan.c,$(wildcard client/*.c))
 CLIENT_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRC))
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
 CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
@@ -46,7 +46,7 @@ ROUTER_LIB  := $(BUILD)/lib/libpdrouter.a
 
 # Binaries: one per tool, one per process folder (all of its .c files).
 TOOLS       := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/pd-*.c))
-CLIENT_BINS := $(patsubst client/%.c,$(BUILD)/bin/%,$(wildcard client/pd-*.c))
+CLIENT_BINS := $(patsubst client/%.c,$(BUILD)/bin/%,$(wildcard client/pd-*.c)) $(BUILD)/bin/pd-bench
 PROC_BINS   := $(if $(wildcard router/*.c),$(BUILD)/bin/pd-router) \
                $(if $(wildcard prefill_worker/*.c),$(BUILD)/bin/pd-prefill) \
                $(if $(wildcard decode_worker/*.c),$(BUILD)/bin/pd-decode)
@@ -95,7 +95,12 @@ $(BUILD)/bin/pd-%: $(BUILD)/obj/tools/pd-%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-cli $(BUILD)/bin/pd-bench $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+$(BUILD)/bin/pd-cli $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+# pd-bench is a folder of its own (client/bench/bench.h says which file does what).
+$(BUILD)/bin/pd-bench: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard client/bench/*.c)) $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
@@ -164,7 +169,7 @@ fuzz:
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
 # files at a time; any finding fails the target.
-LINT_SRC := $(wildcard common/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
+LINT_SRC := $(wildcard common/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c client/bench/*.c tools/*.c)
 lint: $(PROTO_H)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	    --suppress=missingIncludeSystem -I common common router prefill_worker decode_worker client tools
