@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "grow.h"
 #include "net.h"
 
 #define PD_CLIENT_DEFAULT_ROUTER "tcp://127.0.0.1:5555"
@@ -237,14 +238,8 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
 {
     if (c->n_fl >= PD_CLIENT_MAX_INFLIGHT)
         return pd_err_set(err, PD_EFULL, "%zu requests in flight", c->n_fl);
-    if (c->n_fl == c->cap_fl) {
-        size_t cap = c->cap_fl ? c->cap_fl * 2 : 16;
-        inflight_t *nf = realloc(c->fl, cap * sizeof *nf);
-        if (nf == NULL)
-            return pd_err_set(err, PD_ENOMEM, "in-flight table");
-        c->fl = nf;
-        c->cap_fl = cap;
-    }
+    if (pd_grow((void **)&c->fl, &c->cap_fl, c->n_fl + 1, sizeof *c->fl, 16) != 0)
+        return pd_err_set(err, PD_ENOMEM, "in-flight table");
     Pd__Sampling s = PD__SAMPLING__INIT;
     s.has_temperature = s.has_top_k = s.has_top_p = s.has_min_p = s.has_seed = true;
     s.has_repetition_penalty = s.has_presence_penalty = s.has_frequency_penalty = true;

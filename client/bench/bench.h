@@ -182,7 +182,7 @@ typedef struct {
     uint64_t *chunk_ns;         /* (n_chunks) arrival of each token-carrying chunk */
     size_t n_chunks, cap_chunks;
     char *error;                /* "STATUS: message" when !ok */
-    pd_http_conn_t *conn;       /* --target: the request's connection while in flight */
+    pd_httpc_conn_t *conn;       /* --target: the request's connection while in flight */
     bool http_done, http_usage; /* --target: "[DONE]" seen, usage seen */
     int finish;
     uint32_t usage_prompt, usage_completion, n_preemptions;
@@ -199,7 +199,7 @@ typedef struct {
     size_t inflight, done, max_inflight;
     uint64_t start_ns, end_ns;
     bool interrupted;
-    const pd_http_url_t *http;  /* --target, or NULL */
+    const pd_httpc_url_t *http;  /* --target, or NULL */
     const char *http_model;     /* the served model id ("model" of each request) */
     char http_path[600];        /* ".../v1/completions" */
     size_t *live;               /* (n_live, cap_live) --target: indexes of requests in flight */
@@ -233,7 +233,7 @@ void run_http_poll(bench_t *b, int wait_ms);
 void run_http_cancel(bench_t *b); /* Ctrl-C: closing a connection cancels its request */
 /* GET /v1/models (blocking, within --connect-timeout): the served model's
  * id and max_model_len. 0, or -1 with a message printed. */
-int run_http_models(const opts_t *o, const pd_http_url_t *u, const char *base, char *model,
+int run_http_models(const opts_t *o, const pd_httpc_url_t *u, const char *base, char *model,
                     size_t cap, uint32_t *max_len);
 
 /* ====== metrics.c ====== */

@@ -87,7 +87,7 @@ int main(int argc, char **argv)
     bench_t b = { .o = &o };
     metrics_t m = { 0 };
     pd_err_t err = { 0 };
-    pd_http_url_t url;
+    pd_httpc_url_t url;
     char base[540];
     rng_t rng;
     rng_seed(&rng, o.seed);
@@ -106,7 +106,7 @@ int main(int argc, char **argv)
 
     if (o.target) {
         /* An OpenAI-compatible server: its model and context length. */
-        int urc = pd_http_url_parse(o.target, &url, &err);
+        int urc = pd_httpc_url_parse(o.target, &url, &err);
         if (urc != 0) {
             fprintf(stderr, "pd-bench: --target %s\n", err.msg);
             status = urc == PD_EIO ? EXIT_UNREACHABLE : EXIT_USAGE; /* name does not resolve */

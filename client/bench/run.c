@@ -193,7 +193,7 @@ void bench_free(bench_t *b)
         free(b->reqs[i].tok_ns);
         free(b->reqs[i].chunk_ns);
         free(b->reqs[i].error);
-        pd_http_conn_free(b->reqs[i].conn);
+        pd_httpc_conn_free(b->reqs[i].conn);
     }
     free(b->live);
     free(b->pfd);

@@ -66,15 +66,15 @@ static void http_finish(bench_t *b, size_t idx, uint64_t t, const char *why)
     req_t *r = &b->reqs[idx];
     if (why)
         bench_req_fail(r, "%s%s", why, "");
-    if (r->conn && r->error == NULL && pd_http_conn_status(r->conn) != 200) {
+    if (r->conn && r->error == NULL && pd_httpc_conn_status(r->conn) != 200) {
         size_t len;
-        const char *body = pd_http_conn_body(r->conn, &len);
+        const char *body = pd_httpc_conn_body(r->conn, &len);
         json_t *j = json_loadb(body, len, 0, NULL);
         const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
         if (msg == NULL) /* llama.cpp nests it the same way; else show the start of the body */
             msg = json_string_value(json_object_get(j, "message"));
         char st[32];
-        snprintf(st, sizeof st, "HTTP %d: ", pd_http_conn_status(r->conn));
+        snprintf(st, sizeof st, "HTTP %d: ", pd_httpc_conn_status(r->conn));
         char brief[201];
         snprintf(brief, sizeof brief, "%s", msg ? msg : body);
         bench_req_fail(r, "%s%s", st, brief);
@@ -82,11 +82,11 @@ static void http_finish(bench_t *b, size_t idx, uint64_t t, const char *why)
     }
     if (r->error == NULL && !r->http_done)
         bench_req_fail(r, "%s%s",
-                 r->conn && !pd_http_conn_is_sse(r->conn)
+                 r->conn && !pd_httpc_conn_is_sse(r->conn)
                      ? "HTTP 200 but not an event stream (Content-Type text/event-stream)"
                      : "the stream ended without data: [DONE]",
                  "");
-    pd_http_conn_free(r->conn);
+    pd_httpc_conn_free(r->conn);
     r->conn = NULL;
     if (!r->http_done)
         r->end_ns = t;
@@ -166,7 +166,7 @@ int run_http_submit(bench_t *b, const dataset_t *d, size_t i)
         return -1;
     pd_err_t err = { 0 };
     r->send_ns = now_ns();
-    r->conn = pd_http_conn_new(b->http, "POST", b->http_path, body, len, b->o->api_key, &err);
+    r->conn = pd_httpc_conn_new(b->http, "POST", b->http_path, body, len, b->o->api_key, &err);
     free(body);
     if (r->conn == NULL && err.code == PD_EFULL && b->inflight > 0)
         return 1; /* out of file descriptors: retry when a request ends */
@@ -192,8 +192,8 @@ void run_http_poll(bench_t *b, int wait_ms)
     const opts_t *o = b->o;
     for (size_t k = 0; k < b->n_live; k++) {
         req_t *r = &b->reqs[b->live[k]];
-        b->pfd[k].fd = pd_http_conn_fd(r->conn);
-        b->pfd[k].events = pd_http_conn_events(r->conn);
+        b->pfd[k].fd = pd_httpc_conn_fd(r->conn);
+        b->pfd[k].events = pd_httpc_conn_events(r->conn);
         b->pfd[k].revents = 0;
     }
     int n = poll(b->pfd, b->n_live, wait_ms);
@@ -209,13 +209,13 @@ void run_http_poll(bench_t *b, int wait_ms)
         int rc = 0;
         if (n > 0 && b->pfd[k].revents) {
             pd_err_t err = { 0 };
-            rc = pd_http_conn_io(r->conn, b->pfd[k].revents, on_sse, r, &err);
+            rc = pd_httpc_conn_io(r->conn, b->pfd[k].revents, on_sse, r, &err);
             if (rc < 0) {
                 snprintf(buf, sizeof buf, "http: %s", err.msg);
                 why = buf;
             }
         }
-        if (rc == 0 && !pd_http_conn_connected(r->conn) &&
+        if (rc == 0 && !pd_httpc_conn_connected(r->conn) &&
             t - r->send_ns >= (uint64_t)o->connect_timeout_ms * 1000000ull) {
             snprintf(buf, sizeof buf, "http: connect timed out after %u ms", o->connect_timeout_ms);
             why = buf;
@@ -245,13 +245,13 @@ void run_http_cancel(bench_t *b)
 
 /* GET /v1/models (blocking, within --connect-timeout): the served model's
  * id and max_model_len. 0, or -1 with a message printed. */
-int run_http_models(const opts_t *o, const pd_http_url_t *u, const char *base, char *model,
+int run_http_models(const opts_t *o, const pd_httpc_url_t *u, const char *base, char *model,
                        size_t cap, uint32_t *max_len)
 {
     char path[600];
     snprintf(path, sizeof path, "%s/models", base);
     pd_err_t err = { 0 };
-    pd_http_conn_t *c = pd_http_conn_new(u, "GET", path, NULL, 0, o->api_key, &err);
+    pd_httpc_conn_t *c = pd_httpc_conn_new(u, "GET", path, NULL, 0, o->api_key, &err);
     uint64_t until = now_ns() + (uint64_t)o->connect_timeout_ms * 1000000ull;
     int rc = c ? 0 : -1;
     while (rc == 0) {
@@ -261,36 +261,36 @@ int run_http_models(const opts_t *o, const pd_http_url_t *u, const char *base, c
             rc = -1;
             break;
         }
-        struct pollfd pf = { .fd = pd_http_conn_fd(c), .events = pd_http_conn_events(c) };
+        struct pollfd pf = { .fd = pd_httpc_conn_fd(c), .events = pd_httpc_conn_events(c) };
         int ms = (int)((until - t) / 1000000ull) + 1;
         if (poll(&pf, 1, ms > BENCH_POLL_MS ? BENCH_POLL_MS : ms) > 0)
-            rc = pd_http_conn_io(c, pf.revents, NULL, NULL, &err);
+            rc = pd_httpc_conn_io(c, pf.revents, NULL, NULL, &err);
         if (g_interrupted)
             rc = pd_err_set(&err, PD_EIO, "interrupted");
     }
     if (rc < 0) {
         fprintf(stderr, "pd-bench: cannot reach the server at %s within %u ms: %s\n", o->target,
                 o->connect_timeout_ms, err.msg);
-        pd_http_conn_free(c);
+        pd_httpc_conn_free(c);
         return -1;
     }
     size_t len;
-    const char *body = pd_http_conn_body(c, &len);
+    const char *body = pd_httpc_conn_body(c, &len);
     json_t *j = json_loadb(body, len, 0, NULL);
     json_t *m0 = json_array_get(json_object_get(j, "data"), 0);
     const char *id = json_string_value(json_object_get(m0, "id"));
-    if (pd_http_conn_status(c) != 200 || id == NULL) {
+    if (pd_httpc_conn_status(c) != 200 || id == NULL) {
         const char *msg = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
         fprintf(stderr, "pd-bench: GET http://%s%s: HTTP %d: %.200s\n", u->hostport, path,
-                pd_http_conn_status(c), msg ? msg : pd_http_conn_status(c) == 200 ? "no model listed" : body);
+                pd_httpc_conn_status(c), msg ? msg : pd_httpc_conn_status(c) == 200 ? "no model listed" : body);
         json_decref(j);
-        pd_http_conn_free(c);
+        pd_httpc_conn_free(c);
         return -1;
     }
     snprintf(model, cap, "%s", id);
     json_int_t ml = json_integer_value(json_object_get(m0, "max_model_len"));
     *max_len = ml > 0 && ml <= (json_int_t)UINT32_MAX ? (uint32_t)ml : 0;
     json_decref(j);
-    pd_http_conn_free(c);
+    pd_httpc_conn_free(c);
     return 0;
 }
