@@ -6,7 +6,8 @@
 #   make test       deps + build + models + referee + every test
 #   make asan       the same tests on an ASan+UBSan build (build-asan/)
 #   make asan-ci    unit + fault-path cluster tests on the ASan build (CI)
-#   make fuzz       libFuzzer targets (clang), a short run of each
+#   make unit       the unit tests alone (cmocka, no models or cluster needed)
+#   make fuzz       libFuzzer targets (clang, into build-fuzz/), a short run of each
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
 #   make lint       cppcheck + clang-tidy
@@ -56,7 +57,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all deps test unit asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 deps:
@@ -138,6 +139,9 @@ models: all referee
 test: deps all models
 	@BUILD=$(BUILD) tests/run.sh
 
+unit: $(UNIT_TESTS)
+	@BUILD=$(BUILD) tests/run.sh --unit-only
+
 asan:
 	@scripts/deps.sh
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" OPT=-O1 all
@@ -163,8 +167,51 @@ tsan:
 	@TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp $${TSAN_OPTIONS:-}" \
 	    BUILD=build-tsan MODELS=build/models tests/run.sh
 
-fuzz:
-	@scripts/fuzz.sh
+# ====== Fuzz targets ======
+# Every tests/fuzz/fuzz_<name>.c is a libFuzzer target: built with clang,
+# ASan and UBSan against common/ and the generated protobuf code (compiled
+# again that way into $(FUZZ_BUILD)/), plus the sources its own
+# "fuzz-sources:" line names (router/...). `make fuzz` builds them all and
+# runs each for FUZZ_RUNS inputs (scripts/fuzz.sh: seeds, dictionaries,
+# one TAP line per target).
+FUZZ_BUILD  ?= build-fuzz
+FUZZ_CC     ?= clang
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -pthread -w -I common -I $(BUILD)/gen -I client \
+               $(PKG_CFLAGS) $(FUZZ_SAN)
+FUZZ_NAMES  := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS   := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
+FUZZ_COMMON := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(COMMON_SRC)) \
+               $(patsubst $(BUILD)/gen/%.c,$(FUZZ_BUILD)/obj/gen/%.o,$(PROTO_C))
+fuzz_sources = $(shell sed -n 's/^[[:space:]/*]*fuzz-sources:[[:space:]]*//p' tests/fuzz/$(1).c | head -1)
+
+$(FUZZ_BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -mavx2 -mfma -mf16c -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libfuzzcommon.a: $(FUZZ_COMMON)
+	rm -f $@ && ar rcs $@ $^
+
+define FUZZ_TARGET
+$(FUZZ_BUILD)/$(1): tests/fuzz/$(1).c $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(call fuzz_sources,$(1))) \
+                    $(FUZZ_BUILD)/libfuzzcommon.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(addprefix -I ,$(sort $(dir $(call fuzz_sources,$(1))))) \
+	    $$^ -o $$@ $(PKG_LIBS) -lm
+endef
+$(foreach t,$(FUZZ_NAMES),$(eval $(call FUZZ_TARGET,$(t))))
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) scripts/fuzz.sh
 
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
@@ -201,4 +248,4 @@ stop:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
