@@ -14,7 +14,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "grow.h"
+#include "base/grow.h"
 
 #define CHUNK_LINE_MAX 64
 

@@ -57,8 +57,8 @@
 
 #include <jansson.h>
 
-#include "args.h"
-#include "grow.h"
+#include "base/args.h"
+#include "base/grow.h"
 
 #define EXIT_NONE 1
 #define EXIT_USAGE 2

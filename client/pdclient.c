@@ -8,9 +8,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "grow.h"
-#include "net.h"
+#include "runtime/config.h"
+#include "base/grow.h"
+#include "runtime/net.h"
 
 #define PD_CLIENT_DEFAULT_ROUTER "tcp://127.0.0.1:5555"
 #define PD_CLIENT_MAX_INFLIGHT 65536

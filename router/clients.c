@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "grow.h"
-#include "log.h"
+#include "base/grow.h"
+#include "base/log.h"
 #include "router.h"
 
 /* ====== Clients: the table and liveness ======

@@ -20,10 +20,10 @@
 #include <microhttpd.h>
 
 #include "chat_template.h"
-#include "grow.h"
+#include "base/grow.h"
 #include "http.h"
 #include "http_bridge.h"
-#include "log.h"
+#include "base/log.h"
 #include "openai.h"
 
 #define WAIT_SLICE_MS 50          /* a waiting thread checks its client this often */

@@ -11,9 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "grow.h"
+#include "base/grow.h"
 #include "http_bridge.h"
-#include "log.h"
+#include "base/log.h"
 
 #define STATUS_TIMEOUT_MS 3000    /* the router answers StatusRequest within this */
 

@@ -22,9 +22,9 @@
 #include <stdint.h>
 #include <time.h>
 
-#include "config.h"
-#include "err.h"
-#include "net.h"
+#include "runtime/config.h"
+#include "base/err.h"
+#include "runtime/net.h"
 
 typedef struct pd_bridge pd_bridge_t;
 

@@ -18,7 +18,7 @@
 
 #include "chat_template.h"
 #include "pd.pb-c.h"
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #define PD_OAI_MAX_MESSAGES 4096 /* chat messages per request */
 #define PD_OAI_MAX_STOP 16       /* stop strings (= the router's RT_MAX_STOP) */

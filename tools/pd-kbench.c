@@ -49,10 +49,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "args.h"
-#include "gguf.h"
-#include "kernels.h"
-#include "pool.h"
+#include "base/args.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
 
 #define MAX_SHAPES 8
 #define MAX_ROWS_LIST 16

@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "gguf.h"
-#include "kernels.h"
-#include "vocab.h"
+#include "base/args.h"
+#include "base/err.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/vocab.h"
 
 typedef struct {
     const char *name;

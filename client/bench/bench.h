@@ -62,7 +62,7 @@
 
 #include "httpc.h"
 #include "pdclient.h"
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2

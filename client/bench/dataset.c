@@ -9,7 +9,7 @@
 #include <jansson.h>
 
 #include "bench.h"
-#include "grow.h"
+#include "base/grow.h"
 
 void dataset_free(dataset_t *d)
 {

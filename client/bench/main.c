@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "gguf.h"
+#include "engine/gguf.h"
 
 volatile sig_atomic_t g_interrupted; /* Ctrl-C count (signal handler) */
 

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "args.h"
+#include "base/args.h"
 #include "bench.h"
 
 void bench_usage(FILE *f)

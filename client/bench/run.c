@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "bench.h"
-#include "grow.h"
+#include "base/grow.h"
 
 int bench_map_put(bench_t *b, uint64_t id, size_t idx)
 {

@@ -8,7 +8,7 @@
 #include <jansson.h>
 
 #include "bench.h"
-#include "grow.h"
+#include "base/grow.h"
 
 /* One SSE data payload of request r (user). Returns 1 at "[DONE]". */
 static int on_sse(void *user, const char *data, size_t len)

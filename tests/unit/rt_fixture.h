@@ -16,10 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "log.h"
+#include "engine/gguf.h"
+#include "base/log.h"
 #include "router.h"
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #define FX_FN static __attribute__((unused))
 #define FX_MAX_PEERS 8
