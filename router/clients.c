@@ -31,7 +31,7 @@ static int client_find(const rt_t *rt, const uint8_t *cid, size_t len)
 
 int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats)
 {
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     int ci = client_find(rt, r->cid, r->cid_len);
     if (ci < 0) {
         size_t i = 0;
@@ -90,7 +90,7 @@ static void client_sent(rt_t *rt, const rt_req_t *r)
 {
     rt_client_t *c = rt_client_of(rt, r);
     if (c) {
-        c->last_tx_ms = pd_net_now_ms();
+        c->last_tx_ms = pd_now_ms();
         c->stuck_since_us = 0; /* the connection took a message: it is moving */
     }
 }
@@ -110,7 +110,7 @@ void rt_client_heard(rt_t *rt, const uint8_t *cid, size_t len, bool heartbeat)
     int ci = client_find(rt, cid, len);
     if (ci < 0)
         return;
-    rt->clients[ci].last_rx_ms = pd_net_now_ms();
+    rt->clients[ci].last_rx_ms = pd_now_ms();
     if (heartbeat && !rt->clients[ci].beats) {
         rt->clients[ci].beats = true;
         rt->clients[ci].last_tx_ms = 0;
@@ -135,7 +135,7 @@ static void client_end(rt_t *rt, size_t ci, const char *event, const char *why)
 {
     char hex[64];
     cid_hex(rt->clients[ci].cid, rt->clients[ci].cid_len, hex, sizeof hex);
-    uint64_t silent = pd_net_now_ms() - rt->clients[ci].last_rx_ms;
+    uint64_t silent = pd_now_ms() - rt->clients[ci].last_rx_ms;
     uint32_t n = 0;
     for (uint32_t i = 0; i < rt->n_slots && ci < rt->n_clients && rt->clients[ci].used; i++) {
         rt_req_t *r = &rt->reqs[i];
@@ -253,7 +253,7 @@ static bool req_must_wait(rt_t *rt, const rt_req_t *r)
  * it unless back-pressure holds it. */
 static void flush_error(rt_t *rt, rt_req_t *r, bool retry)
 {
-    uint64_t now = pd_net_now_us();
+    uint64_t now = pd_now_us();
     if (!retry && req_must_wait(rt, r)) {
         req_hold(rt, r, now);
         return;
@@ -290,7 +290,7 @@ static void req_flush(rt_t *rt, rt_req_t *r, bool retry)
         return;
     }
     if (!retry && req_must_wait(rt, r)) {
-        req_hold(rt, r, pd_net_now_us());
+        req_hold(rt, r, pd_now_us());
         return;
     }
     Pd__StreamChunk c = PD__STREAM_CHUNK__INIT;
@@ -305,7 +305,7 @@ static void req_flush(rt_t *rt, rt_req_t *r, bool retry)
     c.index = r->tok_sent;
     Pd__Usage u = PD__USAGE__INIT;
     Pd__Timings tm = PD__TIMINGS__INIT;
-    uint64_t now = pd_net_now_us();
+    uint64_t now = pd_now_us();
     if (is_final) {
         c.has_finish_reason = true;
         c.finish_reason = r->finish;

@@ -134,7 +134,7 @@ void rt_req_to(rt_t *rt, rt_req_t *r, rt_state_t to)
         r->n_stash = 0;
         rt_charge_take(rt, r);
         if (r->t_dispatch_us == 0)
-            r->t_dispatch_us = pd_net_now_us();
+            r->t_dispatch_us = pd_now_us();
         break;
     case RQ_HANDOFF: rt_charge_prefill_done(rt, r); break;
     case RQ_FREE:
@@ -364,7 +364,7 @@ void rt_on_generate(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Gene
     rt_req_t *r = &rt->reqs[slot];
     memset(r, 0, sizeof *r);
     r->p_worker = r->d_worker = -1;
-    r->t_accept_us = pd_net_now_us();
+    r->t_accept_us = pd_now_us();
     char why[512] = "";
     Pd__ErrorCode code = req_fill(rt, r, g, why, sizeof why);
     if (code != PD__ERROR_CODE__ERROR_NONE) {

@@ -195,7 +195,7 @@ void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void 
         pd_net_send_error(rt->back, zid, zlen, 0, PD__ERROR_CODE__UNAVAILABLE,
                           "unknown worker: register first");
     } else {
-        rt->workers[wi].last_seen_ms = pd_net_now_ms();
+        rt->workers[wi].last_seen_ms = pd_now_ms();
         switch (m->body_case) {
         case PD__MSG__BODY_HEARTBEAT:
             rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
@@ -243,13 +243,13 @@ static void handle_back(rt_t *rt)
  * held output and deadlines, then whatever the queue can dispatch. */
 static void timers(rt_t *rt)
 {
-    uint64_t now_ms = pd_net_now_ms();
+    uint64_t now_ms = pd_now_ms();
     rt_workers_check(rt, now_ms);
     if (now_ms - rt->last_sweep_ms < 10)
         return;
     rt->last_sweep_ms = now_ms;
     rt_clients_check(rt, now_ms);
-    uint64_t now = pd_net_now_us();
+    uint64_t now = pd_now_us();
     rt_stream_retry(rt, now);
     rt_req_sweep(rt, now);
     rt_dispatch(rt);

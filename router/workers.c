@@ -163,7 +163,7 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     w->hb_free_blocks = g->total_blocks;
     w->max_batch_size = g->max_batch_size;
     w->max_batch_tokens = g->max_batch_tokens;
-    w->last_seen_ms = pd_net_now_ms();
+    w->last_seen_ms = pd_now_ms();
     PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
             w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
     reply_register(rt, zid, len, true, NULL);
@@ -297,7 +297,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     Pd__WorkerStatus *wp[RT_MAX_WORKERS];
     Pd__WorkerCounters wc[RT_MAX_WORKERS];
     size_t n = 0;
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
         if (!w->used)

@@ -60,6 +60,7 @@
 
 #include <jansson.h>
 
+#include "base/clock.h"
 #include "httpc.h"
 #include "pdclient.h"
 #include "engine/tokenizer.h"
@@ -82,7 +83,6 @@
 /* Ctrl-C count (main.c's signal handler): the load loop stops at the first. */
 extern volatile sig_atomic_t g_interrupted;
 
-uint64_t now_ns(void); /* CLOCK_MONOTONIC, ns */
 
 /* ====== rng.c: xoshiro256**, seeded by splitmix64 ====== */
 

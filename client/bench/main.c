@@ -21,13 +21,6 @@ static void on_sigint(int sig)
         _exit(EXIT_INTERRUPTED);
 }
 
-uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Fails early (before any load) on an output file that cannot be written:
  * opens it for appending, which creates it but changes nothing. */
 static int check_writable(const char *opt, const char *path)

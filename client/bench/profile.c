@@ -85,7 +85,7 @@ static int settled_counters(pd_client_t *c, uint64_t done_ns, counters_t *k)
             fprintf(stderr, "pd-bench: --profile: status: %s\n", err.msg);
             return -1;
         }
-        uint64_t since_ms = (now_ns() - done_ns) / 1000000ull;
+        uint64_t since_ms = (pd_now_ns() - done_ns) / 1000000ull;
         if (oldest_ms + 20 < since_ms)
             return 0;
         if (since_ms > PROFILE_SETTLE_MS) {
@@ -171,7 +171,7 @@ static int profile_run_set(const opts_t *base, pd_client_t *c, rng_t *rng, datas
     bench_t b = { .o = &o };
     metrics_t m = { 0 };
     int rc = -1;
-    if (settled_counters(c, now_ns(), k0) != 0)
+    if (settled_counters(c, pd_now_ns(), k0) != 0)
         goto done;
     if (bench_run(&b, c, d, rng) != 0 || metrics_compute(&b, &m) != 0)
         goto done;

@@ -88,7 +88,7 @@ void bench_req_fail(req_t *r, const char *fmt, const char *a, const char *b)
 
 static void progress(const bench_t *b, size_t total, bool final)
 {
-    double el = (double)(now_ns() - b->start_ns) / 1e9;
+    double el = (double)(pd_now_ns() - b->start_ns) / 1e9;
     char bar[31];
     size_t fill = total ? b->done * 30 / total : 0;
     for (size_t i = 0; i < 30; i++)
@@ -116,13 +116,13 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
     size_t limit = by_duration && !o->has_num_prompts ? SIZE_MAX : o->num_prompts;
     uint64_t dur_ns = (uint64_t)(o->duration_s * 1e9);
     double theta = isinf(o->rate) ? 0 : 1.0 / (o->rate * o->burstiness);
-    b->start_ns = now_ns();
+    b->start_ns = pd_now_ns();
     uint64_t next_at = b->start_ns, last_bar = 0;
     size_t next = 0;
     bool stop_submitting = false;
     uint64_t drain_until = 0;
     for (;;) {
-        uint64_t t = now_ns();
+        uint64_t t = pd_now_ns();
         if (g_interrupted && !b->interrupted) {
             b->interrupted = true;
             stop_submitting = true;
@@ -146,7 +146,7 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
             next++;
             if (theta > 0)
                 next_at += (uint64_t)(rng_gamma(rng, o->burstiness, theta) * 1e9);
-            t = now_ns();
+            t = pd_now_ns();
         }
         if ((next >= limit || stop_submitting) && b->inflight == 0)
             break;
@@ -175,13 +175,13 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
                 nanosleep(&ts, NULL);
             }
         }
-        if (o->progress && now_ns() - last_bar > BENCH_PROGRESS_NS) {
-            last_bar = now_ns();
+        if (o->progress && pd_now_ns() - last_bar > BENCH_PROGRESS_NS) {
+            last_bar = pd_now_ns();
             progress(b, limit == SIZE_MAX ? 0 : limit, false);
         }
     }
     if (b->end_ns == 0 || b->interrupted || b->done != b->n_reqs)
-        b->end_ns = now_ns();
+        b->end_ns = pd_now_ns();
     if (o->progress)
         progress(b, limit == SIZE_MAX ? 0 : limit, true);
     return 0;

@@ -14,7 +14,7 @@
 static int on_sse(void *user, const char *data, size_t len)
 {
     req_t *r = user;
-    uint64_t t = now_ns();
+    uint64_t t = pd_now_ns();
     if (len == 6 && memcmp(data, "[DONE]", 6) == 0) {
         r->http_done = true;
         r->end_ns = t;
@@ -165,7 +165,7 @@ int run_http_submit(bench_t *b, const dataset_t *d, size_t i)
     if (body == NULL)
         return -1;
     pd_err_t err = { 0 };
-    r->send_ns = now_ns();
+    r->send_ns = pd_now_ns();
     r->conn = pd_httpc_conn_new(b->http, "POST", b->http_path, body, len, b->o->api_key, &err);
     free(body);
     if (r->conn == NULL && err.code == PD_EFULL && b->inflight > 0)
@@ -178,7 +178,7 @@ int run_http_submit(bench_t *b, const dataset_t *d, size_t i)
     if (r->conn == NULL) {
         char why[PD_ERR_MSG_MAX + 16];
         snprintf(why, sizeof why, "submit: %s", err.msg);
-        http_finish(b, b->n_reqs - 1, now_ns(), why);
+        http_finish(b, b->n_reqs - 1, pd_now_ns(), why);
         return 0;
     }
     b->live[b->n_live++] = b->n_reqs - 1;
@@ -199,7 +199,7 @@ void run_http_poll(bench_t *b, int wait_ms)
     int n = poll(b->pfd, b->n_live, wait_ms);
     if (n < 0 && errno != EINTR)
         n = 0;
-    uint64_t t = now_ns();
+    uint64_t t = pd_now_ns();
     size_t keep = 0;
     for (size_t k = 0; k < b->n_live; k++) {
         size_t idx = b->live[k];
@@ -237,7 +237,7 @@ void run_http_poll(bench_t *b, int wait_ms)
 /* Ctrl-C with --target: closing a connection cancels its request. */
 void run_http_cancel(bench_t *b)
 {
-    uint64_t t = now_ns();
+    uint64_t t = pd_now_ns();
     for (size_t k = 0; k < b->n_live; k++)
         http_finish(b, b->live[k], t, "cancelled (interrupted)");
     b->n_live = 0;
@@ -252,10 +252,10 @@ int run_http_models(const opts_t *o, const pd_httpc_url_t *u, const char *base, 
     snprintf(path, sizeof path, "%s/models", base);
     pd_err_t err = { 0 };
     pd_httpc_conn_t *c = pd_httpc_conn_new(u, "GET", path, NULL, 0, o->api_key, &err);
-    uint64_t until = now_ns() + (uint64_t)o->connect_timeout_ms * 1000000ull;
+    uint64_t until = pd_now_ns() + (uint64_t)o->connect_timeout_ms * 1000000ull;
     int rc = c ? 0 : -1;
     while (rc == 0) {
-        uint64_t t = now_ns();
+        uint64_t t = pd_now_ns();
         if (t >= until) {
             pd_err_set(&err, PD_EIO, "no answer to GET %s", path);
             rc = -1;

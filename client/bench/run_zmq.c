@@ -7,7 +7,7 @@
 static int on_chunk(const pd_chunk_t *ch, void *user)
 {
     bench_t *b = user;
-    uint64_t t = now_ns();
+    uint64_t t = pd_now_ns();
     req_t *r = bench_map_get(b, ch->request_id);
     if (r == NULL || r->state != REQ_INFLIGHT)
         return 0;
@@ -67,14 +67,14 @@ int run_zmq_submit(bench_t *b, pd_client_t *c, const dataset_t *d, size_t i)
     g.seed = b->o->seed + i;
     g.stream = true;
     pd_err_t err = { 0 };
-    r->send_ns = now_ns();
+    r->send_ns = pd_now_ns();
     int rc = pd_client_submit(c, &g, &r->id, &err);
     if (rc == PD_EFULL)
         return 1; /* retry later */
     b->n_reqs++;
     if (rc != 0) {
         r->state = REQ_DONE;
-        r->end_ns = now_ns();
+        r->end_ns = pd_now_ns();
         bench_req_fail(r, "submit: %s%s", err.msg, "");
         b->done++;
         return 0;
