@@ -17,7 +17,7 @@
 #include <jansson.h>
 
 #include "chat_template.h"
-#include "pd.pb-c.h"
+#include "proto/pd.pb-c.h"
 #include "engine/tokenizer.h"
 
 #define PD_OAI_MAX_MESSAGES 4096 /* chat messages per request */
