@@ -158,53 +158,6 @@ rt_req_t *rt_req_by_id(rt_t *rt, uint64_t id)
 
 /* ====== Admission ====== */
 
-static bool sampling_from_pb(const Pd__Sampling *s, pd_sampling_t *out, char *why, size_t cap)
-{
-    pd_sampling_default(out);
-    if (s == NULL)
-        return true;
-    if (s->has_temperature)
-        out->temperature = s->temperature;
-    if (s->has_top_k)
-        out->top_k = s->top_k;
-    if (s->has_top_p)
-        out->top_p = s->top_p;
-    if (s->has_min_p)
-        out->min_p = s->min_p;
-    if (s->has_repetition_penalty)
-        out->repetition_penalty = s->repetition_penalty;
-    if (s->has_presence_penalty)
-        out->presence_penalty = s->presence_penalty;
-    if (s->has_frequency_penalty)
-        out->frequency_penalty = s->frequency_penalty;
-    if (s->has_seed)
-        out->seed = s->seed;
-    /* The checks a client most often gets wrong, named plainly; the
-     * sampler's own validation covers every field after. */
-    if (!(out->temperature >= 0.0f) || !isfinite(out->temperature)) {
-        snprintf(why, cap, "sampling.temperature: must be >= 0, got %g", (double)out->temperature);
-        return false;
-    }
-    if (!(out->top_p > 0.0f && out->top_p <= 1.0f)) {
-        snprintf(why, cap, "sampling.top_p: must be in (0, 1], got %g", (double)out->top_p);
-        return false;
-    }
-    if (!(out->min_p >= 0.0f && out->min_p < 1.0f)) {
-        snprintf(why, cap, "sampling.min_p: must be in [0, 1), got %g", (double)out->min_p);
-        return false;
-    }
-    if (out->top_k < 0) {
-        snprintf(why, cap, "sampling.top_k: must be >= 0, got %d", out->top_k);
-        return false;
-    }
-    pd_err_t err = { 0 };
-    if (pd_sampling_validate(out, &err) != 0) {
-        snprintf(why, cap, "sampling: %.400s", err.msg);
-        return false;
-    }
-    return true;
-}
-
 /* Fills r from g. Returns 0, or writes why it cannot and returns the code to
  * answer with: INVALID_ARGUMENT (the request is wrong) or RESOURCE_EXHAUSTED
  * (out of memory: the same request may succeed later). */
@@ -265,8 +218,11 @@ static Pd__ErrorCode req_fill(rt_t *rt, rt_req_t *r, const Pd__GenerateRequest *
                  max_tokens, rt->cfg.router.max_tokens_limit);
         return PD__ERROR_CODE__INVALID_ARGUMENT;
     }
-    if (!sampling_from_pb(g->sampling, &r->sampling, why, cap))
+    pd_err_t serr = { 0 };
+    if (pd_codec_sampling_from_pb(g->sampling, &r->sampling, &serr) != 0) {
+        snprintf(why, cap, "%.500s", serr.msg);
         return PD__ERROR_CODE__INVALID_ARGUMENT;
+    }
     if (g->n_stop > RT_MAX_STOP) {
         snprintf(why, cap, "stop: %zu strings, at most %d", g->n_stop, RT_MAX_STOP);
         return PD__ERROR_CODE__INVALID_ARGUMENT;
@@ -477,13 +433,16 @@ static int accept_token(rt_t *rt, rt_req_t *r, int32_t token, Pd__FinishReason f
     return 0;
 }
 
-static void on_token(rt_t *rt, int wi, const Pd__TokenEntry *e)
+/* One token entry of worker wi: for the live request and epoch it names,
+ * from one of that request's workers (else dropped), checked by the codec
+ * (a malformed entry fails the request: the worker is broken). */
+static void on_token(rt_t *rt, int wi, const Pd__TokenEntry *m)
 {
-    rt_req_t *r = rt_req_by_id(rt, e->request_id);
+    rt_req_t *r = rt_req_by_id(rt, m->request_id);
     rt_worker_t *w = &rt->workers[wi];
-    if (r == NULL || !rt_req_on_workers(r) || e->epoch != r->epoch) {
-        PD_DEBUG("event=stale_token req=%llu epoch=%u worker=%s", (unsigned long long)e->request_id,
-                 e->epoch, w->id);
+    if (r == NULL || !rt_req_on_workers(r) || m->epoch != r->epoch) {
+        PD_DEBUG("event=stale_token req=%llu epoch=%u worker=%s", (unsigned long long)m->request_id,
+                 m->epoch, w->id);
         return;
     }
     bool from_p = r->p_worker == wi && r->p_gen == w->gen;
@@ -492,30 +451,30 @@ static void on_token(rt_t *rt, int wi, const Pd__TokenEntry *e)
         PD_WARN("event=foreign_token req=%llu worker=%s", (unsigned long long)r->id, w->id);
         return;
     }
-    uint32_t vocab = pd_tok_n_vocab(rt->tok);
-    if (e->token < 0 || (uint32_t)e->token >= vocab) {
-        rt_req_fail(rt, r, PD__ERROR_CODE__INTERNAL,
-                    "worker %s sent token id %d outside the vocabulary", w->id, e->token);
+    pd_token_entry_t e;
+    pd_err_t err = { 0 };
+    if (pd_codec_token_from_pb(m, pd_tok_n_vocab(rt->tok), &e, &err) != 0) {
+        rt_req_fail(rt, r, PD__ERROR_CODE__INTERNAL, "worker %s: %s", w->id, err.msg);
         return;
     }
-    Pd__FinishReason fin = e->has_finish_reason ? e->finish_reason : PD__FINISH_REASON__FINISH_NONE;
-    if (e->index < r->n_gen) {
-        PD_DEBUG("event=duplicate_token req=%llu index=%u", (unsigned long long)r->id, e->index);
+    Pd__FinishReason fin = e.finish;
+    if (e.index < r->n_gen) {
+        PD_DEBUG("event=duplicate_token req=%llu index=%u", (unsigned long long)r->id, e.index);
         return;
     }
-    if (e->index > r->n_gen) {
-        if (r->n_stash == RT_STASH || e->index >= r->max_tokens) {
+    if (e.index > r->n_gen) {
+        if (r->n_stash == RT_STASH || e.index >= r->max_tokens) {
             rt_req_fail(rt, r, PD__ERROR_CODE__INTERNAL, "token index %u but %u expected (gap)",
-                        e->index, r->n_gen);
+                        e.index, r->n_gen);
             return;
         }
-        r->stash[r->n_stash].index = e->index;
-        r->stash[r->n_stash].token = e->token;
+        r->stash[r->n_stash].index = e.index;
+        r->stash[r->n_stash].token = e.token;
         r->stash[r->n_stash].finish = fin;
         r->n_stash++;
         return;
     }
-    int rc = accept_token(rt, r, e->token, fin);
+    int rc = accept_token(rt, r, e.token, fin);
     while (rc == 0 && r->finish == PD__FINISH_REASON__FINISH_NONE) {
         /* Tokens that arrived ahead of this one. */
         uint32_t k = 0;

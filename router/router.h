@@ -45,6 +45,7 @@
 #include "metrics.h"
 #include "engine/model.h"
 #include "runtime/net.h"
+#include "proto/codec.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
@@ -66,13 +67,6 @@ typedef enum {
     RQ_N_STATES
 } rt_state_t;
 
-typedef struct {
-    uint64_t steps, multi_seq_steps, joins_while_running, retirements, preemptions;
-    uint64_t prefill_batches, prefill_multi, prefill_tokens;
-    uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
-    uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
-    uint32_t prefill_pass_tokens; /* the worker's current cap per prefill pass */
-} rt_counters_t;
 
 typedef struct {
     bool used;
@@ -86,7 +80,7 @@ typedef struct {
     uint32_t block_size, total_blocks, max_batch_size, max_batch_tokens;
     /* As the worker last reported (Heartbeat). */
     uint32_t hb_queued_tokens, hb_running, hb_free_blocks, hb_waiting;
-    rt_counters_t counters;
+    pd_worker_counters_t counters;
     /* The router's own accounting, exact between heartbeats. */
     uint64_t prefill_tokens;         /* tokens of prefill tasks not yet answered */
     uint32_t n_decoding;             /* requests decoding (or about to) here */

@@ -161,29 +161,20 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     return true;
 }
 
-static void fill_params(rt_req_t *r, Pd__GenParams *gp, Pd__Sampling *s, uint32_t max_seq_len)
+_Static_assert(RT_MAX_STOP_IDS <= PD_MAX_STOP_IDS, "a request's stop ids must fit GenParams");
+
+/* What the workers need to generate r from here (its GenParams). */
+static void gen_params(const rt_t *rt, const rt_req_t *r, pd_gen_params_t *p)
 {
-    s->has_temperature = s->has_top_k = s->has_top_p = s->has_min_p = true;
-    s->has_repetition_penalty = s->has_presence_penalty = s->has_frequency_penalty = true;
-    s->has_seed = true;
-    s->temperature = r->sampling.temperature;
-    s->top_k = r->sampling.top_k;
-    s->top_p = r->sampling.top_p;
-    s->min_p = r->sampling.min_p;
-    s->repetition_penalty = r->sampling.repetition_penalty;
-    s->presence_penalty = r->sampling.presence_penalty;
-    s->frequency_penalty = r->sampling.frequency_penalty;
-    s->seed = r->sampling.seed;
-    gp->sampling = s;
-    gp->has_max_tokens = gp->has_ignore_eos = gp->has_n_prompt = true;
-    gp->has_n_generated = gp->has_max_seq_len = true;
-    gp->max_tokens = r->max_tokens;
-    gp->n_stop_ids = r->n_stop_ids;
-    gp->stop_ids = r->stop_ids;
-    gp->ignore_eos = r->ignore_eos;
-    gp->n_prompt = r->n_prompt;
-    gp->n_generated = r->n_gen;
-    gp->max_seq_len = max_seq_len;
+    memset(p, 0, sizeof *p);
+    p->s = r->sampling;
+    p->max_tokens = r->max_tokens;
+    memcpy(p->stop_ids, r->stop_ids, r->n_stop_ids * sizeof *r->stop_ids);
+    p->n_stop_ids = r->n_stop_ids;
+    p->ignore_eos = r->ignore_eos;
+    p->n_prompt = r->n_prompt;
+    p->n_generated = r->n_gen;
+    p->max_seq_len = rt->max_seq_len;
 }
 
 /* Sends r to p (prefill) and d (decode; the same worker when colocated).
@@ -191,9 +182,11 @@ static void fill_params(rt_req_t *r, Pd__GenParams *gp, Pd__Sampling *s, uint32_
 static int send_tasks(rt_t *rt, rt_req_t *r, rt_worker_t *p, rt_worker_t *d)
 {
     uint32_t n_tok = r->n_prompt + r->n_gen;
-    Pd__Sampling s = PD__SAMPLING__INIT;
-    Pd__GenParams gp = PD__GEN_PARAMS__INIT;
-    fill_params(r, &gp, &s, rt->max_seq_len);
+    pd_gen_params_t params;
+    gen_params(rt, r, &params);
+    Pd__Sampling s;
+    Pd__GenParams gp;
+    pd_codec_params_to_pb(&params, &gp, &s);
     Pd__Msg m = PD__MSG__INIT;
     if (d != p) {
         Pd__DecodeTask dt = PD__DECODE_TASK__INIT;

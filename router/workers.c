@@ -108,6 +108,9 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
 {
     char why[256] = "";
     const char *id = g->worker_id ? g->worker_id : "";
+    pd_worker_limits_t lim;
+    pd_err_t lerr = { 0 };
+    bool lim_ok = pd_codec_limits_from_pb(g, &lim, &lerr) == 0;
     if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
         snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
                  (unsigned)PD_PROTOCOL_VERSION);
@@ -119,11 +122,10 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
         snprintf(why, sizeof why, "worker_id: must be 1..63 characters");
     else if (!g->has_role || g->role < PD__ROLE__ROLE_PREFILL || g->role > PD__ROLE__ROLE_BOTH)
         snprintf(why, sizeof why, "role: missing or unknown");
-    else if (!g->has_block_size || g->block_size != rt->cfg.kv.block_size)
+    else if (!lim_ok || lim.block_size != rt->cfg.kv.block_size)
         snprintf(why, sizeof why, "kv.block_size %u, cluster uses %u", g->block_size,
                  rt->cfg.kv.block_size);
-    else if (g->role != PD__ROLE__ROLE_PREFILL &&
-             (!g->has_total_blocks || g->total_blocks == 0))
+    else if (g->role != PD__ROLE__ROLE_PREFILL && lim.total_blocks == 0)
         snprintf(why, sizeof why, "total_blocks: a decode worker needs KV blocks");
     else if (g->role == PD__ROLE__ROLE_DECODE &&
              (g->kv_endpoint == NULL || g->kv_endpoint[0] == '\0' ||
@@ -158,11 +160,11 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     snprintf(w->id, sizeof w->id, "%s", id);
     w->role = g->role;
     pd_net_copy_str(w->kv_endpoint, sizeof w->kv_endpoint, g->kv_endpoint);
-    w->block_size = g->block_size;
-    w->total_blocks = g->total_blocks;
-    w->hb_free_blocks = g->total_blocks;
-    w->max_batch_size = g->max_batch_size;
-    w->max_batch_tokens = g->max_batch_tokens;
+    w->block_size = lim.block_size;
+    w->total_blocks = lim.total_blocks;
+    w->hb_free_blocks = lim.total_blocks;
+    w->max_batch_size = lim.max_batch_size;
+    w->max_batch_tokens = lim.max_batch_tokens;
     w->last_seen_ms = pd_now_ms();
     PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
             w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
@@ -196,38 +198,23 @@ void rt_workers_check(rt_t *rt, uint64_t now_ms)
     }
 }
 
-static void copy_counters(rt_counters_t *c, const Pd__WorkerCounters *p)
-{
-    if (p == NULL)
-        return;
-    c->steps = p->steps;
-    c->multi_seq_steps = p->multi_seq_steps;
-    c->joins_while_running = p->joins_while_running;
-    c->retirements = p->retirements;
-    c->preemptions = p->preemptions;
-    c->prefill_batches = p->prefill_batches;
-    c->prefill_multi = p->prefill_multi;
-    c->prefill_tokens = p->prefill_tokens;
-    c->kv_sent_bytes = p->kv_sent_bytes;
-    c->kv_recv_bytes = p->kv_recv_bytes;
-    c->kv_rejected = p->kv_rejected;
-    c->decode_tokens = p->decode_tokens;
-    c->max_running = p->max_running;
-    c->kv_transfers = p->kv_transfers;
-    c->kv_transfer_us = p->kv_transfer_us;
-    c->prefill_us = p->prefill_us;
-    c->decode_us = p->decode_us;
-    c->prefill_pass_tokens = p->prefill_pass_tokens;
-}
-
+/* A worker's load and counters (the codec refuses a load that cannot be:
+ * more free blocks than it has); counters only when the beat carries them. */
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)
 {
-    w->hb_queued_tokens = h->queued_prefill_tokens;
-    w->hb_running = h->running_seqs;
-    w->hb_free_blocks = h->free_blocks;
-    w->hb_waiting = h->waiting_seqs;
-    copy_counters(&w->counters, h->counters);
-    if (h->has_draining && h->draining && !w->draining) {
+    pd_worker_load_t l;
+    pd_err_t err = { 0 };
+    if (pd_codec_load_from_pb(h, &l, &err) != 0) {
+        PD_WARN("event=bad_heartbeat worker=%s msg=\"%s\"", w->id, err.msg);
+        return;
+    }
+    w->hb_queued_tokens = l.queued_prefill_tokens;
+    w->hb_running = l.running_seqs;
+    w->hb_free_blocks = l.free_blocks;
+    w->hb_waiting = l.waiting_seqs;
+    if (h->counters)
+        w->counters = l.counters;
+    if (l.draining && !w->draining) {
         w->draining = true;
         PD_INFO("event=worker_draining worker=%s", w->id);
     }
@@ -305,7 +292,6 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         Pd__WorkerStatus *s = &ws[n];
         pd__worker_status__init(s);
         Pd__WorkerCounters *c = &wc[n];
-        pd__worker_counters__init(c);
         s->worker_id = w->id;
         s->has_role = true;
         s->role = w->role;
@@ -319,31 +305,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         s->total_blocks = w->total_blocks;
         s->assigned = w->n_decoding;
         s->last_seen_ms = now - w->last_seen_ms;
-        c->has_steps = c->has_multi_seq_steps = c->has_joins_while_running = true;
-        c->has_retirements = c->has_preemptions = c->has_prefill_batches = true;
-        c->has_prefill_multi = c->has_prefill_tokens = c->has_kv_sent_bytes = true;
-        c->has_kv_recv_bytes = c->has_kv_rejected = c->has_decode_tokens = true;
-        c->has_max_running = c->has_kv_transfers = c->has_kv_transfer_us = true;
-        c->has_prefill_us = c->has_decode_us = true;
-        c->kv_transfers = w->counters.kv_transfers;
-        c->kv_transfer_us = w->counters.kv_transfer_us;
-        c->prefill_us = w->counters.prefill_us;
-        c->decode_us = w->counters.decode_us;
-        c->has_prefill_pass_tokens = true;
-        c->prefill_pass_tokens = w->counters.prefill_pass_tokens;
-        c->steps = w->counters.steps;
-        c->multi_seq_steps = w->counters.multi_seq_steps;
-        c->joins_while_running = w->counters.joins_while_running;
-        c->retirements = w->counters.retirements;
-        c->preemptions = w->counters.preemptions;
-        c->prefill_batches = w->counters.prefill_batches;
-        c->prefill_multi = w->counters.prefill_multi;
-        c->prefill_tokens = w->counters.prefill_tokens;
-        c->kv_sent_bytes = w->counters.kv_sent_bytes;
-        c->kv_recv_bytes = w->counters.kv_recv_bytes;
-        c->kv_rejected = w->counters.kv_rejected;
-        c->decode_tokens = w->counters.decode_tokens;
-        c->max_running = w->counters.max_running;
+        pd_codec_counters_to_pb(&w->counters, c);
         s->counters = c;
         wp[n] = s;
         n++;

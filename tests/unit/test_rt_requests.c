@@ -417,6 +417,33 @@ static void test_token_order(void **state)
     fx_free(&f);
 }
 
+/* A malformed entry from one of the request's workers (the codec refuses
+ * it: a token outside the vocabulary, an unknown finish reason) fails the
+ * request; the same from a stale epoch is only dropped. */
+static void test_bad_token(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, 4, 4);
+    fx_worker(&f, "P", PD__ROLE__ROLE_PREFILL, 0);
+    fx_worker(&f, "D", PD__ROLE__ROLE_DECODE, 64);
+    fx_generate(&f, 1, 5, 8);
+    fx_generate(&f, 2, 5, 8);
+    rt_req_t *a = fx_req(&f, 1), *b = fx_req(&f, 2);
+    fx_drain(&f);
+    rt_req_t stale = *a;
+    stale.epoch = a->epoch + 1;
+    fx_token(&f, "P", &stale, 0, FX_EOS + 1, FIN_NONE);
+    assert_int_equal(a->state, RQ_PREFILL);
+    fx_token(&f, "P", a, 0, FX_EOS + 1, FIN_NONE);
+    assert_true(fx_gone(&f, 1));
+    expect_error(&f, 1, PD__ERROR_CODE__INTERNAL, "worker P: token.token: 261 outside the vocabulary");
+    fx_token(&f, "P", b, 0, 'x', (Pd__FinishReason)42);
+    assert_true(fx_gone(&f, 2));
+    expect_error(&f, 2, PD__ERROR_CODE__INTERNAL, "token.finish_reason: 42 unknown");
+    fx_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -430,6 +457,7 @@ int main(void)
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_worker_error),
         cmocka_unit_test(test_token_order),
+        cmocka_unit_test(test_bad_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -219,6 +219,53 @@ static void test_never_fits(void **state)
     fx_free(&f);
 }
 
+/* A heartbeat's load and counters reach the worker's entry (and the
+ * status); one that cannot be (more free blocks than it has) is ignored. */
+static void test_heartbeat(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, 4, 4);
+    int d = fx_worker(&f, "D", PD__ROLE__ROLE_DECODE, 64);
+    rt_worker_t *w = &f.rt.workers[d];
+    assert_int_equal(w->hb_free_blocks, 64);
+    pd_worker_load_t l = { .queued_prefill_tokens = 3, .running_seqs = 2, .waiting_seqs = 1,
+                           .free_blocks = 40, .total_blocks = 64 };
+    l.counters.steps = 17;
+    l.counters.decode_tokens = 99;
+    Pd__Heartbeat h;
+    Pd__WorkerCounters c;
+    pd_codec_load_to_pb(&l, &h, &c);
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_HEARTBEAT;
+    m.heartbeat = &h;
+    fx_send(&f, "D", true, &m);
+    assert_int_equal(w->hb_free_blocks, 40);
+    assert_int_equal(w->hb_running, 2);
+    assert_int_equal(w->hb_queued_tokens, 3);
+    assert_int_equal(w->counters.steps, 17);
+    assert_int_equal(w->counters.decode_tokens, 99);
+    l.free_blocks = 65;
+    l.running_seqs = 9;
+    pd_codec_load_to_pb(&l, &h, &c);
+    fx_send(&f, "D", true, &m);
+    assert_int_equal(w->hb_free_blocks, 40);
+    assert_int_equal(w->hb_running, 2);
+    /* The status carries the counters back out. */
+    fx_drain(&f);
+    Pd__StatusRequest sr = PD__STATUS_REQUEST__INIT;
+    Pd__Msg q = PD__MSG__INIT;
+    q.body_case = PD__MSG__BODY_STATUS_REQUEST;
+    q.status_request = &sr;
+    fx_send(&f, "C", false, &q);
+    Pd__Msg *st = fx_expect(&f, "C", PD__MSG__BODY_STATUS);
+    assert_int_equal(st->status->n_workers, 1);
+    assert_int_equal(st->status->workers[0]->counters->steps, 17);
+    assert_int_equal(st->status->workers[0]->free_blocks, 40);
+    pd__msg__free_unpacked(st, NULL);
+    fx_free(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -229,6 +276,7 @@ int main(void)
         cmocka_unit_test(test_pick),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_never_fits),
+        cmocka_unit_test(test_heartbeat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
