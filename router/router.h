@@ -247,11 +247,7 @@ void rt_on_tokens(rt_t *rt, int wi, const Pd__TokenBatch *b);
  * rt_client_attach binds a newly accepted request r (r->cid set) to its
  * client's entry, creating it (PD_ENOMEM if it cannot: refuse the
  * request); beats: the client declared heartbeats. rt_client_detach undoes
- * it when r leaves the table. A client that declared heartbeats
- * (GenerateRequest.heartbeats, or a Heartbeat) and then stays silent for
- * router.client_liveness x router.client_heartbeat_ms loses all its
- * requests (event=client_timeout); one that never declared them (an old
- * client, the HTTP front's in-process bridge) is held to deadlines alone. */
+ * it when r leaves the table. The liveness rule is rt_client_t's comment. */
 int rt_client_attach(rt_t *rt, rt_req_t *r, bool beats);
 void rt_client_detach(rt_t *rt, rt_req_t *r);
 rt_client_t *rt_client_of(rt_t *rt, const rt_req_t *r); /* NULL: r never attached */
@@ -293,7 +289,7 @@ bool rt_have_workers(rt_t *rt); /* a prefill+decode pair or a colocated worker *
  * result (PD_EFULL: back-pressure, PD_NET_EGONE: the worker is gone). */
 int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m);
 void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch); /* w may be NULL */
-void rt_worker_drop(rt_t *rt, int wi, const char *why); /* re-dispatches its requests */
+void rt_worker_drop(rt_t *rt, int wi, const char *why); /* requeues the requests it held */
 void rt_workers_check(rt_t *rt, uint64_t now_ms);      /* heartbeats out, silent ones dropped */
 void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g);
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h);
