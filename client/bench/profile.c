@@ -180,7 +180,7 @@ static int profile_run_set(const opts_t *base, pd_client_t *c, rng_t *rng, datas
                 b.n_reqs && b.reqs[0].error ? b.reqs[0].error : "?");
         goto done;
     }
-    double *q = malloc(n * sizeof *q);
+    double *q = malloc((n ? n : 1) * sizeof *q);
     if (q == NULL)
         goto done;
     for (size_t i = 0; i < b.n_reqs; i++)
