@@ -10,6 +10,7 @@
 #   make fuzz       libFuzzer targets (clang, into build-fuzz/), a short run of each
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
+#   make image      the container image pdserve:latest (deploy/Dockerfile)
 #   make lint       cppcheck + clang-tidy
 #   make soak       long soak with a nemesis (SOAK_SECONDS per seed, SOAK_SEEDS)
 
@@ -72,8 +73,11 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test unit asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all bins image deps test unit asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
+
+# Every process and tool without the tests (what the image build needs).
+bins: $(TOOLS) $(CLIENT_BINS) $(PROC_BINS)
 
 deps:
 	@scripts/deps.sh
@@ -105,7 +109,7 @@ $(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ) $(CODEC_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c)
+CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c common/runtime/addr.c)
 $(CLIENT_LIB): $(CLIENT_OBJ) $(BASE_OBJ) $(CLIENT_NEEDS) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -155,11 +159,16 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB)
 referee:
 	@scripts/referee.sh
 	@scripts/http-deps.sh
+	@scripts/k8s-deps.sh
 
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
 
+# The container and multi-host tests (tests/deploy) need docker and network
+# namespaces: scripts/docker-deps.sh installs and starts them (as root); where
+# it cannot, those tests print a skip line saying why.
 test: deps all models
+	-@scripts/docker-deps.sh
 	@BUILD=$(BUILD) tests/run.sh
 
 unit: $(UNIT_TESTS)
@@ -261,6 +270,15 @@ SOAK_SECONDS ?= 300
 SOAK_SEEDS   ?= 1 2 3 4 5 6 7 8 9 10
 soak: all
 	@BUILD=$(BUILD) tests/soak/run_seeds.sh $(SOAK_SECONDS) $(SOAK_SEEDS)
+
+# The container image (deploy/Dockerfile; docs/operations.md). The base,
+# debian:bookworm-slim, is built locally when it cannot be pulled.
+IMAGE ?= pdserve:latest
+image:
+	@scripts/docker-deps.sh
+	@scripts/docker-base.sh
+	docker build -q -f deploy/Dockerfile -t $(IMAGE) .
+	@docker image inspect -f '$(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 run:
 	@scripts/run.sh start

@@ -244,6 +244,8 @@ static void handle_back(rt_t *rt)
 static void timers(rt_t *rt)
 {
     uint64_t now_ms = pd_now_ms();
+    if (rt->health)
+        pd_proc_health(rt->health, "serving", now_ms, rt->cfg.router.heartbeat_ms);
     rt_workers_check(rt, now_ms);
     if (now_ms - rt->last_sweep_ms < 10)
         return;

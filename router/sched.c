@@ -112,7 +112,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     bool has_p = false, has_d = false;
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
-        if (w->used && !w->draining) {
+        if (w->used && w->state == RT_W_READY) {
             has_p |= w->role == PD__ROLE__ROLE_PREFILL;
             has_d |= w->role == PD__ROLE__ROLE_DECODE;
         }
@@ -123,7 +123,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     bool any_could = false;
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
-        if (!w->used || w->draining || w->role != drole)
+        if (!w->used || w->state != RT_W_READY || w->role != drole)
             continue;
         uint32_t need_min = rt_blocks_for(w->block_size, n_tok + 1);
         uint32_t need_full = rt_blocks_for(w->block_size, n_full);
@@ -148,7 +148,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
         p = -1;
         for (int i = 0; i < RT_MAX_WORKERS; i++) {
             rt_worker_t *w = &rt->workers[i];
-            if (!w->used || w->draining || w->role != PD__ROLE__ROLE_PREFILL)
+            if (!w->used || w->state != RT_W_READY || w->role != PD__ROLE__ROLE_PREFILL)
                 continue;
             if (p < 0 || w->prefill_tokens < rt->workers[p].prefill_tokens)
                 p = i;

@@ -9,6 +9,8 @@
  */
 #include "runtime/config.h"
 
+#include "runtime/addr.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -80,6 +82,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(decode, max_batch_size, 1, 4096),
     U32(decode, wait_ms, 0, 10000),
     STRK(decode, kv_endpoint, K_ENDPOINT, false),
+    STRK(decode, kv_advertise, K_ADVERTISE, false),
 
     STRK(worker, router, K_ENDPOINT, false),
     U32(worker, heartbeat_ms, 10, 60000),
@@ -447,7 +450,7 @@ bool pd_cfg__parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, con
                         size_t len, bool is_null, char *why, size_t why_cap)
 {
     char *base = (char *)c;
-    char ex[64];
+    char ex[64], adv[160];
     if (is_null && !pd_cfg__is_list(k)) {
         s = "";
         len = 0;
@@ -487,6 +490,7 @@ bool pd_cfg__parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, con
     case K_STR:
     case K_ENDPOINT:
     case K_HOSTPORT:
+    case K_ADVERTISE:
     case K_Z85:
         if (!is_clean_utf8(s, len)) {
             snprintf(why, why_cap, "expected UTF-8 text without control characters, got '%s'",
@@ -507,6 +511,10 @@ bool pd_cfg__parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, con
         }
         if (k->kind == K_Z85 && !check_z85(s, len, why, why_cap))
             return false;
+        if (k->kind == K_ADVERTISE && !pd_addr_check_advertise(s, len, adv, sizeof adv)) {
+            snprintf(why, why_cap, "%s, got '%s'", adv, pd_cfg__excerpt(s, len, ex));
+            return false;
+        }
         return store_str(base + k->off, k->size, s, len, why, why_cap);
     case K_CHOICE_STR:
     case K_CHOICE_ENUM:
@@ -723,6 +731,7 @@ static void write_value(FILE *f, const cfg_key_t *k, const pd_config_t *c, bool 
     case K_STR:
     case K_ENDPOINT:
     case K_HOSTPORT:
+    case K_ADVERTISE:
     case K_Z85:
     case K_CHOICE_STR:
         write_quoted(f, (redact && k->is_secret && p[0]) ? "<redacted>" : p);

@@ -20,6 +20,7 @@ typedef enum {
     K_STR,          /* char[size]: any printable UTF-8, no control chars */
     K_ENDPOINT,     /* char[size]: tcp://HOST:PORT, ipc://PATH, inproc://NAME */
     K_HOSTPORT,     /* char[size]: HOST:PORT or "" (off) */
+    K_ADVERTISE,    /* char[size]: "" (auto), HOST or HOST:PORT; a real host (addr.h) */
     K_Z85,          /* char[size]: "" or a 40-char Z85 CURVE key */
     K_CHOICE_STR,   /* char[size]: one of choices */
     K_CHOICE_ENUM,  /* int-sized enum: index into choices */

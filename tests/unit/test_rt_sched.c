@@ -154,8 +154,8 @@ static void test_pick(void **state)
     assert_int_equal(c->d_worker, d1);
     assert_int_equal(c->p_worker, p2); /* 10 tokens < 30 */
     assert_int_equal(f.rt.workers[d1].blocks_est, 2 + 4);
-    /* A drained worker gets nothing new. */
-    f.rt.workers[d1].draining = true;
+    /* A worker leaving (or cordoned) gets nothing new. */
+    f.rt.workers[d1].state = RT_W_LEAVING;
     fx_generate(&f, 4, 5, 2);
     assert_int_equal(fx_req(&f, 4)->d_worker, d2);
     fx_free(&f);
