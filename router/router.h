@@ -302,6 +302,9 @@ bool rt_have_workers(rt_t *rt); /* a prefill+decode pair or a colocated worker *
 int rt_send_worker(rt_t *rt, rt_worker_t *w, const Pd__Msg *m);
 void rt_send_cancel(rt_t *rt, rt_worker_t *w, uint64_t id, uint32_t epoch); /* w may be NULL */
 void rt_worker_drop(rt_t *rt, int wi, const char *why); /* requeues the requests it held */
+/* Whether worker wi holds request r: what rt_worker_drop would requeue
+ * (status reports the count per worker as `assigned`). */
+bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi);
 /* Moves w to state `to` (see rt_wstate_t); false (and nothing changes) for a
  * transition that does not exist: a LEAVING worker never comes back. */
 bool rt_worker_set_state(rt_worker_t *w, rt_wstate_t to, const char *why);

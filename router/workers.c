@@ -70,20 +70,26 @@ bool rt_have_workers(rt_t *rt)
 
 /* ====== Registry ====== */
 
+bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi)
+{
+    const rt_worker_t *w = &rt->workers[wi];
+    if (!rt_req_on_workers(r))
+        return false;
+    /* A prefill worker still answers for a request until its KV has
+     * reached the decode worker: until the decode worker's first token. */
+    bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
+                (r->state == RQ_PREFILL || r->state == RQ_HANDOFF);
+    bool on_d = r->d_worker == wi && r->d_gen == w->gen;
+    return on_p || on_d;
+}
+
 void rt_worker_drop(rt_t *rt, int wi, const char *why)
 {
     rt_worker_t *w = &rt->workers[wi];
     PD_WARN("event=worker_removed worker=%s why=\"%s\"", w->id, why);
     for (uint32_t i = 0; i < rt->n_slots; i++) {
         rt_req_t *r = &rt->reqs[i];
-        if (!rt_req_on_workers(r))
-            continue;
-        /* A prefill worker still answers for a request until its KV has
-         * reached the decode worker: until the decode worker's first token. */
-        bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
-                    (r->state == RQ_PREFILL || r->state == RQ_HANDOFF);
-        bool on_d = r->d_worker == wi && r->d_gen == w->gen;
-        if (on_p || on_d)
+        if (rt_req_held_by(rt, r, wi))
             rt_req_requeue(rt, r, why, true);
     }
     uint32_t gen = w->gen + 1;
@@ -336,6 +342,10 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         rt_worker_t *w = &rt->workers[i];
         if (!w->used)
             continue;
+        /* Requests on it in either role: what its loss would re-dispatch. */
+        uint32_t held = 0;
+        for (uint32_t k = 0; k < rt->n_slots; k++)
+            held += rt_req_held_by(rt, &rt->reqs[k], i);
         Pd__WorkerStatus *s = &ws[n];
         pd__worker_status__init(s);
         Pd__WorkerCounters *c = &wc[n];
@@ -350,7 +360,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         s->running_seqs = w->hb_running;
         s->free_blocks = w->hb_free_blocks;
         s->total_blocks = w->total_blocks;
-        s->assigned = w->n_decoding;
+        s->assigned = held;
         s->last_seen_ms = now - w->last_seen_ms;
         pd_codec_counters_to_pb(&w->counters, c);
         s->counters = c;
