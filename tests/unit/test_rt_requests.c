@@ -2,7 +2,20 @@
  * requests.c): every arrow of the diagram driven through the router's own
  * message handlers on real sockets (rt_fixture.h), and what each arrow
  * sends: tasks to workers, Cancels to the workers that hold a request,
- * chunks and Errors to the client. Charges are test_rt_sched.c's. */
+ * chunks and Errors to the client. Charges are test_rt_sched.c's.
+ *
+ * Where each of the 21 arrows is driven:
+ *   FREE->QUEUED, QUEUED->PREFILL, PREFILL->HANDOFF, HANDOFF->DECODE,
+ *     DECODE->DONE, DONE->FREE                          test_life
+ *   DECODE->QUEUED (preempted; decode worker lost)      test_preempted,
+ *                                                       test_decode_worker_lost
+ *   PREFILL->QUEUED, HANDOFF->QUEUED (worker lost)      test_prefill_worker_lost
+ *   PREFILL->QUEUED (task not sent)                     test_task_not_sent
+ *   QUEUED, PREFILL, HANDOFF, DECODE -> DONE (cancel)   test_cancel
+ *   QUEUED->FAILED, DECODE->FAILED, FAILED->FREE        test_deadline
+ *   PREFILL->FAILED, HANDOFF->FAILED                    test_worker_error
+ *   QUEUED, PREFILL, HANDOFF, DECODE -> FREE            test_client_timeout
+ *   DECODE->FAILED (a gap past the stash)               test_token_order */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -179,6 +192,25 @@ static void test_preempted(void **state)
     fx_free(&f);
 }
 
+/* What the cluster status says worker `name` holds (`assigned`). */
+static uint32_t status_assigned(fx_t *f, const char *name)
+{
+    Pd__StatusRequest q = PD__STATUS_REQUEST__INIT;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_STATUS_REQUEST;
+    m.status_request = &q;
+    fx_send(f, "C", false, &m);
+    Pd__Msg *st = fx_expect(f, "C", PD__MSG__BODY_STATUS);
+    int64_t n = -1;
+    for (size_t i = 0; i < st->status->n_workers; i++)
+        if (strcmp(st->status->workers[i]->worker_id, name) == 0)
+            n = st->status->workers[i]->assigned;
+    pd__msg__free_unpacked(st, NULL);
+    if (n < 0)
+        fail_msg("status: no worker %s", name);
+    return (uint32_t)n;
+}
+
 /* A prefill worker answers for a request until the decode worker's first
  * token: its loss re-queues PREFILL and HANDOFF requests, not DECODE ones. */
 static void test_prefill_worker_lost(void **state)
@@ -199,6 +231,11 @@ static void test_prefill_worker_lost(void **state)
     assert_int_equal(b->state, RQ_HANDOFF);
     assert_int_equal(c->state, RQ_DECODE);
     fx_drain(&f);
+    /* What the status counts is what a loss re-queues (rt_req_held_by). */
+    assert_true(rt_req_held_by(&f.rt, a, p) && rt_req_held_by(&f.rt, b, p));
+    assert_false(rt_req_held_by(&f.rt, c, p));
+    assert_int_equal(status_assigned(&f, "P"), 2);
+    assert_int_equal(status_assigned(&f, "D"), 3);
     rt_worker_drop(&f.rt, p, "test");
     /* No prefill worker left, and D is no colocated worker: they wait. */
     assert_int_equal(a->state, RQ_QUEUED);
@@ -274,8 +311,9 @@ static void test_task_not_sent(void **state)
     fx_free(&f);
 }
 
-/* Cancel in QUEUED, PREFILL and DECODE: DONE with FINISH_CANCELLED, then
- * FREE; only the workers that hold the request are told. */
+/* Cancel in QUEUED, PREFILL, HANDOFF and DECODE: DONE with
+ * FINISH_CANCELLED, then FREE; only the workers that hold the request are
+ * told. */
 static void test_cancel(void **state)
 {
     (void)state;
@@ -303,6 +341,19 @@ static void test_cancel(void **state)
     expect_chunk(&f, 0, 0, PD__FINISH_REASON__FINISH_CANCELLED);
     expect_cancel(&f, "P", aid, 1);
     expect_cancel(&f, "D", aid, 1);
+    assert_int_equal(f.rt.n_dispatched, 0);
+
+    fx_generate(&f, 4, 5, 8); /* HANDOFF: the KV is on its way to D */
+    rt_req_t *h = fx_req(&f, 4);
+    fx_token(&f, "P", h, 0, 'x', FIN_NONE);
+    assert_int_equal(h->state, RQ_HANDOFF);
+    uint64_t hid = h->id;
+    fx_drain(&f);
+    fx_cancel(&f, 4);
+    assert_true(fx_gone(&f, 4));
+    expect_chunk(&f, 1, 0, PD__FINISH_REASON__FINISH_CANCELLED);
+    expect_cancel(&f, "D", hid, 1);
+    expect_quiet(&f, "P"); /* its computing is over; D drops the incoming KV */
     assert_int_equal(f.rt.n_dispatched, 0);
 
     fx_generate(&f, 3, 5, 8); /* DECODE: the prefill worker is done with it */
@@ -381,6 +432,83 @@ static void test_worker_error(void **state)
     fx_send(&f, holder, true, &m);
     assert_true(fx_gone(&f, 1));
     expect_error(&f, 1, PD__ERROR_CODE__INTERNAL, "kv checksum");
+    expect_cancel(&f, holder, e.request_id, 1);
+
+    /* HANDOFF -> FAILED: the prefill worker could not ship the KV. */
+    fx_generate(&f, 2, 5, 8);
+    r = fx_req(&f, 2);
+    holder = f.rt.workers[r->d_worker].id;
+    fx_token(&f, "P", r, 0, 'x', FIN_NONE);
+    assert_int_equal(r->state, RQ_HANDOFF);
+    fx_drain(&f);
+    e.request_id = r->id;
+    e.code = PD__ERROR_CODE__UNAVAILABLE;
+    e.message = (char *)"kv transfer failed";
+    fx_send(&f, "P", true, &m);
+    assert_true(fx_gone(&f, 2));
+    expect_error(&f, 2, PD__ERROR_CODE__UNAVAILABLE, "worker P: kv transfer failed");
+    expect_cancel(&f, holder, e.request_id, 1);
+    expect_quiet(&f, "P");
+    assert_int_equal(f.rt.n_dispatched, 0);
+    assert_int_equal(f.rt.requests_failed, 2);
+    fx_free(&f);
+}
+
+/* A client that declared heartbeats and falls silent loses every request
+ * it has, in whatever state (QUEUED, PREFILL, HANDOFF, DECODE -> FREE):
+ * a best-effort Error each, and the workers holding them are told. */
+static void test_client_timeout(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, 3, 4);
+    f.rt.cfg.router.client_heartbeat_ms = 100;
+    f.rt.cfg.router.client_liveness = 3; /* silent > 300 ms: gone */
+    fx_worker(&f, "P", PD__ROLE__ROLE_PREFILL, 0);
+    fx_worker(&f, "D", PD__ROLE__ROLE_DECODE, 64);
+    for (uint64_t id = 1; id <= 4; id++)
+        fx_generate(&f, id, 5, 8);
+    rt_req_t *r[5];
+    for (uint64_t id = 1; id <= 4; id++)
+        r[id] = fx_req(&f, id);
+    fx_token(&f, "P", r[2], 0, 'x', FIN_NONE);
+    fx_token(&f, "P", r[3], 0, 'x', FIN_NONE);
+    fx_token(&f, "D", r[3], 1, 'y', FIN_NONE);
+    assert_int_equal(r[1]->state, RQ_PREFILL);
+    assert_int_equal(r[2]->state, RQ_HANDOFF);
+    assert_int_equal(r[3]->state, RQ_DECODE);
+    assert_int_equal(r[4]->state, RQ_QUEUED);
+    uint64_t rid[5];
+    for (int i = 1; i <= 4; i++)
+        rid[i] = r[i]->id;
+    rt_client_heard(&f.rt, (const uint8_t *)"C", 1, true); /* it heartbeats */
+    fx_drain(&f);
+    uint64_t t0 = rt_client_of(&f.rt, r[1])->last_rx_ms; /* when it was last heard */
+    /* Checked every 150 ms (a slower reactor would forgive the silence);
+     * 300 ms of silence is still within liveness. */
+    for (uint64_t t = t0; t <= t0 + 300; t += 150) {
+        rt_clients_check(&f.rt, t);
+        assert_int_equal(f.rt.n_active, 4);
+    }
+    Pd__Msg *hb = fx_expect(&f, "C", PD__MSG__BODY_HEARTBEAT); /* told our interval */
+    assert_int_equal(hb->heartbeat->interval_ms, 100);
+    assert_int_equal(hb->heartbeat->liveness, 3);
+    pd__msg__free_unpacked(hb, NULL);
+    fx_drain(&f);
+    rt_clients_check(&f.rt, t0 + 450);
+    for (uint64_t id = 1; id <= 4; id++)
+        assert_true(fx_gone(&f, id));
+    assert_int_equal(f.rt.n_active, 0);
+    assert_int_equal(f.rt.n_dispatched, 0);
+    assert_int_equal(f.rt.q_len, 0);
+    assert_int_equal(f.rt.n_clients, 0);
+    assert_int_equal(f.rt.requests_failed, 4);
+    for (uint64_t id = 1; id <= 4; id++)
+        expect_error(&f, id, PD__ERROR_CODE__CANCELLED, "client silent for");
+    expect_cancel(&f, "P", rid[1], 1); /* PREFILL: P still computes it */
+    expect_quiet(&f, "P");
+    /* D held the three dispatched ones, in slot order. */
+    assert_int_equal(fx_count(&f, "D", PD__MSG__BODY_CANCEL), 3);
     fx_free(&f);
 }
 
@@ -456,6 +584,7 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_worker_error),
+        cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_token_order),
         cmocka_unit_test(test_bad_token),
     };
