@@ -8,6 +8,7 @@
  *   FREE->QUEUED, QUEUED->PREFILL, PREFILL->HANDOFF, HANDOFF->DECODE,
  *     DECODE->DONE, DONE->FREE                          test_life
  *   DECODE->QUEUED (preempted; decode worker lost)      test_preempted,
+ *                   (first in line again)               test_requeue_first,
  *                                                       test_decode_worker_lost
  *   PREFILL->QUEUED, HANDOFF->QUEUED (worker lost)      test_prefill_worker_lost
  *   PREFILL->QUEUED (task not sent)                     test_task_not_sent
@@ -209,6 +210,40 @@ static uint32_t status_assigned(fx_t *f, const char *name)
     if (n < 0)
         fail_msg("status: no worker %s", name);
     return (uint32_t)n;
+}
+
+/* A re-dispatched request goes first in line: before one that waited
+ * QUEUED all along (max_inflight 1, so only one can go). */
+static void test_requeue_first(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, 1, 4);
+    fx_worker(&f, "P", PD__ROLE__ROLE_PREFILL, 0);
+    fx_worker(&f, "D", PD__ROLE__ROLE_DECODE, 64);
+    fx_generate(&f, 1, 5, 8);
+    fx_generate(&f, 2, 5, 8);
+    fx_generate(&f, 3, 5, 8);
+    rt_req_t *a = fx_req(&f, 1), *b = fx_req(&f, 2), *c = fx_req(&f, 3);
+    fx_token(&f, "P", a, 0, 'x', FIN_NONE);
+    fx_token(&f, "D", a, 1, 'y', FIN_NONE);
+    assert_int_equal(b->state, RQ_QUEUED);
+    fx_drain(&f);
+    fx_preempted(&f, "D", a);
+    assert_int_equal(a->state, RQ_PREFILL);
+    assert_int_equal(a->epoch, 2);
+    assert_int_equal(b->state, RQ_QUEUED);
+    assert_int_equal(c->state, RQ_QUEUED);
+    assert_int_equal(f.rt.q_len, 2);
+    expect_cancel(&f, "D", a->id, 1);
+    expect_tasks(&f, "P", "D", 2, 7);
+    /* Its end lets the next in line go at the reactor's next pass: the
+     * one that came first. */
+    fx_cancel(&f, 1);
+    rt_dispatch(&f.rt);
+    assert_int_equal(b->state, RQ_PREFILL);
+    assert_int_equal(c->state, RQ_QUEUED);
+    fx_free(&f);
 }
 
 /* A prefill worker answers for a request until the decode worker's first
@@ -578,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_arrows),
         cmocka_unit_test(test_life),
         cmocka_unit_test(test_preempted),
+        cmocka_unit_test(test_requeue_first),
         cmocka_unit_test(test_prefill_worker_lost),
         cmocka_unit_test(test_decode_worker_lost),
         cmocka_unit_test(test_task_not_sent),
