@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/log.h"
 #include "runtime/net.h"
@@ -54,7 +55,7 @@ static void port_send(void *host, const Pd__Msg *m)
 static uint64_t port_now_ms(void *host)
 {
     (void)host;
-    return pd_net_now_ms();
+    return pd_now_ms();
 }
 
 /* ====== Load ====== */
@@ -380,7 +381,7 @@ static bool check_drain(pd_wkhost_t *h)
 {
     if (*h->stop && !h->draining) {
         h->draining = true;
-        h->drain_deadline_ms = pd_net_now_ms() + h->cfg->worker.drain_timeout_ms;
+        h->drain_deadline_ms = pd_now_ms() + h->cfg->worker.drain_timeout_ms;
         /* What it holds now is what the drain must finish (tests check it). */
         PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
                 h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
@@ -390,7 +391,7 @@ static bool check_drain(pd_wkhost_t *h)
     if (!h->draining)
         return false;
     bool idle = !role_busy(&h->prefill) && !role_busy(&h->decode);
-    return idle || !pd_wklink_registered(h->link) || pd_net_now_ms() >= h->drain_deadline_ms;
+    return idle || !pd_wklink_registered(h->link) || pd_now_ms() >= h->drain_deadline_ms;
 }
 
 int pd_wkhost_run(pd_wkhost_t *h)

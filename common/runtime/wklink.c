@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/log.h"
 #include "runtime/net.h"
@@ -195,7 +196,7 @@ static void send_register(pd_wklink_t *l)
     l->reg_sent = pd_net_send(l->rsock, NULL, 0, &m, false, &err) == 0;
     if (l->reg_sent)
         PD_DEBUG("event=register_sent router=%s", l->cfg->worker.router);
-    l->last_reg_ms = pd_net_now_ms();
+    l->last_reg_ms = pd_now_ms();
 }
 
 /* The compute thread's load as it last published it, and its progress now. */
@@ -212,7 +213,7 @@ static void snapshot(pd_wklink_t *l, pd_worker_load_t *out, uint64_t now)
 
 static void send_heartbeat(pd_wklink_t *l)
 {
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     pd_worker_load_t ld;
     snapshot(l, &ld, now);
     Pd__Heartbeat hb;
@@ -248,7 +249,7 @@ static int connect_router(pd_wklink_t *l, pd_err_t *err)
     int rc = pd_net_connect(l->rsock, l->cfg->worker.router, err);
     if (rc)
         return rc;
-    l->last_router_ms = pd_net_now_ms();
+    l->last_router_ms = pd_now_ms();
     l->reg_sent = false;
     l->last_reg_ms = 0;
     return 0;
@@ -287,7 +288,7 @@ static void on_register_reply(pd_wklink_t *l, const Pd__RegisterReply *r)
         l->liveness = r->liveness;
     set_state(l, LK_REGISTERED);
     pd_worker_load_t ld;
-    snapshot(l, &ld, pd_net_now_ms());
+    snapshot(l, &ld, pd_now_ms());
     PD_INFO("event=registered router=%s role=%d kv=%s blocks=%u", l->cfg->worker.router,
             (int)l->role, l->kv_endpoint[0] ? l->kv_endpoint : "-", ld.total_blocks);
     send_heartbeat(l);
@@ -337,7 +338,7 @@ static void read_router(pd_wklink_t *l)
         int rc = pd_net_recv(l->rsock, l->in, &err);
         if (rc <= 0)
             return;
-        l->last_router_ms = pd_net_now_ms();
+        l->last_router_ms = pd_now_ms();
         if (l->in->n_frames != 1 || l->in->truncated)
             PD_WARN("event=bad_router_message frames=%d", l->in->n_frames);
         else
@@ -420,7 +421,7 @@ static void watch_compute(pd_wklink_t *l, uint64_t now)
 
 static void timers(pd_wklink_t *l)
 {
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     flush_outbox(l);
     pthread_mutex_lock(&l->lock);
     bool draining = l->load.draining;
@@ -437,7 +438,7 @@ static void timers(pd_wklink_t *l)
                 (unsigned long long)(now - l->last_router_ms));
         reconnect(l, "router_silent");
     }
-    watch_compute(l, pd_net_now_ms());
+    watch_compute(l, pd_now_ms());
     if (l->health == NULL)
         return;
     if (l->st == LK_STALLED) /* written once, then left to age */
@@ -613,7 +614,7 @@ void pd_wklink_beat_now(pd_wklink_t *l)
 
 void pd_wklink_turn_begin(pd_wklink_t *l)
 {
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     atomic_store(&l->busy_since_ms, now ? now : 1);
 }
 

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "runtime/net.h"
 
@@ -71,9 +72,9 @@ uint32_t pd_wkrole_run(pd_wkengine_t *e, pd_wkrole_t r)
     if (n == 0)
         return 0;
     pd_err_t err = { 0 };
-    uint64_t t0 = pd_net_now_us();
+    uint64_t t0 = pd_now_us();
     int rc = pd_wkengine_forward(e, &st, &err);
-    r.ops->done(r.self, rc == 0 ? NULL : err.msg, pd_net_now_us() - t0);
+    r.ops->done(r.self, rc == 0 ? NULL : err.msg, pd_now_us() - t0);
     return n;
 }
 
@@ -89,9 +90,9 @@ uint32_t pd_wkrole_run_mixed(pd_wkengine_t *e, pd_wkrole_t first, pd_wkrole_t th
     if (n1 + n2 == 0)
         return 0;
     pd_err_t err = { 0 };
-    uint64_t t0 = pd_net_now_us();
+    uint64_t t0 = pd_now_us();
     int rc = pd_wkengine_forward(e, &st, &err);
-    uint64_t us = pd_net_now_us() - t0;
+    uint64_t us = pd_now_us() - t0;
     const char *fail = rc == 0 ? NULL : err.msg;
     uint64_t us1 = us * n1 / (n1 + n2);
     if (n1)
