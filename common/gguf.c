@@ -785,6 +785,16 @@ const pd_gguf_tensor_t *pd_gguf_tensor(const pd_gguf_t *g, int64_t i)
     return (i >= 0 && i < g->n_tensors) ? &g->tensors[i] : NULL;
 }
 
+int64_t pd_gguf_tensor_index(const pd_gguf_t *g, const pd_gguf_tensor_t *t)
+{
+    /* integer addresses: t need not point into the array at all */
+    const uintptr_t base = (uintptr_t)g->tensors, at = (uintptr_t)t;
+    if (t == NULL || at < base || (at - base) % sizeof *t != 0)
+        return -1;
+    const uint64_t i = (at - base) / sizeof *t;
+    return i < (uint64_t)g->n_tensors ? (int64_t)i : -1;
+}
+
 const pd_gguf_tensor_t *pd_gguf_find_tensor(const pd_gguf_t *g, const char *name)
 {
     if (name == NULL || g->n_tensors == 0)

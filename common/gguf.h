@@ -146,6 +146,9 @@ const void *pd_gguf_arr_data(const pd_gguf_t *g, const char *key);
 int64_t pd_gguf_n_tensors(const pd_gguf_t *g);
 const pd_gguf_tensor_t *pd_gguf_tensor(const pd_gguf_t *g, int64_t i);
 const pd_gguf_tensor_t *pd_gguf_find_tensor(const pd_gguf_t *g, const char *name);
+/* The index i of t (as pd_gguf_tensor(g, i) returns it), or -1 when t is not
+ * one of g's tensors. */
+int64_t pd_gguf_tensor_index(const pd_gguf_t *g, const pd_gguf_tensor_t *t);
 
 /* Type helpers. */
 const char *pd_ggml_type_name(pd_ggml_type_t t);          /* "q8_0"; "?" if unknown */

@@ -145,8 +145,14 @@ static ALWAYS_INLINE __m256i chunk_dot(__m256i w, const uint8_t *x, __m256i scal
 #define XQS(r, b) (x + (r) * xs + (b) * PD_Q8_K_BYTES) /* Q8_K block b of row r */
 
 static ALWAYS_INLINE void mk_q2k(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
-                                 size_t nb, kacc_t *acc)
+                                 size_t nb, kacc_t *acc_io)
 {
+    /* accumulators in registers: stores through acc_io would be redone after
+     * every (aliasing) byte load */
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
     const __m256i m3 = _mm256_set1_epi8(3);
     const __m128i m4 = _mm_set1_epi8(0xF);
     for (size_t b = 0; b < nb; b++) {
@@ -188,11 +194,20 @@ static ALWAYS_INLINE void mk_q2k(const int NR, const uint8_t *w, const uint8_t *
             acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(XQS(r, b)) * dw),
                                        _mm256_cvtepi32_ps(sumi[r]), acc[r].a);
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
 }
 
 static ALWAYS_INLINE void mk_q3k(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
-                                 size_t nb, kacc_t *acc)
+                                 size_t nb, kacc_t *acc_io)
 {
+    /* accumulators in registers: stores through acc_io would be redone after
+     * every (aliasing) byte load */
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
     const __m256i m3 = _mm256_set1_epi8(3), mone = _mm256_set1_epi8(1);
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + b * PD_Q3_K_BYTES;
@@ -231,14 +246,23 @@ static ALWAYS_INLINE void mk_q3k(const int NR, const uint8_t *w, const uint8_t *
             acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(XQS(r, b)) * dw),
                                        _mm256_cvtepi32_ps(sumi[r]), acc[r].a);
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
 }
 
 /* Q4_K (HIGH false) and Q5_K (HIGH true: the fifth bit from qh). The mins
  * go to acc.b: 4 float lanes for Q4_K, one scalar (lane 0) for Q5_K, as the
  * two ggml functions differ there. */
 static ALWAYS_INLINE void mk_q45k(const int NR, const bool HIGH, const uint8_t *w,
-                                  const uint8_t *x, size_t xs, size_t nb, kacc_t *acc)
+                                  const uint8_t *x, size_t xs, size_t nb, kacc_t *acc_io)
 {
+    /* accumulators in registers: stores through acc_io would be redone after
+     * every (aliasing) byte load */
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const size_t bb = HIGH ? PD_Q5_K_BYTES : PD_Q4_K_BYTES;
     for (size_t b = 0; b < nb; b++) {
@@ -297,11 +321,20 @@ static ALWAYS_INLINE void mk_q45k(const int NR, const bool HIGH, const uint8_t *
                                        acc[r].a);
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
 }
 
 static ALWAYS_INLINE void mk_q6k(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
-                                 size_t nb, kacc_t *acc)
+                                 size_t nb, kacc_t *acc_io)
 {
+    /* accumulators in registers: stores through acc_io would be redone after
+     * every (aliasing) byte load */
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
     const __m256i m15 = _mm256_set1_epi8(15);
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *wb = w + b * PD_Q6_K_BYTES;
@@ -346,36 +379,49 @@ static ALWAYS_INLINE void mk_q6k(const int NR, const uint8_t *w, const uint8_t *
                                        acc[r].a);
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
 }
 
 #undef XQS
-#define XQ0(r, b) (x + (r) * xs + (b) * Q8_0_BYTES) /* Q8_0 block b of row r */
-
 /* IQ4_NL: blocks in pairs, even blocks into acc.a and odd ones into acc.b
- * (ggml's accum1 / accum2); nb is even. */
+ * (ggml's accum1 / accum2); nb is even. dx: the activation blocks' scales
+ * as floats, row r at dx + r * dxs (converted once per tile by the caller:
+ * an fp16 conversion per block and weight row would cost more than the
+ * product). */
 static ALWAYS_INLINE void mk_iq4nl(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
-                                   size_t nb, kacc_t *acc)
+                                   size_t nb, const float *dx, size_t dxs, kacc_t *acc_io)
 {
-    const __m128i values = _mm_loadu_si128((const __m128i *)(const void *)pd_iq4nl_values);
-    const __m128i m4 = _mm_set1_epi8(0xF);
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
+    const __m256i values = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128((const __m128i *)(const void *)pd_iq4nl_values));
+    const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i ones = _mm256_set1_epi16(1);
     for (size_t b = 0; b < nb; b += 2) {
 #pragma GCC unroll 2
         for (int k = 0; k < 2; k++) {
             const uint8_t *wb = w + (b + k) * PD_IQ4_NL_BYTES;
-            const __m128i bits = load128(wb + 2);
-            const __m256i q = _mm256_set_m128i(
-                _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(bits, 4), m4)),
-                _mm_shuffle_epi8(values, _mm_and_si128(bits, m4)));
+            /* low nibbles (elements 0..15) in the low half, high in the high */
+            const __m256i bits = _mm256_broadcastsi128_si256(load128(wb + 2));
+            const __m256i idx = _mm256_blend_epi32(
+                _mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), 0xF0);
+            const __m256i q = _mm256_shuffle_epi8(values, idx);
             const __m256i aq = _mm256_sign_epi8(q, q);
-            const float dw = fp16_at(wb);
+            /* the fp16 scale from a 4-byte load (the 2 bytes after it are
+             * codes, ignored): no port-5 insert */
+            const __m128 dw = _mm_cvtph_ps(_mm_castps_si128(_mm_load_ss((const float *)(const void *)wb)));
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                const uint8_t *xb = XQ0(r, b + k);
+                const uint8_t *xb = x + r * xs + (b + k) * 34;
                 const __m256i sx = _mm256_sign_epi8(load256(xb + 2), q);
                 const __m256 p = _mm256_cvtepi32_ps(
                     _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), ones));
-                const __m256 d = _mm256_set1_ps(fp16_at(xb) * dw);
+                /* ggml: fp16(y.d) * fp16(x.d), one float product */
+                const __m256 d = _mm256_broadcastss_ps(_mm_mul_ss(_mm_load_ss(dx + r * dxs + b + k), dw));
                 if (k == 0)
                     acc[r].a = _mm256_fmadd_ps(d, p, acc[r].a);
                 else
@@ -383,28 +429,34 @@ static ALWAYS_INLINE void mk_iq4nl(const int NR, const uint8_t *w, const uint8_t
             }
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
 }
 
-#undef XQ0
 
-typedef void (*mk_k_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *acc);
+/* w, x, xs, nb: as the micro-kernels; dx, dxs: IQ4_NL's activation scales
+ * (unused by the K-quants, whose Q8_K scales are floats already). */
+typedef void (*mk_k_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb,
+                        const float *dx, size_t dxs, kacc_t *acc);
 
-#define MK_K(NAME, CALL)                                                                       \
-    static void NAME##_1(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *a)  \
-    { CALL(1); }                                                                               \
-    static void NAME##_2(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *a)  \
-    { CALL(2); }                                                                               \
-    static void NAME##_3(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *a)  \
-    { CALL(3); }                                                                               \
-    static void NAME##_4(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *a)  \
-    { CALL(4); }
+#define MK_K1(NAME, CALL, NR)                                                                  \
+    static void NAME##_##NR(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb,          \
+                            const float *dx, size_t dxs, kacc_t *a)                            \
+    {                                                                                          \
+        (void)dx;                                                                              \
+        (void)dxs;                                                                             \
+        CALL(NR);                                                                              \
+    }
+#define MK_K(NAME, CALL) MK_K1(NAME, CALL, 1) MK_K1(NAME, CALL, 2) MK_K1(NAME, CALL, 3) \
+                         MK_K1(NAME, CALL, 4)
 
 #define CALL_Q2K(NR) mk_q2k(NR, w, x, xs, nb, a)
 #define CALL_Q3K(NR) mk_q3k(NR, w, x, xs, nb, a)
 #define CALL_Q4K(NR) mk_q45k(NR, false, w, x, xs, nb, a)
 #define CALL_Q5K(NR) mk_q45k(NR, true, w, x, xs, nb, a)
 #define CALL_Q6K(NR) mk_q6k(NR, w, x, xs, nb, a)
-#define CALL_NL(NR) mk_iq4nl(NR, w, x, xs, nb, a)
+#define CALL_NL(NR) mk_iq4nl(NR, w, x, xs, nb, dx, dxs, a)
 MK_K(mkk_q2, CALL_Q2K)
 MK_K(mkk_q3, CALL_Q3K)
 MK_K(mkk_q4, CALL_Q4K)
@@ -471,6 +523,7 @@ void pd_kern_skinny_k_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, 
     const size_t kt = is_nl ? KT_SB * 8 : KT_SB; /* even for IQ4_NL's pairs */
     const uint8_t *w0 = (const uint8_t *)w->data, *x0 = (const uint8_t *)xq;
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
+    float dx[KNR * KT_SB * 8];               /* (KNR, kt) IQ4_NL activation scales */
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
@@ -482,8 +535,11 @@ void pd_kern_skinny_k_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, 
             for (uint32_t r = 0; r < n_rows; r += KNR) {
                 const int nr = n_rows - r >= KNR ? KNR : (int)(n_rows - r);
                 const mk_k_fn mk = mkk_pick(t, nr);
+                for (int i = 0; is_nl && i < nr; i++)
+                    for (size_t b = 0; b < nb; b++)
+                        dx[(size_t)i * kt + b] = fp16_at(x0 + (r + i) * xs + (b0 + b) * xbb);
                 for (uint32_t o = 0; o < np; o++)
-                    mk(wp + o * rb + b0 * bb, x0 + r * xs + b0 * xbb, xs, nb,
+                    mk(wp + o * rb + b0 * bb, x0 + r * xs + b0 * xbb, xs, nb, dx, kt,
                        acc + o * n_rows + r);
             }
         }
