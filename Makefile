@@ -131,7 +131,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(RUNTIME_LIB) $(ENG
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 

@@ -1,7 +1,8 @@
 /* pd-kbench -- microbenchmark of the matmul kernels against the machine's
  * limits (memory read bandwidth, sgemm peak) and OpenBLAS.
  *
- *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]
+ *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0,
+ *             q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]
  *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]
  *   pd-kbench --limits [--threads N] [--json]
  *
@@ -53,10 +54,11 @@
 #include "engine/gguf.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
+#include "engine/quants_k.h"
 
 #define MAX_SHAPES 8
 #define MAX_ROWS_LIST 16
-#define MAX_TYPES 5
+#define MAX_TYPES 11
 #define MIN_BENCH_S 0.25    /* time spent per measurement, seconds */
 #define MIN_REPS 5
 #define READ_BUF_BYTES (512u << 20) /* > L3, so the read test hits DRAM */
@@ -263,6 +265,11 @@ static void *make_weights(pd_ggml_type_t t, const float *wf, unsigned n_out, uns
             break;
         case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(src, dst, n_in); break;
         case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(src, dst, n_in); break;
+        case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+        case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_IQ4_NL:
+            pd_quant_row_k(t, src, dst, n_in);
+            break;
+        case PD_GGML_TYPE_Q8_K: break; /* not a weight type */
         }
     }
     *row_bytes = rb;
@@ -437,9 +444,12 @@ static int parse_types(const char *s, opts_t *o)
         pd_ggml_type_t t;
     } names[] = {{"f32", PD_GGML_TYPE_F32}, {"f16", PD_GGML_TYPE_F16},
                  {"bf16", PD_GGML_TYPE_BF16}, {"q8_0", PD_GGML_TYPE_Q8_0},
-                 {"q4_0", PD_GGML_TYPE_Q4_0}};
+                 {"q4_0", PD_GGML_TYPE_Q4_0}, {"q2_k", PD_GGML_TYPE_Q2_K},
+                 {"q3_k", PD_GGML_TYPE_Q3_K}, {"q4_k", PD_GGML_TYPE_Q4_K},
+                 {"q5_k", PD_GGML_TYPE_Q5_K}, {"q6_k", PD_GGML_TYPE_Q6_K},
+                 {"iq4_nl", PD_GGML_TYPE_IQ4_NL}};
     o->n_types = 0;
-    char buf[128];
+    char buf[256];
     snprintf(buf, sizeof(buf), "%s", s);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int found = 0;
@@ -458,7 +468,8 @@ static int parse_types(const char *s, opts_t *o)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]\n"
+            "usage: pd-kbench [--threads N] [--json] [--quick]\n"
+            "                 [--types f32,f16,bf16,q8_0,q4_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]\n"
             "                 [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]\n"
             "       pd-kbench --limits [--threads N] [--json]\n");
 }

@@ -2,9 +2,18 @@
  *
  *   pd-mkmodel -o FILE [--shape tiny|llama-110M|tinyllama-1.1B|qwen2-tiny|qwen2-small]
  *              [--arch llama|qwen2] [--dim N] [--layers N] [--heads N] [--kv-heads N]
- *              [--ffn N] [--vocab N] [--ctx N] [--type f32|f16|bf16|q8_0|q4_0]
+ *              [--ffn N] [--vocab N] [--ctx N] [--type TYPE | --mix MIX]
  *              [--vocab-kind spm|bpe] [--pre gpt-2|llama-bpe|qwen2] [--ranks FILE]
  *              [--rope-base F] [--rope-scale F] [--tied] [--seed N] [--logit-std F]
+ *
+ * --type: every 2-D weight in one type (f32 f16 bf16 q8_0 q4_0 q2_k q3_k q4_k
+ * q5_k q6_k iq4_nl), as llama-quantize --pure does; norms and biases stay
+ * F32. A K-quant tensor whose rows are not a multiple of 256 falls back as
+ * llama.cpp's does (to q4_0 / q8_0, or an error when llama.cpp would pick a
+ * type pdserve does not read). --type q4_k_m (and q4_k_s q5_k_m q5_k_s
+ * q3_k_s q3_k_m q3_k_l) or --mix MIX (those, q2_k, q6_k, iq4_nl): the
+ * per-tensor types llama-quantize chooses for that file type without an
+ * importance matrix (common/engine/quant_mix.c).
  *
  * The weights are drawn from a counter-based generator keyed on (seed,
  * tensor, element), so a file is a pure function of its flags. The output
@@ -24,6 +33,8 @@
 #include "base/err.h"
 #include "engine/gguf.h"
 #include "engine/kernels.h"
+#include "engine/quant_mix.h"
+#include "engine/quants_k.h"
 #include "engine/vocab.h"
 
 typedef struct {
@@ -40,12 +51,16 @@ static const shape_t SHAPES[] = {
     { "tinyllama-1.1B", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, "spm", NULL },
     { "qwen2-tiny", "qwen2", 128, 3, 4, 2, 320, 4000, 2048, "bpe", "qwen2" },
     { "qwen2-small", "qwen2", 512, 8, 8, 2, 1408, 50257, 4096, "bpe", "qwen2" },
+    /* rows that are multiples of 256, for the K-quants (dim 256, ffn 512) */
+    { "tiny-k", "llama", 256, 4, 4, 2, 512, 4000, 2048, "spm", NULL },
 };
 
 typedef struct {
     const char *out;
     shape_t s;
-    const char *type;
+    const char *type;         /* the --type or --mix name, for general.name */
+    pd_quant_mix_t mix;       /* PD_MIX_PURE: every weight in pure */
+    pd_ggml_type_t pure;
     const char *ranks;
     float rope_base, rope_scale, logit_std, qk_gain, res_scale;
     bool tied;
@@ -107,6 +122,11 @@ static int fill_tensor(void *arg, void *dst, uint64_t n_bytes)
             break;
         case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(row, d, (uint32_t)f->n_in); break;
         case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(row, d, (uint32_t)f->n_in); break;
+        case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+        case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_IQ4_NL:
+            pd_quant_row_k(f->type, row, d, (uint32_t)f->n_in);
+            break;
+        case PD_GGML_TYPE_Q8_K: free(row); return PD_EINVAL; /* not a weight type */
         }
     }
     free(row);
@@ -139,15 +159,20 @@ static int add_tensor(maker_t *mk, const char *name, pd_ggml_type_t type, uint64
 
 /* ====== Command line ====== */
 
+#define TYPE_NAMES "f32 f16 bf16 q8_0 q4_0 q2_k q3_k q4_k q5_k q6_k iq4_nl"
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: pd-mkmodel -o FILE [--shape NAME] [--arch llama|qwen2] [--dim N] [--layers N]\n"
             "       [--heads N] [--kv-heads N] [--ffn N] [--vocab N] [--ctx N]\n"
-            "       [--type f32|f16|bf16|q8_0|q4_0] [--vocab-kind spm|bpe]\n"
+            "       [--type TYPE | --mix MIX] [--vocab-kind spm|bpe]\n"
             "       [--pre gpt-2|llama-bpe|qwen2] [--ranks FILE] [--rope-base F]\n"
             "       [--rope-scale F] [--tied] [--seed N] [--logit-std F]\n"
-            "shapes: tiny, llama-110M, tinyllama-1.1B, qwen2-tiny, qwen2-small\n"
+            "shapes: tiny, llama-110M, tinyllama-1.1B, qwen2-tiny, qwen2-small, tiny-k\n"
+            "--type: every weight in one type: " TYPE_NAMES ",\n"
+            "        or a llama.cpp mix: q3_k_s q3_k_m q3_k_l q4_k_s q4_k_m q5_k_s q5_k_m\n"
+            "--mix:  llama.cpp's per-tensor types for a file type: " PD_QUANT_MIX_NAMES "\n"
             "--ranks: GPT-2 ranks exported by tools/export-gpt2-ranks.mjs (default $PD_GPT2_RANKS)\n");
 }
 
@@ -156,6 +181,9 @@ static int parse_type(const char *s, pd_ggml_type_t *t)
     static const struct { const char *n; pd_ggml_type_t t; } T[] = {
         { "f32", PD_GGML_TYPE_F32 }, { "f16", PD_GGML_TYPE_F16 }, { "bf16", PD_GGML_TYPE_BF16 },
         { "q8_0", PD_GGML_TYPE_Q8_0 }, { "q4_0", PD_GGML_TYPE_Q4_0 },
+        { "q2_k", PD_GGML_TYPE_Q2_K }, { "q3_k", PD_GGML_TYPE_Q3_K }, { "q4_k", PD_GGML_TYPE_Q4_K },
+        { "q5_k", PD_GGML_TYPE_Q5_K }, { "q6_k", PD_GGML_TYPE_Q6_K },
+        { "iq4_nl", PD_GGML_TYPE_IQ4_NL },
     };
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
         if (strcmp(s, T[i].n) == 0) {
@@ -233,6 +261,14 @@ static int parse_args(int argc, char **argv, opts_t *o)
         else if (strcmp(a, "--vocab") == 0) rc = parse_u32(a, v, &o->s.vocab);
         else if (strcmp(a, "--ctx") == 0) rc = parse_u32(a, v, &o->s.ctx);
         else if (strcmp(a, "--type") == 0) o->type = v;
+        else if (strcmp(a, "--mix") == 0) {
+            o->type = v;
+            if (pd_quant_mix_parse(v, &o->mix) != 0) {
+                fprintf(stderr, "pd-mkmodel: --mix: expected one of %s, got '%s'\n",
+                        PD_QUANT_MIX_NAMES, v);
+                return -1;
+            }
+        }
         else if (strcmp(a, "--vocab-kind") == 0) o->s.vocab_kind = v;
         else if (strcmp(a, "--pre") == 0) o->s.pre = v;
         else if (strcmp(a, "--ranks") == 0) o->ranks = v;
@@ -268,9 +304,13 @@ static int parse_args(int argc, char **argv, opts_t *o)
                 o->s.vocab_kind);
         return -1;
     }
-    pd_ggml_type_t wt;
-    if (parse_type(o->type, &wt) != 0) {
-        fprintf(stderr, "pd-mkmodel: --type: expected f32|f16|bf16|q8_0|q4_0, got '%s'\n", o->type);
+    /* --type: a tensor type, or a mix with a suffix (q4_k_m); the mixes
+     * without one (q2_k, q6_k, iq4_nl) share their name with a type, which
+     * --type means: they are --mix only. */
+    if (o->mix == PD_MIX_PURE && parse_type(o->type, &o->pure) != 0 &&
+        (strlen(o->type) < 6 || pd_quant_mix_parse(o->type, &o->mix) != 0)) {
+        fprintf(stderr, "pd-mkmodel: --type: expected one of %s, or a mix (q4_k_m...), got "
+                "'%s'\n", TYPE_NAMES, o->type);
         return -1;
     }
     if (o->ranks == NULL) {
@@ -321,7 +361,28 @@ static int add_vocab(pd_gguf_writer_t *w, const opts_t *o, pd_vocab_t *v, pd_err
 
 /* ====== Tensors ====== */
 
-static int add_weights(maker_t *mk, const opts_t *o, pd_ggml_type_t wt, uint32_t vocab)
+/* The type of weight `name` (n_in elements per row) in this file. */
+static int weight_type(const opts_t *o, const char *name, uint64_t n_in, pd_ggml_type_t *t)
+{
+    const pd_quant_mix_model_t m = {o->s.layers, o->s.heads, o->s.kv_heads, o->tied};
+    pd_err_t err = {0};
+    if (pd_quant_mix_type(o->mix, o->pure, &m, name, n_in, t, &err) != 0) {
+        fprintf(stderr, "pd-mkmodel: --type %s: %s\n", o->type, err.msg);
+        return PD_EUNSUPPORTED;
+    }
+    return 0;
+}
+
+/* A 2-D weight in the type the file's --type / --mix gives it. */
+static int add_weight(maker_t *mk, const opts_t *o, const char *name, uint64_t n_in,
+                      uint64_t n_rows, float std)
+{
+    pd_ggml_type_t t;
+    int rc = weight_type(o, name, n_in, &t);
+    return rc ? rc : add_tensor(mk, name, t, n_in, n_rows, std, 0.0f);
+}
+
+static int add_weights(maker_t *mk, const opts_t *o, uint32_t vocab)
 {
     const shape_t *s = &o->s;
     uint32_t hd = s->dim / s->heads, q_dim = s->heads * hd, kv_dim = s->kv_heads * hd;
@@ -333,32 +394,34 @@ static int add_weights(maker_t *mk, const opts_t *o, pd_ggml_type_t wt, uint32_t
      * every comparison with llama.cpp a coin toss after the first flip). */
     float res_scale = o->res_scale / sqrtf(2.0f * (float)s->layers);
     int rc = 0;
-    /* Quantized types need rows that are multiples of 32; embeddings of such
-     * files are stored in the same type as llama.cpp's quantizer does. */
-    rc |= add_tensor(mk, "token_embd.weight", wt, s->dim, vocab, 1.0f, 0.0f);
+    /* Embeddings are quantized too, as llama.cpp's quantizer does. */
+    rc |= add_weight(mk, o, "token_embd.weight", s->dim, vocab, 1.0f);
     for (uint32_t l = 0; l < s->layers && rc == 0; l++) {
         char n[96];
 #define T(fmt, type, n_in, n_rows, std, mean) \
     (snprintf(n, sizeof n, "blk.%u." fmt, l), add_tensor(mk, n, type, n_in, n_rows, std, mean))
+#define W(fmt, n_in, n_rows, std) \
+    (snprintf(n, sizeof n, "blk.%u." fmt, l), add_weight(mk, o, n, n_in, n_rows, std))
         rc |= T("attn_norm.weight", PD_GGML_TYPE_F32, s->dim, 1, 0.1f, 1.0f);
-        rc |= T("attn_q.weight", wt, s->dim, q_dim, o->qk_gain * in_std, 0.0f);
-        rc |= T("attn_k.weight", wt, s->dim, kv_dim, o->qk_gain * in_std, 0.0f);
-        rc |= T("attn_v.weight", wt, s->dim, kv_dim, in_std, 0.0f);
+        rc |= W("attn_q.weight", s->dim, q_dim, o->qk_gain * in_std);
+        rc |= W("attn_k.weight", s->dim, kv_dim, o->qk_gain * in_std);
+        rc |= W("attn_v.weight", s->dim, kv_dim, in_std);
         if (qwen) {
             rc |= T("attn_q.bias", PD_GGML_TYPE_F32, q_dim, 1, 0.1f, 0.0f);
             rc |= T("attn_k.bias", PD_GGML_TYPE_F32, kv_dim, 1, 0.1f, 0.0f);
             rc |= T("attn_v.bias", PD_GGML_TYPE_F32, kv_dim, 1, 0.1f, 0.0f);
         }
-        rc |= T("attn_output.weight", wt, q_dim, s->dim, res_scale / sqrtf((float)q_dim), 0.0f);
+        rc |= W("attn_output.weight", q_dim, s->dim, res_scale / sqrtf((float)q_dim));
         rc |= T("ffn_norm.weight", PD_GGML_TYPE_F32, s->dim, 1, 0.1f, 1.0f);
-        rc |= T("ffn_gate.weight", wt, s->dim, s->ffn, o->qk_gain * in_std, 0.0f);
-        rc |= T("ffn_up.weight", wt, s->dim, s->ffn, in_std, 0.0f);
-        rc |= T("ffn_down.weight", wt, s->ffn, s->dim, res_scale * ffn_std, 0.0f);
+        rc |= W("ffn_gate.weight", s->dim, s->ffn, o->qk_gain * in_std);
+        rc |= W("ffn_up.weight", s->dim, s->ffn, in_std);
+        rc |= W("ffn_down.weight", s->ffn, s->dim, res_scale * ffn_std);
 #undef T
+#undef W
     }
     rc |= add_tensor(mk, "output_norm.weight", PD_GGML_TYPE_F32, s->dim, 1, 0.1f, 1.0f);
     if (!o->tied)
-        rc |= add_tensor(mk, "output.weight", wt, s->dim, vocab, o->logit_std * in_std, 0.0f);
+        rc |= add_weight(mk, o, "output.weight", s->dim, vocab, o->logit_std * in_std);
     return rc ? PD_EINVAL : 0;
 }
 
@@ -367,15 +430,6 @@ int main(int argc, char **argv)
     opts_t o = { 0 };
     if (parse_args(argc, argv, &o) != 0) {
         usage();
-        return 2;
-    }
-    pd_ggml_type_t wt;
-    if (parse_type(o.type, &wt) != 0) {
-        fprintf(stderr, "pd-mkmodel: --type: expected f32|f16|bf16|q8_0|q4_0, got '%s'\n", o.type);
-        return 2;
-    }
-    if (pd_ggml_block_elems(wt) > 1 && (o.s.dim % 32 != 0 || o.s.ffn % 32 != 0)) {
-        fprintf(stderr, "pd-mkmodel: --type %s needs dim and ffn multiples of 32\n", o.type);
         return 2;
     }
     pd_err_t err = { 0 };
@@ -393,7 +447,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "pd-mkmodel: %s\n", err.msg[0] ? err.msg : "metadata failed");
         goto out;
     }
-    if (add_weights(&mk, &o, wt, v.n_vocab) != 0) {
+    if (add_weights(&mk, &o, v.n_vocab) != 0) {
         fprintf(stderr, "pd-mkmodel: adding tensors failed\n");
         goto out;
     }

@@ -42,7 +42,7 @@ struct pd_engine {
     float *rope;    /* (T, head_dim) cos/sin pairs per token */
     float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
                        weight type's activation format (see round_activations) */
-    void *qrow;     /* (T, Q8_0 row of max_in) activations quantized as ggml does */
+    void *qrow;     /* (T, Q8_K row of max_in) activations quantized as ggml does */
     float *scores;  /* (n_attn_chunks, n_heads, max_ctx) attention scores */
     void *scratch;  /* pd_matmul scratch */
     size_t scratch_bytes;
@@ -123,7 +123,8 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->rope = alloc_aligned(sizeof(float) * T * c->head_dim);
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
-    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
+    /* Q8_K rows (1.14 bytes per element, rounded up to 256) bound Q8_0's */
+    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_K, (max_in + 255) / 256 * 256) + 64);
     e->scores = alloc_aligned(sizeof(float) * e->n_attn_chunks * c->n_heads * e->opts.max_ctx);
     e->rows = alloc_aligned(sizeof(int32_t) * T);
     size_t s = 0;
@@ -396,13 +397,13 @@ static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool
 }
 
 /* ggml multiplies a quantized or half-precision weight by activations
- * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0
- * weights, F16 for F16, BF16 for BF16. We round the activations the same
- * way before either kernel path, so that (1) the skinny kernels and the
- * sgemm path see identical inputs -- batching then changes nothing -- and
- * (2) our numbers match llama.cpp's. The rounding is idempotent, so the
- * Q8_0 skinny kernel's own quantization of x reproduces it exactly, and
- * matmul() skips this step when the skinny kernel will quantize anyway. */
+ * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0/IQ4_NL
+ * weights, Q8_K for the K-quants, F16 for F16, BF16 for BF16. We round the
+ * activations the same way before either kernel path, so that (1) the
+ * skinny kernels and the sgemm path multiply the same values -- batching
+ * then changes nothing -- and (2) our numbers match llama.cpp's. The
+ * quantized skinny kernels quantize x themselves, with the same quantizer,
+ * so matmul() skips this step when the skinny kernel will run. */
 static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const float *x,
                                       uint32_t n_rows, uint32_t n_in)
 {
@@ -419,15 +420,10 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
         for (size_t i = 0; i < n; i++)
             xr[i] = pd_bf16_to_fp32(pd_fp32_to_bf16(x[i]));
         break;
-    default: { /* Q8_0, Q4_0: activations go through Q8_0, with ggml's
-                  * activation quantizer (id = 127/amax, round half to even) */
-        size_t rb = pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, n_in);
-        pd_kern_prepare_x(PD_GGML_TYPE_Q8_0, x, n_in, n_in, n_rows, e->qrow);
-        for (uint32_t r = 0; r < n_rows; r++)
-            pd_dequant_row(PD_GGML_TYPE_Q8_0, (const uint8_t *)e->qrow + r * rb,
-                           xr + (size_t)r * n_in, n_in);
+    default: /* quantized: through Q8_0 (Q8_0, Q4_0, IQ4_NL) or Q8_K (K-quants),
+              * with ggml's activation quantizers */
+        pd_kern_round_x(wt, x, n_in, n_rows, e->qrow, xr);
         break;
-    }
     }
     return xr;
 }
@@ -442,7 +438,7 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
  * docs/benchmarks.md has both figures. */
 static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
 {
-    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
+    bool quant = pd_kern_is_quant(w->type);
     bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
     uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
     /* The Q8_0 skinny kernels quantize x themselves, with the same

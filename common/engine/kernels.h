@@ -45,21 +45,37 @@ void pd_quant_row_q4_0(const float *src, void *dst, uint32_t n);
  *     y[r * y_stride + o] = sum_i x[r * x_stride + i] * W[o][i]
  * Each weight row is read from memory once for all n_rows activations
  * (n_rows <= PD_SKINNY_MAX_ROWS), so the cost is the cost of reading W.
- * For Q8_0 weights the activations are first quantized to Q8_0 per 32-block,
- * as ggml does (xq holds n_rows * pd_ggml_row_bytes(Q8_0, n_in) bytes,
- * prepared by pd_kern_prepare_x); other types read x as fp32.
+ * For quantized weights the activations are first quantized as ggml does
+ * (Q8_0 per 32 for Q8_0/Q4_0/IQ4_NL, Q8_K per 256 for the K-quants: xq holds
+ * pd_kern_xq_bytes, prepared by pd_kern_prepare_x); other types read x as
+ * fp32.
  */
 #define PD_SKINNY_MAX_ROWS 64
 
+/* True for weight types whose products run on quantized activations
+ * (Q8_0, Q4_0, IQ4_NL: Q8_0 activations; Q2_K..Q6_K: Q8_K activations). */
+bool pd_kern_is_quant(pd_ggml_type_t wtype);
+/* The activation format ggml multiplies wtype with: Q8_0, Q8_K, or F32 for
+ * float weights (which this module reads as fp32). */
+pd_ggml_type_t pd_kern_act_type(pd_ggml_type_t wtype);
+
 /* Bytes of scratch that pd_kern_prepare_x needs for n_rows rows of n_in. */
 size_t pd_kern_xq_bytes(pd_ggml_type_t wtype, uint32_t n_in, uint32_t n_rows);
-/* Converts x into the form the kernel for wtype reads (Q8_0 for Q8_0/Q4_0
- * weights; nothing for float types). The rounding is that of ggml's x86
+/* Converts x into the form the kernel for wtype reads (pd_kern_act_type;
+ * nothing for float types). Q8_K is ggml's quantize_row_q8_K (quants_k.h).
+ * The Q8_0 rounding is that of ggml's x86
  * quantize_row_q8_0, which the llama.cpp referee runs on activations:
  * d = amax / 127 (fp16), q = round-half-even(x * (127 / amax)); model files
  * use pd_quant_row_q8_0 (ggml's _ref: q = roundf(x * (1 / d))). */
 void pd_kern_prepare_x(pd_ggml_type_t wtype, const float *x, uint32_t x_stride, uint32_t n_in,
                        uint32_t n_rows, void *xq);
+
+/* Rounds n_rows contiguous rows of n_in activations through wtype's
+ * activation format (quantize as pd_kern_prepare_x, then dequantize) into
+ * out, so that a dequantize + sgemm product sees the inputs the skinny
+ * kernel multiplies. Quantized wtype only; xq: pd_kern_xq_bytes scratch. */
+void pd_kern_round_x(pd_ggml_type_t wtype, const float *x, uint32_t n_in, uint32_t n_rows,
+                     void *xq, float *out);
 
 void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,

@@ -15,6 +15,8 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/model_check.h"
+#include "engine/quants_k.h"
 
 #define PD_MODEL_MAX_LAYERS 512
 #define PD_MODEL_MAX_DIM 65536
@@ -123,11 +125,48 @@ static int read_config(const pd_gguf_t *g, pd_model_config_t *c, char *arch_name
 
 /* ====== Tensors ====== */
 
+/* The file being loaded and which of its tensors the loader has read (a
+ * tensor nobody read stops the load: model_check.h). */
+typedef struct {
+    const pd_gguf_t *g;
+    bool *used; /* (n_tensors) */
+} load_t;
+
+static const pd_gguf_tensor_t *find_tensor(load_t *ld, const char *name)
+{
+    const pd_gguf_tensor_t *t = pd_gguf_find_tensor(ld->g, name);
+    int64_t i = pd_gguf_tensor_index(ld->g, t);
+    if (i >= 0)
+        ld->used[i] = true;
+    return t;
+}
+
+/* A quantized block whose fp16 scale is NaN or infinite makes its whole
+ * block NaN/inf, and llama.cpp would run it (its --check-tensors refuses
+ * it): refused here, at load. */
+static int check_scales(const pd_gguf_tensor_t *t, const char *name, uint64_t row_bytes,
+                        pd_err_t *err)
+{
+    const uint32_t bb = pd_ggml_block_bytes(t->type), be = pd_ggml_block_elems(t->type);
+    uint16_t bits = 0;
+    const char *field = "";
+    int64_t bad = bb ? pd_quant_find_bad_scale(t->type, t->data, t->n_bytes / bb, &bits, &field)
+                     : -1;
+    if (bad < 0)
+        return 0;
+    const uint64_t per_row = row_bytes / bb;
+    return pd_err_set(err, PD_EFORMAT, "model: tensor '%s' (%s) row %" PRIu64 " block %" PRIu64
+                      " (elements %" PRIu64 "..) has a non-finite scale %s (fp16 0x%04x): the "
+                      "file is corrupt", name, pd_ggml_type_name(t->type),
+                      (uint64_t)bad / per_row, (uint64_t)bad % per_row,
+                      (uint64_t)bad % per_row * be, field, bits);
+}
+
 /* Finds a 2-D weight (ne0 = n_in, ne1 = n_out) and checks its shape and type. */
-static int get_mat(const pd_gguf_t *g, const char *name, uint32_t n_in, uint32_t n_out,
+static int get_mat(load_t *ld, const char *name, uint32_t n_in, uint32_t n_out,
                    pd_mat_t *out, bool required, pd_err_t *err)
 {
-    const pd_gguf_tensor_t *t = pd_gguf_find_tensor(g, name);
+    const pd_gguf_tensor_t *t = find_tensor(ld, name);
     if (t == NULL) {
         if (required)
             return pd_err_set(err, PD_EFORMAT, "model: missing tensor '%s'", name);
@@ -140,7 +179,9 @@ static int get_mat(const pd_gguf_t *g, const char *name, uint32_t n_in, uint32_t
                           t->n_dims, n_in, n_out);
     switch (t->type) {
     case PD_GGML_TYPE_F32: case PD_GGML_TYPE_F16: case PD_GGML_TYPE_BF16:
-    case PD_GGML_TYPE_Q8_0: case PD_GGML_TYPE_Q4_0:
+    case PD_GGML_TYPE_Q8_0: case PD_GGML_TYPE_Q4_0: case PD_GGML_TYPE_IQ4_NL:
+    case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+    case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K:
         break;
     default:
         return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' has unsupported type %s",
@@ -154,14 +195,14 @@ static int get_mat(const pd_gguf_t *g, const char *name, uint32_t n_in, uint32_t
     if (out->row_bytes == 0 || out->row_bytes * (uint64_t)n_out != t->n_bytes)
         return pd_err_set(err, PD_EFORMAT, "model: tensor '%s' byte size %" PRIu64
                           " does not match its shape", name, t->n_bytes);
-    return 0;
+    return check_scales(t, name, out->row_bytes, err);
 }
 
 /* Finds a 1-D vector of n elements and converts it to fp32 into dst. */
-static int get_vec(const pd_gguf_t *g, const char *name, uint32_t n, float *dst, bool required,
+static int get_vec(load_t *ld, const char *name, uint32_t n, float *dst, bool required,
                    bool *found, pd_err_t *err)
 {
-    const pd_gguf_tensor_t *t = pd_gguf_find_tensor(g, name);
+    const pd_gguf_tensor_t *t = find_tensor(ld, name);
     if (found)
         *found = (t != NULL);
     if (t == NULL)
@@ -190,10 +231,9 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static int load_layers(pd_model_t *m, pd_err_t *err)
+static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
 {
     const pd_model_config_t *c = &m->cfg;
-    const pd_gguf_t *g = m->gguf;
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     /* Owned fp32 vectors: per layer 2 norms (+3 biases), plus the output norm. */
     size_t per_layer = 2 * (size_t)c->dim + (c->has_qkv_bias ? q_dim + 2 * (size_t)kv_dim : 0);
@@ -252,6 +292,11 @@ pd_model_t *pd_model_from_gguf(pd_gguf_t *g, pd_err_t *err)
         return NULL;
     }
     m->gguf = g;
+    load_t ld = {g, calloc((size_t)pd_gguf_n_tensors(g) + 1, sizeof(bool))};
+    if (ld.used == NULL) {
+        pd_err_set(err, PD_ENOMEM, "model: out of memory");
+        goto fail;
+    }
     if (read_config(g, &m->cfg, m->arch_name, err) != 0)
         goto fail;
     pd_model_config_t *c = &m->cfg;
@@ -263,14 +308,20 @@ pd_model_t *pd_model_from_gguf(pd_gguf_t *g, pd_err_t *err)
         goto fail;
     }
     c->vocab_size = (uint32_t)te->ne[1];
-    if (get_mat(g, "token_embd.weight", c->dim, c->vocab_size, &m->tok_embd, true, err) != 0)
+    if (pd_model_check_keys(g, m->arch_name, c->head_dim, c->vocab_size, err) != 0)
         goto fail;
-    if (get_mat(g, "output.weight", c->dim, c->vocab_size, &m->output, false, err) != 0)
+    if (get_mat(&ld, "token_embd.weight", c->dim, c->vocab_size, &m->tok_embd, true, err) != 0)
+        goto fail;
+    if (get_mat(&ld, "output.weight", c->dim, c->vocab_size, &m->output, false, err) != 0)
         goto fail;
     if (m->output.data == NULL)
         m->output = m->tok_embd; /* tied embeddings */
-    if (load_layers(m, err) != 0)
+    if (load_layers(m, &ld, err) != 0)
         goto fail;
+    if (pd_model_check_tensors(g, ld.used, c->has_qkv_bias, err) != 0)
+        goto fail;
+    free(ld.used);
+    ld.used = NULL;
     m->weight_bytes += m->output.row_bytes * m->output.n_out;
     m->n_params += (uint64_t)c->vocab_size * c->dim; /* the output projection */
 
@@ -293,6 +344,7 @@ pd_model_t *pd_model_from_gguf(pd_gguf_t *g, pd_err_t *err)
     m->identity = h;
     return m;
 fail:
+    free(ld.used);
     pd_model_free(m);
     return NULL;
 }
