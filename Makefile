@@ -34,11 +34,24 @@ LIBS     := $(PKG_LIBS) $(MALLOC_LIB) -lm
 PROTOS      := $(wildcard proto/*.proto)
 PROTO_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
 PROTO_H     := $(PROTO_C:.c=.h)
-COMMON_SRC  := $(wildcard common/*.c)
-COMMON_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(COMMON_SRC)) $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
+PROTO_OBJ   := $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
+obj_of       = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+# common/ in layers (docs/architecture.md "Where the code is"):
+#   base/     what every layer uses (errors, logs, growth, flags, fault injection)
+#   engine/   pure compute: no sockets, no protobuf, no config
+#   runtime/  sockets and framing, the config, processes
+BASE_OBJ    := $(call obj_of,$(wildcard common/base/*.c))
+ENGINE_OBJ  := $(call obj_of,$(wildcard common/engine/*.c))
+RUNTIME_OBJ := $(call obj_of,$(wildcard common/runtime/*.c))
+WORKER_OBJ  := $(call obj_of,$(wildcard common/worker*.c))
 CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$(wildcard client/*.c))
-CLIENT_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRC))
+CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
+# libpdengine: the engine and base (pd-run and the tools need nothing else).
+# libpdruntime: the runtime, base and the generated protobuf code.
+# libpdclient: the client library with what it needs of the runtime (sockets,
+# the config's defaults) and base, standalone: no engine, no process code.
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
+RUNTIME_LIB := $(BUILD)/lib/libpdruntime.a
 CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
 
 # Binaries: one per tool, one per process folder (all of its .c files).
@@ -54,7 +67,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 .SECONDARY:
 
 .PHONY: all deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
-all: $(ENGINE_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
+all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 deps:
 	@scripts/deps.sh
@@ -76,11 +89,16 @@ $(BUILD)/obj/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(ENGINE_LIB): $(COMMON_OBJ)
+$(ENGINE_LIB): $(BASE_OBJ) $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(CLIENT_LIB): $(CLIENT_OBJ) $(COMMON_OBJ)
+$(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c)
+$(CLIENT_LIB): $(CLIENT_OBJ) $(BASE_OBJ) $(CLIENT_NEEDS) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
@@ -88,27 +106,38 @@ $(BUILD)/bin/pd-%: $(BUILD)/obj/tools/pd-%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-cli $(BUILD)/bin/pd-bench $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+$(BUILD)/bin/pd-cli $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.o $(CLIENT_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-router: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard router/*.c)) $(ENGINE_LIB)
+# pd-bench tokenizes its prompts with the engine's tokenizer.
+$(BUILD)/bin/pd-bench: $(BUILD)/obj/client/pd-bench.o $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-prefill: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard prefill_worker/*.c)) $(ENGINE_LIB)
+$(BUILD)/bin/pd-router: $(call obj_of,$(wildcard router/*.c)) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-decode: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard decode_worker/*.c)) $(ENGINE_LIB)
+$(BUILD)/bin/pd-prefill: $(call obj_of,$(wildcard prefill_worker/*.c)) $(WORKER_OBJ) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+$(BUILD)/bin/pd-decode: $(call obj_of,$(wildcard decode_worker/*.c)) $(WORKER_OBJ) $(RUNTIME_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+# The referee's kernel check calls the engine's kernels beside llama.cpp's
+# (which it dlopens): tests/oracle/t_ggml_kernels.sh.
+$(BUILD)/tests/ggml_kcheck: $(BUILD)/obj/tests/helpers/ggml_kcheck.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
@@ -154,7 +183,7 @@ fuzz:
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
 # files at a time; any finding fails the target.
-LINT_SRC := $(wildcard common/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
+LINT_SRC := $(wildcard common/*.c common/*/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
 lint: $(PROTO_H)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	    --suppress=missingIncludeSystem -I common common router prefill_worker decode_worker client tools

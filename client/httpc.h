@@ -21,7 +21,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "err.h"
+#include "base/err.h"
 
 #define PD_HTTP_MAX_HEADER 16384
 #define PD_HTTP_MAX_LINE (1u << 20)

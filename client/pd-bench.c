@@ -55,11 +55,11 @@
 
 #include <jansson.h>
 
-#include "args.h"
-#include "gguf.h"
+#include "base/args.h"
+#include "engine/gguf.h"
 #include "httpc.h"
 #include "pdclient.h"
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 extern char **environ;
 

@@ -34,7 +34,7 @@
 #include <jansson.h>
 #include <xxhash.h>
 
-#include "net.h"
+#include "runtime/net.h"
 #include "pdclient.h"
 
 #define CLI_MAX_STOP 16

@@ -57,7 +57,7 @@
 
 #include <jansson.h>
 
-#include "args.h"
+#include "base/args.h"
 
 #define EXIT_NONE 1
 #define EXIT_USAGE 2

@@ -8,8 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "config.h"
-#include "net.h"
+#include "runtime/config.h"
+#include "runtime/net.h"
 
 #define PD_CLIENT_DEFAULT_ROUTER "tcp://127.0.0.1:5555"
 #define PD_CLIENT_MAX_INFLIGHT 65536

@@ -9,9 +9,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "fault.h"
-#include "log.h"
-#include "proc.h"
+#include "base/fault.h"
+#include "base/log.h"
+#include "runtime/proc.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM (proc.h) */
 

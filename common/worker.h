@@ -23,13 +23,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config.h"
-#include "forward.h"
-#include "kvcache.h"
-#include "model.h"
-#include "net.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "runtime/config.h"
+#include "engine/forward.h"
+#include "engine/kvcache.h"
+#include "engine/model.h"
+#include "runtime/net.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
 
 #define WK_MAX_STOP_IDS 64
 #define WK_MAX_EGRESS 64       /* decode endpoints a prefill worker ships to */

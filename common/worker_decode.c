@@ -12,8 +12,8 @@
 
 #include <xxhash.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 #include "worker.h"
 
 #define WK_MAX_SEQS 4096 /* sequences held at once (expected, waiting, running) */

@@ -11,7 +11,7 @@
 
 #include <xxhash.h>
 
-#include "log.h"
+#include "base/log.h"
 #include "worker.h"
 
 /* Most tasks held at once (queued, shipping, leased): beyond it, new ones

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "chat_template.h"
-#include "grow.h"
+#include "base/grow.h"
 
 static const char *const g_names[] = { "none", "chatml", "llama2", "llama3", "mistral", "zephyr" };
 #define N_KINDS (sizeof g_names / sizeof g_names[0])

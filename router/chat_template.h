@@ -27,8 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
-#include "tokenizer.h"
+#include "base/err.h"
+#include "engine/tokenizer.h"
 
 typedef enum {
     PD_CHAT_NONE = 0, /* no template: chat is refused */

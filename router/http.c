@@ -23,9 +23,9 @@
 
 #include "chat_template.h"
 #include "http.h"
-#include "log.h"
-#include "net.h"
-#include "grow.h"
+#include "base/log.h"
+#include "runtime/net.h"
+#include "base/grow.h"
 
 #define WAIT_SLICE_MS 50          /* a waiting thread checks its client this often */
 #define STATUS_TIMEOUT_MS 3000    /* the router answers StatusRequest within this */

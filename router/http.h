@@ -22,10 +22,10 @@
 
 #include <stdint.h>
 
-#include "config.h"
-#include "err.h"
+#include "runtime/config.h"
+#include "base/err.h"
 #include "metrics.h"
-#include "tokenizer.h"
+#include "engine/tokenizer.h"
 
 typedef struct pd_http pd_http_t;
 

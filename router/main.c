@@ -4,9 +4,9 @@
 #include <string.h>
 
 #include "http.h"
-#include "log.h"
+#include "base/log.h"
 #include "metrics.h"
-#include "proc.h"
+#include "runtime/proc.h"
 #include "router.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM (proc.h) */

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "metrics.h"
-#include "grow.h"
+#include "base/grow.h"
 
 /* ====== Histograms ====== */
 

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "base/err.h"
 #include "pd.pb-c.h"
 
 typedef struct pd_metrics pd_metrics_t;

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 #include "router.h"
 
 /* Room kept in the output text beyond a token's bytes (detok may hold up

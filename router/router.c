@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fault.h"
-#include "grow.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/grow.h"
+#include "base/log.h"
 #include "router.h"
 
 /* ====== Setup ====== */

@@ -21,12 +21,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "config.h"
+#include "runtime/config.h"
 #include "metrics.h"
-#include "model.h"
-#include "net.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "engine/model.h"
+#include "runtime/net.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
 
 #define RT_MAX_WORKERS 64
 #define RT_MAX_STOP 16          /* stop strings per request */

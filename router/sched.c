@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "fault.h"
-#include "log.h"
+#include "base/fault.h"
+#include "base/log.h"
 #include "router.h"
 
 /* ====== Workers: scheduling ====== */

@@ -1,6 +1,6 @@
 #!/bin/bash
 # `make fuzz`: builds every tests/fuzz/fuzz_<name>.c as a libFuzzer target
-# (clang, ASan + UBSan) linked against common/*.c, and runs each one for a
+# (clang, ASan + UBSan) linked against common/**/*.c, and runs each one for a
 # fixed number of inputs. Prints one TAP line per target:
 #   ok - fuzz_<name> (N runs)      /      not ok - fuzz_<name> ...
 #
@@ -15,10 +15,10 @@
 # Seeds come from tests/fuzz/corpus/<name>/ (read only); new inputs that
 # libFuzzer finds go to $FUZZ_BUILD/corpus/<name>/, crashes to
 # $FUZZ_BUILD/crashes/. A dictionary tests/fuzz/<name>.dict is used if present.
-# A target that needs sources beyond common/*.c names them on a line
+# A target that needs sources beyond common/**/*.c names them on a line
 #   // fuzz-sources: router/router.c router/requests.c
 # (or " * fuzz-sources: ..." inside a comment); they are compiled like
-# common/*.c and linked into that target only.
+# common/**/*.c and linked into that target only.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${FUZZ_BUILD:-build-fuzz}
@@ -45,7 +45,7 @@ mkdir -p "$OUT/obj" "$OUT/gen" "$OUT/logs" "$OUT/crashes"
 exec 9>"$OUT/.lock"
 flock 9
 
-# ====== Generated protobuf code (some common/*.c include it) ======
+# ====== Generated protobuf code (some common/**/*.c include it) ======
 
 for p in proto/*.proto; do
     [ -e "$p" ] || continue
@@ -58,7 +58,7 @@ done
 # ====== Objects (rebuilt when the source or any common header is newer) ======
 
 # shellcheck disable=SC2012 # our own file names
-newest_header=$(ls -t common/*.h router/*.h "$OUT"/gen/*.h 2>/dev/null | head -1)
+newest_header=$(ls -t common/*.h common/*/*.h router/*.h "$OUT"/gen/*.h 2>/dev/null | head -1)
 
 compile_one() {
     local src=$1 objdir=${2:-$OUT/obj} obj extra=""
@@ -85,7 +85,7 @@ export -f compile_one
 export OUT CC CFLAGS SAN NEWEST_HEADER="$newest_header"
 
 # shellcheck disable=SC2016 # $1 expands in the child bash
-find common "$OUT/gen" -maxdepth 1 -name '*.c' -print0 |
+{ find common -name '*.c' -print0; find "$OUT/gen" -maxdepth 1 -name '*.c' -print0; } |
     xargs -0 -r -n 1 -P "$JOBS" bash -c 'compile_one "$1"' _
 rm -f "$OUT/libfuzzcommon.a"
 ar rcs "$OUT/libfuzzcommon.a" "$OUT"/obj/*.o

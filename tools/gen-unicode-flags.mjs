@@ -1,10 +1,10 @@
 #!/usr/bin/env node
-// gen-unicode-flags.mjs -- writes common/unicode_data.c: the general-category
+// gen-unicode-flags.mjs -- writes common/engine/unicode_data.c: the general-category
 // class of every code point as a sorted range table, the way llama.cpp's
 // tokenizer classifies code points (\p{N} \p{L} \p{Z} \p{M} \p{P} \p{S} \p{C},
 // unassigned = undefined).
 //
-//   node tools/gen-unicode-flags.mjs > common/unicode_data.c
+//   node tools/gen-unicode-flags.mjs > common/engine/unicode_data.c
 //
 // Source: node's ICU. llama.cpp's referee tables are Unicode 15.1; code points
 // assigned later (16.0, 17.0) are forced to "undefined" so that we classify

@@ -50,11 +50,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "args.h"
-#include "gguf.h"
-#include "kernels.h"
-#include "pool.h"
-#include "quants_k.h"
+#include "base/args.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
+#include "engine/quants_k.h"
 
 #define MAX_SHAPES 8
 #define MAX_ROWS_LIST 16

@@ -29,13 +29,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "args.h"
-#include "err.h"
-#include "gguf.h"
-#include "kernels.h"
-#include "quant_mix.h"
-#include "quants_k.h"
-#include "vocab.h"
+#include "base/args.h"
+#include "base/err.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/quant_mix.h"
+#include "engine/quants_k.h"
+#include "engine/vocab.h"
 
 typedef struct {
     const char *name;

@@ -19,14 +19,14 @@
 #include <string.h>
 #include <time.h>
 
-#include "args.h"
-#include "err.h"
-#include "forward.h"
-#include "kvcache.h"
-#include "log.h"
-#include "model.h"
-#include "sampler.h"
-#include "tokenizer.h"
+#include "base/args.h"
+#include "base/err.h"
+#include "engine/forward.h"
+#include "engine/kvcache.h"
+#include "base/log.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "engine/tokenizer.h"
 
 #define PD_RUN_CHUNK 512        /* prefill tokens per forward call */
 #define PD_RUN_MAX_PROMPT_BYTES (1u << 24)

@@ -19,9 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
-#include "tokenizer.h"
-#include "vocab.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "engine/vocab.h"
 
 static int hexnib(int c)
 {

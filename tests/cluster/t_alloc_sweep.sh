@@ -1,6 +1,6 @@
 #!/bin/bash
 # Allocation-failure sweep (issue 6, acceptance item 9; docs/operations.md
-# "Allocation-failure sweep"). The PD_FAULT_ALLOC test hook (common/fault.h)
+# "Allocation-failure sweep"). The PD_FAULT_ALLOC test hook (common/base/fault.h)
 # fails, for k = 1, 2, 3, ..., the k-th allocation of the k-th request on
 # the router's request path (router.request), then on the decode worker's
 # admission path (decode.admit), until a request gets through with fewer

@@ -31,10 +31,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "log.h"
+#include "engine/gguf.h"
+#include "base/log.h"
 #include "router.h"
-#include "unicode.h"
+#include "engine/unicode.h"
 
 #define CHECK(cond)                                                         \
     do {                                                                    \

@@ -34,7 +34,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "log.h"
+#include "base/log.h"
 #include "worker.h"
 
 #define CHECK(cond)                                                                   \

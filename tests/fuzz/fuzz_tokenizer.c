@@ -19,9 +19,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "tokenizer.h"
-#include "unicode.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode.h"
 
 #define CHECK(cond)       \
     do {                  \

@@ -26,8 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
-#include "quants_k.h"
+#include "engine/kernels.h"
+#include "engine/quants_k.h"
 
 typedef size_t (*quantize_chunk_fn)(int type, const float *src, void *dst, int64_t start,
                                     int64_t nrows, int64_t n_per_row, const float *imatrix);

@@ -38,7 +38,7 @@
 
 #include <jansson.h>
 
-#include "args.h"
+#include "base/args.h"
 #include "pdclient.h"
 
 #define N_SPECS 32

@@ -15,7 +15,7 @@
 
 #include <unistd.h>
 
-#include "gguf.h"
+#include "engine/gguf.h"
 #include "../../router/chat_template.c"
 
 /* llama.cpp's test conversation. */

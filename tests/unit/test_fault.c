@@ -9,9 +9,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "fault.h"
-#include "grow.h"
-#include "net.h"
+#include "base/fault.h"
+#include "base/grow.h"
+#include "runtime/net.h"
 
 /* One request of `n` armed allocations through site; returns the 1-based
  * index of the allocation that failed (0 if none) and completes the region

@@ -23,10 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "forward.h"
-#include "kvcache.h"
-#include "model.h"
-#include "sampler.h"
+#include "engine/forward.h"
+#include "engine/kvcache.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
 
 #define N_SEQ 16
 #define MAX_LEN 48

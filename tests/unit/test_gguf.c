@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "gguf.h"
+#include "engine/gguf.h"
 
 /* ====== Helpers ====== */
 

@@ -5,7 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "grow.h"
+#include "base/grow.h"
 
 static void test_grows_by_doubling_from_min(void **state)
 {

@@ -15,8 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
-#include "pool.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
 
 /* ====== Helpers ====== */
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kvcache.h"
+#include "engine/kvcache.h"
 
 /* 2 layers x (16 tokens, 2 heads x 8 dims) fp32: one region 1 KiB, block 4 KiB. */
 static pd_kv_shape_t small_shape(uint32_t n_blocks)

@@ -16,10 +16,10 @@
 
 #include <cmocka.h>
 
-#include "gguf.h"
-#include "kernels.h"
-#include "model.h"
-#include "quants_k.h"
+#include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "engine/quants_k.h"
 
 #define DIM 256
 #define HEADS 4

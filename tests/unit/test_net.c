@@ -1,4 +1,4 @@
-/* test_net.c -- common/net.c: the bounded protobuf allocator, envelope
+/* test_net.c -- common/runtime/net.c: the bounded protobuf allocator, envelope
  * decoding, and the socket discipline (ROUTER_MANDATORY, IMMEDIATE,
  * non-blocking sends, frame limits). */
 #include <setjmp.h>
@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "config.h"
-#include "net.h"
+#include "runtime/config.h"
+#include "runtime/net.h"
 
 static size_t pack_generate(size_t n_tokens, uint8_t **out)
 {

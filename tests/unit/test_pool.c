@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "pool.h"
+#include "engine/pool.h"
 
 #define MAX_TASKS 4096
 

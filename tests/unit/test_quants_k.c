@@ -16,10 +16,10 @@
 
 #include <cmocka.h>
 
-#include "kernels.h"
-#include "pool.h"
-#include "quant_mix.h"
-#include "quants_k.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
+#include "engine/quant_mix.h"
+#include "engine/quants_k.h"
 
 static const pd_ggml_type_t TYPES[] = {PD_GGML_TYPE_Q2_K, PD_GGML_TYPE_Q3_K, PD_GGML_TYPE_Q4_K,
                                        PD_GGML_TYPE_Q5_K, PD_GGML_TYPE_Q6_K,

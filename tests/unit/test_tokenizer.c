@@ -1,5 +1,5 @@
-/* test_tokenizer.c -- tokenizers (common/tokenizer.c), Unicode helpers and
- * pre-tokenizers (common/unicode.c), test vocabularies (common/vocab.c).
+/* test_tokenizer.c -- tokenizers (common/engine/tokenizer.c), Unicode helpers and
+ * pre-tokenizers (common/engine/unicode.c), test vocabularies (common/engine/vocab.c).
  *
  * Hand-built tiny vocabularies with known encodings; the pre-tokenizers
  * against PCRE2 running llama.cpp's original regexes; GPT-2-based
@@ -21,10 +21,10 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "gguf.h"
-#include "tokenizer.h"
-#include "unicode.h"
-#include "vocab.h"
+#include "engine/gguf.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode.h"
+#include "engine/vocab.h"
 
 /* ====== Helpers ====== */
 

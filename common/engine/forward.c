@@ -1,0 +1,529 @@
+/* forward.c -- the transformer forward pass over a flattened batch.
+ *
+ * Read it top to bottom like the paper: embed, then per layer
+ * (rmsnorm -> q,k,v -> rope -> write K/V into the paged cache -> attention
+ * through the block table -> output projection -> residual; rmsnorm ->
+ * SwiGLU FFN -> residual), then the final norm and the output projection
+ * for the rows whose logits are wanted. Linear layers go through
+ * pd_matmul, which picks our skinny kernels for few rows and OpenBLAS
+ * sgemm for many. All buffers are allocated once in pd_engine_new.
+ */
+#include "engine/forward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "base/log.h"
+
+/* Attention work is split into this many interleaved chunks per thread. */
+#define PD_ATTN_CHUNKS_PER_THREAD 4
+#define PD_ALIGN 64
+
+struct pd_engine {
+    const pd_model_t *model;
+    pd_kv_t *kv;
+    pd_pool_t *pool;
+    pd_engine_opts_t opts;
+    uint32_t n_attn_chunks;
+    /* Run state, sized for opts.max_batch_tokens (T) rows. */
+    float *x;       /* (T, dim) residual stream */
+    float *xn;      /* (T, max(dim, q_dim)) normed input of a sublayer */
+    float *q;       /* (T, q_dim) */
+    float *k;       /* (T, kv_dim) */
+    float *v;       /* (T, kv_dim) */
+    float *att;     /* (T, q_dim) attention output */
+    float *tmp;     /* (T, dim) projection output before the residual add */
+    float *gate;    /* (T, ffn_dim) */
+    float *up;      /* (T, ffn_dim) */
+    float *rope;    /* (T, head_dim) cos/sin pairs per token */
+    float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
+                       weight type's activation format (see round_activations) */
+    void *qrow;     /* (T, Q8_K row of max_in) activations quantized as ggml does */
+    float *scores;  /* (n_attn_chunks, n_heads, max_ctx) attention scores */
+    void *scratch;  /* pd_matmul scratch */
+    size_t scratch_bytes;
+    int32_t *rows;  /* (T) batch rows whose logits are wanted */
+};
+
+void pd_engine_opts_default(pd_engine_opts_t *o)
+{
+    o->max_batch_tokens = 512;
+    o->max_ctx = 0;
+    o->n_threads = 1;
+    o->skinny_max_rows = PD_SKINNY_DEFAULT_MAX; /* measured crossover, see kernels.h */
+    o->batch_invariant = true;
+    o->batch_invariant_quant = false;
+}
+
+static void *alloc_aligned(size_t n_bytes)
+{
+    void *p = NULL;
+    if (n_bytes == 0)
+        n_bytes = PD_ALIGN;
+    n_bytes = (n_bytes + PD_ALIGN - 1) / PD_ALIGN * PD_ALIGN;
+    if (posix_memalign(&p, PD_ALIGN, n_bytes) != 0)
+        return NULL;
+    return p;
+}
+
+static size_t mat_scratch(const pd_mat_t *w, uint32_t rows, size_t cur)
+{
+    size_t n = pd_matmul_scratch_bytes(w, rows);
+    return n > cur ? n : cur;
+}
+
+pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opts_t *opts,
+                           pd_err_t *err)
+{
+    const pd_model_config_t *c = &m->cfg;
+    const pd_kv_shape_t *ks = pd_kv_shape(kv);
+    if (ks->n_layers != c->n_layers || ks->n_kv_heads != c->n_kv_heads ||
+        ks->head_dim != c->head_dim) {
+        pd_err_set(err, PD_EINVAL, "engine: KV cache shape (layers %u, kv_heads %u, head_dim %u) "
+                   "does not match the model (%u, %u, %u)", ks->n_layers, ks->n_kv_heads,
+                   ks->head_dim, c->n_layers, c->n_kv_heads, c->head_dim);
+        return NULL;
+    }
+    if (opts->max_batch_tokens == 0 || opts->max_batch_tokens > (1u << 20) ||
+        opts->n_threads < 1 || opts->n_threads > 256) {
+        pd_err_set(err, PD_EINVAL, "engine: max_batch_tokens %u / threads %d out of range",
+                   opts->max_batch_tokens, opts->n_threads);
+        return NULL;
+    }
+    pd_engine_t *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        pd_err_set(err, PD_ENOMEM, "engine: out of memory");
+        return NULL;
+    }
+    e->model = m;
+    e->kv = kv;
+    e->opts = *opts;
+    if (e->opts.max_ctx == 0 || e->opts.max_ctx > c->ctx_len)
+        e->opts.max_ctx = c->ctx_len;
+    if (e->opts.skinny_max_rows > PD_SKINNY_MAX_ROWS)
+        e->opts.skinny_max_rows = PD_SKINNY_MAX_ROWS;
+    size_t T = e->opts.max_batch_tokens;
+    size_t q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    size_t xn_dim = q_dim > c->dim ? q_dim : c->dim;
+    e->pool = pd_pool_new(opts->n_threads);
+    e->n_attn_chunks = (uint32_t)opts->n_threads * PD_ATTN_CHUNKS_PER_THREAD;
+    e->x = alloc_aligned(sizeof(float) * T * c->dim);
+    e->xn = alloc_aligned(sizeof(float) * T * xn_dim);
+    e->q = alloc_aligned(sizeof(float) * T * q_dim);
+    e->k = alloc_aligned(sizeof(float) * T * kv_dim);
+    e->v = alloc_aligned(sizeof(float) * T * kv_dim);
+    e->att = alloc_aligned(sizeof(float) * T * q_dim);
+    e->tmp = alloc_aligned(sizeof(float) * T * c->dim);
+    e->gate = alloc_aligned(sizeof(float) * T * c->ffn_dim);
+    e->up = alloc_aligned(sizeof(float) * T * c->ffn_dim);
+    e->rope = alloc_aligned(sizeof(float) * T * c->head_dim);
+    size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
+    e->xr = alloc_aligned(sizeof(float) * T * max_in);
+    /* Q8_K rows (1.14 bytes per element, rounded up to 256) bound Q8_0's */
+    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_K, (max_in + 255) / 256 * 256) + 64);
+    e->scores = alloc_aligned(sizeof(float) * e->n_attn_chunks * c->n_heads * e->opts.max_ctx);
+    e->rows = alloc_aligned(sizeof(int32_t) * T);
+    size_t s = 0;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const pd_layer_t *L = &m->layers[l];
+        s = mat_scratch(&L->wq, (uint32_t)T, s);
+        s = mat_scratch(&L->wk, (uint32_t)T, s);
+        s = mat_scratch(&L->wv, (uint32_t)T, s);
+        s = mat_scratch(&L->wo, (uint32_t)T, s);
+        s = mat_scratch(&L->w_gate, (uint32_t)T, s);
+        s = mat_scratch(&L->w_up, (uint32_t)T, s);
+        s = mat_scratch(&L->w_down, (uint32_t)T, s);
+    }
+    s = mat_scratch(&m->output, (uint32_t)T, s);
+    e->scratch_bytes = s;
+    e->scratch = alloc_aligned(s);
+    if (e->pool == NULL || !e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->tmp ||
+        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->scores || !e->rows || !e->scratch) {
+        pd_err_set(err, PD_ENOMEM, "engine: out of memory for run state (%zu batch tokens)", T);
+        pd_engine_free(e);
+        return NULL;
+    }
+    openblas_set_num_threads(opts->n_threads);
+    return e;
+}
+
+void pd_engine_free(pd_engine_t *e)
+{
+    if (e == NULL)
+        return;
+    pd_pool_free(e->pool);
+    free(e->x);
+    free(e->xn);
+    free(e->q);
+    free(e->k);
+    free(e->v);
+    free(e->att);
+    free(e->tmp);
+    free(e->gate);
+    free(e->up);
+    free(e->rope);
+    free(e->xr);
+    free(e->qrow);
+    free(e->scores);
+    free(e->rows);
+    free(e->scratch);
+    free(e);
+}
+
+const pd_model_t *pd_engine_model(const pd_engine_t *e) { return e->model; }
+pd_kv_t *pd_engine_kv(pd_engine_t *e) { return e->kv; }
+pd_pool_t *pd_engine_pool(pd_engine_t *e) { return e->pool; }
+
+/* ====== Batch validation ====== */
+
+static int validate_batch(const pd_engine_t *e, const pd_batch_t *b, pd_err_t *err)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    if (b->n_tokens == 0 || b->n_tokens > e->opts.max_batch_tokens)
+        return pd_err_set(err, PD_EINVAL, "forward: n_tokens %u not in [1, %u]", b->n_tokens,
+                          e->opts.max_batch_tokens);
+    if (b->n_seqs == 0)
+        return pd_err_set(err, PD_EINVAL, "forward: n_seqs is 0");
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        if (b->tokens[t] < 0 || (uint32_t)b->tokens[t] >= c->vocab_size)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u id %d out of range [0, %u)", t,
+                              b->tokens[t], c->vocab_size);
+        if (b->pos[t] < 0 || (uint32_t)b->pos[t] >= e->opts.max_ctx)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u position %d out of range "
+                              "[0, %u)", t, b->pos[t], e->opts.max_ctx);
+        if (b->seq[t] < 0 || (uint32_t)b->seq[t] >= b->n_seqs)
+            return pd_err_set(err, PD_EINVAL, "forward: token %u sequence %d out of range", t,
+                              b->seq[t]);
+        uint32_t s = (uint32_t)b->seq[t];
+        uint32_t need = (uint32_t)b->pos[t] / bs + 1;
+        if (b->n_table[s] < need)
+            return pd_err_set(err, PD_EINVAL, "forward: sequence %u block table has %u blocks, "
+                              "position %d needs %u", s, b->n_table[s], b->pos[t], need);
+    }
+    for (uint32_t s = 0; s < b->n_seqs; s++)
+        for (uint32_t i = 0; i < b->n_table[s]; i++)
+            if (!pd_kv_valid_id(e->kv, b->block_tables[s][i]))
+                return pd_err_set(err, PD_EINVAL, "forward: sequence %u block %u has invalid "
+                                  "id %d", s, i, b->block_tables[s][i]);
+    return 0;
+}
+
+/* ====== Building blocks ====== */
+
+/* RoPE cos/sin per token, computed as ggml does (theta *= theta_scale). */
+static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float *cache)
+{
+    const float theta_scale = powf(c->rope_base, -2.0f / (float)c->head_dim);
+    const float freq_scale = 1.0f / c->rope_scale;
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        float *cs = cache + (size_t)t * c->head_dim;
+        float theta = (float)b->pos[t];
+        for (uint32_t i = 0; i < c->head_dim; i += 2) {
+            float th = freq_scale * theta;
+            cs[i] = cosf(th);
+            cs[i + 1] = sinf(th);
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* Rotates n_heads heads of one token in place. Normal mode rotates pairs
+ * (x[2i], x[2i+1]); NeoX mode rotates (x[i], x[i + d/2]). */
+static void rope_apply(float *x, uint32_t n_heads, uint32_t hd, const float *cs, bool neox)
+{
+    for (uint32_t h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hd;
+        for (uint32_t i = 0; i < hd; i += 2) {
+            float c0 = cs[i], s0 = cs[i + 1];
+            uint32_t a = neox ? i / 2 : i, bidx = neox ? i / 2 + hd / 2 : i + 1;
+            float x0 = v[a], x1 = v[bidx];
+            v[a] = x0 * c0 - x1 * s0;
+            v[bidx] = x0 * s0 + x1 * c0;
+        }
+    }
+}
+
+typedef struct {
+    pd_engine_t *e;
+    const pd_batch_t *b;
+    uint32_t layer;
+    uint32_t n_head_groups; /* attention: each token's heads in this many ranges */ 
+} layer_ctx_t;
+
+/* Per token: bias, rope, and the K/V write into the paged cache. */
+static void qkv_post_task(void *arg, int i, int n)
+{
+    layer_ctx_t *lc = arg;
+    pd_engine_t *e = lc->e;
+    const pd_batch_t *b = lc->b;
+    const pd_model_config_t *c = &e->model->cfg;
+    const pd_layer_t *L = &e->model->layers[lc->layer];
+    uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    for (uint32_t t = (uint32_t)i; t < b->n_tokens; t += (uint32_t)n) {
+        float *q = e->q + (size_t)t * q_dim, *k = e->k + (size_t)t * kv_dim;
+        float *v = e->v + (size_t)t * kv_dim;
+        if (L->bq) {
+            pd_kern_axpy_f32(q, 1.0f, L->bq, q_dim);
+            pd_kern_axpy_f32(k, 1.0f, L->bk, kv_dim);
+            pd_kern_axpy_f32(v, 1.0f, L->bv, kv_dim);
+        }
+        const float *cs = e->rope + (size_t)t * c->head_dim;
+        rope_apply(q, c->n_heads, c->head_dim, cs, c->rope_neox);
+        rope_apply(k, c->n_kv_heads, c->head_dim, cs, c->rope_neox);
+        uint32_t pos = (uint32_t)b->pos[t];
+        int32_t blk = b->block_tables[b->seq[t]][pos / bs];
+        size_t off = (size_t)(pos % bs) * kv_dim;
+        memcpy(pd_kv_k(e->kv, blk, lc->layer) + off, k, sizeof(float) * kv_dim);
+        memcpy(pd_kv_v(e->kv, blk, lc->layer) + off, v, sizeof(float) * kv_dim);
+    }
+}
+
+/* Attention for work units i, i+n, i+2n...: unit u is token u / n_groups and
+ * the u % n_groups-th contiguous range of its heads. For each position the
+ * K (then V) row of every head in the range is read in one sweep, so the
+ * cache is streamed row by row instead of once per head at a kv_dim stride
+ * (decode attention is bound by reading the KV cache). Per head the
+ * arithmetic and its order are those of softmax(q K^T / sqrt(d)) V over
+ * positions 0..pos, so results do not depend on the grouping. */
+static void attention_task(void *arg, int i, int n)
+{
+    layer_ctx_t *lc = arg;
+    pd_engine_t *e = lc->e;
+    const pd_batch_t *b = lc->b;
+    const pd_model_config_t *c = &e->model->cfg;
+    const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    const uint32_t group = c->n_heads / c->n_kv_heads;
+    const uint32_t bs = pd_kv_shape(e->kv)->block_size;
+    const uint32_t n_groups = lc->n_head_groups;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *scores = e->scores + (size_t)i * c->n_heads * e->opts.max_ctx;
+    uint32_t n_units = b->n_tokens * n_groups;
+    for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
+        uint32_t t = u / n_groups, g = u % n_groups;
+        uint32_t h0 = g * c->n_heads / n_groups, h1 = (g + 1) * c->n_heads / n_groups;
+        uint32_t n_pos = (uint32_t)b->pos[t] + 1;
+        const int32_t *table = b->block_tables[b->seq[t]];
+        const float *q = e->q + (size_t)t * q_dim;
+        /* scores: (h1 - h0, n_pos) */
+        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+            const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer);
+            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
+            for (uint32_t p = p0; p < p1; p++) {
+                const float *krow = kb + (size_t)(p - p0) * kv_dim;
+                for (uint32_t h = h0; h < h1; h++)
+                    scores[(size_t)(h - h0) * n_pos + p] =
+                        pd_kern_dot_f32(q + (size_t)h * hd, krow + (size_t)(h / group) * hd, hd) *
+                        scale;
+            }
+        }
+        float *out = e->att + (size_t)t * q_dim;
+        for (uint32_t h = h0; h < h1; h++) {
+            pd_kern_softmax(scores + (size_t)(h - h0) * n_pos, n_pos);
+            memset(out + (size_t)h * hd, 0, sizeof(float) * hd);
+        }
+        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+            const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer);
+            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
+            for (uint32_t p = p0; p < p1; p++) {
+                const float *vrow = vb + (size_t)(p - p0) * kv_dim;
+                for (uint32_t h = h0; h < h1; h++)
+                    pd_kern_axpy_f32(out + (size_t)h * hd, scores[(size_t)(h - h0) * n_pos + p],
+                                     vrow + (size_t)(h / group) * hd, hd);
+            }
+        }
+    }
+}
+
+typedef struct {
+    float *out;
+    const float *x;
+    const float *g;
+    uint32_t dim;
+    size_t stride;
+    uint32_t n_rows;
+    float eps;
+    const int32_t *rows; /* NULL: row r; else gather rows[r] */
+} norm_ctx_t;
+
+static void norm_task(void *arg, int i, int n)
+{
+    norm_ctx_t *nc = arg;
+    for (uint32_t r = (uint32_t)i; r < nc->n_rows; r += (uint32_t)n) {
+        uint32_t src = nc->rows ? (uint32_t)nc->rows[r] : r;
+        pd_kern_rmsnorm(nc->out + (size_t)r * nc->dim, nc->x + (size_t)src * nc->stride, nc->g,
+                        nc->dim, nc->eps);
+    }
+}
+
+static void rmsnorm_rows(pd_engine_t *e, float *out, const float *x, const float *g,
+                         uint32_t n_rows, const int32_t *rows)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    norm_ctx_t nc = { out, x, g, c->dim, c->dim, n_rows, c->norm_eps, rows };
+    pd_pool_run(n_rows >= 8 ? e->pool : NULL, norm_task, &nc, n_rows >= 8 ? pd_pool_n_threads(e->pool) : 1);
+}
+
+typedef struct {
+    float *a;
+    const float *b;
+    size_t n;
+    bool swiglu; /* a = silu(a) * b, else a += b */
+} ew_ctx_t;
+
+static void ew_task(void *arg, int i, int n)
+{
+    ew_ctx_t *c = arg;
+    size_t chunk = (c->n + (size_t)n - 1) / (size_t)n;
+    size_t lo = chunk * (size_t)i, hi = lo + chunk > c->n ? c->n : lo + chunk;
+    if (lo >= hi)
+        return;
+    if (c->swiglu)
+        pd_kern_swiglu(c->a + lo, c->b + lo, (uint32_t)(hi - lo));
+    else
+        pd_kern_axpy_f32(c->a + lo, 1.0f, c->b + lo, (uint32_t)(hi - lo));
+}
+
+static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool swiglu)
+{
+    ew_ctx_t c = { a, b, n, swiglu };
+    int tasks = n >= 16384 ? pd_pool_n_threads(e->pool) : 1;
+    pd_pool_run(tasks > 1 ? e->pool : NULL, ew_task, &c, tasks);
+}
+
+/* ggml multiplies a quantized or half-precision weight by activations
+ * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0/IQ4_NL
+ * weights, Q8_K for the K-quants, F16 for F16, BF16 for BF16. We round the
+ * activations the same way before either kernel path, so that (1) the
+ * skinny kernels and the sgemm path multiply the same values -- batching
+ * then changes nothing -- and (2) our numbers match llama.cpp's. The
+ * quantized skinny kernels quantize x themselves, with the same quantizer,
+ * so matmul() skips this step when the skinny kernel will run. */
+static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const float *x,
+                                      uint32_t n_rows, uint32_t n_in)
+{
+    if (wt == PD_GGML_TYPE_F32)
+        return x;
+    float *xr = e->xr;
+    size_t n = (size_t)n_rows * n_in;
+    switch (wt) {
+    case PD_GGML_TYPE_F16:
+        for (size_t i = 0; i < n; i++)
+            xr[i] = pd_fp16_to_fp32(pd_fp32_to_fp16(x[i]));
+        break;
+    case PD_GGML_TYPE_BF16:
+        for (size_t i = 0; i < n; i++)
+            xr[i] = pd_bf16_to_fp32(pd_fp32_to_bf16(x[i]));
+        break;
+    default: /* quantized: through Q8_0 (Q8_0, Q4_0, IQ4_NL) or Q8_K (K-quants),
+              * with ggml's activation quantizers */
+        pd_kern_round_x(wt, x, n_in, n_rows, e->qrow, xr);
+        break;
+    }
+    return xr;
+}
+
+/* Batch-invariant mode: the skinny kernels compute each row independently of
+ * the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed (skinny kernels reach ~75% of sgemm's FLOPS at 32-64 rows);
+ * docs/benchmarks.md has both figures. */
+static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+{
+    bool quant = pd_kern_is_quant(w->type);
+    bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
+    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
+    /* The Q8_0 skinny kernels quantize x themselves, with the same
+     * quantizer: rounding it here first would be the same work twice on
+     * every decode step. Only the sgemm path needs the rounded floats. */
+    bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
+    const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
+    if (!invariant) {
+        pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
+        return;
+    }
+    for (uint32_t r = 0; r < n_rows; r += chunk) {
+        uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
+        pd_matmul(e->pool, w, xin + (size_t)r * w->n_in, m, y + (size_t)r * w->n_out, e->scratch,
+                  chunk);
+    }
+}
+
+/* ====== The forward pass ====== */
+
+static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    const pd_layer_t *L = &e->model->layers[l];
+    const uint32_t T = b->n_tokens;
+    /* validate_batch already rejects an empty batch; this keeps the
+     * attention split's division by T safe on its own (clang-analyzer
+     * does not carry that check through pd_forward's calls). */
+    if (T == 0)
+        return;
+    layer_ctx_t lc = { e, b, l, 1 };
+    int nt = pd_pool_n_threads(e->pool);
+
+    /* Attention block. */
+    rmsnorm_rows(e, e->xn, e->x, L->attn_norm, T, NULL);
+    matmul(e, &L->wq, e->xn, T, e->q);
+    matmul(e, &L->wk, e->xn, T, e->k);
+    matmul(e, &L->wv, e->xn, T, e->v);
+    pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
+    /* Enough units for every chunk: whole tokens when the batch is big,
+     * else each token's heads split into contiguous ranges. */
+    uint32_t groups = (e->n_attn_chunks + T - 1) / T;
+    lc.n_head_groups = groups < 1 ? 1 : groups > c->n_heads ? c->n_heads : groups;
+    uint32_t n_units = T * lc.n_head_groups;
+    uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
+    pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
+    matmul(e, &L->wo, e->att, T, e->tmp);
+    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+
+    /* Feed-forward block (SwiGLU). */
+    rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
+    matmul(e, &L->w_gate, e->xn, T, e->gate);
+    matmul(e, &L->w_up, e->xn, T, e->up);
+    elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+    matmul(e, &L->w_down, e->gate, T, e->tmp);
+    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+}
+
+int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
+{
+    int rc = validate_batch(e, b, err);
+    if (rc != 0)
+        return rc;
+    const pd_model_t *m = e->model;
+    const pd_model_config_t *c = &m->cfg;
+    const uint32_t T = b->n_tokens;
+
+    /* Embeddings: dequantized rows of token_embd. */
+    for (uint32_t t = 0; t < T; t++) {
+        const uint8_t *row = (const uint8_t *)m->tok_embd.data +
+                             (size_t)b->tokens[t] * m->tok_embd.row_bytes;
+        pd_dequant_row(m->tok_embd.type, row, e->x + (size_t)t * c->dim, c->dim);
+    }
+    rope_cache(c, b, e->rope);
+    for (uint32_t l = 0; l < c->n_layers; l++)
+        layer_forward(e, b, l);
+
+    /* Final norm and logits, only for the rows asked. */
+    uint32_t n_out = 0;
+    for (uint32_t t = 0; t < T; t++)
+        if (b->want_logits == NULL ? t == T - 1 : b->want_logits[t])
+            e->rows[n_out++] = (int32_t)t;
+    if (n_out == 0)
+        return 0;
+    rmsnorm_rows(e, e->xn, e->x, m->out_norm, n_out, e->rows);
+    matmul(e, &m->output, e->xn, n_out, logits);
+    return 0;
+}

@@ -1,0 +1,36 @@
+/* model_check.h -- what a GGUF file asks for that the engine does not do.
+ *
+ * Deny by default: the loader accounts for every tensor (a tensor it did not
+ * read stops the load) and every metadata key that can change the
+ * computation (a key under the architecture's prefix must be one the engine
+ * implements, or one known to change nothing; a namespace it does not know
+ * is refused). Harmless namespaces pass: general.* (names, licences,
+ * file type), tokenizer.* (the tokenizer reads what it uses), quantize.*
+ * (importance-matrix provenance). A refusal names the tensor or key, says
+ * what it would have changed when that is known, and lists what is
+ * supported. Never silently wrong output.
+ */
+#ifndef PD_MODEL_CHECK_H
+#define PD_MODEL_CHECK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "base/err.h"
+#include "engine/gguf.h"
+
+/* Checks every key of g against the policy above for architecture arch
+ * ("llama", "qwen2"), whose shape is given for the keys that must agree
+ * with it (head_dim for attention.key_length, vocab for vocab_size).
+ * Returns 0, or PD_EUNSUPPORTED / PD_EFORMAT with err naming the key. */
+int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim, uint32_t vocab,
+                        pd_err_t *err);
+
+/* used[i] tells whether the loader read tensor i. Returns 0 when every
+ * tensor was read, else PD_EUNSUPPORTED with err naming the first one that
+ * was not (and what it is for, when known). has_qkv_bias: the
+ * architecture reads attn_{q,k,v}.bias (for the list of what is read). */
+int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, bool has_qkv_bias,
+                           pd_err_t *err);
+
+#endif
