@@ -135,6 +135,12 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
+# The referee's kernel check calls the engine's kernels beside llama.cpp's
+# (which it dlopens): tests/oracle/t_ggml_kernels.sh.
+$(BUILD)/tests/ggml_kcheck: $(BUILD)/obj/tests/helpers/ggml_kcheck.o $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
 # Test models (pd-mkmodel) and the llama.cpp referee (npm).
 referee:
 	@scripts/referee.sh

@@ -18,7 +18,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
-#include "quants_k.h"
+#include "engine/quants_k.h"
 
 #define Q8_0_BYTES 34 /* bytes per Q8_0 block */
 #define Q4_0_BYTES 18 /* bytes per Q4_0 block */

@@ -34,7 +34,7 @@
 
 #include <immintrin.h>
 
-#include "quants_k.h"
+#include "engine/quants_k.h"
 #include <math.h>
 #include <string.h>
 

@@ -31,6 +31,7 @@
 
 #include "engine/kernels.h"
 #include "engine/quants_k.h"
+#include "engine/quants_k_internal.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define QK_K PD_QK_K
@@ -625,9 +626,120 @@ void pd_quant_rows_q8_k_avx2(const float *x, uint32_t x_stride, uint32_t n, uint
                              (uint8_t *)xq + (r * nb + b) * PD_Q8_K_BYTES);
 }
 
-/* ====== Dequantization ====== */
+/* ====== Dequantization ======
+ * The same operations as pd_dequant_row_k_ref (dl * q - ml, no fused
+ * multiply-add), so the same floats: 32 codes at a time. */
+
+/* y[0..32) = dl * q - ml for the 32 signed codes in q; the first 16 with
+ * (dl0, ml0), the last 16 with (dl1, ml1). has_min false: y = dl * q. */
+static ALWAYS_INLINE void deq32(float *y, __m256i q, float dl0, float ml0, float dl1, float ml1,
+                                bool has_min)
+{
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++) {
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[k]));
+        const __m256 d = _mm256_set1_ps(k < 2 ? dl0 : dl1);
+        __m256 r = _mm256_mul_ps(d, v);
+        if (has_min)
+            r = _mm256_sub_ps(r, _mm256_set1_ps(k < 2 ? ml0 : ml1));
+        _mm256_storeu_ps(y + 8 * k, r);
+    }
+}
+
+static void deq_q2_k_avx2(const uint8_t *b, float *y)
+{
+    const float d = fp16_at(b + 80), min = fp16_at(b + 82);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int c = 0; c < 8; c++) {
+        const __m256i q = _mm256_and_si256(
+            _mm256_srli_epi16(load256(b + 16 + 32 * (c / 4)), 2 * (c % 4)), m3);
+        const uint8_t s0 = b[2 * c], s1 = b[2 * c + 1];
+        deq32(y + 32 * c, q, d * (float)(s0 & 0xF), min * (float)(s0 >> 4), d * (float)(s1 & 0xF),
+              min * (float)(s1 >> 4), true);
+    }
+}
+
+static void deq_q3_k_avx2(const uint8_t *b, float *y)
+{
+    int8_t sc[16];
+    _mm_storeu_si128((__m128i *)(void *)sc, q3k_scales_v(b + 96));
+    const float d = fp16_at(b + 108);
+    const __m256i m3 = _mm256_set1_epi8(3), hbits = load256(b);
+    for (int c = 0; c < 8; c++) {
+        const __m256i lo = _mm256_and_si256(
+            _mm256_srli_epi16(load256(b + 32 + 32 * (c / 4)), 2 * (c % 4)), m3);
+        const __m256i hi = _mm256_slli_epi16(
+            _mm256_srli_epi16(_mm256_andnot_si256(hbits, _mm256_set1_epi8((char)(1 << c))), c), 2);
+        deq32(y + 32 * c, _mm256_sub_epi8(lo, hi), d * (float)sc[2 * c], 0,
+              d * (float)sc[2 * c + 1], 0, false);
+    }
+}
+
+static void deq_q45_k_avx2(const uint8_t *b, float *y, bool high)
+{
+    const float d = fp16_at(b), min = fp16_at(b + 2);
+    const uint8_t *qs = b + (high ? 48 : 16);
+    const __m256i m4 = _mm256_set1_epi8(0xF), hbits = load256(b + 16);
+    for (int c = 0; c < 8; c++) {
+        const __m256i bits = load256(qs + 32 * (c / 2));
+        __m256i q = _mm256_and_si256(c % 2 ? _mm256_srli_epi16(bits, 4) : bits, m4);
+        if (high)
+            q = _mm256_add_epi8(q, _mm256_slli_epi16(_mm256_srli_epi16(
+                    _mm256_and_si256(hbits, _mm256_set1_epi8((char)(1 << c))), c), 4));
+        uint8_t sc, m;
+        k4_scale_min(c, b + 4, &sc, &m);
+        const float dl = d * (float)sc, ml = min * (float)m;
+        deq32(y + 32 * c, q, dl, ml, dl, ml, true);
+    }
+}
+
+static void deq_q6_k_avx2(const uint8_t *b, float *y)
+{
+    const int8_t *sc = (const int8_t *)(b + 192);
+    const float d = fp16_at(b + 208);
+    const __m256i m15 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
+    const __m256i off = _mm256_set1_epi8(32);
+    for (int c = 0; c < 8; c++) {
+        const int j = c / 4, t = c % 4;
+        const __m256i lowsrc = load256(b + 64 * j + 32 * (t & 1));
+        const __m256i low = _mm256_and_si256(t < 2 ? lowsrc : _mm256_srli_epi16(lowsrc, 4), m15);
+        const __m256i hb = load256(b + 128 + 32 * j);
+        const __m256i high = _mm256_and_si256(
+            t < 2 ? _mm256_slli_epi16(hb, 4 - 2 * t) : _mm256_srli_epi16(hb, 2 * t - 4), m30);
+        const __m256i q = _mm256_sub_epi8(_mm256_or_si256(low, high), off);
+        deq32(y + 32 * c, q, d * (float)sc[2 * c], 0, d * (float)sc[2 * c + 1], 0, false);
+    }
+}
+
+static void deq_iq4_nl_avx2(const uint8_t *b, float *y)
+{
+    const __m256i values = _mm256_broadcastsi128_si256(
+        _mm_loadu_si128((const __m128i *)(const void *)pd_iq4nl_values));
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i bits = _mm256_broadcastsi128_si256(load128(b + 2));
+    const __m256i idx = _mm256_blend_epi32(
+        _mm256_and_si256(bits, m4), _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), 0xF0);
+    const float d = fp16_at(b);
+    deq32(y, _mm256_shuffle_epi8(values, idx), d, 0, d, 0, false);
+}
 
 void pd_dequant_row_k_avx2(pd_ggml_type_t t, const void *src, float *dst, uint32_t n)
 {
-    pd_dequant_row_k_ref(t, src, dst, n);
+    const uint8_t *s = src;
+    const uint32_t be = pd_ggml_block_elems(t), bb = pd_ggml_block_bytes(t);
+    for (uint32_t i = 0; be != 0 && i < n / be; i++) {
+        const uint8_t *b = s + (size_t)i * bb;
+        float *y = dst + (size_t)i * be;
+        switch (t) {
+        case PD_GGML_TYPE_Q2_K: deq_q2_k_avx2(b, y); break;
+        case PD_GGML_TYPE_Q3_K: deq_q3_k_avx2(b, y); break;
+        case PD_GGML_TYPE_Q4_K: deq_q45_k_avx2(b, y, false); break;
+        case PD_GGML_TYPE_Q5_K: deq_q45_k_avx2(b, y, true); break;
+        case PD_GGML_TYPE_Q6_K: deq_q6_k_avx2(b, y); break;
+        case PD_GGML_TYPE_IQ4_NL: deq_iq4_nl_avx2(b, y); break;
+        default: return;
+        }
+    }
 }
