@@ -7,6 +7,13 @@
  * for the rows whose logits are wanted. Linear layers go through
  * pd_matmul, which picks our skinny kernels for few rows and OpenBLAS
  * sgemm for many. All buffers are allocated once in pd_engine_new.
+ *
+ * What the other architectures change (model.h) enters as small steps:
+ * Q/K head norms and the Q scale beside rope (qkv_post_task), the sliding
+ * window and soft-capping in attention (attn_first_pos, pd_kern_softcap),
+ * post-norms before each residual add, GeGLU for SwiGLU, the embedding
+ * scale and the final soft-cap in pd_forward, and per-layer rope tables
+ * (rope_cache: frequency factors, a sliding-window layer's own base).
  */
 #include "engine/forward.h"
 
@@ -40,6 +47,9 @@ struct pd_engine {
     float *gate;    /* (T, ffn_dim) */
     float *up;      /* (T, ffn_dim) */
     float *rope;    /* (T, head_dim) cos/sin pairs per token */
+    float *rope_swa;/* (T, head_dim) the same for sliding-window layers when
+                       their rope differs (gemma), else NULL */
+    const float *rope_ff; /* (head_dim / 2) rope frequency factors, or NULL */
     float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
                        weight type's activation format (see round_activations) */
     void *qrow;     /* (T, Q8_K row of max_in) activations quantized as ggml does */
@@ -121,6 +131,10 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->gate = alloc_aligned(sizeof(float) * T * c->ffn_dim);
     e->up = alloc_aligned(sizeof(float) * T * c->ffn_dim);
     e->rope = alloc_aligned(sizeof(float) * T * c->head_dim);
+    e->rope_ff = pd_model_rope_factors(m, e->opts.max_ctx);
+    bool own_swa_rope = c->swa_window != 0 &&
+                        (c->rope_base_swa != c->rope_base || c->rope_scale_swa != c->rope_scale);
+    e->rope_swa = own_swa_rope ? alloc_aligned(sizeof(float) * T * c->head_dim) : NULL;
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
     /* Q8_K rows (1.14 bytes per element, rounded up to 256) bound Q8_0's */
@@ -142,7 +156,8 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->scratch_bytes = s;
     e->scratch = alloc_aligned(s);
     if (e->pool == NULL || !e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->tmp ||
-        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->scores || !e->rows || !e->scratch) {
+        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->scores || !e->rows ||
+        !e->scratch || (own_swa_rope && !e->rope_swa)) {
         pd_err_set(err, PD_ENOMEM, "engine: out of memory for run state (%zu batch tokens)", T);
         pd_engine_free(e);
         return NULL;
@@ -166,6 +181,7 @@ void pd_engine_free(pd_engine_t *e)
     free(e->gate);
     free(e->up);
     free(e->rope);
+    free(e->rope_swa);
     free(e->xr);
     free(e->qrow);
     free(e->scores);
@@ -215,21 +231,38 @@ static int validate_batch(const pd_engine_t *e, const pd_batch_t *b, pd_err_t *e
 
 /* ====== Building blocks ====== */
 
-/* RoPE cos/sin per token, computed as ggml does (theta *= theta_scale). */
-static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float *cache)
+/* RoPE cos/sin per token for freq base `base` and linear scale `scale`,
+ * computed as ggml does (theta *= theta_scale; each angle divided by its
+ * frequency factor ff when there are factors; cos and sin times mscale). */
+static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float base, float scale,
+                       const float *ff, float *cache)
 {
-    const float theta_scale = powf(c->rope_base, -2.0f / (float)c->head_dim);
-    const float freq_scale = 1.0f / c->rope_scale;
+    const float theta_scale = powf(base, -2.0f / (float)c->head_dim);
+    const float freq_scale = 1.0f / scale;
+    const float mscale = c->rope_mscale;
     for (uint32_t t = 0; t < b->n_tokens; t++) {
         float *cs = cache + (size_t)t * c->head_dim;
         float theta = (float)b->pos[t];
         for (uint32_t i = 0; i < c->head_dim; i += 2) {
-            float th = freq_scale * theta;
-            cs[i] = cosf(th);
-            cs[i + 1] = sinf(th);
+            float th = freq_scale * (ff ? theta / ff[i / 2] : theta);
+            cs[i] = cosf(th) * mscale;
+            cs[i + 1] = sinf(th) * mscale;
             theta *= theta_scale;
         }
     }
+}
+
+/* Per-head RMSNorm of n_heads heads of one token in place (Q/K norms). */
+static void head_norm(float *x, uint32_t n_heads, uint32_t hd, const float *w, float eps)
+{
+    for (uint32_t h = 0; h < n_heads; h++)
+        pd_kern_rmsnorm(x + (size_t)h * hd, x + (size_t)h * hd, w, hd, eps);
+}
+
+static void scale_vec(float *x, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
 }
 
 /* Rotates n_heads heads of one token in place. Normal mode rotates pairs
@@ -253,6 +286,7 @@ typedef struct {
     const pd_batch_t *b;
     uint32_t layer;
     uint32_t n_head_groups; /* attention: each token's heads in this many ranges */ 
+    const float *rope;      /* (T, head_dim) this layer's cos/sin table */
 } layer_ctx_t;
 
 /* Per token: bias, rope, and the K/V write into the paged cache. */
@@ -273,9 +307,15 @@ static void qkv_post_task(void *arg, int i, int n)
             pd_kern_axpy_f32(k, 1.0f, L->bk, kv_dim);
             pd_kern_axpy_f32(v, 1.0f, L->bv, kv_dim);
         }
-        const float *cs = e->rope + (size_t)t * c->head_dim;
+        if (L->q_norm) {
+            head_norm(q, c->n_heads, c->head_dim, L->q_norm, c->norm_eps);
+            head_norm(k, c->n_kv_heads, c->head_dim, L->k_norm, c->norm_eps);
+        }
+        const float *cs = lc->rope + (size_t)t * c->head_dim;
         rope_apply(q, c->n_heads, c->head_dim, cs, c->rope_neox);
         rope_apply(k, c->n_kv_heads, c->head_dim, cs, c->rope_neox);
+        if (c->q_scale != 0.0f)
+            scale_vec(q, q_dim, c->q_scale);
         uint32_t pos = (uint32_t)b->pos[t];
         int32_t blk = b->block_tables[b->seq[t]][pos / bs];
         size_t off = (size_t)(pos % bs) * kv_dim;
@@ -284,56 +324,71 @@ static void qkv_post_task(void *arg, int i, int n)
     }
 }
 
+/* The first position a token at pos attends to in layer L: pos - window + 1
+ * in a sliding-window layer (llama.cpp masks p0 when pos - p0 >= window;
+ * the cache may still hold those positions), else 0. */
+static uint32_t attn_first_pos(const pd_model_config_t *c, const pd_layer_t *L, uint32_t pos)
+{
+    return L->is_swa && pos >= c->swa_window ? pos - c->swa_window + 1 : 0;
+}
+
 /* Attention for work units i, i+n, i+2n...: unit u is token u / n_groups and
  * the u % n_groups-th contiguous range of its heads. For each position the
  * K (then V) row of every head in the range is read in one sweep, so the
  * cache is streamed row by row instead of once per head at a kv_dim stride
  * (decode attention is bound by reading the KV cache). Per head the
  * arithmetic and its order are those of softmax(q K^T / sqrt(d)) V over
- * positions 0..pos, so results do not depend on the grouping. */
+ * positions attn_first_pos..pos, so results do not depend on the grouping.
+ * Scores are scaled by 1/sqrt(d) unless Q was scaled (cfg.q_scale), and
+ * soft-capped when the model caps them. */
 static void attention_task(void *arg, int i, int n)
 {
     layer_ctx_t *lc = arg;
     pd_engine_t *e = lc->e;
     const pd_batch_t *b = lc->b;
     const pd_model_config_t *c = &e->model->cfg;
+    const pd_layer_t *L = &e->model->layers[lc->layer];
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
     const uint32_t bs = pd_kv_shape(e->kv)->block_size;
     const uint32_t n_groups = lc->n_head_groups;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd);
     float *scores = e->scores + (size_t)i * c->n_heads * e->opts.max_ctx;
     uint32_t n_units = b->n_tokens * n_groups;
     for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
         uint32_t t = u / n_groups, g = u % n_groups;
         uint32_t h0 = g * c->n_heads / n_groups, h1 = (g + 1) * c->n_heads / n_groups;
-        uint32_t n_pos = (uint32_t)b->pos[t] + 1;
+        uint32_t end = (uint32_t)b->pos[t] + 1, first = attn_first_pos(c, L, end - 1);
+        uint32_t n_pos = end - first; /* scores of positions first..end-1 */
         const int32_t *table = b->block_tables[b->seq[t]];
         const float *q = e->q + (size_t)t * q_dim;
         /* scores: (h1 - h0, n_pos) */
-        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+        for (uint32_t p0 = first / bs * bs; p0 < end; p0 += bs) {
             const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer);
-            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++) {
+            uint32_t p1 = p0 + bs < end ? p0 + bs : end;
+            for (uint32_t p = p0 > first ? p0 : first; p < p1; p++) {
                 const float *krow = kb + (size_t)(p - p0) * kv_dim;
                 for (uint32_t h = h0; h < h1; h++)
-                    scores[(size_t)(h - h0) * n_pos + p] =
+                    scores[(size_t)(h - h0) * n_pos + p - first] =
                         pd_kern_dot_f32(q + (size_t)h * hd, krow + (size_t)(h / group) * hd, hd) *
                         scale;
             }
         }
         float *out = e->att + (size_t)t * q_dim;
         for (uint32_t h = h0; h < h1; h++) {
+            if (c->attn_softcap != 0.0f)
+                pd_kern_softcap(scores + (size_t)(h - h0) * n_pos, n_pos, c->attn_softcap);
             pd_kern_softmax(scores + (size_t)(h - h0) * n_pos, n_pos);
             memset(out + (size_t)h * hd, 0, sizeof(float) * hd);
         }
-        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
+        for (uint32_t p0 = first / bs * bs; p0 < end; p0 += bs) {
             const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer);
-            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++) {
+            uint32_t p1 = p0 + bs < end ? p0 + bs : end;
+            for (uint32_t p = p0 > first ? p0 : first; p < p1; p++) {
                 const float *vrow = vb + (size_t)(p - p0) * kv_dim;
                 for (uint32_t h = h0; h < h1; h++)
-                    pd_kern_axpy_f32(out + (size_t)h * hd, scores[(size_t)(h - h0) * n_pos + p],
+                    pd_kern_axpy_f32(out + (size_t)h * hd,
+                                     scores[(size_t)(h - h0) * n_pos + p - first],
                                      vrow + (size_t)(h / group) * hd, hd);
             }
         }
@@ -369,11 +424,17 @@ static void rmsnorm_rows(pd_engine_t *e, float *out, const float *x, const float
     pd_pool_run(n_rows >= 8 ? e->pool : NULL, norm_task, &nc, n_rows >= 8 ? pd_pool_n_threads(e->pool) : 1);
 }
 
+typedef enum {
+    EW_ADD,    /* a += b */
+    EW_SWIGLU, /* a = silu(a) * b */
+    EW_GEGLU,  /* a = gelu(a) * b */
+} ew_op_t;
+
 typedef struct {
     float *a;
     const float *b;
     size_t n;
-    bool swiglu; /* a = silu(a) * b, else a += b */
+    ew_op_t op;
 } ew_ctx_t;
 
 static void ew_task(void *arg, int i, int n)
@@ -383,15 +444,17 @@ static void ew_task(void *arg, int i, int n)
     size_t lo = chunk * (size_t)i, hi = lo + chunk > c->n ? c->n : lo + chunk;
     if (lo >= hi)
         return;
-    if (c->swiglu)
+    if (c->op == EW_SWIGLU)
         pd_kern_swiglu(c->a + lo, c->b + lo, (uint32_t)(hi - lo));
+    else if (c->op == EW_GEGLU)
+        pd_kern_geglu(c->a + lo, c->b + lo, (uint32_t)(hi - lo));
     else
         pd_kern_axpy_f32(c->a + lo, 1.0f, c->b + lo, (uint32_t)(hi - lo));
 }
 
-static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool swiglu)
+static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, ew_op_t op)
 {
-    ew_ctx_t c = { a, b, n, swiglu };
+    ew_ctx_t c = { a, b, n, op };
     int tasks = n >= 16384 ? pd_pool_n_threads(e->pool) : 1;
     pd_pool_run(tasks > 1 ? e->pool : NULL, ew_task, &c, tasks);
 }
@@ -469,7 +532,7 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
      * does not carry that check through pd_forward's calls). */
     if (T == 0)
         return;
-    layer_ctx_t lc = { e, b, l, 1 };
+    layer_ctx_t lc = { e, b, l, 1, L->is_swa && e->rope_swa ? e->rope_swa : e->rope };
     int nt = pd_pool_n_threads(e->pool);
 
     /* Attention block. */
@@ -486,15 +549,20 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
     matmul(e, &L->wo, e->att, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    if (L->post_attn_norm) /* Gemma: the update is normed before the add */
+        rmsnorm_rows(e, e->tmp, e->tmp, L->post_attn_norm, T, NULL);
+    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, EW_ADD);
 
-    /* Feed-forward block (SwiGLU). */
+    /* Feed-forward block (SwiGLU, or GeGLU for Gemma). */
     rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
     matmul(e, &L->w_gate, e->xn, T, e->gate);
     matmul(e, &L->w_up, e->xn, T, e->up);
-    elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+    elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim,
+                c->ffn_act == PD_FFN_GEGLU ? EW_GEGLU : EW_SWIGLU);
     matmul(e, &L->w_down, e->gate, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    if (L->post_ffn_norm)
+        rmsnorm_rows(e, e->tmp, e->tmp, L->post_ffn_norm, T, NULL);
+    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, EW_ADD);
 }
 
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
@@ -511,8 +579,12 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
                              (size_t)b->tokens[t] * m->tok_embd.row_bytes;
         pd_dequant_row(m->tok_embd.type, row, e->x + (size_t)t * c->dim, c->dim);
+        if (c->embd_scale != 1.0f) /* Gemma: embeddings times sqrt(dim) */
+            scale_vec(e->x + (size_t)t * c->dim, c->dim, c->embd_scale);
     }
-    rope_cache(c, b, e->rope);
+    rope_cache(c, b, c->rope_base, c->rope_scale, e->rope_ff, e->rope);
+    if (e->rope_swa)
+        rope_cache(c, b, c->rope_base_swa, c->rope_scale_swa, e->rope_ff, e->rope_swa);
     for (uint32_t l = 0; l < c->n_layers; l++)
         layer_forward(e, b, l);
 
@@ -525,5 +597,7 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         return 0;
     rmsnorm_rows(e, e->xn, e->x, m->out_norm, n_out, e->rows);
     matmul(e, &m->output, e->xn, n_out, logits);
+    for (uint32_t r = 0; r < n_out && c->final_softcap != 0.0f; r++) /* Gemma: logits capped */
+        pd_kern_softcap(logits + (size_t)r * c->vocab_size, c->vocab_size, c->final_softcap);
     return 0;
 }

@@ -111,6 +111,12 @@ void pd_kern_rmsnorm(float *out, const float *x, const float *g, uint32_t n, flo
 void pd_kern_softmax(float *x, uint32_t n);
 /* gate[i] = silu(gate[i]) * up[i] */
 void pd_kern_swiglu(float *gate, const float *up, uint32_t n);
+/* gate[i] = gelu(gate[i]) * up[i], gelu's tanh approximation through ggml's
+ * fp16 table (kernels_act.c). */
+void pd_kern_geglu(float *gate, const float *up, uint32_t n);
+void pd_kern_geglu_ref(float *gate, const float *up, uint32_t n);
+/* x[i] = tanh(x[i] / cap) * cap, as ggml's scale, tanh, scale (cap > 0). */
+void pd_kern_softcap(float *x, uint32_t n, float cap);
 float pd_kern_dot_f32(const float *a, const float *b, uint32_t n);
 /* y[i] += a * x[i] */
 void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);

@@ -1,11 +1,11 @@
 /* model_check.c -- refusing what the engine would silently ignore. See
  * model_check.h.
  *
- * The key table lists, for the architectures the engine runs (llama,
- * qwen2), every key under "<arch>." that it implements or that is known to
- * change nothing; anything else under that prefix is refused. The hint
- * tables only make messages clearer: a key or tensor missing from them is
- * refused all the same.
+ * The key table lists, for the architectures the engine runs, every key
+ * under "<arch>." that it implements or that is known to change nothing,
+ * and for which architectures; anything else under that prefix is refused.
+ * The hint tables only make messages clearer: a key or tensor missing from
+ * them is refused all the same.
  */
 #include "engine/model_check.h"
 
@@ -16,36 +16,64 @@
 /* ====== Keys ====== */
 
 typedef enum {
-    KEY_READ,          /* read by the model loader (model.c) */
+    KEY_READ,          /* read by the model loader (model_hparams.c) */
     KEY_INFO,          /* changes nothing the engine computes */
-    KEY_HEAD_DIM,      /* must equal the head size (else: a different attention) */
     KEY_VOCAB,         /* must equal the token_embd rows */
     KEY_ZERO,          /* only 0 is harmless (experts) */
 } key_kind_t;
 
+/* Architectures as bits of a mask (pd_arch_t numbering). */
+#define A(arch) (1u << (arch))
+#define A_ALL (A(PD_ARCH_LLAMA) | A(PD_ARCH_QWEN2) | A(PD_ARCH_QWEN3) | A(PD_ARCH_GEMMA2) | \
+               A(PD_ARCH_GEMMA3) | A(PD_ARCH_PHI3))
+#define A_GEMMA (A(PD_ARCH_GEMMA2) | A(PD_ARCH_GEMMA3))
+
+/* A sliding window on an architecture llama.cpp runs without one: it
+ * reads no such key for llama, qwen2 or qwen3 (Mistral 7B's GGUFs carry
+ * none and run with full attention), so a file that asks for one gets
+ * neither llama.cpp's full attention nor a window pdserve would be alone
+ * in applying. */
+#define NO_WINDOW "a sliding window (llama.cpp applies none to this architecture; Mistral's " \
+                  "GGUFs carry no such key)"
+
 static const struct {
     const char *suffix; /* after "<arch>." */
     key_kind_t kind;
+    unsigned archs;     /* where the key is known (else refused like any other) */
+    const char *hint;   /* KEY_ZERO: what a nonzero value asks for */
 } ARCH_KEYS[] = {
-    {"context_length", KEY_READ},
-    {"embedding_length", KEY_READ},
-    {"block_count", KEY_READ},
-    {"feed_forward_length", KEY_READ},
-    {"attention.head_count", KEY_READ},
-    {"attention.head_count_kv", KEY_READ},
-    {"attention.layer_norm_rms_epsilon", KEY_READ},
-    {"rope.freq_base", KEY_READ},
-    {"rope.dimension_count", KEY_READ},
-    {"rope.scaling.type", KEY_READ},
-    {"rope.scaling.factor", KEY_READ},
-    {"rope.scale_linear", KEY_READ},
-    {"rope.scaling.original_context_length", KEY_INFO}, /* used by YaRN only, refused apart */
-    {"rope.scaling.finetuned", KEY_INFO},
-    {"attention.key_length", KEY_HEAD_DIM},
-    {"attention.value_length", KEY_HEAD_DIM},
-    {"vocab_size", KEY_VOCAB},
-    {"expert_count", KEY_ZERO},
-    {"expert_used_count", KEY_ZERO},
+    {"context_length", KEY_READ, A_ALL, NULL},
+    {"embedding_length", KEY_READ, A_ALL, NULL},
+    {"block_count", KEY_READ, A_ALL, NULL},
+    {"feed_forward_length", KEY_READ, A_ALL, NULL},
+    {"attention.head_count", KEY_READ, A_ALL, NULL},
+    {"attention.head_count_kv", KEY_READ, A_ALL, NULL},
+    {"attention.layer_norm_rms_epsilon", KEY_READ, A_ALL, NULL},
+    {"attention.key_length", KEY_READ, A_ALL, NULL},
+    {"attention.value_length", KEY_READ, A_ALL, NULL},
+    {"rope.freq_base", KEY_READ, A_ALL, NULL},
+    {"rope.dimension_count", KEY_READ, A_ALL, NULL},
+    {"rope.scaling.type", KEY_READ, A_ALL, NULL},
+    {"rope.scaling.factor", KEY_READ, A_ALL, NULL},
+    {"rope.scale_linear", KEY_READ, A_ALL, NULL},
+    /* used by YaRN (refused apart) and by phi3's choice of rope factors */
+    {"rope.scaling.original_context_length", KEY_READ, A_ALL, NULL},
+    {"rope.scaling.finetuned", KEY_INFO, A_ALL, NULL},
+    {"vocab_size", KEY_VOCAB, A_ALL, NULL},
+    {"expert_count", KEY_ZERO, A_ALL, "a mixture of experts"},
+    {"expert_used_count", KEY_ZERO, A_ALL, "a mixture of experts"},
+    {"attention.sliding_window", KEY_ZERO, A(PD_ARCH_LLAMA) | A(PD_ARCH_QWEN2) | A(PD_ARCH_QWEN3),
+     NO_WINDOW},
+    /* gemma: sliding windows, soft-capping, the local layers' rope base */
+    {"attention.sliding_window", KEY_READ, A_GEMMA, NULL},
+    {"attention.sliding_window_pattern", KEY_READ, A_GEMMA, NULL},
+    {"rope.freq_base_swa", KEY_READ, A_GEMMA, NULL},
+    {"final_logit_softcapping", KEY_READ, A_GEMMA, NULL},
+    {"attn_logit_softcapping", KEY_READ, A(PD_ARCH_GEMMA2), NULL},
+    /* phi3: LongRoPE's attention factor; its sliding window, which
+     * llama.cpp reads and disables ("Phi SWA is currently disabled") */
+    {"rope.scaling.attn_factor", KEY_READ, A(PD_ARCH_PHI3), NULL},
+    {"attention.sliding_window", KEY_INFO, A(PD_ARCH_PHI3), NULL},
 };
 
 /* What some refused keys would have changed (suffix prefix -> meaning). */
@@ -109,59 +137,59 @@ static const char *key_hint(const char *suffix)
     return NULL;
 }
 
-/* The keys the engine implements under arch, for messages. */
-static void list_keys(const char *arch, char *out, size_t n)
+/* The keys the engine implements under arch a, for messages: the shape,
+ * rope and norm keys every architecture reads, then a's own. */
+static void list_keys(pd_arch_t a, char *out, size_t n)
 {
-    size_t at = 0;
-    out[0] = '\0';
+    size_t at = (size_t)snprintf(out, n, "the shape, rope and norm keys (context_length, "
+                                 "embedding_length, ..., rope.freq_base, rope.scaling.type, ...)");
     for (size_t i = 0; i < sizeof ARCH_KEYS / sizeof ARCH_KEYS[0] && at < n; i++)
-        if (ARCH_KEYS[i].kind == KEY_READ)
-            at += (size_t)snprintf(out + at, n - at, "%s%s", i ? ", " : "", ARCH_KEYS[i].suffix);
-    (void)arch;
+        if (ARCH_KEYS[i].kind == KEY_READ && ARCH_KEYS[i].archs != A_ALL &&
+            (ARCH_KEYS[i].archs & A(a)))
+            at += (size_t)snprintf(out + at, n - at, ", %s", ARCH_KEYS[i].suffix);
 }
 
 /* A key under "<arch>.": known and harmless, or refused. */
-static int check_arch_key(const pd_gguf_t *g, const char *arch, const char *key,
-                          uint32_t head_dim, uint32_t vocab, pd_err_t *err)
+static int check_arch_key(const pd_gguf_t *g, pd_arch_t a, const char *arch, const char *key,
+                          uint32_t vocab, pd_err_t *err)
 {
     const char *suffix = key + strlen(arch) + 1;
     for (size_t i = 0; i < sizeof ARCH_KEYS / sizeof ARCH_KEYS[0]; i++) {
-        if (strcmp(suffix, ARCH_KEYS[i].suffix) != 0)
+        if (strcmp(suffix, ARCH_KEYS[i].suffix) != 0 || !(ARCH_KEYS[i].archs & A(a)))
             continue;
         uint64_t v = 0;
         switch (ARCH_KEYS[i].kind) {
         case KEY_READ: case KEY_INFO:
             return 0;
-        case KEY_HEAD_DIM: case KEY_VOCAB: case KEY_ZERO: {
-            const uint64_t want = ARCH_KEYS[i].kind == KEY_HEAD_DIM ? head_dim
-                                  : ARCH_KEYS[i].kind == KEY_VOCAB  ? vocab : 0;
+        case KEY_VOCAB: case KEY_ZERO: {
+            const uint64_t want = ARCH_KEYS[i].kind == KEY_VOCAB ? vocab : 0;
             if (pd_gguf_get_u64(g, key, &v, err) != 0)
                 return PD_EFORMAT;
             if (v == want)
                 return 0;
-            const char *hint = ARCH_KEYS[i].kind == KEY_ZERO ? "a mixture of experts"
-                               : ARCH_KEYS[i].kind == KEY_VOCAB
-                                   ? "a vocabulary that does not match token_embd.weight"
-                                   : "a head size other than embedding_length / head_count";
-            return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' = %" PRIu64 " (%s, which "
-                              "the engine does not implement; it runs with %" PRIu64 ")", key, v,
-                              hint, want);
+            const char *hint = ARCH_KEYS[i].kind == KEY_ZERO
+                                   ? ARCH_KEYS[i].hint
+                                   : "a vocabulary that does not match token_embd.weight";
+            return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' = %" PRIu64 " asks for %s, "
+                              "which the engine does not run for %s (it runs with %" PRIu64 ")",
+                              key, v, hint, arch, want);
         }
         }
     }
     char list[PD_ERR_MSG_MAX / 2];
-    list_keys(arch, list, sizeof list);
+    list_keys(a, list, sizeof list);
     const char *hint = key_hint(suffix);
     char shown[SHOW_BUF];
     show((pd_gguf_str_t){key, strlen(key)}, shown);
     if (hint != NULL)
         return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' asks for %s, which the engine "
-                          "does not implement (under '%s.' it reads: %s)", shown, hint, arch, list);
+                          "does not implement for %s (under '%s.' it reads %s)", shown, hint, arch,
+                          arch, list);
     return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' is not one the engine knows and may "
-                      "change the computation (under '%s.' it reads: %s)", shown, arch, list);
+                      "change the computation (under '%s.' it reads %s)", shown, arch, list);
 }
 
-int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim, uint32_t vocab,
+int pd_model_check_keys(const pd_gguf_t *g, pd_arch_t a, const char *arch, uint32_t vocab,
                         pd_err_t *err)
 {
     char key[256], arch_ns[64];
@@ -180,7 +208,7 @@ int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim,
         memcpy(key, k.ptr, k.len);
         key[k.len] = '\0';
         if (has_prefix(&k, arch_ns)) {
-            int rc = check_arch_key(g, arch, key, head_dim, vocab, err);
+            int rc = check_arch_key(g, a, arch, key, vocab, err);
             if (rc != 0)
                 return rc;
             continue;
@@ -222,10 +250,11 @@ static const struct {
     {"post_ffw_norm", "a post-feed-forward norm (Gemma 2/3)"},
     {"attn_post_norm", "a post-attention norm"},
     {"ffn_post_norm", "a post-feed-forward norm"},
+    {"rope_factors", "LongRoPE frequency factors (Phi-3)"},
     {".bias", "a projection bias (only qwen2's attn_{q,k,v} have one)"},
 };
 
-int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, bool has_qkv_bias,
+int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, const char *reads,
                            pd_err_t *err)
 {
     for (int64_t i = 0; i < pd_gguf_n_tensors(g); i++) {
@@ -238,15 +267,13 @@ int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, bool has_qkv_bi
                 hint = TENSOR_HINTS[j].meaning;
         char shown[SHOW_BUF];
         show((pd_gguf_str_t){name, strlen(name)}, shown);
-#define READS "(it reads token_embd, output_norm, output and blk.N.{attn_norm, attn_q, attn_k, " \
-              "attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}.weight%s)"
-        const char *bias = has_qkv_bias ? " and blk.N.attn_{q,k,v}.bias" : "";
         if (hint != NULL)
             return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' holds %s, which the "
-                              "engine does not implement " READS, shown, hint, bias);
+                              "engine does not implement for this architecture (it reads %s)",
+                              shown, hint, reads);
         return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' is not one the engine reads, "
-                          "and ignoring it would compute something else " READS, shown, bias);
-#undef READS
+                          "and ignoring it would compute something else (it reads %s)", shown,
+                          reads);
     }
     return 0;
 }

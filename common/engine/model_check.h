@@ -18,19 +18,20 @@
 
 #include "base/err.h"
 #include "engine/gguf.h"
+#include "engine/model.h"
 
-/* Checks every key of g against the policy above for architecture arch
- * ("llama", "qwen2"), whose shape is given for the keys that must agree
- * with it (head_dim for attention.key_length, vocab for vocab_size).
- * Returns 0, or PD_EUNSUPPORTED / PD_EFORMAT with err naming the key. */
-int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim, uint32_t vocab,
+/* Checks every key of g against the policy above for architecture a
+ * (named arch in the file's keys), with the vocabulary size that
+ * <arch>.vocab_size must agree with. Returns 0, or PD_EUNSUPPORTED /
+ * PD_EFORMAT with err naming the key. */
+int pd_model_check_keys(const pd_gguf_t *g, pd_arch_t a, const char *arch, uint32_t vocab,
                         pd_err_t *err);
 
 /* used[i] tells whether the loader read tensor i. Returns 0 when every
  * tensor was read, else PD_EUNSUPPORTED with err naming the first one that
- * was not (and what it is for, when known). has_qkv_bias: the
- * architecture reads attn_{q,k,v}.bias (for the list of what is read). */
-int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, bool has_qkv_bias,
+ * was not (and what it is for, when known). reads: what the architecture's
+ * loader reads, for the message. */
+int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, const char *reads,
                            pd_err_t *err);
 
 #endif

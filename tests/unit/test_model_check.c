@@ -87,8 +87,12 @@ static fill_t *add(pd_gguf_writer_t *w, const char *name, pd_ggml_type_t t, uint
     return f;
 }
 
-/* The keys and tensors of a valid llama (or qwen2) file; matrices in wt.
- * Returns the writer for the test to add more before writing. */
+static bool is(const char *arch, const char *a) { return strcmp(arch, a) == 0; }
+
+/* The keys and tensors of a valid file of architecture arch (llama, qwen2,
+ * qwen3, gemma2, gemma3, phi3; any other name gets llama's tensors);
+ * matrices in wt. Returns the writer for the test to add more before
+ * writing. */
 static pd_gguf_writer_t *base_model(const char *arch, pd_ggml_type_t wt)
 {
     pd_gguf_writer_t *w = pd_gguf_writer_new(3);
@@ -106,27 +110,47 @@ static pd_gguf_writer_t *base_model(const char *arch, pd_ggml_type_t wt)
     pd_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f);
 #undef KEY
     add(w, "token_embd.weight", wt, DIM, VOCAB);
+    const bool gemma = is(arch, "gemma2") || is(arch, "gemma3");
+    if (is(arch, "gemma2"))
+        pd_gguf_writer_add_u32(w, "gemma2.attention.sliding_window", 16);
     for (int l = 0; l < LAYERS; l++) {
         char n[64];
 #define T(s, t, i, r) (snprintf(n, sizeof n, "blk.%d." s, l), add(w, n, t, i, r))
         T("attn_norm.weight", PD_GGML_TYPE_F32, DIM, 1);
-        T("attn_q.weight", wt, DIM, DIM);
-        T("attn_k.weight", wt, DIM, KV_HEADS * HEAD_DIM);
-        T("attn_v.weight", wt, DIM, KV_HEADS * HEAD_DIM);
-        if (strcmp(arch, "qwen2") == 0) {
+        if (is(arch, "phi3")) {
+            T("attn_qkv.weight", wt, DIM, DIM + 2 * KV_HEADS * HEAD_DIM);
+        } else {
+            T("attn_q.weight", wt, DIM, DIM);
+            T("attn_k.weight", wt, DIM, KV_HEADS * HEAD_DIM);
+            T("attn_v.weight", wt, DIM, KV_HEADS * HEAD_DIM);
+        }
+        if (is(arch, "qwen2")) {
             T("attn_q.bias", PD_GGML_TYPE_F32, DIM, 1);
             T("attn_k.bias", PD_GGML_TYPE_F32, KV_HEADS * HEAD_DIM, 1);
             T("attn_v.bias", PD_GGML_TYPE_F32, KV_HEADS * HEAD_DIM, 1);
         }
+        if (is(arch, "qwen3") || is(arch, "gemma3")) {
+            T("attn_q_norm.weight", PD_GGML_TYPE_F32, HEAD_DIM, 1);
+            T("attn_k_norm.weight", PD_GGML_TYPE_F32, HEAD_DIM, 1);
+        }
         T("attn_output.weight", wt, DIM, DIM);
+        if (gemma)
+            T("post_attention_norm.weight", PD_GGML_TYPE_F32, DIM, 1);
         T("ffn_norm.weight", PD_GGML_TYPE_F32, DIM, 1);
-        T("ffn_gate.weight", wt, DIM, FFN);
-        T("ffn_up.weight", wt, DIM, FFN);
+        if (is(arch, "phi3")) {
+            T("ffn_up.weight", wt, DIM, 2 * FFN);
+        } else {
+            T("ffn_gate.weight", wt, DIM, FFN);
+            T("ffn_up.weight", wt, DIM, FFN);
+        }
         T("ffn_down.weight", wt, FFN, DIM);
+        if (gemma)
+            T("post_ffw_norm.weight", PD_GGML_TYPE_F32, DIM, 1);
 #undef T
     }
     add(w, "output_norm.weight", PD_GGML_TYPE_F32, DIM, 1);
-    add(w, "output.weight", wt, DIM, VOCAB);
+    if (!is(arch, "gemma2")) /* gemma2 always ties */
+        add(w, "output.weight", wt, DIM, VOCAB);
     return w;
 }
 
@@ -185,8 +209,9 @@ static void expect_refused(pd_gguf_writer_t *w, const char *n1, const char *n2, 
 static void test_valid_files_load(void **state)
 {
     (void)state;
-    expect_loads(base_model("llama", PD_GGML_TYPE_F32));
-    expect_loads(base_model("qwen2", PD_GGML_TYPE_F32));
+    const char *archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"};
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        expect_loads(base_model(archs[i], PD_GGML_TYPE_F32));
     const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q2_K, PD_GGML_TYPE_Q3_K,
                                     PD_GGML_TYPE_Q4_K, PD_GGML_TYPE_Q5_K, PD_GGML_TYPE_Q6_K,
                                     PD_GGML_TYPE_IQ4_NL};
@@ -198,9 +223,17 @@ static void test_valid_files_load(void **state)
 static void test_unused_tensors_refused(void **state)
 {
     (void)state;
-    pd_gguf_writer_t *w = base_model("llama", PD_GGML_TYPE_F32);
-    add(w, "rope_freqs.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1); /* Llama 3.1+ */
+    pd_gguf_writer_t *w = base_model("qwen2", PD_GGML_TYPE_F32);
+    add(w, "rope_freqs.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1); /* llama's only */
     expect_refused(w, "'rope_freqs.weight'", "Llama 3.1", "it reads token_embd");
+
+    w = base_model("phi3", PD_GGML_TYPE_F32);
+    add(w, "rope_freqs.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1);
+    expect_refused(w, "'rope_freqs.weight'", "rope_factors_long", NULL);
+
+    w = base_model("llama", PD_GGML_TYPE_F32);
+    add(w, "rope_factors_long.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1); /* phi3's only */
+    expect_refused(w, "'rope_factors_long.weight'", "LongRoPE", NULL);
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     add(w, "blk.0.attn_q_norm.weight", PD_GGML_TYPE_F32, HEAD_DIM, 1); /* Qwen3 */
@@ -214,9 +247,25 @@ static void test_unused_tensors_refused(void **state)
     add(w, "blk.0.ffn_gate_exps.weight", PD_GGML_TYPE_F32, DIM, FFN);
     expect_refused(w, "'blk.0.ffn_gate_exps.weight'", "mixture of experts", NULL);
 
-    w = base_model("llama", PD_GGML_TYPE_F32);
-    add(w, "blk.0.post_attention_norm.weight", PD_GGML_TYPE_F32, DIM, 1); /* Gemma 2 */
-    expect_refused(w, "'blk.0.post_attention_norm.weight'", "Gemma", NULL);
+    w = base_model("qwen3", PD_GGML_TYPE_F32);
+    add(w, "blk.0.post_attention_norm.weight", PD_GGML_TYPE_F32, DIM, 1); /* Gemma's only */
+    expect_refused(w, "'blk.0.post_attention_norm.weight'", "Gemma", "attn_q_norm");
+
+    w = base_model("gemma2", PD_GGML_TYPE_F32);
+    add(w, "blk.1.attn_k_norm.weight", PD_GGML_TYPE_F32, HEAD_DIM, 1); /* gemma3's, not 2's */
+    expect_refused(w, "'blk.1.attn_k_norm.weight'", "per-head RMSNorm", "post_ffw_norm");
+
+    w = base_model("gemma2", PD_GGML_TYPE_F32);
+    add(w, "output.weight", PD_GGML_TYPE_F32, DIM, VOCAB); /* gemma2 always ties */
+    expect_refused(w, "'output.weight'", "not one the engine reads", NULL);
+
+    w = base_model("gemma3", PD_GGML_TYPE_F32);
+    add(w, "blk.0.attn_qkv.weight", PD_GGML_TYPE_F32, DIM, 2 * DIM); /* phi3's only */
+    expect_refused(w, "'blk.0.attn_qkv.weight'", "fused QKV", NULL);
+
+    w = base_model("phi3", PD_GGML_TYPE_F32);
+    add(w, "blk.0.ffn_gate.weight", PD_GGML_TYPE_F32, DIM, FFN); /* phi3's gate is in ffn_up */
+    expect_refused(w, "'blk.0.ffn_gate.weight'", "not one the engine reads", "ffn_up (gate");
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     add(w, "blk.0.attn_q.bias", PD_GGML_TYPE_F32, DIM, 1); /* qwen2 has them, llama not */
@@ -234,12 +283,12 @@ static void test_unused_tensors_refused(void **state)
 static void test_architectures_refused(void **state)
 {
     (void)state;
-    const char *archs[] = {"qwen3", "gemma2", "gemma3", "phi3", "mistral3", "falcon"};
+    const char *archs[] = {"qwen3moe", "gemma3n", "phi2", "mistral3", "falcon", "llama4"};
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++) {
         char q[64];
         snprintf(q, sizeof q, "'%s'", archs[i]);
-        expect_refused(base_model(archs[i], PD_GGML_TYPE_F32), q, "supported: llama, qwen2",
-                       NULL);
+        expect_refused(base_model(archs[i], PD_GGML_TYPE_F32), q,
+                       "supported: llama, qwen2, qwen3, gemma2, gemma3, phi3", NULL);
     }
 }
 
@@ -247,18 +296,55 @@ static void test_architectures_refused(void **state)
 static void test_keys_refused(void **state)
 {
     (void)state;
+    /* llama.cpp applies no window to llama (Mistral's GGUFs carry none) */
     pd_gguf_writer_t *w = base_model("llama", PD_GGML_TYPE_F32);
-    pd_gguf_writer_add_u32(w, "llama.attention.sliding_window", 4096); /* Mistral */
-    expect_refused(w, "'llama.attention.sliding_window'", "sliding-window",
-                   "it reads: context_length");
+    pd_gguf_writer_add_u32(w, "llama.attention.sliding_window", 4096);
+    expect_refused(w, "'llama.attention.sliding_window' = 4096", "llama.cpp applies none",
+                   "runs with 0");
+
+    w = base_model("qwen3", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "qwen3.attention.sliding_window", 4096);
+    expect_refused(w, "'qwen3.attention.sliding_window' = 4096", "sliding window", NULL);
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     pd_gguf_writer_add_f32(w, "llama.attn_logit_softcapping", 50.0f);
-    expect_refused(w, "'llama.attn_logit_softcapping'", "soft-capping", NULL);
+    expect_refused(w, "'llama.attn_logit_softcapping'", "soft-capping", "it reads the shape");
+
+    w = base_model("gemma3", PD_GGML_TYPE_F32); /* gemma2's, which llama.cpp's gemma3 ignores */
+    pd_gguf_writer_add_f32(w, "gemma3.attn_logit_softcapping", 50.0f);
+    expect_refused(w, "'gemma3.attn_logit_softcapping'", "soft-capping", "final_logit_softcapping");
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     pd_gguf_writer_add_f32(w, "llama.final_logit_softcapping", 30.0f);
     expect_refused(w, "'llama.final_logit_softcapping'", "soft-capping", NULL);
+
+    w = base_model("qwen2", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_f32(w, "qwen2.rope.freq_base_swa", 10000.0f);
+    expect_refused(w, "'qwen2.rope.freq_base_swa'", "may change the computation", NULL);
+
+    w = base_model("llama", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_f32(w, "llama.rope.scaling.attn_factor", 1.2f); /* phi3's only */
+    expect_refused(w, "'llama.rope.scaling.attn_factor'", "YaRN", NULL);
+
+    w = base_model("llama", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_str(w, "llama.rope.scaling.type", "longrope");
+    expect_refused(w, "rope scaling 'longrope'", "supported: none, linear)", NULL);
+
+    w = base_model("gemma2", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "gemma2.attention.sliding_window_pattern", 2);
+    pd_gguf_writer_add_f32(w, "gemma2.final_logit_softcapping", -1.0f);
+    expect_refused(w, "soft-capping", "-1", NULL);
+
+    w = base_model("gemma3", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "gemma3.attention.sliding_window", 8);
+    pd_gguf_writer_add_arr(w, "gemma3.attention.sliding_window_pattern", PD_GGUF_TYPE_BOOL,
+                           (const bool[]){true, false, true}, 3); /* 3 for 2 layers */
+    expect_refused(w, "'gemma3.attention.sliding_window_pattern'", "one per layer", NULL);
+
+    w = base_model("llama", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "llama.attention.key_length", HEAD_DIM);
+    pd_gguf_writer_add_u32(w, "llama.attention.value_length", HEAD_DIM / 2);
+    expect_refused(w, "value_length 32 differs from key_length 64", NULL, NULL);
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     pd_gguf_writer_add_u32(w, "llama.expert_count", 8);
@@ -272,9 +358,10 @@ static void test_keys_refused(void **state)
     pd_gguf_writer_add_f32(w, "llama.rope.scaling.yarn_log_multiplier", 0.1f);
     expect_refused(w, "'llama.rope.scaling.yarn_log_multiplier'", "YaRN", NULL);
 
+    /* a head size of 128: the Q projection must then have 4 x 128 rows */
     w = base_model("llama", PD_GGML_TYPE_F32);
     pd_gguf_writer_add_u32(w, "llama.attention.key_length", 128);
-    expect_refused(w, "'llama.attention.key_length' = 128", "runs with 64", NULL);
+    expect_refused(w, "'blk.0.attn_q.weight'", "expected [256, 512]", NULL);
 
     w = base_model("llama", PD_GGML_TYPE_F32);
     pd_gguf_writer_add_u32(w, "llama.vocab_size", VOCAB + 1);
@@ -321,6 +408,35 @@ static void test_harmless_keys_pass(void **state)
     pd_gguf_writer_add_u32(w, "llama.rope.scaling.original_context_length", 4096);
     pd_gguf_writer_add_val(w, "split.count", PD_GGUF_TYPE_UINT16, &(uint16_t){1});
     pd_gguf_writer_add_val(w, "split.no", PD_GGUF_TYPE_UINT16, &(uint16_t){0});
+    pd_gguf_writer_add_u32(w, "llama.attention.sliding_window", 0); /* no window */
+    expect_loads(w);
+
+    /* what each newer architecture reads */
+    w = base_model("gemma2", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_f32(w, "gemma2.attn_logit_softcapping", 50.0f);
+    pd_gguf_writer_add_f32(w, "gemma2.final_logit_softcapping", 30.0f);
+    pd_gguf_writer_add_u32(w, "gemma2.attention.key_length", HEAD_DIM);
+    expect_loads(w);
+    w = base_model("gemma3", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "gemma3.attention.sliding_window", 512);
+    pd_gguf_writer_add_f32(w, "gemma3.rope.freq_base_swa", 10000.0f);
+    pd_gguf_writer_add_arr(w, "gemma3.attention.sliding_window_pattern", PD_GGUF_TYPE_BOOL,
+                           (const bool[]){true, false}, 2);
+    expect_loads(w);
+    w = base_model("phi3", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "phi3.attention.sliding_window", 2047); /* llama.cpp ignores it */
+    pd_gguf_writer_add_u32(w, "phi3.rope.scaling.original_context_length", 4096);
+    pd_gguf_writer_add_f32(w, "phi3.rope.scaling.attn_factor", 1.19f);
+    pd_gguf_writer_add_str(w, "phi3.rope.scaling.type", "longrope");
+    add(w, "rope_factors_long.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1);
+    add(w, "rope_factors_short.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1);
+    expect_loads(w);
+    w = base_model("llama", PD_GGML_TYPE_F32);
+    add(w, "rope_freqs.weight", PD_GGML_TYPE_F32, HEAD_DIM / 2, 1); /* Llama 3.1+ */
+    expect_loads(w);
+    /* a head size that is not dim / heads (Qwen3, Gemma, Mistral Nemo) */
+    w = base_model("qwen3", PD_GGML_TYPE_F32);
+    pd_gguf_writer_add_u32(w, "qwen3.attention.key_length", HEAD_DIM);
     expect_loads(w);
 }
 
