@@ -5,7 +5,7 @@
  *
  *   output.weight (and token_embd.weight when tied): Q6_K, or Q8_0 when the
  *     row is not a multiple of the base type's block.
- *   attn_v, layer i of n:  Q2_K: Q4_K if n_heads / n_kv_heads >= 4 else Q3_K;
+ *   attn_v (and a fused attn_qkv), layer i of n:  Q2_K: Q4_K if n_heads / n_kv_heads >= 4 else Q3_K;
  *     Q3_K_M: Q5_K for i < 2, else Q4_K; Q3_K_L: Q5_K; IQ4_NL: Q5_K if the
  *     GQA ratio >= 4; Q4_K_M, Q5_K_M: Q6_K when use_more_bits(i, n);
  *     Q4_K_S: Q5_K for i < 4.
@@ -66,7 +66,8 @@ static category_t category(const char *name)
         return CAT_OUTPUT;
     if (strcmp(name, "token_embd.weight") == 0)
         return CAT_TOKEN_EMBD;
-    if (strstr(name, "attn_v.weight") != NULL)
+    /* llama.cpp's category_is_attn_v: a fused QKV (phi3) is quantized as attn_v */
+    if (strstr(name, "attn_v.weight") != NULL || strstr(name, "attn_qkv.weight") != NULL)
         return CAT_ATTN_V;
     if (strstr(name, "attn_output.weight") != NULL)
         return CAT_ATTN_OUTPUT;
