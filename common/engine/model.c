@@ -237,7 +237,15 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     /* Owned fp32 vectors: per layer 2 norms (+3 biases), plus the output norm. */
     size_t per_layer = 2 * (size_t)c->dim + (c->has_qkv_bias ? q_dim + 2 * (size_t)kv_dim : 0);
-    m->owned_f32 = malloc(sizeof(float) * (per_layer * c->n_layers + c->dim));
+    /* Those vectors come from the file (2 bytes per element at least): a
+     * shape asking for more than the file holds is refused before the
+     * allocation (a few header bytes must not cost gigabytes). */
+    const size_t n_vec = per_layer * c->n_layers + c->dim;
+    if (n_vec > pd_gguf_file_size(g->g) / 2)
+        return pd_err_set(err, PD_EFORMAT, "model: %u layers of dim %u need %zu norm and bias "
+                          "elements, more than the file's %zu bytes hold", c->n_layers, c->dim,
+                          n_vec, pd_gguf_file_size(g->g));
+    m->owned_f32 = malloc(sizeof(float) * n_vec);
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     if (m->owned_f32 == NULL || m->layers == NULL)
         return pd_err_set(err, PD_ENOMEM, "model: out of memory for layer vectors");
