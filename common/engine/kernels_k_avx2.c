@@ -414,7 +414,7 @@ static ALWAYS_INLINE void mk_iq4nl(const int NR, const uint8_t *w, const uint8_t
             const __m256i aq = _mm256_sign_epi8(q, q);
             /* the fp16 scale from a 4-byte load (the 2 bytes after it are
              * codes, ignored): no port-5 insert */
-            const __m128 dw = _mm_cvtph_ps(_mm_castps_si128(_mm_load_ss((const float *)(const void *)wb)));
+            const __m128 dw = _mm_cvtph_ps(_mm_loadu_si32(wb));
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
                 const uint8_t *xb = x + r * xs + (b + k) * 34;
