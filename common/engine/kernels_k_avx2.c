@@ -524,7 +524,7 @@ void pd_kern_skinny_k_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, 
     const size_t kt = is_nl ? KT_SB * 8 : KT_SB; /* even for IQ4_NL's pairs */
     const uint8_t *w0 = (const uint8_t *)w->data, *x0 = (const uint8_t *)xq;
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
-    float dx[KNR * KT_SB * 8];               /* (KNR, kt) IQ4_NL activation scales */
+    float dx[KNR * KT_SB * 8] = {0};         /* (KNR, kt) IQ4_NL activation scales */
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
