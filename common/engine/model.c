@@ -60,9 +60,10 @@ static int read_config(const pd_gguf_t *g, pd_model_config_t *c, char *arch_name
     } else if (a.len == 5 && memcmp(a.ptr, "qwen2", 5) == 0) {
         c->arch = PD_ARCH_QWEN2;
     } else {
+        char shown[PD_MODEL_SHOW_BUF];
         return pd_err_set(err, PD_EUNSUPPORTED,
-                          "model: unsupported architecture '%.*s' (supported: llama, qwen2)",
-                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
+                          "model: unsupported architecture '%s' (supported: llama, qwen2)",
+                          pd_model_show(a, shown));
     }
     memcpy(arch_name, a.ptr, a.len);
     arch_name[a.len] = '\0';
@@ -88,8 +89,9 @@ static int read_config(const pd_gguf_t *g, pd_model_config_t *c, char *arch_name
             if (get_arch_f32(g, ar, "rope.scaling.factor", &c->rope_scale, 1.0f, err) != 0)
                 return PD_EFORMAT;
         } else if (!(st.len == 4 && memcmp(st.ptr, "none", 4) == 0)) {
-            return pd_err_set(err, PD_EUNSUPPORTED, "model: rope scaling '%.*s' not supported "
-                              "(supported: none, linear)", (int)(st.len > 32 ? 32 : st.len), st.ptr);
+            char shown[PD_MODEL_SHOW_BUF];
+            return pd_err_set(err, PD_EUNSUPPORTED, "model: rope scaling '%s' not supported "
+                              "(supported: none, linear)", pd_model_show(st, shown));
         }
     } else {
         /* Older files: rope.scale_linear */

@@ -77,17 +77,14 @@ static const struct {
 /* Namespaces that never change the computation. */
 static const char *const FREE_NAMESPACES[] = {"general.", "tokenizer.", "quantize."};
 
-#define SHOWN_MAX 96 /* bytes of a key or name quoted in a message */
-#define SHOW_BUF (SHOWN_MAX + 4)
+#define SHOW_BUF PD_MODEL_SHOW_BUF
 
-/* A printable copy of a key or name from the file (hostile bytes: '?' for
- * anything but printable ASCII, "..." past SHOWN_MAX). */
-static const char *show(pd_gguf_str_t s, char out[SHOW_BUF])
+const char *pd_model_show(pd_gguf_str_t s, char out[PD_MODEL_SHOW_BUF])
 {
-    size_t n = s.len < SHOWN_MAX ? (size_t)s.len : SHOWN_MAX;
+    size_t n = s.len < PD_MODEL_SHOW_MAX ? (size_t)s.len : PD_MODEL_SHOW_MAX;
     for (size_t i = 0; i < n; i++)
         out[i] = (s.ptr[i] >= 0x20 && s.ptr[i] < 0x7f) ? s.ptr[i] : '?';
-    if (s.len > SHOWN_MAX) {
+    if (s.len > PD_MODEL_SHOW_MAX) {
         memcpy(out + n, "...", 3);
         n += 3;
     }
@@ -153,7 +150,7 @@ static int check_arch_key(const pd_gguf_t *g, const char *arch, const char *key,
     list_keys(arch, list, sizeof list);
     const char *hint = key_hint(suffix);
     char shown[SHOW_BUF];
-    show((pd_gguf_str_t){key, strlen(key)}, shown);
+    pd_model_show((pd_gguf_str_t){key, strlen(key)}, shown);
     if (hint != NULL)
         return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' asks for %s, which the engine "
                           "does not implement (under '%s.' it reads: %s)", shown, hint, arch, list);
@@ -176,7 +173,7 @@ int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim,
         char shown[SHOW_BUF];
         if (k.len >= sizeof key || memchr(k.ptr, '\0', k.len) != NULL)
             return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' is not one the engine "
-                              "knows", show(k, shown));
+                              "knows", pd_model_show(k, shown));
         memcpy(key, k.ptr, k.len);
         key[k.len] = '\0';
         if (has_prefix(&k, arch_ns)) {
@@ -198,7 +195,7 @@ int pd_model_check_keys(const pd_gguf_t *g, const char *arch, uint32_t head_dim,
         }
         return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' is not one the engine knows "
                           "(it reads general.*, tokenizer.*, quantize.* and %s*; an adapter or "
-                          "a projector file is not a model)", show(k, shown), arch_ns);
+                          "a projector file is not a model)", pd_model_show(k, shown), arch_ns);
     }
     return 0;
 }
@@ -237,7 +234,7 @@ int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, bool has_qkv_bi
             if (strstr(name, TENSOR_HINTS[j].needle) != NULL)
                 hint = TENSOR_HINTS[j].meaning;
         char shown[SHOW_BUF];
-        show((pd_gguf_str_t){name, strlen(name)}, shown);
+        pd_model_show((pd_gguf_str_t){name, strlen(name)}, shown);
 #define READS "(it reads token_embd, output_norm, output and blk.N.{attn_norm, attn_q, attn_k, " \
               "attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}.weight%s)"
         const char *bias = has_qkv_bias ? " and blk.N.attn_{q,k,v}.bias" : "";
