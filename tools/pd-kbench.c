@@ -3,8 +3,14 @@
  *
  *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0,
  *             q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]
- *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]
+ *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N] [--stream-mb N]
  *   pd-kbench --limits [--threads N] [--json]
+ *
+ * --stream-mb N: copies of each weight matrix fill N MB and successive calls
+ * use successive copies, so that with N above the last-level cache every
+ * call reads its weights from DRAM (this machine's L3 holds 480 MiB: without
+ * it, every default shape is cache-resident and "GB/s" exceeds the memory
+ * read limit).
  *
  * --limits prints only the machine's limits, with --json as one object:
  *   {"mem_read_gb_s": X, "sgemm_gflops": Y, "threads": N}
@@ -75,6 +81,7 @@ typedef struct {
     unsigned rows_list[MAX_ROWS_LIST];
     int n_types;
     pd_ggml_type_t types[MAX_TYPES];
+    unsigned stream_mb; /* > 0: copies of the weights filling this many MB */
 } opts_t;
 
 static double now_s(void)
@@ -229,7 +236,8 @@ static double sgemm_gflops(void)
 
 typedef struct {
     pd_pool_t *pool;
-    const pd_mat_t *w;
+    const pd_mat_t *w;   /* (n_w) copies of the same weights, used in turn */
+    unsigned n_w, next;
     const float *x;
     unsigned n_rows;
     float *y;
@@ -240,7 +248,8 @@ typedef struct {
 static void mm_run(void *arg)
 {
     mm_ctx_t *m = arg;
-    pd_matmul(m->pool, m->w, m->x, m->n_rows, m->y, m->scratch, m->skinny_max);
+    const pd_mat_t *w = &m->w[m->next++ % m->n_w];
+    pd_matmul(m->pool, w, m->x, m->n_rows, m->y, m->scratch, m->skinny_max);
 }
 
 /* Weights of the given type from fp32 values (n_out rows of n_in). */
@@ -369,12 +378,27 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
         void *w = make_weights(t, wf, n_out, n_in, &rb);
         if (!w)
             goto fail;
-        pd_mat_t m = {w, t, n_out, n_in, rb};
-        size_t sb = pd_matmul_scratch_bytes(&m, max_rows);
+        /* --stream-mb: the weights copied until they fill that many MB (more
+         * than the last-level cache), each call using the next copy, so that
+         * every call streams its weights from DRAM */
+        const size_t wb = (rb * n_out + 63) / 64 * 64;
+        unsigned n_w = o->stream_mb ? (unsigned)(((size_t)o->stream_mb << 20) / wb) : 1;
+        n_w = n_w ? n_w : 1;
+        uint8_t *copies = n_w > 1 ? aligned_alloc(64, wb * n_w) : NULL;
+        pd_mat_t *mats = calloc(n_w, sizeof *mats);
+        size_t sb = pd_matmul_scratch_bytes(&(pd_mat_t){w, t, n_out, n_in, rb}, max_rows);
         void *scratch = aligned_alloc(64, sb ? sb : 64);
-        if (!scratch) {
+        if (!scratch || !mats || (n_w > 1 && !copies)) {
+            free(scratch);
+            free(mats);
+            free(copies);
             free(w);
             goto fail;
+        }
+        for (unsigned k = 0; k < n_w; k++) {
+            if (copies)
+                memcpy(copies + k * wb, w, rb * n_out);
+            mats[k] = (pd_mat_t){copies ? copies + k * wb : w, t, n_out, n_in, rb};
         }
         const char *tn = pd_ggml_type_name(t);
         double wbytes = (double)rb * n_out;
@@ -385,7 +409,7 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
             double t_mm[MAX_ROWS_LIST] = {0}, t_gemm[MAX_ROWS_LIST] = {0};
             for (int ri = 0; ri < o->n_rows_list; ri++) {
                 unsigned rows = o->rows_list[ri];
-                mm_ctx_t mc = {pools[pi], &m, x, rows, y, scratch, o->skinny_max};
+                mm_ctx_t mc = {pools[pi], mats, n_w, 0, x, rows, y, scratch, o->skinny_max};
                 t_mm[ri] = bench(mm_run, &mc, min_s);
                 print_row(o, "matmul", tn, n_out, n_in, rows, thr[pi], t_mm[ri], wbytes);
                 if (rows <= o->skinny_max && !o->quick) {
@@ -405,6 +429,8 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
             print_summary(o, lim, tn, n_out, n_in, thr[pi], (size_t)wbytes, t_mm, t_gemm);
         }
         free(scratch);
+        free(mats);
+        free(copies);
         free(w);
     }
     free(wf);
@@ -471,6 +497,7 @@ static void usage(void)
             "usage: pd-kbench [--threads N] [--json] [--quick]\n"
             "                 [--types f32,f16,bf16,q8_0,q4_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]\n"
             "                 [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]\n"
+            "                 [--stream-mb N]\n"
             "       pd-kbench --limits [--threads N] [--json]\n");
 }
 
@@ -493,6 +520,12 @@ int main(int argc, char **argv)
             o.limits = 1;
         } else if (strcmp(a, "--quick") == 0) {
             o.quick = 1;
+        } else if (strcmp(a, "--stream-mb") == 0 && v) {
+            uint32_t mb;
+            if (pd_arg_u32("pd-kbench", "--stream-mb", v, 1, 1u << 16, &mb) != 0)
+                return 2;
+            o.stream_mb = mb;
+            i++;
         } else if (strcmp(a, "--threads") == 0 && v) {
             uint32_t t;
             if (pd_arg_u32("pd-kbench", "--threads", v, 1, 1024, &t) != 0)

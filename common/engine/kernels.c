@@ -33,8 +33,8 @@ static uint64_t kern_row_bytes(pd_ggml_type_t t, uint64_t n)
     case PD_GGML_TYPE_F16:
     case PD_GGML_TYPE_BF16: return n * 2;
     case PD_GGML_TYPE_Q8_0: return n % QK ? 0 : n / QK * Q8_0_BYTES;
-    case PD_GGML_TYPE_Q4_0: return n % QK ? 0 : n / QK * Q4_0_BYTES;
-    case PD_GGML_TYPE_IQ4_NL: return n % QK ? 0 : n / QK * PD_IQ4_NL_BYTES;
+    case PD_GGML_TYPE_Q4_0: /* 18 bytes per 32, as IQ4_NL */
+    case PD_GGML_TYPE_IQ4_NL: return n % QK ? 0 : n / QK * Q4_0_BYTES;
     case PD_GGML_TYPE_Q2_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q2_K_BYTES;
     case PD_GGML_TYPE_Q3_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q3_K_BYTES;
     case PD_GGML_TYPE_Q4_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q4_K_BYTES;

@@ -414,7 +414,7 @@ static ALWAYS_INLINE void mk_iq4nl(const int NR, const uint8_t *w, const uint8_t
             const __m256i aq = _mm256_sign_epi8(q, q);
             /* the fp16 scale from a 4-byte load (the 2 bytes after it are
              * codes, ignored): no port-5 insert */
-            const __m128 dw = _mm_cvtph_ps(_mm_castps_si128(_mm_load_ss((const float *)(const void *)wb)));
+            const __m128 dw = _mm_cvtph_ps(_mm_loadu_si32(wb));
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
                 const uint8_t *xb = x + r * xs + (b + k) * 34;
@@ -524,7 +524,7 @@ void pd_kern_skinny_k_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, 
     const size_t kt = is_nl ? KT_SB * 8 : KT_SB; /* even for IQ4_NL's pairs */
     const uint8_t *w0 = (const uint8_t *)w->data, *x0 = (const uint8_t *)xq;
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
-    float dx[KNR * KT_SB * 8];               /* (KNR, kt) IQ4_NL activation scales */
+    float dx[KNR * KT_SB * 8] = {0};         /* (KNR, kt) IQ4_NL activation scales */
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;

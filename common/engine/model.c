@@ -251,7 +251,15 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
     size_t per_layer = 2 * (size_t)c->dim + (c->has_qkv_bias ? q_dim + 2 * (size_t)kv_dim : 0) +
                        (c->has_qk_norm ? 2 * (size_t)c->head_dim : 0) +
                        (c->has_post_norms ? 2 * (size_t)c->dim : 0);
-    m->owned_f32 = malloc(sizeof(float) * (per_layer * c->n_layers + c->dim + 3 * c->head_dim));
+    /* Those vectors come from the file (2 bytes per element at least): a
+     * shape asking for more than the file holds is refused before the
+     * allocation (a few header bytes must not cost gigabytes). */
+    const size_t n_vec = per_layer * c->n_layers + c->dim + 3 * (size_t)c->head_dim;
+    if (n_vec > pd_gguf_file_size(g->g) / 2)
+        return pd_err_set(err, PD_EFORMAT, "model: %u layers of dim %u need %zu norm and bias "
+                          "elements, more than the file's %zu bytes hold", c->n_layers, c->dim,
+                          n_vec, pd_gguf_file_size(g->g));
+    m->owned_f32 = malloc(sizeof(float) * n_vec);
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     bool *is_swa = calloc(c->n_layers, sizeof *is_swa);
     if (m->owned_f32 == NULL || m->layers == NULL || is_swa == NULL) {

@@ -105,17 +105,14 @@ static const struct {
 /* Namespaces that never change the computation. */
 static const char *const FREE_NAMESPACES[] = {"general.", "tokenizer.", "quantize."};
 
-#define SHOWN_MAX 96 /* bytes of a key or name quoted in a message */
-#define SHOW_BUF (SHOWN_MAX + 4)
+#define SHOW_BUF PD_MODEL_SHOW_BUF
 
-/* A printable copy of a key or name from the file (hostile bytes: '?' for
- * anything but printable ASCII, "..." past SHOWN_MAX). */
-static const char *show(pd_gguf_str_t s, char out[SHOW_BUF])
+const char *pd_model_show(pd_gguf_str_t s, char out[PD_MODEL_SHOW_BUF])
 {
-    size_t n = s.len < SHOWN_MAX ? (size_t)s.len : SHOWN_MAX;
+    size_t n = s.len < PD_MODEL_SHOW_MAX ? (size_t)s.len : PD_MODEL_SHOW_MAX;
     for (size_t i = 0; i < n; i++)
         out[i] = (s.ptr[i] >= 0x20 && s.ptr[i] < 0x7f) ? s.ptr[i] : '?';
-    if (s.len > SHOWN_MAX) {
+    if (s.len > PD_MODEL_SHOW_MAX) {
         memcpy(out + n, "...", 3);
         n += 3;
     }
@@ -180,7 +177,7 @@ static int check_arch_key(const pd_gguf_t *g, pd_arch_t a, const char *arch, con
     list_keys(a, list, sizeof list);
     const char *hint = key_hint(suffix);
     char shown[SHOW_BUF];
-    show((pd_gguf_str_t){key, strlen(key)}, shown);
+    pd_model_show((pd_gguf_str_t){key, strlen(key)}, shown);
     if (hint != NULL)
         return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' asks for %s, which the engine "
                           "does not implement for %s (under '%s.' it reads %s)", shown, hint, arch,
@@ -204,7 +201,7 @@ int pd_model_check_keys(const pd_gguf_t *g, pd_arch_t a, const char *arch, uint3
         char shown[SHOW_BUF];
         if (k.len >= sizeof key || memchr(k.ptr, '\0', k.len) != NULL)
             return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' is not one the engine "
-                              "knows", show(k, shown));
+                              "knows", pd_model_show(k, shown));
         memcpy(key, k.ptr, k.len);
         key[k.len] = '\0';
         if (has_prefix(&k, arch_ns)) {
@@ -226,7 +223,7 @@ int pd_model_check_keys(const pd_gguf_t *g, pd_arch_t a, const char *arch, uint3
         }
         return pd_err_set(err, PD_EUNSUPPORTED, "model: key '%s' is not one the engine knows "
                           "(it reads general.*, tokenizer.*, quantize.* and %s*; an adapter or "
-                          "a projector file is not a model)", show(k, shown), arch_ns);
+                          "a projector file is not a model)", pd_model_show(k, shown), arch_ns);
     }
     return 0;
 }
@@ -266,7 +263,7 @@ int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, const char *rea
             if (strstr(name, TENSOR_HINTS[j].needle) != NULL)
                 hint = TENSOR_HINTS[j].meaning;
         char shown[SHOW_BUF];
-        show((pd_gguf_str_t){name, strlen(name)}, shown);
+        pd_model_show((pd_gguf_str_t){name, strlen(name)}, shown);
         if (hint != NULL)
             return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' holds %s, which the "
                               "engine does not implement for this architecture (it reads %s)",

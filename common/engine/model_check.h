@@ -34,4 +34,11 @@ int pd_model_check_keys(const pd_gguf_t *g, pd_arch_t a, const char *arch, uint3
 int pd_model_check_tensors(const pd_gguf_t *g, const bool *used, const char *reads,
                            pd_err_t *err);
 
+/* A printable copy of a string from the file, for messages: '?' for
+ * anything but printable ASCII (a newline or an escape sequence never
+ * reaches a log line), "..." past PD_MODEL_SHOW_MAX bytes. Returns out. */
+#define PD_MODEL_SHOW_MAX 96
+#define PD_MODEL_SHOW_BUF (PD_MODEL_SHOW_MAX + 4)
+const char *pd_model_show(pd_gguf_str_t s, char out[PD_MODEL_SHOW_BUF]);
+
 #endif

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "engine/model_check.h"
 #include "engine/model_internal.h"
 
 static const struct {
@@ -68,10 +69,11 @@ static int read_rope_scaling(const pd_gguf_t *g, pd_model_config_t *c, const cha
         if (pd_gguf_get_str(g, key, &st, err) != 0)
             return PD_EFORMAT;
         bool longrope = c->arch == PD_ARCH_PHI3 && str_is(st, "longrope");
+        char shown[PD_MODEL_SHOW_BUF];
         if (!str_is(st, "none") && !str_is(st, "linear") && !longrope && st.len > 0)
-            return pd_err_set(err, PD_EUNSUPPORTED, "model: rope scaling '%.*s' not supported "
-                              "(supported: none, linear%s)", (int)(st.len > 32 ? 32 : st.len),
-                              st.ptr, c->arch == PD_ARCH_PHI3 ? ", longrope" : "");
+            return pd_err_set(err, PD_EUNSUPPORTED, "model: rope scaling '%s' not supported "
+                              "(supported: none, linear%s)", pd_model_show(st, shown),
+                              c->arch == PD_ARCH_PHI3 ? ", longrope" : "");
         if (str_is(st, "none"))
             return 0;
     }
@@ -227,13 +229,9 @@ int pd_model_read_config(const pd_gguf_t *g, pd_model_config_t *c, char arch_nam
     while (i < sizeof ARCHS / sizeof ARCHS[0] && !str_is(a, ARCHS[i].name))
         i++;
     if (i == sizeof ARCHS / sizeof ARCHS[0]) {
-        char shown[68];
-        size_t n = a.len > 64 ? 64 : (size_t)a.len;
-        for (size_t k = 0; k < n; k++)
-            shown[k] = a.ptr[k] >= 0x20 && a.ptr[k] < 0x7f ? a.ptr[k] : '?';
-        shown[n] = '\0';
+        char shown[PD_MODEL_SHOW_BUF];
         return pd_err_set(err, PD_EUNSUPPORTED, "model: unsupported architecture '%s' "
-                          "(supported: " PD_MODEL_ARCH_NAMES ")", shown);
+                          "(supported: " PD_MODEL_ARCH_NAMES ")", pd_model_show(a, shown));
     }
     c->arch = ARCHS[i].arch;
     snprintf(arch_name, 16, "%s", ARCHS[i].name);

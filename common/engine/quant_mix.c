@@ -22,7 +22,7 @@
  */
 #include "engine/quant_mix.h"
 
-#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef enum {
@@ -76,6 +76,16 @@ static category_t category(const char *name)
     return CAT_OTHER;
 }
 
+/* N of "blk.N.", or 0 for a tensor outside the layers. */
+static int layer_of(const char *name)
+{
+    if (strncmp(name, "blk.", 4) != 0)
+        return 0;
+    char *end = NULL;
+    unsigned long l = strtoul(name + 4, &end, 10);
+    return end != name + 4 && *end == '.' && l < 1u << 20 ? (int)l : 0;
+}
+
 static bool use_more_bits(int i, int n)
 {
     return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
@@ -126,10 +136,7 @@ int pd_quant_mix_type(pd_quant_mix_t mix, pd_ggml_type_t pure, const pd_quant_mi
 {
     pd_ggml_type_t t = mix == PD_MIX_PURE ? pure : pd_quant_mix_base(mix);
     if (mix != PD_MIX_PURE) {
-        unsigned layer = 0;
-        if (sscanf(name, "blk.%u.", &layer) != 1)
-            layer = 0;
-        t = mix_rule(mix, t, m, category(name), (int)layer, ne0);
+        t = mix_rule(mix, t, m, category(name), layer_of(name), ne0);
     }
     const uint32_t be = pd_ggml_block_elems(t);
     if (be != 0 && ne0 % be == 0) {

@@ -318,7 +318,7 @@ static void quant_q3_k(const float *x, uint8_t *y)
     memset(hmask, 0, 32);
     uint8_t lu[QK_K];
     for (int j = 0; j < QK_K; j++) {
-        int l = L[j];
+        int l = L[j]; // NOLINT(bugprone-signed-char-misuse,cert-str34-c): a level 0..7
         if (l > 3) {
             hmask[j % 32] = (uint8_t)(hmask[j % 32] | (1 << (j / 32)));
             l -= 4;

@@ -217,7 +217,8 @@ static void block_values(pd_ggml_type_t t, const uint8_t *b, double *v)
             q3k_scales(b + 96, s);
             const int low = (b[32 + (e / 128) * 32 + l] >> (2 * ((e % 128) / 32))) & 3;
             const int high = (b[l] >> c) & 1;
-            v[e] = (double)ld_f16(b + 108) * s[e / 16] * (low - (high ? 0 : 4));
+            const int8_t sc = s[e / 16];
+            v[e] = (double)ld_f16(b + 108) * sc * (low - (high ? 0 : 4));
             break;
         }
         case PD_GGML_TYPE_Q4_K: {

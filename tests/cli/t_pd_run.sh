@@ -66,7 +66,7 @@ expect_fail "pd-mkmodel negative seed" "--seed: '-3' is not an unsigned integer"
 expect_fail "pd-run negative seed" "--seed: '-3' is not an unsigned integer" "$BIN/pd-run" -m "$M" -p hi --seed -3
 
 # A K-quant file cut inside its last super-block.
-K=$MODELS/tiny-k-llama-spm-q4_k_m.gguf
+K=$MODELS/tiny-k-llama-spm-mix-q4_k_m.gguf
 if [ -f "$K" ]; then
     head -c $(($(stat -c %s "$K") - 100)) "$K" >"$T/trunc-k.gguf"
     expect_fail "K-quant file truncated in a super-block" "gguf: .*past the end of the data section" \

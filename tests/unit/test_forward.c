@@ -211,6 +211,15 @@ static void test_batching_tied(void **state) { (void)state; check_batching("tiny
 static void test_batching_f16(void **state) { (void)state; check_batching("tiny-llama-spm-f16.gguf"); }
 static void test_batching_q8_0(void **state) { (void)state; check_batching("tiny-llama-spm-q8_0.gguf"); }
 static void test_batching_q4_0(void **state) { (void)state; check_batching("tiny-llama-spm-q4_0.gguf"); }
+/* The K-quants and IQ4_NL (the mixes hold Q4_K, Q6_K; Q2_K, Q3_K, Q6_K). */
+static void test_batching_kquants(void **state)
+{
+    (void)state;
+    check_batching("tiny-k-llama-spm-mix-q4_k_m.gguf");
+    check_batching("tiny-k-llama-spm-mix-q2_k.gguf");
+    check_batching("tiny-k-llama-spm-q5_k.gguf");
+    check_batching("tiny-k-llama-spm-iq4_nl.gguf");
+}
 static void test_batching_sgemm_f32(void **state)
 {
     (void)state;
@@ -291,6 +300,7 @@ int main(void)
         cmocka_unit_test(test_batching_f16),
         cmocka_unit_test(test_batching_q8_0),
         cmocka_unit_test(test_batching_q4_0),
+        cmocka_unit_test(test_batching_kquants),
         cmocka_unit_test(test_batching_sgemm_f32),
         cmocka_unit_test(test_block_table_scrambled),
         cmocka_unit_test(test_bad_batch),
