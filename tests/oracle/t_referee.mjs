@@ -27,6 +27,7 @@ const { getLlama, LlamaLogLevel } = await import(path.join(here, NLC, "node-llam
 const MODELS = process.env.MODELS || "build/models";
 const PD_BIN = process.env.PD_BIN || "build/bin";
 const N_GEN = 64;
+const CTX = 256; // both engines sized alike: phi3 picks its rope factors by it
 
 // [model, tolerance, prompts (default all)]. The K-quant files (tiny-k
 // shape, dim 256) are more sensitive than the tiny ones: a last-bit
@@ -66,7 +67,7 @@ function ok(cond, name, detail) {
 
 function runOurs(model, prompt) {
   const out = execFileSync(path.join(PD_BIN, "pd-run"),
-    ["-m", model, "-p", prompt, "-n", String(N_GEN), "--ignore-eos", "--dump-top", "5"],
+    ["-m", model, "-p", prompt, "-n", String(N_GEN), "--ignore-eos", "--dump-top", "5", "--ctx", String(CTX)],
     { encoding: "utf8", maxBuffer: 64 << 20 });
   const lines = out.trim().split("\n").map((l) => JSON.parse(l));
   return {
@@ -111,7 +112,7 @@ for (const [name, tol, nPrompts] of CASES) {
     const same = JSON.stringify(withBos) === JSON.stringify(ours.tokens);
     if (same) tokOk++;
     else console.log(`# ${name} prompt ${pi} tokens: ours ${JSON.stringify(ours.tokens)} llama.cpp ${JSON.stringify(withBos)}`);
-    const ctx = await model.createContext({ contextSize: 256, batchSize: 256, threads: 2,
+    const ctx = await model.createContext({ contextSize: CTX, batchSize: 256, threads: 2,
       experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32", flashAttention: false });
     const seq = ctx.getSequence();
     // Prompt positions: probabilities of the next token after each prompt token.
