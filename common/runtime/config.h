@@ -121,7 +121,8 @@ typedef struct {
     uint32_t max_connections;
     uint64_t max_body_bytes;
     uint32_t idle_timeout_s;
-    char chat_template[16];            /* auto (the GGUF's) | chatml | llama2 | llama3 | mistral | zephyr */
+    char chat_template[16];            /* auto (the GGUF's) | chatml | llama2 | llama3 |
+                                          mistral | zephyr | gemma | phi3 */
 } pd_cfg_http_t;
 
 typedef struct {
