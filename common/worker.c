@@ -181,7 +181,7 @@ static void send_register(wk_t *w)
     r.worker_id = w->id;
     r.role = (Pd__Role)w->role;
     r.kv_endpoint = w->kv_endpoint;
-    r.model_identity = w->model->identity;
+    r.model_identity = w->identity;
     r.model_name = w->model->name;
     r.block_size = pd_kv_shape(w->kv)->block_size;
     r.total_blocks = pd_kv_shape(w->kv)->n_blocks;
@@ -437,6 +437,7 @@ static int setup(wk_t *w, const pd_proc_args_t *a, wk_role_t role, pd_err_t *err
     w->max_seq_len = w->model->cfg.ctx_len;
     if (w->cfg.model.max_seq_len && w->cfg.model.max_seq_len < w->max_seq_len)
         w->max_seq_len = w->cfg.model.max_seq_len;
+    w->identity = pd_model_kv_identity(w->model, w->max_seq_len);
     pd_kv_shape_t shape = { w->model->cfg.n_layers, w->model->cfg.n_kv_heads,
                             w->model->cfg.head_dim, w->cfg.kv.block_size, 0 };
     shape.n_blocks = w->cfg.kv.num_blocks

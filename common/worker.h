@@ -145,6 +145,8 @@ typedef struct {
     pd_engine_t *engine;
     pd_sampler_scratch_t *scratch;
     uint32_t vocab, max_seq_len, max_fwd_tokens, max_fwd_seqs;
+    uint64_t identity;         /* pd_model_kv_identity(model, max_seq_len): what the
+                                  router and the other workers must share */
     size_t block_bytes;
     float *logits;             /* (max_fwd_seqs, vocab) */
     int32_t *b_tokens, *b_pos, *b_seq; /* (max_fwd_tokens) batch being built */

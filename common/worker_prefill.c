@@ -303,7 +303,7 @@ static int ship(wk_t *w, wk_task_t *t)
     k.checksums = sums;
     k.first_token = t->first_token;
     k.prefill_worker_id = w->id;
-    k.model_identity = w->model->identity;
+    k.model_identity = w->identity;
     k.block_size = pd_kv_shape(w->kv)->block_size;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_KV_TRANSFER;

@@ -70,6 +70,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(g_model.name, sizeof g_model.name, "fuzz");
     g_model.identity = IDENTITY;
     w->model = &g_model;
+    w->identity = IDENTITY;
     w->vocab = VOCAB;
     w->max_seq_len = MAX_SEQ;
     pd_err_t err = { 0 };

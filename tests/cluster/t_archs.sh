@@ -1,0 +1,65 @@
+#!/bin/bash
+# The newer architectures through the whole cluster: for one file of each
+# (Llama 3.x with rope_freqs, Qwen3, Gemma 2, Gemma 3, Phi-3; a different
+# tensor type each), a router, a prefill and a decode worker serve 4
+# concurrent requests (prompts of 1 to ~450 tokens: past Gemma's 16-position
+# windows, KV handed from prefill to decode) and every stream is whole and
+# token-identical to pd-run on the same request. Contexts are sized alike
+# (model.max_seq_len = pd-run --ctx = 1024): phi3's rope factors depend on it.
+. "$(dirname "$0")/lib.sh"
+FILES=(llama3-tiny-q4_k_m qwen3-tiny-q6_k gemma2-tiny-q8_0 gemma3-tiny-q4_k_m phi3-tiny-f16)
+CTX=1024
+for f in "${FILES[@]}"; do
+    MODEL=$MODELS/$f.gguf
+    require_model
+done
+
+# Stops this model's processes (cleanup stops whatever is left at exit).
+stop_cluster() {
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    PIDS=()
+}
+
+N=4
+workload $N
+for f in "${FILES[@]}"; do
+    MODEL=$MODELS/$f.gguf
+    D=$T/$f
+    mkdir -p "$D"
+    start_router --set model.max_seq_len=$CTX
+    start_worker prefill "p-$f" --set model.max_seq_len=$CTX
+    start_worker decode "d-$f" --set model.max_seq_len=$CTX
+    wait_workers 2
+    for ((i = 0; i < N; i++)); do
+        # shellcheck disable=SC2086
+        ref_tokens "$D/ref_$i.txt" -p "${PROMPTS[i]}" ${ARGS[i]} --ctx $CTX
+    done
+    send_all $N "$D"
+    node tests/cluster/check_streams.mjs "$D" $N "$f 1P+1D" | tee "$D/check.txt"
+    grep -q '^not ok' "$D/check.txt" && FAILED=1
+    stop_cluster
+done
+
+# phi3's LongRoPE factors depend on the context: a worker sized for 100
+# positions (short factors; the router's 1024 takes the long ones) would
+# write other K, and is refused at registration. A llama file's identity
+# does not depend on the context: the same worker registers.
+MODEL=$MODELS/phi3-tiny-f16.gguf
+start_router --set model.max_seq_len=$CTX
+start_worker decode d-short --set model.max_seq_len=100
+rc=alive
+for _ in $(seq 1 300); do # a refused worker exits 1 (30 s at most)
+    kill -0 "$LAST_PID" 2>/dev/null || { wait "$LAST_PID"; rc=$?; break; }
+    sleep 0.1
+done
+check "phi3: a worker whose context picks the other rope factors is refused" \
+    bash -c "[ $rc = 1 ] && grep -q 'event=refused_by_router.*model identity' '$T/d-short.log'"
+stop_cluster
+MODEL=$MODELS/llama3-tiny-q4_k_m.gguf
+start_router --set model.max_seq_len=$CTX
+start_worker decode d-short-llama --set model.max_seq_len=100
+wait_workers 1
+ok "llama3: a worker with another context registers (the identity does not depend on it)"
+exit "$FAILED"
