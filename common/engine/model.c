@@ -87,8 +87,9 @@ static int get_mat(load_t *ld, const char *name, uint32_t n_in, uint32_t n_out,
     case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K:
         break;
     default:
-        return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' has unsupported type %s",
-                          name, pd_ggml_type_name(t->type));
+        return pd_err_set(err, PD_EUNSUPPORTED, "model: tensor '%s' has unsupported type %s "
+                          "(supported: " PD_GGML_SUPPORTED_TYPES ")", name,
+                          pd_ggml_type_name(t->type));
     }
     out->data = t->data;
     out->type = t->type;
