@@ -64,40 +64,45 @@ typedef struct {
     uint32_t rope_orig_ctx; /* llama: rope_freqs; phi3: LongRoPE; 0: none */
     uint32_t swa;           /* sliding window (gemma, phi3's unused one) */
     bool tied;
+    float attn_softcap;     /* gemma2's attention logit cap; 0: 50, Gemma 2's */
 } shape_t;
 
 /* Rows are multiples of 256 in the shapes of the newer architectures, so
  * that every K-quant mix quantizes every weight as llama.cpp would. */
+#define SHAPE(n_, a_, d_, l_, h_, kv_, f_, v_, c_, vk_, pre_)                                 \
+    .name = n_, .arch = a_, .dim = d_, .layers = l_, .heads = h_, .kv_heads = kv_, .ffn = f_,   \
+    .vocab = v_, .ctx = c_, .vocab_kind = vk_, .pre = pre_
 static const shape_t SHAPES[] = {
-    { "tiny", "llama", 128, 4, 4, 2, 384, 4000, 2048, "spm", NULL, 0, NULL, 0, 0, 0, 0, false },
-    { "llama-110M", "llama", 768, 12, 12, 12, 2048, 32000, 2048, "spm", NULL, 0, NULL, 0, 0, 0, 0,
-      false },
-    { "tinyllama-1.1B", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, "spm", NULL, 0, NULL, 0, 0, 0,
-      0, false },
-    { "qwen2-tiny", "qwen2", 128, 3, 4, 2, 320, 4000, 2048, "bpe", "qwen2", 0, NULL, 0, 0, 0, 0,
-      false },
-    { "qwen2-small", "qwen2", 512, 8, 8, 2, 1408, 50257, 4096, "bpe", "qwen2", 0, NULL, 0, 0, 0, 0,
-      false },
-    { "tiny-k", "llama", 256, 4, 4, 2, 512, 4000, 2048, "spm", NULL, 0, NULL, 0, 0, 0, 0, false },
-    /* Llama 3.2: llama-bpe, rope_freqs (factor 32 from 8192), tied */
-    { "llama3-tiny", "llama", 256, 4, 4, 2, 512, 4000, 131072, "bpe", "llama-bpe", 0, "llama3",
-      500000, 32, 8192, 0, true },
-    { "llama3.2-1B", "llama", 2048, 16, 32, 8, 8192, 50000, 131072, "bpe", "llama-bpe", 64,
-      "llama3", 500000, 32, 8192, 0, true },
-    /* Qwen3: head size 128 from dim 256 / 4 heads, Q/K norms, tied */
-    { "qwen3-tiny", "qwen3", 256, 4, 4, 2, 512, 4000, 40960, "bpe", "qwen2", 128, "chatml",
-      1000000, 0, 0, 0, true },
-    /* Gemma 2: window 16 on even layers, so the tests' sequences slide */
-    { "gemma2-tiny", "gemma2", 256, 4, 4, 2, 512, 4000, 8192, "spm", NULL, 128, "gemma", 10000,
-      0, 0, 16, true },
+    { SHAPE("tiny", "llama", 128, 4, 4, 2, 384, 4000, 2048, "spm", NULL) },
+    { SHAPE("llama-110M", "llama", 768, 12, 12, 12, 2048, 32000, 2048, "spm", NULL) },
+    { SHAPE("tinyllama-1.1B", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, "spm", NULL) },
+    { SHAPE("qwen2-tiny", "qwen2", 128, 3, 4, 2, 320, 4000, 2048, "bpe", "qwen2") },
+    { SHAPE("qwen2-small", "qwen2", 512, 8, 8, 2, 1408, 50257, 4096, "bpe", "qwen2") },
+    { SHAPE("tiny-k", "llama", 256, 4, 4, 2, 512, 4000, 2048, "spm", NULL) },
+    /* Llama 3.2: llama-bpe, rope_freqs (factor 32), tied. The test shape's
+     * original context is 32 (Llama 3.2's is 8192) so that the factors bend
+     * the rope at the positions a test reaches, as 8192 does at long ones. */
+    { SHAPE("llama3-tiny", "llama", 256, 4, 4, 2, 512, 4000, 131072, "bpe", "llama-bpe"),
+      .chat = "llama3", .rope_base = 500000, .rope_scale = 32, .rope_orig_ctx = 32, .tied = true },
+    { SHAPE("llama3.2-1B", "llama", 2048, 16, 32, 8, 8192, 50000, 131072, "bpe", "llama-bpe"),
+      .chat = "llama3", .rope_base = 500000, .rope_scale = 32, .rope_orig_ctx = 8192, .tied = true },
+    /* Qwen3: head size 128 from dim 256 / 4 heads, Q/K norms */
+    { SHAPE("qwen3-tiny", "qwen3", 256, 4, 4, 2, 512, 4000, 40960, "bpe", "qwen2"),
+      .head_dim = 128, .chat = "chatml", .rope_base = 1000000 },
+    /* Gemma 2: window 16 on even layers, so the tests' sequences slide; a
+     * score cap of 4 (Gemma 2's is 50) that bends this model's scores (~1) */
+    { SHAPE("gemma2-tiny", "gemma2", 256, 4, 4, 2, 512, 4000, 8192, "spm", NULL),
+      .head_dim = 128, .chat = "gemma", .swa = 16, .tied = true, .attn_softcap = 4 },
     /* Gemma 3 (4B-like): 5 local : 1 global, global rope 1e6 scaled 8 */
-    { "gemma3-tiny", "gemma3", 256, 6, 4, 2, 512, 4000, 131072, "spm", NULL, 128, "gemma",
-      1000000, 8, 0, 16, true },
+    { SHAPE("gemma3-tiny", "gemma3", 256, 6, 4, 2, 512, 4000, 131072, "spm", NULL),
+      .head_dim = 128, .chat = "gemma", .rope_base = 1000000, .rope_scale = 8, .swa = 16,
+      .tied = true },
     /* Phi-3.5-mini-like: fused tensors, LongRoPE from an original context
      * of 128 (so a context of 256 takes the long factors) */
-    { "phi3-tiny", "phi3", 256, 4, 4, 2, 512, 4000, 4096, "spm", NULL, 0, "phi3", 10000, 0, 128,
-      2047, false },
+    { SHAPE("phi3-tiny", "phi3", 256, 4, 4, 2, 512, 4000, 4096, "spm", NULL), .chat = "phi3",
+      .rope_orig_ctx = 128, .swa = 2047 },
 };
+#undef SHAPE
 
 /* A chat family's special tokens and template, appended to the test
  * vocabulary (bos/eos: which of them the file names; NULL keeps the
@@ -471,7 +476,8 @@ static int add_hparams(pd_gguf_writer_t *w, const opts_t *o)
     }
     if (is_arch(o, "gemma2")) {
         rc |= pd_gguf_writer_add_u32(w, KEY("attention.sliding_window"), s->swa);
-        rc |= pd_gguf_writer_add_f32(w, KEY("attn_logit_softcapping"), 50.0f);
+        rc |= pd_gguf_writer_add_f32(w, KEY("attn_logit_softcapping"),
+                                     s->attn_softcap > 0 ? s->attn_softcap : 50.0f);
         rc |= pd_gguf_writer_add_f32(w, KEY("final_logit_softcapping"), 30.0f);
     }
     if (is_arch(o, "gemma3") && s->swa != 0) {

@@ -51,16 +51,21 @@ const CASES = process.env.CASES ? JSON.parse(process.env.CASES) : [
   ["tiny-k-llama-spm-mix-q4_k_m", 4e-2, 1], ["tiny-k-llama-spm-mix-q3_k_m", 5e-2, 1],
   ["tiny-k-llama-spm-mix-q2_k", 5e-2, 1],
   // The newer architectures (docs/models.md), each in the four types people
-  // download, every prompt. One tolerance per type over the five: twice the
-  // worst gap seen (2026-12-07: F16 3.2e-3 gemma3, Q8_0 7.0e-2 llama3,
-  // Q4_K_M 1.1e-1 qwen3, Q6_K 4.4e-2 qwen3), rounded up. Their quantized
-  // gaps are larger than tiny-k's: F32 and single-token runs agree to
-  // ~1e-6 (the architectures are computed alike), but a last-bit difference
-  // flips an activation's Q8 rounding now and then, and in the Q4_K_M
-  // mixes llama.cpp multiplies Q4_K through its repacked 8x8 kernels, which
-  // do not sum as its vec_dot (which pdserve matches) does.
+  // download and F32, every prompt. One tolerance per type over the five
+  // files of that type: twice the worst gap seen (2026-12-07: F32 6.0e-6;
+  // F16 3.2e-3 gemma3; Q8_0 4.4e-2 llama3; Q4_K_M 1.2e-1 llama3; Q6_K
+  // 5.0e-2 llama3), rounded up. Gemma's F32 gap (5.8e-4) is its GeGLU:
+  // ggml rounds the gate to fp16 and reads gelu from an fp16 table, so a
+  // last-bit difference upstream moves an activation by an fp16 step (the
+  // engine does the same: with plain float gelu the median gap is 4x
+  // larger). The quantized gaps are larger than on the tiny shapes: F32 and
+  // single-token runs agree to ~5e-6, but a last-bit difference flips an
+  // activation's Q8 rounding now and then, and llama.cpp's batched prompt
+  // and repacked Q4_K kernels do not sum as its vec_dot (which pdserve
+  // matches) does.
   ...["llama3-tiny", "qwen3-tiny", "gemma2-tiny", "gemma3-tiny", "phi3-tiny"].flatMap((a) => [
-    [`${a}-f16`, 7e-3], [`${a}-q8_0`, 0.15], [`${a}-q4_k_m`, 0.25], [`${a}-q6_k`, 9e-2]]),
+    [`${a}-f32`, a.startsWith("gemma") ? 1.2e-3 : 2e-5], [`${a}-f16`, 7e-3],
+    [`${a}-q8_0`, 9e-2], [`${a}-q4_k_m`, 0.25], [`${a}-q6_k`, 0.1]]),
 ];
 const PROMPTS = [
   "Once upon a time",
