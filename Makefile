@@ -18,7 +18,7 @@ SAN      ?=
 PKGS     := libzmq libprotobuf-c yaml-0.1 libmicrohttpd jansson libpcre2-8 libxxhash openblas libsodium
 OPT      ?= -O2
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
-               -fno-strict-aliasing -pthread -march=x86-64 -mtune=native -I common -I $(BUILD)/gen -I client
+               -fno-strict-aliasing -pthread -march=x86-64 -mtune=native -I . -I common -I $(BUILD)/gen -I client
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 ifeq ($(SAN),)
@@ -32,7 +32,7 @@ LDFLAGS  := -pthread $(SAN)
 LIBS     := $(PKG_LIBS) $(MALLOC_LIB) -lm
 
 PROTOS      := $(wildcard proto/*.proto)
-PROTO_C     := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
+PROTO_C     := $(patsubst proto/%.proto,$(BUILD)/gen/proto/%.pb-c.c,$(PROTOS))
 PROTO_H     := $(PROTO_C:.c=.h)
 PROTO_OBJ   := $(patsubst $(BUILD)/gen/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
 obj_of       = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -43,11 +43,13 @@ obj_of       = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 BASE_OBJ    := $(call obj_of,$(wildcard common/base/*.c))
 ENGINE_OBJ  := $(call obj_of,$(wildcard common/engine/*.c))
 RUNTIME_OBJ := $(call obj_of,$(wildcard common/runtime/*.c))
+# proto/: the wire codec (pd.pb-c <-> C structs), runtime side only.
+CODEC_OBJ   := $(call obj_of,$(wildcard proto/*.c))
 WORKER_OBJ  := $(call obj_of,$(wildcard common/worker*.c))
 CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$(wildcard client/*.c))
 CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
 # libpdengine: the engine and base (pd-run and the tools need nothing else).
-# libpdruntime: the runtime, base and the generated protobuf code.
+# libpdruntime: the runtime, base, the generated protobuf code and its codec.
 # libpdclient: the client library with what it needs of the runtime (sockets,
 # the config's defaults) and base, standalone: no engine, no process code.
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
@@ -72,9 +74,11 @@ all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_B
 deps:
 	@scripts/deps.sh
 
-$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
-	@mkdir -p $(BUILD)/gen
-	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+# Generated code is included as "proto/pd.pb-c.h" (-I $(BUILD)/gen), as the
+# hand-written "proto/codec.h" is (-I .).
+$(BUILD)/gen/proto/%.pb-c.c $(BUILD)/gen/proto/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen/proto
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen/proto $<
 
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
@@ -93,7 +97,7 @@ $(ENGINE_LIB): $(BASE_OBJ) $(ENGINE_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ)
+$(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ) $(CODEC_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
@@ -183,13 +187,13 @@ fuzz:
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
 # files at a time; any finding fails the target.
-LINT_SRC := $(wildcard common/*.c common/*/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
+LINT_SRC := $(wildcard common/*.c common/*/*.c proto/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
 lint: $(PROTO_H)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -I common common router prefill_worker decode_worker client tools
+	    --suppress=missingIncludeSystem -I . -I common common proto router prefill_worker decode_worker client tools
 	@echo "clang-tidy: $(words $(LINT_SRC)) files"
 	@printf '%s\n' $(LINT_SRC) | xargs -P2 -n1 sh -c 'out=$$(clang-tidy --quiet "$$0" -- \
-	    -std=c11 -D_GNU_SOURCE -I common -I $(BUILD)/gen -I client $(PKG_CFLAGS) \
+	    -std=c11 -D_GNU_SOURCE -I . -I common -I $(BUILD)/gen -I client $(PKG_CFLAGS) \
 	    -mavx2 -mfma -mf16c 2>&1); rc=$$?; \
 	    printf "%s\n" "$$out" | grep -v "warnings\? generated\.$$" || true; exit $$rc' \
 	    || { echo "clang-tidy: findings above"; exit 1; }

@@ -19,53 +19,8 @@ static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM (proc.h) */
 
 int wk_params_from_pb(const wk_t *w, const Pd__GenParams *p, wk_params_t *out, pd_err_t *err)
 {
-    memset(out, 0, sizeof *out);
-    if (p == NULL)
-        return pd_err_set(err, PD_EINVAL, "params: missing");
-    pd_sampling_default(&out->s);
-    const Pd__Sampling *s = p->sampling;
-    if (s) {
-        if (s->has_temperature) out->s.temperature = s->temperature;
-        if (s->has_top_k) out->s.top_k = s->top_k;
-        if (s->has_top_p) out->s.top_p = s->top_p;
-        if (s->has_min_p) out->s.min_p = s->min_p;
-        if (s->has_repetition_penalty) out->s.repetition_penalty = s->repetition_penalty;
-        if (s->has_presence_penalty) out->s.presence_penalty = s->presence_penalty;
-        if (s->has_frequency_penalty) out->s.frequency_penalty = s->frequency_penalty;
-        if (s->has_seed) out->s.seed = s->seed;
-    }
-    int rc = pd_sampling_validate(&out->s, err);
-    if (rc)
-        return rc;
-    if (!p->has_max_tokens || p->max_tokens == 0)
-        return pd_err_set(err, PD_EINVAL, "params.max_tokens: must be >= 1");
-    out->max_tokens = p->max_tokens;
-    if (p->n_stop_ids > WK_MAX_STOP_IDS)
-        return pd_err_set(err, PD_EINVAL, "params.stop_ids: %zu, at most %d", p->n_stop_ids,
-                          WK_MAX_STOP_IDS);
-    for (size_t i = 0; i < p->n_stop_ids; i++) {
-        if (p->stop_ids[i] < 0 || (uint32_t)p->stop_ids[i] >= w->vocab)
-            return pd_err_set(err, PD_EINVAL, "params.stop_ids[%zu]: %d out of range", i,
-                              p->stop_ids[i]);
-        out->stop_ids[i] = p->stop_ids[i];
-    }
-    out->n_stop_ids = (uint32_t)p->n_stop_ids;
-    out->ignore_eos = p->has_ignore_eos && p->ignore_eos;
-    out->n_prompt = p->n_prompt;
-    out->n_generated = p->n_generated;
-    if (out->n_prompt == 0 || out->n_prompt >= w->max_seq_len)
-        return pd_err_set(err, PD_EINVAL, "params.n_prompt: %u, must be in [1, %u)",
-                          out->n_prompt, w->max_seq_len);
-    if (out->n_generated >= out->max_tokens)
-        return pd_err_set(err, PD_EINVAL, "params.n_generated: %u, must be below max_tokens %u",
-                          out->n_generated, out->max_tokens);
-    out->max_seq_len = p->has_max_seq_len && p->max_seq_len && p->max_seq_len < w->max_seq_len
-                           ? p->max_seq_len
-                           : w->max_seq_len;
-    if ((uint64_t)out->n_prompt + out->n_generated >= out->max_seq_len)
-        return pd_err_set(err, PD_EINVAL, "params: %u prompt + %u generated tokens fill the "
-                          "context of %u", out->n_prompt, out->n_generated, out->max_seq_len);
-    return 0;
+    pd_gen_limits_t lim = { w->vocab, w->max_seq_len };
+    return pd_codec_params_from_pb(p, &lim, out, err);
 }
 
 Pd__FinishReason wk_finish_check(const wk_t *w, const wk_params_t *p, int32_t token,
@@ -175,20 +130,22 @@ void wk_send_preempted(wk_t *w, uint64_t req, uint32_t epoch, uint32_t n_generat
 static void send_register(wk_t *w)
 {
     Pd__Register r = PD__REGISTER__INIT;
-    r.has_protocol_version = r.has_role = r.has_model_identity = r.has_block_size = true;
-    r.has_total_blocks = r.has_max_batch_size = r.has_max_batch_tokens = r.has_max_seq_len = true;
+    r.has_protocol_version = r.has_role = r.has_model_identity = true;
     r.protocol_version = PD_PROTOCOL_VERSION;
     r.worker_id = w->id;
     r.role = (Pd__Role)w->role;
     r.kv_endpoint = w->kv_endpoint;
     r.model_identity = w->model->identity;
     r.model_name = w->model->name;
-    r.block_size = pd_kv_shape(w->kv)->block_size;
-    r.total_blocks = pd_kv_shape(w->kv)->n_blocks;
-    r.max_batch_size = w->role == WK_ROLE_PREFILL ? w->cfg.prefill.max_batch_size
-                                                  : w->cfg.decode.max_batch_size;
-    r.max_batch_tokens = w->cfg.prefill.max_batch_tokens;
-    r.max_seq_len = w->max_seq_len;
+    pd_worker_limits_t lim = {
+        .block_size = pd_kv_shape(w->kv)->block_size,
+        .total_blocks = pd_kv_shape(w->kv)->n_blocks,
+        .max_batch_size = w->role == WK_ROLE_PREFILL ? w->cfg.prefill.max_batch_size
+                                                     : w->cfg.decode.max_batch_size,
+        .max_batch_tokens = w->cfg.prefill.max_batch_tokens,
+        .max_seq_len = w->max_seq_len,
+    };
+    pd_codec_limits_to_pb(&lim, &r);
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_REGISTER;
     m.register_ = &r;
@@ -203,43 +160,20 @@ static void send_register(wk_t *w)
 
 static void send_heartbeat(wk_t *w)
 {
-    Pd__WorkerCounters c = PD__WORKER_COUNTERS__INIT;
-    c.has_steps = c.has_multi_seq_steps = c.has_joins_while_running = c.has_retirements = true;
-    c.has_preemptions = c.has_prefill_batches = c.has_prefill_multi = c.has_prefill_tokens = true;
-    c.has_kv_sent_bytes = c.has_kv_recv_bytes = c.has_kv_rejected = c.has_decode_tokens = true;
-    c.has_max_running = c.has_kv_transfers = c.has_kv_transfer_us = true;
-    c.has_prefill_us = c.has_decode_us = true;
-    c.kv_transfers = w->c.kv_transfers;
-    c.kv_transfer_us = w->c.kv_transfer_us;
-    c.prefill_us = w->c.prefill_us;
-    c.decode_us = w->c.decode_us;
-    c.steps = w->c.steps;
-    c.multi_seq_steps = w->c.multi_seq_steps;
-    c.joins_while_running = w->c.joins_while_running;
-    c.retirements = w->c.retirements;
-    c.preemptions = w->c.preemptions;
-    c.prefill_batches = w->c.prefill_batches;
-    c.prefill_multi = w->c.prefill_multi;
-    c.prefill_tokens = w->c.prefill_tokens;
-    c.kv_sent_bytes = w->c.kv_sent_bytes;
-    c.kv_recv_bytes = w->c.kv_recv_bytes;
-    c.kv_rejected = w->c.kv_rejected;
-    c.decode_tokens = w->c.decode_tokens;
-    c.max_running = w->c.max_running;
-    if (w->role != WK_ROLE_DECODE) {
-        c.has_prefill_pass_tokens = true;
-        c.prefill_pass_tokens = wk_prefill_pass_tokens(w);
-    }
-    Pd__Heartbeat h = PD__HEARTBEAT__INIT;
-    h.has_queued_prefill_tokens = h.has_running_seqs = h.has_free_blocks = true;
-    h.has_total_blocks = h.has_draining = h.has_waiting_seqs = true;
-    h.queued_prefill_tokens = wk_prefill_queued_tokens(w);
-    h.running_seqs = w->n_running;
-    h.waiting_seqs = wk_decode_n_waiting(w);
-    h.free_blocks = pd_kv_n_free(w->kv);
-    h.total_blocks = pd_kv_shape(w->kv)->n_blocks;
-    h.draining = w->draining;
-    h.counters = &c;
+    pd_worker_load_t l = {
+        .queued_prefill_tokens = wk_prefill_queued_tokens(w),
+        .running_seqs = w->n_running,
+        .waiting_seqs = wk_decode_n_waiting(w),
+        .free_blocks = pd_kv_n_free(w->kv),
+        .total_blocks = pd_kv_shape(w->kv)->n_blocks,
+        .draining = w->draining,
+        .counters = w->c,
+    };
+    /* 0 on the wire for a decode worker: it has no prefill passes. */
+    l.counters.prefill_pass_tokens = w->role != WK_ROLE_DECODE ? wk_prefill_pass_tokens(w) : 0;
+    Pd__Heartbeat h;
+    Pd__WorkerCounters c;
+    pd_codec_load_to_pb(&l, &h, &c);
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_HEARTBEAT;
     m.heartbeat = &h;

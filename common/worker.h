@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "proto/codec.h"
 #include "runtime/config.h"
 #include "engine/forward.h"
 #include "engine/kvcache.h"
@@ -31,7 +32,6 @@
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
-#define WK_MAX_STOP_IDS 64
 #define WK_MAX_EGRESS 64       /* decode endpoints a prefill worker ships to */
 #define WK_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
 #define WK_MAX_ORPHANS 64      /* KV transfers held until their DecodeTask */
@@ -40,17 +40,9 @@
 
 typedef enum { WK_ROLE_PREFILL = 1, WK_ROLE_DECODE = 2, WK_ROLE_BOTH = 3 } wk_role_t;
 
-/* What a worker needs to generate for one request (from Pd__GenParams). */
-typedef struct {
-    pd_sampling_t s;
-    uint32_t max_tokens;       /* total output budget */
-    int32_t stop_ids[WK_MAX_STOP_IDS];
-    uint32_t n_stop_ids;
-    bool ignore_eos;
-    uint32_t n_prompt;
-    uint32_t n_generated;      /* output tokens before this epoch */
-    uint32_t max_seq_len;
-} wk_params_t;
+/* What a worker needs to generate for one request: pd_gen_params_t
+ * (proto/codec.h, from Pd__GenParams). */
+typedef pd_gen_params_t wk_params_t;
 
 /* ====== Prefill ====== */
 
@@ -118,12 +110,7 @@ typedef struct {
     uint64_t t_ms;
 } wk_orphan_t;
 
-typedef struct {
-    uint64_t steps, multi_seq_steps, joins_while_running, retirements, preemptions;
-    uint64_t prefill_batches, prefill_multi, prefill_tokens;
-    uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
-    uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
-} wk_counters_t;
+typedef pd_worker_counters_t wk_counters_t; /* proto/codec.h */
 
 typedef struct {
     void *data;
@@ -194,7 +181,8 @@ int pd_worker_main(int argc, char **argv, wk_role_t default_role);
 
 /* ====== Shared by worker*.c ====== */
 
-/* Converts and checks params from the wire (every value validated). */
+/* Converts and checks params from the wire (pd_codec_params_from_pb
+ * against this worker's vocabulary and context). */
 int wk_params_from_pb(const wk_t *w, const Pd__GenParams *p, wk_params_t *out, pd_err_t *err);
 /* Why generation ends after token (at output index, sequence position),
  * or FINISH_NONE. */

@@ -594,14 +594,11 @@ void wk_decode_step(wk_t *w)
     for (uint32_t k = 0; k < n; k++) {
         wk_seq_t *s = run[k];
         if (s->echo_first) {
-            Pd__TokenEntry *e = &ents[ne];
-            pd__token_entry__init(e);
-            e->has_request_id = e->has_epoch = e->has_token = e->has_index = true;
-            e->request_id = s->req;
-            e->epoch = s->epoch;
-            e->token = s->last_token;
-            e->index = s->last_index;
-            eps[ne++] = e;
+            pd_token_entry_t te = { s->req, s->epoch, s->last_token, s->last_index,
+                                    PD__FINISH_REASON__FINISH_NONE };
+            pd_codec_token_to_pb(&te, &ents[ne]);
+            eps[ne] = &ents[ne];
+            ne++;
             s->echo_first = false;
         }
         uint32_t pos = s->n_past + 1;
@@ -615,16 +612,10 @@ void wk_decode_step(wk_t *w)
         if (s->n_hist < s->cap_hist)
             s->hist[s->n_hist++] = tok;
         done[k] = fin != PD__FINISH_REASON__FINISH_NONE;
-        Pd__TokenEntry *e = &ents[ne];
-        pd__token_entry__init(e);
-        e->has_request_id = e->has_epoch = e->has_token = e->has_index = true;
-        e->request_id = s->req;
-        e->epoch = s->epoch;
-        e->token = tok;
-        e->index = index;
-        e->has_finish_reason = done[k];
-        e->finish_reason = fin;
-        eps[ne++] = e;
+        pd_token_entry_t te = { s->req, s->epoch, tok, index, fin };
+        pd_codec_token_to_pb(&te, &ents[ne]);
+        eps[ne] = &ents[ne];
+        ne++;
     }
     Pd__TokenBatch tb = PD__TOKEN_BATCH__INIT;
     tb.n_entries = ne;

@@ -536,14 +536,8 @@ void wk_prefill_run(wk_t *w)
         uint32_t index = t->params.n_generated;
         fins[s] = wk_finish_check(w, &t->params, tok, index, t->n_tokens);
         Pd__TokenEntry *e = &ents[n_ent];
-        pd__token_entry__init(e);
-        e->has_request_id = e->has_epoch = e->has_token = e->has_index = true;
-        e->request_id = t->req;
-        e->epoch = t->epoch;
-        e->token = tok;
-        e->index = index;
-        e->has_finish_reason = fins[s] != PD__FINISH_REASON__FINISH_NONE;
-        e->finish_reason = fins[s];
+        pd_token_entry_t te = { t->req, t->epoch, tok, index, fins[s] };
+        pd_codec_token_to_pb(&te, e);
         if (!e->has_finish_reason && strcmp(t->decode_id, w->id) != 0 && lose_first_token()) {
             PD_INFO("event=test_first_token_lost req=%llu", (unsigned long long)t->req);
             continue;

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #include "base/err.h"
-#include "pd.pb-c.h"
+#include "proto/pd.pb-c.h"
 
 typedef struct pd_metrics pd_metrics_t;
 

@@ -38,9 +38,9 @@ PKG_CFLAGS=$(pkg-config --cflags $PKGS 2>/dev/null)
 # shellcheck disable=SC2086
 PKG_LIBS=$(pkg-config --libs $PKGS 2>/dev/null)
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-CFLAGS="-std=c11 -D_GNU_SOURCE -O1 -g -pthread -I common -I $OUT/gen -I client $PKG_CFLAGS"
+CFLAGS="-std=c11 -D_GNU_SOURCE -O1 -g -pthread -I . -I common -I $OUT/gen -I client $PKG_CFLAGS"
 
-mkdir -p "$OUT/obj" "$OUT/gen" "$OUT/logs" "$OUT/crashes"
+mkdir -p "$OUT/obj" "$OUT/gen/proto" "$OUT/logs" "$OUT/crashes"
 # One fuzz build at a time per build dir (make test and make asan may overlap).
 exec 9>"$OUT/.lock"
 flock 9
@@ -50,15 +50,15 @@ flock 9
 for p in proto/*.proto; do
     [ -e "$p" ] || continue
     base=$(basename "$p" .proto)
-    if [ ! -e "$OUT/gen/$base.pb-c.c" ] || [ "$p" -nt "$OUT/gen/$base.pb-c.c" ]; then
-        protoc-c --proto_path=proto --c_out="$OUT/gen" "$p" || echo "fuzz: protoc-c failed on $p" >&2
+    if [ ! -e "$OUT/gen/proto/$base.pb-c.c" ] || [ "$p" -nt "$OUT/gen/proto/$base.pb-c.c" ]; then
+        protoc-c --proto_path=proto --c_out="$OUT/gen/proto" "$p" || echo "fuzz: protoc-c failed on $p" >&2
     fi
 done
 
 # ====== Objects (rebuilt when the source or any common header is newer) ======
 
 # shellcheck disable=SC2012 # our own file names
-newest_header=$(ls -t common/*.h common/*/*.h router/*.h "$OUT"/gen/*.h 2>/dev/null | head -1)
+newest_header=$(ls -t common/*.h common/*/*.h proto/*.h router/*.h "$OUT"/gen/proto/*.h 2>/dev/null | head -1)
 
 compile_one() {
     local src=$1 objdir=${2:-$OUT/obj} obj extra=""
@@ -84,11 +84,18 @@ compile_one() {
 export -f compile_one
 export OUT CC CFLAGS SAN NEWEST_HEADER="$newest_header"
 
+mapfile -t common_src < <(find common proto "$OUT/gen/proto" -name '*.c' | sort)
 # shellcheck disable=SC2016 # $1 expands in the child bash
-{ find common -name '*.c' -print0; find "$OUT/gen" -maxdepth 1 -name '*.c' -print0; } |
-    xargs -0 -r -n 1 -P "$JOBS" bash -c 'compile_one "$1"' _
+printf '%s\0' "${common_src[@]}" | xargs -0 -r -n 1 -P "$JOBS" bash -c 'compile_one "$1"' _
+# The archive holds the objects of today's sources only: an object left by a
+# file since moved or removed must not stand in for the new one.
+common_obj=()
+for src in "${common_src[@]}"; do
+    obj=$OUT/obj/$(echo "$src" | tr '/' '_' | sed 's/\.c$/.o/')
+    [ -e "$obj" ] && common_obj+=("$obj")
+done
 rm -f "$OUT/libfuzzcommon.a"
-ar rcs "$OUT/libfuzzcommon.a" "$OUT"/obj/*.o
+ar rcs "$OUT/libfuzzcommon.a" "${common_obj[@]}"
 
 # ====== Targets ======
 

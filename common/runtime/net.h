@@ -29,7 +29,7 @@
 
 #include "runtime/config.h"
 #include "base/err.h"
-#include "pd.pb-c.h"
+#include "proto/pd.pb-c.h"
 
 /* Incompatible wire changes bump this; a peer with another one is refused. */
 #define PD_PROTOCOL_VERSION 1
