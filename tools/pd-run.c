@@ -41,7 +41,7 @@ typedef struct {
     bool bench;
     bool json;
     bool fast_prefill;          /* batch invariance off: sgemm for prefill */
-    bool invariant_quant;       /* batch invariance for Q8_0/Q4_0 weights too */
+    bool invariant_quant;       /* batch invariance for quantized weights too */
     int threads;
     uint32_t bench_ctx; /* --bench: decode prompts of this many tokens */
     uint32_t dump_top;

@@ -88,7 +88,7 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  *
  * y (n_rows, w->n_out) = x (n_rows, w->n_in) @ W^T, fp32 out.
  * n_rows <= skinny_max: the skinny kernel, split over the pool by output rows
- * (for Q8_0/Q4_0 weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
+ * (for quantized weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
  * integer kernel is slower than dequantize + sgemm).
  * Otherwise: cblas_sgemm (fp32 weights directly; other types dequantized
  * tile by tile into scratch, then sgemm).
@@ -152,7 +152,7 @@ void pd_kern_axpy_f32_avx2(float *y, float a, const float *x, uint32_t n);
 /* Suggested skinny_max for pd_matmul on AVX2 machines (measured with
  * pd-kbench: up to this many rows the skinny kernel beats sgemm). */
 #define PD_SKINNY_DEFAULT_MAX 64
-/* Cap on the skinny path for Q8_0/Q4_0 weights (measured crossover with
+/* Cap on the skinny path for quantized weights (measured crossover with
  * dequantize + sgemm on the same machine: 32 rows at 4096 x 4096). */
 #define PD_SKINNY_QUANT_MAX 32
 

@@ -49,7 +49,7 @@ typedef struct {
     uint32_t n_end_tokens;
     uint32_t threads;             /* compute threads per worker */
     bool batch_invariant;         /* bit-identical rows in any batch (forward.h) */
-    bool batch_invariant_quant;   /* the same for Q8_0/Q4_0 weights */
+    bool batch_invariant_quant;   /* the same for quantized weights */
 } pd_cfg_model_t;
 
 typedef struct {
