@@ -9,6 +9,7 @@
 #   make fuzz       libFuzzer targets (clang), a short run of each
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
+#   make image      the container image pdserve:latest (deploy/Dockerfile)
 #   make lint       cppcheck + clang-tidy
 #   make soak       long soak with a nemesis (SOAK_SECONDS per seed, SOAK_SEEDS)
 
@@ -68,8 +69,11 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all bins image deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
+
+# Every process and tool without the tests (what the image build needs).
+bins: $(TOOLS) $(CLIENT_BINS) $(PROC_BINS)
 
 deps:
 	@scripts/deps.sh
@@ -83,6 +87,11 @@ $(BUILD)/gen/proto/%.pb-c.c $(BUILD)/gen/proto/%.pb-c.h: proto/%.proto
 $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Wno-error -c $< -o $@
+
+# AVX-512 code lives in *_avx512.c files only; dispatch is at run time.
+$(BUILD)/obj/%_avx512.o: %_avx512.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni -MMD -MP -c $< -o $@
 
 # AVX2/FMA/F16C code lives in *_avx2.c files only; dispatch is at run time.
 $(BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
@@ -101,7 +110,7 @@ $(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ) $(CODEC_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c)
+CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c common/runtime/addr.c)
 $(CLIENT_LIB): $(CLIENT_OBJ) $(BASE_OBJ) $(CLIENT_NEEDS) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -149,11 +158,16 @@ $(BUILD)/tests/ggml_kcheck: $(BUILD)/obj/tests/helpers/ggml_kcheck.o $(ENGINE_LI
 referee:
 	@scripts/referee.sh
 	@scripts/http-deps.sh
+	@scripts/k8s-deps.sh
 
 models: all referee
 	@BUILD=$(BUILD) scripts/models.sh
 
+# The container and multi-host tests (tests/deploy) need docker and network
+# namespaces: scripts/docker-deps.sh installs and starts them (as root); where
+# it cannot, those tests print a skip line saying why.
 test: deps all models
+	-@scripts/docker-deps.sh
 	@BUILD=$(BUILD) tests/run.sh
 
 asan:
@@ -194,7 +208,7 @@ lint: $(PROTO_H)
 	@echo "clang-tidy: $(words $(LINT_SRC)) files"
 	@printf '%s\n' $(LINT_SRC) | xargs -P2 -n1 sh -c 'out=$$(clang-tidy --quiet "$$0" -- \
 	    -std=c11 -D_GNU_SOURCE -I . -I common -I $(BUILD)/gen -I client $(PKG_CFLAGS) \
-	    -mavx2 -mfma -mf16c 2>&1); rc=$$?; \
+	    -mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni 2>&1); rc=$$?; \
 	    printf "%s\n" "$$out" | grep -v "warnings\? generated\.$$" || true; exit $$rc' \
 	    || { echo "clang-tidy: findings above"; exit 1; }
 
@@ -209,6 +223,15 @@ SOAK_SECONDS ?= 300
 SOAK_SEEDS   ?= 1 2 3 4 5 6 7 8 9 10
 soak: all
 	@BUILD=$(BUILD) tests/soak/run_seeds.sh $(SOAK_SECONDS) $(SOAK_SEEDS)
+
+# The container image (deploy/Dockerfile; docs/operations.md). The base,
+# debian:bookworm-slim, is built locally when it cannot be pulled.
+IMAGE ?= pdserve:latest
+image:
+	@scripts/docker-deps.sh
+	@scripts/docker-base.sh
+	docker build -q -f deploy/Dockerfile -t $(IMAGE) .
+	@docker image inspect -f '$(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 run:
 	@scripts/run.sh start

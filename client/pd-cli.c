@@ -6,6 +6,8 @@
  *          [--timeout MS]
  *   pd-cli status [--json]
  *   pd-cli drain WORKER          the worker finishes what it holds and leaves
+ *   pd-cli drain WORKER --keep   ... and stays registered, idle (cordoned)
+ *   pd-cli undrain WORKER        a cordoned worker takes new work again
  *   pd-cli keygen                a CURVE key pair (Z85), for security.* and
  *                                $PD_CURVE_PUBLIC_KEY / $PD_CURVE_SECRET_KEY
  *   pd-cli bench-zmq [--block-bytes B] [--blocks N] [--messages M]
@@ -59,7 +61,8 @@ static void usage(void)
             "              [--ignore-eos] [--tokens ID,ID,...] [--no-stream] [--json]\n"
             "              [--timeout MS]\n"
             "       pd-cli [--router ADDR] status [--json]\n"
-            "       pd-cli [--router ADDR] drain WORKER\n"
+            "       pd-cli [--router ADDR] drain WORKER [--keep]\n"
+            "       pd-cli [--router ADDR] undrain WORKER\n"
             "       pd-cli keygen\n"
             "       pd-cli bench-zmq [--block-bytes B] [--blocks N] [--messages M]\n"
             "       pd-cli [--router ADDR] debug-send HEX\n"
@@ -423,12 +426,14 @@ static int cmd_status(const char *router, int argc, char **argv)
 
 /* ====== drain ====== */
 
-static int cmd_drain(const char *router, int argc, char **argv)
+static int cmd_drain(const char *router, int argc, char **argv, bool undrain)
 {
-    if (argc != 1) {
+    bool keep = argc == 2 && strcmp(argv[1], "--keep") == 0;
+    if (argc != 1 + (keep && !undrain)) {
         usage();
         return 2;
     }
+    pd_drain_mode_t mode = undrain ? PD_DRAIN_RESUME : keep ? PD_DRAIN_KEEP : PD_DRAIN_LEAVE;
     pd_err_t err = { 0 };
     pd_client_t *c = pd_client_new(router, &err);
     if (c == NULL) {
@@ -436,13 +441,19 @@ static int cmd_drain(const char *router, int argc, char **argv)
         return 1;
     }
     pd_client_set_timeout(c, 3000);
-    int rc = pd_client_drain(c, argv[0], &err);
+    int rc = pd_client_drain_mode(c, argv[0], mode, &err);
     pd_client_free(c);
     if (rc) {
         fprintf(stderr, "pd-cli: %s\n", err.msg);
         return 1;
     }
-    printf("draining %s\n", argv[0]);
+    if (mode == PD_DRAIN_LEAVE)
+        printf("draining %s: it finishes what it holds, then leaves\n", argv[0]);
+    else if (mode == PD_DRAIN_KEEP)
+        printf("cordoned %s: it gets no new work, finishes what it holds and stays "
+               "(pd-cli undrain %s)\n", argv[0], argv[0]);
+    else
+        printf("resumed %s: it takes new work again\n", argv[0]);
     return 0;
 }
 
@@ -754,7 +765,9 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "status") == 0)
         return cmd_status(router, n, rest);
     if (strcmp(cmd, "drain") == 0)
-        return cmd_drain(router, n, rest);
+        return cmd_drain(router, n, rest, false);
+    if (strcmp(cmd, "undrain") == 0)
+        return cmd_drain(router, n, rest, true);
     if (strcmp(cmd, "bench-zmq") == 0)
         return cmd_bench_zmq(n, rest);
     if (strcmp(cmd, "keygen") == 0) {

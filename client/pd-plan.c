@@ -44,8 +44,17 @@
  * each P), prints goodput and attainment for each, and the smallest cluster
  * that meets the SLOs.
  *
- * Exit: 0 a cluster meets the SLOs, 1 none within --max-workers, 2 bad
- * options or a malformed profile.
+ * Live: `pd-plan --router ADDR --metrics http://HOST:PORT --window S
+ * --profile FILE --ttft-slo MS --tpot-slo MS` watches a running cluster for
+ * S seconds (default 30; client/plan_live.h): the request rate and the mean
+ * prompt and output lengths it served become --request-rate, --input-len
+ * and --output-len (unless given), it prints what it saw (workers by role,
+ * p90 TTFT and TPOT and the share within the SLOs, the workers' pass and step
+ * times beside what the profile predicts for them) and then the plan, with
+ * the change from the current P:D: which service to scale, and by how much.
+ *
+ * Exit: 0 a cluster meets the SLOs, 1 none within --max-workers (or, live,
+ * no request finished in the window), 2 bad options or a malformed profile.
  */
 #include <errno.h>
 #include <math.h>
@@ -58,6 +67,7 @@
 #include <jansson.h>
 
 #include "base/args.h"
+#include "plan_live.h"
 
 #define EXIT_NONE 1
 #define EXIT_USAGE 2
@@ -75,6 +85,8 @@ typedef struct {
     uint64_t seed;
     const char *arrivals_path; /* --arrivals: replay these submit times */
     bool no_interference;      /* --no-interference: ignore the profile's factors */
+    const char *router, *metrics_url; /* live: --router, --metrics */
+    double window_s;           /* live: --window */
     double *arrivals;          /* (num_requests) seconds from the first, ascending */
 } opts_t;
 
@@ -154,6 +166,8 @@ static void usage(FILE *f)
                "               [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]\n"
                "               [--decode-batch-size B] [--kv-blocks N] [--no-interference]\n"
                "               [--json FILE]\n"
+               "       pd-plan --router ADDR --metrics http://HOST:PORT [--window S] --profile FILE\n"
+               "               --ttft-slo MS --tpot-slo MS [the options above]\n"
                "FILE comes from `pd-bench --profile FILE`. Exit: 0 a cluster meets the SLOs,\n"
                "1 none within --max-workers, 2 bad options or profile.\n");
 }
@@ -195,6 +209,12 @@ static int parse_args(int argc, char **argv, opts_t *o)
         int rc = 0;
         if (!strcmp(a, "--profile"))
             o->profile_path = v;
+        else if (!strcmp(a, "--router"))
+            o->router = v;
+        else if (!strcmp(a, "--metrics"))
+            o->metrics_url = v;
+        else if (!strcmp(a, "--window"))
+            rc = parse_double(a, v, 1, 86400, &o->window_s);
         else if (!strcmp(a, "--json"))
             o->json_path = v;
         else if (!strcmp(a, "--request-rate")) {
@@ -244,10 +264,15 @@ static int parse_args(int argc, char **argv, opts_t *o)
         if (rc != 0)
             return -1;
     }
+    bool live = o->router || o->metrics_url;
+    if (o->window_s == 0)
+        o->window_s = 30;
     const char *missing = !o->profile_path      ? "--profile"
-                          : o->rate < 0 && !o->arrivals_path ? "--request-rate"
-                          : !o->input_len       ? "--input-len"
-                          : !o->output_len      ? "--output-len"
+                          : live && !o->router  ? "--router (with --metrics)"
+                          : live && !o->metrics_url ? "--metrics (with --router)"
+                          : o->rate < 0 && !o->arrivals_path && !live ? "--request-rate"
+                          : !o->input_len && !live ? "--input-len"
+                          : !o->output_len && !live ? "--output-len"
                           : o->ttft_slo_ms < 0  ? "--ttft-slo"
                           : o->tpot_slo_ms < 0  ? "--tpot-slo"
                                                 : NULL;
@@ -957,6 +982,64 @@ static json_t *row_json(const row_t *r)
     return j;
 }
 
+/* ====== Live: plan for the load a running cluster serves ====== */
+
+/* Watches the cluster and sets the load options it served (those not given).
+ * 0, or an exit status. */
+static int observe(opts_t *o, const model_t *m, pd_plan_obs_t *obs)
+{
+    pd_err_t err = { 0 };
+    fprintf(stderr, "pd-plan: watching %s for %g s\n", o->router, o->window_s);
+    if (pd_plan_observe(o->router, o->metrics_url, o->window_s, obs, &err) != 0) {
+        fprintf(stderr, "pd-plan: %s\n", err.msg);
+        return EXIT_USAGE;
+    }
+    pd_plan_obs_print(obs, o->ttft_slo_ms, o->tpot_slo_ms, stdout);
+    if (obs->done < 1) {
+        printf("no request finished in the window: nothing to plan for (a longer --window?)\n");
+        return EXIT_NONE;
+    }
+    if (o->rate < 0)
+        o->rate = (obs->done + obs->failed) / obs->window_s;
+    if (!o->input_len)
+        o->input_len = (uint32_t)fmax(1, round(obs->prompt_tokens / obs->done));
+    if (!o->output_len)
+        o->output_len = (uint32_t)fmax(1, round(obs->output_tokens / obs->done));
+    /* The profile against what the workers did: a pass of the observed size,
+     * a step of the observed batch at a mid-answer context. */
+    if (obs->prefill_passes > 0 && obs->decode_steps > 0) {
+        double T = obs->prefill_tokens / obs->prefill_passes, B = obs->decode_tokens / obs->decode_steps;
+        double pre = prefill_ms(m, T, T * T), dec = decode_ms(m, B, o->input_len + o->output_len / 2.0);
+        double rp = obs->prefill_ms / obs->prefill_passes / pre, rd = obs->decode_ms / obs->decode_steps / dec;
+        printf("profile check: prefill pass %.2fx, decode step %.2fx what the profile predicts%s\n", rp,
+               rd, rp > 1.3 || rp < 0.77 || rd > 1.3 || rd < 0.77
+                       ? ": the cluster no longer runs like the profile, re-profile (pd-bench --profile)"
+                       : "");
+    }
+    return 0;
+}
+
+static void recommend(const opts_t *o, const pd_plan_obs_t *obs, const row_t *best)
+{
+    uint32_t P = obs->n_prefill, D = obs->n_decode;
+    if (best == NULL) {
+        printf("recommendation: none: no cluster of at most %u workers meets the SLOs at the observed "
+               "load (raise --max-workers)\n", o->max_workers);
+        return;
+    }
+    if (best->P == P && best->D == D) {
+        printf("recommendation: keep %u prefill + %u decode: the smallest cluster that meets the SLOs "
+               "at the observed load\n", P, D);
+        return;
+    }
+    printf("recommendation: %u prefill + %u decode (now %u + %u):", best->P, best->D, P, D);
+    if (best->P != P)
+        printf(" scale prefill %s %u -> %u%s", best->P > P ? "up" : "down", P, best->P, best->D != D ? ";" : "");
+    if (best->D != D)
+        printf(" scale decode %s %u -> %u", best->D > D ? "up" : "down", D, best->D);
+    printf("\n");
+}
+
 int main(int argc, char **argv)
 {
     opts_t o;
@@ -971,6 +1054,14 @@ int main(int argc, char **argv)
     if (load_model(&o, &m) != 0) {
         free(o.arrivals);
         return EXIT_USAGE;
+    }
+    pd_plan_obs_t obs;
+    if (o.router) {
+        int orc = observe(&o, &m, &obs);
+        if (orc != 0) {
+            free(o.arrivals);
+            return orc;
+        }
     }
     rows_t rows = { 0 };
     if (search(&o, &m, &rows) != 0) {
@@ -1016,6 +1107,8 @@ int main(int argc, char **argv)
     else
         printf("no cluster of at most %u workers meets the SLOs at %g req/s\n", o.max_workers,
                o.rate);
+    if (o.router)
+        recommend(&o, &obs, best);
     int status = best ? 0 : EXIT_NONE;
     if (o.json_path) {
         json_t *j = json_object(), *arr = json_array();
@@ -1040,6 +1133,8 @@ int main(int argc, char **argv)
             json_array_append_new(arr, row_json(&rows.v[i]));
         json_object_set_new(j, "configs", arr);
         json_object_set_new(j, "smallest", best ? row_json(best) : json_null());
+        if (o.router)
+            json_object_set_new(j, "observed", pd_plan_obs_json(&obs, o.ttft_slo_ms, o.tpot_slo_ms));
         if (json_dump_file(j, o.json_path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) {
             fprintf(stderr, "pd-plan: --json %s: cannot write\n", o.json_path);
             status = EXIT_NONE;

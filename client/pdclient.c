@@ -734,8 +734,18 @@ int pd_client_status(pd_client_t *c, pd_cluster_status_t **out, pd_err_t *err)
 
 int pd_client_drain(pd_client_t *c, const char *worker_id, pd_err_t *err)
 {
+    return pd_client_drain_mode(c, worker_id, PD_DRAIN_LEAVE, err);
+}
+
+int pd_client_drain_mode(pd_client_t *c, const char *worker_id, pd_drain_mode_t mode,
+                         pd_err_t *err)
+{
     Pd__Drain d = PD__DRAIN__INIT;
     d.worker_id = (char *)worker_id;
+    d.has_mode = mode != PD_DRAIN_LEAVE;
+    d.mode = mode == PD_DRAIN_KEEP     ? PD__DRAIN_MODE__DRAIN_KEEP
+             : mode == PD_DRAIN_RESUME ? PD__DRAIN_MODE__DRAIN_RESUME
+                                       : PD__DRAIN_MODE__DRAIN_LEAVE;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_DRAIN;
     m.drain = &d;

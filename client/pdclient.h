@@ -179,6 +179,17 @@ typedef struct {
  * for an unknown worker id (err names it). */
 int pd_client_drain(pd_client_t *c, const char *worker_id, pd_err_t *err);
 
+typedef enum {
+    PD_DRAIN_LEAVE = 0,  /* pd_client_drain: finish, deregister, exit */
+    PD_DRAIN_KEEP = 1,   /* the router sends it nothing new; it stays registered (cordoned) */
+    PD_DRAIN_RESUME = 2, /* a kept worker takes new work again */
+} pd_drain_mode_t;
+
+/* The same with a mode. KEEP and RESUME are refused (PD_EINVAL, err says
+ * why) for a worker already draining to leave. */
+int pd_client_drain_mode(pd_client_t *c, const char *worker_id, pd_drain_mode_t mode,
+                         pd_err_t *err);
+
 /* Asks the router for the cluster's state. Caller frees *out with
  * pd_cluster_status_free. */
 int pd_client_status(pd_client_t *c, pd_cluster_status_t **out, pd_err_t *err);

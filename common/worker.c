@@ -11,6 +11,7 @@
 
 #include "base/fault.h"
 #include "base/log.h"
+#include "runtime/addr.h"
 #include "runtime/proc.h"
 
 static volatile sig_atomic_t g_stop; /* set by SIGINT/SIGTERM (proc.h) */
@@ -439,10 +440,16 @@ static int setup(wk_t *w, const pd_proc_args_t *a, wk_role_t role, pd_err_t *err
         w->kv_in = pd_net_socket(w->zctx, ZMQ_ROUTER, &o, err);
         if (w->kv_in == NULL)
             return pd_err_wrap(err, PD_EIO, "KV ingress socket");
-        int rc = pd_net_bind(w->kv_in, w->cfg.decode.kv_endpoint, w->kv_endpoint,
-                             sizeof w->kv_endpoint, err);
+        char bound[PD_CFG_STR];
+        const char *how;
+        int rc = pd_net_bind(w->kv_in, w->cfg.decode.kv_endpoint, bound, sizeof bound, err);
         if (rc)
             return pd_err_wrap(err, rc, "decode.kv_endpoint");
+        rc = pd_addr_advertise(bound, w->cfg.decode.kv_advertise, w->cfg.worker.router,
+                               w->kv_endpoint, sizeof w->kv_endpoint, &how, err);
+        if (rc)
+            return rc;
+        PD_INFO("event=kv_advertise bound=%s kv=%s from=%s", bound, w->kv_endpoint, how);
     }
     PD_INFO("event=loaded model=\"%s\" role=%d blocks=%u block_bytes=%zu max_seq_len=%u "
             "threads=%d kv=%s",
@@ -502,6 +509,8 @@ static void timers(wk_t *w)
         send_heartbeat(w);
     if (now - w->last_router_ms > (uint64_t)w->hb_ms * w->liveness && !w->draining)
         reconnect_router(w);
+    pd_proc_health(w->health, w->draining ? "draining" : w->registered ? "registered" : "registering",
+                   now, w->hb_ms);
     wk_prefill_timers(w);
     wk_decode_timers(w);
 }
@@ -593,6 +602,7 @@ int pd_worker_main(int argc, char **argv, wk_role_t default_role)
     }
     pd_proc_signals(&g_stop);
     w.stop = &g_stop;
+    w.health = &args.health;
     int rc = setup(&w, &args, role, &err);
     if (rc != 0) {
         PD_ERROR("event=start_failed msg=\"%s\"", err.msg);

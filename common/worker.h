@@ -29,6 +29,7 @@
 #include "engine/kvcache.h"
 #include "engine/model.h"
 #include "runtime/net.h"
+#include "runtime/proc.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
@@ -122,6 +123,7 @@ typedef struct {
     wk_role_t role;
     char id[64];
     volatile sig_atomic_t *stop;
+    pd_proc_health_t *health;  /* --health-file (proc.h) */
     bool draining;
     bool refused;              /* the router refused our Register */
     uint64_t drain_deadline_ms;
@@ -145,7 +147,7 @@ typedef struct {
     void *rsock;               /* DEALER to the router */
     void *kv_in;               /* ROUTER, KV ingress (decode, both) */
     pd_zap_t *zap;             /* CURVE allow-list for KV ingress */
-    char kv_endpoint[PD_CFG_STR];
+    char kv_endpoint[PD_CFG_STR]; /* announced to the router (advertised, addr.h) */
     wk_egress_t egress[WK_MAX_EGRESS];
     uint32_t n_egress;
     pd_pb_alloc_t alloc;

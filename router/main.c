@@ -59,6 +59,7 @@ int main(int argc, char **argv)
         return 1;
     }
     rt.metrics = metrics;
+    rt.health = &args.health;
     if (args.ready_file[0]) {
         char text[3 * PD_CFG_STR + 64];
         int n = snprintf(text, sizeof text, "client=%s\nworker=%s\n", rt.front_ep, rt.back_ep);

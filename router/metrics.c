@@ -266,7 +266,7 @@ static void cluster_render(sbuf_t *b, const char *model, const Pd__ClusterStatus
     head(b, "workers", "gauge", "Registered workers by role and state.");
     static const Pd__Role roles[] = { PD__ROLE__ROLE_PREFILL, PD__ROLE__ROLE_DECODE,
                                       PD__ROLE__ROLE_BOTH };
-    static const char *const states[] = { "ready", "draining" };
+    static const char *const states[] = { "ready", "cordoned", "draining" };
     for (size_t r = 0; r < N_OF(roles); r++)
         for (size_t s = 0; s < N_OF(states); s++) {
             unsigned n = 0;

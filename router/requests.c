@@ -563,7 +563,7 @@ bool rt_have_workers(rt_t *rt)
     bool p = false, d = false, b = false;
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
-        if (!w->used || w->draining)
+        if (!w->used || w->state != RT_W_READY)
             continue;
         p |= w->role == PD__ROLE__ROLE_PREFILL;
         d |= w->role == PD__ROLE__ROLE_DECODE;

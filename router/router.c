@@ -379,7 +379,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         s->has_role = true;
         s->role = w->role;
         s->kv_endpoint = w->kv_endpoint;
-        s->state = w->draining ? "draining" : "ready";
+        s->state = (char *)rt_worker_state_name(w->state);
         s->has_queued_prefill_tokens = s->has_running_seqs = s->has_free_blocks = true;
         s->has_total_blocks = s->has_assigned = s->has_last_seen_ms = true;
         s->queued_prefill_tokens = w->hb_queued_tokens;
@@ -578,6 +578,8 @@ static void handle_back(rt_t *rt)
 static void timers(rt_t *rt)
 {
     uint64_t now_ms = pd_net_now_ms();
+    if (rt->health)
+        pd_proc_health(rt->health, "serving", now_ms, rt->cfg.router.heartbeat_ms);
     if (now_ms - rt->last_hb_ms >= rt->cfg.router.heartbeat_ms) {
         rt->last_hb_ms = now_ms;
         Pd__Heartbeat hb = PD__HEARTBEAT__INIT;

@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "engine/model.h"
 #include "runtime/net.h"
+#include "runtime/proc.h"
 #include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
@@ -45,9 +46,19 @@ typedef struct {
     uint32_t prefill_pass_tokens; /* the worker's current cap per prefill pass */
 } rt_counters_t;
 
+/* Whether a worker takes new work. READY -> CORDONED (pd-cli drain --keep)
+ * -> READY (pd-cli undrain); READY or CORDONED -> LEAVING (SIGTERM, seen in
+ * its heartbeat, or pd-cli drain): it finishes what it holds and exits. The
+ * only transition function is rt_worker_set_state. */
+typedef enum {
+    RT_W_READY = 0,
+    RT_W_CORDONED,                   /* held back by the router; stays registered */
+    RT_W_LEAVING,                    /* draining to exit */
+} rt_wstate_t;
+
 typedef struct {
     bool used;
-    bool draining;
+    rt_wstate_t state;
     uint32_t gen;                    /* bumped whenever the slot is reused */
     uint8_t zid[PD_NET_ID_MAX];      /* ZMQ routing id on the backend socket */
     size_t zid_len;
@@ -170,6 +181,7 @@ typedef struct {
     pd_net_in_t *in;
     volatile sig_atomic_t *stop;
     pd_metrics_t *metrics;           /* borrowed, may be NULL (metrics.h; main sets it) */
+    pd_proc_health_t *health;        /* borrowed, may be NULL (--health-file; main sets it) */
 } rt_t;
 
 /* Sets up everything from cfg (model, sockets). err names what failed. */
@@ -243,6 +255,11 @@ void rt_dispatch(rt_t *rt); /* queued requests to workers while there is room */
 /* Back to the head of the queue for a re-prefill at a new epoch. */
 void rt_requeue(rt_t *rt, rt_req_t *r, const char *why);
 void rt_worker_drop(rt_t *rt, int wi, const char *why); /* re-dispatches its requests */
+/* Moves w to state `to` (see rt_wstate_t); false (and nothing changes) for a
+ * transition that does not exist: a LEAVING worker never comes back. */
+bool rt_worker_set_state(rt_worker_t *w, rt_wstate_t to, const char *why);
+/* "ready", "cordoned" or "draining" (status, metrics). */
+const char *rt_worker_state_name(rt_wstate_t s);
 void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g);
 void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h);
 void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p);

@@ -6,6 +6,7 @@
 
 #include "base/fault.h"
 #include "base/log.h"
+#include "runtime/addr.h"
 #include "router.h"
 
 /* ====== Workers: scheduling ====== */
@@ -20,7 +21,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     bool has_p = false, has_d = false;
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
-        if (w->used && !w->draining) {
+        if (w->used && w->state == RT_W_READY) {
             has_p |= w->role == PD__ROLE__ROLE_PREFILL;
             has_d |= w->role == PD__ROLE__ROLE_DECODE;
         }
@@ -31,7 +32,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     bool any_could = false;
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
-        if (!w->used || w->draining || w->role != drole)
+        if (!w->used || w->state != RT_W_READY || w->role != drole)
             continue;
         uint32_t need_min = rt_blocks_for(w->block_size, n_tok + 1);
         uint32_t need_full = rt_blocks_for(w->block_size, n_full);
@@ -56,7 +57,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
         p = -1;
         for (int i = 0; i < RT_MAX_WORKERS; i++) {
             rt_worker_t *w = &rt->workers[i];
-            if (!w->used || w->draining || w->role != PD__ROLE__ROLE_PREFILL)
+            if (!w->used || w->state != RT_W_READY || w->role != PD__ROLE__ROLE_PREFILL)
                 continue;
             if (p < 0 || w->prefill_tokens < rt->workers[p].prefill_tokens)
                 p = i;
@@ -244,7 +245,7 @@ static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, co
 
 void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register *g)
 {
-    char why[256] = "";
+    char why[256] = "", bad_ep[160];
     const char *id = g->worker_id ? g->worker_id : "";
     if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
         snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
@@ -267,6 +268,9 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
              (g->kv_endpoint == NULL || g->kv_endpoint[0] == '\0' ||
               strlen(g->kv_endpoint) >= PD_CFG_STR))
         snprintf(why, sizeof why, "kv_endpoint: a decode worker must announce one");
+    else if (g->role != PD__ROLE__ROLE_PREFILL && g->kv_endpoint && g->kv_endpoint[0] &&
+             !pd_addr_check_announced(g->kv_endpoint, bad_ep, sizeof bad_ep))
+        snprintf(why, sizeof why, "kv_endpoint: %s", bad_ep); /* not echoed: hostile bytes */
     if (why[0]) {
         PD_WARN("event=worker_refused worker=%s reason=\"%s\"", id, why);
         reply_register(rt, zid, len, false, why);
@@ -339,10 +343,8 @@ void rt_on_heartbeat(rt_t *rt, rt_worker_t *w, const Pd__Heartbeat *h)
     w->hb_free_blocks = h->free_blocks;
     w->hb_waiting = h->waiting_seqs;
     copy_counters(&w->counters, h->counters);
-    if (h->has_draining && h->draining && !w->draining) {
-        w->draining = true;
-        PD_INFO("event=worker_draining worker=%s", w->id);
-    }
+    if (h->has_draining && h->draining && w->state != RT_W_LEAVING)
+        rt_worker_set_state(w, RT_W_LEAVING, "worker draining");
 }
 
 void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p)
@@ -375,14 +377,48 @@ void rt_on_worker_error(rt_t *rt, int wi, const Pd__Error *e)
              e->message ? e->message : "error");
 }
 
-/* pd-cli drain WORKER: forwarded to the worker; answered with the status. */
+const char *rt_worker_state_name(rt_wstate_t s)
+{
+    switch (s) {
+    case RT_W_READY: return "ready";
+    case RT_W_CORDONED: return "cordoned";
+    case RT_W_LEAVING: return "draining";
+    }
+    return "?";
+}
+
+bool rt_worker_set_state(rt_worker_t *w, rt_wstate_t to, const char *why)
+{
+    if (w->state == to)
+        return true;
+    if (w->state == RT_W_LEAVING) /* it is on its way out: nothing brings it back */
+        return false;
+    PD_INFO("event=worker_state worker=%s from=%s to=%s why=\"%s\"", w->id,
+            rt_worker_state_name(w->state), rt_worker_state_name(to), why);
+    w->state = to;
+    return true;
+}
+
+/* pd-cli drain WORKER [--keep] / undrain WORKER: LEAVE is forwarded to the
+ * worker (it finishes, deregisters and exits); KEEP and RESUME change only
+ * whether the router sends it new work. Answered with the status, or an
+ * error naming the worker. */
 void rt_on_drain_request(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Drain *d)
 {
     const char *id = d->worker_id ? d->worker_id : "";
-    for (int i = 0; i < RT_MAX_WORKERS; i++) {
-        rt_worker_t *w = &rt->workers[i];
-        if (!w->used || strcmp(w->id, id) != 0)
-            continue;
+    Pd__DrainMode mode = d->has_mode ? d->mode : PD__DRAIN_MODE__DRAIN_LEAVE;
+    rt_worker_t *w = NULL;
+    for (int i = 0; i < RT_MAX_WORKERS && w == NULL; i++)
+        if (rt->workers[i].used && strcmp(rt->workers[i].id, id) == 0)
+            w = &rt->workers[i];
+    if (w == NULL) {
+        pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                          "unknown worker id '%.64s'", id);
+        return;
+    }
+    bool done;
+    switch (mode) {
+    case PD__DRAIN_MODE__DRAIN_LEAVE: {
         Pd__Drain fwd = PD__DRAIN__INIT;
         fwd.has_deadline_ms = d->has_deadline_ms;
         fwd.deadline_ms = d->deadline_ms;
@@ -390,12 +426,23 @@ void rt_on_drain_request(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd_
         m.body_case = PD__MSG__BODY_DRAIN;
         m.drain = &fwd;
         rt_send_worker(rt, w, &m);
-        w->draining = true; /* nothing new goes there from now on */
-        PD_INFO("event=drain_requested worker=%s", w->id);
-        rt_on_status(rt, cid, cid_len);
+        done = rt_worker_set_state(w, RT_W_LEAVING, "pd-cli drain"); /* nothing new goes there */
+        break;
+    }
+    case PD__DRAIN_MODE__DRAIN_KEEP: done = rt_worker_set_state(w, RT_W_CORDONED, "pd-cli drain --keep"); break;
+    case PD__DRAIN_MODE__DRAIN_RESUME: done = rt_worker_set_state(w, RT_W_READY, "pd-cli undrain"); break;
+    default:
+        pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                          "drain: unknown mode %d", (int)mode);
         return;
     }
-    pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
-                      "unknown worker id '%.64s'", id);
+    if (!done) {
+        pd_net_send_error(rt->front, cid, cid_len, 0, PD__ERROR_CODE__INVALID_ARGUMENT,
+                          "worker '%s' is draining to leave; it cannot be kept or resumed "
+                          "(start a new one)",
+                          w->id);
+        return;
+    }
+    rt_on_status(rt, cid, cid_len);
 }
 

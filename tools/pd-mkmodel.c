@@ -42,11 +42,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/args.h"
 #include "base/err.h"
 #include "engine/gguf.h"
 #include "engine/kernels.h"
+#include "engine/pool.h"
 #include "engine/quant_mix.h"
 #include "engine/quants_k.h"
 #include "engine/vocab.h"
@@ -180,46 +182,71 @@ typedef struct {
     pd_ggml_type_t type;
     uint64_t n_in, n_rows;
     float std, mean;
+    pd_pool_t *pool;  /* rows are made in parallel (each is a pure function of
+                         its index, so the file does not depend on threads) */
 } fill_t;
+
+/* Row r of f: its draws, converted or quantized into d. */
+static void fill_row(const fill_t *f, uint64_t r, float *row, uint8_t *d)
+{
+    for (uint64_t i = 0; i < f->n_in; i++)
+        row[i] = f->values ? f->values[i] : f->mean + f->std * gauss(f->key, r * f->n_in + i);
+    switch (f->type) {
+    case PD_GGML_TYPE_F32: memcpy(d, row, sizeof(float) * f->n_in); break;
+    case PD_GGML_TYPE_F16:
+        for (uint64_t i = 0; i < f->n_in; i++) {
+            uint16_t h = pd_fp32_to_fp16(row[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        break;
+    case PD_GGML_TYPE_BF16:
+        for (uint64_t i = 0; i < f->n_in; i++) {
+            uint16_t h = pd_fp32_to_bf16(row[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        break;
+    case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(row, d, (uint32_t)f->n_in); break;
+    case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(row, d, (uint32_t)f->n_in); break;
+    case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+    case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_IQ4_NL:
+        pd_quant_row_k(f->type, row, d, (uint32_t)f->n_in);
+        break;
+    case PD_GGML_TYPE_Q8_K: break; /* not a weight type: refused by pd-mkmodel's type choice */
+    }
+}
+
+typedef struct {
+    const fill_t *f;
+    uint8_t *dst;
+    uint64_t row_bytes;
+    int failed;        /* a task could not allocate its row buffer */
+} fill_job_t;
+
+static void fill_task(void *arg, int i_task, int n_tasks)
+{
+    fill_job_t *j = arg;
+    const uint64_t n = j->f->n_rows, r0 = n * (uint64_t)i_task / (uint64_t)n_tasks;
+    const uint64_t r1 = n * (uint64_t)(i_task + 1) / (uint64_t)n_tasks;
+    float *row = malloc(sizeof(float) * j->f->n_in);
+    if (row == NULL) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (uint64_t r = r0; r < r1; r++)
+        fill_row(j->f, r, row, j->dst + r * j->row_bytes);
+    free(row);
+}
 
 static int fill_tensor(void *arg, void *dst, uint64_t n_bytes)
 {
     fill_t *f = arg;
     uint64_t row_bytes = pd_ggml_row_bytes(f->type, f->n_in);
-    if (row_bytes * f->n_rows != n_bytes)
+    if (f->type == PD_GGML_TYPE_Q8_K || row_bytes * f->n_rows != n_bytes)
         return PD_EINVAL;
-    float *row = malloc(sizeof(float) * f->n_in);
-    if (row == NULL)
-        return PD_ENOMEM;
-    for (uint64_t r = 0; r < f->n_rows; r++) {
-        for (uint64_t i = 0; i < f->n_in; i++)
-            row[i] = f->values ? f->values[i] : f->mean + f->std * gauss(f->key, r * f->n_in + i);
-        uint8_t *d = (uint8_t *)dst + r * row_bytes;
-        switch (f->type) {
-        case PD_GGML_TYPE_F32: memcpy(d, row, sizeof(float) * f->n_in); break;
-        case PD_GGML_TYPE_F16:
-            for (uint64_t i = 0; i < f->n_in; i++) {
-                uint16_t h = pd_fp32_to_fp16(row[i]);
-                memcpy(d + 2 * i, &h, 2);
-            }
-            break;
-        case PD_GGML_TYPE_BF16:
-            for (uint64_t i = 0; i < f->n_in; i++) {
-                uint16_t h = pd_fp32_to_bf16(row[i]);
-                memcpy(d + 2 * i, &h, 2);
-            }
-            break;
-        case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(row, d, (uint32_t)f->n_in); break;
-        case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(row, d, (uint32_t)f->n_in); break;
-        case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
-        case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_IQ4_NL:
-            pd_quant_row_k(f->type, row, d, (uint32_t)f->n_in);
-            break;
-        case PD_GGML_TYPE_Q8_K: free(row); return PD_EINVAL; /* not a weight type */
-        }
-    }
-    free(row);
-    return 0;
+    fill_job_t j = {f, dst, row_bytes, 0};
+    const int n_tasks = f->n_rows < 64 ? 1 : 4 * pd_pool_n_threads(f->pool);
+    pd_pool_run(n_tasks > 1 ? f->pool : NULL, fill_task, &j, n_tasks);
+    return j.failed ? PD_ENOMEM : 0;
 }
 
 #define MAX_FACTORS 4096 /* rope factors: head_dim / 2 */
@@ -229,6 +256,7 @@ typedef struct {
     fill_t fills[1024];
     int n_fills;
     uint64_t seed;
+    pd_pool_t *pool;
     float factors[3][MAX_FACTORS]; /* rope_freqs; phi3's long and short */
 } maker_t;
 
@@ -245,6 +273,7 @@ static int add_tensor(maker_t *mk, const char *name, pd_ggml_type_t type, uint64
     f->std = std;
     f->mean = mean;
     f->values = NULL;
+    f->pool = mk->pool;
     mk->n_fills++;
     uint64_t ne[2] = { n_in, n_rows };
     return pd_gguf_writer_add_tensor(mk->w, name, type, n_rows == 1 ? 1 : 2, ne, fill_tensor, f);
@@ -683,6 +712,9 @@ int main(int argc, char **argv)
     pd_err_t err = { 0 };
     static maker_t mk;
     mk.seed = o.seed;
+    /* every core: quantizing a 1.1B model is minutes of make_qkx2 searches */
+    long n_cpu = sysconf(_SC_NPROCESSORS_ONLN);
+    mk.pool = pd_pool_new(n_cpu < 1 ? 1 : n_cpu > 16 ? 16 : (int)n_cpu);
     mk.w = pd_gguf_writer_new(3);
     pd_vocab_t v;
     memset(&v, 0, sizeof v);
@@ -709,5 +741,6 @@ int main(int argc, char **argv)
 out:
     pd_vocab_free(&v);
     pd_gguf_writer_free(mk.w);
+    pd_pool_free(mk.pool);
     return rc;
 }

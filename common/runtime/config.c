@@ -13,6 +13,8 @@
  */
 #include "runtime/config.h"
 
+#include "runtime/addr.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +36,7 @@ typedef enum {
     K_STR,          /* char[size]: any printable UTF-8, no control chars */
     K_ENDPOINT,     /* char[size]: tcp://HOST:PORT, ipc://PATH, inproc://NAME */
     K_HOSTPORT,     /* char[size]: HOST:PORT or "" (off) */
+    K_ADVERTISE,    /* char[size]: "" (auto), HOST or HOST:PORT; a real host (addr.h) */
     K_Z85,          /* char[size]: "" or a 40-char Z85 CURVE key */
     K_CHOICE_STR,   /* char[size]: one of choices */
     K_CHOICE_ENUM,  /* int-sized enum: index into choices */
@@ -111,6 +114,7 @@ static const cfg_key_t g_keys[] = {
     U32(decode, max_batch_size, 1, 4096),
     U32(decode, wait_ms, 0, 10000),
     STRK(decode, kv_endpoint, K_ENDPOINT, false),
+    STRK(decode, kv_advertise, K_ADVERTISE, false),
 
     STRK(worker, router, K_ENDPOINT, false),
     U32(worker, heartbeat_ms, 10, 60000),
@@ -478,7 +482,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
                         size_t len, bool is_null, char *why, size_t why_cap)
 {
     char *base = (char *)c;
-    char ex[64];
+    char ex[64], adv[160];
     if (is_null && !is_list(k)) {
         s = "";
         len = 0;
@@ -518,6 +522,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
     case K_STR:
     case K_ENDPOINT:
     case K_HOSTPORT:
+    case K_ADVERTISE:
     case K_Z85:
         if (!is_clean_utf8(s, len)) {
             snprintf(why, why_cap, "expected UTF-8 text without control characters, got '%s'",
@@ -538,6 +543,10 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
         }
         if (k->kind == K_Z85 && !check_z85(s, len, why, why_cap))
             return false;
+        if (k->kind == K_ADVERTISE && !pd_addr_check_advertise(s, len, adv, sizeof adv)) {
+            snprintf(why, why_cap, "%s, got '%s'", adv, excerpt(s, len, ex));
+            return false;
+        }
         return store_str(base + k->off, k->size, s, len, why, why_cap);
     case K_CHOICE_STR:
     case K_CHOICE_ENUM:
@@ -1163,6 +1172,7 @@ static void write_value(FILE *f, const cfg_key_t *k, const pd_config_t *c, bool 
     case K_STR:
     case K_ENDPOINT:
     case K_HOSTPORT:
+    case K_ADVERTISE:
     case K_Z85:
     case K_CHOICE_STR:
         write_quoted(f, (redact && k->is_secret && p[0]) ? "<redacted>" : p);

@@ -12,7 +12,8 @@
  *             stream_stall_ms, client_heartbeat_ms, client_liveness
  *             (the HTTP front's address is http.listen)
  *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv
- *   decode:   max_batch_size, wait_ms, kv_endpoint (bind address for KV ingress)
+ *   decode:   max_batch_size, wait_ms, kv_endpoint (bind address for KV ingress),
+ *             kv_advertise (the KV address announced to peers, addr.h)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
  *             liveness, drain_timeout_ms, lease_ms
  *   kv:       block_size, num_blocks, memory_mb, dtype (f32), load_failure
@@ -49,7 +50,7 @@ typedef struct {
     uint32_t n_end_tokens;
     uint32_t threads;             /* compute threads per worker */
     bool batch_invariant;         /* bit-identical rows in any batch (forward.h) */
-    bool batch_invariant_quant;   /* the same for Q8_0/Q4_0 weights */
+    bool batch_invariant_quant;   /* the same for quantized weights */
 } pd_cfg_model_t;
 
 typedef struct {
@@ -77,6 +78,7 @@ typedef struct {
     uint32_t max_batch_size;
     uint32_t wait_ms;
     char kv_endpoint[PD_CFG_STR];      /* KV ingress bind, tcp://127.0.0.1:0 = any port */
+    char kv_advertise[PD_CFG_STR];     /* HOST[:PORT] announced to peers; "" = auto (addr.h) */
 } pd_cfg_decode_t;
 
 typedef struct {

@@ -55,6 +55,8 @@ int pd_proc_parse(pd_proc_args_t *a, int argc, char **argv, pd_err_t *err)
             rc = pd_config_set(&a->cfg, "model.path", v, err);
         else if (strcmp(f, "--router") == 0)
             rc = pd_config_set(&a->cfg, "worker.router", v, err);
+        else if (strcmp(f, "--advertise") == 0)
+            rc = pd_config_set(&a->cfg, "decode.kv_advertise", v, err);
         else if (strcmp(f, "--id") == 0) {
             if (strlen(v) == 0 || strlen(v) >= sizeof a->id)
                 return pd_err_set(err, PD_EINVAL, "--id: 1..%zu characters", sizeof a->id - 1);
@@ -76,6 +78,10 @@ int pd_proc_parse(pd_proc_args_t *a, int argc, char **argv, pd_err_t *err)
             if (strlen(v) >= sizeof a->ready_file)
                 return pd_err_set(err, PD_EINVAL, "--ready-file: path too long");
             snprintf(a->ready_file, sizeof a->ready_file, "%s", v);
+        } else if (strcmp(f, "--health-file") == 0) {
+            if (strlen(v) >= sizeof a->health.path)
+                return pd_err_set(err, PD_EINVAL, "--health-file: path too long");
+            snprintf(a->health.path, sizeof a->health.path, "%s", v);
         } else
             return pd_err_set(err, PD_EINVAL, "%s: unknown flag", f);
         if (rc)
@@ -90,7 +96,8 @@ void pd_proc_usage(const char *prog, const char *extra)
     fprintf(stderr,
             "usage: %s [--config FILE] [--set KEY=VALUE]... [--model PATH] [--id NAME]\n"
             "          [--router ADDR] [--role prefill|decode|both] [--log-file PATH]\n"
-            "          [--log-level debug|info|warn|error] [--ready-file PATH]\n%s",
+            "          [--log-level debug|info|warn|error] [--ready-file PATH]\n"
+            "          [--advertise HOST[:PORT]] [--health-file PATH]\n%s",
             prog, extra ? extra : "");
 }
 
@@ -138,4 +145,19 @@ int pd_proc_write_file(const char *path, const char *text, pd_err_t *err)
         return pd_err_set(err, PD_EIO, "%s: cannot write", path);
     }
     return 0;
+}
+
+void pd_proc_health(pd_proc_health_t *h, const char *state, uint64_t now_ms, uint32_t every_ms)
+{
+    if (h->path[0] == '\0')
+        return;
+    if (strcmp(h->state, state) == 0 && now_ms - h->written_ms < every_ms)
+        return;
+    char text[96];
+    snprintf(text, sizeof text, "state=%s\npid=%d\n", state, (int)getpid());
+    pd_err_t err = { 0 };
+    if (pd_proc_write_file(h->path, text, &err) != 0 && h->state[0] == '\0')
+        PD_WARN("event=health_file_failed msg=\"%s\"", err.msg); /* said once */
+    snprintf(h->state, sizeof h->state, "%s", state);
+    h->written_ms = now_ms;
 }

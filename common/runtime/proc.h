@@ -13,6 +13,8 @@
  *   --log-file PATH     append logs to PATH too
  *   --log-level LEVEL   debug | info | warn | error
  *   --ready-file PATH   write "key=value" lines (bound endpoints) once ready
+ *   --advertise H[:P]   same as --set decode.kv_advertise=H[:P] (decode workers)
+ *   --health-file PATH  rewrite PATH ("state=...") every heartbeat (pd_proc_health)
  *   -h, --help
  */
 #ifndef PD_PROC_H
@@ -20,9 +22,20 @@
 
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "runtime/config.h"
 #include "base/err.h"
+
+/* A health file: rewritten (atomically) at least every heartbeat while the
+ * process's event loop runs, and at once when its state changes, with
+ * "state=STATE" and "pid=PID" lines. A probe (deploy/entrypoint.sh `health`)
+ * reads liveness from its mtime and readiness from the state. */
+typedef struct {
+    char path[PD_CFG_STR];  /* "" = off */
+    char state[16];         /* last written */
+    uint64_t written_ms;    /* when, pd_net_now_ms() clock */
+} pd_proc_health_t;
 
 typedef struct {
     pd_config_t cfg;
@@ -30,6 +43,7 @@ typedef struct {
     char role[16];
     char log_file[PD_CFG_STR];
     char ready_file[PD_CFG_STR];
+    pd_proc_health_t health;
     bool help;
 } pd_proc_args_t;
 
@@ -52,5 +66,10 @@ void pd_proc_signals(volatile sig_atomic_t *flag);
 
 /* Writes text to path atomically (temp file + rename). */
 int pd_proc_write_file(const char *path, const char *text, pd_err_t *err);
+
+/* Writes h's file when state differs from the last one written or every_ms
+ * have passed since (now_ms on any monotonic ms clock). Does nothing when h
+ * has no path; a failed write is logged once and retried next time. */
+void pd_proc_health(pd_proc_health_t *h, const char *state, uint64_t now_ms, uint32_t every_ms);
 
 #endif

@@ -65,6 +65,27 @@ expect_reply "malformed protobuf on the worker socket -> INVALID_ARGUMENT" \
 check "another protocol version is refused with a clear log line" \
     grep -q 'event=worker_refused .*protocol version 99' "$T/router.log"
 
+# A decode worker announcing a KV endpoint no peer can use (a wildcard, or
+# hostile bytes): refused at registration, the reason in the log.
+register_hex() { # ID KV_ENDPOINT: a Register (protocol 1, decode, this model)
+    node -e '
+        const [id, ep, ident] = process.argv.slice(1);
+        const str = (f, s) => { const b = Buffer.from(s); return Buffer.concat([Buffer.from([f << 3 | 2, b.length]), b]); };
+        const f64 = Buffer.alloc(8); f64.writeBigUInt64LE(BigInt("0x" + ident));
+        const reg = Buffer.concat([Buffer.from([0x08, 1]), str(2, id), Buffer.from([0x18, 2]), str(4, ep),
+            Buffer.from([0x29]), f64, Buffer.from([0x38, 16, 0x40, 64])]);
+        console.log(Buffer.concat([Buffer.from([0x52, reg.length]), reg]).toString("hex"));' \
+        "$1" "$2" "$(status_field 's.model_identity')"
+}
+"$PD_BIN/pd-cli" --router "$ROUTER_W" debug-send "$(register_hex wild tcp://0.0.0.0:7000)" >/dev/null 2>&1
+check "a decode worker announcing a wildcard KV address is refused, the log says why" \
+    grep -q 'event=worker_refused worker=wild reason="kv_endpoint: a wildcard address cannot be reached' "$T/router.log"
+"$PD_BIN/pd-cli" --router "$ROUTER_W" debug-send "$(register_hex junk $'tcp://a\nb";x:7000')" >/dev/null 2>&1
+check "a decode worker announcing hostile bytes as its KV address is refused, not echoed" \
+    bash -c "grep -q 'event=worker_refused worker=junk reason=\"kv_endpoint: a host has only' '$T/router.log' &&
+             ! grep -q 'x:7000' '$T/router.log'"
+check "neither registered" test "$(status_field 's.workers.filter(w => w.id == "wild" || w.id == "junk").length')" = 0
+
 # KV ingress: a transfer for a request nobody announced.
 KV=$(status_field 's.workers.find(w => w.role == "decode").kv_endpoint')
 IDENT=$(status_field 's.model_identity')

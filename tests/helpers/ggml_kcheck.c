@@ -3,7 +3,8 @@
  * haswell/AVX2 CPU variant) are loaded with dlopen and called on the same
  * inputs as ours.
  *
- *   ggml_kcheck DIR    DIR holds libggml-base.so and libggml-cpu-haswell.so
+ *   ggml_kcheck DIR          DIR holds libggml-base.so and libggml-cpu-haswell.so
+ *   ggml_kcheck --time DIR   also times both products (comment lines; see below)
  *
  * For each of Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_NL it checks, printing one
  * TAP line per check:
@@ -16,7 +17,11 @@
  *   dot         pd_kern_skinny_avx2 == ggml_vec_dot_*_q8_K / _iq4_nl_q8_0
  *               (what llama.cpp runs per row), bit for bit, for rows alone
  *               and inside a batch
- * Exit status 0 when every check passed. Nothing here is a speed test.
+ * Exit status 0 when every check passed. Nothing here is a speed test;
+ * --time only prints, as "#" lines, the cost of our skinny kernel and of
+ * ggml's vec_dot on the same in-cache matrix (128 x 4096, one thread, the
+ * minimum over 200 calls), for 1, 4 and 8 activation rows: a ratio taken in
+ * one run, for docs/benchmarks.md.
  */
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -25,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/kernels.h"
 #include "engine/quants_k.h"
@@ -240,10 +246,60 @@ static void check_dot(const type_case_t *c, vec_dot_fn dot, quantize_chunk_fn qc
     free(yb);
 }
 
+/* ====== Timing (--time) ====== */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void time_dot(const type_case_t *c, vec_dot_fn dot, quantize_chunk_fn qc, uint32_t n_rows)
+{
+    const uint32_t n_in = 4096, n_out = 128;
+    const size_t rb = pd_ggml_row_bytes(c->type, n_in);
+    uint8_t *w = malloc(rb * n_out);
+    float *x = malloc(sizeof(float) * n_in * n_out), *y = malloc(sizeof(float) * n_out * 8);
+    for (uint32_t o = 0; o < n_out; o++)
+        make_row(x + (size_t)o * n_in, n_in, o);
+    qc((int)c->type, x, w, 0, n_out, n_in, NULL);
+    const size_t xqb = pd_kern_xq_bytes(c->type, n_in, n_rows), xrb = xqb / n_rows;
+    uint8_t *xq = malloc(xqb);
+    pd_kern_prepare_x(c->type, x, n_in, n_in, n_rows, xq);
+    pd_mat_t m = {w, c->type, n_out, n_in, rb};
+    double ours = 1e9, theirs = 1e9;
+    for (int rep = 0; rep < 200; rep++) {
+        double t0 = now_s();
+        pd_kern_skinny_avx2(&m, 0, n_out, NULL, n_in, xq, n_rows, y, n_out);
+        double t1 = now_s();
+        for (uint32_t r = 0; r < n_rows; r++)
+            for (uint32_t o = 0; o < n_out; o++)
+                dot((int)n_in, &y[r * n_out + o], 0, w + o * rb, 0, xq + r * xrb, 0, 1);
+        double t2 = now_s();
+        ours = t1 - t0 < ours ? t1 - t0 : ours;
+        theirs = t2 - t1 < theirs ? t2 - t1 : theirs;
+    }
+    const double per = 1e9 * 256.0 / ((double)n_in * n_out * n_rows); /* ns per 256 weights x row */
+    printf("# time %-6s rows %u: ours %.2f ns, ggml %.2f ns per 256 weights and row "
+           "(ours / ggml %.2f); ours reads %.1f GB/s of weights\n", c->name, n_rows, ours * per,
+           theirs * per, ours / theirs, (double)rb * n_out / ours * 1e-9);
+    free(w);
+    free(x);
+    free(y);
+    free(xq);
+}
+
 int main(int argc, char **argv)
 {
+    const bool timing = argc == 3 && strcmp(argv[1], "--time") == 0;
+    if (timing) {
+        argv++;
+        argc--;
+    }
     if (argc != 2) {
-        fprintf(stderr, "usage: ggml_kcheck DIR (with libggml-base.so, libggml-cpu-haswell.so)\n");
+        fprintf(stderr, "usage: ggml_kcheck [--time] DIR (with libggml-base.so, "
+                "libggml-cpu-haswell.so)\n");
         return 2;
     }
     if (!pd_kern_has_avx2()) {
@@ -283,6 +339,8 @@ int main(int argc, char **argv)
         check_dot(c, dot, qc, nl ? 32 * 7 : 256);
         check_dot(c, dot, qc, nl ? 32 * 96 : 256 * 9);
         check_dot(c, dot, qc, nl ? 32 * 129 : 256 * 18);
+        for (uint32_t rows = 1; timing && rows <= 8; rows *= rows == 1 ? 4 : 2)
+            time_dot(c, dot, qc, rows);
     }
     return n_fail ? 1 : 0;
 }

@@ -447,6 +447,21 @@ static void test_strings_checked(void **state)
                  "ipc://PATH or inproc://NAME), got 'tcp://host:99999'");
     expect_error("http:\n  listen: '8000'\n",
                  "t.yaml:2: http.listen: expected HOST:PORT (or \"\" for off), got '8000'");
+    /* decode.kv_advertise: a real host (addr.h), never a wildcard. */
+    expect_error("decode:\n  kv_advertise: 0.0.0.0\n",
+                 "t.yaml:2: decode.kv_advertise: a wildcard address cannot be reached; give this "
+                 "host's name or address, got '0.0.0.0'");
+    expect_error("decode:\n  kv_advertise: tcp://10.0.0.7:7000\n",
+                 "t.yaml:2: decode.kv_advertise: expected HOST or HOST:PORT with a port in "
+                 "1..65535, got 'tcp://10.0.0.7:7000'");
+    expect_error("decode:\n  kv_advertise: 'decode-1:0'\n",
+                 "t.yaml:2: decode.kv_advertise: expected HOST or HOST:PORT with a port in "
+                 "1..65535, got 'decode-1:0'");
+    expect_error("decode:\n  kv_advertise: 'a b'\n",
+                 "t.yaml:2: decode.kv_advertise: a host has only letters, digits, '-' and '.' "
+                 "(IPv6: [ADDRESS]), got 'a b'");
+    expect_error("decode:\n  kv_advertise: 10.0.0.256\n",
+                 "t.yaml:2: decode.kv_advertise: not an IPv4 address, got '10.0.0.256'");
     /* A control character smuggled through a double-quoted escape. */
     expect_error("model:\n  name: \"a\\tb\"\n",
                  "t.yaml:2: model.name: expected UTF-8 text without control characters, got 'a?b'");
@@ -809,6 +824,26 @@ static void test_shipped_local(void **state)
 
 /* example-full.yaml sets every key to its default, so apart from model.path
  * it must equal the built-in defaults: the file and the code agree. */
+/* The image's config (deploy/config.yaml): wildcard binds, the router by
+ * its service name, the make run model under /models. */
+static void test_shipped_deploy(void **state)
+{
+    (void)state;
+    pd_config_t c;
+    pd_err_t err = { 0 };
+    pd_config_default(&c);
+    int rc = pd_config_load_file(&c, "deploy/config.yaml", &err);
+    if (rc)
+        fail_msg("%s", err.msg);
+    assert_int_equal(pd_config_validate(&c, &err), 0);
+    assert_string_equal(c.model.path, "/models/llama-110M-f32.gguf");
+    assert_string_equal(c.router.client_endpoint, "tcp://0.0.0.0:5555");
+    assert_string_equal(c.worker.router, "tcp://router:5556");
+    assert_string_equal(c.decode.kv_endpoint, "tcp://0.0.0.0:7000");
+    assert_string_equal(c.decode.kv_advertise, "");
+    assert_string_equal(c.http.listen, "0.0.0.0:8000");
+}
+
 static void test_shipped_example_full(void **state)
 {
     (void)state;
@@ -853,6 +888,7 @@ int main(void)
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_write_round_trip),
         cmocka_unit_test(test_shipped_local),
+        cmocka_unit_test(test_shipped_deploy),
         cmocka_unit_test(test_shipped_example_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
