@@ -233,7 +233,7 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
     return h;
 }
 
-static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
+static int load_layers(pd_model_t *m, load_t *ld, pd_err_t *err)
 {
     const pd_model_config_t *c = &m->cfg;
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
@@ -243,10 +243,10 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
      * shape asking for more than the file holds is refused before the
      * allocation (a few header bytes must not cost gigabytes). */
     const size_t n_vec = per_layer * c->n_layers + c->dim;
-    if (n_vec > pd_gguf_file_size(g->g) / 2)
+    if (n_vec > pd_gguf_file_size(ld->g) / 2)
         return pd_err_set(err, PD_EFORMAT, "model: %u layers of dim %u need %zu norm and bias "
                           "elements, more than the file's %zu bytes hold", c->n_layers, c->dim,
-                          n_vec, pd_gguf_file_size(g->g));
+                          n_vec, pd_gguf_file_size(ld->g));
     m->owned_f32 = malloc(sizeof(float) * n_vec);
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     if (m->owned_f32 == NULL || m->layers == NULL)
@@ -257,23 +257,23 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
     for (uint32_t l = 0; l < c->n_layers; l++) {
         pd_layer_t *L = &m->layers[l];
         int rc = 0;
-        rc = rc ? rc : get_vec(g, LNAME("attn_norm.weight"), c->dim, v, true, NULL, err);
+        rc = rc ? rc : get_vec(ld, LNAME("attn_norm.weight"), c->dim, v, true, NULL, err);
         L->attn_norm = v; v += c->dim;
-        rc = rc ? rc : get_vec(g, LNAME("ffn_norm.weight"), c->dim, v, true, NULL, err);
+        rc = rc ? rc : get_vec(ld, LNAME("ffn_norm.weight"), c->dim, v, true, NULL, err);
         L->ffn_norm = v; v += c->dim;
-        rc = rc ? rc : get_mat(g, LNAME("attn_q.weight"), c->dim, q_dim, &L->wq, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("attn_k.weight"), c->dim, kv_dim, &L->wk, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("attn_v.weight"), c->dim, kv_dim, &L->wv, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("attn_output.weight"), q_dim, c->dim, &L->wo, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("ffn_gate.weight"), c->dim, c->ffn_dim, &L->w_gate, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("ffn_up.weight"), c->dim, c->ffn_dim, &L->w_up, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("ffn_down.weight"), c->ffn_dim, c->dim, &L->w_down, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("attn_q.weight"), c->dim, q_dim, &L->wq, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("attn_k.weight"), c->dim, kv_dim, &L->wk, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("attn_v.weight"), c->dim, kv_dim, &L->wv, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("attn_output.weight"), q_dim, c->dim, &L->wo, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_gate.weight"), c->dim, c->ffn_dim, &L->w_gate, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_up.weight"), c->dim, c->ffn_dim, &L->w_up, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_down.weight"), c->ffn_dim, c->dim, &L->w_down, true, err);
         if (rc == 0 && c->has_qkv_bias) {
-            rc = rc ? rc : get_vec(g, LNAME("attn_q.bias"), q_dim, v, true, NULL, err);
+            rc = rc ? rc : get_vec(ld, LNAME("attn_q.bias"), q_dim, v, true, NULL, err);
             L->bq = v; v += q_dim;
-            rc = rc ? rc : get_vec(g, LNAME("attn_k.bias"), kv_dim, v, true, NULL, err);
+            rc = rc ? rc : get_vec(ld, LNAME("attn_k.bias"), kv_dim, v, true, NULL, err);
             L->bk = v; v += kv_dim;
-            rc = rc ? rc : get_vec(g, LNAME("attn_v.bias"), kv_dim, v, true, NULL, err);
+            rc = rc ? rc : get_vec(ld, LNAME("attn_v.bias"), kv_dim, v, true, NULL, err);
             L->bv = v; v += kv_dim;
         }
         if (rc != 0)
@@ -285,7 +285,7 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
         }
     }
 #undef LNAME
-    if (get_vec(g, "output_norm.weight", c->dim, v, true, NULL, err) != 0)
+    if (get_vec(ld, "output_norm.weight", c->dim, v, true, NULL, err) != 0)
         return PD_EFORMAT;
     m->out_norm = v;
     return 0;
