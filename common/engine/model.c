@@ -168,15 +168,15 @@ static int get_factors(load_t *ld, const char *name, uint32_t n, float **v, cons
 
 /* Attention projections: attn_q, attn_k, attn_v, or phi3's fused attn_qkv
  * (rows q | k | v). */
-static int load_qkv(load_t *g, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
+static int load_qkv(load_t *ld, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
                     pd_err_t *err)
 {
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
     char name[96];
 #define LNAME(fmt) (snprintf(name, sizeof name, "blk.%u." fmt, l), name)
-    if (c->arch == PD_ARCH_PHI3 && pd_gguf_find_tensor(g->g, LNAME("attn_qkv.weight"))) {
+    if (c->arch == PD_ARCH_PHI3 && pd_gguf_find_tensor(ld->g, LNAME("attn_qkv.weight"))) {
         pd_mat_t qkv;
-        if (get_mat(g, name, c->dim, q_dim + 2 * kv_dim, &qkv, true, err) != 0)
+        if (get_mat(ld, name, c->dim, q_dim + 2 * kv_dim, &qkv, true, err) != 0)
             return PD_EFORMAT;
         L->wq = row_view(&qkv, 0, q_dim);
         L->wk = row_view(&qkv, q_dim, kv_dim);
@@ -184,16 +184,16 @@ static int load_qkv(load_t *g, const pd_model_config_t *c, pd_layer_t *L, uint32
         return 0;
     }
     int rc = 0;
-    rc = rc ? rc : get_mat(g, LNAME("attn_q.weight"), c->dim, q_dim, &L->wq, true, err);
-    rc = rc ? rc : get_mat(g, LNAME("attn_k.weight"), c->dim, kv_dim, &L->wk, true, err);
-    rc = rc ? rc : get_mat(g, LNAME("attn_v.weight"), c->dim, kv_dim, &L->wv, true, err);
+    rc = rc ? rc : get_mat(ld, LNAME("attn_q.weight"), c->dim, q_dim, &L->wq, true, err);
+    rc = rc ? rc : get_mat(ld, LNAME("attn_k.weight"), c->dim, kv_dim, &L->wk, true, err);
+    rc = rc ? rc : get_mat(ld, LNAME("attn_v.weight"), c->dim, kv_dim, &L->wv, true, err);
     return rc;
 #undef LNAME
 }
 
 /* Feed-forward projections: ffn_gate, ffn_up, ffn_down, or phi3's ffn_up
  * holding gate then up (rows gate | up, as ggml_swiglu splits them). */
-static int load_ffn(load_t *g, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
+static int load_ffn(load_t *ld, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
                     pd_err_t *err)
 {
     char name[96];
@@ -201,20 +201,20 @@ static int load_ffn(load_t *g, const pd_model_config_t *c, pd_layer_t *L, uint32
 #define LNAME(fmt) (snprintf(name, sizeof name, "blk.%u." fmt, l), name)
     if (c->arch == PD_ARCH_PHI3) {
         pd_mat_t up;
-        rc = rc ? rc : get_mat(g, LNAME("ffn_up.weight"), c->dim, 2 * c->ffn_dim, &up, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_up.weight"), c->dim, 2 * c->ffn_dim, &up, true, err);
         L->w_gate = row_view(&up, 0, c->ffn_dim);
         L->w_up = row_view(&up, c->ffn_dim, c->ffn_dim);
     } else {
-        rc = rc ? rc : get_mat(g, LNAME("ffn_gate.weight"), c->dim, c->ffn_dim, &L->w_gate, true, err);
-        rc = rc ? rc : get_mat(g, LNAME("ffn_up.weight"), c->dim, c->ffn_dim, &L->w_up, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_gate.weight"), c->dim, c->ffn_dim, &L->w_gate, true, err);
+        rc = rc ? rc : get_mat(ld, LNAME("ffn_up.weight"), c->dim, c->ffn_dim, &L->w_up, true, err);
     }
-    rc = rc ? rc : get_mat(g, LNAME("ffn_down.weight"), c->ffn_dim, c->dim, &L->w_down, true, err);
+    rc = rc ? rc : get_mat(ld, LNAME("ffn_down.weight"), c->ffn_dim, c->dim, &L->w_down, true, err);
     return rc;
 #undef LNAME
 }
 
 /* The small fp32 vectors of layer l (norms, biases), converted into *v. */
-static int load_layer_vecs(load_t *g, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
+static int load_layer_vecs(load_t *ld, const pd_model_config_t *c, pd_layer_t *L, uint32_t l,
                            float **v, pd_err_t *err)
 {
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
@@ -222,7 +222,7 @@ static int load_layer_vecs(load_t *g, const pd_model_config_t *c, pd_layer_t *L,
     int rc = 0;
 #define LNAME(fmt) (snprintf(name, sizeof name, "blk.%u." fmt, l), name)
 #define VEC(field, fmt, n) \
-    (rc = rc ? rc : get_vec(g, LNAME(fmt), (n), *v, true, NULL, err), L->field = *v, *v += (n))
+    (rc = rc ? rc : get_vec(ld, LNAME(fmt), (n), *v, true, NULL, err), L->field = *v, *v += (n))
     VEC(attn_norm, "attn_norm.weight", c->dim);
     VEC(ffn_norm, "ffn_norm.weight", c->dim);
     if (c->has_qkv_bias) {
@@ -243,7 +243,7 @@ static int load_layer_vecs(load_t *g, const pd_model_config_t *c, pd_layer_t *L,
     return rc;
 }
 
-static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
+static int load_layers(pd_model_t *m, load_t *ld, pd_err_t *err)
 {
     const pd_model_config_t *c = &m->cfg;
     uint32_t q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
@@ -256,10 +256,10 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
      * shape asking for more than the file holds is refused before the
      * allocation (a few header bytes must not cost gigabytes). */
     const size_t n_vec = per_layer * c->n_layers + c->dim + 3 * (size_t)c->head_dim;
-    if (n_vec > pd_gguf_file_size(g->g) / 2)
+    if (n_vec > pd_gguf_file_size(ld->g) / 2)
         return pd_err_set(err, PD_EFORMAT, "model: %u layers of dim %u need %zu norm and bias "
                           "elements, more than the file's %zu bytes hold", c->n_layers, c->dim,
-                          n_vec, pd_gguf_file_size(g->g));
+                          n_vec, pd_gguf_file_size(ld->g));
     m->owned_f32 = malloc(sizeof(float) * n_vec);
     m->layers = calloc(c->n_layers, sizeof *m->layers);
     bool *is_swa = calloc(c->n_layers, sizeof *is_swa);
@@ -267,17 +267,17 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
         free(is_swa);
         return pd_err_set(err, PD_ENOMEM, "model: out of memory for layer vectors");
     }
-    int rc = pd_model_read_swa_pattern(g->g, c, m->arch_name, is_swa, err);
+    int rc = pd_model_read_swa_pattern(ld->g, c, m->arch_name, is_swa, err);
     float *v = m->owned_f32;
     for (uint32_t l = 0; l < c->n_layers && rc == 0; l++) {
         pd_layer_t *L = &m->layers[l];
         char name[96];
         L->is_swa = is_swa[l];
-        rc = rc ? rc : load_layer_vecs(g, c, L, l, &v, err);
-        rc = rc ? rc : load_qkv(g, c, L, l, err);
+        rc = rc ? rc : load_layer_vecs(ld, c, L, l, &v, err);
+        rc = rc ? rc : load_qkv(ld, c, L, l, err);
         snprintf(name, sizeof name, "blk.%u.attn_output.weight", l);
-        rc = rc ? rc : get_mat(g, name, q_dim, c->dim, &L->wo, true, err);
-        rc = rc ? rc : load_ffn(g, c, L, l, err);
+        rc = rc ? rc : get_mat(ld, name, q_dim, c->dim, &L->wo, true, err);
+        rc = rc ? rc : load_ffn(ld, c, L, l, err);
         if (rc != 0)
             break;
         const pd_mat_t *mats[] = { &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down };
@@ -289,7 +289,7 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
     free(is_swa);
     if (rc != 0)
         return rc;
-    if (get_vec(g, "output_norm.weight", c->dim, v, true, NULL, err) != 0)
+    if (get_vec(ld, "output_norm.weight", c->dim, v, true, NULL, err) != 0)
         return PD_EFORMAT;
     m->out_norm = v;
     v += c->dim;
@@ -297,11 +297,11 @@ static int load_layers(pd_model_t *m, load_t *g, pd_err_t *err)
      * LongRoPE pair; other architectures read none (a file that has them
      * is refused as holding an unread tensor). */
     const uint32_t nf = c->head_dim / 2;
-    if (c->arch == PD_ARCH_LLAMA && get_factors(g, "rope_freqs.weight", nf, &v, &m->rope_freqs, err))
+    if (c->arch == PD_ARCH_LLAMA && get_factors(ld, "rope_freqs.weight", nf, &v, &m->rope_freqs, err))
         return PD_EFORMAT;
     if (c->arch == PD_ARCH_PHI3 &&
-        (get_factors(g, "rope_factors_long.weight", nf, &v, &m->rope_long, err) != 0 ||
-         get_factors(g, "rope_factors_short.weight", nf, &v, &m->rope_short, err) != 0))
+        (get_factors(ld, "rope_factors_long.weight", nf, &v, &m->rope_long, err) != 0 ||
+         get_factors(ld, "rope_factors_short.weight", nf, &v, &m->rope_short, err) != 0))
         return PD_EFORMAT;
     return 0;
 }

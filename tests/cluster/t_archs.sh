@@ -13,6 +13,8 @@ for f in "${FILES[@]}"; do
     MODEL=$MODELS/$f.gguf
     require_model
 done
+# check_streams' two results per file, then the two registration checks
+plan $((2 * ${#FILES[@]} + 2))
 
 # Stops this model's processes (cleanup stops whatever is left at exit).
 stop_cluster() {
@@ -37,8 +39,7 @@ for f in "${FILES[@]}"; do
         ref_tokens "$D/ref_$i.txt" -p "${PROMPTS[i]}" ${ARGS[i]} --ctx $CTX
     done
     send_all $N "$D"
-    node tests/cluster/check_streams.mjs "$D" $N "$f 1P+1D" | tee "$D/check.txt"
-    grep -q '^not ok' "$D/check.txt" && FAILED=1
+    check_streams "$D" $N "$f 1P+1D"
     stop_cluster
 done
 

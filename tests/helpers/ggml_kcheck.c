@@ -303,9 +303,12 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!pd_kern_has_avx2()) {
-        printf("ok - # SKIP no AVX2 on this CPU: the bit-identity checks need it\n");
+        printf("1..0 # SKIP no AVX2 on this CPU: the bit-identity checks need it\n");
         return 0;
     }
+    /* the plan: two activation checks, then per type quantize, dequantize
+     * and three dot sizes */
+    printf("1..%zu\n", 2 + 5 * (sizeof CASES / sizeof CASES[0]));
     char path[4096];
     snprintf(path, sizeof path, "%s/libggml-base.so", argv[1]);
     void *base = dlopen(path, RTLD_NOW | RTLD_GLOBAL);
