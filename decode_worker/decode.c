@@ -60,6 +60,8 @@ static bool busy(const void *self)
     return d->n_expects > 0 || d->n_seqs > 0 || d->n_orphans > 0;
 }
 
+static uint32_t held(const void *self) { return (uint32_t)((const pd_decode_t *)self)->n_seqs; }
+
 static void load(const void *self, pd_worker_load_t *out)
 {
     const pd_decode_t *d = self;
@@ -101,6 +103,7 @@ static const pd_wkrole_ops_t g_ops = {
     .run = run,
     .timers = timers,
     .busy = busy,
+    .held = held,
     .load = load,
     .drop_all = drop_all,
     .close = close_sockets,

@@ -148,7 +148,8 @@ static void on_task(void *self, const Pd__Msg *msg)
     t->epoch = m->epoch;
     t->n_tokens = (uint32_t)m->n_tokens;
     t->params = params;
-    snprintf(t->decode_id, sizeof t->decode_id, "%s", m->decode_worker_id);
+    snprintf(t->decode_id, sizeof t->decode_id, "%s",
+             m->decode_worker_id ? m->decode_worker_id : "");
     pd_net_copy_str(t->kv_endpoint, sizeof t->kv_endpoint, m->decode_kv_endpoint);
     t->t_arrive_ms = pf_now_ms(p);
     atomic_init(&t->frames_out, 0);
@@ -404,6 +405,8 @@ static int sockets(void *self, zmq_pollitem_t *items, int cap)
 
 static bool busy(const void *self) { return ((const pd_prefill_t *)self)->n_tasks > 0; }
 
+static uint32_t held(const void *self) { return (uint32_t)((const pd_prefill_t *)self)->n_tasks; }
+
 static void load(const void *self, pd_worker_load_t *out)
 {
     const pd_prefill_t *p = self;
@@ -443,6 +446,7 @@ static const pd_wkrole_ops_t g_ops = {
     .run = run,
     .timers = timers,
     .busy = busy,
+    .held = held,
     .load = load,
     .drop_all = drop_all,
     .close = close_sockets,

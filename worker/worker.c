@@ -86,10 +86,19 @@ static int setup(worker_t *w, pd_err_t *err)
     return pd_wkhost_start(w->host, &info, err);
 }
 
-/* The host first (it closes every socket and ends the ZeroMQ context, so
- * no zero-copy frame still reads a block), then the roles, then the engine. */
+/* Every socket first (the roles' here, whether or not the host got them;
+ * the host's in pd_wkhost_free, which then ends the ZeroMQ context: no
+ * zero-copy frame still reads a block), then the roles, then the engine. */
 static void teardown(worker_t *w)
 {
+    pd_wkrole_t roles[2] = { { 0 }, { 0 } };
+    if (w->prefill)
+        roles[0] = pd_prefill_role(w->prefill);
+    if (w->decode)
+        roles[1] = pd_decode_role(w->decode);
+    for (int i = 0; i < 2; i++)
+        if (roles[i].ops)
+            roles[i].ops->close(roles[i].self);
     pd_wkhost_free(w->host);
     pd_prefill_free(w->prefill);
     pd_decode_free(w->decode);

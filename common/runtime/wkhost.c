@@ -138,6 +138,8 @@ static void send_register(pd_wkhost_t *h)
     h->last_reg_ms = pd_net_now_ms();
 }
 
+static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }
+
 /* The heartbeat's load: each role's share, summed (a colocated worker's
  * roles share one KV cache: its blocks are counted once). */
 static void gather_load(const pd_wkhost_t *h, pd_worker_load_t *l)
@@ -484,7 +486,9 @@ static bool check_drain(pd_wkhost_t *h)
     if (*h->stop && !h->draining) {
         h->draining = true;
         h->drain_deadline_ms = pd_net_now_ms() + h->cfg->worker.drain_timeout_ms;
-        PD_INFO("event=draining deadline_ms=%u", h->cfg->worker.drain_timeout_ms);
+        /* What it holds now is what the drain must finish (tests check it). */
+        PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
+                h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
         if (h->registered)
             send_heartbeat(h);
     }

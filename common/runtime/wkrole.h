@@ -20,9 +20,12 @@
  *   timers               once per loop turn: leases, retries, expiries
  *   busy, load           whether it holds work (drain waits for !busy);
  *                        its share of a heartbeat
+ *   held                 how many requests it holds (logged when a drain
+ *                        begins: what the drain must finish)
  *   drop_all             the router that gave it its work is gone: free it
  *   close                the process stops: close its sockets (the host then
- *                        ends the ZeroMQ context; the role is freed after)
+ *                        ends the ZeroMQ context; the role is freed after).
+ *                        May be called more than once.
  */
 #ifndef PD_WKROLE_H
 #define PD_WKROLE_H
@@ -84,6 +87,8 @@ typedef struct {
     void (*run)(void *self);
     void (*timers)(void *self);
     bool (*busy)(const void *self);
+    /* Requests it holds now: prefill tasks, or decode sequences. */
+    uint32_t (*held)(const void *self);
     /* Its share of the heartbeat: the fields it knows, the rest left 0. */
     void (*load)(const void *self, pd_worker_load_t *out);
     /* Drops everything (freeing its blocks); writes "key=N ..." of what it

@@ -13,6 +13,8 @@ ok() { echo "ok - $*"; }
 not_ok() { echo "not ok - $1"; [ -n "${2:-}" ] && printf '%s\n' "$2" | head -5 | sed 's/^/# /'; }
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
+# The plan: the clean tree, then one result per plant and per symbols line.
+echo "1..$((1 + $(grep -c '^plant ' "$0") + $(grep -c '^symbols ' "$0")))"
 
 out=$(scripts/archcheck.sh --build "$BUILD" 2>&1)
 if [ $? = 0 ]; then ok "the tree crosses no forbidden arrow ($(echo "$out" | grep '^#' | tr -d '#' | tr '\n' ';'))"

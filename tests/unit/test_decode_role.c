@@ -258,8 +258,10 @@ static void test_cancel_running(void **state)
     fh_turn(&f.h, f.r);
     pd_token_entry_t t[MAX_GEN];
     assert_int_equal(fh_tokens(&f.h, 3, t, MAX_GEN), 2);
+    assert_int_equal(f.r.ops->held(f.r.self), 1);
     f.r.ops->on_cancel(f.r.self, 3, 0);
     assert_false(f.r.ops->busy(f.r.self));
+    assert_int_equal(f.r.ops->held(f.r.self), 0);
     assert_int_equal(pd_kv_n_used(f.h.eng.kv), 0);
     assert_false(fh_turn(&f.h, f.r));
     assert_int_equal(fh_tokens(&f.h, 3, t, MAX_GEN), 2);

@@ -463,8 +463,10 @@ static void test_refusals(void **state)
     /* Cancelled while queued: gone before any pass. */
     send_task(r, 25, prompt, 20, 8, "d1", DECODE_EP);
     assert_int_equal(pd_prefill_n_tasks(p), 1);
+    assert_int_equal(r.ops->held(r.self), 1); /* what a drain's log line counts */
     r.ops->on_cancel(r.self, 25, 1);
     assert_int_equal(pd_prefill_n_tasks(p), 0);
+    assert_int_equal(r.ops->held(r.self), 0);
     h.now_ms += 1000;
     assert_false(fh_turn(&h, r));
     assert_int_equal(fh_count(&h, PD__MSG__BODY_TOKENS), 0);
