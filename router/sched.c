@@ -6,6 +6,7 @@
 
 #include "base/fault.h"
 #include "base/log.h"
+#include "proto/codec.h"
 #include "runtime/addr.h"
 #include "router.h"
 
@@ -267,6 +268,9 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     else if (!g->has_block_size || g->block_size != rt->cfg.kv.block_size)
         snprintf(why, sizeof why, "kv.block_size %u, cluster uses %u", g->block_size,
                  rt->cfg.kv.block_size);
+    else if (strcmp(g->kv_dtype ? g->kv_dtype : "f32", rt->cfg.kv.dtype) != 0)
+        snprintf(why, sizeof why, "kv.dtype %s, cluster uses %s",
+                 pd_codec_kv_dtype_known(g->kv_dtype) ? g->kv_dtype : "unknown", rt->cfg.kv.dtype);
     else if (g->role != PD__ROLE__ROLE_PREFILL &&
              (!g->has_total_blocks || g->total_blocks == 0))
         snprintf(why, sizeof why, "total_blocks: a decode worker needs KV blocks");
