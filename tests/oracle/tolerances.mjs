@@ -32,6 +32,9 @@ export function renderTable() {
   ];
   for (const [t, v] of Object.entries(TOL.types))
     rows.push(`| ${t} | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) | ${TOL.max_near_ties_per_file} |`);
+  for (const [t, v] of Object.entries(TOL.kv_types ?? {}))
+    if (!t.startsWith("_"))
+      rows.push(`| + ${t} KV cache (added to the type's) | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) | ${TOL.max_near_ties_per_file} |`);
   const ties = `A near-tie is a greedy position where llama.cpp's own probabilities of its choice and ours ` +
     `differ by less than the tolerance (rounding order may pick either); at most ${TOL.max_near_ties_per_file} ` +
     `per file (5 prompts x 64 greedy tokens) are allowed, each printed (observed: at most ${TOL.near_ties_observed}).`;
