@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/grow.h"
 #include "base/log.h"
@@ -278,9 +279,9 @@ void dc_step(pd_decode_t *d)
         return; /* n_running counts DS_RUNNING sequences; never 0-sized arrays below */
     pd_batch_t b = { n, e->b_tokens, e->b_pos, e->b_seq, e->b_want, n, e->b_tables, e->b_ntable };
     pd_err_t err = { 0 };
-    uint64_t t0 = pd_net_now_us();
+    uint64_t t0 = pd_now_us();
     int rc = pd_forward(e->engine, &b, e->logits, &err);
-    d->c.decode_us += pd_net_now_us() - t0;
+    d->c.decode_us += pd_now_us() - t0;
     if (rc != 0) {
         step_failed(d, run, n, err.msg);
         return;

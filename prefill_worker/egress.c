@@ -9,6 +9,7 @@
 
 #include <xxhash.h>
 
+#include "base/clock.h"
 #include "base/log.h"
 #include "prefill_internal.h"
 
@@ -170,7 +171,7 @@ void pf_ship(pd_prefill_t *p, pf_task_t *t)
     uint64_t now = pf_now_ms(p);
     if (rc == 0) {
         t->st = PT_LEASED;
-        t->t_sent_us = pd_net_now_us();
+        t->t_sent_us = pd_now_us();
         t->lease_deadline_ms = now + p->cfg->worker.lease_ms;
         PD_DEBUG("event=kv_shipped req=%llu epoch=%u blocks=%u to=%s", (unsigned long long)t->req,
                  t->epoch, t->seq.n_blocks, t->decode_id);
@@ -204,7 +205,7 @@ void pd_prefill_on_ack(pd_prefill_t *p, const Pd__KvAck *a)
         PD_WARN("event=kv_refused req=%llu epoch=%u decode=%s reason=\"%s\"",
                 (unsigned long long)t->req, t->epoch, t->decode_id, a->reason ? a->reason : "?");
     else {
-        uint64_t us = pd_net_now_us() - t->t_sent_us;
+        uint64_t us = pd_now_us() - t->t_sent_us;
         p->c.kv_transfers++;
         p->c.kv_transfer_us += us;
         PD_DEBUG("event=kv_acked req=%llu epoch=%u blocks=%u us=%llu", (unsigned long long)t->req,

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/grow.h"
 #include "base/log.h"
@@ -340,12 +341,12 @@ static void run(void *self)
     pd_batch_t b = { n_tok, e->b_tokens, e->b_pos, e->b_seq, e->b_want,
                      n_seqs, e->b_tables, e->b_ntable };
     pd_err_t err = { 0 };
-    uint64_t t0 = pd_net_now_us();
+    uint64_t t0 = pd_now_us();
     if (pd_forward(e->engine, &b, e->logits, &err) != 0) {
         pass_failed(p, picked, n_seqs, err.msg);
         return;
     }
-    uint64_t pass_us = pd_net_now_us() - t0;
+    uint64_t pass_us = pd_now_us() - t0;
     p->c.prefill_us += pass_us;
     double per_tok = (double)pass_us / n_tok;
     p->us_per_token = p->us_per_token > 0 ? 0.7 * p->us_per_token + 0.3 * per_tok : per_tok;
@@ -375,7 +376,7 @@ static void run(void *self)
         ents[n_ent++] = (pd_token_entry_t){ t->req, t->epoch, tok, index, fins[s] };
     }
     PD_DEBUG("event=prefill_batch seqs=%u tokens=%u done=%u ms=%.2f", n_seqs, n_tok, n_ent,
-             (double)(pd_net_now_us() - t0) / 1000.0);
+             (double)(pd_now_us() - t0) / 1000.0);
     pd_wkport_tokens(p->port, ents, n_ent);
     for (uint32_t s = 0; s < n_seqs; s++) {
         pf_task_t *t = picked[s];

@@ -20,7 +20,7 @@
 #                    own folder (each binary's entry runs worker/'s process)
 #   router           base, engine, proto, runtime         (never a worker folder)
 #   client (libpdclient: pdclient, httpc)  base, proto, runtime (no engine)
-#   client (pd-*.c)  base, engine, proto, runtime, client
+#   client (pd-*.c, bench/: pd-bench)  base, engine, proto, runtime, client
 #   tools            base, engine, proto, runtime
 # So common/ never includes a process folder.
 #
@@ -64,7 +64,7 @@ layer_of() {
     decode_worker/*) echo decode_worker ;;
     worker/*) echo worker ;;
     router/*) echo router ;;
-    client/pd-*.c) echo client_bin ;;
+    client/pd-*.c | client/bench/*) echo client_bin ;;
     client/*) echo client_lib ;;
     tools/*) echo tools ;;
     *) echo "" ;;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/log.h"
 #include "runtime/net.h"
@@ -108,7 +109,7 @@ static void port_send(void *host, const Pd__Msg *m)
 static uint64_t port_now_ms(void *host)
 {
     (void)host;
-    return pd_net_now_ms();
+    return pd_now_ms();
 }
 
 static uint32_t port_heartbeat_ms(void *host) { return ((pd_wkhost_t *)host)->hb_ms; }
@@ -135,7 +136,7 @@ static void send_register(pd_wkhost_t *h)
     h->reg_sent = pd_net_send(h->rsock, NULL, 0, &m, false, &err) == 0;
     if (h->reg_sent)
         PD_DEBUG("event=register_sent router=%s", h->cfg->worker.router);
-    h->last_reg_ms = pd_net_now_ms();
+    h->last_reg_ms = pd_now_ms();
 }
 
 static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }
@@ -194,7 +195,7 @@ static void send_heartbeat(pd_wkhost_t *h)
     m.body_case = PD__MSG__BODY_HEARTBEAT;
     m.heartbeat = &hb;
     port_send(h, &m);
-    h->last_hb_ms = pd_net_now_ms();
+    h->last_hb_ms = pd_now_ms();
 }
 
 static int connect_router(pd_wkhost_t *h, pd_err_t *err)
@@ -208,7 +209,7 @@ static int connect_router(pd_wkhost_t *h, pd_err_t *err)
     if (rc)
         return rc;
     h->registered = false;
-    h->last_router_ms = pd_net_now_ms();
+    h->last_router_ms = pd_now_ms();
     send_register(h);
     return 0;
 }
@@ -234,7 +235,7 @@ static void drop_router_work(pd_wkhost_t *h, const char *why)
 static void reconnect_router(pd_wkhost_t *h)
 {
     PD_WARN("event=router_lost router=%s silent_ms=%llu", h->cfg->worker.router,
-            (unsigned long long)(pd_net_now_ms() - h->last_router_ms));
+            (unsigned long long)(pd_now_ms() - h->last_router_ms));
     drop_router_work(h, "router_silent");
     drop_outbox(h);
     pd_net_close(h->rsock);
@@ -360,7 +361,7 @@ static void handle_router(pd_wkhost_t *h)
         int rc = pd_net_recv(h->rsock, h->in, &err);
         if (rc <= 0)
             return;
-        h->last_router_ms = pd_net_now_ms();
+        h->last_router_ms = pd_now_ms();
         if (h->in->n_frames != 1 || h->in->truncated) {
             PD_WARN("event=bad_router_message frames=%d", h->in->n_frames);
             pd_net_in_close(h->in);
@@ -457,7 +458,7 @@ static void timers(pd_wkhost_t *h)
     /* Read what queued up during a long forward pass first: the router's
      * beats are in there, and its silence must not be misjudged. */
     handle_router(h);
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     flush_outbox(h);
     /* Not connected yet (ZMQ_IMMEDIATE refused the send): try again soon;
      * sent but unanswered: once per beat. */
@@ -485,7 +486,7 @@ static bool check_drain(pd_wkhost_t *h)
 {
     if (*h->stop && !h->draining) {
         h->draining = true;
-        h->drain_deadline_ms = pd_net_now_ms() + h->cfg->worker.drain_timeout_ms;
+        h->drain_deadline_ms = pd_now_ms() + h->cfg->worker.drain_timeout_ms;
         /* What it holds now is what the drain must finish (tests check it). */
         PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
                 h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
@@ -495,7 +496,7 @@ static bool check_drain(pd_wkhost_t *h)
     if (!h->draining)
         return false;
     bool idle = !role_busy(&h->prefill) && !role_busy(&h->decode);
-    return idle || !h->registered || pd_net_now_ms() >= h->drain_deadline_ms;
+    return idle || !h->registered || pd_now_ms() >= h->drain_deadline_ms;
 }
 
 int pd_wkhost_run(pd_wkhost_t *h)

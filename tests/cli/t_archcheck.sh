@@ -77,9 +77,9 @@ cc_obj() { # OBJ CODE
 symbols "engine object calling zmq_send" 'planted.o: zmq_send' \
     cc_obj "$T/b/obj/common/engine/planted.o" \
     'int zmq_send(void *, const void *, unsigned long, int); int f(void) { return zmq_send(0, 0, 0, 0); }'
-symbols "engine object calling the runtime" 'planted.o: pd_net_now_ms' \
+symbols "engine object calling the runtime" 'planted.o: pd_net_close' \
     cc_obj "$T/b/obj/common/engine/planted.o" \
-    'unsigned long pd_net_now_ms(void); unsigned long f(void) { return pd_net_now_ms(); }'
+    'void pd_net_close(void *); void f(void) { pd_net_close(0); }'
 symbols "prefill object calling the decode role" 'planted.o: pd_decode_take' \
     cc_obj "$T/b/obj/prefill_worker/planted.o" \
     'int pd_decode_take(void *, void *); int f(void) { return pd_decode_take(0, 0); }'
