@@ -167,7 +167,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ROUTER_LIB) $(WORKER_LIB) $(CLIE
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+# The referee's kernel check calls the engine's kernels beside llama.cpp's
+# (which it dlopens): tests/oracle/t_ggml_kernels.sh.
+$(BUILD)/tests/ggml_kcheck: $(BUILD)/obj/tests/helpers/ggml_kcheck.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 

@@ -143,7 +143,7 @@ static const char *check_transfer(pd_decode_t *d, const Pd__KvTransfer *k, pd_ne
         return "too many frames";
     if (!k->has_request_id || !k->has_epoch || !k->has_n_tokens || !k->has_n_blocks)
         return "request_id, epoch, n_tokens and n_blocks are required";
-    if (!k->has_model_identity || k->model_identity != d->eng->model->identity)
+    if (!k->has_model_identity || k->model_identity != d->eng->identity)
         return "model identity differs";
     if (!k->has_block_size || k->block_size != bs || k->block_bytes != block_bytes)
         return "block layout differs (block_size / block_bytes)";

@@ -135,7 +135,7 @@ static int ship(pd_prefill_t *p, pf_task_t *t)
     k.checksums = sums;
     k.first_token = t->first_token;
     k.prefill_worker_id = p->id;
-    k.model_identity = p->eng->model->identity;
+    k.model_identity = p->eng->identity;
     k.block_size = pd_kv_shape(kv)->block_size;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_KV_TRANSFER;

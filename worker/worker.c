@@ -72,7 +72,7 @@ static int setup(worker_t *w, pd_err_t *err)
     pd_wkhost_info_t info = {
         .role = w->role,
         .kv_endpoint = kv_endpoint,
-        .model_identity = w->eng.model->identity,
+        .model_identity = w->eng.identity,
         .model_name = w->eng.model->name,
         .limits = {
             .block_size = pd_kv_shape(w->eng.kv)->block_size,

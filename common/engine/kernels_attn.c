@@ -46,7 +46,13 @@ static double ref_score(const pd_attn_shape_t *s, const void *const *k_blk, cons
     double d = 0.0;
     for (uint32_t j = 0; j < s->head_dim; j++)
         d += (double)q[j] * ref_elem(s, k_blk, p, j);
-    return d * (double)s->scale;
+    d *= (double)s->scale;
+    return s->softcap != 0.0f ? (double)s->softcap * tanh(d / (double)s->softcap) : d;
+}
+
+uint32_t pd_kern_attn_first(const pd_attn_shape_t *s, uint32_t n_pos)
+{
+    return s->window != 0 && n_pos > s->window ? n_pos - s->window : 0;
 }
 
 void pd_kern_attn_ref(const pd_attn_shape_t *s, const void *const *k_blk,
@@ -58,18 +64,19 @@ void pd_kern_attn_ref(const pd_attn_shape_t *s, const void *const *k_blk,
     float qr[PD_ATTN_MAX_HEAD_DIM];
     (void)scratch;
     for (uint32_t i = 0; i < n_q; i++) {
+        const uint32_t first = pd_kern_attn_first(s, n_pos[i]);
         for (uint32_t j = 0; j < hd; j++)
             qr[j] = s->is_f16 ? pd_fp16_to_fp32(pd_fp32_to_fp16(q[i][j])) : q[i][j];
         double max = -INFINITY, sum = 0.0;
-        for (uint32_t p = 0; p < n_pos[i]; p++) {
+        for (uint32_t p = first; p < n_pos[i]; p++) {
             const double sc = ref_score(s, k_blk, qr, p);
             max = sc > max ? sc : max;
         }
-        for (uint32_t p = 0; p < n_pos[i]; p++)
+        for (uint32_t p = first; p < n_pos[i]; p++)
             sum += exp(ref_score(s, k_blk, qr, p) - max);
         for (uint32_t j = 0; j < hd; j++)
             acc[j] = 0.0;
-        for (uint32_t p = 0; p < n_pos[i]; p++) {
+        for (uint32_t p = first; p < n_pos[i]; p++) {
             double w = exp(ref_score(s, k_blk, qr, p) - max) / sum;
             if (s->is_f16) /* ggml rounds the probabilities for its F16 V product */
                 w = (double)pd_fp16_to_fp32(pd_fp32_to_fp16((float)w));

@@ -31,6 +31,8 @@ typedef struct {
     pd_sampler_scratch_t *scratch;
     uint32_t vocab;
     uint32_t max_seq_len;      /* the model's context, capped by model.max_seq_len */
+    uint64_t identity;         /* pd_model_kv_identity(model, max_seq_len): what the
+                                  router and the other workers must share */
     uint32_t max_fwd_tokens;   /* rows of one forward pass */
     uint32_t max_fwd_seqs;     /* sequences of one forward pass */
     size_t block_bytes;        /* one KV block, as shipped */

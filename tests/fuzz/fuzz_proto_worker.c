@@ -76,6 +76,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     snprintf(g_model.name, sizeof g_model.name, "fuzz");
     g_model.identity = IDENTITY;
     g_eng.model = &g_model;
+    g_eng.identity = IDENTITY;
     g_eng.vocab = VOCAB;
     g_eng.max_seq_len = MAX_SEQ;
     pd_err_t err = { 0 };

@@ -10,8 +10,11 @@
  *  - F16: the F32 kernel on the widened cache with each query rounded to
  *    F16 but for the probabilities' rounding to F16 (within 2^-11, the
  *    contract in kernels.h), the reference within the same;
+ *  - the same with a sliding window (Gemma 2/3, Mistral) and with Gemma 2's
+ *    score soft-capping, F32 and F16, blocks wholly before every window
+ *    given as NULL (the kernel must not read them);
  *  - a known answer: one position gives exactly its V row; equal scores
- *    give the mean of the V rows.
+ *    give the mean of the V rows; a window of 1 gives the last V row.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -60,7 +63,8 @@ typedef struct {
 static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, bool f16, rng_t *r)
 {
     const uint32_t head_off = hd, row_stride = 3 * hd + 4; /* a middle head, odd stride */
-    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, f16 };
+    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, f16, 0,
+                               0.0f };
     c->sh32 = c->sh;
     c->sh32.is_f16 = false;
     c->n_blocks = (max_pos + bs - 1) / bs;
@@ -164,19 +168,44 @@ static void queries_free(queries_t *Q)
     free(Q->scratch);
 }
 
-static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
-                        bool f16, rng_t *r)
+/* Blocks wholly before the window of every query in [0, n_q) set to NULL
+ * (a stale pointer must not be read). */
+static void hide_blocks(cache_t *c, const uint32_t *n_pos, uint32_t n_q)
+{
+    uint32_t min_first = UINT32_MAX;
+    for (uint32_t i = 0; i < n_q; i++) {
+        uint32_t f = pd_kern_attn_first(&c->sh, n_pos[i]);
+        min_first = f < min_first ? f : min_first;
+    }
+    for (uint32_t j = 0; n_q && j < min_first / c->sh.block_size; j++)
+        c->kb[j] = c->vb[j] = NULL;
+}
+
+static void check_shape_w(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
+                          bool f16, uint32_t window, float softcap, rng_t *r)
 {
     cache_t c;
     queries_t Q;
     cache_init(&c, hd, bs, max_pos, f16, r);
+    c.sh.window = c.sh32.window = window;
+    c.sh.softcap = c.sh32.softcap = softcap;
     queries_init(&Q, &c, n_q, max_pos, prefill, r);
     float *ref = malloc(sizeof(float) * hd);
     assert_non_null(ref);
+    const void **kb_all = malloc(sizeof(void *) * c.n_blocks);
+    const void **vb_all = malloc(sizeof(void *) * c.n_blocks);
+    assert_non_null(kb_all);
+    assert_non_null(vb_all);
+    memcpy(kb_all, c.kb, sizeof(void *) * c.n_blocks);
+    memcpy(vb_all, c.vb, sizeof(void *) * c.n_blocks);
+    hide_blocks(&c, Q.n_pos, n_q);
     pd_kern_attn(&c.sh, c.kb, c.vb, n_q, (const float *const *)Q.q, Q.n_pos, Q.out, Q.scratch);
     for (uint32_t i = 0; i < n_q; i++) {
         float *outs[1] = { ref };
         const float *qs[1] = { Q.q[i] };
+        memcpy(c.kb, kb_all, sizeof(void *) * c.n_blocks);
+        memcpy(c.vb, vb_all, sizeof(void *) * c.n_blocks);
+        hide_blocks(&c, &Q.n_pos[i], 1);
         pd_kern_attn_ref(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs, NULL);
         /* F16: the same, but for a probability the two round to neighbouring
          * halves (the reference's is computed in double): one F16 step of a
@@ -184,15 +213,18 @@ static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos
         const float tol = f16 ? 2e-6f + 0x1p-11f : 2e-6f;
         for (uint32_t d = 0; d < hd; d++) {
             if (fabsf(ref[d] - Q.out[i][d]) > tol)
-                fail_msg("hd %u bs %u n_q %u: query %u (n_pos %u) dim %u: %.9g vs ref %.9g", hd,
-                         bs, n_q, i, Q.n_pos[i], d, Q.out[i][d], ref[d]);
+                fail_msg("hd %u bs %u n_q %u f16 %d window %u softcap %g: query %u (n_pos %u) "
+                         "dim %u: %.9g vs ref %.9g", hd, bs, n_q, f16, window, (double)softcap, i,
+                         Q.n_pos[i], d, Q.out[i][d], ref[d]);
         }
-        /* alone: bit-identical to the grouped result */
+        /* alone (seeing only its own window's blocks): bit-identical to
+         * the grouped result */
         float *alone = malloc(sizeof(float) * hd);
         float *outs1[1] = { alone };
         pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs1, Q.scratch);
         if (memcmp(alone, Q.out[i], sizeof(float) * hd) != 0)
-            fail_msg("hd %u bs %u n_q %u: query %u differs alone and grouped", hd, bs, n_q, i);
+            fail_msg("hd %u bs %u n_q %u f16 %d window %u softcap %g: query %u differs alone "
+                     "and grouped", hd, bs, n_q, f16, window, (double)softcap, i);
         if (f16) { /* the F32 kernel on the widened cache, the query rounded:
                     * the same scores and softmax, so only the probabilities'
                     * rounding differs: sum_p |p16 - p| |v| <= 2^-11 max |v| */
@@ -203,14 +235,23 @@ static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos
             pd_kern_attn(&c.sh32, c.kb32, c.vb32, 1, qrs, &Q.n_pos[i], outs1, Q.scratch);
             for (uint32_t d = 0; d < hd; d++)
                 if (fabsf(alone[d] - Q.out[i][d]) > 0x1p-11f + 1e-6f)
-                    fail_msg("hd %u bs %u: query %u dim %u: F16 %.9g vs F32 on the widened "
-                             "cache %.9g", hd, bs, i, d, Q.out[i][d], alone[d]);
+                    fail_msg("hd %u bs %u window %u softcap %g: query %u dim %u: F16 %.9g vs "
+                             "F32 on the widened cache %.9g", hd, bs, window, (double)softcap, i,
+                             d, Q.out[i][d], alone[d]);
         }
         free(alone);
     }
     free(ref);
+    free((void *)kb_all);
+    free((void *)vb_all);
     queries_free(&Q);
     cache_free(&c);
+}
+
+static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
+                        bool f16, rng_t *r)
+{
+    check_shape_w(hd, bs, n_q, max_pos, prefill, f16, 0, 0.0f, r);
 }
 
 static void check_matches_ref(bool f16)
@@ -237,6 +278,42 @@ static void test_attn_f16_matches_ref(void **state)
 {
     (void)state;
     check_matches_ref(true);
+}
+
+/* Sliding windows (smaller and larger than a block, and than the
+ * context) and soft-capped scores (a cap of 1.5 bites: scores reach ~4),
+ * with an F32 and an F16 cache. */
+static void check_window_softcap(bool f16)
+{
+    rng_t r = { 0xabcdef12345ull + f16 };
+    const uint32_t hds[] = { 8, 64, 12 };
+    const uint32_t bss[] = { 1, 5, 16, 17 };
+    const uint32_t nqs[] = { 1, 4, 37 };
+    const uint32_t windows[] = { 1, 3, 16, 40, 200 };
+    const float caps[] = { 0.0f, 1.5f, 50.0f };
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof bss / sizeof *bss; b++)
+            for (size_t n = 0; n < sizeof nqs / sizeof *nqs; n++)
+                for (size_t w = 0; w < sizeof windows / sizeof *windows; w++)
+                    for (size_t k = 0; k < sizeof caps / sizeof *caps; k++) {
+                        const uint32_t max_pos = 1 + rng_u32(&r) % 90;
+                        check_shape_w(hds[a], bss[b], nqs[n], max_pos, (n + w) % 2 == 0, f16,
+                                      windows[w], caps[k], &r);
+                    }
+    /* no window, a cap: also batch-invariant and within tolerance */
+    check_shape_w(128, 16, 8, 90, true, f16, 0, 30.0f, &r);
+}
+
+static void test_attn_window_softcap(void **state)
+{
+    (void)state;
+    check_window_softcap(false);
+}
+
+static void test_attn_f16_window_softcap(void **state)
+{
+    (void)state;
+    check_window_softcap(true);
 }
 
 /* Invariance under regrouping: the same queries called in different
@@ -305,6 +382,13 @@ static void check_known_answers(bool f16)
             mean += v_at(&c, p, (uint32_t)d);
         assert_true(fabs(out[d] - mean * w) < 1e-6);
     }
+    for (int d = 0; d < 32; d++)
+        q[d] = rng_f(&r);
+    c.sh.window = 1; /* a window of one position: exactly the last V row */
+    np = 37;
+    pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &np, os, scratch);
+    for (int d = 0; d < 32; d++)
+        assert_true(out[d] == v_at(&c, 36, (uint32_t)d));
     free(scratch);
     cache_free(&c);
 }
@@ -321,6 +405,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attn_matches_ref),
         cmocka_unit_test(test_attn_f16_matches_ref),
+        cmocka_unit_test(test_attn_window_softcap),
+        cmocka_unit_test(test_attn_f16_window_softcap),
         cmocka_unit_test(test_attn_regrouping),
         cmocka_unit_test(test_attn_known_answers),
     };

@@ -329,7 +329,7 @@ static void peer_ship(fx_t *f, peer_t *p, const pd_kv_handoff_t *x, int bad_bloc
     k.n_checksums = x->n_frames;
     k.checksums = sums;
     k.first_token = x->first_token;
-    k.model_identity = f->h.eng.model->identity;
+    k.model_identity = f->h.eng.identity;
     k.block_size = pd_kv_shape(f->h.eng.kv)->block_size;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_KV_TRANSFER;

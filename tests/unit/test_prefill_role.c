@@ -358,7 +358,7 @@ static void test_ship_and_ack(void **state)
     assert_int_equal(got.k->n_blocks, 2);
     assert_int_equal(got.k->first_token, f.first);
     assert_string_equal(got.k->prefill_worker_id, "p1");
-    assert_true(got.k->model_identity == f.h.eng.model->identity);
+    assert_true(got.k->model_identity == f.h.eng.identity);
     /* The first token went to the router too. */
     pd_token_entry_t t[2];
     assert_int_equal(fh_tokens(&f.h, 11, t, 2), 1);
