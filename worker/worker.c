@@ -81,8 +81,11 @@ static int setup(worker_t *w, pd_err_t *err)
                                                                 : w->cfg.decode.max_batch_size,
             .max_batch_tokens = w->cfg.prefill.max_batch_tokens,
             .max_seq_len = w->eng.max_seq_len,
+            .kv_dtype = { 0 },
         },
     };
+    snprintf(info.limits.kv_dtype, sizeof info.limits.kv_dtype, "%s",
+             pd_kv_dtype_name(pd_kv_dtype(w->eng.kv)));
     return pd_wkhost_start(w->host, &info, err);
 }
 

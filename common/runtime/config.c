@@ -46,7 +46,7 @@
 #define MIB (1024u * 1024u)
 
 static const char *const g_log_levels[] = { "debug", "info", "warn", "error", NULL };
-static const char *const g_kv_dtypes[] = { "f32", NULL };
+static const char *const g_kv_dtypes[] = { "f32", "f16", NULL };
 /* Index = pd_kv_load_failure_t value. */
 static const char *const g_load_failures[] = { "recompute", "fail", NULL };
 /* router/chat_template.h's families; "auto" = the GGUF's tokenizer.chat_template. */

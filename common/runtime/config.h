@@ -17,7 +17,7 @@
  *             kv_advertise (the KV address announced to peers, addr.h)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
  *             liveness, drain_timeout_ms, lease_ms, compute_timeout_ms
- *   kv:       block_size, num_blocks, memory_mb, dtype (f32), load_failure
+ *   kv:       block_size, num_blocks, memory_mb, dtype (f32, f16), load_failure
  *             (recompute|fail)
  *   net:      hwm, max_msg_bytes, linger_ms, handshake_ms
  *   security: curve (bool), server_public_key, server_secret_key,
@@ -100,7 +100,7 @@ typedef struct {
     uint32_t block_size;
     uint32_t num_blocks;               /* 0 = from memory_mb */
     uint32_t memory_mb;
-    char dtype[16];                    /* "f32" */
+    char dtype[16];                    /* "f32" or "f16" (engine/kvcache.h) */
     pd_kv_load_failure_t load_failure;
 } pd_cfg_kv_t;
 

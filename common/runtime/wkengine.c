@@ -24,7 +24,9 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
         e->max_seq_len = cfg->model.max_seq_len;
     e->identity = pd_model_kv_identity(e->model, e->max_seq_len);
     pd_kv_shape_t shape = { e->model->cfg.n_layers, e->model->cfg.n_kv_heads,
-                            e->model->cfg.head_dim, cfg->kv.block_size, 0 };
+                            e->model->cfg.head_dim, cfg->kv.block_size, 0, PD_KV_F32 };
+    if (pd_kv_dtype_parse(cfg->kv.dtype, &shape.dtype) != 0)
+        return pd_err_set(err, PD_EINVAL, "kv.dtype: unknown '%s'", cfg->kv.dtype);
     shape.n_blocks = cfg->kv.num_blocks
                          ? cfg->kv.num_blocks
                          : pd_kv_blocks_for_budget(&shape, (uint64_t)cfg->kv.memory_mb << 20);

@@ -408,8 +408,10 @@ static void test_enums(void **state)
     assert_int_equal(c.kv.load_failure, PD_KV_LOAD_RECOMPUTE);
     expect_error("kv:\n  load_failure: retry\n",
                  "t.yaml:2: kv.load_failure: expected one of recompute, fail, got 'retry'");
-    expect_error("kv:\n  block_size: 16\n  dtype: f16\n",
-                 "t.yaml:3: kv.dtype: expected one of f32, got 'f16'");
+    expect_ok(&c, "kv:\n  block_size: 16\n  dtype: f16\n");
+    assert_string_equal(c.kv.dtype, "f16");
+    expect_error("kv:\n  block_size: 16\n  dtype: bf16\n",
+                 "t.yaml:3: kv.dtype: expected one of f32, f16, got 'bf16'");
     expect_error("log:\n  level: INFO\n",
                  "t.yaml:2: log.level: expected one of debug, info, warn, error, got 'INFO'");
     expect_ok(&c, "http:\n  chat_template: chatml\n");
