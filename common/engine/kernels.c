@@ -480,13 +480,13 @@ void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const f
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)
 {
-    /* The K-quants and IQ4_NL have AVX2 kernels (bit-identical to ggml's
-     * AVX2 products), used on AVX-512 machines too. */
-    const bool avx2_only = pd_quant_is_k(w->type) || w->type == PD_GGML_TYPE_IQ4_NL;
+    /* The K-quants and IQ4_NL: kernels bit-identical to ggml's AVX2
+     * products (Q4_K and Q6_K with VNNI on AVX-512 machines). */
+    const bool k_type = pd_quant_is_k(w->type) || w->type == PD_GGML_TYPE_IQ4_NL;
     switch (pd_kern_isa()) {
     case PD_ISA_AVX512:
-        if (avx2_only) {
-            pd_kern_skinny_avx2(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+        if (k_type) {
+            pd_kern_skinny_k_avx512(w, o_begin, o_end, xq, n_rows, y, y_stride);
             break;
         }
         pd_kern_skinny_avx512(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);

@@ -100,4 +100,13 @@ void pd_dequant_row_k_avx2(pd_ggml_type_t t, const void *src, float *dst, uint32
 void pd_quant_rows_q8_k_avx2(const float *x, uint32_t x_stride, uint32_t n, uint32_t n_rows,
                              void *xq);
 
+/* ====== AVX-512 version (kernels_k_avx512.c; only when pd_kern_isa() is
+ * PD_ISA_AVX512) ======
+ * pd_kern_skinny_k_avx512: as pd_kern_skinny_k_avx2 (same types, same
+ * arguments) for any n_rows (slices of PD_SKINNY_MAX_ROWS), bit-identical to
+ * it for every (r, o); Q4_K and Q6_K with VNNI, the other types by the AVX2
+ * kernel. */
+void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                             uint32_t n_rows, float *y, uint32_t y_stride);
+
 #endif

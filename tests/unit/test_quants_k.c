@@ -294,8 +294,22 @@ static double abs_terms(pd_ggml_type_t t, const uint8_t *wrow, const uint8_t *xq
     return s;
 }
 
-/* The AVX2 kernel over [o0, o1) with padded strides against the float64
- * reference; nothing outside [o0, o1) is written. */
+/* Wraps pd_kern_skinny_k_avx512 (x unused by the K-quants). */
+static void skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                            uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
+                            uint32_t y_stride)
+{
+    (void)x;
+    (void)x_stride;
+    pd_kern_skinny_k_avx512(w, o_begin, o_end, xq, n_rows, y, y_stride);
+}
+
+/* The kernel check_skinny tests (pd_kern_skinny_avx2 unless a test says). */
+static void (*skinny_under_test)(const pd_mat_t *, uint32_t, uint32_t, const float *, uint32_t,
+                                 const void *, uint32_t, float *, uint32_t) = pd_kern_skinny_avx2;
+
+/* The kernel under test over [o0, o1) with padded strides against the
+ * float64 reference; nothing outside [o0, o1) is written. */
 static void check_skinny(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n_rows,
                          uint32_t o0, uint32_t o1, rng_t *r)
 {
@@ -309,7 +323,7 @@ static void check_skinny(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32
     float *ya = malloc(sizeof(float) * ys * n_rows), *yr = malloc(sizeof(float) * ys * n_rows);
     for (size_t i = 0; i < (size_t)ys * n_rows; i++)
         ya[i] = yr[i] = 12345.0f;
-    pd_kern_skinny_avx2(&w, o0, o1, x, xs, xq, n_rows, ya, ys);
+    skinny_under_test(&w, o0, o1, x, xs, xq, n_rows, ya, ys);
     pd_kern_skinny_ref(&w, o0, o1, x, xs, xq, n_rows, yr, ys);
     for (uint32_t rr = 0; rr < n_rows; rr++)
         for (uint32_t o = 0; o < ys; o++) {
@@ -387,6 +401,76 @@ static void test_skinny_batch_invariant(void **state)
         free(x);
         free(wd);
     }
+}
+
+/* Q8_K rows of random bytes (every code, -128 included) with their bsums
+ * and random scales: the extremes the quantizer never writes. */
+static uint8_t *random_q8k(uint32_t n_in, uint32_t n_rows, rng_t *r)
+{
+    const size_t nb = (size_t)n_in / 256 * n_rows;
+    uint8_t *q = malloc(nb * PD_Q8_K_BYTES);
+    assert_non_null(q);
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *p = q + b * PD_Q8_K_BYTES;
+        const float d = rng_f(r) * 1e-2f;
+        memcpy(p, &d, 4);
+        int16_t bs[16] = {0};
+        for (int i = 0; i < 256; i++) {
+            r->s = r->s * 6364136223846793005ull + 1442695040888963407ull;
+            p[4 + i] = (uint8_t)(r->s >> 56);
+            bs[i / 16] = (int16_t)(bs[i / 16] + (int8_t)p[4 + i]);
+        }
+        memcpy(p + 260, bs, sizeof bs);
+    }
+    return q;
+}
+
+/* The AVX-512 kernel (Q4_K and Q6_K with VNNI, the other types forwarded to
+ * AVX2) gives the AVX2 kernel's bits for every (r, o), batch and range:
+ * those are ggml's (t_ggml_kernels). Weights of every bit pattern and of the
+ * quantizer, activations of random bytes and of the quantizer; then the
+ * float64 reference with check_skinny's tolerance. */
+static void test_skinny_avx512_matches_avx2(void **state)
+{
+    (void)state;
+    if (pd_kern_isa() < PD_ISA_AVX512)
+        skip();
+    rng_t r = {18};
+    const uint32_t n_rows[] = {1, 2, 3, 4, 5, 13, 70};
+    for (size_t t = 0; t < N_TYPES; t++) {
+        if (TYPES[t] == PD_GGML_TYPE_IQ4_NL)
+            continue; /* Q8_0 activations: forwarded like Q2_K, Q3_K, Q5_K */
+        for (uint32_t nbk = 1; nbk <= 17; nbk += 8) {
+            const uint32_t n_in = 256 * nbk, n_out = 9;
+            const size_t rb = pd_ggml_row_bytes(TYPES[t], n_in);
+            for (int src = 0; src < 2; src++) {
+                uint8_t *wd = src ? make_w(TYPES[t], n_out, n_in, &r)
+                                  : random_blocks(TYPES[t], (size_t)n_out * nbk, &r);
+                pd_mat_t w = {wd, TYPES[t], n_out, n_in, rb};
+                for (size_t k = 0; k < 7; k++) {
+                    const uint32_t nr = n_rows[k];
+                    uint8_t *xq = random_q8k(n_in, nr, &r);
+                    float *ya = malloc(sizeof(float) * n_out * nr);
+                    float *yb = malloc(sizeof(float) * n_out * nr);
+                    pd_kern_skinny_k_avx512(&w, 0, n_out, xq, nr, ya, n_out);
+                    pd_kern_skinny_avx2(&w, 0, n_out, NULL, n_in, xq, nr, yb, n_out);
+                    assert_memory_equal(ya, yb, sizeof(float) * n_out * nr);
+                    pd_kern_skinny_k_avx512(&w, 2, 7, xq, 1, ya, n_out);
+                    assert_memory_equal(ya + 2, yb + 2, 5 * sizeof(float));
+                    free(yb);
+                    free(ya);
+                    free(xq);
+                }
+                free(wd);
+            }
+        }
+    }
+    skinny_under_test = skinny_k_avx512;
+    for (size_t t = 0; t < N_TYPES; t++)
+        if (TYPES[t] != PD_GGML_TYPE_IQ4_NL)
+            for (size_t k = 0; k < 7; k++)
+                check_skinny(TYPES[t], 9 * 256, 17, n_rows[k], 0, 17, &r);
+    skinny_under_test = pd_kern_skinny_avx2;
 }
 
 /* pd_matmul's two paths against a float64 product: the skinny path on the
@@ -592,6 +676,7 @@ int main(void)
         cmocka_unit_test(test_q8k_avx2_matches_ref),
         cmocka_unit_test(test_skinny_vs_ref),
         cmocka_unit_test(test_skinny_batch_invariant),
+        cmocka_unit_test(test_skinny_avx512_matches_avx2),
         cmocka_unit_test(test_matmul_paths),
         cmocka_unit_test(test_find_bad_scale),
         cmocka_unit_test(test_quant_mix_rules),

@@ -1,0 +1,320 @@
+/* kernels_k_avx512.c -- AVX-512 (F, BW, VL, VNNI) skinny product for Q4_K
+ * and Q6_K weights (the two types of a Q4_K_M file); compiled with those
+ * flags, called only when pd_kern_isa() is PD_ISA_AVX512. The other
+ * K-quants and IQ4_NL go to the AVX2 kernel (kernels_k_avx2.c).
+ *
+ * Same loop nest as pd_kern_skinny_k_avx2 (panels of KPANEL output rows,
+ * K-tiles of KT_SB super-blocks, micro-kernels of up to KNR activation
+ * rows). What changes is the integer part of a super-block: two 32-element
+ * chunks per 512-bit vector, the 4-element dot products by vpdpbusd (u8
+ * weights x s8 activations) and the chunk's scale applied by vpdpwssd.
+ *
+ * Exactness. ggml's AVX2 vec_dot sums a super-block into 8 int32 lanes,
+ * lane k collecting scale(c) * (w . x over elements 4k..4k+3) of every
+ * 32-chunk c (maddubs pairs, madd with the scales). vpdpbusd gives exactly
+ * those 4-element sums (lanes 0..7: the first chunk of the pair, 8..15: the
+ * second); each fits in int16 (|w| <= 63, |x| <= 128: |sum| <= 32256), so
+ * vpdpwssd with the scale in the low and 0 in the high 16 bits multiplies
+ * it exactly; the two 256-bit halves are added at the end of the
+ * super-block. Integer sums are exact, so the 8 lanes hold the same int32
+ * values as ggml's, and the float part (cvt, one FMA per super-block, the
+ * mins through bsums, hsum) is the AVX2 kernel's, operation for operation:
+ * y is bit-identical to pd_kern_skinny_k_avx2 and to ggml's AVX2
+ * ggml_vec_dot_q4_K_q8_K / ggml_vec_dot_q6_K_q8_K, for any batch or range.
+ *
+ * Why it is faster (decode is one activation row): per super-block the AVX2
+ * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale
+ * shuffles; here 1 dpbusd + 1 dpwssd per 64 elements, and the scales of
+ * a chunk pair come from one vpermd.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+#include "engine/quants_k.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define QK_K PD_QK_K
+
+#ifndef KPANEL
+#define KPANEL 4  /* output rows per panel */
+#endif
+#ifndef KT_SB
+#define KT_SB 8   /* K-tile, super-blocks */
+#endif
+#define KNR 4     /* activation rows per micro-kernel call (1..4) */
+
+/* a: the 8 float lanes of ggml's accumulator; b: Q4_K's 4 lanes of mins. */
+typedef struct {
+    __m256 a, b;
+} kacc_t;
+
+static ALWAYS_INLINE float fp16_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static ALWAYS_INLINE float f32_at(const uint8_t *p)
+{
+    float f;
+    memcpy(&f, p, 4);
+    return f;
+}
+
+static ALWAYS_INLINE __m256i load256(const uint8_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)(const void *)p);
+}
+
+static ALWAYS_INLINE __m512i load512(const uint8_t *p)
+{
+    return _mm512_loadu_si512((const void *)p);
+}
+
+/* 32 bytes in both halves of a 512-bit vector. */
+static ALWAYS_INLINE __m512i bcast256(const uint8_t *p)
+{
+    return _mm512_broadcast_i64x4(load256(p));
+}
+
+/* ggml's hsum_float_8 (as kernels_k_avx2.c). */
+static ALWAYS_INLINE float hsum8_ggml(__m256 a)
+{
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* Q4_K: 8 scales (low half) and 8 mins (high half) as i16 (ggml's unpacking
+ * of the 12 scale bytes; as kernels_k_avx2.c). */
+static ALWAYS_INLINE __m256i k4_scales_mins(const uint8_t *s12)
+{
+    uint32_t u[4];
+    memcpy(u, s12, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    const uint32_t mins_lo = u[1] & m1;
+    u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    u[2] = mins_lo;
+    u[0] &= m1;
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
+}
+
+/* sum += scale * (w . x per 4 elements), for a chunk pair: w u8 codes, x
+ * the 64 activation bytes, sc the per-lane scale (low 16 bits, high 0). */
+static ALWAYS_INLINE __m512i pair_dot(__m512i sum, __m512i w, const uint8_t *x, __m512i sc)
+{
+    const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, load512(x));
+    return _mm512_dpwssd_epi32(sum, d, sc);
+}
+
+/* The 8 int32 lanes ggml keeps: the two halves added. */
+static ALWAYS_INLINE __m256i fold512(__m512i s)
+{
+    return _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+}
+
+#define XQS(r, b) (x + (r) * xs + (b) * PD_Q8_K_BYTES) /* Q8_K block b of row r */
+
+/* One weight row, NR activation rows, nb super-blocks (w: the row's first
+ * super-block, x: row 0's first Q8_K block, rows xs bytes apart). */
+static ALWAYS_INLINE void mk5_q4k(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
+                                  size_t nb, kacc_t *acc_io)
+{
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + b * PD_Q4_K_BYTES, *qs = wb + 16;
+        const float dw = fp16_at(wb), dminw = fp16_at(wb + 2);
+        const __m256i sm = k4_scales_mins(wb + 4);
+        const __m128i mins = _mm256_extracti128_si256(sm, 1);
+        const __m512i sc32 = _mm512_cvtepu16_epi32(sm); /* lanes 0..7: scales */
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            sumi[r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            /* chunk 2j: low nibbles of qs[32j..], chunk 2j + 1: high */
+            const __m512i bits = bcast256(qs + 32 * j);
+            const __m512i q = _mm512_and_si512(
+                _mm512_mask_srli_epi16(bits, (__mmask32)0xFFFF0000u, bits, 4), m4);
+            const __m512i sc = _mm512_permutexvar_epi32(
+                _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                 2 * j + 1, 2 * j + 1, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j,
+                                 2 * j, 2 * j),
+                sc32);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++)
+                sumi[r] = pair_dot(sumi[r], q, XQS(r, b) + 4 + 64 * j, sc);
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const float dy = f32_at(XQS(r, b));
+            const __m256i bs = load256(XQS(r, b) + 260);
+            const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bs),
+                                               _mm256_extracti128_si256(bs, 1));
+            const __m128i prod = _mm_madd_epi16(mins, q8s);
+            const __m128 am = _mm_fmadd_ps(_mm_set1_ps(-dy * dminw), _mm_cvtepi32_ps(prod),
+                                           _mm256_castps256_ps128(acc[r].b));
+            acc[r].b = _mm256_castps128_ps256(am);
+            acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(dy * dw), _mm256_cvtepi32_ps(fold512(sumi[r])),
+                                       acc[r].a);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
+}
+
+/* Scales of chunk pair p (chunks 2p, 2p + 1) of a Q6_K super-block: lane L
+ * takes scale 4p + L / 4 (each 16 elements have their own). */
+static ALWAYS_INLINE __m512i q6k_pair_scales(__m512i sc32, int p)
+{
+    const int s = 4 * p;
+    return _mm512_permutexvar_epi32(_mm512_set_epi32(s + 3, s + 3, s + 3, s + 3, s + 2, s + 2,
+                                                     s + 2, s + 2, s + 1, s + 1, s + 1, s + 1,
+                                                     s, s, s, s),
+                                    sc32);
+}
+
+static ALWAYS_INLINE void mk5_q6k(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
+                                  size_t nb, kacc_t *acc_io)
+{
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
+    const __m512i m15 = _mm512_set1_epi8(15), m30 = _mm512_set1_epi8(0x30);
+    const __mmask32 upper = (__mmask32)0xFFFF0000u;
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + b * PD_Q6_K_BYTES;
+        const float dw = fp16_at(wb + 208);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wb + 192)));
+        const __m512i sc32 = _mm512_cvtepu16_epi32(sc16); /* low 16 bits: the signed scale */
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            sumi[r] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; j++) {
+            /* chunks 4j, 4j+1: low nibbles of ql[64j..64j+64), high bits
+             * 0-1 / 2-3 of qh[32j..]; chunks 4j+2, 4j+3: high nibbles, bits
+             * 4-5 / 6-7 */
+            const __m512i ql = load512(wb + 64 * j);
+            const __m512i qh = bcast256(wb + 128 + 32 * j);
+            const __m512i ha = _mm512_mask_slli_epi16(_mm512_slli_epi16(qh, 4), upper, qh, 2);
+            const __m512i hb = _mm512_mask_srli_epi16(qh, upper, qh, 2);
+            const __m512i qa = _mm512_or_si512(_mm512_and_si512(ql, m15), _mm512_and_si512(ha, m30));
+            const __m512i qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m15),
+                                               _mm512_and_si512(hb, m30));
+            const __m512i sa = q6k_pair_scales(sc32, 2 * j), sb = q6k_pair_scales(sc32, 2 * j + 1);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *xb = XQS(r, b) + 4 + 128 * j;
+                sumi[r] = pair_dot(pair_dot(sumi[r], qa, xb, sa), qb, xb + 64, sb);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            /* q is stored plus 32: as kernels_k_avx2.c (ggml's lanes) */
+            const __m256i sub = _mm256_slli_epi32(
+                _mm256_madd_epi16(load256(XQS(r, b) + 260), sc16), 5);
+            acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(XQS(r, b)) * dw),
+                                       _mm256_cvtepi32_ps(_mm256_sub_epi32(fold512(sumi[r]), sub)),
+                                       acc[r].a);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
+}
+
+#undef XQS
+
+typedef void (*mk5_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *acc);
+
+#define MK5_1(NAME, FN, NR)                                                                 \
+    static void NAME##_##NR(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb,       \
+                            kacc_t *a)                                                      \
+    {                                                                                       \
+        FN(NR, w, x, xs, nb, a);                                                            \
+    }
+#define MK5(NAME, FN) MK5_1(NAME, FN, 1) MK5_1(NAME, FN, 2) MK5_1(NAME, FN, 3) MK5_1(NAME, FN, 4)
+MK5(mk5q4, mk5_q4k)
+MK5(mk5q6, mk5_q6k)
+
+static mk5_fn mk5_pick(bool q6, int nr)
+{
+    static const mk5_fn tab[2][KNR] = {{mk5q4_1, mk5q4_2, mk5q4_3, mk5q4_4},
+                                       {mk5q6_1, mk5q6_2, mk5q6_3, mk5q6_4}};
+    return tab[q6][nr - 1];
+}
+
+/* y from the accumulators in ggml's order (kernels_k_avx2.c's finish_k). */
+static float finish5(bool q6, const kacc_t *acc)
+{
+    if (q6)
+        return hsum8_ggml(acc->a);
+    __m128 m = _mm256_castps256_ps128(acc->b);
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum8_ggml(acc->a) + _mm_cvtss_f32(m);
+}
+
+/* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K. */
+static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                    uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    const pd_ggml_type_t t = w->type;
+    const bool q6 = t == PD_GGML_TYPE_Q6_K;
+    const size_t bb = q6 ? PD_Q6_K_BYTES : PD_Q4_K_BYTES, nb_all = w->n_in / QK_K;
+    const size_t xs = nb_all * PD_Q8_K_BYTES, rb = w->row_bytes;
+    const uint8_t *w0 = (const uint8_t *)w->data, *x0 = (const uint8_t *)xq;
+    kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
+
+    for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
+        const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
+        const uint8_t *wp = w0 + (size_t)p0 * rb;
+        for (size_t i = 0; i < (size_t)np * n_rows; i++)
+            acc[i].a = acc[i].b = _mm256_setzero_ps();
+        for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
+            const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
+            for (uint32_t r = 0; r < n_rows; r += KNR) {
+                const int nr = n_rows - r >= KNR ? KNR : (int)(n_rows - r);
+                const mk5_fn mk = mk5_pick(q6, nr);
+                for (uint32_t o = 0; o < np; o++)
+                    mk(wp + o * rb + b0 * bb, x0 + r * xs + b0 * PD_Q8_K_BYTES, xs, nb,
+                       acc + o * n_rows + r);
+            }
+        }
+        for (uint32_t o = 0; o < np; o++)
+            for (uint32_t r = 0; r < n_rows; r++)
+                y[(size_t)r * y_stride + p0 + o] = finish5(q6, &acc[o * n_rows + r]);
+    }
+}
+
+void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                             uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    if (o_begin >= o_end)
+        return;
+    const bool own = w->type == PD_GGML_TYPE_Q4_K || w->type == PD_GGML_TYPE_Q6_K;
+    const size_t xq_row = pd_kern_xq_bytes(w->type, w->n_in, 1);
+    while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows: slices */
+        const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
+        if (own)
+            skinny5(w, o_begin, o_end, xq, nr, y, y_stride);
+        else
+            pd_kern_skinny_k_avx2(w, o_begin, o_end, xq, nr, y, y_stride);
+        xq = (const uint8_t *)xq + (size_t)nr * xq_row;
+        y += (size_t)nr * y_stride;
+        n_rows -= nr;
+    }
+}
