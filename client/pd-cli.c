@@ -394,6 +394,8 @@ static int cmd_status(const char *router, int argc, char **argv)
             C(compute_turns);
             C(compute_busy_ms);
             C(mixed_steps);
+            C(kv_streams_dropped);
+            C(kv_layers);
 #undef C
             json_object_set_new(j, "counters", k);
             json_array_append_new(ws, j);

@@ -671,6 +671,8 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
             d->compute_turns = k->compute_turns;
             d->compute_busy_ms = k->compute_busy_ms;
             d->mixed_steps = k->mixed_steps;
+            d->kv_streams_dropped = k->kv_streams_dropped;
+            d->kv_layers = k->kv_layers;
         }
     }
     return o;

@@ -165,6 +165,8 @@ typedef struct {
     uint64_t compute_turns;                /* the compute thread's loop turns (progress) */
     uint32_t compute_busy_ms;              /* its current turn at the last heartbeat (0: idle) */
     uint64_t mixed_steps;                  /* colocated passes mixing decode tokens and a prefill chunk */
+    uint64_t kv_streams_dropped;           /* layer streams dropped incomplete (decode side) */
+    uint64_t kv_layers;                    /* KvLayer messages accepted (decode side) */
 } pd_worker_status_t;
 
 typedef struct {

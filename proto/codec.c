@@ -166,6 +166,7 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->has_max_running = m->has_kv_transfers = m->has_kv_transfer_us = true;
     m->has_prefill_us = m->has_decode_us = m->has_prefill_pass_tokens = true;
     m->has_compute_turns = m->has_compute_busy_ms = m->has_mixed_steps = true;
+    m->has_kv_streams_dropped = m->has_kv_layers = true;
     m->steps = c->steps;
     m->multi_seq_steps = c->multi_seq_steps;
     m->joins_while_running = c->joins_while_running;
@@ -187,6 +188,8 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->compute_turns = c->compute_turns;
     m->compute_busy_ms = c->compute_busy_ms;
     m->mixed_steps = c->mixed_steps;
+    m->kv_streams_dropped = c->kv_streams_dropped;
+    m->kv_layers = c->kv_layers;
 }
 
 void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t *out)
@@ -216,6 +219,8 @@ void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t
     out->compute_turns = m->compute_turns;
     out->compute_busy_ms = m->compute_busy_ms;
     out->mixed_steps = m->mixed_steps;
+    out->kv_streams_dropped = m->kv_streams_dropped;
+    out->kv_layers = m->kv_layers;
 }
 
 void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__WorkerCounters *c)

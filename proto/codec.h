@@ -102,6 +102,8 @@ typedef struct {
     uint64_t compute_turns;       /* the compute thread's loop turns so far */
     uint32_t compute_busy_ms;     /* how long it has been in the current one (0: idle) */
     uint64_t mixed_steps;         /* colocated passes of decode tokens + a prefill chunk */
+    uint64_t kv_streams_dropped;  /* layer streams dropped incomplete (decode side) */
+    uint64_t kv_layers;           /* KvLayer messages accepted (decode side) */
 } pd_worker_counters_t;
 
 void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *m);

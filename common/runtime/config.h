@@ -17,7 +17,8 @@
  *             kv_advertise (the KV address announced to peers, addr.h)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
  *             liveness, drain_timeout_ms, lease_ms, compute_timeout_ms
- *   kv:       block_size, num_blocks, memory_mb, dtype (f32, f16), load_failure
+ *   kv:       block_size, num_blocks, memory_mb, dtype (f32, f16), load_failure,
+ *             transfer (whole, layer)
  *             (recompute|fail)
  *   net:      hwm, max_msg_bytes, linger_ms, handshake_ms
  *   security: curve (bool), server_public_key, server_secret_key,
@@ -95,6 +96,9 @@ typedef struct {
 } pd_cfg_worker_t;
 
 typedef enum { PD_KV_LOAD_RECOMPUTE = 0, PD_KV_LOAD_FAIL = 1 } pd_kv_load_failure_t;
+/* How a prefill worker ships KV (docs/protocol.md): after the prefill, or
+ * each layer as soon as it is computed. */
+typedef enum { PD_KV_TRANSFER_WHOLE = 0, PD_KV_TRANSFER_LAYER = 1 } pd_kv_transfer_t;
 
 typedef struct {
     uint32_t block_size;
@@ -102,6 +106,7 @@ typedef struct {
     uint32_t memory_mb;
     char dtype[16];                    /* "f32" or "f16" (engine/kvcache.h) */
     pd_kv_load_failure_t load_failure;
+    pd_kv_transfer_t transfer;
 } pd_cfg_kv_t;
 
 typedef struct {

@@ -97,9 +97,15 @@ void pd_wkengine_free(pd_wkengine_t *e)
 
 int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err)
 {
+    return pd_wkengine_forward_hooked(e, st, NULL, err);
+}
+
+int pd_wkengine_forward_hooked(pd_wkengine_t *e, const pd_wkstep_t *st,
+                               const pd_forward_hooks_t *hooks, pd_err_t *err)
+{
     pd_batch_t b = { st->n_rows, e->b_tokens, e->b_pos,  e->b_seq,
                      e->b_want,  st->n_seqs,  e->b_tables, e->b_ntable };
-    return pd_forward(e->engine, &b, e->logits, err);
+    return pd_forward_hooked(e->engine, &b, e->logits, hooks, err);
 }
 
 Pd__FinishReason pd_wkengine_finish(const pd_wkengine_t *e, const pd_gen_params_t *p,

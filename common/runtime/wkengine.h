@@ -71,6 +71,9 @@ void pd_wkengine_free(pd_wkengine_t *e); /* accepts a zeroed or half-made e */
 /* Runs the pass st describes (st->n_rows >= 1) into e->logits. 0, or the
  * engine's error (nothing computed). */
 int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err);
+/* The same, telling hooks (NULL: none) after each layer (forward.h). */
+int pd_wkengine_forward_hooked(pd_wkengine_t *e, const pd_wkstep_t *st,
+                               const pd_forward_hooks_t *hooks, pd_err_t *err);
 
 /* Why generation ends after token (at output index, sequence position),
  * or FINISH_NONE: end-of-generation (unless ignore_eos), a stop id,

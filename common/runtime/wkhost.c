@@ -81,6 +81,8 @@ static void add_counters(pd_worker_counters_t *c, const pd_worker_counters_t *k)
     c->prefill_us += k->prefill_us;
     c->decode_us += k->decode_us;
     c->prefill_pass_tokens += k->prefill_pass_tokens;
+    c->kv_streams_dropped += k->kv_streams_dropped;
+    c->kv_layers += k->kv_layers;
 }
 
 static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }

@@ -15,6 +15,11 @@
  *   sockets, poll        its own sockets (KV egress or ingress): the host
  *                        polls them with its own and then calls poll, which
  *                        reads what is there without blocking
+ *   on_layer             (optional) during a pass of the role alone, after
+ *                        each layer has written its K/V (engine/forward.h
+ *                        pd_forward_hooked): a prefill role streams that
+ *                        layer's KV (kv.transfer: layer). Not called in a
+ *                        pass mixing two roles.
  *   ready, fill, done    a forward pass (a prefill pass, a decode step, or
  *                        in a colocated worker one pass mixing both), when
  *                        ready says there is work: fill puts the role's
@@ -94,6 +99,9 @@ typedef struct {
      * time, for its counters. */
     uint32_t (*fill)(void *self, pd_wkstep_t *st);
     void (*done)(void *self, const char *fail, uint64_t us);
+    /* Optional (NULL: none): layer `layer` of the pass fill built has
+     * written its K/V; the role must not touch the engine. */
+    void (*on_layer)(void *self, uint32_t layer);
     void (*timers)(void *self);
     bool (*busy)(const void *self);
     /* Requests it holds now: prefill tasks, or decode sequences. */
