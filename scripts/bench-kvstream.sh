@@ -58,7 +58,9 @@ else
     RIP=$(host_ip router)
     on_host router "$PD_BIN/pd-router" "${COMMON[@]}" --set router.client_endpoint=tcp://0.0.0.0:5555 \
         --set router.worker_endpoint=tcp://0.0.0.0:5556 --log-file "$T/router.log" 2>"$T/router.err" &
-    run_prefill() { on_host p1 "$PD_BIN/pd-prefill" "${COMMON[@]}" --router "tcp://$RIP:5556" "$@" >/dev/null & PPID_LAST=$!; }
+    # ip netns exec execs the worker: $! is its pid (on_host, a function,
+    # would put a subshell between).
+    run_prefill() { ip netns exec "$NET-p1" "$PD_BIN/pd-prefill" "${COMMON[@]}" --router "tcp://$RIP:5556" "$@" >/dev/null & PPID_LAST=$!; }
     on_host d1 "$PD_BIN/pd-decode" "${COMMON[@]}" --id d1 --router "tcp://$RIP:5556" \
         --set decode.kv_endpoint=tcp://0.0.0.0:7000 --log-file "$T/d1.log" 2>"$T/d1.err" &
     ip netns exec "$NET-p1" tc qdisc replace dev eth0 root tbf rate "$LINK" burst 128kb latency 50ms
@@ -68,7 +70,7 @@ fi
 n_workers() {
     cli status --json 2>/dev/null | node -e 'let t="";process.stdin.on("data",d=>t+=d).on("end",()=>{try{console.log(JSON.parse(t).workers.length)}catch(e){console.log(0)}})'
 }
-wait_n() { for _ in $(seq 1 600); do [ "$(n_workers)" = "$1" ] && return 0; sleep 0.1; done; echo "bench-kvstream: workers did not register" >&2; exit 1; }
+wait_n() { for _ in $(seq 1 600); do [ "$(n_workers)" = "$1" ] && return 0; sleep 0.1; done; echo "bench-kvstream: workers did not register ($1 expected)" >&2; tail -n 3 "$T"/*.err "$T"/*.log >&2; exit 1; }
 tokens() { seq 100 $((99 + $1)) | paste -sd, -; }
 wait_n 1
 
