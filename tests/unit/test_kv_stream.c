@@ -203,7 +203,10 @@ static void test_stream_equals_whole(void **state)
     dfx_t f;
     dfx_open(&f);
     int32_t prompt[N_PROMPT], ref[MAX_GEN], layer[MAX_GEN], whole[MAX_GEN];
-    prompt_of(prompt, N_PROMPT, 3);
+    /* A prompt whose continuation a wrong layer's KV changes: the tiny
+     * model's greedy tokens for some prompts survive even layers swapped
+     * (seen with salt 3), so this one was checked against that fault. */
+    prompt_of(prompt, N_PROMPT, 9);
     fh_reference(&f.dh, prompt, N_PROMPT, MAX_GEN, ref);
     uint32_t n_layers = pd_kv_shape(f.dh.eng.kv)->n_layers;
     uint64_t n_msgs = run_pair(&f, PD_KV_TRANSFER_LAYER, 5, prompt, layer);
