@@ -148,7 +148,7 @@ static uint64_t run_pair(dfx_t *f, pd_kv_transfer_t mode, uint64_t req, const in
     fh_task(pr, &m);
     /* The task connected the role's DEALER; its handshake takes the I/O
      * threads a moment (a stream starts only on a connected socket). */
-    usleep(100000);
+    usleep(300000);
     ph.now_ms += 100;
     /* The first pass: 16 tokens, block 0 complete. */
     assert_true(fh_turn(&ph, pr));
@@ -240,6 +240,9 @@ static void peer_open(dfx_t *f, peer_t *p)
     p->sock = pd_net_socket(f->dh.zctx, ZMQ_DEALER, &o, &err);
     assert_non_null(p->sock);
     assert_int_equal(pd_net_connect(p->sock, pd_decode_kv_endpoint(f->d), &err), 0);
+    /* Our DEALERs queue nothing before the connection is up: wait for it. */
+    zmq_pollitem_t it = { p->sock, 0, ZMQ_POLLOUT, 0 };
+    assert_int_equal(zmq_poll(&it, 1, 5000), 1);
 }
 
 /* What to spoil in a KvLayer. */
