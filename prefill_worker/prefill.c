@@ -207,7 +207,7 @@ static bool ready(void *self)
     uint32_t n_free = pd_kv_n_free(p->eng->kv);
     for (size_t i = 0; i < p->n_tasks; i++) {
         pf_task_t *t = p->tasks[i];
-        if (t->st != PT_QUEUED || t->cancelled)
+        if (t->st != PT_QUEUED || t->cancelled || pf_stream_wait(p, t))
             continue;
         if (n_q == 0)
             can_start = t->seq.n_blocks > 0 ||
@@ -310,7 +310,7 @@ static uint32_t fill(void *self, pd_wkstep_t *st)
     ps->logit0 = st->n_logits;
     for (size_t i = 0; i < p->n_tasks && ps->n < max_seqs && n_tok < max_tok; i++) {
         pf_task_t *t = p->tasks[i];
-        if (t->st != PT_QUEUED || t->cancelled)
+        if (t->st != PT_QUEUED || t->cancelled || pf_stream_wait(p, t))
             continue;
         if (t->seq.n_blocks == 0 && pd_kv_seq_reserve(e->kv, &t->seq, t->n_tokens) != 0)
             break; /* first come, first served: wait for blocks */

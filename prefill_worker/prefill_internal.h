@@ -12,6 +12,7 @@
 
 #define PF_MAX_EGRESS 64       /* decode endpoints shipped to at once */
 #define PF_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
+#define PF_CONNECT_WAIT_MS 200 /* a streaming prompt waits this long at most for its socket */
 
 /* QUEUED: waiting for (more of) its pass. SHIP: prefilled, its KV not yet
  * sent (the decode worker was unreachable: retried by the timers). LEASED:
@@ -107,6 +108,10 @@ void pf_frame_done(void *data, void *hint);
 void pf_stream_layer(pd_prefill_t *p, uint32_t layer);
 /* Whether t ships its KV layer by layer. */
 bool pf_streams(const pd_prefill_t *p, const pf_task_t *t);
+/* Whether t should wait before its first pass: it streams, and its socket
+ * is not connected yet (for PF_CONNECT_WAIT_MS at most after its arrival;
+ * then it goes on and ships whole if need be). */
+bool pf_stream_wait(pd_prefill_t *p, const pf_task_t *t);
 /* The commit of t's stream (KvTransfer, streamed): 0 when sent, PD_EFULL
  * to try again, another code when the stream is lost (ship whole). */
 int pf_stream_commit(pd_prefill_t *p, pf_task_t *t);

@@ -23,6 +23,18 @@ bool pf_streams(const pd_prefill_t *p, const pf_task_t *t)
            strcmp(t->decode_id, p->id) != 0;
 }
 
+bool pf_stream_wait(pd_prefill_t *p, const pf_task_t *t)
+{
+    if (t->n_done > 0 || !pf_streams(p, t) || pf_now_ms(p) - t->t_arrive_ms > PF_CONNECT_WAIT_MS)
+        return false;
+    pf_egress_t *eg = pf_egress_get(p, t->kv_endpoint);
+    int events = 0;
+    size_t len = sizeof events;
+    if (eg == NULL || zmq_getsockopt(eg->sock, ZMQ_EVENTS, &events, &len) != 0)
+        return false;
+    return (events & ZMQ_POLLOUT) == 0;
+}
+
 /* Layer `layer` of t's blocks [b0, b1): header + one frame per block.
  * 0, or a code (the stream is then broken). */
 static int send_layer(pd_prefill_t *p, pf_task_t *t, uint32_t layer, uint32_t b0, uint32_t b1)
