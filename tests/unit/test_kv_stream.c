@@ -530,15 +530,20 @@ static void test_stream_cut(void **state)
     /* Half the layers, then the router's Cancel (its prefill worker died):
      * dropped, counted, freed; nothing refused. */
     uint64_t r0 = counter_rejected(f), d0 = counter_dropped(f);
+    pd_worker_load_t l0, l1;
+    fh_load(f->dr, &l0);
     decode_task(f, 921, 1, h.prompt, N_PROMPT);
     for (uint32_t l = 0; l < n_layers / 2; l++)
         peer_layer(f, &h.peer, 921, 1, l, 0, nb, &h.data, N_PROMPT, BAD_NONE);
-    pd_decode_held_t held = { 0 };
-    for (int i = 0; i < 500 && held.streams == 0; i++) {
+    fh_load(f->dr, &l1);
+    for (int i = 0; i < 500 && l1.counters.kv_layers < l0.counters.kv_layers + n_layers / 2;
+         i++) {
         fh_turn(&f->dh, f->dr);
-        pd_decode_held(f->d, &held);
+        fh_load(f->dr, &l1);
         usleep(1000);
     }
+    pd_decode_held_t held = { 0 };
+    pd_decode_held(f->d, &held);
     assert_int_equal(held.streams, 1);
     assert_true(pd_kv_n_used(f->dh.eng.kv) > h.used0); /* reserved */
     f->dr.ops->on_cancel(f->dr.self, 921, 1);
@@ -548,16 +553,21 @@ static void test_stream_cut(void **state)
     assert_false(f->dr.ops->busy(f->dr.self));
     /* Half the layers, then silence: dropped after half a lease, the
      * request handed back. */
+    fh_load(f->dr, &l0);
     decode_task(f, 922, 1, h.prompt, N_PROMPT);
     for (uint32_t l = 0; l < n_layers / 2; l++)
         peer_layer(f, &h.peer, 922, 1, l, 0, nb, &h.data, N_PROMPT, BAD_NONE);
-    held.streams = 0;
-    for (int i = 0; i < 500 && held.streams == 0; i++) {
+    /* Every frame in (a later one would restart the idle clock). */
+    fh_load(f->dr, &l1);
+    for (int i = 0; i < 500 && l1.counters.kv_layers < l0.counters.kv_layers + n_layers / 2;
+         i++) {
         fh_turn(&f->dh, f->dr);
-        pd_decode_held(f->d, &held);
+        fh_load(f->dr, &l1);
         usleep(1000);
     }
+    pd_decode_held(f->d, &held);
     assert_int_equal(held.streams, 1);
+    assert_int_equal(l1.counters.kv_layers, l0.counters.kv_layers + n_layers / 2);
     f->dh.now_ms += f->dh.cfg.worker.lease_ms;
     peer_ack(f, &h.peer, false, "stream idle");
     assert_preempted(f, 922);
