@@ -135,6 +135,11 @@ $(BUILD)/bin/pd-decode: $(call obj_of,$(wildcard decode_worker/*.c)) $(WORKER_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
+# The router's prefix-cache index is pure data: its test links it alone.
+$(BUILD)/tests/test_kvindex: $(BUILD)/obj/tests/unit/test_kvindex.o $(call obj_of,router/kvindex.c) $(RUNTIME_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
+
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
