@@ -207,6 +207,49 @@ static void test_table_shadow(void **st)
     rt_kvi_free(x);
 }
 
+/* The slot function of kvindex.c (white box: this test places entries on
+ * purpose) and its first table size. */
+static size_t slot_of(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return (size_t)h & 1023;
+}
+
+static uint64_t hash_at(size_t slot, uint64_t from)
+{
+    while (slot_of(from) != slot)
+        from++;
+    return from;
+}
+
+/* A probe run that wraps past the table's end, and a deletion before it:
+ * the entries behind the hole move back only where their lookups still
+ * find them. */
+static void test_erase_wrapping_run(void **st)
+{
+    (void)st;
+    rt_kvi_t *x = rt_kvi_new();
+    rt_kvi_reset_worker(x, 0, 100);
+    uint64_t h1 = hash_at(1022, 1), h2 = hash_at(1022, h1 + 1), h3 = hash_at(0, 1),
+             h4 = hash_at(1022, h2 + 1);
+    uint64_t h[4] = { h1, h2, h3, h4 }; /* slots 1022, 1023, 0, 1 */
+    bool k[4] = { false, false, false, false };
+    assert_int_equal(rt_kvi_apply(x, 0, 1, true, h, k, 4), RT_KVI_APPLIED);
+    bool rm = true;
+    assert_int_equal(rt_kvi_apply(x, 0, 2, false, &h1, &rm, 1), RT_KVI_APPLIED);
+    assert_false(rt_kvi_holds(x, 0, h1));
+    assert_true(rt_kvi_holds(x, 0, h2));
+    assert_true(rt_kvi_holds(x, 0, h3));
+    assert_true(rt_kvi_holds(x, 0, h4));
+    assert_int_equal(rt_kvi_apply(x, 0, 3, false, &h2, &rm, 1), RT_KVI_APPLIED);
+    assert_true(rt_kvi_holds(x, 0, h3));
+    assert_true(rt_kvi_holds(x, 0, h4));
+    assert_int_equal(rt_kvi_size(x), 2);
+    rt_kvi_free(x);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -215,6 +258,7 @@ int main(void)
         cmocka_unit_test(test_bound_per_worker),
         cmocka_unit_test(test_gap_resync_converges),
         cmocka_unit_test(test_table_shadow),
+        cmocka_unit_test(test_erase_wrapping_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
