@@ -201,8 +201,7 @@ static void remove_hash(rt_kvi_t *x, int w, uint64_t h)
         erase(x, e);
 }
 
-rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
-                             const uint64_t *hash, const bool *removed, size_t n)
+rt_kvi_result_t rt_kvi_begin(rt_kvi_t *x, int w, uint64_t seq, bool snapshot)
 {
     if (!valid(x, w) || !x->w[w].tracked)
         return RT_KVI_WAITING;
@@ -217,15 +216,29 @@ rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
         return RT_KVI_GAP;
     }
     k->next_seq = seq + 1;
-    for (size_t i = 0; i < n; i++) {
-        if (removed[i]) {
-            remove_hash(x, w, hash[i]);
-        } else if (store(x, w, hash[i]) != 0) {
-            k->synced = false; /* lost an event: a snapshot repairs it */
-            return RT_KVI_GAP;
-        }
+    return RT_KVI_APPLIED;
+}
+
+rt_kvi_result_t rt_kvi_event(rt_kvi_t *x, int w, uint64_t hash, bool removed)
+{
+    if (!valid(x, w) || !x->w[w].synced)
+        return RT_KVI_WAITING;
+    if (removed) {
+        remove_hash(x, w, hash);
+    } else if (store(x, w, hash) != 0) {
+        x->w[w].synced = false; /* lost an event: a snapshot repairs it */
+        return RT_KVI_GAP;
     }
     return RT_KVI_APPLIED;
+}
+
+rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
+                             const uint64_t *hash, const bool *removed, size_t n)
+{
+    rt_kvi_result_t r = rt_kvi_begin(x, w, seq, snapshot);
+    for (size_t i = 0; i < n && r == RT_KVI_APPLIED; i++)
+        r = rt_kvi_event(x, w, hash[i], removed[i]);
+    return r;
 }
 
 /* ====== Queries ====== */

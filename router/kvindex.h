@@ -44,10 +44,16 @@ void rt_kvi_reset_worker(rt_kvi_t *x, int w, uint32_t max_hashes);
 /* Forgets worker slot w's entries (it died or left) and stops tracking it. */
 void rt_kvi_drop_worker(rt_kvi_t *x, int w);
 
-/* Applies one message of worker w: seq, snapshot, and n events (hash[i],
- * removed[i]: evicted, else stored). Out of memory growing the table: the
- * worker is put out of sync (RT_KVI_GAP) so that a later snapshot repairs
- * it. Validation of the message itself (lengths) is the caller's. */
+/* Starts applying one message of worker w (seq, snapshot). RT_KVI_APPLIED:
+ * the caller then passes each of its events, in order, to rt_kvi_event; a
+ * snapshot has already cleared what w held. RT_KVI_GAP / RT_KVI_WAITING:
+ * the message is ignored (GAP: ask the worker for a snapshot). */
+rt_kvi_result_t rt_kvi_begin(rt_kvi_t *x, int w, uint64_t seq, bool snapshot);
+/* One event of the message begun: hash stored (removed false) or evicted.
+ * Returns RT_KVI_APPLIED, or RT_KVI_GAP when the table could not grow (the
+ * worker is out of sync: stop, ask for a snapshot). */
+rt_kvi_result_t rt_kvi_event(rt_kvi_t *x, int w, uint64_t hash, bool removed);
+/* rt_kvi_begin, then every event: hash[i], removed[i] (tests, tools). */
 rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
                              const uint64_t *hash, const bool *removed, size_t n);
 
