@@ -441,8 +441,14 @@ static void test_prefix_hash_chain(void **st)
     uint64_t g[2];
     pd_kv_hash_chain(r, 16, u, 32, g, 2);
     assert_true(g[0] != h[0] && g[1] != h[1]);
-    /* Known value: the chain is part of the wire contract with the router. */
-    assert_true(pd_kv_hash_block(0, t, 1) == XXH3_64bits_withSeed(t, 4, 0));
+    /* The definitions in docs/protocol.md, byte for byte. */
+    unsigned char rb[33] = "pdserve-kv-prefix-v1";
+    uint64_t id = 42;
+    uint32_t bs = 16;
+    memcpy(rb + 21, &id, 8);
+    memcpy(rb + 29, &bs, 4);
+    assert_true(r == XXH3_64bits(rb, sizeof rb));
+    assert_true(pd_kv_hash_block(5, t, 1) == XXH3_64bits_withSeed(t, 4, 5));
 }
 
 static void test_prefix_match_commit(void **st)
