@@ -88,6 +88,11 @@ $(BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Wno-error -c $< -o $@
 
+# AVX-512 code lives in *_avx512.c files only; dispatch is at run time.
+$(BUILD)/obj/%_avx512.o: %_avx512.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni -MMD -MP -c $< -o $@
+
 # AVX2/FMA/F16C code lives in *_avx2.c files only; dispatch is at run time.
 $(BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
 	@mkdir -p $(dir $@)
@@ -202,7 +207,7 @@ lint: $(PROTO_H)
 	@echo "clang-tidy: $(words $(LINT_SRC)) files"
 	@printf '%s\n' $(LINT_SRC) | xargs -P2 -n1 sh -c 'out=$$(clang-tidy --quiet "$$0" -- \
 	    -std=c11 -D_GNU_SOURCE -I . -I common -I $(BUILD)/gen -I client $(PKG_CFLAGS) \
-	    -mavx2 -mfma -mf16c 2>&1); rc=$$?; \
+	    -mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni 2>&1); rc=$$?; \
 	    printf "%s\n" "$$out" | grep -v "warnings\? generated\.$$" || true; exit $$rc' \
 	    || { echo "clang-tidy: findings above"; exit 1; }
 

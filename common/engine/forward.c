@@ -21,6 +21,9 @@
 
 /* Attention work is split into this many interleaved chunks per thread. */
 #define PD_ATTN_CHUNKS_PER_THREAD 4
+/* Queries (tokens x grouped heads) per attention call: they share every
+ * K/V block load; each needs a row of max_ctx scores in the scratch. */
+#define PD_ATTN_TILE_Q 32
 #define PD_ALIGN 64
 
 struct pd_engine {
@@ -43,7 +46,12 @@ struct pd_engine {
     float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
                        weight type's activation format (see round_activations) */
     void *qrow;     /* (T, Q8_0 row of max_in) activations quantized as ggml does */
-    float *scores;  /* (n_attn_chunks, n_heads, max_ctx) attention scores */
+    float *attn_scratch;  /* (n_attn_chunks, attn_scratch_floats) pd_kern_attn scratch */
+    size_t attn_scratch_floats;
+    const float **attn_blocks; /* (n_attn_chunks, 2, max_seq_blocks) K, V block pointers */
+    uint32_t max_seq_blocks;   /* blocks of a max_ctx sequence */
+    uint32_t *tiles;      /* (T + 1) first token of each attention tile, then T */
+    uint32_t n_tiles;
     void *scratch;  /* pd_matmul scratch */
     size_t scratch_bytes;
     int32_t *rows;  /* (T) batch rows whose logits are wanted */
@@ -94,6 +102,14 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
                    opts->max_batch_tokens, opts->n_threads);
         return NULL;
     }
+    const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f,
+                                   1 };
+    if (!pd_kern_attn_supported(&ash0)) {
+        pd_err_set(err, PD_EINVAL, "engine: head_dim %u / KV block_size %u: attention supports "
+                   "at most %u / %u", c->head_dim, ks->block_size, PD_ATTN_MAX_HEAD_DIM,
+                   PD_ATTN_MAX_BLOCK);
+        return NULL;
+    }
     pd_engine_t *e = calloc(1, sizeof *e);
     if (e == NULL) {
         pd_err_set(err, PD_ENOMEM, "engine: out of memory");
@@ -124,7 +140,13 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
     e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
-    e->scores = alloc_aligned(sizeof(float) * e->n_attn_chunks * c->n_heads * e->opts.max_ctx);
+    const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f,
+                                  e->opts.max_ctx };
+    e->attn_scratch_floats = (pd_kern_attn_scratch_floats(&ash, PD_ATTN_TILE_Q) + 15) / 16 * 16;
+    e->attn_scratch = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->attn_scratch_floats);
+    e->max_seq_blocks = (e->opts.max_ctx + ks->block_size - 1) / ks->block_size;
+    e->attn_blocks = alloc_aligned(sizeof(float *) * e->n_attn_chunks * 2 * e->max_seq_blocks);
+    e->tiles = alloc_aligned(sizeof(uint32_t) * (T + 1));
     e->rows = alloc_aligned(sizeof(int32_t) * T);
     size_t s = 0;
     for (uint32_t l = 0; l < c->n_layers; l++) {
@@ -141,7 +163,8 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->scratch_bytes = s;
     e->scratch = alloc_aligned(s);
     if (e->pool == NULL || !e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->tmp ||
-        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->scores || !e->rows || !e->scratch) {
+        !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->attn_scratch || !e->attn_blocks || !e->tiles || !e->rows ||
+        !e->scratch) {
         pd_err_set(err, PD_ENOMEM, "engine: out of memory for run state (%zu batch tokens)", T);
         pd_engine_free(e);
         return NULL;
@@ -167,7 +190,9 @@ void pd_engine_free(pd_engine_t *e)
     free(e->rope);
     free(e->xr);
     free(e->qrow);
-    free(e->scores);
+    free(e->attn_scratch);
+    free((void *)e->attn_blocks);
+    free(e->tiles);
     free(e->rows);
     free(e->scratch);
     free(e);
@@ -251,7 +276,6 @@ typedef struct {
     pd_engine_t *e;
     const pd_batch_t *b;
     uint32_t layer;
-    uint32_t n_head_groups; /* attention: each token's heads in this many ranges */ 
 } layer_ctx_t;
 
 /* Per token: bias, rope, and the K/V write into the paged cache. */
@@ -283,60 +307,67 @@ static void qkv_post_task(void *arg, int i, int n)
     }
 }
 
-/* Attention for work units i, i+n, i+2n...: unit u is token u / n_groups and
- * the u % n_groups-th contiguous range of its heads. For each position the
- * K (then V) row of every head in the range is read in one sweep, so the
- * cache is streamed row by row instead of once per head at a kv_dim stride
- * (decode attention is bound by reading the KV cache). Per head the
- * arithmetic and its order are those of softmax(q K^T / sqrt(d)) V over
- * positions 0..pos, so results do not depend on the grouping. */
+/* Attention, one work unit per (tile, KV head): a tile is a run of
+ * consecutive batch tokens of one sequence (one token in a decode batch,
+ * up to PD_ATTN_TILE_Q / group tokens of a prefill chunk), and the unit's
+ * queries are those tokens' heads that share the KV head. pd_kern_attn
+ * reads each K/V block of the sequence once for all of them. Units
+ * i, i+n, i+2n... go to task i, which owns scratch i. A token's result
+ * does not depend on its tile (see pd_kern_attn), so tiling is free to
+ * follow the batch. */
 static void attention_task(void *arg, int i, int n)
 {
     layer_ctx_t *lc = arg;
     pd_engine_t *e = lc->e;
     const pd_batch_t *b = lc->b;
     const pd_model_config_t *c = &e->model->cfg;
-    const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd;
+    const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
-    const uint32_t bs = pd_kv_shape(e->kv)->block_size;
-    const uint32_t n_groups = lc->n_head_groups;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *scores = e->scores + (size_t)i * c->n_heads * e->opts.max_ctx;
-    uint32_t n_units = b->n_tokens * n_groups;
+    const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
+    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd, 1.0f / sqrtf((float)hd),
+                                 e->opts.max_ctx };
+    float *scratch = e->attn_scratch + (size_t)i * e->attn_scratch_floats;
+    const float **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
+    const float **vb = kb + e->max_seq_blocks;
+    const float *qp[PD_ATTN_TILE_Q];
+    float *op[PD_ATTN_TILE_Q];
+    uint32_t np[PD_ATTN_TILE_Q];
+    const uint32_t n_units = e->n_tiles * c->n_kv_heads;
     for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
-        uint32_t t = u / n_groups, g = u % n_groups;
-        uint32_t h0 = g * c->n_heads / n_groups, h1 = (g + 1) * c->n_heads / n_groups;
-        uint32_t n_pos = (uint32_t)b->pos[t] + 1;
-        const int32_t *table = b->block_tables[b->seq[t]];
-        const float *q = e->q + (size_t)t * q_dim;
-        /* scores: (h1 - h0, n_pos) */
-        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
-            const float *kb = pd_kv_k(e->kv, table[p0 / bs], lc->layer);
-            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++) {
-                const float *krow = kb + (size_t)(p - p0) * kv_dim;
-                for (uint32_t h = h0; h < h1; h++)
-                    scores[(size_t)(h - h0) * n_pos + p] =
-                        pd_kern_dot_f32(q + (size_t)h * hd, krow + (size_t)(h / group) * hd, hd) *
-                        scale;
+        const uint32_t tile = u / c->n_kv_heads, h = u % c->n_kv_heads;
+        const uint32_t t0 = e->tiles[tile], t1 = e->tiles[tile + 1];
+        const int32_t *table = b->block_tables[b->seq[t0]];
+        const uint32_t n_blocks = ((uint32_t)b->pos[t1 - 1] + ks->block_size) / ks->block_size;
+        for (uint32_t j = 0; j < n_blocks; j++) {
+            kb[j] = pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd;
+            vb[j] = pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd;
+        }
+        uint32_t nq = 0;
+        for (uint32_t t = t0; t < t1; t++)
+            for (uint32_t g = 0; g < group; g++, nq++) {
+                const size_t off = (size_t)t * q_dim + (size_t)(h * group + g) * hd;
+                qp[nq] = e->q + off;
+                op[nq] = e->att + off;
+                np[nq] = (uint32_t)b->pos[t] + 1;
             }
-        }
-        float *out = e->att + (size_t)t * q_dim;
-        for (uint32_t h = h0; h < h1; h++) {
-            pd_kern_softmax(scores + (size_t)(h - h0) * n_pos, n_pos);
-            memset(out + (size_t)h * hd, 0, sizeof(float) * hd);
-        }
-        for (uint32_t p0 = 0; p0 < n_pos; p0 += bs) {
-            const float *vb = pd_kv_v(e->kv, table[p0 / bs], lc->layer);
-            uint32_t p1 = p0 + bs < n_pos ? p0 + bs : n_pos;
-            for (uint32_t p = p0; p < p1; p++) {
-                const float *vrow = vb + (size_t)(p - p0) * kv_dim;
-                for (uint32_t h = h0; h < h1; h++)
-                    pd_kern_axpy_f32(out + (size_t)h * hd, scores[(size_t)(h - h0) * n_pos + p],
-                                     vrow + (size_t)(h / group) * hd, hd);
-            }
-        }
+        pd_kern_attn(&sh, kb, vb, nq, qp, np, op, scratch);
     }
+}
+
+/* Splits the batch into attention tiles (see attention_task). */
+static void make_tiles(pd_engine_t *e, const pd_batch_t *b)
+{
+    const pd_model_config_t *c = &e->model->cfg;
+    uint32_t group = c->n_heads / c->n_kv_heads;
+    uint32_t max_tok = group >= PD_ATTN_TILE_Q ? 1 : PD_ATTN_TILE_Q / group;
+    e->n_tiles = 0;
+    for (uint32_t t = 0; t < b->n_tokens; t++) {
+        bool start = t == 0 || b->seq[t] != b->seq[t - 1] ||
+                     t - e->tiles[e->n_tiles - 1] >= max_tok;
+        if (start)
+            e->tiles[e->n_tiles++] = t;
+    }
+    e->tiles[e->n_tiles] = b->n_tokens;
 }
 
 typedef struct {
@@ -440,25 +471,86 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
  * continues with exactly the tokens it would have produced. The price is
  * prefill speed (skinny kernels reach ~75% of sgemm's FLOPS at 32-64 rows);
  * docs/benchmarks.md has both figures. */
-static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+/* An element-wise epilogue of a product, over batch rows [r0, r0 + n_rows)
+ * and output columns [o0, o1): a[r][o] = silu(a[r][o]) * b[r][o] (SwiGLU
+ * of gate and up) or a[r][o] += b[r][o] (the residual add). */
+typedef struct {
+    float *a;
+    const float *b;
+    uint32_t stride; /* floats per row of a and b */
+    uint32_t r0, n_rows;
+    bool swiglu;
+} rows_epi_t;
+
+static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
 {
+    const rows_epi_t *c = ctx;
+    (void)i_out;
+    for (uint32_t r = c->r0; r < c->r0 + c->n_rows; r++) {
+        float *a = c->a + (size_t)r * c->stride + o0;
+        const float *b = c->b + (size_t)r * c->stride + o0;
+        if (c->swiglu)
+            pd_kern_swiglu(a, b, o1 - o0);
+        else
+            pd_kern_axpy_f32(a, 1.0f, b, o1 - o0);
+    }
+}
+
+/* The products outs[0..n) of one input x (n_rows, n_in), then the
+ * epilogue epi (NULL, or a rows_epi_t for all rows), in as few pool runs
+ * as pd_matmul_multi allows. All products must share type and n_in.
+ *
+ * Batch-invariant mode: the skinny kernels compute each row independently
+ * of the others (same instructions, same summation order, whatever the row
+ * count), so feeding them chunks of rows makes every row's result
+ * bit-identical whether the token came alone, in a decode batch or in a
+ * prefill chunk. A request re-prefilled on another worker after a fault then
+ * continues with exactly the tokens it would have produced. The price is
+ * prefill speed; docs/benchmarks.md has the figures. */
+static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockstep,
+                     const float *x, uint32_t n_rows, const rows_epi_t *epi)
+{
+    const pd_mat_t *w = outs[0].w;
     bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
     bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
-    uint32_t chunk = quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS;
+    uint32_t chunk = invariant ? (quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS) : n_rows;
+    uint32_t skinny_max = invariant ? chunk : e->opts.skinny_max_rows;
     /* The Q8_0 skinny kernels quantize x themselves, with the same
      * quantizer: rounding it here first would be the same work twice on
      * every decode step. Only the sgemm path needs the rounded floats. */
     bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
     const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
-    if (!invariant) {
-        pd_matmul(e->pool, w, xin, n_rows, y, e->scratch, e->opts.skinny_max_rows);
-        return;
-    }
     for (uint32_t r = 0; r < n_rows; r += chunk) {
         uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;
-        pd_matmul(e->pool, w, xin + (size_t)r * w->n_in, m, y + (size_t)r * w->n_out, e->scratch,
-                  chunk);
+        pd_mm_out_t o[PD_MM_MAX_OUTS];
+        for (int i = 0; i < n; i++)
+            o[i] = (pd_mm_out_t){ outs[i].w, outs[i].y + (size_t)r * outs[i].w->n_out };
+        rows_epi_t ep = epi ? *epi : (rows_epi_t){ 0 };
+        ep.r0 = r;
+        ep.n_rows = m;
+        pd_matmul_multi(e->pool, o, n, lockstep, xin + (size_t)r * w->n_in, m, e->scratch,
+                        skinny_max, epi ? rows_epi : NULL, &ep);
     }
+}
+
+static void matmul(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y)
+{
+    const pd_mm_out_t o = { w, y };
+    products(e, &o, 1, false, x, n_rows, NULL);
+}
+
+/* y = x W^T, then x_res += y (stride dim) in the same pool run. */
+static void matmul_residual(pd_engine_t *e, const pd_mat_t *w, const float *x, uint32_t n_rows,
+                            float *y, float *x_res)
+{
+    const pd_mm_out_t o = { w, y };
+    const rows_epi_t epi = { x_res, y, w->n_out, 0, n_rows, false };
+    products(e, &o, 1, false, x, n_rows, &epi);
+}
+
+static bool same_kind(const pd_mat_t *a, const pd_mat_t *b)
+{
+    return a->type == b->type && a->n_in == b->n_in;
 }
 
 /* ====== The forward pass ====== */
@@ -473,32 +565,38 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
      * does not carry that check through pd_forward's calls). */
     if (T == 0)
         return;
-    layer_ctx_t lc = { e, b, l, 1 };
+    layer_ctx_t lc = { e, b, l };
     int nt = pd_pool_n_threads(e->pool);
 
     /* Attention block. */
     rmsnorm_rows(e, e->xn, e->x, L->attn_norm, T, NULL);
-    matmul(e, &L->wq, e->xn, T, e->q);
-    matmul(e, &L->wk, e->xn, T, e->k);
-    matmul(e, &L->wv, e->xn, T, e->v);
+    if (same_kind(&L->wq, &L->wk) && same_kind(&L->wq, &L->wv)) {
+        const pd_mm_out_t qkv[3] = { { &L->wq, e->q }, { &L->wk, e->k }, { &L->wv, e->v } };
+        products(e, qkv, 3, false, e->xn, T, NULL);
+    } else {
+        matmul(e, &L->wq, e->xn, T, e->q);
+        matmul(e, &L->wk, e->xn, T, e->k);
+        matmul(e, &L->wv, e->xn, T, e->v);
+    }
     pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
-    /* Enough units for every chunk: whole tokens when the batch is big,
-     * else each token's heads split into contiguous ranges. */
-    uint32_t groups = (e->n_attn_chunks + T - 1) / T;
-    lc.n_head_groups = groups < 1 ? 1 : groups > c->n_heads ? c->n_heads : groups;
-    uint32_t n_units = T * lc.n_head_groups;
+    uint32_t n_units = e->n_tiles * c->n_kv_heads;
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
-    matmul(e, &L->wo, e->att, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    matmul_residual(e, &L->wo, e->att, T, e->tmp, e->x);
 
-    /* Feed-forward block (SwiGLU). */
+    /* Feed-forward block (SwiGLU): gate and up in lockstep, so each task
+     * applies silu(gate) * up to the rows it has just computed. */
     rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
-    matmul(e, &L->w_gate, e->xn, T, e->gate);
-    matmul(e, &L->w_up, e->xn, T, e->up);
-    elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
-    matmul(e, &L->w_down, e->gate, T, e->tmp);
-    elementwise(e, e->x, e->tmp, (size_t)T * c->dim, false);
+    const rows_epi_t glu = { e->gate, e->up, c->ffn_dim, 0, T, true };
+    if (same_kind(&L->w_gate, &L->w_up) && L->w_gate.n_out == L->w_up.n_out) {
+        const pd_mm_out_t gu[2] = { { &L->w_gate, e->gate }, { &L->w_up, e->up } };
+        products(e, gu, 2, true, e->xn, T, &glu);
+    } else {
+        matmul(e, &L->w_gate, e->xn, T, e->gate);
+        matmul(e, &L->w_up, e->xn, T, e->up);
+        elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+    }
+    matmul_residual(e, &L->w_down, e->gate, T, e->tmp, e->x);
 }
 
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
@@ -517,6 +615,7 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         pd_dequant_row(m->tok_embd.type, row, e->x + (size_t)t * c->dim, c->dim);
     }
     rope_cache(c, b, e->rope);
+    make_tiles(e, b);
     for (uint32_t l = 0; l < c->n_layers; l++)
         layer_forward(e, b, l);
 

@@ -16,6 +16,7 @@
 #include <cpuid.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define Q8_0_BYTES 34 /* bytes per Q8_0 block */
@@ -63,15 +64,61 @@ static bool detect_avx2(void)
     return b & (1u << 5); /* AVX2 */
 }
 
-bool pd_kern_has_avx2(void)
+/* AVX-512 F, DQ, BW, VL and VNNI, and the OS saves the ZMM state (XCR0
+ * opmask, ZMM_Hi256, Hi16_ZMM). Called only after detect_avx2(). */
+static bool detect_avx512(void)
 {
-    static atomic_int cached; /* 0 unknown, 1 no, 2 yes */
+    unsigned a, b, c, d;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0xe6) != 0xe6)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30),
+               vl = b & (1u << 31), vnni = c & (1u << 11);
+    return f && dq && bw && vl && vnni;
+}
+
+/* The best kernel set of this CPU, capped by the environment variable
+ * PD_ISA (ref, avx2 or avx512): a cluster of mixed machines sets the same
+ * cap everywhere so that every worker computes the same bits. */
+static pd_isa_t detect_isa(void)
+{
+    pd_isa_t isa = PD_ISA_REF;
+    if (detect_avx2())
+        isa = detect_avx512() ? PD_ISA_AVX512 : PD_ISA_AVX2;
+    const char *cap = getenv("PD_ISA");
+    if (cap != NULL) {
+        pd_isa_t want = strcmp(cap, "ref") == 0 ? PD_ISA_REF
+                      : strcmp(cap, "avx2") == 0 ? PD_ISA_AVX2 : PD_ISA_AVX512;
+        isa = want < isa ? want : isa;
+    }
+    return isa;
+}
+
+pd_isa_t pd_kern_isa(void)
+{
+    static atomic_int cached; /* 0 unknown, else isa + 1 */
     int v = atomic_load_explicit(&cached, memory_order_relaxed);
     if (v == 0) {
-        v = detect_avx2() ? 2 : 1;
+        v = (int)detect_isa() + 1;
         atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
-    return v == 2;
+    return (pd_isa_t)(v - 1);
+}
+
+const char *pd_kern_isa_name(void)
+{
+    switch (pd_kern_isa()) {
+    case PD_ISA_AVX512: return "avx512";
+    case PD_ISA_AVX2: return "avx2";
+    default: return "ref";
+    }
+}
+
+bool pd_kern_has_avx2(void)
+{
+    return pd_kern_isa() >= PD_ISA_AVX2;
 }
 
 /* ====== Scalar conversions ====== */
@@ -383,10 +430,17 @@ void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const f
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)
 {
-    if (pd_kern_has_avx2())
+    switch (pd_kern_isa()) {
+    case PD_ISA_AVX512:
+        pd_kern_skinny_avx512(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+        break;
+    case PD_ISA_AVX2:
         pd_kern_skinny_avx2(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
-    else
+        break;
+    default:
         pd_kern_skinny_ref(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+        break;
+    }
 }
 
 /* ====== Matmul with dispatch ====== */
@@ -531,6 +585,106 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_rows, (int)(t1 - t0), n_in,
                     1.0f, x, n_in, c.tile, n_in, 0.0f, y + t0, (int)w->n_out);
     }
+}
+
+/* ====== Several products of one input ====== */
+
+typedef struct {
+    const pd_mm_out_t *outs;
+    int n_outs;
+    bool lockstep;
+    const float *x;
+    uint32_t x_stride;
+    const void *xq;
+    uint32_t n_rows;
+    uint32_t chunk;                     /* output rows per task */
+    uint32_t first_task[PD_MM_MAX_OUTS + 1]; /* task index where each product starts */
+    pd_mm_epilogue_fn epi;
+    void *epi_ctx;
+} multi_ctx_t;
+
+static void multi_task(void *arg, int i_task, int n_tasks)
+{
+    const multi_ctx_t *c = arg;
+    (void)n_tasks;
+    int i = 0;
+    uint32_t t = (uint32_t)i_task;
+    if (!c->lockstep)
+        while (t >= c->first_task[i + 1])
+            i++;
+    const pd_mat_t *w = c->outs[i].w;
+    const uint32_t o0 = (t - c->first_task[i]) * c->chunk;
+    const uint32_t o1 = o0 + c->chunk < w->n_out ? o0 + c->chunk : w->n_out;
+    for (int j = i; j < (c->lockstep ? c->n_outs : i + 1); j++)
+        pd_kern_skinny(c->outs[j].w, o0, o1, c->x, c->x_stride, c->xq, c->n_rows, c->outs[j].y,
+                       c->outs[j].w->n_out);
+    if (c->epi)
+        c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o1);
+}
+
+typedef struct {
+    pd_mm_epilogue_fn epi;
+    void *ctx;
+    int i;
+    uint32_t n, chunk;
+} epi_ctx_t;
+
+static void epi_task(void *arg, int i_task, int n_tasks)
+{
+    const epi_ctx_t *c = arg;
+    (void)n_tasks;
+    uint32_t o0 = (uint32_t)i_task * c->chunk, o1 = o0 + c->chunk < c->n ? o0 + c->chunk : c->n;
+    c->epi(c->ctx, c->i, o0, o1);
+}
+
+void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                     const float *x, uint32_t n_rows, void *scratch, uint32_t skinny_max,
+                     pd_mm_epilogue_fn epi, void *epi_ctx)
+{
+    if (n_rows == 0 || n_outs <= 0)
+        return;
+    bool any_empty = false; /* a product without rows: one at a time, skipping it */
+    for (int i = 0; i < n_outs; i++)
+        any_empty = any_empty || outs[i].w->n_out == 0;
+    const pd_mat_t *w = outs[0].w;
+    const int n_threads = pd_pool_n_threads(pool);
+    if (!pd_matmul_uses_skinny(w, n_rows, skinny_max) || n_outs > PD_MM_MAX_OUTS || any_empty) {
+        for (int i = 0; i < n_outs; i++) {
+            pd_matmul(pool, outs[i].w, x, n_rows, outs[i].y, scratch, skinny_max);
+            if (epi && !lockstep && outs[i].w->n_out > 0) {
+                epi_ctx_t ec = {epi, epi_ctx, i, outs[i].w->n_out, task_chunk(outs[i].w->n_out, n_threads)};
+                pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
+            }
+        }
+        if (epi && lockstep && w->n_out > 0) {
+            epi_ctx_t ec = {epi, epi_ctx, -1, w->n_out, task_chunk(w->n_out, n_threads)};
+            pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
+        }
+        return;
+    }
+    multi_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .x = x,
+                     .x_stride = w->n_in, .n_rows = n_rows, .epi = epi, .epi_ctx = epi_ctx};
+    if (is_quant(w->type)) {
+        pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
+        c.xq = scratch;
+    } else if (wants_x_pad(w, n_rows)) {
+        float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
+        c.x_stride = w->n_in + X_PAD_FLOATS;
+        for (uint32_t r = 0; r < n_rows; r++)
+            memcpy(xp + (size_t)r * c.x_stride, x + (size_t)r * w->n_in,
+                   (size_t)w->n_in * sizeof(float));
+        c.x = xp;
+    }
+    /* one chunk size for all products, from their total rows */
+    uint32_t total = 0;
+    for (int i = 0; i < n_outs; i++)
+        total += lockstep ? (i == 0 ? outs[i].w->n_out : 0) : outs[i].w->n_out;
+    c.chunk = task_chunk(total, n_threads);
+    c.first_task[0] = 0;
+    for (int i = 0; i < n_outs; i++)
+        c.first_task[i + 1] = c.first_task[i] +
+                              (lockstep && i > 0 ? 0 : div_up(outs[i].w->n_out, c.chunk));
+    pd_pool_run(pool, multi_task, &c, (int)c.first_task[n_outs]);
 }
 
 /* ====== Small vector kernels: reference ====== */

@@ -88,6 +88,32 @@ bool pd_matmul_uses_skinny(const pd_mat_t *w, uint32_t n_rows, uint32_t skinny_m
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,
                void *scratch, uint32_t skinny_max);
 
+/* ====== Several products of one input, one pool run ======
+ *
+ * y_i = x (n_rows, n_in) @ W_i^T for the n_outs products of outs (all of
+ * one type and n_in: Q, K and V; gate and up). On the skinny path x is
+ * prepared once and the output rows of all products are one task list, so
+ * the pool synchronises once, not once per product. With `lockstep` (all
+ * n_out equal) a task computes the same output rows [o0, o1) of every
+ * product. After a task has written its rows it calls epi(epi_ctx, i, o0,
+ * o1) (i = the product, or -1 with lockstep) for every batch row: an
+ * element-wise epilogue (SwiGLU of gate and up, a residual add) runs while
+ * those rows are hot in cache, in the same pool run. On the sgemm path the
+ * products run one after the other and the epilogue runs over the pool
+ * afterwards, in row chunks. A product's y is what pd_matmul gives. */
+typedef struct {
+    const pd_mat_t *w;
+    float *y; /* (n_rows, w->n_out) */
+} pd_mm_out_t;
+
+typedef void (*pd_mm_epilogue_fn)(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end);
+
+#define PD_MM_MAX_OUTS 4
+
+void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                     const float *x, uint32_t n_rows, void *scratch, uint32_t skinny_max,
+                     pd_mm_epilogue_fn epi, void *epi_ctx);
+
 /* ====== Small vector kernels ====== */
 /* out[i] = x[i] / rms(x) * g[i]; rms = sqrt(mean(x^2) + eps). out may be x. */
 void pd_kern_rmsnorm(float *out, const float *x, const float *g, uint32_t n, float eps);
@@ -99,8 +125,70 @@ float pd_kern_dot_f32(const float *a, const float *b, uint32_t n);
 /* y[i] += a * x[i] */
 void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
 
+/* ====== Attention over the paged KV cache ======
+ *
+ * n_q queries that share one K/V head (the grouped-query heads of a token,
+ * the tokens of one sequence in a prefill chunk, or both) each attend to
+ * positions [0, n_pos[i]) of their sequence:
+ *     out[i] = sum_p softmax_p(scale * q[i] . k_p) v_p
+ * k_blk[j] / v_blk[j] point at the K / V row of position j * block_size in
+ * this head (the cache's block j of the sequence, offset by the head);
+ * rows of a block are row_stride floats apart. Every block up to the
+ * largest n_pos must be given. q[i] and out[i] hold head_dim floats;
+ * n_pos[i] <= max_pos.
+ *
+ * The AVX2 version streams each K block once for all n_q queries (scores
+ * 4 positions at a time), takes each query's softmax, then streams each V
+ * block once (P V for up to 4 queries x 64 dimensions at a time), with
+ * software prefetch of the blocks ahead (their rows are a whole KV row
+ * apart). Each query's arithmetic is the engine's earlier per-position
+ * loop, operation for operation (pd_kern_dot_f32_avx2's summation,
+ * pd_kern_softmax_avx2, one FMA per position): an online softmax was tried
+ * and moved the F16 referee's worst position over its 1e-3 bound. A
+ * query's result never depends on the other queries of the call (masked
+ * positions add exact zeros), so a token's attention is bit-identical
+ * alone, in a decode batch or in a prefill chunk.
+ * scratch: pd_kern_attn_scratch_floats(s, n_q) floats. */
+#define PD_ATTN_MAX_HEAD_DIM 256
+#define PD_ATTN_MAX_BLOCK 256 /* positions per KV block */
+
+typedef struct {
+    uint32_t head_dim;
+    uint32_t block_size;  /* positions per KV block */
+    uint32_t row_stride;  /* floats between consecutive positions in a block */
+    float scale;          /* usually 1 / sqrt(head_dim) */
+    uint32_t max_pos;     /* the largest n_pos of a call (sizes the scratch) */
+} pd_attn_shape_t;
+
+bool pd_kern_attn_supported(const pd_attn_shape_t *s);
+size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q);
+/* Floats of scratch per query (its scores row). */
+size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s);
+void pd_kern_attn(const pd_attn_shape_t *s, const float *const *k_blk, const float *const *v_blk,
+                  uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
+                  float *scratch);
+/* Plain C, in double, three passes per query (also the fallback without
+ * AVX2 or when head_dim % 8 != 0). */
+void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
+                      const float *const *v_blk, uint32_t n_q, const float *const *q,
+                      const uint32_t *n_pos, float *const *out, float *scratch);
+/* Needs pd_kern_has_avx2() and head_dim % 8 == 0. */
+void pd_kern_attn_avx2(const pd_attn_shape_t *s, const float *const *k_blk,
+                       const float *const *v_blk, uint32_t n_q, const float *const *q,
+                       const uint32_t *n_pos, float *const *out, float *scratch);
+
 /* True when the AVX2/FMA/F16C paths are in use. */
 bool pd_kern_has_avx2(void);
+
+/* The kernel set in use: the best the CPU has (checked once), capped by
+ * the environment variable PD_ISA=ref|avx2|avx512. The skinny matmul's
+ * float results depend on it in the last bits (8- or 16-lane sums), so
+ * batch invariance holds between workers with the same kernel set: set
+ * PD_ISA=avx2 on every worker of a cluster that mixes machines. The
+ * quantized kernels give the same bits with avx2 and avx512 (VNNI). */
+typedef enum { PD_ISA_REF = 0, PD_ISA_AVX2 = 1, PD_ISA_AVX512 = 2 } pd_isa_t;
+pd_isa_t pd_kern_isa(void);
+const char *pd_kern_isa_name(void);
 
 /* ====== Variants (tests and the benchmark call these directly) ======
  * The _ref versions are plain C (float kernels accumulate in double); the
@@ -116,6 +204,11 @@ void pd_kern_prepare_x_avx2(pd_ggml_type_t wtype, const float *x, uint32_t x_str
 void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                          uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                          uint32_t y_stride);
+/* Needs pd_kern_isa() == PD_ISA_AVX512: 16-lane float kernels, VNNI for
+ * Q8_0/Q4_0 (bit-identical to the AVX2 quantized kernel). */
+void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                           uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
+                           uint32_t y_stride);
 void pd_dequant_row_ref(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_kern_rmsnorm_ref(float *out, const float *x, const float *g, uint32_t n, float eps);

@@ -31,6 +31,7 @@
  * with an integer micro-kernel against Q8_0 activations (4 x 2 blocks).
  */
 #include "engine/kernels.h"
+#include "engine/simd_avx2.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -88,6 +89,8 @@
 #endif
 _Static_assert(PANEL <= 16,
                "acc holds PANEL x PD_SKINNY_MAX_ROWS vectors on the stack");
+
+#include "engine/kernels_pf.h"
 
 /* ====== Small helpers ====== */
 
@@ -252,71 +255,7 @@ static void finish_float(int wt, const uint8_t *w, size_t row_bytes, uint32_t n_
     }
 }
 
-/* ====== Prefetch ======
- * While the micro-kernels work on one panel of weights, the next panel is
- * prefetched, a slice of its cache lines (in address order) before each
- * micro-kernel call, so that streaming the weights from memory overlaps
- * the arithmetic instead of adding to it. (Prefetching only the next
- * K-tile, or the next panel's same K-tile, measured slower.) */
-typedef struct {
-    const uint8_t *base; /* first byte of the tile's first row */
-    size_t row_stride;   /* bytes between rows */
-    size_t lines_per_row;
-    size_t row, line;    /* next line to issue */
-    size_t n_rows;
-    size_t left;         /* lines not issued yet */
-} pf_t;
-
-static void pf_set(pf_t *p, const uint8_t *base, size_t row_stride, size_t seg_bytes,
-                   uint32_t n_rows)
-{
-    p->base = base;
-    p->row_stride = row_stride;
-    p->lines_per_row = (seg_bytes + 63) / 64;
-    p->row = p->line = 0;
-    p->n_rows = n_rows;
-    p->left = base ? p->lines_per_row * n_rows : 0;
-}
-
-static ALWAYS_INLINE void pf_step(pf_t *p, size_t n_lines)
-{
-    n_lines = n_lines < p->left ? n_lines : p->left;
-    p->left -= n_lines;
-    while (n_lines--) {
-        _mm_prefetch((const char *)p->base + p->row * p->row_stride + p->line * 64, PF_HINT);
-        if (++p->line == p->lines_per_row) {
-            p->line = 0;
-            p->row++;
-        }
-    }
-}
-
-/* Sets up the prefetch of the panel after the one starting at row p0 (whole
- * rows, so the lines go out in address order), or nothing. */
-static void pf_next_panel(pf_t *pf, const uint8_t *w, size_t rb, uint32_t p0, uint32_t o_end,
-                          bool enable)
-{
-    if (enable && p0 + PANEL < o_end) {
-        uint32_t p1 = p0 + PANEL;
-        pf_set(pf, w + (size_t)p1 * rb, rb, rb, o_end - p1 < PANEL ? o_end - p1 : PANEL);
-    } else {
-        pf_set(pf, NULL, 0, 0, 0);
-    }
-}
-
-/* At the start of K-tile k0 (of kt; k_all in total) of the panel at p0:
- * sets up the next panel's prefetch on the first tile, and returns how
- * many lines to issue per weight row handled by a micro-kernel call so
- * that the rest goes out evenly over the panel's remaining calls.
- * calls_per_tile counts weight rows x r-blocks (+1). */
-static size_t pf_plan(pf_t *pf, bool enable, const uint8_t *w, size_t rb, uint32_t p0,
-                      uint32_t o_end, size_t k0, size_t kt, size_t k_all, size_t calls_per_tile)
-{
-    const size_t tiles_left = (k_all - k0 + kt - 1) / kt;
-    if (k0 == 0)
-        pf_next_panel(pf, w, rb, p0, o_end, enable);
-    return (pf->left + calls_per_tile * tiles_left - 1) / (calls_per_tile * tiles_left);
-}
+/* ====== Prefetch ====== (kernels_pf.h) */
 
 /* Weight rows per micro-kernel for nr activation rows with `left` rows
  * left in the panel: enough accumulators to hide the FMA latency (8 for
@@ -619,32 +558,6 @@ void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint3
 }
 
 /* ====== Small vector kernels ====== */
-
-/* expf for 8 lanes (Cephes polynomial, ~1 ulp on [-87.3, 88]). Below
- * -87.3 the result is 0 (expf would give a subnormal), above 88 it is
- * exp(88); NaN lanes stay NaN. */
-static ALWAYS_INLINE __m256 exp8(__m256 x)
-{
-    const __m256 hi = _mm256_set1_ps(88.0f), lo = _mm256_set1_ps(-87.3f);
-    const __m256 nan_mask = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
-    const __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* -inf (masks) give 0 */
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    const __m256 res = _mm256_andnot_ps(zero_mask, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-    return _mm256_blendv_ps(res, _mm256_set1_ps(NAN), nan_mask);
-}
 
 void pd_kern_rmsnorm_avx2(float *out, const float *x, const float *g, uint32_t n, float eps)
 {

@@ -411,6 +411,24 @@ typedef struct {
     uint32_t n_in, n_out, n_rows;
 } shape_t;
 
+typedef void (*skinny_fn)(const pd_mat_t *, uint32_t, uint32_t, const float *, uint32_t,
+                          const void *, uint32_t, float *, uint32_t);
+/* The SIMD skinny kernels this CPU can run, each tested against the
+ * reference; check_skinny and the invariance test use g_skinny. */
+static skinny_fn g_skinny = pd_kern_skinny_avx2;
+static const char *g_skinny_name = "avx2";
+
+static int n_simd_kernels(void)
+{
+    return pd_kern_isa() >= PD_ISA_AVX512 ? 2 : pd_kern_isa() >= PD_ISA_AVX2 ? 1 : 0;
+}
+
+static void use_simd_kernel(int i)
+{
+    g_skinny = i == 0 ? pd_kern_skinny_avx2 : pd_kern_skinny_avx512;
+    g_skinny_name = i == 0 ? "avx2" : "avx512";
+}
+
 /* Runs the AVX2 skinny kernel over [o0, o1) with padded strides and checks
  * it against the reference (and that nothing outside was written). */
 static void check_skinny(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n_rows,
@@ -431,7 +449,7 @@ static void check_skinny(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32
     assert_non_null(yr);
     for (size_t i = 0; i < (size_t)ys * n_rows; i++)
         ya[i] = yr[i] = 12345.0f;
-    pd_kern_skinny_avx2(&w, o0, o1, x, xs, xq, n_rows, ya, ys);
+    g_skinny(&w, o0, o1, x, xs, xq, n_rows, ya, ys);
     pd_kern_skinny_ref(&w, o0, o1, x, xs, xq, n_rows, yr, ys);
     const size_t xq_rb = (size_t)n_in / 32 * 34;
     for (uint32_t rr = 0; rr < n_rows; rr++) {
@@ -444,8 +462,8 @@ static void check_skinny(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32
             double scale = abs_terms(&w, o, x + (size_t)rr * xs, xq ? xq + rr * xq_rb : NULL);
             double tol = 1e-5 * scale + 1e-30;
             if (!(fabs((double)a - (double)b) <= tol)) {
-                print_error("type %d n_in %u n_out %u n_rows %u: y[%u][%u] avx2 %.9g ref %.9g "
-                            "tol %.3g\n", t, n_in, n_out, n_rows, rr, o, a, b, tol);
+                print_error("type %d n_in %u n_out %u n_rows %u: y[%u][%u] %s %.9g ref %.9g "
+                            "tol %.3g\n", t, n_in, n_out, n_rows, rr, o, g_skinny_name, a, b, tol);
                 fail();
             }
         }
@@ -467,11 +485,15 @@ static void test_skinny_float_types(void **state)
     const uint32_t n_ins[] = {1, 7, 33, 1000};
     const uint32_t n_outs[] = {1, 3, 17, 100};
     const uint32_t n_rows[] = {1, 2, 3, 5, 8, 13, 32, 64};
-    for (size_t t = 0; t < 3; t++)
-        for (size_t i = 0; i < 4; i++)
-            for (size_t o = 0; o < 4; o++)
-                for (size_t k = 0; k < 8; k++)
-                    check_skinny(types[t], n_ins[i], n_outs[o], n_rows[k], 0, n_outs[o], &r);
+    for (int isa = 0; isa < n_simd_kernels(); isa++) {
+        use_simd_kernel(isa);
+        for (size_t t = 0; t < 3; t++)
+            for (size_t i = 0; i < 4; i++)
+                for (size_t o = 0; o < 4; o++)
+                    for (size_t k = 0; k < 8; k++)
+                        check_skinny(types[t], n_ins[i], n_outs[o], n_rows[k], 0, n_outs[o], &r);
+    }
+    use_simd_kernel(0);
 }
 
 static void test_skinny_quant_types(void **state)
@@ -484,17 +506,21 @@ static void test_skinny_quant_types(void **state)
     const uint32_t n_ins[] = {32, 96, 4096 + 32};
     const uint32_t n_outs[] = {1, 3, 17, 100};
     const uint32_t n_rows[] = {1, 2, 3, 5, 8, 13, 32, 64};
-    for (size_t t = 0; t < 2; t++)
-        for (size_t i = 0; i < 3; i++)
-            for (size_t o = 0; o < 4; o++)
-                for (size_t k = 0; k < 8; k++) {
-                    if (n_ins[i] > 1000 && n_outs[o] * n_rows[k] > 17 * 13)
-                        continue; /* keep the reference cheap */
-                    check_skinny(types[t], n_ins[i], n_outs[o], n_rows[k], 0, n_outs[o], &r);
-                }
-    /* the big n_in with a full batch, once per type */
-    check_skinny(PD_GGML_TYPE_Q8_0, 4096 + 32, 20, 64, 0, 20, &r);
-    check_skinny(PD_GGML_TYPE_Q4_0, 4096 + 32, 20, 64, 0, 20, &r);
+    for (int isa = 0; isa < n_simd_kernels(); isa++) {
+        use_simd_kernel(isa);
+        for (size_t t = 0; t < 2; t++)
+            for (size_t i = 0; i < 3; i++)
+                for (size_t o = 0; o < 4; o++)
+                    for (size_t k = 0; k < 8; k++) {
+                        if (n_ins[i] > 1000 && n_outs[o] * n_rows[k] > 17 * 13)
+                            continue; /* keep the reference cheap */
+                        check_skinny(types[t], n_ins[i], n_outs[o], n_rows[k], 0, n_outs[o], &r);
+                    }
+        /* the big n_in with a full batch, once per type */
+        check_skinny(PD_GGML_TYPE_Q8_0, 4096 + 32, 20, 64, 0, 20, &r);
+        check_skinny(PD_GGML_TYPE_Q4_0, 4096 + 32, 20, 64, 0, 20, &r);
+    }
+    use_simd_kernel(0);
 }
 
 /* A sub-range of output rows (task split) writes only those rows. */
@@ -504,11 +530,15 @@ static void test_skinny_subrange(void **state)
     if (!avx2())
         skip();
     rng_t r = {0xabcdefull};
-    check_skinny(PD_GGML_TYPE_F32, 1000, 100, 5, 17, 83, &r);
-    check_skinny(PD_GGML_TYPE_F16, 33, 40, 13, 1, 2, &r);
-    check_skinny(PD_GGML_TYPE_Q8_0, 96, 50, 8, 16, 49, &r);
-    check_skinny(PD_GGML_TYPE_Q4_0, 96, 50, 3, 5, 6, &r);
-    check_skinny(PD_GGML_TYPE_BF16, 1000, 30, 70, 0, 30, &r); /* > 64 rows: sliced */
+    for (int isa = 0; isa < n_simd_kernels(); isa++) {
+        use_simd_kernel(isa);
+        check_skinny(PD_GGML_TYPE_F32, 1000, 100, 5, 17, 83, &r);
+        check_skinny(PD_GGML_TYPE_F16, 33, 40, 13, 1, 2, &r);
+        check_skinny(PD_GGML_TYPE_Q8_0, 96, 50, 8, 16, 49, &r);
+        check_skinny(PD_GGML_TYPE_Q4_0, 96, 50, 3, 5, 6, &r);
+        check_skinny(PD_GGML_TYPE_BF16, 1000, 30, 70, 0, 30, &r); /* > 64 rows: sliced */
+    }
+    use_simd_kernel(0);
 }
 
 /* y[r] computed in a batch of n_rows is bitwise the y[r] computed alone. */
@@ -521,7 +551,9 @@ static void test_skinny_batch_invariant(void **state)
     const pd_ggml_type_t types[] = {PD_GGML_TYPE_F32, PD_GGML_TYPE_F16, PD_GGML_TYPE_BF16,
                                     PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
     const uint32_t n_in = 4096 + 32 + 64, n_out = 37, n_rows = 13;
+    for (int isa = 0; isa < n_simd_kernels(); isa++)
     for (size_t t = 0; t < 5; t++) {
+        use_simd_kernel(isa);
         uint8_t *wd = make_w(types[t], n_out, n_in, &r);
         pd_mat_t w = {wd, types[t], n_out, n_in, row_bytes(types[t], n_in)};
         float *x = make_f((size_t)n_in * n_rows, &r);
@@ -532,11 +564,18 @@ static void test_skinny_batch_invariant(void **state)
         float *yb = malloc(sizeof(float) * n_out * n_rows), *y1 = malloc(sizeof(float) * n_out);
         assert_non_null(yb);
         assert_non_null(y1);
-        pd_kern_skinny_avx2(&w, 0, n_out, x, n_in, xq, n_rows, yb, n_out);
+        g_skinny(&w, 0, n_out, x, n_in, xq, n_rows, yb, n_out);
         for (uint32_t rr = 0; rr < n_rows; rr++) {
             const uint8_t *xqr = xq ? xq + (size_t)rr * (xqb / n_rows) : NULL;
-            pd_kern_skinny_avx2(&w, 0, n_out, x + (size_t)rr * n_in, n_in, xqr, 1, y1, n_out);
+            g_skinny(&w, 0, n_out, x + (size_t)rr * n_in, n_in, xqr, 1, y1, n_out);
             assert_memory_equal(y1, yb + (size_t)rr * n_out, n_out * sizeof(float));
+            if (xq && n_simd_kernels() == 2) { /* VNNI: the AVX2 kernel's bits */
+                const skinny_fn other = g_skinny == pd_kern_skinny_avx2 ? pd_kern_skinny_avx512
+                                                                        : pd_kern_skinny_avx2;
+                float y2[37];
+                other(&w, 0, n_out, x + (size_t)rr * n_in, n_in, xqr, 1, y2, n_out);
+                assert_memory_equal(y1, y2, n_out * sizeof(float));
+            }
         }
         free(y1);
         free(yb);
@@ -544,6 +583,7 @@ static void test_skinny_batch_invariant(void **state)
         free(x);
         free(wd);
     }
+    use_simd_kernel(0);
 }
 
 /* ====== pd_matmul ====== */
@@ -630,6 +670,68 @@ static void test_matmul_paths(void **state)
     /* nothing to do */
     pd_mat_t w = {NULL, PD_GGML_TYPE_F32, 0, 32, 128};
     pd_matmul(pool, &w, NULL, 4, NULL, NULL, 64);
+    pd_pool_free(pool);
+}
+
+/* pd_matmul_multi gives each product's pd_matmul result bit for bit, and
+ * its epilogue covers every output row of every product exactly once, on
+ * the skinny path (one pool run) and the sgemm path, lockstep or not. */
+typedef struct {
+    int *hits; /* (product, or 0 in lockstep; 4096 output rows) calls per row */
+} epi_count_t;
+
+static void count_epi(void *ctx, int i, uint32_t o0, uint32_t o1)
+{
+    epi_count_t *c = ctx;
+    int k = i < 0 ? 0 : i;
+    for (uint32_t o = o0; o < o1; o++)
+        __atomic_fetch_add(&c->hits[(size_t)k * 4096 + o], 1, __ATOMIC_RELAXED);
+}
+
+static void test_matmul_multi(void **state)
+{
+    (void)state;
+    rng_t r = {0x77ull};
+    pd_pool_t *pool = pd_pool_new(3);
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_F32, PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    const uint32_t rows[] = {1, 5, 32, 70};
+    for (size_t t = 0; t < 3; t++)
+        for (size_t k = 0; k < 4; k++)
+            for (int lock = 0; lock < 2; lock++) {
+                const uint32_t n_in = 96, n_outs[3] = {100, lock ? 100 : 33, lock ? 100 : 17};
+                pd_mat_t w[3];
+                pd_mm_out_t outs[3];
+                float *ref[3];
+                uint8_t *wd[3];
+                float *x = make_f((size_t)n_in * rows[k], &r);
+                size_t sb = 0;
+                for (int i = 0; i < 3; i++) {
+                    wd[i] = make_w(types[t], n_outs[i], n_in, &r);
+                    w[i] = (pd_mat_t){wd[i], types[t], n_outs[i], n_in, row_bytes(types[t], n_in)};
+                    outs[i] = (pd_mm_out_t){&w[i], malloc(sizeof(float) * n_outs[i] * rows[k])};
+                    ref[i] = malloc(sizeof(float) * n_outs[i] * rows[k]);
+                    size_t b = pd_matmul_scratch_bytes(&w[i], rows[k]);
+                    sb = b > sb ? b : sb;
+                }
+                void *scratch = aligned_alloc(64, sb);
+                for (int i = 0; i < 3; i++)
+                    pd_matmul(pool, &w[i], x, rows[k], ref[i], scratch, PD_SKINNY_DEFAULT_MAX);
+                epi_count_t ec = {calloc(3 * 4096, sizeof(int))};
+                assert_non_null(ec.hits);
+                pd_matmul_multi(pool, outs, 3, lock, x, rows[k], scratch, PD_SKINNY_DEFAULT_MAX,
+                                count_epi, &ec);
+                for (int i = 0; i < 3; i++) {
+                    assert_memory_equal(outs[i].y, ref[i], sizeof(float) * n_outs[i] * rows[k]);
+                    for (uint32_t o = 0; o < n_outs[i]; o++)
+                        assert_int_equal(ec.hits[(size_t)(lock ? 0 : i) * 4096 + o], 1);
+                    free(outs[i].y);
+                    free(ref[i]);
+                    free(wd[i]);
+                }
+                free(ec.hits);
+                free(scratch);
+                free(x);
+            }
     pd_pool_free(pool);
 }
 
@@ -823,6 +925,7 @@ int main(void)
         cmocka_unit_test(test_skinny_subrange),
         cmocka_unit_test(test_skinny_batch_invariant),
         cmocka_unit_test(test_matmul_paths),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_scratch_bytes),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_softmax),

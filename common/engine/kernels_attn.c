@@ -1,0 +1,75 @@
+/* kernels_attn.c -- attention over the paged KV cache: the plain C
+ * reference, the scratch size and the dispatch (the AVX2 version is in
+ * kernels_attn_avx2.c). The contract is in kernels.h. */
+#include <math.h>
+
+#include "engine/kernels.h"
+
+size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s)
+{
+    /* scores are written 4 positions at a time: up to 3 past max_pos */
+    return ((size_t)s->max_pos + 4 + 7) / 8 * 8;
+}
+
+size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q)
+{
+    return (size_t)n_q * pd_kern_attn_row_floats(s);
+}
+
+bool pd_kern_attn_supported(const pd_attn_shape_t *s)
+{
+    return s->head_dim > 0 && s->head_dim <= PD_ATTN_MAX_HEAD_DIM && s->block_size > 0 &&
+           s->block_size <= PD_ATTN_MAX_BLOCK && s->max_pos > 0;
+}
+
+/* Per query, in double: the maximum score, then the sum of exponentials,
+ * then the weighted sum of V rows (three passes over K, none over memory
+ * of its own: no allocation, so it also serves machines without AVX2).
+ * Each query is computed alone, so it is batch-invariant too. */
+static double ref_score(const pd_attn_shape_t *s, const float *const *k_blk, const float *q,
+                        uint32_t p)
+{
+    const float *k = k_blk[p / s->block_size] + (size_t)(p % s->block_size) * s->row_stride;
+    double d = 0.0;
+    for (uint32_t j = 0; j < s->head_dim; j++)
+        d += (double)q[j] * (double)k[j];
+    return d * (double)s->scale;
+}
+
+void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
+                      const float *const *v_blk, uint32_t n_q, const float *const *q,
+                      const uint32_t *n_pos, float *const *out, float *scratch)
+{
+    const uint32_t hd = s->head_dim, bs = s->block_size;
+    double acc[PD_ATTN_MAX_HEAD_DIM];
+    (void)scratch;
+    for (uint32_t i = 0; i < n_q; i++) {
+        double max = -INFINITY, sum = 0.0;
+        for (uint32_t p = 0; p < n_pos[i]; p++) {
+            const double sc = ref_score(s, k_blk, q[i], p);
+            max = sc > max ? sc : max;
+        }
+        for (uint32_t p = 0; p < n_pos[i]; p++)
+            sum += exp(ref_score(s, k_blk, q[i], p) - max);
+        for (uint32_t j = 0; j < hd; j++)
+            acc[j] = 0.0;
+        for (uint32_t p = 0; p < n_pos[i]; p++) {
+            const double w = exp(ref_score(s, k_blk, q[i], p) - max) / sum;
+            const float *v = v_blk[p / bs] + (size_t)(p % bs) * s->row_stride;
+            for (uint32_t j = 0; j < hd; j++)
+                acc[j] += w * (double)v[j];
+        }
+        for (uint32_t j = 0; j < hd; j++)
+            out[i][j] = n_pos[i] ? (float)acc[j] : 0.0f;
+    }
+}
+
+void pd_kern_attn(const pd_attn_shape_t *s, const float *const *k_blk, const float *const *v_blk,
+                  uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
+                  float *scratch)
+{
+    if (pd_kern_has_avx2() && s->head_dim % 8 == 0)
+        pd_kern_attn_avx2(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);
+    else
+        pd_kern_attn_ref(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);
+}

@@ -1,0 +1,391 @@
+/* kernels_avx512.c -- AVX-512 (F, BW, VL, VNNI) versions of the skinny
+ * matmul; compiled with those flags, called only when pd_kern_has_avx512().
+ *
+ * Float weights (F32, F16, BF16): the loop nest of kernels_avx2.c's
+ * skinny_float (panels of PANEL weight rows, K-tiles, a micro-kernel of NO
+ * weight rows x NR activation rows) with 16-lane accumulators and the 32
+ * registers AVX-512 has: 4 x 6 accumulators for many rows (10 loads per 24
+ * FMAs), 8 x 2 for two, 8 x 1 for one. y[r][o] is the same sequence of
+ * operations whatever n_rows, o_begin/o_end and the blocking (16-lane
+ * sums over k in order, one fixed reduction tree, then the scalar tail),
+ * so results do not depend on batch composition on a given machine; they
+ * differ in the last bits from the AVX2 kernel's (8-lane sums), which is
+ * why the kernel choice is per machine, not per call (pd_kern_isa).
+ *
+ * Quantized weights (Q8_0, Q4_0): the AVX2 loop nest with the integer dot
+ * product of each 32-block done by VNNI (vpdpbusd on 256-bit vectors).
+ * The int32 lanes are exactly those of maddubs + madd, and the float part
+ * is unchanged, so results are bit-identical to the AVX2 kernel (and to
+ * ggml's AVX2 vec_dot, the referee's).
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define PANEL 12      /* weight rows per panel */
+#define KT_F 512      /* K-tile, elements: a panel's tile is 24 KB of fp32 */
+#define PF_HINT _MM_HINT_T0
+#define MAIN_NR 6     /* activation rows per float micro-kernel */
+#define MAX_NR 6
+#define MAX_NO 8
+
+#include "engine/kernels_pf.h"
+
+/* Loads 16 weights starting at element k of a float-type row, as fp32. */
+static ALWAYS_INLINE __m512 load_w16(const uint8_t *row, size_t k, int wt)
+{
+    if (wt == PD_GGML_TYPE_F32)
+        return _mm512_loadu_ps((const float *)(const void *)row + k);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * k));
+    if (wt == PD_GGML_TYPE_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static ALWAYS_INLINE float load_w1(const uint8_t *row, size_t k, int wt)
+{
+    if (wt == PD_GGML_TYPE_F32) {
+        float f;
+        memcpy(&f, row + 4 * k, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, row + 2 * k, 2);
+    if (wt == PD_GGML_TYPE_F16)
+        return _cvtsh_ss(h);
+    return pd_bf16_to_fp32(h);
+}
+
+/* Sum of 16 lanes, always the same tree: halves, then quarters, then
+ * movehl, then movehdup. */
+static ALWAYS_INLINE float hsum16(__m512 v)
+{
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* acc[o * acc_stride + r] += sum over k in [0, n) (n % 16 == 0) of
+ * W[o][k] * x[r][k] lane-wise, for o < NO, r < NR; `first` starts from 0. */
+static ALWAYS_INLINE void mk_float(const int NO, const int NR, const int wt, const uint8_t *w,
+                                   size_t w_stride, const float *x, size_t x_stride, size_t n,
+                                   __m512 *acc_io, size_t acc_stride, bool first)
+{
+    __m512 acc[MAX_NO][MAX_NR];
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++)
+            acc[o][r] = first ? _mm512_setzero_ps() : acc_io[o * acc_stride + r];
+    for (size_t k = 0; k < n; k += 16) {
+        __m512 wv[MAX_NO];
+#pragma GCC unroll 8
+        for (int o = 0; o < NO; o++) {
+            wv[o] = load_w16(w + o * w_stride, k, wt);
+            if (NR > 1)
+                __asm__("" : "+v"(wv[o])); /* keep it in a register (see kernels_avx2.c) */
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++) {
+            __m512 xv = _mm512_loadu_ps(x + r * x_stride + k);
+            if (NO > 1)
+                __asm__("" : "+v"(xv));
+#pragma GCC unroll 8
+            for (int o = 0; o < NO; o++)
+                acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 6
+        for (int r = 0; r < NR; r++)
+            acc_io[o * acc_stride + r] = acc[o][r];
+}
+
+typedef void (*mk_float_fn)(const uint8_t *w, size_t w_stride, const float *x, size_t x_stride,
+                            size_t n, __m512 *acc, size_t acc_stride, bool first);
+
+#define MKF(NO, NR, WT, SFX)                                                                   \
+    static void mkf_##NO##x##NR##_##SFX(const uint8_t *w, size_t w_stride, const float *x,   \
+                                        size_t x_stride, size_t n, __m512 *acc,               \
+                                        size_t acc_stride, bool first)                        \
+    {                                                                                          \
+        mk_float(NO, NR, WT, w, w_stride, x, x_stride, n, acc, acc_stride, first);             \
+    }
+#define MKF_NO(NO, WT, SFX)                                                                    \
+    MKF(NO, 1, WT, SFX) MKF(NO, 2, WT, SFX) MKF(NO, 3, WT, SFX) MKF(NO, 4, WT, SFX)             \
+    MKF(NO, 5, WT, SFX) MKF(NO, 6, WT, SFX)
+#define MKF_TYPE(WT, SFX) MKF_NO(1, WT, SFX) MKF_NO(4, WT, SFX) MKF(8, 1, WT, SFX) MKF(8, 2, WT, SFX)
+
+MKF_TYPE(PD_GGML_TYPE_F32, f32)
+MKF_TYPE(PD_GGML_TYPE_F16, f16)
+MKF_TYPE(PD_GGML_TYPE_BF16, bf16)
+
+#define ROW(NO, SFX)                                                                           \
+    {mkf_##NO##x1_##SFX, mkf_##NO##x2_##SFX, mkf_##NO##x3_##SFX, mkf_##NO##x4_##SFX,          \
+     mkf_##NO##x5_##SFX, mkf_##NO##x6_##SFX}
+#define TAB(SFX) {ROW(1, SFX), ROW(4, SFX), {mkf_8x1_##SFX, mkf_8x2_##SFX, 0, 0, 0, 0}}
+
+/* The micro-kernel for no (1, 4 or 8) weight rows by nr activation rows. */
+static mk_float_fn mkf_pick(int wt, int no, int nr)
+{
+    static const mk_float_fn tab[3][3][MAX_NR] = {TAB(f32), TAB(f16), TAB(bf16)};
+    const int ti = wt == PD_GGML_TYPE_F32 ? 0 : wt == PD_GGML_TYPE_F16 ? 1 : 2;
+    return tab[ti][no == 1 ? 0 : no == 4 ? 1 : 2][nr - 1];
+}
+
+/* Weight rows per micro-kernel: 8 for one or two activation rows (8 or 16
+ * FMA chains), 4 for more (4 x 6 = 24 accumulators); 1 for a tail. */
+static int pick_no(int nr, uint32_t left)
+{
+    const uint32_t want = nr <= 2 ? 8 : 4;
+    if (want <= left)
+        return (int)want;
+    return left >= 4 ? 4 : 1;
+}
+
+static void finish_float(int wt, const uint8_t *w, size_t row_bytes, uint32_t n_o,
+                         uint32_t n_in, size_t k_tail, const float *x, size_t x_stride,
+                         uint32_t n_rows, const __m512 *acc, float *y, size_t y_stride)
+{
+    for (uint32_t o = 0; o < n_o; o++) {
+        const uint8_t *row = w + o * row_bytes;
+        for (uint32_t r = 0; r < n_rows; r++) {
+            float s = k_tail > 0 ? hsum16(acc[o * n_rows + r]) : 0.0f;
+            const float *xr = x + r * x_stride;
+            for (size_t k = k_tail; k < n_in; k++)
+                s += load_w1(row, k, wt) * xr[k];
+            y[r * y_stride + o] = s;
+        }
+    }
+}
+
+static void skinny_float(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                         size_t x_stride, uint32_t n_rows, float *y, size_t y_stride)
+{
+    const int wt = (int)w->type;
+    const uint32_t n_in = w->n_in;
+    const size_t n16 = n_in & ~15u;
+    const size_t rb = w->row_bytes;
+    const size_t esz = wt == PD_GGML_TYPE_F32 ? 4 : 2;
+    const uint8_t *w0 = (const uint8_t *)w->data;
+    __m512 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 16-lane sums */
+    pf_t pf = {0};
+
+    const size_t n_rb = (n_rows + MAIN_NR - 1) / MAIN_NR;
+    for (uint32_t p0 = o_begin; p0 < o_end; p0 += PANEL) {
+        const uint32_t np = o_end - p0 < PANEL ? o_end - p0 : PANEL;
+        const uint8_t *wp = w0 + (size_t)p0 * rb;
+        for (size_t k0 = 0; k0 < n16; k0 += KT_F) {
+            const size_t n = n16 - k0 < KT_F ? n16 - k0 : KT_F;
+            const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, k0, KT_F, n16,
+                                               n_rb * np + 1);
+            const uint8_t *wk = wp + k0 * esz;
+            for (uint32_t r = 0; r < n_rows; r += MAIN_NR) {
+                const int nr = n_rows - r >= MAIN_NR ? MAIN_NR : (int)(n_rows - r);
+                for (uint32_t o = 0; o < np;) {
+                    const int no = pick_no(nr, np - o);
+                    pf_step(&pf, pf_per_call * (size_t)no);
+                    mkf_pick(wt, no, nr)(wk + o * rb, rb, x + r * x_stride + k0, x_stride, n,
+                                         acc + o * n_rows + r, n_rows, k0 == 0);
+                    o += (uint32_t)no;
+                }
+            }
+        }
+        pf_step(&pf, pf.left);
+        finish_float(wt, wp, rb, np, n_in, n16, x, x_stride, n_rows, acc, y + p0, y_stride);
+    }
+}
+
+/* ====== Quantized weights: VNNI ====== */
+
+#define Q8_0_BYTES 34
+#define Q4_0_BYTES 18
+#define QK 32
+#define KT_QB 32       /* K-tile, Q blocks, n_rows >= 3 */
+#define KT_QB_SMALL 16 /* K-tile, Q blocks, n_rows <= 2 */
+#define MAIN_NR_Q 3    /* activation rows per quantized micro-kernel */
+#define MAIN_NO_Q 4    /* weight rows per quantized micro-kernel (1 or 4) */
+
+static ALWAYS_INLINE float fp16_load(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* ggml's hsum_float_8 order (as kernels_avx2.c's hsum8_ggml). */
+static ALWAYS_INLINE float hsum8_ggml(__m256 a)
+{
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* As kernels_avx2.c's mk_quant, with vpdpbusd (unsigned x signed bytes,
+ * sums of 4 products into int32 lanes) in place of maddubs + madd; the
+ * int32 lanes are exactly the same sums of 4 products (w * x), so the
+ * float part, unchanged, gives the AVX2 kernel's bits.
+ *   Q8_0: |w| x sign(x, w), as ggml's VNNI path.
+ *   Q4_0: the nibbles n = w + 8 are already unsigned: n x x, started from
+ *         -8 * (sum of the 4 x), computed once per activation block and
+ *         shared by the NO weight rows; no sign or subtract per row. */
+static ALWAYS_INLINE void mk_quant(const int NO, const int NR, const int wt, const uint8_t *w,
+                                   size_t w_stride, const uint8_t *xq, size_t xq_stride,
+                                   size_t nb, __m256 *acc_io, size_t acc_stride, bool first)
+{
+    const bool q8 = wt == PD_GGML_TYPE_Q8_0;
+    const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), eights = _mm256_set1_epi8(8);
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            acc[o][r] = first ? _mm256_setzero_ps() : acc_io[o * acc_stride + r];
+    for (size_t b = 0; b < nb; b++) {
+        __m256i xv[4], x0[4];
+        __m256 dx[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *xb = xq + r * xq_stride + b * Q8_0_BYTES;
+            xv[r] = _mm256_loadu_si256((const __m256i *)(const void *)(xb + 2));
+            dx[r] = _mm256_set1_ps(fp16_load(xb));
+            if (!q8) /* -8 * (x0 + x1 + x2 + x3) per int32 lane */
+                x0[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), eights, xv[r]));
+        }
+#pragma GCC unroll 4
+        for (int o = 0; o < NO; o++) {
+            const uint8_t *wb = w + o * w_stride + b * bsz;
+            const __m256 dw = _mm256_set1_ps(fp16_load(wb));
+            __m256i wu; /* unsigned operand */
+            __m256i ws = _mm256_setzero_si256(); /* Q8_0: the signed weights */
+            if (q8) {
+                ws = _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2));
+                wu = _mm256_sign_epi8(ws, ws);
+            } else {
+                const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(wb + 2));
+                wu = _mm256_and_si256(
+                    _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1), m4);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const __m256i p32 = q8 ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu,
+                                                             _mm256_sign_epi8(xv[r], ws))
+                                       : _mm256_dpbusd_epi32(x0[r], wu, xv[r]);
+                /* dw * dx as one product, as the AVX2 kernel's scalar dw * dx[r] */
+                acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dw, dx[r]),
+                                            acc[o][r]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            acc_io[o * acc_stride + r] = acc[o][r];
+}
+
+typedef void (*mk_quant_fn)(const uint8_t *w, size_t w_stride, const uint8_t *xq,
+                            size_t xq_stride, size_t nb, __m256 *acc, size_t acc_stride,
+                            bool first);
+
+#define MKQ(NO, NR, WT, SFX)                                                                   \
+    static void mkq_##NO##x##NR##_##SFX(const uint8_t *w, size_t w_stride, const uint8_t *xq, \
+                                        size_t xq_stride, size_t nb, __m256 *acc,             \
+                                        size_t acc_stride, bool first)                        \
+    {                                                                                          \
+        mk_quant(NO, NR, WT, w, w_stride, xq, xq_stride, nb, acc, acc_stride, first);          \
+    }
+#define MKQ_TYPE(WT, SFX)                                                                      \
+    MKQ(1, 1, WT, SFX) MKQ(1, 2, WT, SFX) MKQ(1, 3, WT, SFX)                                     \
+    MKQ(4, 1, WT, SFX) MKQ(4, 2, WT, SFX) MKQ(4, 3, WT, SFX)
+
+MKQ_TYPE(PD_GGML_TYPE_Q8_0, q8)
+MKQ_TYPE(PD_GGML_TYPE_Q4_0, q4)
+
+static mk_quant_fn mkq_pick(int wt, int no, int nr)
+{
+    static const mk_quant_fn tab[2][2][3] = {
+        {{mkq_1x1_q8, mkq_1x2_q8, mkq_1x3_q8}, {mkq_4x1_q8, mkq_4x2_q8, mkq_4x3_q8}},
+        {{mkq_1x1_q4, mkq_1x2_q4, mkq_1x3_q4}, {mkq_4x1_q4, mkq_4x2_q4, mkq_4x3_q4}},
+    };
+    return tab[wt == PD_GGML_TYPE_Q8_0 ? 0 : 1][no == 4 ? 1 : 0][nr - 1];
+}
+
+static void skinny_quant(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                         uint32_t n_rows, float *y, size_t y_stride)
+{
+    const int wt = (int)w->type;
+    const size_t nb_all = w->n_in / QK;
+    const size_t bsz = wt == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    const size_t rb = w->row_bytes;
+    const size_t xq_stride = nb_all * Q8_0_BYTES;
+    const size_t kt = n_rows <= 2 ? KT_QB_SMALL : KT_QB;
+    const uint8_t *w0 = (const uint8_t *)w->data;
+    __m256 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 8-lane sums */
+    pf_t pf = {0};
+
+    const size_t n_rb = (n_rows + MAIN_NR_Q - 1) / MAIN_NR_Q;
+    for (uint32_t p0 = o_begin; p0 < o_end; p0 += PANEL) {
+        const uint32_t np = o_end - p0 < PANEL ? o_end - p0 : PANEL;
+        const uint8_t *wp = w0 + (size_t)p0 * rb;
+        for (size_t b0 = 0; b0 < nb_all; b0 += kt) {
+            const size_t nb = nb_all - b0 < kt ? nb_all - b0 : kt;
+            const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, kt, nb_all,
+                                               n_rb * np + 1);
+            for (uint32_t r = 0; r < n_rows; r += MAIN_NR_Q) {
+                const int nr = n_rows - r >= MAIN_NR_Q ? MAIN_NR_Q : (int)(n_rows - r);
+                for (uint32_t o = 0; o < np;) {
+                    const int no = np - o >= MAIN_NO_Q ? MAIN_NO_Q : 1;
+                    pf_step(&pf, pf_per_call * (size_t)no);
+                    mkq_pick(wt, no, nr)(wp + o * rb + b0 * bsz, rb,
+                                         (const uint8_t *)xq + r * xq_stride + b0 * Q8_0_BYTES,
+                                         xq_stride, nb, acc + o * n_rows + r, n_rows, b0 == 0);
+                    o += (uint32_t)no;
+                }
+            }
+        }
+        pf_step(&pf, pf.left);
+        for (uint32_t o = 0; o < np; o++)
+            for (uint32_t r = 0; r < n_rows; r++)
+                y[r * y_stride + p0 + o] = nb_all ? hsum8_ggml(acc[o * n_rows + r]) : 0.0f;
+    }
+}
+
+static void skinny_quant_rows(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                              uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows */
+        const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
+        skinny_quant(w, o_begin, o_end, xq, nr, y, y_stride);
+        xq = (const uint8_t *)xq + (size_t)nr * (w->n_in / QK) * Q8_0_BYTES;
+        y += (size_t)nr * y_stride;
+        n_rows -= nr;
+    }
+}
+
+void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                           uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
+                           uint32_t y_stride)
+{
+    if (o_begin >= o_end || n_rows == 0)
+        return;
+    if (w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0) {
+        skinny_quant_rows(w, o_begin, o_end, xq, n_rows, y, y_stride);
+        return;
+    }
+    while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows */
+        const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
+        skinny_float(w, o_begin, o_end, x, x_stride, nr, y, y_stride);
+        x += (size_t)nr * x_stride;
+        y += (size_t)nr * y_stride;
+        n_rows -= nr;
+    }
+}
