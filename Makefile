@@ -140,8 +140,8 @@ $(BUILD)/bin/pd-decode: $(call obj_of,$(wildcard decode_worker/*.c)) $(WORKER_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-# The router's prefix-cache index is pure data: its test links it alone.
-$(BUILD)/tests/test_kvindex: $(BUILD)/obj/tests/unit/test_kvindex.o $(call obj_of,router/kvindex.c) $(RUNTIME_LIB)
+# The router's prefix-cache index is pure data: its tests link it alone.
+$(BUILD)/tests/test_kvindex $(BUILD)/tests/test_kvevents: $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj_of,router/kvindex.c) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 

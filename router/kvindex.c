@@ -241,6 +241,16 @@ rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
     return r;
 }
 
+rt_kvi_result_t rt_kvi_check_seq(rt_kvi_t *x, int w, uint64_t last_seq)
+{
+    if (!valid(x, w) || !x->w[w].tracked || !x->w[w].synced)
+        return RT_KVI_WAITING;
+    if (last_seq + 1 == x->w[w].next_seq)
+        return RT_KVI_APPLIED;
+    x->w[w].synced = false;
+    return RT_KVI_GAP;
+}
+
 /* ====== Queries ====== */
 
 void rt_kvi_match(const rt_kvi_t *x, const uint64_t *chain, uint32_t n_chain, uint32_t *out)

@@ -57,6 +57,13 @@ rt_kvi_result_t rt_kvi_event(rt_kvi_t *x, int w, uint64_t hash, bool removed);
 rt_kvi_result_t rt_kvi_apply(rt_kvi_t *x, int w, uint64_t seq, bool snapshot,
                              const uint64_t *hash, const bool *removed, size_t n);
 
+/* Worker w says (Heartbeat.kv_events_seq) that the last KvEvents it sent
+ * is last_seq. Messages arrive in order on its link, so when the index is
+ * in sync and has applied less, a message was lost at the end of the
+ * stream, where no later seq would reveal it: RT_KVI_GAP (ask for a
+ * snapshot). Else RT_KVI_APPLIED (nothing to do) or RT_KVI_WAITING. */
+rt_kvi_result_t rt_kvi_check_seq(rt_kvi_t *x, int w, uint64_t last_seq);
+
 /* For a prompt's chain (hashes of its full blocks, in order): out[w] = the
  * number of leading blocks worker slot w holds, for every slot (out has
  * RT_KVI_MAX_WORKERS entries; slots not tracked get 0). */
