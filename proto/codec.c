@@ -217,6 +217,8 @@ void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__Worker
     pd__heartbeat__init(m);
     m->has_queued_prefill_tokens = m->has_running_seqs = m->has_free_blocks = true;
     m->has_total_blocks = m->has_draining = m->has_waiting_seqs = true;
+    m->has_kv_events_seq = l->kv_events_seq != 0;
+    m->kv_events_seq = l->kv_events_seq;
     m->queued_prefill_tokens = l->queued_prefill_tokens;
     m->running_seqs = l->running_seqs;
     m->waiting_seqs = l->waiting_seqs;
@@ -239,6 +241,7 @@ int pd_codec_load_from_pb(const Pd__Heartbeat *m, pd_worker_load_t *out, pd_err_
     out->free_blocks = m->free_blocks;
     out->total_blocks = m->total_blocks;
     out->draining = m->has_draining && m->draining;
+    out->kv_events_seq = m->kv_events_seq;
     pd_codec_counters_from_pb(m->counters, &out->counters);
     return 0;
 }

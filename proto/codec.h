@@ -111,6 +111,7 @@ typedef struct {
     uint32_t free_blocks;
     uint32_t total_blocks;
     bool draining;
+    uint64_t kv_events_seq;       /* last KvEvents seq sent (0: none) */
     pd_worker_counters_t counters;
 } pd_worker_load_t;
 

@@ -236,6 +236,7 @@ static void test_load_round_trip(void **state)
     in.free_blocks = 100;
     in.total_blocks = 512;
     in.draining = true;
+    in.kv_events_seq = 0x1234567890ull;
     /* Every counter distinct, so a swapped pair shows. */
     uint64_t *c = &in.counters.steps;
     for (size_t i = 0; i < offsetof(pd_worker_counters_t, prefill_pass_tokens) / sizeof *c; i++)
