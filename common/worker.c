@@ -521,7 +521,9 @@ static int run(wk_t *w)
         if (*w->stop && !w->draining) {
             w->draining = true;
             w->drain_deadline_ms = pd_net_now_ms() + w->cfg.worker.drain_timeout_ms;
-            PD_INFO("event=draining deadline_ms=%u", w->cfg.worker.drain_timeout_ms);
+            /* What it holds now is what the drain must finish (tests check it). */
+            PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
+                    w->cfg.worker.drain_timeout_ms, w->n_tasks, w->n_seqs);
             if (w->registered)
                 send_heartbeat(w);
         }

@@ -369,6 +369,10 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         rt_worker_t *w = &rt->workers[i];
         if (!w->used)
             continue;
+        /* Requests on it in either role: what its loss would re-dispatch. */
+        uint32_t held = 0;
+        for (uint32_t k = 0; k < rt->n_slots; k++)
+            held += rt_req_held_by(rt, &rt->reqs[k], i);
         Pd__WorkerStatus *s = &ws[n];
         pd__worker_status__init(s);
         Pd__WorkerCounters *c = &wc[n];
@@ -384,7 +388,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         s->running_seqs = w->hb_running;
         s->free_blocks = w->hb_free_blocks;
         s->total_blocks = w->total_blocks;
-        s->assigned = w->n_decoding;
+        s->assigned = held;
         s->last_seen_ms = now - w->last_seen_ms;
         c->has_steps = c->has_multi_seq_steps = c->has_joins_while_running = true;
         c->has_retirements = c->has_preemptions = c->has_prefill_batches = true;

@@ -253,6 +253,9 @@ void rt_dispatch(rt_t *rt); /* queued requests to workers while there is room */
 /* Back to the head of the queue for a re-prefill at a new epoch. */
 void rt_requeue(rt_t *rt, rt_req_t *r, const char *why);
 void rt_worker_drop(rt_t *rt, int wi, const char *why); /* re-dispatches its requests */
+/* Whether worker wi holds request r: what rt_worker_drop would re-dispatch
+ * (status reports the count per worker as `assigned`). */
+bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi);
 /* Moves w to state `to` (see rt_wstate_t); false (and nothing changes) for a
  * transition that does not exist: a LEAVING worker never comes back. */
 bool rt_worker_set_state(rt_worker_t *w, rt_wstate_t to, const char *why);

@@ -207,21 +207,27 @@ void rt_requeue(rt_t *rt, rt_req_t *r, const char *why)
 
 /* ====== Workers: registry ====== */
 
+bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi)
+{
+    const rt_worker_t *w = &rt->workers[wi];
+    if (r->state != RQ_PREFILL && r->state != RQ_DECODE)
+        return false;
+    /* A prefill worker still owns a request until its KV has reached
+     * the decode worker: until the decode worker's first token. */
+    bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
+                (r->state == RQ_PREFILL ||
+                 (r->d_worker != wi && r->n_gen == r->gen_at_dispatch + 1));
+    bool on_d = r->d_worker == wi && r->d_gen == w->gen;
+    return on_p || on_d;
+}
+
 void rt_worker_drop(rt_t *rt, int wi, const char *why)
 {
     rt_worker_t *w = &rt->workers[wi];
     PD_WARN("event=worker_removed worker=%s why=\"%s\"", w->id, why);
     for (uint32_t i = 0; i < rt->n_slots; i++) {
         rt_req_t *r = &rt->reqs[i];
-        if (r->state != RQ_PREFILL && r->state != RQ_DECODE)
-            continue;
-        /* A prefill worker still owns a request until its KV has reached
-         * the decode worker: until the decode worker's first token. */
-        bool on_p = r->p_worker == wi && r->p_gen == w->gen &&
-                    (r->state == RQ_PREFILL ||
-                     (r->d_worker != wi && r->n_gen == r->gen_at_dispatch + 1));
-        bool on_d = r->d_worker == wi && r->d_gen == w->gen;
-        if (on_p || on_d)
+        if (rt_req_held_by(rt, r, wi))
             rt_requeue(rt, r, why);
     }
     uint32_t gen = w->gen + 1;

@@ -4,7 +4,7 @@
 set -e
 PKGS="build-essential pkg-config libzmq3-dev libsodium-dev libprotobuf-c-dev protobuf-c-compiler \
 libopenblas-dev libyaml-dev libjemalloc-dev libmicrohttpd-dev libjansson-dev libpcre2-dev \
-libxxhash-dev libcmocka-dev clang libclang-rt-14-dev gnuplot-nox nodejs npm cppcheck tcpdump"
+libxxhash-dev libcmocka-dev clang libclang-rt-14-dev gnuplot-nox nodejs npm cppcheck tcpdump curl"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

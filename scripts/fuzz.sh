@@ -63,7 +63,10 @@ newest_header=$(ls -t common/*.h common/*/*.h proto/*.h router/*.h "$OUT"/gen/pr
 compile_one() {
     local src=$1 objdir=${2:-$OUT/obj} obj extra=""
     obj=$objdir/$(echo "$src" | tr '/' '_' | sed 's/\.c$/.o/')
-    case "$src" in *_avx2.c) extra="-mavx2 -mfma -mf16c" ;; esac
+    case "$src" in
+    *_avx2.c) extra="-mavx2 -mfma -mf16c" ;;
+    *_avx512.c) extra="-mavx2 -mfma -mf16c -mavx512f -mavx512dq -mavx512bw -mavx512vl -mavx512vnni" ;;
+    esac
     # Up to date: an object (or a recorded failure) newer than its inputs.
     for done_file in "$obj" "$obj.failed"; do
         if [ -e "$done_file" ] && [ ! "$src" -nt "$done_file" ] &&

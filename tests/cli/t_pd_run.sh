@@ -9,7 +9,9 @@ MODELS=${MODELS:-build/models}
 M=$MODELS/tiny-llama-spm-f32.gguf
 T=$(mktemp -d /tmp/pdcli.XXXXXX)
 trap 'rm -rf "$T"' EXIT
-n=0
+n=0 bad=0
+# The plan: one result per expect_fail line below, and the happy path.
+echo "1..$(($(grep -c '^expect_fail ' "$0") + 1))"
 
 # expect_fail NAME PATTERN CMD... : non-zero exit, stderr matches PATTERN, no sanitizer report
 expect_fail() {
@@ -18,16 +20,16 @@ expect_fail() {
     "$@" >"$T/out" 2>"$T/err"
     local rc=$?
     if [ $rc -eq 0 ]; then
-        echo "not ok - $name: exit 0"; return
+        bad=$((bad + 1)); echo "not ok - $name: exit 0"; return
     fi
     if grep -qE "Sanitizer|runtime error:" "$T/err"; then
-        echo "not ok - $name: sanitizer report"; sed 's/^/# /' "$T/err" | head -20; return
+        bad=$((bad + 1)); echo "not ok - $name: sanitizer report"; sed 's/^/# /' "$T/err" | head -20; return
     fi
     if [ $rc -gt 128 ]; then
-        echo "not ok - $name: killed by signal $((rc - 128))"; return
+        bad=$((bad + 1)); echo "not ok - $name: killed by signal $((rc - 128))"; return
     fi
     if ! grep -qE -- "$pat" "$T/err"; then
-        echo "not ok - $name: stderr does not match /$pat/"; sed 's/^/# /' "$T/err" | head -5; return
+        bad=$((bad + 1)); echo "not ok - $name: stderr does not match /$pat/"; sed 's/^/# /' "$T/err" | head -5; return
     fi
     echo "ok - $name (exit $rc: $(head -c 160 "$T/err" | tr '\n' ' '))"
 }
@@ -67,5 +69,6 @@ n=$((n + 1))
 if out=$("$BIN/pd-run" -m "$M" -p "Hello" -n 8 --ignore-eos 2>"$T/err") && [ -n "$out" ]; then
     echo "ok - valid model and prompt generate text"
 else
-    echo "not ok - valid model and prompt generate text"; sed 's/^/# /' "$T/err" | head
+    bad=$((bad + 1)); echo "not ok - valid model and prompt generate text"; sed 's/^/# /' "$T/err" | head
 fi
+[ "$bad" = 0 ]

@@ -1,4 +1,5 @@
 // check_bench.mjs RESULT.json REQUESTS.jsonl N NAME [--exact-output]
+// (the run is made with --goodput ttft:MS; 25 results, 26 with --exact-output)
 // Checks one pd-bench run: the summary JSON (last line of RESULT.json) against
 // the per-request records (--save-requests) and the metric definitions
 // (vLLM's benchmark_serving.py). Prints TAP lines "ok - NAME: ..." / "not ok - ...".
@@ -77,10 +78,13 @@ check("p99_tpot_ms matches the records", close(r.p99_tpot_ms, pct(tpots, 99), 1e
 check("median_itl_ms matches the records", close(r.median_itl_ms, pct(itls, 50), 1e-5));
 const sd = Math.sqrt(mean(e2els.map((x) => (x - mean(e2els)) ** 2)));
 check("std_e2el_ms is the population std of the records", close(r.std_e2el_ms, sd, 1e-5));
-if (r.goodput && r.goodput.ttft !== undefined) {
-    const good = ok.filter((q) => q.ttft_ms <= r.goodput.ttft &&
-        (r.goodput.tpot === undefined || (q.output_len > 1 ? q.tpot_ms : 0) <= r.goodput.tpot) &&
-        (r.goodput.e2el === undefined || q.e2el_ms <= r.goodput.e2el)).length;
-    check("request_goodput = requests meeting every SLO / duration", close(r.request_goodput, good / r.duration));
-}
+// The run must have been made with --goodput ttft:... (both callers do): a
+// result without it fails here rather than leaving the check out.
+const g = r.goodput || {};
+const good = ok.filter((q) => q.ttft_ms <= g.ttft &&
+    (g.tpot === undefined || (q.output_len > 1 ? q.tpot_ms : 0) <= g.tpot) &&
+    (g.e2el === undefined || q.e2el_ms <= g.e2el)).length;
+check("request_goodput = requests meeting every SLO / duration",
+      g.ttft !== undefined && close(r.request_goodput, good / r.duration),
+      g.ttft === undefined ? "no goodput.ttft in the result (run pd-bench with --goodput ttft:MS)" : "");
 process.exit(failed ? 1 : 0);

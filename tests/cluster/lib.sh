@@ -6,7 +6,10 @@
 #   start_worker prefill|decode|both ID [--set k=v ...]
 #   wait_workers N                      until N workers are registered (10 s)
 #   cli ARGS...                         pd-cli against this cluster
-#   ok NAME / not_ok NAME [why] / check NAME CMD...
+#   plan N                              "1..N": the number of results to come
+#   ok NAME / not_ok NAME [why] / check NAME CMD... / skip NAME WHY
+#   checker NAME CMD...                 a program's own TAP lines, crash = not ok
+#   skip_all WHY                        nothing (more) runs: the rest are skips
 #
 # Env: BUILD (default build), PD_BIN (default $BUILD/bin), MODELS
 # (default $BUILD/models), MODEL (default $MODELS/tiny-llama-spm-f32.gguf).
@@ -35,7 +38,7 @@ case "$(ldd "$PD_BIN/pd-router" 2>/dev/null)" in
 esac
 
 cleanup() {
-    local p
+    local rc=$? p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
     for _ in $(seq 1 50); do
         local alive=0
@@ -54,6 +57,10 @@ cleanup() {
         done
     fi
     [ -n "${KEEP:-}" ] && echo "# logs kept in $T" || rm -rf "$T"
+    # The exit status is the verdict: a crash keeps its own, else any
+    # "not ok" (FAILED) makes it 1.
+    [ "$rc" != 0 ] && exit "$rc"
+    exit "$FAILED"
 }
 # Every process a test starts writes its stderr to $T/*.stderr or *.err;
 # under `make asan` / `make tsan` that is where a sanitizer report lands
@@ -75,9 +82,23 @@ sanitizer_scan() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ok() { echo "ok - $1"; }
+# ====== TAP: a plan, results, skips (tests/run.sh counts them) ======
+# plan N: prints "1..N" once the test knows it can run (after require_*);
+# the runner fails a script that prints more or fewer results than that,
+# whatever its exit status, so an early exit cannot pass.
+PLANNED=""
+N_RESULTS=0
+plan() {
+    PLANNED=$1
+    echo "1..$1"
+}
+ok() {
+    N_RESULTS=$((N_RESULTS + 1))
+    echo "ok - $1"
+}
 not_ok() {
     FAILED=1
+    N_RESULTS=$((N_RESULTS + 1))
     echo "not ok - $1${2:+ # $2}"
 }
 check() { # NAME CMD...
@@ -85,10 +106,42 @@ check() { # NAME CMD...
     shift
     if "$@"; then ok "$name"; else not_ok "$name"; fi
 }
-
+# skip NAME WHY: a check that did not run. Counted as a skip, never a pass
+# (and under `make test` a skip fails the run: see tests/run.sh).
+skip() {
+    N_RESULTS=$((N_RESULTS + 1))
+    echo "ok - $1 # SKIP $2"
+}
+# skip_all WHY: nothing more runs. Before the plan: "1..0 # SKIP WHY"; after
+# it, every planned result not yet printed is printed as a skip.
 skip_all() {
-    echo "ok - SKIP $1"
+    if [ -z "$PLANNED" ]; then
+        echo "1..0 # SKIP $1"
+    else
+        while [ "$N_RESULTS" -lt "$PLANNED" ]; do skip "not run" "$1"; done
+    fi
     exit 0
+}
+# checker NAME CMD...: runs a program that prints TAP result lines (a node
+# checker) and passes them on. Its lines count towards the plan; a checker
+# that exits non-zero without a "not ok" line (it crashed, or could not
+# read its input) adds one, so its lines are never dropped silently.
+checker() {
+    local name=$1 out rc line
+    shift
+    out=$("$@" 2>"$T/checker.err")
+    rc=$?
+    [ -n "$out" ] && while IFS= read -r line; do
+        case $line in
+        "not ok"*) FAILED=1; N_RESULTS=$((N_RESULTS + 1)) ;;
+        "ok"*) N_RESULTS=$((N_RESULTS + 1)) ;;
+        esac
+        printf '%s\n' "$line"
+    done <<<"$out"
+    if [ $rc != 0 ] && ! grep -q '^not ok' <<<"$out"; then
+        not_ok "$name: the checker exited $rc" "$(tail -c 300 "$T/checker.err" | tr '\n' ' ')"
+    fi
+    return 0
 }
 
 require_model() {
@@ -154,6 +207,22 @@ ref_tokens() {
     "$PD_BIN/pd-run" -m "$MODEL" --threads 1 --tokens "$@" >"$out" 2>"$out.err"
 }
 
+# check_served NAME PROMPT [pd-cli flags]: one request through the cluster
+# answers exactly pd-run's text (exit 0, same text, not empty): an error
+# message printed by pd-cli is not an answer.
+check_served() {
+    local name=$1 prompt=$2 want got rc
+    shift 2
+    want=$("$PD_BIN/pd-run" -m "$MODEL" --threads 1 -p "$prompt" "$@" 2>/dev/null)
+    got=$(timeout 30 "$PD_BIN/pd-cli" --router "$ROUTER" generate "$prompt" "$@" 2>"$T/served.err")
+    rc=$?
+    if [ $rc = 0 ] && [ -n "$want" ] && [ "$got" = "$want" ]; then
+        ok "$name"
+    else
+        not_ok "$name" "exit $rc, got '$(printf %s "${got:0:60}" | tr '\n' ' ')' want '$(printf %s "${want:0:60}" | tr '\n' ' ')': $(head -c 200 "$T/served.err" | tr '\n' ' ')"
+    fi
+}
+
 # ====== A deterministic workload ======
 # workload N: fills PROMPTS[i] (1..~240 words, ~2 tokens each) and ARGS[i]
 # (max_tokens 1..200; even i greedy, odd i seeded top-p sampling; half with
@@ -199,6 +268,35 @@ send_all() {
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
+}
+
+# check_streams DIR N LABEL: check_streams.mjs's two results (whole streams,
+# token-identical to pd-run) for the workload's outputs in DIR.
+check_streams() {
+    checker "$3" node tests/cluster/check_streams.mjs "$1" "$2" "$3"
+}
+
+# requeued_from ID [LOG]: how many requests the router re-dispatched when it
+# removed worker ID (rt_worker_drop logs "event=worker_removed worker=ID
+# why=W", then one "event=requeue ... why=W" per request the worker held,
+# each maybe followed by the failed send of its cancel to the dead worker).
+# Every removal of ID in LOG (default $T/router.log) counts.
+requeued_from() {
+    awk -v id="$1" '
+        / event=worker_removed / {
+            on = index($0, " worker=" id " ") > 0
+            if (on) { why = $0; sub(/.* why=/, "", why) }
+            next }
+        on && / event=requeue / { w = $0; sub(/.* why=/, "", w); if (w == why) { n++; next } }
+        on && index($0, " event=send_failed worker=" id " ") > 0 { next }
+        { on = 0 }
+        END { print n + 0 }' "${2:-$T/router.log}"
+}
+
+# preempted_streams DIR: how many of DIR/out_*.jsonl (pd-cli --json) ended
+# with timings.preemptions > 0: the router re-dispatched them at least once.
+preempted_streams() {
+    cat "$1"/out_*.jsonl 2>/dev/null | grep -c '"preemptions":[1-9]'
 }
 
 # JSON field of pd-cli status --json: status_field 'expr' (a JS expression on s)

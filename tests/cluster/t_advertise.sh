@@ -7,6 +7,7 @@
 # A bad advertise value stops the worker at start with the key named.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 8
 start_router
 start_worker prefill p1
 start_worker decode d1 --set decode.kv_endpoint=tcp://0.0.0.0:0
@@ -25,8 +26,7 @@ N=8
 workload $N
 refs $N "$T"
 send_all $N "$T"
-node tests/cluster/check_streams.mjs "$T" $N "KV shipped to advertised addresses" | tee "$T/check.txt"
-grep -q '^not ok' "$T/check.txt" && FAILED=1
+check_streams "$T" $N "KV shipped to advertised addresses"
 check "both decode workers received KV" \
     wait_status 's.workers.filter(w => w.role == "decode" && w.counters.kv_recv_bytes > 0).length == 2'
 

@@ -5,9 +5,10 @@
 # option failing with a clear message and its exit code.
 . "$(dirname "$0")/lib.sh"
 require_model
-for b in pd-bench pd-tokenize; do
+for b in pd-bench pd-tokenize pd-plan; do
     [ -x "$PD_BIN/$b" ] || skip_all "$PD_BIN/$b missing (make all)"
 done
+plan 56
 BENCH=$PD_BIN/pd-bench
 
 # expect_fail NAME CODE PATTERN ARGS...: pd-bench ARGS exits CODE and says PATTERN.
@@ -60,9 +61,8 @@ t0=$SECONDS
 rc=$?
 check "pd-bench 30 requests: exit 0 (took $((SECONDS - t0)) s)" test $rc = 0
 check "pd-bench prints the summary table" grep -q "^Successful requests: *$N" "$T/bench.out"
-node tests/cluster/check_bench.mjs "$T/r.json" "$T/req.jsonl" $N "30 random requests" --exact-output \
-    | tee "$T/check.txt"
-grep -q '^not ok' "$T/check.txt" && FAILED=1
+checker "check_bench" node tests/cluster/check_bench.mjs "$T/r.json" "$T/req.jsonl" $N "30 random requests" \
+    --exact-output
 check "--plot writes the latency CDF and throughput PNGs" \
     test -s "$T/plot_latency_cdf.png" -a -s "$T/plot_throughput.png"
 
@@ -131,11 +131,9 @@ check "--profile: interference factors measured on the 1P+1D cluster (decode ste
     console.log(`# interference ${JSON.stringify(i)}`);
     const r = (x) => typeof x === "number" && x >= 0.5 && x <= 10;
     process.exit(r(i.decode) && r(i.prefill) && i.decode_batch === 4 && i.prefill_tokens === 64 ? 0 : 1);' "$T/prof.json"
-if [ -x "$PD_BIN/pd-plan" ]; then
-    "$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 5 --input-len 32 --output-len 16 \
-        --ttft-slo 1000 --tpot-slo 100 --max-workers 3 >"$T/plan.out" 2>&1
-    check "pd-plan accepts the measured profile" test $? = 0
-fi
+"$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 5 --input-len 32 --output-len 16 \
+    --ttft-slo 1000 --tpot-slo 100 --max-workers 3 >"$T/plan.out" 2>&1
+check "pd-plan accepts the measured profile" test $? = 0
 expect_fail "bad option: --profile without a tokenizer refused" 2 "--profile needs" \
     --router "$ROUTER" --profile "$T/x.json"
 

@@ -8,6 +8,7 @@
 require_model
 [ -x "$PD_BIN/pd-bench" ] || skip_all "$PD_BIN/pd-bench missing (make all)"
 command -v node >/dev/null || skip_all "node missing"
+plan 63
 BENCH=$PD_BIN/pd-bench
 
 # expect_fail NAME CODE PATTERN ARGS...: pd-bench ARGS exits CODE and says PATTERN.
@@ -112,35 +113,31 @@ rc=$?
 check "pd-bench --target http://HOST:PORT runs (exit 0)" test $rc = 0
 [ $rc = 0 ] || sed 's/^/# /' "$T/bench.err" | head -20
 check "the summary table is printed" grep -q "Serving Benchmark Result" "$T/bench.out"
-if [ -s "$T/r.json" ] && [ -s "$T/req.jsonl" ]; then
-    node tests/cluster/check_bench.mjs "$T/r.json" "$T/req.jsonl" $N http --exact-output || FAILED=1
-    node -e '
-        const fs = require("fs");
-        const r = JSON.parse(fs.readFileSync(process.argv[1], "utf8").trim().split("\n").pop());
-        const q = fs.readFileSync(process.argv[2], "utf8").trim().split("\n").map(JSON.parse);
-        const N = Number(process.argv[3]);
-        let bad = 0;
-        const check = (what, c, why = "") => {
-            console.log(`${c ? "ok" : "not ok"} - http: ${what}${c || !why ? "" : " # " + why}`);
-            if (!c) bad++;
-        };
-        check("completed = 20, failed = 0", r.completed === N && r.failed === 0, `${r.completed} ${r.failed}`);
-        check("total_output_tokens = 20 * 16", r.total_output_tokens === N * 16, String(r.total_output_tokens));
-        check("total_input_tokens = 20 * 32 (+ BOS)", r.total_input_tokens >= N * 32 && r.total_input_tokens <= N * 33,
-              String(r.total_input_tokens));
-        check("backend is openai, base_url the target", r.backend === "openai" && r.base_url === process.argv[4]);
-        check("every record: usage.completion_tokens = output_len = 16",
-              q.every((x) => x.router.completion_tokens === 16 && x.output_len === 16));
-        check("every record: finish is length", q.every((x) => x.finish === "length"));
-        check("every record: TTFT <= E2E", q.every((x) => x.ttft_ms <= x.e2el_ms));
-        for (const m of ["ttft", "tpot", "itl", "e2el"])
-            check(`${m}: mean and p50 <= p99, all > 0`,
-                  r[`p50_${m}_ms`] <= r[`p99_${m}_ms`] && r[`mean_${m}_ms`] > 0 && r[`p50_${m}_ms`] > 0);
-        check("mean TTFT <= mean E2E", r.mean_ttft_ms <= r.mean_e2el_ms);
-        process.exit(bad ? 1 : 0);' "$T/r.json" "$T/req.jsonl" $N "http://$HTTP" || FAILED=1
-else
-    not_ok "--json and --save-requests files written"
-fi
+checker "check_bench" node tests/cluster/check_bench.mjs "$T/r.json" "$T/req.jsonl" $N http --exact-output
+checker "http run" node -e '
+    const fs = require("fs");
+    const r = JSON.parse(fs.readFileSync(process.argv[1], "utf8").trim().split("\n").pop());
+    const q = fs.readFileSync(process.argv[2], "utf8").trim().split("\n").map(JSON.parse);
+    const N = Number(process.argv[3]);
+    let bad = 0;
+    const check = (what, c, why = "") => {
+        console.log(`${c ? "ok" : "not ok"} - http: ${what}${c || !why ? "" : " # " + why}`);
+        if (!c) bad++;
+    };
+    check("completed = 20, failed = 0", r.completed === N && r.failed === 0, `${r.completed} ${r.failed}`);
+    check("total_output_tokens = 20 * 16", r.total_output_tokens === N * 16, String(r.total_output_tokens));
+    check("total_input_tokens = 20 * 32 (+ BOS)", r.total_input_tokens >= N * 32 && r.total_input_tokens <= N * 33,
+          String(r.total_input_tokens));
+    check("backend is openai, base_url the target", r.backend === "openai" && r.base_url === process.argv[4]);
+    check("every record: usage.completion_tokens = output_len = 16",
+          q.every((x) => x.router.completion_tokens === 16 && x.output_len === 16));
+    check("every record: finish is length", q.every((x) => x.finish === "length"));
+    check("every record: TTFT <= E2E", q.every((x) => x.ttft_ms <= x.e2el_ms));
+    for (const m of ["ttft", "tpot", "itl", "e2el"])
+        check(`${m}: mean and p50 <= p99, all > 0`,
+              r[`p50_${m}_ms`] <= r[`p99_${m}_ms`] && r[`mean_${m}_ms`] > 0 && r[`p50_${m}_ms`] > 0);
+    check("mean TTFT <= mean E2E", r.mean_ttft_ms <= r.mean_e2el_ms);
+    process.exit(bad ? 1 : 0);' "$T/r.json" "$T/req.jsonl" $N "http://$HTTP"
 
 # Text prompts (the file dataset, no tokenizer) through the same path.
 printf 'Once upon a time\nThe river\nA small cat\n' >"$T/prompts.txt"

@@ -5,6 +5,7 @@
 # the router forgets it.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 5
 start_router
 start_worker prefill p1
 start_worker decode d1

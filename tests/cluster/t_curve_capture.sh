@@ -11,6 +11,7 @@
 # no CAP_NET_RAW); scripts/deps.sh installs it.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 10
 command -v tcpdump >/dev/null 2>&1 || skip_all "tcpdump not installed (scripts/deps.sh)"
 probe=$(timeout 5 tcpdump -i lo -c 1 -w /dev/null 'tcp port 9' 2>&1 >/dev/null)
 echo "$probe" | grep -q 'listening on lo' ||

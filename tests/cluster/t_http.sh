@@ -5,6 +5,7 @@
 # /health before and after the workers join.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 41
 command -v curl >/dev/null || skip_all "curl missing"
 [ -f tests/http/node_modules/.pd-installed ] || scripts/http-deps.sh >/dev/null 2>&1 ||
     skip_all "tests/http npm dependencies missing (scripts/http-deps.sh)"
@@ -47,14 +48,8 @@ st=$(status "$T/h1" "http://$HTTP/health")
 check "GET /health is 200 once a prefill and a decode worker are registered" test "$st" = 200
 
 # ---- the openai client ----
-HTTP=$HTTP API_KEY=$KEY ROUTER=$ROUTER PD_BIN=$PD_BIN timeout 300 node tests/cluster/http_openai.mjs \
-    >"$T/openai.tap" 2>"$T/openai.err"
-rc=$?
-cat "$T/openai.tap"
-if [ $rc != 0 ]; then
-    FAILED=1
-    grep -q '^not ok' "$T/openai.tap" || not_ok "http_openai.mjs runs" "$(head -c 300 "$T/openai.err")"
-fi
+HTTP=$HTTP API_KEY=$KEY ROUTER=$ROUTER PD_BIN=$PD_BIN checker "http_openai.mjs" \
+    timeout 300 node tests/cluster/http_openai.mjs
 
 # ---- curl: every error status ----
 st=$(status "$T/e400" "${AUTH[@]}" "http://$HTTP/v1/completions" -d '{"prompt":"hi","bogus_param":1}')
@@ -119,7 +114,7 @@ done
 a1=$(aborts)
 check "a non-streamed request whose client hangs up is cancelled (aborts $a0 -> $a1)" \
     bash -c "[ $idle = true ] && [ $((a0 + 1)) = '$a1' ]"
-grep -q 'event=http_client_gone' "$T/router.log" || not_ok "the router logs http_client_gone"
+check "the router logs http_client_gone" grep -q 'event=http_client_gone' "$T/router.log"
 
 # Slowloris: a client that never finishes its headers is cut after
 # http.idle_timeout_s (2 s) and does not block others meanwhile.

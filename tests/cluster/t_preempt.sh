@@ -6,6 +6,7 @@
 # whole (no gap, no duplicate) and token-identical to pd-run.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 5
 start_router
 start_worker prefill p1
 start_worker decode d1 --set kv.num_blocks=30
@@ -20,8 +21,7 @@ for ((i = 0; i < N; i++)); do
 done
 refs $N "$T"
 send_all $N "$T"
-node tests/cluster/check_streams.mjs "$T" $N "preemption" | tee "$T/check.txt"
-grep -q '^not ok' "$T/check.txt" && FAILED=1
+check_streams "$T" $N "preemption"
 check "the decode worker preempted under block pressure" \
     wait_status 's.workers.find(w => w.role == "decode").counters.preemptions > 0'
 check "clients saw re-prefilled requests (timings.preemptions)" \

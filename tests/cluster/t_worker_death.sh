@@ -5,6 +5,7 @@
 # client stream completes whole and token-identical to pd-run.
 . "$(dirname "$0")/lib.sh"
 require_model
+plan 6
 start_router
 start_worker prefill p1
 start_worker decode d1
@@ -29,9 +30,11 @@ for _ in $(seq 1 200); do
 done
 kill -9 $D1
 wait $sender
-node tests/cluster/check_streams.mjs "$T" $N "decode worker killed mid-stream" | tee "$T/check.txt"
-grep -q '^not ok' "$T/check.txt" && FAILED=1
+check_streams "$T" $N "decode worker killed mid-stream"
 check "the router removed the dead worker" grep -q 'event=worker_removed worker=d1' "$T/router.log"
-check "its requests were re-dispatched" grep -q 'event=requeue' "$T/router.log"
+n_requeued=$(requeued_from d1)
+check "the requests it held were re-dispatched ($n_requeued, on its removal)" test "$n_requeued" -ge 1
+check "clients saw re-dispatched requests (timings.preemptions > 0 in $(preempted_streams "$T") streams)" \
+    test "$(preempted_streams "$T")" -ge 1
 check "no leaks on the survivors" \
     wait_status 's.workers.every(w => w.free_blocks == w.total_blocks) && s.active_requests == 0 && s.workers.length == 2'

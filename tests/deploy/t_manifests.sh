@@ -11,13 +11,15 @@
 . "$(dirname "$0")/lib.sh"
 [ -x "$PD_BIN/pd-router" ] || skip_all "$PD_BIN/pd-router missing (make all)"
 scripts/k8s-deps.sh >"$T/k8s-deps.log" 2>&1 || skip_all "npm packages: $(tail -n 1 "$T/k8s-deps.log")"
+plan 32
 CHECK=tests/deploy/k8s-check/check.mjs
 
 node "$CHECK" deploy/k8s/*.yaml >"$T/k8s.txt" 2>&1
+rc=$? # (taken before the name's own $(grep ...) could replace $?)
 check "deploy/k8s: every object valid against the API schemas, no unknown field ($(grep -c '^ok' "$T/k8s.txt") files)" \
-    test $? = 0
+    test $rc = 0
 grep -v '^ok' "$T/k8s.txt" | sed 's/^/# /'
-node tests/deploy/k8s-check/project.mjs deploy/k8s "$T/configmap-config.yaml"
+checker "project.mjs" node tests/deploy/k8s-check/project.mjs deploy/k8s "$T/configmap-config.yaml"
 loads() { "$PD_BIN/$1" --config "$2" --help 2>"$T/parse.err" || { sed 's/^/# /' "$T/parse.err"; return 1; }; }
 check "the ConfigMap's config.yaml loads with pd-router's own parser" \
     loads pd-router "$T/configmap-config.yaml"

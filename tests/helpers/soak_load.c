@@ -20,7 +20,7 @@
  *    "ignore_eos","deadline_ms","cancel_after_ms","cancel_after_tokens"}
  *   {"ev":"submit_failed","t","code","msg"}     never reached the router
  *   {"ev":"chunk","t","id","i","toks":[...],"text"} tokens i, i+1, ...
- *   {"ev":"end","t","id","finish","code","msg","completion_tokens"}
+ *   {"ev":"end","t","id","finish","code","msg","completion_tokens","preemptions"}
  *   {"ev":"cancel","t","id","n_tokens"}          the client asked to cancel
  *   {"ev":"load_end","t","submitted"}            no more submits
  *   {"ev":"drained","t","inflight"}              the client stopped waiting
@@ -194,10 +194,13 @@ static int on_chunk(const pd_chunk_t *ch, void *user)
         emit(o);
     }
     if (ch->is_final) {
-        emit(json_pack("{s:s, s:f, s:s, s:s, s:s, s:s, s:i}", "ev", "end", "t", t, "id",
+        /* preemptions: how often the router re-dispatched it (worker lost,
+         * KV pressure): the checker counts requests that survived a fault. */
+        emit(json_pack("{s:s, s:f, s:s, s:s, s:s, s:s, s:i, s:i}", "ev", "end", "t", t, "id",
                        id_str(ch->request_id), "finish", pd_finish_name(ch->finish), "code",
                        pd_status_name(ch->status), "msg", ch->error ? ch->error : "",
-                       "completion_tokens", (int)ch->completion_tokens));
+                       "completion_tokens", (int)ch->completion_tokens, "preemptions",
+                       (int)ch->n_preemptions));
         if (i >= 0)
             fl[i] = fl[--n_fl];
         return 0;

@@ -162,6 +162,11 @@ const models = [];
 if (existsSync(MODELS)) {
     for (const f of readdirSync(MODELS).sort()) if (f.endsWith(".gguf")) models.push(join(MODELS, f));
 }
+// The plan: one result for the generated vocabularies, two (tokenization,
+// pieces) for each model file: the test models, the 8 generated and the 4
+// odd vocabularies below.
+const N_MADE = 8, N_ODD = 4;
+console.log(`1..${1 + 2 * (models.length + N_MADE + N_ODD)}`);
 let ranks = process.env.PD_GPT2_RANKS;
 if (!ranks && existsSync(join(process.env.BUILD || "build", "data/gpt2-ranks.txt")))
     ranks = join(process.env.BUILD || "build", "data/gpt2-ranks.txt");

@@ -8,6 +8,14 @@
 // HISTORY_DIR/p4.json        the idle state before ("baseline") and after ("final")
 // REFS_DIR/ref_K.txt         pd-run --tokens for spec K (the fault-free output)
 //
+// Besides P1-P4 (docs/operations.md): LOAD, the run was a real load (requests
+// reached the router and finished; a run where every submit failed proves
+// nothing), and HIT, every fault hit work in flight (a worker fault: the
+// requests the router re-dispatched, or the drained worker held or left to
+// be re-dispatched, from
+// tests/soak/hits.mjs's "hit" events; a router kill: requests in flight at
+// the kill) and some request re-dispatched by a worker fault finished whole.
+//
 // Prints every violation as "VIOLATION Pn id=REQUEST what" (or "# ..." with
 // --tap, then one ok/not ok line per promise), then a summary; exits 1 when
 // there is any violation, 2 when the history cannot be read.
@@ -57,7 +65,7 @@ const nemesis = readLines(`${dir}/nemesis.jsonl`, false);
 const p4 = readLines(`${dir}/p4.json`, false);
 
 const violations = [];
-const perP = { P1: 0, P2: 0, P3: 0, P4: 0, LOG: 0 };
+const perP = { P1: 0, P2: 0, P3: 0, P4: 0, LOAD: 0, HIT: 0, LOG: 0 };
 function violate(p, id, what) {
   perP[p]++;
   violations.push(`VIOLATION ${p}${id !== null ? ` id=${id}` : ""} ${what}`);
@@ -163,8 +171,9 @@ for (const [id, r] of reqs) {
     violate("P3", id, `no reference for spec ${s.spec}`);
     continue;
   }
-  const got = end.finish === "eos" || (!s.ignore_eos && r.toks.length === want.length + 1)
-    ? r.toks.slice(0, -1) : r.toks;
+  // pd-run does not print the end-of-generation token: only a stream that
+  // ended "eos" has one more token than its reference.
+  const got = end.finish === "eos" ? r.toks.slice(0, -1) : r.toks;
   const firstDiff = () => {
     let k = 0;
     while (k < got.length && k < want.length && got[k] === want[k]) k++;
@@ -180,6 +189,7 @@ for (const [id, r] of reqs) {
         violate("P3", id, `cancelled after ${r.toks.length} tokens, not a prefix of the reference (differs at ${firstDiff()})`);
     } else {
       count.finished++;
+      if ((end.preemptions ?? 0) > 0) migratedOk++;
       if (end.finish === "eos" && s.ignore_eos) violate("P3", id, "finished 'eos' with ignore_eos");
       const same = got.length === want.length && firstDiff() === want.length;
       if (!same)
@@ -203,6 +213,41 @@ for (const [id, r] of reqs) {
 }
 if (drained === null) violate("P1", null, "the load client never reported the end of its drain");
 else if (drained.inflight !== 0) violate("P1", null, `${drained.inflight} requests still in flight when the client gave up`);
+
+// ====== LOAD: a real load ======
+// At least one request, at least half of the submit attempts reached the
+// router (the rest: router outages), at least half of those finished OK.
+const attempts = count.submitted + submitFailed;
+if (count.submitted === 0) violate("LOAD", null, `no request reached the router (${submitFailed} submits failed)`);
+else if (submitFailed * 2 > attempts)
+  violate("LOAD", null, `${submitFailed} of ${attempts} submits failed: the router was mostly unreachable`);
+if (count.submitted > 0 && count.finished * 2 < count.submitted)
+  violate("LOAD", null, `only ${count.finished} of ${count.submitted} requests finished`);
+
+// ====== HIT: every fault hit work in flight ======
+const hits = new Map(nemesis.filter((e) => e.ev === "hit").map((e) => [e.n, e]));
+let faultsHit = 0, nWorkerFaults = 0;
+for (const e of nemesis) {
+  if (e.ev !== "fault") continue;
+  const what = `fault ${e.n ?? "?"} (${e.kind}${e.target ? " " + e.target : ""})`;
+  if (e.kind === "kill_router") {
+    let inflight = 0;
+    for (const r of reqs.values())
+      if (r.sub.t < e.t && (r.ends.length === 0 || r.ends[0].t > e.t)) inflight++;
+    if (inflight === 0) violate("HIT", null, `${what}: no request in flight at the kill`);
+    else faultsHit++;
+    continue;
+  }
+  const h = hits.get(e.n);
+  if (e.kind === "kill_worker" || e.kind === "pause_worker") nWorkerFaults++;
+  if (!h || !h.found)
+    violate("HIT", null, `${what}: ${e.kind === "drain_worker" ? "no event=draining in its log" : "the router never removed it"}`);
+  else if (e.kind === "drain_worker" ? !(h.held >= 1 || h.requeued >= 1) : !(h.requeued >= 1))
+    violate("HIT", null, `${what}: ${e.kind === "drain_worker" ? "it held nothing when its drain began, and nothing was re-dispatched when it left" : "the router re-dispatched nothing on its removal"}`);
+  else faultsHit++;
+}
+if (nWorkerFaults > 0 && migratedOk === 0)
+  violate("HIT", null, `${nWorkerFaults} worker kills/pauses, but no request re-dispatched by one finished`);
 
 // ====== P4: the idle state after the storm ======
 const base = p4.find((e) => e.ev === "baseline"), fin = p4.find((e) => e.ev === "final");
@@ -245,7 +290,8 @@ if (!base || !fin) {
 const summary = {
   requests: count.submitted, finished: count.finished, cancelled: count.cancelled,
   errors: count.errors, errors_by_code: byCode, finish_reasons: byFinish,
-  cancels_sent: cancels, submit_failed: submitFailed, faults, router_outages: outages.length,
+  cancels_sent: cancels, submit_failed: submitFailed, faults, faults_hit: faultsHit,
+  migrated_ok: migratedOk, router_outages: outages.length,
   max_late_s: Number.isFinite(maxLate) ? Number(maxLate.toFixed(3)) : null,
   violations: violations.length,
 };
@@ -259,6 +305,8 @@ if (tap) {
   line("P2", "token indexes 0..n-1, no gap, no duplicate, nothing after the end");
   line("P3", `finished output equals pd-run, errors only across router outages, partial output a prefix (${count.finished} finished)`);
   line("P4", "idle state: KV blocks, router tables, descriptors and RSS back to baseline");
+  line("LOAD", `a real load: requests reached the router and finished (${count.submitted} submitted, ${submitFailed} refused)`);
+  line("HIT", `every fault hit work in flight (${faultsHit} faults), re-dispatched requests finished (${migratedOk})`);
   line("LOG", "history readable");
 }
 console.log(`# summary ${JSON.stringify(summary)}`);

@@ -3,10 +3,14 @@
 # workers) under a seeded open-loop request mix (tests/helpers/soak_load.c)
 # while a seeded nemesis kills (-9), pauses (SIGSTOP past the liveness
 # window), drains (SIGTERM + a replacement) workers and kills (-9) and
-# restarts the router on the same endpoints. Every client-visible event
-# goes to OUT/client.jsonl, every nemesis action to OUT/nemesis.jsonl, the
-# idle state before and after to OUT/p4.json; tests/soak/check.mjs then
-# checks P1-P4 over the whole history against pd-run references.
+# restarts the router on the same endpoints, each fault aimed at work in
+# flight (a worker the router has requests on, a router with requests
+# active). Every client-visible event goes to OUT/client.jsonl, every
+# nemesis action to OUT/nemesis.jsonl, the idle state before and after to
+# OUT/p4.json, what each fault hit (tests/soak/hits.mjs, from the logs) to
+# OUT/nemesis.jsonl as "hit" events; tests/soak/check.mjs then checks P1-P4,
+# that the load was real and that every fault hit work in flight, over the
+# whole history against pd-run references.
 #
 #   tests/soak/soak.sh --seed S --seconds T --out DIR [--rate R] [--tap]
 #
@@ -174,44 +178,76 @@ reap_drained() { # collects drained workers that have exited
     done
     DRAINING=("${keep[@]}")
 }
-pick_worker() {
-    local ids=("${!WPID[@]}")
-    echo "${ids[$((RANDOM % ${#ids[@]}))]}"
-}
 restart_worker() { # ID ROLE
     start_worker "$2" "$1"
     WPID[$1]=$LAST_PID
     WROLE[$1]=$2
     nlog start target="\"$1\"" role="\"$2\"" pid="$LAST_PID"
 }
+# Every fault must hit work in flight (tests/soak/hits.mjs and check.mjs
+# verify it afterwards from the router's and the workers' logs). So a
+# victim is chosen holding work: a random worker is stopped (SIGSTOP), and
+# after FREEZE_MS -- what it had handed over has reached its peer, and
+# nothing it holds can move while it is stopped -- the router's status says
+# how many requests it has on it ("assigned": what losing it re-dispatches).
+# None: resumed, another is tried. The stop is far inside the 2 s liveness
+# window. Sets VICTIM, VPID, HELD, FROZEN_T; returns 1 when no worker held
+# work in 12 tries (the action is then skipped and logged as a miss).
+FREEZE_MS=300
+[ -n "$SANITIZER" ] && FREEZE_MS=600
+# status_num KEY [WORKER]: a number from pd-cli status --json, with awk (node
+# starts too slowly on a loaded machine for a victim held stopped meanwhile).
+status_num() {
+    cli status --json 2>/dev/null | awk -v k="\"$1\":" -v id="${2:-}" '
+        $1 == "\"id\":" { cur = $2; gsub(/[",]/, "", cur) }
+        $1 == k && cur == id { v = $2; gsub(/,/, "", v); print v; exit }'
+}
+freeze_victim() {
+    local ids try
+    for ((try = 0; try < 12; try++)); do
+        ids=("${!WPID[@]}")
+        VICTIM=${ids[$((RANDOM % ${#ids[@]}))]}
+        VPID=${WPID[$VICTIM]}
+        FROZEN_T=$(now)
+        kill -STOP "$VPID" 2>/dev/null || continue
+        sleep_ms $FREEZE_MS
+        HELD=$(status_num assigned "$VICTIM")
+        [ "${HELD:-0}" -ge 1 ] && return 0
+        kill -CONT "$VPID"
+        sleep_ms 150
+    done
+    return 1
+}
 do_kill_worker() {
-    local id pid
-    id=$(pick_worker)
-    pid=${WPID[$id]}
+    freeze_victim || { nlog miss kind='"kill_worker"'; return; }
+    local id=$VICTIM pid=$VPID
     kill -9 "$pid"
     wait "$pid" 2>/dev/null
     forget_pid "$pid"
-    nlog fault kind='"kill_worker"' target="\"$id\"" pid="$pid"
+    N_FAULT=$((N_FAULT + 1))
+    nlog fault n=$N_FAULT kind='"kill_worker"' target="\"$id\"" pid="$pid" frozen_t="$FROZEN_T" held="$HELD"
     sleep_ms "$(rnd_ms 200 2000)"
     restart_worker "$id" "${WROLE[$id]}"
 }
 do_pause_worker() {
-    local id pid
-    id=$(pick_worker)
-    pid=${WPID[$id]}
-    kill -STOP "$pid"
-    nlog fault kind='"pause_worker"' target="\"$id\"" pid="$pid"
-    sleep_ms "$(rnd_ms 2600 4500)" # the liveness window is 2 s
+    freeze_victim || { nlog miss kind='"pause_worker"'; return; }
+    local id=$VICTIM pid=$VPID
+    N_FAULT=$((N_FAULT + 1))
+    nlog fault n=$N_FAULT kind='"pause_worker"' target="\"$id\"" pid="$pid" frozen_t="$FROZEN_T" held="$HELD"
+    sleep_ms "$(rnd_ms 2300 4200)" # stopped 2.6-4.5 s in all: the liveness window is 2 s
     kill -CONT "$pid"
     nlog resume target="\"$id\"" pid="$pid"
 }
 do_drain_worker() {
-    local id pid role nid
-    id=$(pick_worker)
-    pid=${WPID[$id]}
+    freeze_victim || { nlog miss kind='"drain_worker"'; return; }
+    local id=$VICTIM pid=$VPID role nid
     role=${WROLE[$id]}
+    # SIGTERM while stopped, then resumed: it reads what waits in its socket
+    # and starts draining holding it (event=draining prefill_tasks= decode_seqs=).
     kill -TERM "$pid"
-    nlog fault kind='"drain_worker"' target="\"$id\"" pid="$pid"
+    kill -CONT "$pid"
+    N_FAULT=$((N_FAULT + 1))
+    nlog fault n=$N_FAULT kind='"drain_worker"' target="\"$id\"" pid="$pid" frozen_t="$FROZEN_T" held="$HELD"
     DRAINING+=("$id:$pid")
     unset "WPID[$id]" "WROLE[$id]"
     nid=${role:0:1}$NEXT_ID
@@ -219,9 +255,18 @@ do_drain_worker() {
     restart_worker "$nid" "$role"
 }
 do_kill_router() {
+    # With requests in flight (the router's active_requests), up to 5 s.
+    local held="" t0=$SECONDS
+    while [ $((SECONDS - t0)) -lt 5 ]; do
+        held=$(status_num active_requests)
+        [ "${held:-0}" -ge 1 ] && break
+        sleep 0.1
+    done
+    [ "${held:-0}" -ge 1 ] || { nlog miss kind='"kill_router"'; return; }
     # Logged before the kill: clients see the connection drop at once, and
     # the checker's outage window must already be open when they do.
-    nlog fault kind='"kill_router"' pid="$ROUTER_PID"
+    N_FAULT=$((N_FAULT + 1))
+    nlog fault n=$N_FAULT kind='"kill_router"' pid="$ROUTER_PID" held="$held"
     kill -9 "$ROUTER_PID"
     wait "$ROUTER_PID" 2>/dev/null
     forget_pid "$ROUTER_PID"
@@ -241,7 +286,8 @@ do_kill_router() {
 }
 
 KINDS=(kill_worker pause_worker drain_worker kill_router)
-# The first four actions are one of each kind, in a seeded order.
+# The first faults are one of each kind, in a seeded order (a kind whose
+# action found no victim holding work is tried again next).
 ORDER=("${KINDS[@]}")
 for ((i = 3; i > 0; i--)); do
     j=$((RANDOM % (i + 1)))
@@ -250,9 +296,10 @@ done
 T_END=$((SECONDS + SECS - 4))
 sleep_ms "$(rnd_ms 1000 3000)"
 n_act=0
+N_FAULT=0
 while [ $SECONDS -lt $T_END ]; do
-    if [ $n_act -lt 4 ]; then
-        kind=${ORDER[n_act]}
+    if [ ${#ORDER[@]} -gt 0 ]; then
+        kind=${ORDER[0]}
     else
         r=$((RANDOM % 100))
         if [ $r -lt 35 ]; then kind=kill_worker
@@ -261,7 +308,9 @@ while [ $SECONDS -lt $T_END ]; do
         else kind=kill_router
         fi
     fi
+    n0=$N_FAULT
     "do_$kind"
+    [ $N_FAULT -gt $n0 ] && [ ${#ORDER[@]} -gt 0 ] && ORDER=("${ORDER[@]:1}")
     n_act=$((n_act + 1))
     reap_drained
     sleep_ms "$(rnd_ms 500 3000)"
@@ -279,6 +328,8 @@ wait_n_workers "$N_LIVE" 30
 wait_status "$IDLE && s.workers.length == $N_LIVE" 30
 for _ in $(seq 1 100); do fds_settled && break; sleep 0.2; done
 snapshot final
+# What each fault hit, from the router's and the workers' logs.
+node tests/soak/hits.mjs "$OUT" "$T" || echo "# hits.mjs failed: the checker reports every fault unproven"
 echo "# history in $OUT (refs $REFS)"
 node tests/soak/check.mjs "$OUT" "$REFS" $TAP $NO_RSS
 RC=$?

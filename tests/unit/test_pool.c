@@ -119,21 +119,53 @@ static void test_stress_submissions(void **state)
 }
 
 /* Workers that fell asleep (idle longer than the spin time) wake up for
- * the next submission. */
+ * the next submission. Each round is a barrier: as many tasks as threads,
+ * each waiting until all have started, so a round finishes only if every
+ * worker wakes and runs one of them beside the caller. A pool whose
+ * sleeping workers never wake fails here (the caller alone would wait at
+ * the barrier until the timeout), where counting tasks cannot tell: the
+ * caller would run them all itself. */
+#define WAKE_THREADS 3
+typedef struct {
+    atomic_int arrived;
+    atomic_int timed_out;
+    pthread_t who[WAKE_THREADS];
+} barrier_ctx_t;
+
+static void barrier_task(void *arg, int i, int n)
+{
+    barrier_ctx_t *c = arg;
+    c->who[i] = pthread_self();
+    atomic_fetch_add(&c->arrived, 1);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (atomic_load(&c->arrived) < n && !atomic_load(&c->timed_out)) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (t.tv_sec - t0.tv_sec > 5)
+            atomic_store(&c->timed_out, 1);
+    }
+}
+
 static void test_wake_after_sleep(void **state)
 {
     (void)state;
-    count_ctx_t *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    pd_pool_t *p = pd_pool_new(3);
+    pd_pool_t *p = pd_pool_new(WAKE_THREADS);
     assert_non_null(p);
     for (int round = 0; round < 5; round++) {
-        struct timespec ts = {0, 20 * 1000 * 1000}; /* 20 ms >> spin time */
+        struct timespec ts = {0, 20 * 1000 * 1000}; /* 20 ms >> spin time: all asleep */
         nanosleep(&ts, NULL);
-        run_and_check(p, c, 100);
+        barrier_ctx_t c;
+        memset(&c, 0, sizeof c);
+        atomic_init(&c.arrived, 0);
+        atomic_init(&c.timed_out, 0);
+        pd_pool_run(p, barrier_task, &c, WAKE_THREADS);
+        assert_int_equal(atomic_load(&c.timed_out), 0);
+        assert_int_equal(atomic_load(&c.arrived), WAKE_THREADS);
+        for (int a = 0; a < WAKE_THREADS; a++)
+            for (int b = a + 1; b < WAKE_THREADS; b++)
+                assert_false(pthread_equal(c.who[a], c.who[b]));
     }
     pd_pool_free(p);
-    free(c);
 }
 
 /* Two tasks that each wait for the other to start can only finish if a
