@@ -653,6 +653,11 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
         d->total_blocks = w->total_blocks;
         d->assigned = w->assigned;
         d->last_seen_ms = w->last_seen_ms;
+        d->prefix_caching = w->prefix_caching;
+        d->prefix_index_blocks = w->prefix_index_blocks;
+        d->routed_cached_requests = w->routed_cached_requests;
+        d->routed_cached_tokens = w->routed_cached_tokens;
+        d->kv_resyncs = w->kv_resyncs;
         const Pd__WorkerCounters *k = w->counters;
         if (k) {
             d->steps = k->steps;
@@ -673,6 +678,11 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
             d->prefill_us = k->prefill_us;
             d->decode_us = k->decode_us;
             d->prefill_pass_tokens = k->prefill_pass_tokens;
+            d->prefix_queries = k->prefix_queries;
+            d->prefix_hits = k->prefix_hits;
+            d->prefix_requests = k->prefix_requests;
+            d->prefix_evictions = k->prefix_evictions;
+            d->prefix_cached_blocks = k->prefix_cached_blocks;
         }
     }
     return o;

@@ -162,6 +162,15 @@ typedef struct {
     uint64_t kv_transfers, kv_transfer_us; /* acknowledged transfers, sum of ship->ack us */
     uint64_t prefill_us, decode_us;        /* sums of forward-pass times */
     uint32_t prefill_pass_tokens;          /* current cap on tokens per prefill pass (0: none yet) */
+    /* prefix cache: tokens looked up / found cached, lookups, evicted
+     * blocks, blocks cached now (the worker's counts) */
+    uint64_t prefix_queries, prefix_hits, prefix_requests, prefix_evictions, prefix_cached_blocks;
+    /* the router's: caching announced, blocks its index holds for the
+     * worker, dispatches routed onto its cache and their cached tokens,
+     * KvResync sent */
+    bool prefix_caching;
+    uint32_t prefix_index_blocks;
+    uint64_t routed_cached_requests, routed_cached_tokens, kv_resyncs;
 } pd_worker_status_t;
 
 typedef struct {

@@ -147,6 +147,8 @@ static void send_register(wk_t *w)
         .max_seq_len = w->max_seq_len,
     };
     pd_codec_limits_to_pb(&lim, &r);
+    r.has_prefix_caching = true;
+    r.prefix_caching = w->kvev != NULL;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_REGISTER;
     m.register_ = &r;
@@ -172,6 +174,17 @@ static void send_heartbeat(wk_t *w)
     };
     /* 0 on the wire for a decode worker: it has no prefill passes. */
     l.counters.prefill_pass_tokens = w->role != WK_ROLE_DECODE ? wk_prefill_pass_tokens(w) : 0;
+    if (w->kvev) {
+        wk_prefill_kv_events(w); /* the seq below is then the last one sent */
+        pd_kv_prefix_stats_t ps;
+        pd_kv_prefix_stats(w->kv, &ps);
+        l.counters.prefix_queries = ps.query_tokens;
+        l.counters.prefix_hits = ps.hit_tokens;
+        l.counters.prefix_requests = ps.queries;
+        l.counters.prefix_evictions = ps.evicted_blocks;
+        l.counters.prefix_cached_blocks = pd_kv_prefix_n_cached(w->kv);
+        l.kv_events_seq = pd_kvev_last_seq(w->kvev);
+    }
     Pd__Heartbeat h;
     Pd__WorkerCounters c;
     pd_codec_load_to_pb(&l, &h, &c);
@@ -275,6 +288,14 @@ static void on_router_msg(wk_t *w, const Pd__Msg *m)
     case PD__MSG__BODY_CANCEL:
         wk_prefill_cancel(w, m->cancel->request_id, m->cancel->epoch);
         wk_decode_cancel(w, m->cancel->request_id, m->cancel->epoch);
+        break;
+    case PD__MSG__BODY_KV_RESYNC:
+        if (w->kvev) {
+            PD_DEBUG("event=kv_resync_asked last_seq=%llu",
+                     (unsigned long long)m->kv_resync->last_seq);
+            pd_kvev_resync(w->kvev);
+            wk_prefill_kv_events(w);
+        }
         break;
     case PD__MSG__BODY_DRAIN:
         if (!w->draining) {
@@ -383,6 +404,17 @@ static int setup(wk_t *w, const pd_proc_args_t *a, wk_role_t role, pd_err_t *err
     if (w->kv == NULL)
         return pd_err_wrap(err, PD_ENOMEM, "kv cache");
     w->block_bytes = pd_kv_block_bytes(w->kv);
+    if (role != WK_ROLE_DECODE && w->cfg.kv.prefix_caching) {
+        /* The pool queues events between flushes (each loop turn); more
+         * than this many in one turn and a snapshot replaces them. */
+        if (pd_kv_prefix_enable(w->kv, pd_kv_hash_root(w->model->identity, shape.block_size),
+                                NULL, 65536, err) != 0)
+            return pd_err_wrap(err, PD_ENOMEM, "prefix cache");
+        w->kvev = pd_kvev_new(pd_kvev_per_msg(w->cfg.net.max_msg_bytes), err);
+        if (w->kvev == NULL)
+            return pd_err_wrap(err, PD_ENOMEM, "prefix cache events");
+        pd_kvev_resync(w->kvev); /* the first message is a snapshot */
+    }
     uint32_t pf_tokens = role == WK_ROLE_DECODE ? 0 : w->cfg.prefill.max_batch_tokens;
     uint32_t pf_seqs = role == WK_ROLE_DECODE ? 0 : w->cfg.prefill.max_batch_size;
     uint32_t dc_seqs = role == WK_ROLE_PREFILL ? 0 : w->cfg.decode.max_batch_size;
@@ -486,6 +518,7 @@ static void teardown(wk_t *w)
     free(w->in);
     pd_sampler_scratch_free(w->scratch);
     pd_engine_free(w->engine);
+    pd_kvev_free(w->kvev);
     pd_kv_free(w->kv);
     pd_tok_free(w->tok);
     pd_model_free(w->model);
@@ -512,6 +545,7 @@ static void timers(wk_t *w)
                    now, w->hb_ms);
     wk_prefill_timers(w);
     wk_decode_timers(w);
+    wk_prefill_kv_events(w);
 }
 
 static int run(wk_t *w)

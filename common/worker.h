@@ -7,7 +7,7 @@
  * One reactor (worker.c) owns every socket:
  *   router link   DEALER -> router backend: Register, Heartbeat, TokenBatch,
  *                 Preempted, Error / RegisterReply, Heartbeat, PrefillTask,
- *                 DecodeTask, Cancel, Drain
+ *                 DecodeTask, Cancel, Drain, KvResync (and KvEvents out)
  *   KV ingress    ROUTER (decode, both): KvTransfer + block frames / KvAck
  *   KV egress     one DEALER per decode worker's endpoint (prefill)
  * Each loop turn: read every socket, run at most one prefill batch
@@ -25,6 +25,7 @@
 
 #include "proto/codec.h"
 #include "runtime/config.h"
+#include "runtime/kvevents.h"
 #include "engine/forward.h"
 #include "engine/kvcache.h"
 #include "engine/model.h"
@@ -131,6 +132,7 @@ typedef struct {
     pd_model_t *model;
     pd_tok_t *tok;
     pd_kv_t *kv;
+    pd_kvev_t *kvev;           /* prefix cache events (NULL: kv.prefix_caching off) */
     pd_engine_t *engine;
     pd_sampler_scratch_t *scratch;
     uint32_t vocab, max_seq_len, max_fwd_tokens, max_fwd_seqs;
@@ -215,6 +217,8 @@ uint32_t wk_prefill_pass_tokens(const wk_t *w);
 bool wk_prefill_busy(const wk_t *w); /* anything queued, shipping or leased */
 void wk_prefill_poll_egress(wk_t *w);
 void wk_prefill_drop_all(wk_t *w);
+/* Sends the router what changed in the prefix cache (KvEvents), if on. */
+void wk_prefill_kv_events(wk_t *w);
 
 /* worker_decode.c */
 void wk_decode_on_task(wk_t *w, const Pd__DecodeTask *t);

@@ -461,6 +461,61 @@ uint32_t wk_prefill_pass_tokens(const wk_t *w)
     return max_tok;
 }
 
+/* Gives t its blocks: the longest cached prefix of its tokens (those
+ * positions are done), then fresh blocks for the rest. Checked first, so
+ * that a task waiting for blocks is not counted as a prefix query again and
+ * again: matching takes k cached blocks out of the free count and k blocks
+ * out of the need, so the whole prompt's need bounds it. PD_EFULL: wait. */
+static int start_task(wk_t *w, wk_task_t *t)
+{
+    if (pd_kv_blocks_needed(w->kv, 0, t->n_tokens) > pd_kv_n_free(w->kv))
+        return PD_EFULL;
+    t->n_done = pd_kv_prefix_match(w->kv, &t->seq, t->tokens, t->n_tokens);
+    int rc = pd_kv_seq_reserve(w->kv, &t->seq, t->n_tokens);
+    if (rc != 0) {
+        pd_kv_seq_release(w->kv, &t->seq);
+        t->n_done = 0;
+        return rc;
+    }
+    if (t->n_done > 0)
+        PD_DEBUG("event=prefix_hit req=%llu epoch=%u cached=%u tokens=%u",
+                 (unsigned long long)t->req, t->epoch, t->n_done, t->n_tokens);
+    return 0;
+}
+
+/* Test hook PD_TEST_DROP_KV_EVENTS=K (docs/config.md): every K-th
+ * KvEvents message is not sent, as if lost on the way: the router must
+ * see the gap (the next seq, or the heartbeat's) and ask for a snapshot. */
+static uint32_t drop_kv_events_every(void)
+{
+    static long k = -1;
+    if (k < 0) {
+        const char *v = getenv("PD_TEST_DROP_KV_EVENTS");
+        k = v ? strtol(v, NULL, 10) : 0;
+        if (k < 0 || k > 1000000)
+            k = 0;
+    }
+    return (uint32_t)k;
+}
+
+static void send_router_cb(void *ctx, const Pd__Msg *m)
+{
+    static uint64_t n_sent;
+    uint32_t k = drop_kv_events_every();
+    if (k > 0 && ++n_sent % k == 0) {
+        PD_INFO("event=test_kv_events_dropped seq=%llu",
+                (unsigned long long)m->kv_events->seq);
+        return;
+    }
+    wk_send_router(ctx, m);
+}
+
+void wk_prefill_kv_events(wk_t *w)
+{
+    if (w->kvev != NULL && w->registered)
+        pd_kvev_flush(w->kvev, w->kv, send_router_cb, w);
+}
+
 void wk_prefill_run(wk_t *w)
 {
     uint32_t max_seqs = w->cfg.prefill.max_batch_size;
@@ -474,7 +529,7 @@ void wk_prefill_run(wk_t *w)
         wk_task_t *t = w->tasks[i];
         if (t->st != PT_QUEUED || t->cancelled)
             continue;
-        if (t->seq.n_blocks == 0 && pd_kv_seq_reserve(w->kv, &t->seq, t->n_tokens) != 0)
+        if (t->seq.n_blocks == 0 && start_task(w, t) != 0)
             break; /* first come, first served: wait for blocks */
         uint32_t take = t->n_tokens - t->n_done;
         if (take > max_tok - n_tok)
@@ -529,6 +584,8 @@ void wk_prefill_run(wk_t *w)
         t->n_done += chunk[s];
         if (t->n_done < t->n_tokens)
             continue;
+        /* Its KV is whole: later prompts may reuse its full blocks. */
+        pd_kv_prefix_commit(w->kv, &t->seq, t->tokens, t->n_tokens);
         float *lg = w->logits + (size_t)row++ * w->vocab;
         int32_t tok = pd_sample(&t->params.s, lg, w->vocab, t->n_tokens, t->tokens, t->n_tokens,
                                 w->scratch);

@@ -46,6 +46,8 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
     if (!rt->reqs || !rt->queue || !rt->held || !rt->tok_buf || !rt->in)
         return pd_err_set(err, PD_ENOMEM, "router state for %u requests", rt->n_slots);
     rt->in->n_frames = 0;
+    if (rt_prefix_init(rt, err) != 0)
+        return PD_ENOMEM;
     /* A message's decoded form is bounded by a multiple of its size;
      * 64x covers repeated submessages of a few bytes each. */
     pd_pb_alloc_init(&rt->alloc,
@@ -94,6 +96,7 @@ void rt_destroy(rt_t *rt)
     free(rt->held);
     free(rt->tok_buf);
     free(rt->in);
+    rt_prefix_destroy(rt);
     pd_net_close(rt->front);
     pd_net_close(rt->back);
     pd_zap_free(rt->zap);
@@ -415,6 +418,20 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         c->kv_rejected = w->counters.kv_rejected;
         c->decode_tokens = w->counters.decode_tokens;
         c->max_running = w->counters.max_running;
+        c->has_prefix_queries = c->has_prefix_hits = c->has_prefix_requests = true;
+        c->has_prefix_evictions = c->has_prefix_cached_blocks = true;
+        c->prefix_queries = w->counters.prefix_queries;
+        c->prefix_hits = w->counters.prefix_hits;
+        c->prefix_requests = w->counters.prefix_requests;
+        c->prefix_evictions = w->counters.prefix_evictions;
+        c->prefix_cached_blocks = w->counters.prefix_cached_blocks;
+        s->has_prefix_caching = s->has_prefix_index_blocks = s->has_routed_cached_requests = true;
+        s->has_routed_cached_tokens = s->has_kv_resyncs = true;
+        s->prefix_caching = w->prefix_caching;
+        s->prefix_index_blocks = rt_kvi_worker_hashes(rt->kvi, i);
+        s->routed_cached_requests = w->routed_cached_reqs;
+        s->routed_cached_tokens = w->routed_cached_tokens;
+        s->kv_resyncs = w->kv_resyncs;
         s->counters = c;
         wp[n] = s;
         n++;
@@ -537,7 +554,9 @@ void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void 
         switch (m->body_case) {
         case PD__MSG__BODY_HEARTBEAT:
             rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
+            rt_prefix_on_heartbeat(rt, wi, m->heartbeat);
             break;
+        case PD__MSG__BODY_KV_EVENTS: rt_prefix_on_events(rt, wi, m->kv_events); break;
         case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
         case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
         case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;
