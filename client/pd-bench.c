@@ -4,6 +4,7 @@
  *            [--dataset-path FILE] [--num-prompts N | --duration S]
  *            [--request-rate R|inf] [--burstiness B] [--max-concurrency C]
  *            [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]
+ *            [--num-prefixes K] [--mooncake-block-size B]
  *            [--ignore-eos] [--temperature T] [--seed S]
  *            [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]
  *            [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]
@@ -58,6 +59,7 @@
 #include "base/args.h"
 #include "engine/gguf.h"
 #include "httpc.h"
+#include "mooncake.h"
 #include "pdclient.h"
 #include "engine/tokenizer.h"
 
@@ -162,7 +164,7 @@ static double rng_gamma(rng_t *r, double shape, double scale)
 
 /* ====== Options ====== */
 
-typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT } dataset_kind_t;
+typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT, DS_MOONCAKE } dataset_kind_t;
 
 typedef struct {
     const char *router;
@@ -178,6 +180,8 @@ typedef struct {
     double burstiness;
     uint32_t max_concurrency;    /* 0 = unlimited */
     uint32_t input_len, output_len, prefix_len;
+    uint32_t num_prefixes;       /* random dataset: distinct prefixes (1 = one shared) */
+    uint32_t mooncake_block_size; /* tokens per trace hash id (0 = 512) */
     bool has_output_len;
     double range_ratio;
     bool ignore_eos;
@@ -204,6 +208,7 @@ static void usage(FILE *f)
             "                [--dataset-path FILE] [--num-prompts N | --duration S]\n"
             "                [--request-rate R|inf] [--burstiness B] [--max-concurrency C]\n"
             "                [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]\n"
+            "                [--num-prefixes K] [--mooncake-block-size B]\n"
             "                [--ignore-eos] [--temperature T] [--seed S]\n"
             "                [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]\n"
             "                [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]\n"
@@ -329,8 +334,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
                 o->dataset = DS_FILE;
             else if (!strcmp(v, "sharegpt"))
                 o->dataset = DS_SHAREGPT;
+            else if (!strcmp(v, "mooncake"))
+                o->dataset = DS_MOONCAKE;
             else {
-                fprintf(stderr, "pd-bench: --dataset: unknown dataset '%s' (random, file, sharegpt)\n",
+                fprintf(stderr, "pd-bench: --dataset: unknown dataset '%s' (random, file, sharegpt, "
+                        "mooncake)\n",
                         v);
                 return -1;
             }
@@ -384,6 +392,15 @@ static int parse_args(int argc, char **argv, opts_t *o)
         } else if (!strcmp(a, "--prefix-len") || !strcmp(a, "--random-prefix-len")) {
             NEED_VALUE;
             if (parse_u32(a, v, 0, BENCH_MAX_LEN, &o->prefix_len) != 0)
+                return -1;
+        } else if (!strcmp(a, "--mooncake-block-size")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, 65536, &o->mooncake_block_size) != 0)
+                return -1;
+        } else if (!strcmp(a, "--num-prefixes") ||
+                   !strcmp(a, "--prefix-repetition-num-prefixes")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, 100000, &o->num_prefixes) != 0)
                 return -1;
         } else if (!strcmp(a, "--ignore-eos")) {
             o->ignore_eos = true;
@@ -455,7 +472,11 @@ static int parse_args(int argc, char **argv, opts_t *o)
     }
     if (o->dataset != DS_RANDOM && o->dataset_path == NULL) {
         fprintf(stderr, "pd-bench: --dataset %s needs --dataset-path FILE\n",
-                o->dataset == DS_FILE ? "file" : "sharegpt");
+                o->dataset == DS_FILE ? "file" : o->dataset == DS_MOONCAKE ? "mooncake" : "sharegpt");
+        return -1;
+    }
+    if (o->num_prefixes > 1 && (o->dataset != DS_RANDOM || o->prefix_len == 0)) {
+        fprintf(stderr, "pd-bench: --num-prefixes needs --dataset random and --prefix-len\n");
         return -1;
     }
     if (o->profile_path && o->model == NULL) {
@@ -500,11 +521,13 @@ typedef struct {
     size_t n_ids;
     uint32_t prompt_len; /* tokens; 0 = unknown (taken from the router's usage) */
     uint32_t output_len; /* max_tokens */
+    uint64_t at_ms;      /* arrival from the start (timed datasets) */
 } item_t;
 
 typedef struct {
     item_t *items;
     size_t n, cap;
+    bool timed;          /* arrivals from the items (a trace), not the gamma process */
 } dataset_t;
 
 static void dataset_free(dataset_t *d)
@@ -612,15 +635,23 @@ static int build_random(const opts_t *o, const pd_tok_t *tok, rng_t *rng, int32_
         return -1;
     }
     int32_t *body = malloc((size_t)ihi * sizeof *body);
-    int rc = body ? 0 : -1;
+    /* --num-prefixes K: K prefixes, each prompt takes one at random (the
+     * first is `prefix`, drawn as with one, so K = 1 changes nothing). */
+    uint32_t n_pre = o->num_prefixes > 1 && o->prefix_len > 0 ? o->num_prefixes : 1;
+    int32_t *more = n_pre > 1 ? malloc((size_t)(n_pre - 1) * o->prefix_len * sizeof *more) : NULL;
+    int rc = body && (n_pre == 1 || more) ? 0 : -1;
     for (uint32_t p = 0; p < o->prefix_len; p++)
         prefix[p] = vp.ids[rng_next(rng) % vp.n];
+    for (uint64_t p = 0; rc == 0 && p < (uint64_t)(n_pre - 1) * o->prefix_len; p++)
+        more[p] = vp.ids[rng_next(rng) % vp.n];
     for (uint32_t i = 0; rc == 0 && i < o->num_prompts; i++) {
+        uint32_t which = n_pre > 1 ? (uint32_t)(rng_next(rng) % n_pre) : 0;
+        const int32_t *pre = which == 0 ? prefix : more + (size_t)(which - 1) * o->prefix_len;
         uint32_t in = rng_range(rng, ilo, ihi);
         for (uint32_t k = 0; k < in; k++)
             body[k] = vp.ids[rng_next(rng) % vp.n];
         item_t *it = dataset_push(d);
-        if (it == NULL || item_set_ids(it, tok, prefix, o->prefix_len, body, in) != 0)
+        if (it == NULL || item_set_ids(it, tok, pre, o->prefix_len, body, in) != 0)
             rc = -1;
         else
             it->output_len = rng_range(rng, olo, ohi);
@@ -628,6 +659,7 @@ static int build_random(const opts_t *o, const pd_tok_t *tok, rng_t *rng, int32_
     if (rc != 0)
         fprintf(stderr, "pd-bench: out of memory building the random dataset\n");
     free(body);
+    free(more);
     free(vp.ids);
     return rc;
 }
@@ -722,6 +754,65 @@ static int load_file(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix
     }
     free(line);
     fclose(f);
+    return rc;
+}
+
+/* A Mooncake trace (mooncake.h): each hash id becomes block_size tokens
+ * drawn from the id alone (so requests sharing an id share those tokens),
+ * the prompt is its ids' blocks cut to input_length, after BOS; arrivals
+ * are the trace's timestamps. */
+static int load_mooncake(const opts_t *o, const pd_tok_t *tok, uint32_t max_seq, dataset_t *d)
+{
+    uint32_t bs = o->mooncake_block_size ? o->mooncake_block_size : 512;
+    pd_mooncake_req_t *r = NULL;
+    size_t n = 0;
+    char msg[700];
+    if (pd_mooncake_load(o->dataset_path, bs, o->has_num_prompts ? o->num_prompts : SIZE_MAX, &r,
+                         &n, msg, sizeof msg) != 0) {
+        fprintf(stderr, "pd-bench: --dataset mooncake: %s\n", msg);
+        return -1;
+    }
+    vocab_pick_t vp;
+    int rc = vocab_pick_init(&vp, tok);
+    int32_t *body = NULL;
+    if (rc != 0)
+        fprintf(stderr, "pd-bench: the model's vocabulary has no plain tokens\n");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (max_seq && 1ull + r[i].input_length + r[i].output_length > max_seq) {
+            fprintf(stderr, "pd-bench: --dataset mooncake: request %zu: %u + %u tokens exceed the "
+                    "router's max_seq_len %u\n", i + 1, r[i].input_length, r[i].output_length,
+                    max_seq);
+            rc = -1;
+            break;
+        }
+        int32_t *nb = realloc(body, (size_t)r[i].input_length * sizeof *body);
+        if (nb == NULL) {
+            rc = -1;
+            break;
+        }
+        body = nb;
+        for (uint32_t k = 0; k < r[i].input_length; k++) {
+            if (k % bs == 0) {
+                rng_t g;
+                rng_seed(&g, o->seed ^ (r[i].hash_ids[k / bs] * 0x9e3779b97f4a7c15ull + 1));
+                for (uint32_t j = 0; j < bs && k + j < r[i].input_length; j++)
+                    body[k + j] = vp.ids[rng_next(&g) % vp.n];
+            }
+        }
+        item_t *it = dataset_push(d);
+        if (it == NULL || item_set_ids(it, tok, NULL, 0, body, r[i].input_length) != 0) {
+            rc = -1;
+            break;
+        }
+        it->output_len = r[i].output_length;
+        it->at_ms = r[i].at_ms;
+    }
+    if (rc != 0 && vp.ids)
+        fprintf(stderr, "pd-bench: --dataset mooncake: could not build the prompts\n");
+    d->timed = true;
+    free(body);
+    free(vp.ids);
+    pd_mooncake_free(r, n);
     return rc;
 }
 
@@ -1363,6 +1454,8 @@ static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
     double theta = isinf(o->rate) ? 0 : 1.0 / (o->rate * o->burstiness);
     b->start_ns = now_ns();
     uint64_t next_at = b->start_ns, last_bar = 0;
+    if (d->timed)
+        next_at += d->items[0].at_ms * 1000000ull;
     size_t next = 0;
     bool stop_submitting = false;
     uint64_t drain_until = 0;
@@ -1390,7 +1483,9 @@ static int run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
             if (rc > 0)
                 break;
             next++;
-            if (theta > 0)
+            if (d->timed) /* a trace: its own arrivals, each item once */
+                next_at = next < d->n ? b->start_ns + d->items[next].at_ms * 1000000ull : UINT64_MAX;
+            else if (theta > 0)
                 next_at += (uint64_t)(rng_gamma(rng, o->burstiness, theta) * 1e9);
             t = now_ns();
         }
@@ -1642,7 +1737,7 @@ static void set_num(json_t *o, const char *k, double v)
 static json_t *result_json(const bench_t *b, const metrics_t *m, const char *model_id)
 {
     const opts_t *o = b->o;
-    static const char *const DS[] = { "random", "file", "sharegpt" };
+    static const char *const DS[] = { "random", "file", "sharegpt", "mooncake" };
     json_t *j = json_object();
     char date[32];
     time_t now = time(NULL);
@@ -1670,6 +1765,7 @@ static json_t *result_json(const bench_t *b, const metrics_t *m, const char *mod
         json_object_set_new(j, "range_ratio", json_real(o->range_ratio));
     }
     json_object_set_new(j, "prefix_len", json_integer(o->prefix_len));
+    json_object_set_new(j, "num_prefixes", json_integer(o->num_prefixes ? o->num_prefixes : 1));
     json_t *g = json_object();
     if (o->slo_ttft_ms >= 0)
         set_num(g, "ttft", o->slo_ttft_ms);
@@ -2471,6 +2567,7 @@ have_server:
         goto done;
     int drc = o.dataset == DS_RANDOM ? build_random(&o, tok, &rng, prefix, cs->max_seq_len, &ds)
               : o.dataset == DS_FILE ? load_file(&o, tok, prefix, &ds)
+              : o.dataset == DS_MOONCAKE ? load_mooncake(&o, tok, cs->max_seq_len, &ds)
                                      : load_sharegpt(&o, tok, prefix, cs->max_seq_len, &rng, &ds);
     if (drc != 0)
         goto done;
