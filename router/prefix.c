@@ -4,7 +4,9 @@
  * (docs/config.md, docs/protocol.md "Prefix cache"):
  *
  *   kv_aware      cost(w) = queued(w) + prompt - cached(w), the lowest wins
- *                 (ties: the lower queued, then the lower slot), where
+ *                 (ties: the lower queued, then the fewer cached blocks, so
+ *                 new prefixes spread over idle workers; then the lower
+ *                 slot), where
  *                 queued(w) is the uncached prompt tokens the router has
  *                 sent w and not yet seen answered, and cached(w) the
  *                 tokens of the prompt's leading full blocks the index says
@@ -142,8 +144,12 @@ int rt_prefix_pick(rt_t *rt, rt_req_t *r, const bool *eligible)
             uint64_t cost = q;
             if (policy == PD_ROUTING_KV_AWARE)
                 cost += n_tok - (uint64_t)cached[i] * bs;
-            if (best < 0 || cost < best_cost ||
-                (cost == best_cost && q < rt->workers[best].prefill_tokens)) {
+            const rt_worker_t *b = best >= 0 ? &rt->workers[best] : NULL;
+            if (b == NULL || cost < best_cost ||
+                (cost == best_cost &&
+                 (q < b->prefill_tokens ||
+                  (q == b->prefill_tokens && rt->workers[i].counters.prefix_cached_blocks <
+                                                 b->counters.prefix_cached_blocks)))) {
                 best = i;
                 best_cost = cost;
             }

@@ -12,9 +12,12 @@
 #     cached blocks are evicted under pressure, and hits and misses alike
 #     answer token-identically to pd-run.
 #  C. kv.prefix_caching=false: the same prompts, no cache announced, no hits.
+#  D. 2 prefill + 1 decode, router.routing kv_aware: 4 prompts with 4
+#     different prefixes, then each again twice: every repeat goes to the
+#     prefill worker that caches its prefix.
 . "$(dirname "$0")/lib.sh"
 require_model
-plan 18
+plan 22
 
 # prefix_prompts N OFFSET: PROMPTS[i] = a ~180-token prefix + 6 words of its
 # own (i + OFFSET picks them), ARGS[i]: 24 tokens, even i greedy, odd i
@@ -134,3 +137,29 @@ send_seq $N "$C"
 check_streams "$C" $N "prefix caching off"
 check "off: not announced, nothing looked up, nothing routed onto a cache" \
     test "$(status_field 's.workers.every(w => !w.prefix_caching && w.counters.prefix_queries == 0 && w.routed_cached_requests == 0)')" = true
+stop_cluster
+
+# ---- D: KV-aware routing across two prefill workers ----
+D=$T/d
+mkdir -p "$D"
+start_router --set router.routing=kv_aware
+start_worker prefill p2
+start_worker prefill p3
+start_worker decode d2
+wait_workers 3
+N=12
+prefix_prompts 4 0
+for ((i = 0; i < 4; i++)); do
+    PROMPTS[i]="${WORDS[$((i * 5 + 2))]} ${WORDS[$((i * 5 + 3))]} ${PROMPTS[i]}"
+done
+for ((i = 4; i < N; i++)); do
+    PROMPTS[i]=${PROMPTS[i % 4]}
+    ARGS[i]=${ARGS[i % 4]}
+done
+refs $N "$D"
+send_seq $N "$D"
+check_streams "$D" $N "4 prefixes over 2 prefill workers"
+check "kv_aware: all 8 repeats routed onto the worker caching their prefix" \
+    test "$(status_field 's.workers.reduce((a, w) => a + w.routed_cached_requests, 0)')" = 8
+check "kv_aware: the 4 prefixes are spread over both prefill workers, each serving hits" \
+    test "$(status_field 's.workers.filter(w => w.role == "prefill" && w.counters.prefix_hits > 0).length')" = 2
