@@ -7,14 +7,16 @@
 #            kv.prefix_caching false, then true;
 #   alone    the same cluster, caching on: the INPUT-token prompts alone
 #            (what a shared prompt costs when its prefix is free);
-#   route    (ROUTE=1) 2 prefill (core 0) + 1 decode (core 1), KV pools of
+#   route    (ROUTE=1 or only) 2 prefill (core 0) + 1 decode (core 1), KV pools of
 #            ROUTE_BLOCKS blocks, ROUTE_PREFIXES distinct ROUTE_PREFIX-token
 #            prefixes in random order: router.routing round_robin, then
 #            kv_aware.
 #
 # Env: BIN (build/bin), MODEL (build/models/llama-110M-f32.gguf), LOGS
 # (build/bench-prefix), ROUNDS (2), NUM (12), RATE (0.5), PREFIX (480),
-# INPUT (32), OUTPUT (16), SLO_MS (1000), ROUTE (0). Prints one line per run
+# INPUT (32), OUTPUT (16), SLO_MS (1000), ROUTE (0; 1 = also the routing runs;
+# only = just them), ROUTE_NUM (48), ROUTE_RATE (0.5), ROUTE_PREFIX (1000),
+# ROUTE_PREFIXES (8), ROUTE_BLOCKS (340). Prints one line per run
 # and writes LOGS/NAME.json (pd-bench --json) for each.
 set -u
 cd "$(dirname "$0")/.."
@@ -83,14 +85,20 @@ ALONE=(--num-prompts "$NUM" --request-rate "$RATE" --input-len "$INPUT" --output
        --ignore-eos)
 ROUTED=(--num-prompts "$ROUTE_NUM" --request-rate "$ROUTE_RATE" --prefix-len "$ROUTE_PREFIX"
         --num-prefixes "$ROUTE_PREFIXES" --input-len "$INPUT" --output-len "$OUTPUT" --ignore-eos)
+# Two prefill workers share core 0: a long uncached prompt can starve one
+# past the default 2 s liveness on a loaded machine, and a worker dropped
+# and re-registered loses its cache and its counters. 10 s here.
+LIVE=(worker.liveness=20 router.liveness=20)
 for r in $(seq 1 "$ROUNDS"); do
-    one "shared-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${SHARED[@]}"
-    one "shared-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${SHARED[@]}"
-    one "alone-$r" prefill:0 decode:1 -- "${ALONE[@]}"
-    if [ "$ROUTE" = 1 ]; then
-        one "route-rr-$r" prefill:0 prefill:0 decode:1 router.routing=round_robin \
+    if [ "$ROUTE" != only ]; then
+        one "shared-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${SHARED[@]}"
+        one "shared-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${SHARED[@]}"
+        one "alone-$r" prefill:0 decode:1 -- "${ALONE[@]}"
+    fi
+    if [ "$ROUTE" != 0 ]; then
+        one "route-rr-$r" prefill:0 prefill:0 decode:1 router.routing=round_robin "${LIVE[@]}" \
             "kv.num_blocks=$ROUTE_BLOCKS" -- "${ROUTED[@]}"
-        one "route-kv-$r" prefill:0 prefill:0 decode:1 router.routing=kv_aware \
+        one "route-kv-$r" prefill:0 prefill:0 decode:1 router.routing=kv_aware "${LIVE[@]}" \
             "kv.num_blocks=$ROUTE_BLOCKS" -- "${ROUTED[@]}"
     fi
 done
