@@ -15,9 +15,14 @@
 #  D. 2 prefill + 1 decode, router.routing kv_aware: 4 prompts with 4
 #     different prefixes, then each again twice: every repeat goes to the
 #     prefill worker that caches its prefix.
+#  E. A prefix evicted between routing and prefill: prompt A is cached on a
+#     prefill worker with 40 blocks; then a 600-token prompt X and A again
+#     arrive together (prefill.wait_ms holds them for one batch): the router
+#     routes A onto its cache, X's blocks evict most of it before A's turn,
+#     and A is computed again, token-identical.
 . "$(dirname "$0")/lib.sh"
 require_model
-plan 22
+plan 25
 
 # prefix_prompts N OFFSET: PROMPTS[i] = a ~180-token prefix + 6 words of its
 # own (i + OFFSET picks them), ARGS[i]: 24 tokens, even i greedy, odd i
@@ -163,3 +168,33 @@ check "kv_aware: all 8 repeats routed onto the worker caching their prefix" \
     test "$(status_field 's.workers.reduce((a, w) => a + w.routed_cached_requests, 0)')" = 8
 check "kv_aware: the 4 prefixes are spread over both prefill workers, each serving hits" \
     test "$(status_field 's.workers.filter(w => w.role == "prefill" && w.counters.prefix_hits > 0).length')" = 2
+stop_cluster
+
+# ---- E: evicted between routing and prefill ----
+E=$T/e
+mkdir -p "$E"
+start_router
+start_worker prefill p4 --set kv.num_blocks=40 --set prefill.wait_ms=400
+start_worker decode d4
+wait_workers 2
+prefix_prompts 1 3
+X=""
+for ((k = 0; k < 290; k++)); do X+="${WORDS[$(((k * 13 + k / 7) % ${#WORDS[@]}))]} "; done
+PROMPTS[1]="${X% }"
+ARGS[1]="-n 1 --ignore-eos"
+PROMPTS[2]=${PROMPTS[0]}
+ARGS[2]=${ARGS[0]}
+refs 3 "$E"
+send_seq 1 "$E"   # A, cached after
+# shellcheck disable=SC2086
+timeout 60 "$PD_BIN/pd-cli" --router "$ROUTER" generate "${PROMPTS[1]}" ${ARGS[1]} --json \
+    >"$E/out_1.jsonl" 2>"$E/out_1.err" &
+xpid=$!
+sleep 0.1
+# shellcheck disable=SC2086
+timeout 60 "$PD_BIN/pd-cli" --router "$ROUTER" generate "${PROMPTS[2]}" ${ARGS[2]} --json \
+    >"$E/out_2.jsonl" 2>"$E/out_2.err"
+wait $xpid
+check_streams "$E" 3 "a prefix evicted between routing and prefill"
+check "A again was routed onto its cache, then found at most 2 of its 11 blocks (the rest evicted)" \
+    test "$(status_field 's.workers.filter(w => w.id == "p4").map(w => w.routed_cached_requests + "/" + (w.counters.prefix_hits <= 32) + "/" + (w.counters.prefix_evictions > 0)).join()')" = "1/true/true"
