@@ -190,9 +190,9 @@ static uint32_t cached_on(const sim_t *s, uint32_t w, const sreq_t *r)
     return s->prefix_hit && lru_find(&s->pw[w], r->prefix) >= 0 ? s->prefix_hit : 0;
 }
 
-/* The router's choice (router.routing; router/sched.c): kv_aware takes the
- * least (queued tokens + tokens this prompt would cost there), ties to the
- * fewest queued, then the first. */
+/* The router's choice (router.routing; router/prefix.c): kv_aware takes
+ * the least (queued tokens + tokens this prompt would cost there), ties to
+ * the fewest queued, then to the fewest cached prefixes, then the first. */
 static uint32_t route(sim_t *s, const sreq_t *r)
 {
     uint32_t len = (uint32_t)o_len(s), best = 0;
@@ -203,8 +203,10 @@ static uint32_t route(sim_t *s, const sreq_t *r)
         uint64_t cost = s->pw[w].load_tokens;
         if (s->o->routing == PLAN_ROUTE_KV_AWARE)
             cost += len - cached_on(s, w, r);
+        const pworker_t *a = &s->pw[w], *b = &s->pw[best];
         if (cost < best_cost ||
-            (cost == best_cost && s->pw[w].load_tokens < s->pw[best].load_tokens)) {
+            (cost == best_cost && (a->load_tokens < b->load_tokens ||
+                                   (a->load_tokens == b->load_tokens && a->n_lru < b->n_lru)))) {
             best = w;
             best_cost = cost;
         }

@@ -7,7 +7,7 @@
 # options or a malformed profile fail with a clear message and exit 2.
 . "$(dirname "$0")/lib.sh"
 [ -x "$PD_BIN/pd-plan" ] || skip_all "$PD_BIN/pd-plan missing (make all)"
-plan 30
+plan 34
 PLAN=$PD_BIN/pd-plan
 PROF=tests/cluster/profile-tiny.json
 ARGS=(--profile $PROF --request-rate 200 --input-len 128 --output-len 64 --ttft-slo 40 --tpot-slo 2)
