@@ -7,6 +7,10 @@
 #            kv.prefix_caching false, then true;
 #   alone    the same cluster, caching on: the INPUT-token prompts alone
 #            (what a shared prompt costs when its prefix is free);
+#   trace    (TRACE=1) the same 1P+1D cluster replaying our Mooncake-format
+#            trace (client/bench/traces/mooncake-small.jsonl, blocks of 64
+#            tokens: chat sessions sharing a system prompt, each turn
+#            extending the last) with caching off, then on;
 #   route    (ROUTE=1 or only) 2 prefill (core 0) + 1 decode (core 1), KV pools of
 #            ROUTE_BLOCKS blocks, ROUTE_PREFIXES distinct ROUTE_PREFIX-token
 #            prefixes in random order: router.routing round_robin, then
@@ -16,7 +20,8 @@
 # (build/bench-prefix), ROUNDS (2), NUM (12), RATE (0.5), PREFIX (480),
 # INPUT (32), OUTPUT (16), SLO_MS (1000), ROUTE (0; 1 = also the routing runs;
 # only = just them), ROUTE_NUM (48), ROUTE_RATE (0.5), ROUTE_PREFIX (1000),
-# ROUTE_PREFIXES (8), ROUTE_BLOCKS (340). Prints one line per run
+# ROUTE_PREFIXES (8), ROUTE_BLOCKS (340), TRACE (0; 1 = also the trace runs),
+# SHARED_RUNS (1; 0 = skip the shared/alone runs). Prints one line per run
 # and writes LOGS/NAME.json (pd-bench --json) for each.
 set -u
 cd "$(dirname "$0")/.."
@@ -85,15 +90,22 @@ ALONE=(--num-prompts "$NUM" --request-rate "$RATE" --input-len "$INPUT" --output
        --ignore-eos)
 ROUTED=(--num-prompts "$ROUTE_NUM" --request-rate "$ROUTE_RATE" --prefix-len "$ROUTE_PREFIX"
         --num-prefixes "$ROUTE_PREFIXES" --input-len "$INPUT" --output-len "$OUTPUT" --ignore-eos)
-# Two prefill workers share core 0: a long uncached prompt can starve one
-# past the default 2 s liveness on a loaded machine, and a worker dropped
-# and re-registered loses its cache and its counters. 10 s here.
+# On a loaded machine a long uncached prompt can starve a worker past the
+# default 2 s liveness (two prefill workers share core 0 in the routing
+# runs), and a worker dropped and re-registered loses its cache and its
+# counters: the routing and trace runs allow 10 s.
 LIVE=(worker.liveness=20 router.liveness=20)
+TRACED=(--dataset mooncake --dataset-path client/bench/traces/mooncake-small.jsonl
+        --mooncake-block-size 64 --ignore-eos)
 for r in $(seq 1 "$ROUNDS"); do
-    if [ "$ROUTE" != only ]; then
+    if [ "$ROUTE" != only ] && [ "${SHARED_RUNS:-1}" = 1 ]; then
         one "shared-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${SHARED[@]}"
         one "shared-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${SHARED[@]}"
         one "alone-$r" prefill:0 decode:1 -- "${ALONE[@]}"
+    fi
+    if [ "${TRACE:-0}" = 1 ]; then
+        one "trace-off-$r" prefill:0 decode:1 kv.prefix_caching=false "${LIVE[@]}" -- "${TRACED[@]}"
+        one "trace-on-$r" prefill:0 decode:1 kv.prefix_caching=true "${LIVE[@]}" -- "${TRACED[@]}"
     fi
     if [ "$ROUTE" != 0 ]; then
         one "route-rr-$r" prefill:0 prefill:0 decode:1 router.routing=round_robin "${LIVE[@]}" \
