@@ -7,7 +7,8 @@
 #                   (TESTS=REGEX: only those; skips fail it, see tests/run.sh)
 #   make asan       the same tests on an ASan+UBSan build (build-asan/)
 #   make asan-ci    unit + fault-path cluster tests on the ASan build (CI)
-#   make fuzz       libFuzzer targets (clang), a short run of each
+#   make unit       the unit tests alone (cmocka, no models or cluster needed)
+#   make fuzz       libFuzzer targets (clang, into build-fuzz/), a short run of each
 #   make bench-engine  engine speed vs the machine's limits and llama.cpp
 #   make deps       install missing Debian packages (needs root)
 #   make image      the container image pdserve:latest (deploy/Dockerfile)
@@ -48,7 +49,7 @@ RUNTIME_OBJ := $(call obj_of,$(wildcard common/runtime/*.c))
 # proto/: the wire codec (pd.pb-c <-> C structs), runtime side only.
 CODEC_OBJ   := $(call obj_of,$(wildcard proto/*.c))
 WORKER_OBJ  := $(call obj_of,$(wildcard common/worker*.c))
-CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-bench.c client/pd-plan.c,$(wildcard client/*.c))
+CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-plan.c,$(wildcard client/*.c))
 CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
 # libpdengine: the engine and base (pd-run and the tools need nothing else).
 # libpdruntime: the runtime, base, the generated protobuf code and its codec.
@@ -57,10 +58,13 @@ CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
 RUNTIME_LIB := $(BUILD)/lib/libpdruntime.a
 CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
+# The router's modules without its main, for the unit tests that drive them.
+ROUTER_OBJ  := $(call obj_of,$(filter-out router/main.c,$(wildcard router/*.c)))
+ROUTER_LIB  := $(BUILD)/lib/libpdrouter.a
 
 # Binaries: one per tool, one per process folder (all of its .c files).
 TOOLS       := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/pd-*.c))
-CLIENT_BINS := $(patsubst client/%.c,$(BUILD)/bin/%,$(wildcard client/pd-*.c))
+CLIENT_BINS := $(patsubst client/%.c,$(BUILD)/bin/%,$(wildcard client/pd-*.c)) $(BUILD)/bin/pd-bench
 PROC_BINS   := $(if $(wildcard router/*.c),$(BUILD)/bin/pd-router) \
                $(if $(wildcard prefill_worker/*.c),$(BUILD)/bin/pd-prefill) \
                $(if $(wildcard decode_worker/*.c),$(BUILD)/bin/pd-decode)
@@ -70,7 +74,7 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all bins image deps test asan asan-ci tsan fuzz lint run stop bench bench-engine models referee clean check-tests soak
+.PHONY: all bins image deps test unit asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
 all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 # Every process and tool without the tests (what the image build needs).
@@ -116,6 +120,10 @@ $(CLIENT_LIB): $(CLIENT_OBJ) $(BASE_OBJ) $(CLIENT_NEEDS) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+$(ROUTER_LIB): $(ROUTER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
 $(BUILD)/bin/pd-%: $(BUILD)/obj/tools/pd-%.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
@@ -124,8 +132,9 @@ $(BUILD)/bin/pd-cli $(BUILD)/bin/pd-plan: $(BUILD)/bin/%: $(BUILD)/obj/client/%.
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-# pd-bench tokenizes its prompts with the engine's tokenizer.
-$(BUILD)/bin/pd-bench: $(BUILD)/obj/client/pd-bench.o $(CLIENT_LIB) $(ENGINE_LIB)
+# pd-bench is a folder of its own (client/bench/bench.h says which file does
+# what); it tokenizes its prompts with the engine's tokenizer.
+$(BUILD)/bin/pd-bench: $(call obj_of,$(wildcard client/bench/*.c)) $(CLIENT_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
@@ -141,12 +150,10 @@ $(BUILD)/bin/pd-decode: $(call obj_of,$(wildcard decode_worker/*.c)) $(WORKER_OB
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-# The router's prefix-cache index is pure data: its tests link it alone.
-$(BUILD)/tests/test_kvindex $(BUILD)/tests/test_kvevents: $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj_of,router/kvindex.c) $(RUNTIME_LIB) $(ENGINE_LIB)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
+# Unit tests see router/ too (they drive its modules through libpdrouter).
+$(BUILD)/obj/tests/unit/%.o: CFLAGS += -I router
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ROUTER_LIB) $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
@@ -178,6 +185,9 @@ test: deps
 	-@scripts/docker-deps.sh
 	@BUILD=$(BUILD) tests/run.sh $(TESTS)
 
+unit: $(UNIT_TESTS)
+	@BUILD=$(BUILD) tests/run.sh --unit-only
+
 # The whole suite under ASan accepts skips (PD_ALLOW_SKIP=1): a check that
 # means nothing under ASan (an RSS bound: its quarantine keeps freed memory
 # resident) is a declared skip there, counted and listed.
@@ -205,13 +215,61 @@ tsan: deps
 	@TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp $${TSAN_OPTIONS:-}" \
 	    BUILD=build-tsan MODELS=build/models tests/run.sh
 
-fuzz:
-	@scripts/fuzz.sh
+# ====== Fuzz targets ======
+# Every tests/fuzz/fuzz_<name>.c is a libFuzzer target: built with clang,
+# ASan and UBSan against common/, proto/ and the generated protobuf code
+# (compiled again that way into $(FUZZ_BUILD)/), plus the sources its own
+# "fuzz-sources:" line names (router/...). `make fuzz` builds them all and
+# runs each for FUZZ_RUNS inputs (scripts/fuzz.sh: seeds, dictionaries,
+# one TAP line per target).
+FUZZ_BUILD  ?= build-fuzz
+FUZZ_CC     ?= clang
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -pthread -w -I . -I common -I $(BUILD)/gen -I client \
+               $(PKG_CFLAGS) $(FUZZ_SAN)
+FUZZ_NAMES  := $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS   := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_NAMES))
+FUZZ_COMMON := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(wildcard common/*.c common/*/*.c proto/*.c)) \
+               $(patsubst $(BUILD)/gen/%.c,$(FUZZ_BUILD)/obj/gen/%.o,$(PROTO_C))
+fuzz_sources = $(shell sed -n 's/^[[:space:]/*]*fuzz-sources:[[:space:]]*//p' tests/fuzz/$(1).c | head -1)
+
+$(FUZZ_BUILD)/obj/gen/%.o: $(BUILD)/gen/%.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%_avx512.o: %_avx512.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -mavx2 -mfma -mf16c -mavx512f -mavx512dq \
+	    -mavx512bw -mavx512vl -mavx512vnni -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%_avx2.o: %_avx2.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -mavx2 -mfma -mf16c -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libfuzzcommon.a: $(FUZZ_COMMON)
+	rm -f $@ && ar rcs $@ $^
+
+define FUZZ_TARGET
+$(FUZZ_BUILD)/$(1): tests/fuzz/$(1).c $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(call fuzz_sources,$(1))) \
+                    $(FUZZ_BUILD)/libfuzzcommon.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(addprefix -I ,$(sort $(dir $(call fuzz_sources,$(1))))) \
+	    $$^ -o $$@ $(PKG_LIBS) -lm
+endef
+$(foreach t,$(FUZZ_NAMES),$(eval $(call FUZZ_TARGET,$(t))))
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) scripts/fuzz.sh
 
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
 # files at a time; any finding fails the target.
-LINT_SRC := $(wildcard common/*.c common/*/*.c proto/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c tools/*.c)
+LINT_SRC := $(wildcard common/*.c common/*/*.c proto/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c client/bench/*.c tools/*.c)
 lint: $(PROTO_H)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
 	    --suppress=missingIncludeSystem -I . -I common common proto router prefill_worker decode_worker client tools
@@ -254,4 +312,4 @@ stop:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)

@@ -14,17 +14,19 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "base/grow.h"
+
 #define CHUNK_LINE_MAX 64
 
 typedef enum { ST_CONNECT, ST_SEND, ST_HEADER, ST_BODY, ST_DONE } conn_state_t;
 typedef enum { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER } chunk_state_t;
 
-struct pd_http_conn {
+struct pd_httpc_conn {
     int fd;
     conn_state_t state;
     char *req;                 /* (req_len) the request bytes */
     size_t req_len, req_sent;
-    char hdr[PD_HTTP_MAX_HEADER + 1];
+    char hdr[PD_HTTPC_MAX_HEADER + 1];
     size_t hdr_len;
     int status;
     int chunked, sse;
@@ -40,7 +42,7 @@ struct pd_http_conn {
     int stop;                  /* the callback asked to stop */
 };
 
-int pd_http_url_parse(const char *url, pd_http_url_t *u, pd_err_t *err)
+int pd_httpc_url_parse(const char *url, pd_httpc_url_t *u, pd_err_t *err)
 {
     memset(u, 0, sizeof *u);
     if (url == NULL || strncasecmp(url, "http://", 7) != 0) {
@@ -113,7 +115,7 @@ int pd_http_url_parse(const char *url, pd_http_url_t *u, pd_err_t *err)
     return 0;
 }
 
-void pd_http_conn_free(pd_http_conn_t *c)
+void pd_httpc_conn_free(pd_httpc_conn_t *c)
 {
     if (c == NULL)
         return;
@@ -125,7 +127,7 @@ void pd_http_conn_free(pd_http_conn_t *c)
     free(c);
 }
 
-pd_http_conn_t *pd_http_conn_new(const pd_http_url_t *u, const char *method, const char *path,
+pd_httpc_conn_t *pd_httpc_conn_new(const pd_httpc_url_t *u, const char *method, const char *path,
                                  const char *body, size_t body_len, const char *api_key,
                                  pd_err_t *err)
 {
@@ -137,7 +139,7 @@ pd_http_conn_t *pd_http_conn_new(const pd_http_url_t *u, const char *method, con
                 return NULL;
             }
     }
-    pd_http_conn_t *c = calloc(1, sizeof *c);
+    pd_httpc_conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) {
         pd_err_set(err, PD_ENOMEM, "out of memory");
         return NULL;
@@ -184,24 +186,24 @@ pd_http_conn_t *pd_http_conn_new(const pd_http_url_t *u, const char *method, con
 nomem:
     pd_err_set(err, PD_ENOMEM, "out of memory");
 fail:
-    pd_http_conn_free(c);
+    pd_httpc_conn_free(c);
     return NULL;
 }
 
-int pd_http_conn_fd(const pd_http_conn_t *c) { return c->fd; }
+int pd_httpc_conn_fd(const pd_httpc_conn_t *c) { return c->fd; }
 
-short pd_http_conn_events(const pd_http_conn_t *c)
+short pd_httpc_conn_events(const pd_httpc_conn_t *c)
 {
     return c->state == ST_CONNECT || c->state == ST_SEND ? POLLOUT : POLLIN;
 }
 
-int pd_http_conn_connected(const pd_http_conn_t *c) { return c->state != ST_CONNECT; }
+int pd_httpc_conn_connected(const pd_httpc_conn_t *c) { return c->state != ST_CONNECT; }
 
-int pd_http_conn_status(const pd_http_conn_t *c) { return c->status; }
+int pd_httpc_conn_status(const pd_httpc_conn_t *c) { return c->status; }
 
-int pd_http_conn_is_sse(const pd_http_conn_t *c) { return c->sse; }
+int pd_httpc_conn_is_sse(const pd_httpc_conn_t *c) { return c->sse; }
 
-const char *pd_http_conn_body(const pd_http_conn_t *c, size_t *len)
+const char *pd_httpc_conn_body(const pd_httpc_conn_t *c, size_t *len)
 {
     *len = c->body_len;
     return c->body ? c->body : "";
@@ -212,16 +214,8 @@ static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n,
 {
     if (n > max - *len)
         return PD_ERANGE;
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap : 256;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        char *q = realloc(*buf, nc);
-        if (q == NULL)
-            return PD_ENOMEM;
-        *buf = q;
-        *cap = nc;
-    }
+    if (pd_grow((void **)buf, cap, *len + n + 1, 1, 256) != 0)
+        return PD_ENOMEM;
     memcpy(*buf + *len, p, n);
     *len += n;
     (*buf)[*len] = 0;
@@ -229,21 +223,21 @@ static int append(char **buf, size_t *len, size_t *cap, const char *p, size_t n,
 }
 
 /* Body bytes (de-chunked) go to the SSE splitter or the kept body. */
-static int body_bytes(pd_http_conn_t *c, const char *p, size_t n, pd_http_data_fn fn, void *user,
+static int body_bytes(pd_httpc_conn_t *c, const char *p, size_t n, pd_httpc_data_fn fn, void *user,
                       pd_err_t *err)
 {
     if (!c->sse) {
-        int rc = append(&c->body, &c->body_len, &c->body_cap, p, n, PD_HTTP_MAX_BODY);
+        int rc = append(&c->body, &c->body_len, &c->body_cap, p, n, PD_HTTPC_MAX_BODY);
         if (rc != 0)
-            return pd_err_set(err, rc, "response body over %u bytes", PD_HTTP_MAX_BODY);
+            return pd_err_set(err, rc, "response body over %u bytes", PD_HTTPC_MAX_BODY);
         return 0;
     }
     while (n > 0 && !c->stop) {
         const char *nl = memchr(p, '\n', n);
         size_t take = nl ? (size_t)(nl - p) : n;
-        int rc = append(&c->line, &c->line_len, &c->line_cap, p, take, PD_HTTP_MAX_LINE);
+        int rc = append(&c->line, &c->line_len, &c->line_cap, p, take, PD_HTTPC_MAX_LINE);
         if (rc != 0)
-            return pd_err_set(err, rc, "event-stream line over %u bytes", PD_HTTP_MAX_LINE);
+            return pd_err_set(err, rc, "event-stream line over %u bytes", PD_HTTPC_MAX_LINE);
         if (nl == NULL)
             return 0;
         p += take + 1;
@@ -267,7 +261,7 @@ static int body_bytes(pd_http_conn_t *c, const char *p, size_t n, pd_http_data_f
 }
 
 /* Parses the status line and headers in c->hdr (hdr_len bytes, ends with CRLFCRLF). */
-static int parse_header(pd_http_conn_t *c, pd_err_t *err)
+static int parse_header(pd_httpc_conn_t *c, pd_err_t *err)
 {
     c->hdr[c->hdr_len] = 0;
     /* "HTTP/D.D NNN": digits checked one by one (sscanf's %d has undefined
@@ -313,7 +307,7 @@ static int parse_header(pd_http_conn_t *c, pd_err_t *err)
 }
 
 /* Feeds n body bytes as they came off the socket. Returns 0, 1 (complete) or < 0. */
-static int feed_body(pd_http_conn_t *c, const char *p, size_t n, pd_http_data_fn fn, void *user,
+static int feed_body(pd_httpc_conn_t *c, const char *p, size_t n, pd_httpc_data_fn fn, void *user,
                      pd_err_t *err)
 {
     if (!c->chunked) {
@@ -393,7 +387,7 @@ static int feed_body(pd_http_conn_t *c, const char *p, size_t n, pd_http_data_fn
     return c->stop ? 1 : 0;
 }
 
-int pd_http_conn_io(pd_http_conn_t *c, short revents, pd_http_data_fn fn, void *user,
+int pd_httpc_conn_io(pd_httpc_conn_t *c, short revents, pd_httpc_data_fn fn, void *user,
                     pd_err_t *err)
 {
     if (c->state == ST_DONE)
@@ -457,9 +451,9 @@ int pd_http_conn_io(pd_http_conn_t *c, short revents, pd_http_data_fn fn, void *
         if (c->state == ST_HEADER) {
             /* Copy byte by byte up to the blank line (bounded). */
             while (n > 0 && c->state == ST_HEADER) {
-                if (c->hdr_len == PD_HTTP_MAX_HEADER)
+                if (c->hdr_len == PD_HTTPC_MAX_HEADER)
                     return pd_err_set(err, PD_ERANGE, "response headers over %d bytes",
-                                      PD_HTTP_MAX_HEADER);
+                                      PD_HTTPC_MAX_HEADER);
                 c->hdr[c->hdr_len++] = *p++;
                 n--;
                 if (c->hdr_len >= 4 && memcmp(c->hdr + c->hdr_len - 4, "\r\n\r\n", 4) == 0) {

@@ -546,7 +546,7 @@ static int cmd_bench_zmq(int argc, char **argv)
     zb_recv_t r = { rs, 0, 0, nm };
     pthread_t th;
     pthread_create(&th, NULL, zb_receiver, &r);
-    uint64_t t0 = pd_net_now_us();
+    uint64_t t0 = pd_now_us();
     for (unsigned long long m = 0; m < nm; m++) {
         zmq_send(ds, "hdr", 3, ZMQ_SNDMORE);
         for (unsigned long long b = 0; b < nb; b++) {
@@ -556,7 +556,7 @@ static int cmd_bench_zmq(int argc, char **argv)
         }
     }
     pthread_join(th, NULL);
-    double s = (double)(pd_net_now_us() - t0) / 1e6;
+    double s = (double)(pd_now_us() - t0) / 1e6;
     double payload = (double)nm * (double)nb * (double)bb;
     printf("{\"block_bytes\":%llu,\"blocks_per_message\":%llu,\"messages\":%llu,"
            "\"seconds\":%.4f,\"gb_per_s\":%.3f}\n",

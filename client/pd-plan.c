@@ -78,6 +78,7 @@
 #include <jansson.h>
 
 #include "base/args.h"
+#include "base/grow.h"
 #include "plan_live.h"
 #include "plan_sim.h"
 
@@ -85,6 +86,7 @@
 #define EXIT_USAGE 2
 #define PLAN_EXHAUSTIVE_MAX 16 /* --max-workers up to this: try every P:D */
 #define PLAN_MAX_WORKERS 100000
+#define PLAN_MAX_ARRIVALS 10000000u /* --arrivals records */
 
 /* ====== Options ====== */
 
@@ -155,14 +157,9 @@ static int load_arrivals(opts_t *o)
                             "--save-requests record?)\n", o->arrivals_path, line_no);
             goto done;
         }
-        if (n == cap) {
-            size_t nc = cap ? cap * 2 : 256;
-            double *p = nc <= 10000000 ? realloc(t, nc * sizeof *p) : NULL;
-            if (p == NULL) {
-                fprintf(stderr, "pd-plan: --arrivals %s: too many records\n", o->arrivals_path);
-                goto done;
-            }
-            t = p, cap = nc;
+        if (n >= PLAN_MAX_ARRIVALS || pd_grow((void **)&t, &cap, n + 1, sizeof *t, 256) != 0) {
+            fprintf(stderr, "pd-plan: --arrivals %s: too many records\n", o->arrivals_path);
+            goto done;
         }
         t[n++] = x / 1000.0;
     }
@@ -595,14 +592,8 @@ static row_t *try_config(const opts_t *o, const plan_model_t *m, rows_t *rows, u
     for (size_t i = 0; i < rows->n; i++)
         if (rows->v[i].P == P && rows->v[i].D == D)
             return &rows->v[i];
-    if (rows->n == rows->cap) {
-        size_t cap = rows->cap ? rows->cap * 2 : 64;
-        row_t *p = realloc(rows->v, cap * sizeof *p);
-        if (p == NULL)
-            return NULL;
-        rows->v = p;
-        rows->cap = cap;
-    }
+    if (pd_grow((void **)&rows->v, &rows->cap, rows->n + 1, sizeof *rows->v, 64) != 0)
+        return NULL;
     row_t *r = &rows->v[rows->n];
     r->P = P, r->D = D;
     plan_load_t l = load_of(o);

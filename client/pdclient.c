@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "runtime/config.h"
+#include "base/grow.h"
 #include "runtime/net.h"
 
 #define PD_CLIENT_DEFAULT_ROUTER "tcp://127.0.0.1:5555"
@@ -199,7 +200,7 @@ static int send_now(pd_client_t *c, const Pd__Msg *m, pd_err_t *err)
 {
     int rc = pd_net_send(c->sock, NULL, 0, m, false, err);
     if (rc == 0)
-        c->last_tx_ms = pd_net_now_ms();
+        c->last_tx_ms = pd_now_ms();
     return rc;
 }
 
@@ -207,14 +208,14 @@ static int send_now(pd_client_t *c, const Pd__Msg *m, pd_err_t *err)
  * come up: DEALER sockets queue nothing for peers not yet connected. */
 static int send_wait(pd_client_t *c, const Pd__Msg *m, uint32_t timeout_ms, pd_err_t *err)
 {
-    uint64_t end = pd_net_now_ms() + timeout_ms;
+    uint64_t end = pd_now_ms() + timeout_ms;
     for (;;) {
         /* Drops before the send are not this message's: count them now. */
         watch_connection(c);
         int rc = send_now(c, m, err);
         if (rc != PD_EFULL)
             return rc;
-        uint64_t now = pd_net_now_ms();
+        uint64_t now = pd_now_ms();
         if (now >= end)
             return pd_err_set(err, PD_EIO, "router %s not reachable within %u ms", c->addr,
                               timeout_ms);
@@ -237,14 +238,8 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
 {
     if (c->n_fl >= PD_CLIENT_MAX_INFLIGHT)
         return pd_err_set(err, PD_EFULL, "%zu requests in flight", c->n_fl);
-    if (c->n_fl == c->cap_fl) {
-        size_t cap = c->cap_fl ? c->cap_fl * 2 : 16;
-        inflight_t *nf = realloc(c->fl, cap * sizeof *nf);
-        if (nf == NULL)
-            return pd_err_set(err, PD_ENOMEM, "in-flight table");
-        c->fl = nf;
-        c->cap_fl = cap;
-    }
+    if (pd_grow((void **)&c->fl, &c->cap_fl, c->n_fl + 1, sizeof *c->fl, 16) != 0)
+        return pd_err_set(err, PD_ENOMEM, "in-flight table");
     Pd__Sampling s = PD__SAMPLING__INIT;
     s.has_temperature = s.has_top_k = s.has_top_p = s.has_min_p = s.has_seed = true;
     s.has_repetition_penalty = s.has_presence_penalty = s.has_frequency_penalty = true;
@@ -283,11 +278,11 @@ int pd_client_submit(pd_client_t *c, const pd_gen_request_t *req, uint64_t *id, 
     if (rc)
         return rc;
     if (c->n_fl == 0)
-        c->last_rx_ms = c->tick_ms = pd_net_now_ms(); /* the router's silence counts from now */
+        c->last_rx_ms = c->tick_ms = pd_now_ms(); /* the router's silence counts from now */
     uint64_t wait_ms = c->timeout_ms;
     if (req->deadline_ms && (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS > wait_ms)
         wait_ms = (uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS;
-    uint64_t now = pd_net_now_us();
+    uint64_t now = pd_now_us();
     uint64_t end = req->deadline_ms
                        ? now + ((uint64_t)req->deadline_ms + PD_CLIENT_GRACE_MS) * 1000u
                        : 0;
@@ -363,7 +358,7 @@ static int deliver(pd_client_t *c, const Pd__Msg *m, pd_chunk_fn fn, void *user)
          * (the router that owned it may be gone: a restarted one never
          * heard of it). */
         inflight_t *f = &c->fl[i];
-        f->deadline_us = pd_net_now_us() + f->wait_us;
+        f->deadline_us = pd_now_us() + f->wait_us;
         if (f->end_us && f->deadline_us > f->end_us)
             f->deadline_us = f->end_us;
     }
@@ -375,7 +370,7 @@ static int deliver(pd_client_t *c, const Pd__Msg *m, pd_chunk_fn fn, void *user)
 /* Client-side give-up: cancel and end requests the router never finished. */
 static int expire(pd_client_t *c, pd_chunk_fn fn, void *user)
 {
-    uint64_t now = pd_net_now_us();
+    uint64_t now = pd_now_us();
     int n = 0;
     for (size_t i = 0; i < c->n_fl;) {
         if (now < c->fl[i].deadline_us) {
@@ -434,7 +429,7 @@ static int fail_lost(pd_client_t *c, pd_chunk_fn fn, void *user)
  * call tries again (our silence is what the router judges). */
 static void beat(pd_client_t *c)
 {
-    if (c->n_fl == 0 || pd_net_now_ms() - c->last_tx_ms < c->hb_ivl_ms)
+    if (c->n_fl == 0 || pd_now_ms() - c->last_tx_ms < c->hb_ivl_ms)
         return;
     Pd__Heartbeat hb = PD__HEARTBEAT__INIT;
     Pd__Msg m = PD__MSG__INIT;
@@ -450,7 +445,7 @@ static void beat(pd_client_t *c)
  * the blame (what it sent meanwhile may not even be readable yet). */
 static void tick(pd_client_t *c, uint64_t allowed)
 {
-    uint64_t now = pd_net_now_ms();
+    uint64_t now = pd_now_ms();
     uint64_t stall = (uint64_t)c->hb_ivl_ms * c->hb_liveness / 2;
     if (c->tick_ms && now - c->tick_ms > allowed + stall)
         c->last_rx_ms = now;
@@ -464,7 +459,7 @@ static void tick(pd_client_t *c, uint64_t allowed)
 static int router_silent(pd_client_t *c, pd_chunk_fn fn, void *user)
 {
     tick(c, 0);
-    uint64_t silent = pd_net_now_ms() - c->last_rx_ms;
+    uint64_t silent = pd_now_ms() - c->last_rx_ms;
     uint64_t limit = (uint64_t)c->hb_ivl_ms * c->hb_liveness;
     if (c->n_fl == 0 || silent <= limit)
         return 0;
@@ -510,7 +505,7 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
     long wait_ms = delivered ? 0 : timeout_ms;
     if (c->n_fl > 0 && wait_ms != 0) {
         /* Wake up in time for our next beat and to judge the router. */
-        uint64_t now = pd_net_now_ms();
+        uint64_t now = pd_now_ms();
         uint64_t next = c->last_tx_ms + c->hb_ivl_ms;
         uint64_t dead = c->last_rx_ms + (uint64_t)c->hb_ivl_ms * c->hb_liveness + 1;
         uint64_t until = next < dead ? next : dead;
@@ -539,7 +534,7 @@ int pd_client_poll(pd_client_t *c, int timeout_ms, pd_chunk_fn fn, void *user, p
             drained = true;
             break;
         }
-        c->last_rx_ms = pd_net_now_ms(); /* any message is a beat */
+        c->last_rx_ms = pd_now_ms(); /* any message is a beat */
         if (c->in->n_frames == 1 && !c->in->truncated) {
             pd_err_t e2 = { 0 };
             Pd__Msg *m = pd_net_unpack(&c->alloc, zmq_msg_data(&c->in->frames[0]),
@@ -696,9 +691,9 @@ static int status_call(pd_client_t *c, const Pd__Msg *m, pd_cluster_status_t **o
     int rc = send_wait(c, m, c->timeout_ms, err);
     if (rc)
         return rc;
-    uint64_t end = pd_net_now_ms() + c->timeout_ms;
+    uint64_t end = pd_now_ms() + c->timeout_ms;
     for (;;) {
-        uint64_t now = pd_net_now_ms();
+        uint64_t now = pd_now_ms();
         if (now >= end)
             return pd_err_set(err, PD_EIO, "router %s did not answer within %u ms", c->addr,
                               c->timeout_ms);
@@ -708,7 +703,7 @@ static int status_call(pd_client_t *c, const Pd__Msg *m, pd_cluster_status_t **o
         rc = pd_net_recv(c->sock, c->in, err);
         if (rc <= 0)
             continue;
-        c->last_rx_ms = pd_net_now_ms();
+        c->last_rx_ms = pd_now_ms();
         Pd__Msg *r = NULL;
         if (c->in->n_frames == 1)
             r = pd_net_unpack(&c->alloc, zmq_msg_data(&c->in->frames[0]),

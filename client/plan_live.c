@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "httpc.h"
 #include "pdclient.h"
 
@@ -179,42 +180,35 @@ double pd_obs_quantile(const pd_obs_hist_t *h, double q)
 
 /* ====== Snapshots ====== */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static int get_metrics(const pd_http_url_t *u, pd_obs_metrics_t *m, pd_err_t *err)
+static int get_metrics(const pd_httpc_url_t *u, pd_obs_metrics_t *m, pd_err_t *err)
 {
     memset(m, 0, sizeof *m);
     char path[600];
     snprintf(path, sizeof path, "%s/metrics", u->path);
-    pd_http_conn_t *c = pd_http_conn_new(u, "GET", path, NULL, 0, NULL, err);
+    pd_httpc_conn_t *c = pd_httpc_conn_new(u, "GET", path, NULL, 0, NULL, err);
     if (c == NULL)
         return PD_EIO;
-    double until = now_s() + OBS_HTTP_TIMEOUT_MS / 1000.0;
+    double until = pd_now_s() + OBS_HTTP_TIMEOUT_MS / 1000.0;
     int rc = 0;
     while (rc == 0) {
-        double left = until - now_s();
+        double left = until - pd_now_s();
         if (left <= 0) {
             rc = pd_err_set(err, PD_EIO, "no answer to GET http://%s%s", u->hostport, path);
             break;
         }
-        struct pollfd pf = { .fd = pd_http_conn_fd(c), .events = pd_http_conn_events(c) };
+        struct pollfd pf = { .fd = pd_httpc_conn_fd(c), .events = pd_httpc_conn_events(c) };
         if (poll(&pf, 1, (int)(left * 1000) + 1) > 0)
-            rc = pd_http_conn_io(c, pf.revents, NULL, NULL, err);
+            rc = pd_httpc_conn_io(c, pf.revents, NULL, NULL, err);
     }
-    if (rc == 1 && pd_http_conn_status(c) != 200)
+    if (rc == 1 && pd_httpc_conn_status(c) != 200)
         rc = pd_err_set(err, PD_EIO, "GET http://%s%s: HTTP %d", u->hostport, path,
-                        pd_http_conn_status(c));
+                        pd_httpc_conn_status(c));
     if (rc == 1) {
         size_t len;
-        const char *body = pd_http_conn_body(c, &len);
+        const char *body = pd_httpc_conn_body(c, &len);
         rc = pd_obs_parse_metrics(body, len, m, err);
     }
-    pd_http_conn_free(c);
+    pd_httpc_conn_free(c);
     return rc < 0 ? rc : 0;
 }
 
@@ -263,8 +257,8 @@ int pd_plan_observe(const char *router, const char *metrics_url, double window_s
                     pd_plan_obs_t *o, pd_err_t *err)
 {
     memset(o, 0, sizeof *o);
-    pd_http_url_t u;
-    int rc = pd_http_url_parse(metrics_url, &u, err);
+    pd_httpc_url_t u;
+    int rc = pd_httpc_url_parse(metrics_url, &u, err);
     if (rc)
         return rc;
     pd_client_t *c = pd_client_new(router, err);
@@ -273,11 +267,11 @@ int pd_plan_observe(const char *router, const char *metrics_url, double window_s
     pd_client_set_timeout(c, OBS_STATUS_TIMEOUT_MS);
     pd_cluster_status_t *s0 = NULL, *s1 = NULL;
     pd_obs_metrics_t m0, m1;
-    double t0 = now_s();
+    double t0 = pd_now_s();
     rc = pd_client_status(c, &s0, err);
     if (rc == 0)
         rc = get_metrics(&u, &m0, err);
-    while (rc == 0 && now_s() - t0 < window_s) {
+    while (rc == 0 && pd_now_s() - t0 < window_s) {
         struct timespec ts = { 0, 100 * 1000000L };
         nanosleep(&ts, NULL);
     }
@@ -286,7 +280,7 @@ int pd_plan_observe(const char *router, const char *metrics_url, double window_s
     if (rc == 0)
         rc = get_metrics(&u, &m1, err);
     if (rc == 0) {
-        o->window_s = now_s() - t0;
+        o->window_s = pd_now_s() - t0;
         o->done = m1.done >= m0.done ? m1.done - m0.done : 0;
         o->failed = m1.failed >= m0.failed ? m1.failed - m0.failed : 0;
         o->prompt_tokens = m1.prompt_tokens >= m0.prompt_tokens ? m1.prompt_tokens - m0.prompt_tokens : 0;

@@ -2,16 +2,14 @@
  *
  * Served from the router process without touching its reactor: the HTTP
  * server (libmicrohttpd, one thread per connection, at most
- * http.max_connections) and one bridge thread talk to the router the way
- * any client does, over ZeroMQ -- a DEALER connected to the router's client
- * endpoint, carrying the same GenerateRequest / StreamChunk / Cancel /
- * StatusRequest messages as libpdclient. The reactor stays single-threaded
- * and sees HTTP as one more client; a slow HTTP client only slows its own
- * connection thread (and, through ZeroMQ back-pressure, its own stream).
- *
- *   connection threads --(outbox + eventfd, one mutex)--> bridge thread
- *   bridge thread --DEALER--> router client socket
- *   bridge thread --(per-request condition variable)--> connection thread
+ * http.max_connections) and one bridge thread (http_bridge.h) talk to the
+ * router the way any client does, over ZeroMQ -- a DEALER connected to the
+ * router's client endpoint, carrying the same GenerateRequest / StreamChunk
+ * / Cancel / StatusRequest messages as libpdclient. The reactor stays
+ * single-threaded and sees HTTP as one more client; a slow HTTP client only
+ * slows its own connection thread (and, through ZeroMQ back-pressure, its
+ * own stream). What a request body means and what an answer looks like is
+ * openai.h's.
  *
  * Endpoints: POST /v1/completions, POST /v1/chat/completions (stream: true
  * as Server-Sent Events ending with "data: [DONE]"), GET /v1/models,

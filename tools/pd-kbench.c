@@ -49,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/args.h"
 #include "engine/gguf.h"
 #include "engine/kernels.h"
@@ -75,13 +76,6 @@ typedef struct {
     pd_ggml_type_t types[MAX_TYPES];
 } opts_t;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -97,11 +91,11 @@ static double bench(bench_fn fn, void *ctx, double min_s)
     double times[4096];
     int n = 0;
     fn(ctx);
-    double t_start = now_s();
-    while (n < 4096 && (n < MIN_REPS || now_s() - t_start < min_s)) {
-        double t0 = now_s();
+    double t_start = pd_now_s();
+    while (n < 4096 && (n < MIN_REPS || pd_now_s() - t_start < min_s)) {
+        double t0 = pd_now_s();
         fn(ctx);
-        times[n++] = now_s() - t0;
+        times[n++] = pd_now_s() - t0;
     }
     qsort(times, (size_t)n, sizeof(double), cmp_double);
     return times[0];

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/args.h"
 #include "base/err.h"
 #include "engine/forward.h"
@@ -56,13 +57,6 @@ typedef struct {
     float *logits;             /* (max_batch_tokens, vocab) */
     pd_sampler_scratch_t *scratch;
 } runner_t;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void runner_free(runner_t *r)
 {
@@ -291,7 +285,7 @@ static double bench_decode(runner_t *r, uint32_t n_seqs, uint32_t PROMPT, pd_err
             n_table[s] = seqs[s].n_blocks;
         }
         pd_batch_t b = { n_seqs, tok, pos, sq, want, n_seqs, tables, n_table };
-        double t0 = now_s();
+        double t0 = pd_now_s();
         if (pd_forward(r->eng, &b, r->logits, err) != 0)
             return -1;
         for (uint32_t s = 0; s < n_seqs; s++) {
@@ -303,7 +297,7 @@ static double bench_decode(runner_t *r, uint32_t n_seqs, uint32_t PROMPT, pd_err
             tok[s] = best;
         }
         if (step > 0)
-            t_decode += now_s() - t0;
+            t_decode += pd_now_s() - t0;
     }
     for (uint32_t s = 0; s < n_seqs; s++)
         pd_kv_seq_release(r->kv, &seqs[s]);
@@ -325,9 +319,9 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
     pd_kv_seq_release(r->kv, &seq);
     double best = 1e30;
     for (int rep = 0; rc == 0 && rep < 2; rep++) {
-        double t0 = now_s();
+        double t0 = pd_now_s();
         rc = prefill(r, &seq, prompt, N_PREFILL, 0, err);
-        double t = now_s() - t0;
+        double t = pd_now_s() - t0;
         best = t < best ? t : best;
         pd_kv_seq_release(r->kv, &seq);
     }

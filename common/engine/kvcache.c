@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/fault.h"
+#include "base/grow.h"
 #include "base/log.h"
 
 #define PD_KV_ALIGN 64                          /* bytes; one cache line, enough for AVX-512 loads */
@@ -229,16 +230,13 @@ int pd_kv_seq_reserve(pd_kv_t *kv, pd_kv_seq_t *seq, uint32_t n_tokens)
     if (need > pd_kv_n_free(kv))
         return PD_EFULL; /* checked up front: nothing was allocated */
     if (want > seq->cap) {
-        uint64_t cap = seq->cap < PD_KV_SEQ_MIN_CAP ? PD_KV_SEQ_MIN_CAP : (uint64_t)seq->cap * 2u;
-        if (cap < want)
-            cap = want;
-        if (cap > UINT32_MAX || cap > SIZE_MAX / sizeof *seq->blocks)
+        if (want > UINT32_MAX)
             return PD_ERANGE;
-        int32_t *t = pd_realloc(seq->blocks, (size_t)cap * sizeof *t);
-        if (t == NULL)
+        size_t cap = seq->cap;
+        if (pd_grow((void **)&seq->blocks, &cap, (size_t)want, sizeof *seq->blocks,
+                    PD_KV_SEQ_MIN_CAP) != 0)
             return PD_ENOMEM;
-        seq->blocks = t;
-        seq->cap = (uint32_t)cap;
+        seq->cap = cap > UINT32_MAX ? UINT32_MAX : (uint32_t)cap;
     }
     while (seq->n_blocks < want) {
         int32_t id = pd_kv_alloc(kv);

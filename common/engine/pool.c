@@ -31,7 +31,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "base/clock.h"
 
 /* How long an idle thread spins before it sleeps on the condvar, in ns.
  * A decode step runs a few dozen matmuls separated by short single-threaded
@@ -70,13 +71,6 @@ struct pd_pool {
     atomic_bool stop;
 };
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Spins for up to PD_POOL_SPIN_NS while pred(p, arg) is false; returns
  * whether it became true. */
 static bool spin_until(pd_pool_t *p, bool (*pred)(pd_pool_t *, uint64_t), uint64_t arg)
@@ -87,7 +81,7 @@ static bool spin_until(pd_pool_t *p, bool (*pred)(pd_pool_t *, uint64_t), uint64
             return true;
         _mm_pause();
         if (spin % PD_POOL_SPIN_CHECK == 0) {
-            uint64_t t = now_ns();
+            uint64_t t = pd_now_ns();
             if (t0 == 0)
                 t0 = t;
             else if (t - t0 > PD_POOL_SPIN_NS)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "base/grow.h"
 #include "engine/unicode.h"
 
 #define PD_VOCAB_MAX_RANKS 1000000u  /* more lines than any real rank table */
@@ -61,7 +62,7 @@ static int ranks_read(const char *path, ranks_t *r, pd_err_t *err)
 {
     FILE *f = fopen(path, "r");
     char *line = NULL;
-    size_t cap = 0, line_no = 0, alloc = 0;
+    size_t cap = 0, line_no = 0, cap_bytes = 0, cap_lens = 0;
     ssize_t got;
     int rc = 0;
     memset(r, 0, sizeof *r);
@@ -85,19 +86,10 @@ static int ranks_read(const char *path, ranks_t *r, pd_err_t *err)
             rc = pd_err_set(err, PD_EFORMAT, "%s: more than %u ranks", path, PD_VOCAB_MAX_RANKS);
             goto done;
         }
-        if (r->n == alloc) {
-            size_t na = alloc ? alloc * 2 : 1024;
-            uint8_t **nb = realloc(r->bytes, na * sizeof *nb);
-            if (nb)
-                r->bytes = nb;
-            size_t *nl = realloc(r->lens, na * sizeof *nl);
-            if (nl)
-                r->lens = nl;
-            if (!nb || !nl) {
-                rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
-                goto done;
-            }
-            alloc = na;
+        if (pd_grow((void **)&r->bytes, &cap_bytes, r->n + 1, sizeof *r->bytes, 1024) != 0 ||
+            pd_grow((void **)&r->lens, &cap_lens, r->n + 1, sizeof *r->lens, 1024) != 0) {
+            rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
+            goto done;
         }
         uint8_t *b = malloc(n / 2);
         if (!b) {

@@ -1,15 +1,11 @@
 /* config.c -- see config.h
  *
- * Every key lives in one table (g_keys below): section, key, kind, where its
- * field is in pd_config_t, and its range. The YAML loader, pd_config_set and
- * pd_config_write all work from that table, so adding a key is one line here
- * (plus its default in pd_config_default and its row in docs/config.md).
- *
- * The loader walks libyaml's event stream (no document tree is built), so
- * memory is bounded by the 1 MiB input cap; it refuses anchors, aliases and
- * tags outright (no billion-laughs), and anything but a mapping of sections,
- * each a mapping of keys, each a scalar or (for list keys) a flat sequence.
- * It parses into a copy and commits only on success.
+ * Every key lives in one table (pd_cfg__keys below): section, key, kind,
+ * where its field is in pd_config_t, and its range. The YAML loader
+ * (config_yaml.c), pd_config_set and pd_config_write all work from that
+ * table, so adding a key is one line here (plus its default in
+ * pd_config_default and its row in docs/config.md). This file: the table,
+ * defaults, value parsing, flags, cross-field checks and the dump.
  */
 #include "runtime/config.h"
 
@@ -25,37 +21,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <yaml.h>
+#include "runtime/config_internal.h"
 
 /* ====== The key table ====== */
-
-typedef enum {
-    K_U32,          /* uint32_t, decimal, [min, max] */
-    K_U64,          /* uint64_t, decimal, [min, max] */
-    K_BOOL,         /* bool: true/false/yes/no */
-    K_STR,          /* char[size]: any printable UTF-8, no control chars */
-    K_ENDPOINT,     /* char[size]: tcp://HOST:PORT, ipc://PATH, inproc://NAME */
-    K_HOSTPORT,     /* char[size]: HOST:PORT or "" (off) */
-    K_ADVERTISE,    /* char[size]: "" (auto), HOST or HOST:PORT; a real host (addr.h) */
-    K_Z85,          /* char[size]: "" or a 40-char Z85 CURVE key */
-    K_CHOICE_STR,   /* char[size]: one of choices */
-    K_CHOICE_ENUM,  /* int-sized enum: index into choices */
-    K_I32_LIST,     /* int32_t[PD_CFG_MAX_LIST] + uint32_t count, items in [min, max] */
-    K_TOKEN_LIST,   /* char[PD_CFG_MAX_LIST][size] + count: printable, no spaces */
-    K_Z85_LIST,     /* char[PD_CFG_MAX_LIST][size] + count: Z85 keys */
-} cfg_kind_t;
-
-typedef struct {
-    const char *section;
-    const char *key;
-    cfg_kind_t kind;
-    size_t off;               /* offset of the field (lists: of item 0) in pd_config_t */
-    size_t size;              /* field bytes (strings: incl. NUL; lists: one item) */
-    size_t count_off;         /* lists: offset of the uint32_t item count */
-    uint64_t min, max;        /* integers and integer list items: inclusive range */
-    const char *const *choices; /* K_CHOICE_*: NULL-terminated */
-    bool is_secret;           /* written as "<redacted>" by a redacting dump */
-} cfg_key_t;
 
 /* sec.fld is a member designator: it cannot take parentheses. */
 // NOLINTNEXTLINE(bugprone-macro-parentheses)
@@ -86,7 +54,7 @@ static const char *const g_routings[] = { "kv_aware", "round_robin", "least_load
 static const char *const g_chat_templates[] = { "auto",    "chatml", "llama2", "llama3",
                                                 "mistral", "zephyr", NULL };
 
-static const cfg_key_t g_keys[] = {
+const cfg_key_t pd_cfg__keys[] = {
     STRK(model, path, K_STR, false),
     STRK(model, name, K_STR, false),
     U32(model, max_seq_len, 0, 1048576),
@@ -154,68 +122,68 @@ static const cfg_key_t g_keys[] = {
     STRK(log, dir, K_STR, false),
 };
 
-#define N_KEYS (sizeof g_keys / sizeof g_keys[0])
-#define N_SECTIONS_MAX 16
+#define N_KEYS (sizeof pd_cfg__keys / sizeof pd_cfg__keys[0])
+_Static_assert(N_KEYS <= PD_CFG__MAX_KEYS, "raise PD_CFG__MAX_KEYS (config_internal.h)");
 #define Z85_KEY_CHARS 40
 
 static const char g_z85_chars[] =
     "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
 
-static bool is_list(const cfg_key_t *k)
+bool pd_cfg__is_list(const cfg_key_t *k)
 {
     return k->kind == K_I32_LIST || k->kind == K_TOKEN_LIST || k->kind == K_Z85_LIST;
 }
 
 /* Distinct section names in table order; returns their count. */
-static size_t sections(const char *out[N_SECTIONS_MAX])
+size_t pd_cfg__sections(const char *out[PD_CFG__MAX_SECTIONS])
 {
     size_t n = 0;
     for (size_t i = 0; i < N_KEYS; i++)
-        if (i == 0 || strcmp(g_keys[i - 1].section, g_keys[i].section) != 0) {
-            assert(n < N_SECTIONS_MAX); /* raise N_SECTIONS_MAX with a new section */
-            out[n++] = g_keys[i].section; /* the table groups keys by section */
+        if (i == 0 || strcmp(pd_cfg__keys[i - 1].section, pd_cfg__keys[i].section) != 0) {
+            assert(n < PD_CFG__MAX_SECTIONS); /* raise PD_CFG__MAX_SECTIONS with a new section */
+            out[n++] = pd_cfg__keys[i].section; /* the table groups keys by section */
         }
     return n;
 }
 
-static int find_section(const char *name, size_t len)
+int pd_cfg__find_section(const char *name, size_t len)
 {
-    const char *names[N_SECTIONS_MAX];
-    size_t n = sections(names);
+    const char *names[PD_CFG__MAX_SECTIONS];
+    size_t n = pd_cfg__sections(names);
     for (size_t i = 0; i < n; i++)
         if (strlen(names[i]) == len && memcmp(names[i], name, len) == 0)
             return (int)i;
     return -1;
 }
 
-static int find_key(const char *section, const char *key, size_t len)
+int pd_cfg__find_key(const char *section, const char *key, size_t len)
 {
     for (size_t i = 0; i < N_KEYS; i++)
-        if (strcmp(g_keys[i].section, section) == 0 && strlen(g_keys[i].key) == len &&
-            memcmp(g_keys[i].key, key, len) == 0)
+        if (strcmp(pd_cfg__keys[i].section, section) == 0 && strlen(pd_cfg__keys[i].key) == len &&
+            memcmp(pd_cfg__keys[i].key, key, len) == 0)
             return (int)i;
     return -1;
 }
 
 /* "max_batch_tokens, max_batch_size, ..." for section into buf. */
-static void known_keys(const char *section, char *buf, size_t cap)
+void pd_cfg__known_keys(const char *section, char *buf, size_t cap)
 {
     size_t used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < N_KEYS; i++) {
-        if (strcmp(g_keys[i].section, section) != 0)
+        if (strcmp(pd_cfg__keys[i].section, section) != 0)
             continue;
-        int n = snprintf(buf + used, cap - used, "%s%s", used ? ", " : "", g_keys[i].key);
+        int n = snprintf(buf + used, cap - used, "%s%s", used ? ", " : "", pd_cfg__keys[i].key);
         if (n < 0 || (size_t)n >= cap - used)
             return;
         used += (size_t)n;
     }
 }
 
-static void known_sections(char *buf, size_t cap)
+void pd_cfg__known_sections(char *buf, size_t cap)
 {
-    const char *names[N_SECTIONS_MAX];
-    size_t n = sections(names), used = 0;
+    const char *names[PD_CFG__MAX_SECTIONS];
+    size_t n = pd_cfg__sections(names), used = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < n; i++) {
         int w = snprintf(buf + used, cap - used, "%s%s", used ? ", " : "", names[i]);
@@ -298,7 +266,7 @@ void pd_config_default(pd_config_t *c)
 
 /* A printable excerpt of an offending value for messages: at most 40 bytes,
  * control bytes shown as '?', "..." when cut. */
-static const char *excerpt(const char *s, size_t len, char out[64])
+const char *pd_cfg__excerpt(const char *s, size_t len, char out[64])
 {
     size_t n = len < 40 ? len : 40, j = 0;
     for (size_t i = 0; i < n; i++) {
@@ -436,7 +404,7 @@ static bool check_z85(const char *s, size_t len, char *why, size_t why_cap)
         if (s[i] == '\0' || strchr(g_z85_chars, s[i]) == NULL) {
             char ex[64];
             snprintf(why, why_cap, "invalid Z85 character '%s' at position %zu",
-                     excerpt(s + i, 1, ex), i);
+                     pd_cfg__excerpt(s + i, 1, ex), i);
             return false;
         }
     }
@@ -483,12 +451,12 @@ static bool store_str(char *dst, size_t cap, const char *s, size_t len, char *wh
  * (the caller updates the count). is_null marks a YAML null (empty plain
  * scalar, ~, null), which only strings accept (as ""). On failure writes the
  * reason into why ("expected ..., got '...'") and returns false. */
-static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, const char *s,
+bool pd_cfg__parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, const char *s,
                         size_t len, bool is_null, char *why, size_t why_cap)
 {
     char *base = (char *)c;
     char ex[64], adv[160];
-    if (is_null && !is_list(k)) {
+    if (is_null && !pd_cfg__is_list(k)) {
         s = "";
         len = 0;
     }
@@ -499,7 +467,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
         if (is_null || !parse_u64(s, len, &v) || v < k->min || v > k->max) {
             snprintf(why, why_cap, "expected an integer in [%llu, %llu], got '%s'",
                      (unsigned long long)k->min, (unsigned long long)k->max,
-                     is_null ? "" : excerpt(s, len, ex));
+                     is_null ? "" : pd_cfg__excerpt(s, len, ex));
             return false;
         }
         if (k->kind == K_U32) {
@@ -518,7 +486,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
             v = false;
         else {
             snprintf(why, why_cap, "expected true or false (or yes/no), got '%s'",
-                     excerpt(s, len, ex));
+                     pd_cfg__excerpt(s, len, ex));
             return false;
         }
         memcpy(base + k->off, &v, sizeof v);
@@ -531,25 +499,25 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
     case K_Z85:
         if (!is_clean_utf8(s, len)) {
             snprintf(why, why_cap, "expected UTF-8 text without control characters, got '%s'",
-                     excerpt(s, len, ex));
+                     pd_cfg__excerpt(s, len, ex));
             return false;
         }
         if (k->kind == K_ENDPOINT && !is_endpoint(s, len)) {
             snprintf(why, why_cap,
                      "expected a ZeroMQ endpoint (tcp://HOST:PORT, ipc://PATH or "
                      "inproc://NAME), got '%s'",
-                     excerpt(s, len, ex));
+                     pd_cfg__excerpt(s, len, ex));
             return false;
         }
         if (k->kind == K_HOSTPORT && len > 0 && !is_host_port(s, len)) {
             snprintf(why, why_cap, "expected HOST:PORT (or \"\" for off), got '%s'",
-                     excerpt(s, len, ex));
+                     pd_cfg__excerpt(s, len, ex));
             return false;
         }
         if (k->kind == K_Z85 && !check_z85(s, len, why, why_cap))
             return false;
         if (k->kind == K_ADVERTISE && !pd_addr_check_advertise(s, len, adv, sizeof adv)) {
-            snprintf(why, why_cap, "%s, got '%s'", adv, excerpt(s, len, ex));
+            snprintf(why, why_cap, "%s, got '%s'", adv, pd_cfg__excerpt(s, len, ex));
             return false;
         }
         return store_str(base + k->off, k->size, s, len, why, why_cap);
@@ -568,7 +536,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
         {
             char list[128];
             choices_text(k->choices, list, sizeof list);
-            snprintf(why, why_cap, "expected one of %s, got '%s'", list, excerpt(s, len, ex));
+            snprintf(why, why_cap, "expected one of %s, got '%s'", list, pd_cfg__excerpt(s, len, ex));
         }
         return false;
     case K_I32_LIST: {
@@ -576,7 +544,7 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
         if (is_null || !parse_u64(s, len, &v) || v < k->min || v > k->max) {
             snprintf(why, why_cap, "item %u: expected an integer in [%llu, %llu], got '%s'",
                      index, (unsigned long long)k->min, (unsigned long long)k->max,
-                     is_null ? "" : excerpt(s, len, ex));
+                     is_null ? "" : pd_cfg__excerpt(s, len, ex));
             return false;
         }
         int32_t v32 = (int32_t)v; /* v <= INT32_MAX */
@@ -612,425 +580,16 @@ static bool parse_value(const cfg_key_t *k, pd_config_t *c, uint32_t index, cons
     return false;
 }
 
-static uint32_t *list_count(const cfg_key_t *k, pd_config_t *c)
+uint32_t *pd_cfg__list_count(const cfg_key_t *k, pd_config_t *c)
 {
     return (uint32_t *)((char *)c + k->count_off);
 }
 
 /* Empties a list field (items zeroed so memcmp equality holds). */
-static void list_clear(const cfg_key_t *k, pd_config_t *c)
+void pd_cfg__list_clear(const cfg_key_t *k, pd_config_t *c)
 {
     memset((char *)c + k->off, 0, k->size * PD_CFG_MAX_LIST);
-    *list_count(k, c) = 0;
-}
-
-/* ====== YAML loader ====== */
-
-typedef struct {
-    yaml_parser_t parser;
-    const char *name;          /* file name for messages */
-    pd_config_t *cfg;          /* the working copy */
-    pd_err_t *err;
-    size_t key_line[N_KEYS];   /* line where a key was set, 0 = not yet */
-    size_t sec_line[N_SECTIONS_MAX];
-} loader_t;
-
-static size_t line_of(const yaml_mark_t *m) { return m->line + 1; }
-
-static int syntax_error(loader_t *L)
-{
-    yaml_parser_t *p = &L->parser;
-    if (p->error == YAML_MEMORY_ERROR)
-        return pd_err_set(L->err, PD_ENOMEM, "%s: out of memory while parsing YAML", L->name);
-    if (p->error == YAML_READER_ERROR)
-        return pd_err_set(L->err, PD_EINVAL, "%s: byte %zu: %s", L->name, p->problem_offset,
-                          p->problem ? p->problem : "unreadable input");
-    if (p->context)
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu:%zu: YAML syntax error: %s (%s at line %zu)",
-                          L->name, line_of(&p->problem_mark), p->problem_mark.column + 1,
-                          p->problem ? p->problem : "?", p->context, line_of(&p->context_mark));
-    return pd_err_set(L->err, PD_EINVAL, "%s:%zu:%zu: YAML syntax error: %s", L->name,
-                      line_of(&p->problem_mark), p->problem_mark.column + 1,
-                      p->problem ? p->problem : "?");
-}
-
-/* The next event, refusing aliases, anchors and tags. On failure the event
- * is already freed. */
-static int next_event(loader_t *L, yaml_event_t *ev)
-{
-    if (!yaml_parser_parse(&L->parser, ev))
-        return syntax_error(L);
-    const yaml_char_t *anchor = NULL, *tag = NULL;
-    switch (ev->type) {
-    case YAML_ALIAS_EVENT:
-        anchor = ev->data.alias.anchor;
-        break;
-    case YAML_SCALAR_EVENT:
-        anchor = ev->data.scalar.anchor;
-        tag = ev->data.scalar.tag;
-        break;
-    case YAML_SEQUENCE_START_EVENT:
-        anchor = ev->data.sequence_start.anchor;
-        tag = ev->data.sequence_start.tag;
-        break;
-    case YAML_MAPPING_START_EVENT:
-        anchor = ev->data.mapping_start.anchor;
-        tag = ev->data.mapping_start.tag;
-        break;
-    default:
-        break;
-    }
-    if (ev->type == YAML_ALIAS_EVENT || anchor) {
-        size_t line = line_of(&ev->start_mark);
-        yaml_event_delete(ev);
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: YAML anchors and aliases are not allowed",
-                          L->name, line);
-    }
-    if (tag) {
-        size_t line = line_of(&ev->start_mark);
-        yaml_event_delete(ev);
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: YAML tags are not allowed", L->name, line);
-    }
-    return 0;
-}
-
-/* A YAML null: empty plain scalar, ~ or null. */
-static bool is_null_scalar(const yaml_event_t *ev)
-{
-    if (ev->type != YAML_SCALAR_EVENT || ev->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
-        return false;
-    const char *s = (const char *)ev->data.scalar.value;
-    size_t n = ev->data.scalar.length;
-    return n == 0 || (n == 1 && s[0] == '~') || (n == 4 && (memcmp(s, "null", 4) == 0 ||
-                                                            memcmp(s, "Null", 4) == 0 ||
-                                                            memcmp(s, "NULL", 4) == 0));
-}
-
-static const char *what_event(const yaml_event_t *ev)
-{
-    switch (ev->type) {
-    case YAML_MAPPING_START_EVENT: return "a mapping";
-    case YAML_SEQUENCE_START_EVENT: return "a list";
-    case YAML_SCALAR_EVENT: return "a scalar";
-    default: return "something else";
-    }
-}
-
-/* The value of list key k: a flat sequence of scalars (or a null = empty).
- * ev is the value's first event, consumed here. */
-static int load_list(loader_t *L, const cfg_key_t *k, yaml_event_t *ev)
-{
-    char why[PD_ERR_MSG_MAX / 2];
-    size_t line = line_of(&ev->start_mark);
-    list_clear(k, L->cfg);
-    if (is_null_scalar(ev)) {
-        yaml_event_delete(ev);
-        return 0;
-    }
-    if (ev->type != YAML_SEQUENCE_START_EVENT) {
-        const char *what = what_event(ev);
-        yaml_event_delete(ev);
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: expected a list like [a, b], got %s",
-                          L->name, line, k->section, k->key, what);
-    }
-    yaml_event_delete(ev);
-    uint32_t *count = list_count(k, L->cfg);
-    for (;;) {
-        yaml_event_t item;
-        int rc = next_event(L, &item);
-        if (rc)
-            return rc;
-        line = line_of(&item.start_mark);
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            return 0;
-        }
-        if (item.type != YAML_SCALAR_EVENT) {
-            const char *what = what_event(&item);
-            yaml_event_delete(&item);
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: list items must be scalars, got %s",
-                              L->name, line, k->section, k->key, what);
-        }
-        if (*count >= PD_CFG_MAX_LIST) {
-            yaml_event_delete(&item);
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: at most %d items allowed",
-                              L->name, line, k->section, k->key, PD_CFG_MAX_LIST);
-        }
-        bool ok = parse_value(k, L->cfg, *count, (const char *)item.data.scalar.value,
-                              item.data.scalar.length, is_null_scalar(&item), why, sizeof why);
-        yaml_event_delete(&item);
-        if (!ok)
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: %s", L->name, line, k->section,
-                              k->key, why);
-        (*count)++;
-    }
-}
-
-/* The value of key k; ev is its first event, consumed here. */
-static int load_value(loader_t *L, const cfg_key_t *k, yaml_event_t *ev)
-{
-    if (is_list(k))
-        return load_list(L, k, ev);
-    size_t line = line_of(&ev->start_mark);
-    if (ev->type != YAML_SCALAR_EVENT) {
-        const char *what = what_event(ev);
-        yaml_event_delete(ev);
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: expected a single value, got %s",
-                          L->name, line, k->section, k->key, what);
-    }
-    char why[PD_ERR_MSG_MAX / 2];
-    bool ok = parse_value(k, L->cfg, 0, (const char *)ev->data.scalar.value,
-                          ev->data.scalar.length, is_null_scalar(ev), why, sizeof why);
-    yaml_event_delete(ev);
-    if (!ok)
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s.%s: %s", L->name, line, k->section,
-                          k->key, why);
-    return 0;
-}
-
-/* The keys of one section, after its MAPPING_START. */
-static int load_section(loader_t *L, const char *section)
-{
-    char known[PD_ERR_MSG_MAX / 2];
-    for (;;) {
-        yaml_event_t kev, vev;
-        int rc = next_event(L, &kev);
-        if (rc)
-            return rc;
-        if (kev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&kev);
-            return 0;
-        }
-        size_t line = line_of(&kev.start_mark);
-        if (kev.type != YAML_SCALAR_EVENT) {
-            const char *what = what_event(&kev);
-            yaml_event_delete(&kev);
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: %s: expected a key name, got %s",
-                              L->name, line, section, what);
-        }
-        char ex[64];
-        int ki = find_key(section, (const char *)kev.data.scalar.value, kev.data.scalar.length);
-        if (ki < 0) {
-            known_keys(section, known, sizeof known);
-            pd_err_set(L->err, PD_EINVAL, "%s:%zu: unknown key '%s.%s' (known: %s)", L->name, line,
-                       section,
-                       excerpt((const char *)kev.data.scalar.value, kev.data.scalar.length, ex),
-                       known);
-            yaml_event_delete(&kev);
-            return PD_EINVAL;
-        }
-        yaml_event_delete(&kev);
-        const cfg_key_t *k = &g_keys[ki];
-        if (L->key_line[ki])
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: duplicate key '%s.%s' (first at line %zu)",
-                              L->name, line, k->section, k->key, L->key_line[ki]);
-        L->key_line[ki] = line;
-        rc = next_event(L, &vev);
-        if (rc)
-            return rc;
-        rc = load_value(L, k, &vev);
-        if (rc)
-            return rc;
-    }
-}
-
-/* The top-level mapping of sections, after its MAPPING_START. */
-static int load_sections(loader_t *L)
-{
-    const char *names[N_SECTIONS_MAX];
-    sections(names);
-    char known[PD_ERR_MSG_MAX / 2];
-    for (;;) {
-        yaml_event_t kev, vev;
-        int rc = next_event(L, &kev);
-        if (rc)
-            return rc;
-        if (kev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&kev);
-            return 0;
-        }
-        size_t line = line_of(&kev.start_mark);
-        if (kev.type != YAML_SCALAR_EVENT) {
-            const char *what = what_event(&kev);
-            yaml_event_delete(&kev);
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: expected a section name, got %s",
-                              L->name, line, what);
-        }
-        char ex[64];
-        int si = find_section((const char *)kev.data.scalar.value, kev.data.scalar.length);
-        if (si < 0) {
-            known_sections(known, sizeof known);
-            pd_err_set(L->err, PD_EINVAL, "%s:%zu: unknown section '%s' (known: %s)", L->name, line,
-                       excerpt((const char *)kev.data.scalar.value, kev.data.scalar.length, ex),
-                       known);
-            yaml_event_delete(&kev);
-            return PD_EINVAL;
-        }
-        yaml_event_delete(&kev);
-        const char *section = names[si];
-        if (L->sec_line[si])
-            return pd_err_set(L->err, PD_EINVAL,
-                              "%s:%zu: duplicate section '%s' (first at line %zu)", L->name, line,
-                              section, L->sec_line[si]);
-        L->sec_line[si] = line;
-        rc = next_event(L, &vev);
-        if (rc)
-            return rc;
-        if (vev.type == YAML_MAPPING_START_EVENT) {
-            yaml_event_delete(&vev);
-            rc = load_section(L, section);
-            if (rc)
-                return rc;
-        } else if (is_null_scalar(&vev)) {
-            yaml_event_delete(&vev); /* "section:" with nothing under it */
-        } else {
-            const char *what = what_event(&vev);
-            size_t vline = line_of(&vev.start_mark);
-            yaml_event_delete(&vev);
-            return pd_err_set(L->err, PD_EINVAL, "%s:%zu: section '%s' must be a mapping of keys, got %s",
-                              L->name, vline, section, what);
-        }
-    }
-}
-
-/* The whole stream: at most one document whose root is a mapping (or null). */
-static int load_stream(loader_t *L)
-{
-    yaml_event_t ev;
-    int rc = next_event(L, &ev); /* STREAM_START */
-    if (rc)
-        return rc;
-    yaml_event_delete(&ev);
-    rc = next_event(L, &ev);
-    if (rc)
-        return rc;
-    if (ev.type == YAML_STREAM_END_EVENT) { /* empty file: all defaults */
-        yaml_event_delete(&ev);
-        return 0;
-    }
-    yaml_event_delete(&ev); /* DOCUMENT_START */
-    rc = next_event(L, &ev);
-    if (rc)
-        return rc;
-    if (ev.type == YAML_MAPPING_START_EVENT) {
-        yaml_event_delete(&ev);
-        rc = load_sections(L);
-        if (rc)
-            return rc;
-    } else if (is_null_scalar(&ev)) {
-        yaml_event_delete(&ev);
-    } else {
-        size_t line = line_of(&ev.start_mark);
-        const char *what = what_event(&ev);
-        yaml_event_delete(&ev);
-        return pd_err_set(L->err, PD_EINVAL,
-                          "%s:%zu: the top level must be a mapping of sections, got %s", L->name,
-                          line, what);
-    }
-    rc = next_event(L, &ev); /* DOCUMENT_END */
-    if (rc)
-        return rc;
-    yaml_event_delete(&ev);
-    rc = next_event(L, &ev);
-    if (rc)
-        return rc;
-    if (ev.type != YAML_STREAM_END_EVENT) {
-        size_t line = line_of(&ev.start_mark);
-        yaml_event_delete(&ev);
-        return pd_err_set(L->err, PD_EINVAL, "%s:%zu: only one YAML document is allowed", L->name,
-                          line);
-    }
-    yaml_event_delete(&ev);
-    return 0;
-}
-
-int pd_config_load_string(pd_config_t *c, const char *yaml, size_t len, const char *name,
-                          pd_err_t *err)
-{
-    if (name == NULL)
-        name = "<config>";
-    if (len > PD_CFG_MAX_FILE_BYTES)
-        return pd_err_set(err, PD_EINVAL, "%s: config is %zu bytes, more than the %u allowed", name,
-                          len, PD_CFG_MAX_FILE_BYTES);
-    if (yaml == NULL && len > 0)
-        return pd_err_set(err, PD_EINVAL, "%s: no text", name);
-    loader_t *L = calloc(1, sizeof *L);
-    pd_config_t *work = malloc(sizeof *work);
-    int rc = PD_ENOMEM;
-    if (L == NULL || work == NULL) {
-        pd_err_set(err, PD_ENOMEM, "%s: out of memory", name);
-        goto fail;
-    }
-    memcpy(work, c, sizeof *work);
-    L->name = name;
-    L->cfg = work;
-    L->err = err;
-    if (!yaml_parser_initialize(&L->parser)) {
-        pd_err_set(err, PD_ENOMEM, "%s: cannot initialize the YAML parser", name);
-        goto fail;
-    }
-    yaml_parser_set_input_string(&L->parser, (const unsigned char *)(yaml ? yaml : ""), len);
-    rc = load_stream(L);
-    yaml_parser_delete(&L->parser);
-    if (rc)
-        goto fail;
-    memcpy(c, work, sizeof *c);
-    free(work);
-    free(L);
-    return 0;
-fail:
-    free(work);
-    free(L);
-    return rc;
-}
-
-int pd_config_load_file(pd_config_t *c, const char *path, pd_err_t *err)
-{
-    char *buf = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    int rc = PD_EIO;
-    if (fd < 0) {
-        pd_err_set(err, PD_EIO, "%s: cannot open: %s", path, strerror(errno));
-        goto fail;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        pd_err_set(err, PD_EIO, "%s: not a regular file", path);
-        goto fail;
-    }
-    /* Read at most one byte more than the cap, whatever st_size claims. */
-    size_t cap = (size_t)PD_CFG_MAX_FILE_BYTES + 1, len = 0;
-    buf = malloc(cap);
-    if (buf == NULL) {
-        rc = pd_err_set(err, PD_ENOMEM, "%s: out of memory", path);
-        goto fail;
-    }
-    while (len < cap) {
-        ssize_t n = read(fd, buf + len, cap - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            pd_err_set(err, PD_EIO, "%s: read failed: %s", path, strerror(errno));
-            goto fail;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    if (len > PD_CFG_MAX_FILE_BYTES) {
-        rc = pd_err_set(err, PD_EINVAL, "%s: file is larger than %u bytes", path,
-                        PD_CFG_MAX_FILE_BYTES);
-        goto fail;
-    }
-    close(fd);
-    rc = pd_config_load_string(c, buf, len, path, err);
-    free(buf);
-    return rc;
-fail:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    return rc;
+    *pd_cfg__list_count(k, c) = 0;
 }
 
 /* ====== Flags ====== */
@@ -1042,36 +601,36 @@ int pd_config_set(pd_config_t *c, const char *key, const char *value, pd_err_t *
         return pd_err_set(err, PD_EINVAL, "pd_config_set: NULL key or value");
     const char *dot = strchr(key, '.');
     size_t klen = strlen(key);
-    if (dot == NULL || find_section(key, (size_t)(dot - key)) < 0) {
-        known_sections(known, sizeof known);
+    if (dot == NULL || pd_cfg__find_section(key, (size_t)(dot - key)) < 0) {
+        pd_cfg__known_sections(known, sizeof known);
         return pd_err_set(err, PD_EINVAL, "unknown key '%s' (expected SECTION.KEY; sections: %s)",
-                          excerpt(key, klen, ex), known);
+                          pd_cfg__excerpt(key, klen, ex), known);
     }
     char section[32];
     size_t slen = (size_t)(dot - key);
     if (slen >= sizeof section)
-        return pd_err_set(err, PD_EINVAL, "unknown key '%s'", excerpt(key, klen, ex));
+        return pd_err_set(err, PD_EINVAL, "unknown key '%s'", pd_cfg__excerpt(key, klen, ex));
     memcpy(section, key, slen);
     section[slen] = '\0';
-    int ki = find_key(section, dot + 1, strlen(dot + 1));
+    int ki = pd_cfg__find_key(section, dot + 1, strlen(dot + 1));
     if (ki < 0) {
-        known_keys(section, known, sizeof known);
-        return pd_err_set(err, PD_EINVAL, "unknown key '%s' (known: %s)", excerpt(key, klen, ex),
+        pd_cfg__known_keys(section, known, sizeof known);
+        return pd_err_set(err, PD_EINVAL, "unknown key '%s' (known: %s)", pd_cfg__excerpt(key, klen, ex),
                           known);
     }
-    const cfg_key_t *k = &g_keys[ki];
+    const cfg_key_t *k = &pd_cfg__keys[ki];
     char why[PD_ERR_MSG_MAX / 2];
     pd_config_t *work = malloc(sizeof *work);
     if (work == NULL)
         return pd_err_set(err, PD_ENOMEM, "%s: out of memory", key);
     memcpy(work, c, sizeof *work);
-    if (!is_list(k)) {
-        if (!parse_value(k, work, 0, value, strlen(value), false, why, sizeof why))
+    if (!pd_cfg__is_list(k)) {
+        if (!pd_cfg__parse_value(k, work, 0, value, strlen(value), false, why, sizeof why))
             goto fail;
     } else {
         /* Comma-separated items, spaces around each trimmed; "" = empty list. */
-        list_clear(k, work);
-        uint32_t *count = list_count(k, work);
+        pd_cfg__list_clear(k, work);
+        uint32_t *count = pd_cfg__list_count(k, work);
         const char *p = value;
         while (*p) { /* the loop ends at the last item (break below) */
             const char *end = strchr(p, ',');
@@ -1086,7 +645,7 @@ int pd_config_set(pd_config_t *c, const char *key, const char *value, pd_err_t *
                 snprintf(why, sizeof why, "at most %d items allowed", PD_CFG_MAX_LIST);
                 goto fail;
             }
-            if (!parse_value(k, work, *count, a, (size_t)(b - a), false, why, sizeof why))
+            if (!pd_cfg__parse_value(k, work, *count, a, (size_t)(b - a), false, why, sizeof why))
                 goto fail;
             (*count)++;
             if (*end == '\0')
@@ -1221,7 +780,7 @@ int pd_config_write(const pd_config_t *c, FILE *f, bool redact_secrets, pd_err_t
 {
     const char *section = NULL;
     for (size_t i = 0; i < N_KEYS; i++) {
-        const cfg_key_t *k = &g_keys[i];
+        const cfg_key_t *k = &pd_cfg__keys[i];
         if (section == NULL || strcmp(section, k->section) != 0) {
             section = k->section;
             fprintf(f, "%s:\n", section);

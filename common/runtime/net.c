@@ -552,17 +552,6 @@ void pd_net_in_close(pd_net_in_t *in)
     in->n_frames = 0;
 }
 
-/* ====== Clocks ====== */
-
-uint64_t pd_net_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-uint64_t pd_net_now_ms(void) { return pd_net_now_us() / 1000u; }
-
 int pd_net_copy_str(char *dst, size_t cap, const char *src)
 {
     if (cap == 0)

@@ -28,6 +28,7 @@
 #include <zmq.h>
 
 #include "runtime/config.h"
+#include "base/clock.h"
 #include "base/err.h"
 #include "proto/pd.pb-c.h"
 
@@ -178,10 +179,12 @@ typedef struct {
 int pd_net_recv(void *sock, pd_net_in_t *in, pd_err_t *err);
 void pd_net_in_close(pd_net_in_t *in);
 
-/* ====== Clocks ====== */
+/* ====== Clocks ======
+ * Names kept for the worker code that still uses them: base/clock.h is the
+ * clock (new code calls pd_now_us / pd_now_ms). */
 
-uint64_t pd_net_now_us(void); /* CLOCK_MONOTONIC, microseconds */
-uint64_t pd_net_now_ms(void);
+static inline uint64_t pd_net_now_us(void) { return pd_now_us(); }
+static inline uint64_t pd_net_now_ms(void) { return pd_now_ms(); }
 
 /* Copies a protobuf string (which may be NULL) into dst[cap], NUL-terminated,
  * and returns PD_ERANGE if it did not fit (dst is then truncated). */

@@ -1,7 +1,7 @@
 /* fuzz_proto_router.c -- libFuzzer target for the router's message handlers
  * (scripts/fuzz.sh): every byte a client or a worker can send.
  *
- * fuzz-sources: router/router.c router/requests.c router/sched.c router/metrics.c router/prefix.c router/kvindex.c
+ * fuzz-sources: router/router.c router/requests.c router/clients.c router/sched.c router/workers.c router/metrics.c router/prefix.c router/kvindex.c
  *
  * A router state is built once (a small byte-level BPE tokenizer, a fake
  * model identity, ROUTER sockets bound to inproc endpoints, with DEALER
@@ -20,10 +20,11 @@
  *   op % 8 == 6     a Preempted for the live request (raw n_generated)
  *   op % 8 == 7     a Cancel from client "C" for its request
  * Invariants (abort() when broken): the number of live request slots
- * equals n_active, the queue never exceeds the slots, every token a
- * request holds is inside the vocabulary, and releasing every request
- * returns every worker's charges (prefill tokens, decoding count, blocks)
- * to zero.
+ * equals n_active, the queue holds exactly the QUEUED requests, exactly
+ * the requests on workers (PREFILL, HANDOFF, DECODE) are dispatched and
+ * name their workers, every token a request holds is inside the
+ * vocabulary, and releasing every request returns every worker's charges
+ * (prefill tokens, decoding count, blocks) to zero.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -254,13 +255,21 @@ static uint32_t rd32(const uint8_t *p, size_t n, size_t at)
 static void check_invariants(void)
 {
     rt_t *rt = &g_rt;
-    uint32_t live = 0;
+    uint32_t live = 0, queued = 0, on_workers = 0;
     uint32_t vocab = pd_tok_n_vocab(rt->tok);
     for (uint32_t i = 0; i < rt->n_slots; i++) {
         const rt_req_t *r = &rt->reqs[i];
+        CHECK((unsigned)r->state < RQ_N_STATES);
         if (r->state == RQ_FREE)
             continue;
         live++;
+        queued += r->state == RQ_QUEUED;
+        if (rt_req_on_workers(r)) {
+            on_workers++;
+            CHECK(r->p_worker >= 0 && r->d_worker >= 0);
+        } else {
+            CHECK(r->p_worker == -1 && r->d_worker == -1);
+        }
         CHECK((uint64_t)r->n_prompt + r->n_gen <= r->cap_tokens);
         for (uint32_t k = 0; k < r->n_prompt + r->n_gen; k++)
             CHECK(r->tokens[k] >= 0 && (uint32_t)r->tokens[k] < vocab);
@@ -268,6 +277,9 @@ static void check_invariants(void)
     }
     CHECK(live == rt->n_active);
     CHECK(rt->q_len <= rt->n_slots);
+    CHECK(queued == rt->q_len && on_workers == rt->n_dispatched);
+    for (uint32_t k = 0; k < rt->q_len; k++)
+        CHECK(rt->reqs[rt->queue[(rt->q_head + k) % rt->n_slots]].state == RQ_QUEUED);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -340,14 +352,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         for (uint32_t i = 0; i < rt->n_slots; i++)
             if (rt->reqs[i].state != RQ_FREE)
-                rt_req_flush(rt, &rt->reqs[i]);
+                rt_stream_flush(rt, &rt->reqs[i]);
         check_invariants();
         drain_peers();
     }
     /* Everything released: no charge may be stranded on a worker. */
     for (uint32_t i = 0; i < rt->n_slots; i++)
         if (rt->reqs[i].state != RQ_FREE)
-            rt_req_release(rt, &rt->reqs[i], false);
+            rt_req_to(rt, &rt->reqs[i], RQ_FREE);
     CHECK(rt->n_active == 0 && rt->q_len == 0 && rt->n_dispatched == 0);
     CHECK(rt->n_clients == 0); /* client entries leave with their last request */
     drain_peers();

@@ -1,4 +1,4 @@
-/* test_tokenizer.c -- tokenizers (common/engine/tokenizer.c), Unicode helpers and
+/* test_tokenizer.c -- tokenizers (common/engine/tokenizer*.c), Unicode helpers and
  * pre-tokenizers (common/engine/unicode.c), test vocabularies (common/engine/vocab.c).
  *
  * Hand-built tiny vocabularies with known encodings; the pre-tokenizers
