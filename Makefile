@@ -13,6 +13,7 @@
 #   make deps       install missing Debian packages (needs root)
 #   make image      the container image pdserve:latest (deploy/Dockerfile)
 #   make lint       cppcheck + clang-tidy
+#   make archcheck  no #include or linked symbol crosses a forbidden arrow
 #   make soak       long soak with a nemesis (SOAK_SECONDS per seed, SOAK_SEEDS)
 
 CC       ?= gcc
@@ -48,7 +49,11 @@ ENGINE_OBJ  := $(call obj_of,$(wildcard common/engine/*.c))
 RUNTIME_OBJ := $(call obj_of,$(wildcard common/runtime/*.c))
 # proto/: the wire codec (pd.pb-c <-> C structs), runtime side only.
 CODEC_OBJ   := $(call obj_of,$(wildcard proto/*.c))
-WORKER_OBJ  := $(call obj_of,$(wildcard common/worker*.c))
+# The worker roles (their folders but main.c) and the process that runs them
+# (worker/): both pd-prefill and pd-decode are this with another default role.
+WORKER_SRC  := $(filter-out %/main.c,$(wildcard prefill_worker/*.c decode_worker/*.c)) \
+               $(wildcard worker/*.c)
+WORKER_OBJ  := $(call obj_of,$(WORKER_SRC))
 CLIENT_SRC  := $(filter-out client/pd-cli.c client/pd-plan.c,$(wildcard client/*.c))
 CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
 # libpdengine: the engine and base (pd-run and the tools need nothing else).
@@ -57,6 +62,7 @@ CLIENT_OBJ  := $(call obj_of,$(CLIENT_SRC))
 # the config's defaults) and base, standalone: no engine, no process code.
 ENGINE_LIB  := $(BUILD)/lib/libpdengine.a
 RUNTIME_LIB := $(BUILD)/lib/libpdruntime.a
+WORKER_LIB  := $(BUILD)/lib/libpdworker.a
 CLIENT_LIB  := $(BUILD)/lib/libpdclient.a
 # The router's modules without its main, for the unit tests that drive them.
 ROUTER_OBJ  := $(call obj_of,$(filter-out router/main.c,$(wildcard router/*.c)))
@@ -74,8 +80,8 @@ HELPERS     := $(patsubst tests/helpers/%.c,$(BUILD)/tests/%,$(wildcard tests/he
 # Keep objects: they are intermediates of pattern rules, and make would delete them.
 .SECONDARY:
 
-.PHONY: all bins image deps test unit asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
-all: $(ENGINE_LIB) $(RUNTIME_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
+.PHONY: all bins image deps test unit archcheck asan asan-ci tsan fuzz fuzz-build lint run stop bench bench-engine models referee clean check-tests soak
+all: $(ENGINE_LIB) $(RUNTIME_LIB) $(WORKER_LIB) $(CLIENT_LIB) $(TOOLS) $(CLIENT_BINS) $(PROC_BINS) $(UNIT_TESTS) $(HELPERS)
 
 # Every process and tool without the tests (what the image build needs).
 bins: $(TOOLS) $(CLIENT_BINS) $(PROC_BINS)
@@ -115,6 +121,10 @@ $(RUNTIME_LIB): $(BASE_OBJ) $(RUNTIME_OBJ) $(PROTO_OBJ) $(CODEC_OBJ)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+$(WORKER_LIB): $(WORKER_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
 CLIENT_NEEDS := $(call obj_of,common/runtime/net.c common/runtime/config.c common/runtime/addr.c)
 $(CLIENT_LIB): $(CLIENT_OBJ) $(BASE_OBJ) $(CLIENT_NEEDS) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
@@ -142,22 +152,28 @@ $(BUILD)/bin/pd-router: $(call obj_of,$(wildcard router/*.c)) $(RUNTIME_LIB) $(E
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-prefill: $(call obj_of,$(wildcard prefill_worker/*.c)) $(WORKER_OBJ) $(RUNTIME_LIB) $(ENGINE_LIB)
+$(BUILD)/bin/pd-prefill: $(BUILD)/obj/prefill_worker/main.o $(WORKER_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
-$(BUILD)/bin/pd-decode: $(call obj_of,$(wildcard decode_worker/*.c)) $(WORKER_OBJ) $(RUNTIME_LIB) $(ENGINE_LIB)
+$(BUILD)/bin/pd-decode: $(BUILD)/obj/decode_worker/main.o $(WORKER_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 # Unit tests see router/ too (they drive its modules through libpdrouter).
 $(BUILD)/obj/tests/unit/%.o: CFLAGS += -I router
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ROUTER_LIB) $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(ROUTER_LIB) $(WORKER_LIB) $(CLIENT_LIB) $(RUNTIME_LIB) $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS) -lcmocka
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/helpers/%.o $(CLIENT_LIB) $(ENGINE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+# The referee's kernel check calls the engine's kernels beside llama.cpp's
+# (which it dlopens): tests/oracle/t_ggml_kernels.sh.
+$(BUILD)/tests/ggml_kcheck: $(BUILD)/obj/tests/helpers/ggml_kcheck.o $(ENGINE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LIBS)
 
@@ -181,12 +197,17 @@ models: all referee
 # run: tests/run.sh).
 TESTS ?=
 test: deps
-	@$(MAKE) --no-print-directory BUILD=$(BUILD) all models
+	@$(MAKE) --no-print-directory BUILD=$(BUILD) all models archcheck
 	-@scripts/docker-deps.sh
 	@BUILD=$(BUILD) tests/run.sh $(TESTS)
 
 unit: $(UNIT_TESTS)
 	@BUILD=$(BUILD) tests/run.sh --unit-only
+
+# The architecture's arrows, on the sources and on the built objects
+# (docs/architecture.md "Where the code is"; scripts/archcheck.sh).
+archcheck: all
+	@scripts/archcheck.sh --build $(BUILD)
 
 # The whole suite under ASan accepts skips (PD_ALLOW_SKIP=1): a check that
 # means nothing under ASan (an RSS bound: its quarantine keeps freed memory
@@ -269,10 +290,10 @@ fuzz: fuzz-build
 # clang-tidy: the checks are chosen in .clang-tidy; the same includes and
 # defines as the build (the generated protobuf headers come first), two
 # files at a time; any finding fails the target.
-LINT_SRC := $(wildcard common/*.c common/*/*.c proto/*.c router/*.c prefill_worker/*.c decode_worker/*.c client/*.c client/bench/*.c tools/*.c)
+LINT_SRC := $(wildcard common/*/*.c proto/*.c router/*.c prefill_worker/*.c decode_worker/*.c worker/*.c client/*.c client/bench/*.c tools/*.c)
 lint: $(PROTO_H)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability --inline-suppr \
-	    --suppress=missingIncludeSystem -I . -I common common proto router prefill_worker decode_worker client tools
+	    --suppress=missingIncludeSystem -I . -I common common proto router prefill_worker decode_worker worker client tools
 	@echo "clang-tidy: $(words $(LINT_SRC)) files"
 	@printf '%s\n' $(LINT_SRC) | xargs -P2 -n1 sh -c 'out=$$(clang-tidy --quiet "$$0" -- \
 	    -std=c11 -D_GNU_SOURCE -I . -I common -I $(BUILD)/gen -I client $(PKG_CFLAGS) \

@@ -214,7 +214,7 @@ static uint32_t route(sim_t *s, const sreq_t *r)
     return best;
 }
 
-/* The prefill worker's rule (wk_prefill_run): FIFO from the head of the
+/* The prefill worker's rule (prefill_worker/prefill.c, run): FIFO from the head of the
  * queue, up to prefill_batch_size prompts and a token budget of
  * min(prefill_batch_tokens, the pass cap); each prompt gives what is left of
  * it or what is left of the budget, so only the last one picked can be cut

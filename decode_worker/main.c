@@ -1,5 +1,5 @@
 /* main.c -- pd-decode: a decode worker, or with --role both a colocated one
- * (see common/worker.h; the decode logic is common/worker_decode.c). */
-#include "worker.h"
+ * (the role is decode.h; the process is worker/worker.h). */
+#include "worker/worker.h"
 
-int main(int argc, char **argv) { return pd_worker_main(argc, argv, WK_ROLE_DECODE); }
+int main(int argc, char **argv) { return pd_worker_main(argc, argv, PD__ROLE__ROLE_DECODE); }

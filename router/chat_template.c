@@ -9,7 +9,8 @@
 #include "chat_template.h"
 #include "base/grow.h"
 
-static const char *const g_names[] = { "none", "chatml", "llama2", "llama3", "mistral", "zephyr" };
+static const char *const g_names[] = { "none", "chatml", "llama2", "llama3", "mistral", "zephyr",
+                                       "gemma", "phi3" };
 #define N_KINDS (sizeof g_names / sizeof g_names[0])
 
 const char *pd_chat_name(pd_chat_kind_t k)
@@ -25,7 +26,8 @@ int pd_chat_from_name(const char *name, pd_chat_kind_t *out, pd_err_t *err)
             return 0;
         }
     return pd_err_set(err, PD_EINVAL,
-                      "chat template '%.64s': expected chatml, llama2, llama3, mistral or zephyr",
+                      "chat template '%.64s': expected chatml, llama2, llama3, mistral, zephyr, "
+                      "gemma or phi3",
                       name);
 }
 
@@ -35,8 +37,12 @@ int pd_chat_detect(const char *tmpl, pd_chat_kind_t *out, pd_err_t *err)
         *out = PD_CHAT_CHATML;
     else if (strstr(tmpl, "<|start_header_id|>") && strstr(tmpl, "<|eot_id|>"))
         *out = PD_CHAT_LLAMA3;
+    else if (strstr(tmpl, "<|assistant|>") && strstr(tmpl, "<|end|>")) /* before zephyr's */
+        *out = PD_CHAT_PHI3;
     else if (strstr(tmpl, "<|user|>"))
         *out = PD_CHAT_ZEPHYR;
+    else if (strstr(tmpl, "<start_of_turn>"))
+        *out = PD_CHAT_GEMMA;
     else if (strstr(tmpl, "[INST]") && strstr(tmpl, "<<SYS>>"))
         *out = PD_CHAT_LLAMA2;
     else if (strstr(tmpl, "[INST]"))
@@ -44,7 +50,7 @@ int pd_chat_detect(const char *tmpl, pd_chat_kind_t *out, pd_err_t *err)
     else
         return pd_err_set(err, PD_EUNSUPPORTED,
                           "tokenizer.chat_template: not a known family (chatml, llama2, llama3, "
-                          "mistral, zephyr): \"%.80s...\"; set http.chat_template",
+                          "mistral, zephyr, gemma, phi3): \"%.80s...\"; set http.chat_template",
                           tmpl);
     return 0;
 }
@@ -121,6 +127,32 @@ static void render_inst(str_t *s, const pd_chat_msg_t *m, size_t n, bool llama2)
     }
 }
 
+/* Gemma (llama.cpp's LLM_CHAT_TEMPLATE_GEMMA): no system turn, the system
+ * message goes before the first user message; "assistant" is "model";
+ * every message stripped. */
+static void render_gemma(str_t *s, const pd_chat_msg_t *m, size_t n)
+{
+    const char *sys = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(m[i].role, "system") == 0) {
+            sys = m[i].content;
+            continue;
+        }
+        bool model = strcmp(m[i].role, "assistant") == 0;
+        put(s, "<start_of_turn>");
+        put(s, model ? "model" : m[i].role);
+        put(s, "\n");
+        if (sys != NULL && !model) {
+            put_content(s, sys, true);
+            put(s, "\n\n");
+            sys = NULL;
+        }
+        put_content(s, m[i].content, true);
+        put(s, "<end_of_turn>\n");
+    }
+    put(s, "<start_of_turn>model\n");
+}
+
 int pd_chat_render(pd_chat_kind_t k, const pd_chat_msg_t *m, size_t n, char **out, pd_err_t *err)
 {
     *out = NULL;
@@ -171,6 +203,17 @@ int pd_chat_render(pd_chat_kind_t k, const pd_chat_msg_t *m, size_t n, char **ou
         }
         put(&s, "<|assistant|>\n");
         break;
+    case PD_CHAT_PHI3:
+        for (size_t i = 0; i < n; i++) {
+            put(&s, "<|");
+            put(&s, m[i].role);
+            put(&s, "|>\n");
+            put(&s, m[i].content);
+            put(&s, "<|end|>\n");
+        }
+        put(&s, "<|assistant|>\n");
+        break;
+    case PD_CHAT_GEMMA: render_gemma(&s, m, n); break;
     case PD_CHAT_LLAMA2: render_inst(&s, m, n, true); break;
     case PD_CHAT_MISTRAL: render_inst(&s, m, n, false); break;
     default: break;
@@ -191,6 +234,8 @@ static const char *const g_markers[N_KINDS][PD_CHAT_MAX_MARKERS] = {
     [PD_CHAT_LLAMA2] = { "<s>", "</s>", "[INST]", "[/INST]" },
     [PD_CHAT_MISTRAL] = { "<s>", "</s>", "[INST]", "[/INST]" },
     [PD_CHAT_ZEPHYR] = { "</s>", "<|system|>", "<|user|>", "<|assistant|>" },
+    [PD_CHAT_GEMMA] = { "<start_of_turn>", "<end_of_turn>" },
+    [PD_CHAT_PHI3] = { "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>" },
 };
 
 void pd_chat_init(pd_chat_t *c, pd_chat_kind_t k, const pd_tok_t *t)

@@ -5,9 +5,11 @@
  * render each with a fixed C function, as llama.cpp's
  * llm_chat_detect_template does:
  *
- *   chatml   "<|im_start|>"                       (Qwen2, SmolLM, Hermes...)
- *   llama3   "<|start_header_id|>" + "<|eot_id|>"
+ *   chatml   "<|im_start|>"                       (Qwen2/2.5/3, SmolLM, Hermes...)
+ *   llama3   "<|start_header_id|>" + "<|eot_id|>" (Llama 3.x)
+ *   phi3     "<|assistant|>" + "<|end|>"          (Phi-3, Phi-3.5)
  *   zephyr   "<|user|>"                           (Zephyr, TinyLlama-chat)
+ *   gemma    "<start_of_turn>"                    (Gemma 2, Gemma 3)
  *   llama2   "[INST]" + "<<SYS>>"
  *   mistral  "[INST]" without "<<SYS>>"
  *
@@ -37,6 +39,8 @@ typedef enum {
     PD_CHAT_LLAMA3,
     PD_CHAT_MISTRAL,
     PD_CHAT_ZEPHYR,
+    PD_CHAT_GEMMA,
+    PD_CHAT_PHI3,
 } pd_chat_kind_t;
 
 typedef struct {
@@ -47,7 +51,7 @@ typedef struct {
 /* The family of a Jinja template text; PD_EUNSUPPORTED (err quotes its
  * start) when it is in none. */
 int pd_chat_detect(const char *tmpl, pd_chat_kind_t *out, pd_err_t *err);
-/* "chatml", "llama2", "llama3", "mistral", "zephyr"; "none" for
+/* "chatml", "llama2", "llama3", "mistral", "zephyr", "gemma", "phi3"; "none" for
  * PD_CHAT_NONE. pd_chat_from_name is its inverse (PD_EINVAL if unknown). */
 const char *pd_chat_name(pd_chat_kind_t k);
 int pd_chat_from_name(const char *name, pd_chat_kind_t *out, pd_err_t *err);

@@ -30,6 +30,8 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
     rt->max_seq_len = rt->model->cfg.ctx_len;
     if (cfg->model.max_seq_len && cfg->model.max_seq_len < rt->max_seq_len)
         rt->max_seq_len = cfg->model.max_seq_len;
+    /* phi3's rope factors depend on the context: so does the identity */
+    rt->identity = pd_model_kv_identity(rt->model, rt->max_seq_len);
     uint64_t slots = (uint64_t)cfg->router.max_inflight + cfg->router.max_queue;
     if (slots == 0 || slots >= (1u << RT_SLOT_BITS))
         return pd_err_set(err, PD_EINVAL,
@@ -78,7 +80,7 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
         return pd_err_wrap(err, rc, "router.worker_endpoint");
     PD_INFO("event=listening clients=%s workers=%s model=\"%s\" identity=%016llx max_seq_len=%u "
             "slots=%u",
-            rt->front_ep, rt->back_ep, rt->model->name, (unsigned long long)rt->model->identity,
+            rt->front_ep, rt->back_ep, rt->model->name, (unsigned long long)rt->identity,
             rt->max_seq_len, rt->n_slots);
     return 0;
 }

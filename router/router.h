@@ -183,6 +183,8 @@ typedef struct {
     pd_model_t *model;               /* tokenizer source and identity; weights unused */
     pd_tok_t *tok;
     uint32_t max_seq_len;
+    uint64_t identity;               /* pd_model_kv_identity(model, max_seq_len): a
+                                        worker must register with the same */
     void *zctx;
     void *front;                     /* ROUTER, clients */
     void *back;                      /* ROUTER, workers */

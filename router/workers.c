@@ -122,10 +122,10 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     if (!g->has_protocol_version || g->protocol_version != PD_PROTOCOL_VERSION)
         snprintf(why, sizeof why, "protocol version %u, router speaks %u", g->protocol_version,
                  (unsigned)PD_PROTOCOL_VERSION);
-    else if (!g->has_model_identity || g->model_identity != rt->model->identity)
+    else if (!g->has_model_identity || g->model_identity != rt->identity)
         snprintf(why, sizeof why, "model identity %016llx (%s), router serves %016llx (%s)",
                  (unsigned long long)g->model_identity, g->model_name ? g->model_name : "?",
-                 (unsigned long long)rt->model->identity, rt->model->name);
+                 (unsigned long long)rt->identity, rt->model->name);
     else if (id[0] == '\0' || strlen(id) >= sizeof rt->workers[0].id)
         snprintf(why, sizeof why, "worker_id: must be 1..63 characters");
     else if (!g->has_role || g->role < PD__ROLE__ROLE_PREFILL || g->role > PD__ROLE__ROLE_BOTH)
@@ -385,7 +385,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     cs.active_requests = rt->n_active;
     cs.queued_requests = rt->q_len;
     cs.model_name = rt->model->name;
-    cs.model_identity = rt->model->identity;
+    cs.model_identity = rt->identity;
     cs.requests_total = rt->requests_total;
     cs.requests_failed = rt->requests_failed;
     cs.block_size = rt->cfg.kv.block_size;

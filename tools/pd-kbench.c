@@ -1,9 +1,16 @@
 /* pd-kbench -- microbenchmark of the matmul kernels against the machine's
  * limits (memory read bandwidth, sgemm peak) and OpenBLAS.
  *
- *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]
- *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]
+ *   pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0,
+ *             q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]
+ *             [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N] [--stream-mb N]
  *   pd-kbench --limits [--threads N] [--json]
+ *
+ * --stream-mb N: copies of each weight matrix fill N MB and successive calls
+ * use successive copies, so that with N above the last-level cache every
+ * call reads its weights from DRAM (this machine's L3 holds 480 MiB: without
+ * it, every default shape is cache-resident and "GB/s" exceeds the memory
+ * read limit).
  *
  * --limits prints only the machine's limits, with --json as one object:
  *   {"mem_read_gb_s": X, "sgemm_gflops": Y, "threads": N}
@@ -54,10 +61,11 @@
 #include "engine/gguf.h"
 #include "engine/kernels.h"
 #include "engine/pool.h"
+#include "engine/quants_k.h"
 
 #define MAX_SHAPES 8
 #define MAX_ROWS_LIST 16
-#define MAX_TYPES 5
+#define MAX_TYPES 11
 #define MIN_BENCH_S 0.25    /* time spent per measurement, seconds */
 #define MIN_REPS 5
 #define READ_BUF_BYTES (512u << 20) /* > L3, so the read test hits DRAM */
@@ -74,6 +82,7 @@ typedef struct {
     unsigned rows_list[MAX_ROWS_LIST];
     int n_types;
     pd_ggml_type_t types[MAX_TYPES];
+    unsigned stream_mb; /* > 0: copies of the weights filling this many MB */
 } opts_t;
 
 static int cmp_double(const void *a, const void *b)
@@ -221,7 +230,8 @@ static double sgemm_gflops(void)
 
 typedef struct {
     pd_pool_t *pool;
-    const pd_mat_t *w;
+    const pd_mat_t *w;   /* (n_w) copies of the same weights, used in turn */
+    unsigned n_w, next;
     const float *x;
     unsigned n_rows;
     float *y;
@@ -232,7 +242,8 @@ typedef struct {
 static void mm_run(void *arg)
 {
     mm_ctx_t *m = arg;
-    pd_matmul(m->pool, m->w, m->x, m->n_rows, m->y, m->scratch, m->skinny_max);
+    const pd_mat_t *w = &m->w[m->next++ % m->n_w];
+    pd_matmul(m->pool, w, m->x, m->n_rows, m->y, m->scratch, m->skinny_max);
 }
 
 /* Weights of the given type from fp32 values (n_out rows of n_in). */
@@ -257,6 +268,11 @@ static void *make_weights(pd_ggml_type_t t, const float *wf, unsigned n_out, uns
             break;
         case PD_GGML_TYPE_Q8_0: pd_quant_row_q8_0(src, dst, n_in); break;
         case PD_GGML_TYPE_Q4_0: pd_quant_row_q4_0(src, dst, n_in); break;
+        case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+        case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_IQ4_NL:
+            pd_quant_row_k(t, src, dst, n_in);
+            break;
+        case PD_GGML_TYPE_Q8_K: break; /* not a weight type */
         }
     }
     *row_bytes = rb;
@@ -356,12 +372,27 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
         void *w = make_weights(t, wf, n_out, n_in, &rb);
         if (!w)
             goto fail;
-        pd_mat_t m = {w, t, n_out, n_in, rb};
-        size_t sb = pd_matmul_scratch_bytes(&m, max_rows);
+        /* --stream-mb: the weights copied until they fill that many MB (more
+         * than the last-level cache), each call using the next copy, so that
+         * every call streams its weights from DRAM */
+        const size_t wb = (rb * n_out + 63) / 64 * 64;
+        unsigned n_w = o->stream_mb ? (unsigned)(((size_t)o->stream_mb << 20) / wb) : 1;
+        n_w = n_w ? n_w : 1;
+        uint8_t *copies = n_w > 1 ? aligned_alloc(64, wb * n_w) : NULL;
+        pd_mat_t *mats = calloc(n_w, sizeof *mats);
+        size_t sb = pd_matmul_scratch_bytes(&(pd_mat_t){w, t, n_out, n_in, rb}, max_rows);
         void *scratch = aligned_alloc(64, sb ? sb : 64);
-        if (!scratch) {
+        if (!scratch || !mats || (n_w > 1 && !copies)) {
+            free(scratch);
+            free(mats);
+            free(copies);
             free(w);
             goto fail;
+        }
+        for (unsigned k = 0; k < n_w; k++) {
+            if (copies)
+                memcpy(copies + k * wb, w, rb * n_out);
+            mats[k] = (pd_mat_t){copies ? copies + k * wb : w, t, n_out, n_in, rb};
         }
         const char *tn = pd_ggml_type_name(t);
         double wbytes = (double)rb * n_out;
@@ -372,7 +403,7 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
             double t_mm[MAX_ROWS_LIST] = {0}, t_gemm[MAX_ROWS_LIST] = {0};
             for (int ri = 0; ri < o->n_rows_list; ri++) {
                 unsigned rows = o->rows_list[ri];
-                mm_ctx_t mc = {pools[pi], &m, x, rows, y, scratch, o->skinny_max};
+                mm_ctx_t mc = {pools[pi], mats, n_w, 0, x, rows, y, scratch, o->skinny_max};
                 t_mm[ri] = bench(mm_run, &mc, min_s);
                 print_row(o, "matmul", tn, n_out, n_in, rows, thr[pi], t_mm[ri], wbytes);
                 if (rows <= o->skinny_max && !o->quick) {
@@ -392,6 +423,8 @@ static int bench_shape(const opts_t *o, const limits_t *lim, pd_pool_t *pools[2]
             print_summary(o, lim, tn, n_out, n_in, thr[pi], (size_t)wbytes, t_mm, t_gemm);
         }
         free(scratch);
+        free(mats);
+        free(copies);
         free(w);
     }
     free(wf);
@@ -431,9 +464,12 @@ static int parse_types(const char *s, opts_t *o)
         pd_ggml_type_t t;
     } names[] = {{"f32", PD_GGML_TYPE_F32}, {"f16", PD_GGML_TYPE_F16},
                  {"bf16", PD_GGML_TYPE_BF16}, {"q8_0", PD_GGML_TYPE_Q8_0},
-                 {"q4_0", PD_GGML_TYPE_Q4_0}};
+                 {"q4_0", PD_GGML_TYPE_Q4_0}, {"q2_k", PD_GGML_TYPE_Q2_K},
+                 {"q3_k", PD_GGML_TYPE_Q3_K}, {"q4_k", PD_GGML_TYPE_Q4_K},
+                 {"q5_k", PD_GGML_TYPE_Q5_K}, {"q6_k", PD_GGML_TYPE_Q6_K},
+                 {"iq4_nl", PD_GGML_TYPE_IQ4_NL}};
     o->n_types = 0;
-    char buf[128];
+    char buf[256];
     snprintf(buf, sizeof(buf), "%s", s);
     for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
         int found = 0;
@@ -452,8 +488,10 @@ static int parse_types(const char *s, opts_t *o)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: pd-kbench [--threads N] [--json] [--quick] [--types f32,f16,bf16,q8_0,q4_0]\n"
+            "usage: pd-kbench [--threads N] [--json] [--quick]\n"
+            "                 [--types f32,f16,bf16,q8_0,q4_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl]\n"
             "                 [--rows 1,2,4,...] [--shape OUTxIN]... [--skinny-max N]\n"
+            "                 [--stream-mb N]\n"
             "       pd-kbench --limits [--threads N] [--json]\n");
 }
 
@@ -476,6 +514,12 @@ int main(int argc, char **argv)
             o.limits = 1;
         } else if (strcmp(a, "--quick") == 0) {
             o.quick = 1;
+        } else if (strcmp(a, "--stream-mb") == 0 && v) {
+            uint32_t mb;
+            if (pd_arg_u32("pd-kbench", "--stream-mb", v, 1, 1u << 16, &mb) != 0)
+                return 2;
+            o.stream_mb = mb;
+            i++;
         } else if (strcmp(a, "--threads") == 0 && v) {
             uint32_t t;
             if (pd_arg_u32("pd-kbench", "--threads", v, 1, 1024, &t) != 0)

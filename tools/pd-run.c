@@ -2,7 +2,7 @@
  *
  *   pd-run -m FILE -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]
  *          [--repeat-penalty R] [--presence-penalty P] [--frequency-penalty F]
- *          [--seed S] [--ignore-eos] [--threads T] [--tokens] [--dump-top K]
+ *          [--seed S] [--ignore-eos] [--threads T] [--tokens] [--dump-top K] [--ctx N]
  *   pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]
  *
  * Prints the continuation to stdout and nothing else (logs go to stderr).
@@ -11,6 +11,9 @@
  * every generated token, one JSON line with the top K (id, probability).
  * --no-batch-invariant lets prefill use OpenBLAS sgemm (faster prefill;
  * results then depend on the batch in the last bits, see forward.h).
+ * --ctx N sizes the engine for N positions (default: the prompt's bytes +
+ * n + 8), as llama.cpp's context size: phi3's LongRoPE factors are the
+ * long ones when N exceeds the model's original context.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -43,10 +46,11 @@ typedef struct {
     bool bench;
     bool json;
     bool fast_prefill;          /* batch invariance off: sgemm for prefill */
-    bool invariant_quant;       /* batch invariance for Q8_0/Q4_0 weights too */
+    bool invariant_quant;       /* batch invariance for quantized weights too */
     int threads;
     uint32_t bench_ctx; /* --bench: decode prompts of this many tokens */
     uint32_t dump_top;
+    uint32_t ctx;       /* --ctx: positions the engine is sized for (0: prompt + n) */
 } run_opts_t;
 
 typedef struct {
@@ -361,7 +365,7 @@ static void usage(void)
             "usage: pd-run -m FILE -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P]\n"
             "              [--min-p M] [--repeat-penalty R] [--presence-penalty P]\n"
             "              [--frequency-penalty F] [--seed S] [--ignore-eos] [--threads T]\n"
-            "              [--tokens] [--dump-top K] [--no-batch-invariant]\n"
+            "              [--tokens] [--dump-top K] [--ctx N] [--no-batch-invariant]\n"
             "              [--batch-invariant-quant]\n"
             "       pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]\n");
 }
@@ -407,6 +411,7 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         else if (strcmp(a, "--threads") == 0) { rc = parse_num(a, v, 1, 256, &x); o->threads = (int)x; }
         else if (strcmp(a, "--bench-ctx") == 0) { rc = parse_num(a, v, 1, 512 - 48, &x); o->bench_ctx = (uint32_t)x; }
         else if (strcmp(a, "--dump-top") == 0) { rc = parse_num(a, v, 1, 100, &x); o->dump_top = (uint32_t)x; }
+        else if (strcmp(a, "--ctx") == 0) { rc = parse_num(a, v, 1, 1 << 24, &x); o->ctx = (uint32_t)x; }
         else {
             fprintf(stderr, "pd-run: unknown option '%s'\n", a);
             return -1;
@@ -446,6 +451,8 @@ int main(int argc, char **argv)
          * (parse_args bounds both, so this is in 8..2^24 + 2^20 + 8) */
         ctx = (uint32_t)(strlen(o.prompt) + 8 + o.n_predict);
     }
+    if (o.ctx != 0) /* as llama.cpp's n_ctx (phi3's rope factors depend on it) */
+        ctx = o.ctx;
     int rc = runner_init(&r, o.model_path, n_seqs, ctx, PD_RUN_CHUNK, o.threads,
                          !o.fast_prefill, o.invariant_quant, &err);
     if (rc == 0)

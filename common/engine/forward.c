@@ -7,6 +7,13 @@
  * for the rows whose logits are wanted. Linear layers go through
  * pd_matmul, which picks our skinny kernels for few rows and OpenBLAS
  * sgemm for many. All buffers are allocated once in pd_engine_new.
+ *
+ * What the other architectures change (model.h) enters as small steps:
+ * Q/K head norms and the Q scale beside rope (qkv_post_task), the sliding
+ * window and soft-capping in attention (pd_attn_shape_t), post-norms
+ * before each residual add, GeGLU for SwiGLU, the embedding scale and the
+ * final soft-cap in pd_forward, and per-layer rope tables (rope_cache:
+ * frequency factors, a sliding-window layer's own base).
  */
 #include "engine/forward.h"
 
@@ -43,9 +50,12 @@ struct pd_engine {
     float *gate;    /* (T, ffn_dim) */
     float *up;      /* (T, ffn_dim) */
     float *rope;    /* (T, head_dim) cos/sin pairs per token */
+    float *rope_swa;/* (T, head_dim) the same for sliding-window layers when
+                       their rope differs (gemma), else NULL */
+    const float *rope_ff; /* (head_dim / 2) rope frequency factors, or NULL */
     float *xr;      /* (T, max(dim, q_dim, ffn_dim)) activations rounded to the
                        weight type's activation format (see round_activations) */
-    void *qrow;     /* (T, Q8_0 row of max_in) activations quantized as ggml does */
+    void *qrow;     /* (T, Q8_K row of max_in) activations quantized as ggml does */
     float *attn_scratch;  /* (n_attn_chunks, attn_scratch_floats) pd_kern_attn scratch */
     size_t attn_scratch_floats;
     const float **attn_blocks; /* (n_attn_chunks, 2, max_seq_blocks) K, V block pointers */
@@ -103,7 +113,7 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
         return NULL;
     }
     const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f,
-                                   1 };
+                                   1, 0, 0.0f };
     if (!pd_kern_attn_supported(&ash0)) {
         pd_err_set(err, PD_EINVAL, "engine: head_dim %u / KV block_size %u: attention supports "
                    "at most %u / %u", c->head_dim, ks->block_size, PD_ATTN_MAX_HEAD_DIM,
@@ -137,11 +147,16 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->gate = alloc_aligned(sizeof(float) * T * c->ffn_dim);
     e->up = alloc_aligned(sizeof(float) * T * c->ffn_dim);
     e->rope = alloc_aligned(sizeof(float) * T * c->head_dim);
+    e->rope_ff = pd_model_rope_factors(m, e->opts.max_ctx);
+    bool own_swa_rope = c->swa_window != 0 &&
+                        (c->rope_base_swa != c->rope_base || c->rope_scale_swa != c->rope_scale);
+    e->rope_swa = own_swa_rope ? alloc_aligned(sizeof(float) * T * c->head_dim) : NULL;
     size_t max_in = xn_dim > c->ffn_dim ? xn_dim : c->ffn_dim;
     e->xr = alloc_aligned(sizeof(float) * T * max_in);
-    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, (max_in + 31) / 32 * 32) + 64);
+    /* Q8_K rows (1.14 bytes per element, rounded up to 256) bound Q8_0's */
+    e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_K, (max_in + 255) / 256 * 256) + 64);
     const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f,
-                                  e->opts.max_ctx };
+                                  e->opts.max_ctx, 0, 0.0f };
     e->attn_scratch_floats = (pd_kern_attn_scratch_floats(&ash, PD_ATTN_TILE_Q) + 15) / 16 * 16;
     e->attn_scratch = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->attn_scratch_floats);
     e->max_seq_blocks = (e->opts.max_ctx + ks->block_size - 1) / ks->block_size;
@@ -164,7 +179,7 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     e->scratch = alloc_aligned(s);
     if (e->pool == NULL || !e->x || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->tmp ||
         !e->gate || !e->up || !e->rope || !e->xr || !e->qrow || !e->attn_scratch || !e->attn_blocks || !e->tiles || !e->rows ||
-        !e->scratch) {
+        !e->scratch || (own_swa_rope && !e->rope_swa)) {
         pd_err_set(err, PD_ENOMEM, "engine: out of memory for run state (%zu batch tokens)", T);
         pd_engine_free(e);
         return NULL;
@@ -188,6 +203,7 @@ void pd_engine_free(pd_engine_t *e)
     free(e->gate);
     free(e->up);
     free(e->rope);
+    free(e->rope_swa);
     free(e->xr);
     free(e->qrow);
     free(e->attn_scratch);
@@ -239,21 +255,38 @@ static int validate_batch(const pd_engine_t *e, const pd_batch_t *b, pd_err_t *e
 
 /* ====== Building blocks ====== */
 
-/* RoPE cos/sin per token, computed as ggml does (theta *= theta_scale). */
-static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float *cache)
+/* RoPE cos/sin per token for freq base `base` and linear scale `scale`,
+ * computed as ggml does (theta *= theta_scale; each angle divided by its
+ * frequency factor ff when there are factors; cos and sin times mscale). */
+static void rope_cache(const pd_model_config_t *c, const pd_batch_t *b, float base, float scale,
+                       const float *ff, float *cache)
 {
-    const float theta_scale = powf(c->rope_base, -2.0f / (float)c->head_dim);
-    const float freq_scale = 1.0f / c->rope_scale;
+    const float theta_scale = powf(base, -2.0f / (float)c->head_dim);
+    const float freq_scale = 1.0f / scale;
+    const float mscale = c->rope_mscale;
     for (uint32_t t = 0; t < b->n_tokens; t++) {
         float *cs = cache + (size_t)t * c->head_dim;
         float theta = (float)b->pos[t];
         for (uint32_t i = 0; i < c->head_dim; i += 2) {
-            float th = freq_scale * theta;
-            cs[i] = cosf(th);
-            cs[i + 1] = sinf(th);
+            float th = freq_scale * (ff ? theta / ff[i / 2] : theta);
+            cs[i] = cosf(th) * mscale;
+            cs[i + 1] = sinf(th) * mscale;
             theta *= theta_scale;
         }
     }
+}
+
+/* Per-head RMSNorm of n_heads heads of one token in place (Q/K norms). */
+static void head_norm(float *x, uint32_t n_heads, uint32_t hd, const float *w, float eps)
+{
+    for (uint32_t h = 0; h < n_heads; h++)
+        pd_kern_rmsnorm(x + (size_t)h * hd, x + (size_t)h * hd, w, hd, eps);
+}
+
+static void scale_vec(float *x, size_t n, float s)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] *= s;
 }
 
 /* Rotates n_heads heads of one token in place. Normal mode rotates pairs
@@ -276,6 +309,7 @@ typedef struct {
     pd_engine_t *e;
     const pd_batch_t *b;
     uint32_t layer;
+    const float *rope;      /* (T, head_dim) this layer's cos/sin table */
 } layer_ctx_t;
 
 /* Per token: bias, rope, and the K/V write into the paged cache. */
@@ -296,9 +330,15 @@ static void qkv_post_task(void *arg, int i, int n)
             pd_kern_axpy_f32(k, 1.0f, L->bk, kv_dim);
             pd_kern_axpy_f32(v, 1.0f, L->bv, kv_dim);
         }
-        const float *cs = e->rope + (size_t)t * c->head_dim;
+        if (L->q_norm) {
+            head_norm(q, c->n_heads, c->head_dim, L->q_norm, c->norm_eps);
+            head_norm(k, c->n_kv_heads, c->head_dim, L->k_norm, c->norm_eps);
+        }
+        const float *cs = lc->rope + (size_t)t * c->head_dim;
         rope_apply(q, c->n_heads, c->head_dim, cs, c->rope_neox);
         rope_apply(k, c->n_kv_heads, c->head_dim, cs, c->rope_neox);
+        if (c->q_scale != 0.0f)
+            scale_vec(q, q_dim, c->q_scale);
         uint32_t pos = (uint32_t)b->pos[t];
         int32_t blk = b->block_tables[b->seq[t]][pos / bs];
         size_t off = (size_t)(pos % bs) * kv_dim;
@@ -324,8 +364,13 @@ static void attention_task(void *arg, int i, int n)
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
     const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
-    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd, 1.0f / sqrtf((float)hd),
-                                 e->opts.max_ctx };
+    const pd_layer_t *L = &e->model->layers[lc->layer];
+    /* scores scaled here unless Q was (cfg.q_scale); a sliding-window
+     * layer's window; Gemma 2's cap */
+    const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd,
+                                 c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd),
+                                 e->opts.max_ctx, L->is_swa ? c->swa_window : 0,
+                                 c->attn_softcap };
     float *scratch = e->attn_scratch + (size_t)i * e->attn_scratch_floats;
     const float **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
     const float **vb = kb + e->max_seq_blocks;
@@ -399,11 +444,28 @@ static void rmsnorm_rows(pd_engine_t *e, float *out, const float *x, const float
     pd_pool_run(n_rows >= 8 ? e->pool : NULL, norm_task, &nc, n_rows >= 8 ? pd_pool_n_threads(e->pool) : 1);
 }
 
+typedef enum {
+    EW_ADD,    /* a += b */
+    EW_SWIGLU, /* a = silu(a) * b */
+    EW_GEGLU,  /* a = gelu(a) * b */
+} ew_op_t;
+
+/* a[0..n) op= b[0..n) */
+static void ew_apply(ew_op_t op, float *a, const float *b, uint32_t n)
+{
+    if (op == EW_SWIGLU)
+        pd_kern_swiglu(a, b, n);
+    else if (op == EW_GEGLU)
+        pd_kern_geglu(a, b, n);
+    else
+        pd_kern_axpy_f32(a, 1.0f, b, n);
+}
+
 typedef struct {
     float *a;
     const float *b;
     size_t n;
-    bool swiglu; /* a = silu(a) * b, else a += b */
+    ew_op_t op;
 } ew_ctx_t;
 
 static void ew_task(void *arg, int i, int n)
@@ -413,27 +475,24 @@ static void ew_task(void *arg, int i, int n)
     size_t lo = chunk * (size_t)i, hi = lo + chunk > c->n ? c->n : lo + chunk;
     if (lo >= hi)
         return;
-    if (c->swiglu)
-        pd_kern_swiglu(c->a + lo, c->b + lo, (uint32_t)(hi - lo));
-    else
-        pd_kern_axpy_f32(c->a + lo, 1.0f, c->b + lo, (uint32_t)(hi - lo));
+    ew_apply(c->op, c->a + lo, c->b + lo, (uint32_t)(hi - lo));
 }
 
-static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, bool swiglu)
+static void elementwise(pd_engine_t *e, float *a, const float *b, size_t n, ew_op_t op)
 {
-    ew_ctx_t c = { a, b, n, swiglu };
+    ew_ctx_t c = { a, b, n, op };
     int tasks = n >= 16384 ? pd_pool_n_threads(e->pool) : 1;
     pd_pool_run(tasks > 1 ? e->pool : NULL, ew_task, &c, tasks);
 }
 
 /* ggml multiplies a quantized or half-precision weight by activations
- * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0
- * weights, F16 for F16, BF16 for BF16. We round the activations the same
- * way before either kernel path, so that (1) the skinny kernels and the
- * sgemm path see identical inputs -- batching then changes nothing -- and
- * (2) our numbers match llama.cpp's. The rounding is idempotent, so the
- * Q8_0 skinny kernel's own quantization of x reproduces it exactly, and
- * matmul() skips this step when the skinny kernel will quantize anyway. */
+ * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0/IQ4_NL
+ * weights, Q8_K for the K-quants, F16 for F16, BF16 for BF16. We round the
+ * activations the same way before either kernel path, so that (1) the
+ * skinny kernels and the sgemm path multiply the same values -- batching
+ * then changes nothing -- and (2) our numbers match llama.cpp's. The
+ * quantized skinny kernels quantize x themselves, with the same quantizer,
+ * so matmul() skips this step when the skinny kernel will run. */
 static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const float *x,
                                       uint32_t n_rows, uint32_t n_in)
 {
@@ -450,15 +509,10 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
         for (size_t i = 0; i < n; i++)
             xr[i] = pd_bf16_to_fp32(pd_fp32_to_bf16(x[i]));
         break;
-    default: { /* Q8_0, Q4_0: activations go through Q8_0, with ggml's
-                  * activation quantizer (id = 127/amax, round half to even) */
-        size_t rb = pd_ggml_row_bytes(PD_GGML_TYPE_Q8_0, n_in);
-        pd_kern_prepare_x(PD_GGML_TYPE_Q8_0, x, n_in, n_in, n_rows, e->qrow);
-        for (uint32_t r = 0; r < n_rows; r++)
-            pd_dequant_row(PD_GGML_TYPE_Q8_0, (const uint8_t *)e->qrow + r * rb,
-                           xr + (size_t)r * n_in, n_in);
+    default: /* quantized: through Q8_0 (Q8_0, Q4_0, IQ4_NL) or Q8_K (K-quants),
+              * with ggml's activation quantizers */
+        pd_kern_round_x(wt, x, n_in, n_rows, e->qrow, xr);
         break;
-    }
     }
     return xr;
 }
@@ -473,13 +527,14 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
  * docs/benchmarks.md has both figures. */
 /* An element-wise epilogue of a product, over batch rows [r0, r0 + n_rows)
  * and output columns [o0, o1): a[r][o] = silu(a[r][o]) * b[r][o] (SwiGLU
- * of gate and up) or a[r][o] += b[r][o] (the residual add). */
+ * of gate and up), gelu(a) * b (GeGLU) or a[r][o] += b[r][o] (the residual
+ * add). */
 typedef struct {
     float *a;
     const float *b;
     uint32_t stride; /* floats per row of a and b */
     uint32_t r0, n_rows;
-    bool swiglu;
+    ew_op_t op;
 } rows_epi_t;
 
 static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
@@ -489,10 +544,7 @@ static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
     for (uint32_t r = c->r0; r < c->r0 + c->n_rows; r++) {
         float *a = c->a + (size_t)r * c->stride + o0;
         const float *b = c->b + (size_t)r * c->stride + o0;
-        if (c->swiglu)
-            pd_kern_swiglu(a, b, o1 - o0);
-        else
-            pd_kern_axpy_f32(a, 1.0f, b, o1 - o0);
+        ew_apply(c->op, a, b, o1 - o0);
     }
 }
 
@@ -511,7 +563,7 @@ static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockst
                      const float *x, uint32_t n_rows, const rows_epi_t *epi)
 {
     const pd_mat_t *w = outs[0].w;
-    bool quant = w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0;
+    bool quant = pd_kern_is_quant(w->type);
     bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
     uint32_t chunk = invariant ? (quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS) : n_rows;
     uint32_t skinny_max = invariant ? chunk : e->opts.skinny_max_rows;
@@ -544,8 +596,22 @@ static void matmul_residual(pd_engine_t *e, const pd_mat_t *w, const float *x, u
                             float *y, float *x_res)
 {
     const pd_mm_out_t o = { w, y };
-    const rows_epi_t epi = { x_res, y, w->n_out, 0, n_rows, false };
+    const rows_epi_t epi = { x_res, y, w->n_out, 0, n_rows, EW_ADD };
     products(e, &o, 1, false, x, n_rows, &epi);
+}
+
+/* x += x_in W^T, through RMSNorm(post_norm) first when the model norms a
+ * sublayer's output before the residual add (Gemma's post-norms). */
+static void residual(pd_engine_t *e, const pd_mat_t *w, const float *x_in, uint32_t n_rows,
+                     const float *post_norm)
+{
+    if (post_norm == NULL) {
+        matmul_residual(e, w, x_in, n_rows, e->tmp, e->x);
+        return;
+    }
+    matmul(e, w, x_in, n_rows, e->tmp);
+    rmsnorm_rows(e, e->tmp, e->tmp, post_norm, n_rows, NULL);
+    elementwise(e, e->x, e->tmp, (size_t)n_rows * e->model->cfg.dim, EW_ADD);
 }
 
 static bool same_kind(const pd_mat_t *a, const pd_mat_t *b)
@@ -565,7 +631,7 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
      * does not carry that check through pd_forward's calls). */
     if (T == 0)
         return;
-    layer_ctx_t lc = { e, b, l };
+    layer_ctx_t lc = { e, b, l, L->is_swa && e->rope_swa ? e->rope_swa : e->rope };
     int nt = pd_pool_n_threads(e->pool);
 
     /* Attention block. */
@@ -582,21 +648,23 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
     uint32_t n_units = e->n_tiles * c->n_kv_heads;
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
-    matmul_residual(e, &L->wo, e->att, T, e->tmp, e->x);
+    residual(e, &L->wo, e->att, T, L->post_attn_norm);
 
-    /* Feed-forward block (SwiGLU): gate and up in lockstep, so each task
-     * applies silu(gate) * up to the rows it has just computed. */
+    /* Feed-forward block (SwiGLU, or GeGLU for Gemma): gate and up in
+     * lockstep, so each task applies act(gate) * up to the rows it has just
+     * computed. */
     rmsnorm_rows(e, e->xn, e->x, L->ffn_norm, T, NULL);
-    const rows_epi_t glu = { e->gate, e->up, c->ffn_dim, 0, T, true };
+    const ew_op_t act = c->ffn_act == PD_FFN_GEGLU ? EW_GEGLU : EW_SWIGLU;
+    const rows_epi_t glu = { e->gate, e->up, c->ffn_dim, 0, T, act };
     if (same_kind(&L->w_gate, &L->w_up) && L->w_gate.n_out == L->w_up.n_out) {
         const pd_mm_out_t gu[2] = { { &L->w_gate, e->gate }, { &L->w_up, e->up } };
         products(e, gu, 2, true, e->xn, T, &glu);
     } else {
         matmul(e, &L->w_gate, e->xn, T, e->gate);
         matmul(e, &L->w_up, e->xn, T, e->up);
-        elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, true);
+        elementwise(e, e->gate, e->up, (size_t)T * c->ffn_dim, act);
     }
-    matmul_residual(e, &L->w_down, e->gate, T, e->tmp, e->x);
+    residual(e, &L->w_down, e->gate, T, L->post_ffn_norm);
 }
 
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
@@ -613,8 +681,12 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         const uint8_t *row = (const uint8_t *)m->tok_embd.data +
                              (size_t)b->tokens[t] * m->tok_embd.row_bytes;
         pd_dequant_row(m->tok_embd.type, row, e->x + (size_t)t * c->dim, c->dim);
+        if (c->embd_scale != 1.0f) /* Gemma: embeddings times sqrt(dim) */
+            scale_vec(e->x + (size_t)t * c->dim, c->dim, c->embd_scale);
     }
-    rope_cache(c, b, e->rope);
+    rope_cache(c, b, c->rope_base, c->rope_scale, e->rope_ff, e->rope);
+    if (e->rope_swa)
+        rope_cache(c, b, c->rope_base_swa, c->rope_scale_swa, e->rope_ff, e->rope_swa);
     make_tiles(e, b);
     for (uint32_t l = 0; l < c->n_layers; l++)
         layer_forward(e, b, l);
@@ -628,5 +700,7 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         return 0;
     rmsnorm_rows(e, e->xn, e->x, m->out_norm, n_out, e->rows);
     matmul(e, &m->output, e->xn, n_out, logits);
+    for (uint32_t r = 0; r < n_out && c->final_softcap != 0.0f; r++) /* Gemma: logits capped */
+        pd_kern_softcap(logits + (size_t)r * c->vocab_size, c->vocab_size, c->final_softcap);
     return 0;
 }

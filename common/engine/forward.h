@@ -40,7 +40,7 @@ typedef struct {
                                    BF16) through the skinny kernels in row chunks:
                                    a row's result is then bit-identical whatever
                                    else is in the batch (default true) */
-    bool batch_invariant_quant; /* the same for Q8_0/Q4_0 weights (default false:
+    bool batch_invariant_quant; /* the same for quantized weights (default false:
                                    the int8 kernels are ~10x slower than
                                    dequantize+sgemm for prefill) */
 } pd_engine_opts_t;

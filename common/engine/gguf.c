@@ -103,8 +103,7 @@ const char *pd_ggml_type_name(pd_ggml_type_t t)
 
 bool pd_ggml_type_supported(uint32_t t)
 {
-    return t == PD_GGML_TYPE_F32 || t == PD_GGML_TYPE_F16 || t == PD_GGML_TYPE_BF16 ||
-           t == PD_GGML_TYPE_Q8_0 || t == PD_GGML_TYPE_Q4_0;
+    return t != PD_GGML_TYPE_Q8_K && pd_ggml_block_elems((pd_ggml_type_t)t) != 0;
 }
 
 uint32_t pd_ggml_block_elems(pd_ggml_type_t t)
@@ -114,6 +113,9 @@ uint32_t pd_ggml_block_elems(pd_ggml_type_t t)
     /* Two constants that happen to be equal (32), kept apart on purpose. */
     case PD_GGML_TYPE_Q8_0: return PD_QK8_0; // NOLINT(bugprone-branch-clone)
     case PD_GGML_TYPE_Q4_0: return PD_QK4_0;
+    case PD_GGML_TYPE_IQ4_NL: return PD_QK4_NL;
+    case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K: case PD_GGML_TYPE_Q4_K:
+    case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K: case PD_GGML_TYPE_Q8_K: return PD_QK_K;
     default: return 0;
     }
 }
@@ -125,6 +127,15 @@ uint32_t pd_ggml_block_bytes(pd_ggml_type_t t)
     case PD_GGML_TYPE_F16: case PD_GGML_TYPE_BF16: return 2;
     case PD_GGML_TYPE_Q8_0: return 2 + PD_QK8_0;     /* fp16 scale + 32 int8 */
     case PD_GGML_TYPE_Q4_0: return 2 + PD_QK4_0 / 2; /* fp16 scale + 32 nibbles */
+    /* ggml-common.h's block_q2_K..block_q8_K and block_iq4_nl; quants_k.h
+     * has their layouts (and the same sizes as named constants). */
+    case PD_GGML_TYPE_Q2_K: return 84;      /* 2.625 bits per weight */
+    case PD_GGML_TYPE_Q3_K: return 110;     /* 3.4375 */
+    case PD_GGML_TYPE_Q4_K: return 144;     /* 4.5 */
+    case PD_GGML_TYPE_Q5_K: return 176;     /* 5.5 */
+    case PD_GGML_TYPE_Q6_K: return 210;     /* 6.5625 */
+    case PD_GGML_TYPE_Q8_K: return 292;     /* float d, 256 int8, 16 int16 sums */
+    case PD_GGML_TYPE_IQ4_NL: return 2 + PD_QK4_NL / 2; /* 4.5 */
     default: return 0;
     }
 }
@@ -483,8 +494,8 @@ static int parse_tensor_type(gguf_rd_t *r, pd_gguf_tensor_t *t)
         return PD_EFORMAT;
     if (!pd_ggml_type_supported(type))
         return rd_fail(r, PD_EUNSUPPORTED, "type %" PRIu32 " (%s) at byte %zu is not supported "
-                       "(supported: f32, f16, bf16, q8_0, q4_0)", type,
-                       pd_ggml_type_name((pd_ggml_type_t)type), at);
+                       "(supported: %s)", type,
+                       pd_ggml_type_name((pd_ggml_type_t)type), at, PD_GGML_SUPPORTED_TYPES);
     t->type = (pd_ggml_type_t)type;
     uint32_t be = pd_ggml_block_elems(t->type);
     if (t->ne[0] % be != 0)
@@ -772,6 +783,16 @@ pd_gguf_type_t pd_gguf_kv_type(const pd_gguf_t *g, int64_t idx)
 const pd_gguf_tensor_t *pd_gguf_tensor(const pd_gguf_t *g, int64_t i)
 {
     return (i >= 0 && i < g->n_tensors) ? &g->tensors[i] : NULL;
+}
+
+int64_t pd_gguf_tensor_index(const pd_gguf_t *g, const pd_gguf_tensor_t *t)
+{
+    /* integer addresses: t need not point into the array at all */
+    const uintptr_t base = (uintptr_t)g->tensors, at = (uintptr_t)t;
+    if (t == NULL || at < base || (at - base) % sizeof *t != 0)
+        return -1;
+    const uint64_t i = (at - base) / sizeof *t;
+    return i < (uint64_t)g->n_tensors ? (int64_t)i : -1;
 }
 
 const pd_gguf_tensor_t *pd_gguf_find_tensor(const pd_gguf_t *g, const char *name)

@@ -58,6 +58,13 @@ typedef enum {
     PD_GGML_TYPE_F16 = 1,
     PD_GGML_TYPE_Q4_0 = 2,
     PD_GGML_TYPE_Q8_0 = 8,
+    PD_GGML_TYPE_Q2_K = 10,   /* K-quants: super-blocks of 256 (quants_k.h) */
+    PD_GGML_TYPE_Q3_K = 11,
+    PD_GGML_TYPE_Q4_K = 12,
+    PD_GGML_TYPE_Q5_K = 13,
+    PD_GGML_TYPE_Q6_K = 14,
+    PD_GGML_TYPE_Q8_K = 15,   /* activations only (the K-quants' dot products); refused in files */
+    PD_GGML_TYPE_IQ4_NL = 20, /* blocks of 32, 4-bit indices into a fixed table */
     PD_GGML_TYPE_BF16 = 30,
 } pd_ggml_type_t;
 
@@ -67,6 +74,8 @@ typedef enum {
 #define PD_GGUF_MAX_NAME 64 /* tensor names are 1..63 bytes (ggml's GGML_MAX_NAME) */
 #define PD_QK8_0 32 /* elements per Q8_0 block: fp16 scale + 32 int8 = 34 bytes */
 #define PD_QK4_0 32 /* elements per Q4_0 block: fp16 scale + 16 bytes = 18 bytes */
+#define PD_QK_K 256 /* elements per K-quant super-block (Q2_K..Q6_K, Q8_K) */
+#define PD_QK4_NL 32 /* elements per IQ4_NL block: fp16 scale + 16 bytes = 18 bytes */
 
 /* A counted string pointing into the mapped file (not NUL-terminated). */
 typedef struct {
@@ -137,12 +146,19 @@ const void *pd_gguf_arr_data(const pd_gguf_t *g, const char *key);
 int64_t pd_gguf_n_tensors(const pd_gguf_t *g);
 const pd_gguf_tensor_t *pd_gguf_tensor(const pd_gguf_t *g, int64_t i);
 const pd_gguf_tensor_t *pd_gguf_find_tensor(const pd_gguf_t *g, const char *name);
+/* The index i of t (as pd_gguf_tensor(g, i) returns it), or -1 when t is not
+ * one of g's tensors. */
+int64_t pd_gguf_tensor_index(const pd_gguf_t *g, const pd_gguf_tensor_t *t);
 
 /* Type helpers. */
 const char *pd_ggml_type_name(pd_ggml_type_t t);          /* "q8_0"; "?" if unknown */
 bool pd_ggml_type_supported(uint32_t t);
-uint32_t pd_ggml_block_elems(pd_ggml_type_t t);           /* 1 for float types, 32 for q8_0 */
-uint32_t pd_ggml_block_bytes(pd_ggml_type_t t);           /* 4, 2, 2, 34, 18 */
+/* The tensor types a file may hold, as messages list them. */
+#define PD_GGML_SUPPORTED_TYPES \
+    "f32, f16, bf16, q8_0, q4_0, q2_K, q3_K, q4_K, q5_K, q6_K, iq4_nl"
+uint32_t pd_ggml_block_elems(pd_ggml_type_t t);           /* 1 for float types, 32 for q8_0,
+                                                             256 for the K-quants */
+uint32_t pd_ggml_block_bytes(pd_ggml_type_t t);           /* 4, 2, 2, 34, 18, 84 (q2_K)... */
 /* Bytes of a row of n elements; 0 if n is not a multiple of the block. */
 uint64_t pd_ggml_row_bytes(pd_ggml_type_t t, uint64_t n);
 const char *pd_gguf_type_name(pd_gguf_type_t t);

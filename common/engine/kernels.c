@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/quants_k.h"
+
 #define Q8_0_BYTES 34 /* bytes per Q8_0 block */
 #define Q4_0_BYTES 18 /* bytes per Q4_0 block */
 #define QK 32         /* elements per Q block */
@@ -32,14 +34,34 @@ static uint64_t kern_row_bytes(pd_ggml_type_t t, uint64_t n)
     case PD_GGML_TYPE_F16:
     case PD_GGML_TYPE_BF16: return n * 2;
     case PD_GGML_TYPE_Q8_0: return n % QK ? 0 : n / QK * Q8_0_BYTES;
-    case PD_GGML_TYPE_Q4_0: return n % QK ? 0 : n / QK * Q4_0_BYTES;
+    case PD_GGML_TYPE_Q4_0: /* 18 bytes per 32, as IQ4_NL */
+    case PD_GGML_TYPE_IQ4_NL: return n % QK ? 0 : n / QK * Q4_0_BYTES;
+    case PD_GGML_TYPE_Q2_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q2_K_BYTES;
+    case PD_GGML_TYPE_Q3_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q3_K_BYTES;
+    case PD_GGML_TYPE_Q4_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q4_K_BYTES;
+    case PD_GGML_TYPE_Q5_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q5_K_BYTES;
+    case PD_GGML_TYPE_Q6_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q6_K_BYTES;
+    case PD_GGML_TYPE_Q8_K: return n % PD_QK_K ? 0 : n / PD_QK_K * PD_Q8_K_BYTES;
     }
     return 0;
 }
 
+bool pd_kern_is_quant(pd_ggml_type_t t)
+{
+    return t == PD_GGML_TYPE_Q8_0 || t == PD_GGML_TYPE_Q4_0 || t == PD_GGML_TYPE_IQ4_NL ||
+           pd_quant_is_k(t);
+}
+
 static bool is_quant(pd_ggml_type_t t)
 {
-    return t == PD_GGML_TYPE_Q8_0 || t == PD_GGML_TYPE_Q4_0;
+    return pd_kern_is_quant(t);
+}
+
+pd_ggml_type_t pd_kern_act_type(pd_ggml_type_t wtype)
+{
+    if (pd_quant_is_k(wtype))
+        return PD_GGML_TYPE_Q8_K;
+    return is_quant(wtype) ? PD_GGML_TYPE_Q8_0 : PD_GGML_TYPE_F32;
 }
 
 /* AVX2 + FMA + F16C, and the OS saves YMM state. cpuid is slow (a VM exit
@@ -240,6 +262,13 @@ void pd_dequant_row_ref(pd_ggml_type_t type, const void *src, float *dst, uint32
             }
         }
         break;
+    case PD_GGML_TYPE_IQ4_NL: case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K:
+    case PD_GGML_TYPE_Q4_K: case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K:
+        pd_dequant_row_k_ref(type, src, dst, n);
+        break;
+    case PD_GGML_TYPE_Q8_K:
+        pd_dequant_row_q8_k(src, dst, n);
+        break;
     }
 }
 
@@ -313,7 +342,7 @@ size_t pd_kern_xq_bytes(pd_ggml_type_t wtype, uint32_t n_in, uint32_t n_rows)
 {
     if (!is_quant(wtype))
         return 0;
-    return (size_t)kern_row_bytes(PD_GGML_TYPE_Q8_0, n_in) * n_rows;
+    return (size_t)kern_row_bytes(pd_kern_act_type(wtype), n_in) * n_rows;
 }
 
 /* Activations are quantized the way ggml's CPU backend does it on AVX2
@@ -334,6 +363,12 @@ void pd_kern_prepare_x_ref(pd_ggml_type_t wtype, const float *x, uint32_t x_stri
 {
     if (!is_quant(wtype))
         return;
+    if (pd_kern_act_type(wtype) == PD_GGML_TYPE_Q8_K) {
+        const size_t rbk = kern_row_bytes(PD_GGML_TYPE_Q8_K, n_in);
+        for (uint32_t r = 0; r < n_rows; r++)
+            pd_quant_row_q8_k_ref(x + (size_t)r * x_stride, (uint8_t *)xq + r * rbk, n_in);
+        return;
+    }
     const size_t rb = kern_row_bytes(PD_GGML_TYPE_Q8_0, n_in);
     for (uint32_t r = 0; r < n_rows; r++) {
         const float *xr = x + (size_t)r * x_stride;
@@ -361,6 +396,16 @@ void pd_kern_prepare_x(pd_ggml_type_t wtype, const float *x, uint32_t x_stride, 
         pd_kern_prepare_x_avx2(wtype, x, x_stride, n_in, n_rows, xq);
     else
         pd_kern_prepare_x_ref(wtype, x, x_stride, n_in, n_rows, xq);
+}
+
+void pd_kern_round_x(pd_ggml_type_t wtype, const float *x, uint32_t n_in, uint32_t n_rows,
+                     void *xq, float *out)
+{
+    const pd_ggml_type_t at = pd_kern_act_type(wtype);
+    const size_t rb = kern_row_bytes(at, n_in);
+    pd_kern_prepare_x(wtype, x, n_in, n_in, n_rows, xq);
+    for (uint32_t r = 0; r < n_rows; r++)
+        pd_dequant_row(at, (const uint8_t *)xq + r * rb, out + (size_t)r * n_in, n_in);
 }
 
 /* ====== Skinny matmul: reference ====== */
@@ -400,6 +445,11 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
 {
     const uint8_t *wd = w->data;
     const uint32_t n_in = w->n_in;
+    if (w->type == PD_GGML_TYPE_IQ4_NL || pd_quant_is_k(w->type)) {
+        pd_kern_skinny_k_ref(w->type, wd, w->row_bytes, n_in, o_begin, o_end, xq, n_rows, y,
+                             y_stride);
+        return;
+    }
     const size_t xq_rb = kern_row_bytes(PD_GGML_TYPE_Q8_0, n_in);
     const size_t wblk = w->type == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
     for (uint32_t o = o_begin; o < o_end; o++) {
@@ -430,8 +480,15 @@ void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const f
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)
 {
+    /* The K-quants and IQ4_NL have AVX2 kernels (bit-identical to ggml's
+     * AVX2 products), used on AVX-512 machines too. */
+    const bool avx2_only = pd_quant_is_k(w->type) || w->type == PD_GGML_TYPE_IQ4_NL;
     switch (pd_kern_isa()) {
     case PD_ISA_AVX512:
+        if (avx2_only) {
+            pd_kern_skinny_avx2(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
+            break;
+        }
         pd_kern_skinny_avx512(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);
         break;
     case PD_ISA_AVX2:

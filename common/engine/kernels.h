@@ -45,21 +45,37 @@ void pd_quant_row_q4_0(const float *src, void *dst, uint32_t n);
  *     y[r * y_stride + o] = sum_i x[r * x_stride + i] * W[o][i]
  * Each weight row is read from memory once for all n_rows activations
  * (n_rows <= PD_SKINNY_MAX_ROWS), so the cost is the cost of reading W.
- * For Q8_0 weights the activations are first quantized to Q8_0 per 32-block,
- * as ggml does (xq holds n_rows * pd_ggml_row_bytes(Q8_0, n_in) bytes,
- * prepared by pd_kern_prepare_x); other types read x as fp32.
+ * For quantized weights the activations are first quantized as ggml does
+ * (Q8_0 per 32 for Q8_0/Q4_0/IQ4_NL, Q8_K per 256 for the K-quants: xq holds
+ * pd_kern_xq_bytes, prepared by pd_kern_prepare_x); other types read x as
+ * fp32.
  */
 #define PD_SKINNY_MAX_ROWS 64
 
+/* True for weight types whose products run on quantized activations
+ * (Q8_0, Q4_0, IQ4_NL: Q8_0 activations; Q2_K..Q6_K: Q8_K activations). */
+bool pd_kern_is_quant(pd_ggml_type_t wtype);
+/* The activation format ggml multiplies wtype with: Q8_0, Q8_K, or F32 for
+ * float weights (which this module reads as fp32). */
+pd_ggml_type_t pd_kern_act_type(pd_ggml_type_t wtype);
+
 /* Bytes of scratch that pd_kern_prepare_x needs for n_rows rows of n_in. */
 size_t pd_kern_xq_bytes(pd_ggml_type_t wtype, uint32_t n_in, uint32_t n_rows);
-/* Converts x into the form the kernel for wtype reads (Q8_0 for Q8_0/Q4_0
- * weights; nothing for float types). The rounding is that of ggml's x86
+/* Converts x into the form the kernel for wtype reads (pd_kern_act_type;
+ * nothing for float types). Q8_K is ggml's quantize_row_q8_K (quants_k.h).
+ * The Q8_0 rounding is that of ggml's x86
  * quantize_row_q8_0, which the llama.cpp referee runs on activations:
  * d = amax / 127 (fp16), q = round-half-even(x * (127 / amax)); model files
  * use pd_quant_row_q8_0 (ggml's _ref: q = roundf(x * (1 / d))). */
 void pd_kern_prepare_x(pd_ggml_type_t wtype, const float *x, uint32_t x_stride, uint32_t n_in,
                        uint32_t n_rows, void *xq);
+
+/* Rounds n_rows contiguous rows of n_in activations through wtype's
+ * activation format (quantize as pd_kern_prepare_x, then dequantize) into
+ * out, so that a dequantize + sgemm product sees the inputs the skinny
+ * kernel multiplies. Quantized wtype only; xq: pd_kern_xq_bytes scratch. */
+void pd_kern_round_x(pd_ggml_type_t wtype, const float *x, uint32_t n_in, uint32_t n_rows,
+                     void *xq, float *out);
 
 void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
@@ -72,7 +88,7 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  *
  * y (n_rows, w->n_out) = x (n_rows, w->n_in) @ W^T, fp32 out.
  * n_rows <= skinny_max: the skinny kernel, split over the pool by output rows
- * (for Q8_0/Q4_0 weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
+ * (for quantized weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
  * integer kernel is slower than dequantize + sgemm).
  * Otherwise: cblas_sgemm (fp32 weights directly; other types dequantized
  * tile by tile into scratch, then sgemm).
@@ -121,6 +137,12 @@ void pd_kern_rmsnorm(float *out, const float *x, const float *g, uint32_t n, flo
 void pd_kern_softmax(float *x, uint32_t n);
 /* gate[i] = silu(gate[i]) * up[i] */
 void pd_kern_swiglu(float *gate, const float *up, uint32_t n);
+/* gate[i] = gelu(gate[i]) * up[i], gelu's tanh approximation through ggml's
+ * fp16 table (kernels_act.c). */
+void pd_kern_geglu(float *gate, const float *up, uint32_t n);
+void pd_kern_geglu_ref(float *gate, const float *up, uint32_t n);
+/* x[i] = tanh(x[i] / cap) * cap, as ggml's scale, tanh, scale (cap > 0). */
+void pd_kern_softcap(float *x, uint32_t n, float cap);
 float pd_kern_dot_f32(const float *a, const float *b, uint32_t n);
 /* y[i] += a * x[i] */
 void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
@@ -129,13 +151,16 @@ void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
  *
  * n_q queries that share one K/V head (the grouped-query heads of a token,
  * the tokens of one sequence in a prefill chunk, or both) each attend to
- * positions [0, n_pos[i]) of their sequence:
- *     out[i] = sum_p softmax_p(scale * q[i] . k_p) v_p
+ * positions [first_i, n_pos[i]) of their sequence, first_i = 0 or, with a
+ * sliding window, max(0, n_pos[i] - window):
+ *     out[i] = sum_p softmax_p(cap(scale * q[i] . k_p)) v_p
+ * cap(s) = s, or softcap * tanh(s / softcap) as ggml computes it (Gemma 2).
  * k_blk[j] / v_blk[j] point at the K / V row of position j * block_size in
  * this head (the cache's block j of the sequence, offset by the head);
  * rows of a block are row_stride floats apart. Every block up to the
  * largest n_pos must be given. q[i] and out[i] hold head_dim floats;
- * n_pos[i] <= max_pos.
+ * n_pos[i] <= max_pos. Blocks wholly before every query's window are not
+ * read (their pointers may be stale).
  *
  * The AVX2 version streams each K block once for all n_q queries (scores
  * 4 positions at a time), takes each query's softmax, then streams each V
@@ -158,9 +183,13 @@ typedef struct {
     uint32_t row_stride;  /* floats between consecutive positions in a block */
     float scale;          /* usually 1 / sqrt(head_dim) */
     uint32_t max_pos;     /* the largest n_pos of a call (sizes the scratch) */
+    uint32_t window;      /* 0, or the positions a query sees (itself included) */
+    float softcap;        /* 0, or the cap of the scores */
 } pd_attn_shape_t;
 
 bool pd_kern_attn_supported(const pd_attn_shape_t *s);
+/* The first position a query with n_pos positions sees (the window's). */
+uint32_t pd_kern_attn_first(const pd_attn_shape_t *s, uint32_t n_pos);
 size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q);
 /* Floats of scratch per query (its scores row). */
 size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s);
@@ -229,7 +258,7 @@ void pd_kern_axpy_f32_avx2(float *y, float a, const float *x, uint32_t n);
 /* Suggested skinny_max for pd_matmul on AVX2 machines (measured with
  * pd-kbench: up to this many rows the skinny kernel beats sgemm). */
 #define PD_SKINNY_DEFAULT_MAX 64
-/* Cap on the skinny path for Q8_0/Q4_0 weights (measured crossover with
+/* Cap on the skinny path for quantized weights (measured crossover with
  * dequantize + sgemm on the same machine: 32 rows at 4096 x 4096). */
 #define PD_SKINNY_QUANT_MAX 32
 

@@ -33,7 +33,13 @@ static double ref_score(const pd_attn_shape_t *s, const float *const *k_blk, con
     double d = 0.0;
     for (uint32_t j = 0; j < s->head_dim; j++)
         d += (double)q[j] * (double)k[j];
-    return d * (double)s->scale;
+    d *= (double)s->scale;
+    return s->softcap != 0.0f ? (double)s->softcap * tanh(d / (double)s->softcap) : d;
+}
+
+uint32_t pd_kern_attn_first(const pd_attn_shape_t *s, uint32_t n_pos)
+{
+    return s->window != 0 && n_pos > s->window ? n_pos - s->window : 0;
 }
 
 void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
@@ -44,16 +50,17 @@ void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
     double acc[PD_ATTN_MAX_HEAD_DIM];
     (void)scratch;
     for (uint32_t i = 0; i < n_q; i++) {
+        const uint32_t first = pd_kern_attn_first(s, n_pos[i]);
         double max = -INFINITY, sum = 0.0;
-        for (uint32_t p = 0; p < n_pos[i]; p++) {
+        for (uint32_t p = first; p < n_pos[i]; p++) {
             const double sc = ref_score(s, k_blk, q[i], p);
             max = sc > max ? sc : max;
         }
-        for (uint32_t p = 0; p < n_pos[i]; p++)
+        for (uint32_t p = first; p < n_pos[i]; p++)
             sum += exp(ref_score(s, k_blk, q[i], p) - max);
         for (uint32_t j = 0; j < hd; j++)
             acc[j] = 0.0;
-        for (uint32_t p = 0; p < n_pos[i]; p++) {
+        for (uint32_t p = first; p < n_pos[i]; p++) {
             const double w = exp(ref_score(s, k_blk, q[i], p) - max) / sum;
             const float *v = v_blk[p / bs] + (size_t)(p % bs) * s->row_stride;
             for (uint32_t j = 0; j < hd; j++)

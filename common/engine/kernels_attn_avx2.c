@@ -190,17 +190,23 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
                        const uint32_t *n_pos, float *const *out, float *scratch)
 {
     const uint32_t hd = sh->head_dim, bs = sh->block_size;
-    uint32_t max_pos = 0;
-    for (uint32_t i = 0; i < n_q; i++)
+    uint32_t max_pos = 0, min_first = UINT32_MAX;
+    for (uint32_t i = 0; i < n_q; i++) {
+        const uint32_t f = pd_kern_attn_first(sh, n_pos[i]);
         max_pos = n_pos[i] > max_pos ? n_pos[i] : max_pos;
+        min_first = f < min_first ? f : min_first;
+    }
+    /* blocks wholly before every query's window are not read */
+    const uint32_t j_start = n_q ? min_first / bs : 0, p_start = j_start * bs;
     const size_t rs = pd_kern_attn_row_floats(sh); /* scores per query: (max_pos + bs + 4) */
     float *s = scratch;
     const float *qg[QB];
     float *sg[QB], *og[QB];
     /* 1. scores of every query for the blocks it sees, K streamed once */
-    for (uint32_t p0 = 0, j = 0; p0 < max_pos && j < PF_BLOCKS_AHEAD; p0 += bs, j++)
+    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
+         p0 += bs, j++)
         prefetch_block(k_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
-    for (uint32_t p0 = 0, j = 0; p0 < max_pos; p0 += bs, j++) {
+    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
         if (pf0 < max_pos)
             prefetch_block(k_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
@@ -208,18 +214,24 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
         for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, out, s, rs, qg, sg, og));)
             scores_group(nq, qg, k_blk[j], sh->row_stride, p0, nv, hd, sh->scale, sg);
     }
-    /* 2. softmax per query over its own positions; zeros past them, so that
+    /* 2. softmax per query over its own positions (those of its window,
+     *    capped first when the model caps scores); zeros elsewhere, so that
      *    a tile's longer rows add exact zeros to its shorter ones */
     for (uint32_t i = 0; i < n_q; i++) {
         float *si = s + (size_t)i * rs;
-        pd_kern_softmax_avx2(si, n_pos[i]);
+        const uint32_t first = pd_kern_attn_first(sh, n_pos[i]);
+        if (sh->softcap != 0.0f)
+            pd_kern_softcap(si + first, n_pos[i] - first, sh->softcap);
+        pd_kern_softmax_avx2(si + first, n_pos[i] - first);
+        memset(si + p_start, 0, sizeof(float) * (first - p_start));
         memset(si + n_pos[i], 0, sizeof(float) * (max_pos - n_pos[i]));
         memset(out[i], 0, sizeof(float) * hd);
     }
     /* 3. out += p * V, V streamed once */
-    for (uint32_t p0 = 0, j = 0; p0 < max_pos && j < PF_BLOCKS_AHEAD; p0 += bs, j++)
+    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
+         p0 += bs, j++)
         prefetch_block(v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
-    for (uint32_t p0 = 0, j = 0; p0 < max_pos; p0 += bs, j++) {
+    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
         if (pf0 < max_pos)
             prefetch_block(v_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,

@@ -34,6 +34,8 @@
 #include "engine/simd_avx2.h"
 
 #include <immintrin.h>
+
+#include "engine/quants_k.h"
 #include <math.h>
 #include <string.h>
 
@@ -454,6 +456,7 @@ void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
     if (o_begin >= o_end || n_rows == 0)
         return;
     /* acc holds PD_SKINNY_MAX_ROWS rows; more rows go in slices. */
+    const size_t xq_row = pd_kern_xq_bytes(w->type, w->n_in, 1);
     while (n_rows > 0) {
         const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
         switch (w->type) {
@@ -466,8 +469,15 @@ void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
         case PD_GGML_TYPE_Q8_0:
         case PD_GGML_TYPE_Q4_0:
             skinny_quant(w, o_begin, o_end, xq, nr, y, y_stride);
-            xq = (const uint8_t *)xq + (size_t)nr * (w->n_in / QK) * Q8_0_BYTES;
+            xq = (const uint8_t *)xq + (size_t)nr * xq_row;
             break;
+        case PD_GGML_TYPE_IQ4_NL: case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K:
+        case PD_GGML_TYPE_Q4_K: case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K:
+            pd_kern_skinny_k_avx2(w, o_begin, o_end, xq, nr, y, y_stride);
+            xq = (const uint8_t *)xq + (size_t)nr * xq_row;
+            break;
+        case PD_GGML_TYPE_Q8_K:
+            return; /* an activation format, never a weight */
         }
         y += (size_t)nr * y_stride;
         n_rows -= nr;
@@ -510,7 +520,11 @@ static void quant_block_q8_0(const float *x, uint8_t *blk)
 void pd_kern_prepare_x_avx2(pd_ggml_type_t wtype, const float *x, uint32_t x_stride,
                             uint32_t n_in, uint32_t n_rows, void *xq)
 {
-    if (wtype != PD_GGML_TYPE_Q8_0 && wtype != PD_GGML_TYPE_Q4_0)
+    if (pd_kern_act_type(wtype) == PD_GGML_TYPE_Q8_K) {
+        pd_quant_rows_q8_k_avx2(x, x_stride, n_in, n_rows, xq);
+        return;
+    }
+    if (pd_kern_act_type(wtype) != PD_GGML_TYPE_Q8_0)
         return;
     const size_t nb = n_in / QK;
     for (uint32_t r = 0; r < n_rows; r++)
@@ -554,6 +568,13 @@ void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint3
         }
         return;
     }
+    case PD_GGML_TYPE_IQ4_NL: case PD_GGML_TYPE_Q2_K: case PD_GGML_TYPE_Q3_K:
+    case PD_GGML_TYPE_Q4_K: case PD_GGML_TYPE_Q5_K: case PD_GGML_TYPE_Q6_K:
+        pd_dequant_row_k_avx2(type, src, dst, n);
+        return;
+    case PD_GGML_TYPE_Q8_K:
+        pd_dequant_row_q8_k(src, dst, n);
+        return;
     }
 }
 

@@ -367,6 +367,45 @@ int pd_vocab_build(const char *ranks_path, pd_vocab_kind_t kind, uint32_t n_voca
     return rc;
 }
 
+int pd_vocab_add_specials(pd_vocab_t *v, const char *const *texts, size_t n, pd_err_t *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (texts[i] == NULL || texts[i][0] == '\0')
+            return pd_err_set(err, PD_EINVAL, "vocab: special token %zu is empty", i);
+    const size_t m = (size_t)v->n_vocab + n;
+    char **tokens = realloc(v->tokens, m * sizeof *tokens);
+    if (tokens)
+        v->tokens = tokens;
+    size_t *lens = tokens ? realloc(v->lens, m * sizeof *lens) : NULL;
+    if (lens)
+        v->lens = lens;
+    float *scores = lens ? realloc(v->scores, m * sizeof *scores) : NULL;
+    if (scores)
+        v->scores = scores;
+    int32_t *types = scores ? realloc(v->types, m * sizeof *types) : NULL;
+    if (types)
+        v->types = types;
+    if (types == NULL)
+        return pd_err_set(err, PD_ENOMEM, "vocab: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        uint32_t id = v->n_vocab;
+        v->scores[id] = 0.0f;
+        if (set_token(v, id, texts[i], 3) != 0)
+            return pd_err_set(err, PD_ENOMEM, "vocab: out of memory");
+        v->n_vocab++;
+    }
+    return 0;
+}
+
+int32_t pd_vocab_find(const pd_vocab_t *v, const char *s)
+{
+    size_t n = strlen(s);
+    for (uint32_t i = 0; i < v->n_vocab; i++)
+        if (v->lens[i] == n && memcmp(v->tokens[i], s, n) == 0)
+            return (int32_t)i;
+    return -1;
+}
+
 void pd_vocab_free(pd_vocab_t *v)
 {
     if (!v)
@@ -412,7 +451,7 @@ int pd_vocab_write_gguf(const pd_vocab_t *v, const char *pre, pd_gguf_writer_t *
     rc |= pd_gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", add_bos);
     rc |= pd_gguf_writer_add_bool(w, "tokenizer.ggml.add_eos_token", false);
     if (spm)
-        rc |= pd_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", true);
+        rc |= pd_gguf_writer_add_bool(w, "tokenizer.ggml.add_space_prefix", !v->no_space_prefix);
     if (rc != 0)
         return pd_err_set(err, PD_EINVAL, "vocab: could not add the tokenizer keys to the GGUF");
     return 0;

@@ -21,6 +21,7 @@
 #ifndef PD_VOCAB_H
 #define PD_VOCAB_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,7 @@ typedef struct {
     char **merges;       /* (n_merges) BPE "a b" in GPT-2's alphabet; NULL for SPM */
     uint32_t n_merges;
     int32_t bos, eos, unk; /* -1 when absent */
+    bool no_space_prefix;  /* SPM: write add_space_prefix = false (Gemma) */
 } pd_vocab_t;
 
 /* Builds the vocabulary of `kind` with n_vocab ids from the ranks file.
@@ -49,6 +51,15 @@ typedef struct {
 int pd_vocab_build(const char *ranks_path, pd_vocab_kind_t kind, uint32_t n_vocab,
                    pd_vocab_t *out, pd_err_t *err);
 
+/* Appends n control tokens (type 3: chat markers such as "<|im_start|>")
+ * after the vocabulary's last id. Neither tokenizer can produce them from
+ * plain text (no merge makes them); a chat template's renderer emits their
+ * ids. Returns 0, PD_EINVAL (empty text) or PD_ENOMEM (v unchanged). */
+int pd_vocab_add_specials(pd_vocab_t *v, const char *const *texts, size_t n, pd_err_t *err);
+
+/* The id of the token whose text is s, or -1. */
+int32_t pd_vocab_find(const pd_vocab_t *v, const char *s);
+
 /* Frees what pd_vocab_build allocated; accepts NULL and an empty vocab. */
 void pd_vocab_free(pd_vocab_t *v);
 
@@ -57,7 +68,8 @@ void pd_vocab_free(pd_vocab_t *v);
  * "" leaves the key out so llama.cpp uses its "default"), tokens, scores (SPM),
  * token_type, merges (BPE), bos/eos/unknown ids, add_bos_token (true for
  * SPM and for pre "llama-bpe", false otherwise), add_eos_token (false),
- * add_space_prefix (SPM: true). Returns 0 or a PD_E* code. */
+ * add_space_prefix (SPM: true unless v->no_space_prefix). Returns 0 or a
+ * PD_E* code. */
 int pd_vocab_write_gguf(const pd_vocab_t *v, const char *pre, pd_gguf_writer_t *w, pd_err_t *err);
 
 #endif

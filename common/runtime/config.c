@@ -52,7 +52,7 @@ static const char *const g_load_failures[] = { "recompute", "fail", NULL };
 static const char *const g_routings[] = { "kv_aware", "round_robin", "least_loaded", NULL };
 /* router/chat_template.h's families; "auto" = the GGUF's tokenizer.chat_template. */
 static const char *const g_chat_templates[] = { "auto",    "chatml", "llama2", "llama3",
-                                                "mistral", "zephyr", NULL };
+                                                "mistral", "zephyr", "gemma",  "phi3", NULL };
 
 const cfg_key_t pd_cfg__keys[] = {
     STRK(model, path, K_STR, false),

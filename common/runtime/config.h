@@ -51,7 +51,7 @@ typedef struct {
     uint32_t n_end_tokens;
     uint32_t threads;             /* compute threads per worker */
     bool batch_invariant;         /* bit-identical rows in any batch (forward.h) */
-    bool batch_invariant_quant;   /* the same for Q8_0/Q4_0 weights */
+    bool batch_invariant_quant;   /* the same for quantized weights */
 } pd_cfg_model_t;
 
 typedef struct {
@@ -129,7 +129,8 @@ typedef struct {
     uint32_t max_connections;
     uint64_t max_body_bytes;
     uint32_t idle_timeout_s;
-    char chat_template[16];            /* auto (the GGUF's) | chatml | llama2 | llama3 | mistral | zephyr */
+    char chat_template[16];            /* auto (the GGUF's) | chatml | llama2 | llama3 |
+                                          mistral | zephyr | gemma | phi3 */
 } pd_cfg_http_t;
 
 typedef struct {

@@ -10,8 +10,10 @@ M=$MODELS/tiny-llama-spm-f32.gguf
 T=$(mktemp -d /tmp/pdcli.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 n=0 bad=0
-# The plan: one result per expect_fail line below, and the happy path.
-echo "1..$(($(grep -c '^expect_fail ' "$0") + 1))"
+# The plan: one result per expect_fail line below, the truncated K-quant
+# file, one per test model, and the happy path.
+N_MODELS=$(find "$MODELS" -maxdepth 1 -name '*.gguf' | wc -l)
+echo "1..$(($(grep -c '^expect_fail ' "$0") + 1 + N_MODELS + 1))"
 
 # expect_fail NAME PATTERN CMD... : non-zero exit, stderr matches PATTERN, no sanitizer report
 expect_fail() {
@@ -57,12 +59,36 @@ expect_fail "empty prompt" "empty prompt" "$BIN/pd-run" -m "$M" -p ""
 expect_fail "negative temperature" "temp" "$BIN/pd-run" -m "$M" -p hi --temp -1
 expect_fail "top-p out of range" "top-p" "$BIN/pd-run" -m "$M" -p hi --top-p 1.5
 expect_fail "unknown flag" "unknown option" "$BIN/pd-run" -m "$M" -p hi --frobnicate
-expect_fail "pd-mkmodel bad type" "--type" "$BIN/pd-mkmodel" -o "$T/x.gguf" --type q5_k
+expect_fail "pd-mkmodel bad type" "--type" "$BIN/pd-mkmodel" -o "$T/x.gguf" --type q5_0
+expect_fail "pd-mkmodel bad mix" "--mix: expected one of q2_k" "$BIN/pd-mkmodel" -o "$T/x.gguf" --mix q4_k_x
+expect_fail "pd-mkmodel K-quant rows not a multiple of 256" "rows of 128 are not a multiple of 256.*q5_0" \
+    "$BIN/pd-mkmodel" -o "$T/x.gguf" --shape tiny --type q4_k
 expect_fail "pd-mkmodel bad shape" "unknown shape" "$BIN/pd-mkmodel" -o "$T/x.gguf" --shape huge
 expect_fail "pd-mkmodel float flag with trailing junk" "--rope-base: '1x' is not a number" "$BIN/pd-mkmodel" -o "$T/x.gguf" --rope-base 1x
 expect_fail "pd-mkmodel zero dimension" "--dim: '0' is not an integer" "$BIN/pd-mkmodel" -o "$T/x.gguf" --dim 0
 expect_fail "pd-mkmodel negative seed" "--seed: '-3' is not an unsigned integer" "$BIN/pd-mkmodel" -o "$T/x.gguf" --seed -3
 expect_fail "pd-run negative seed" "--seed: '-3' is not an unsigned integer" "$BIN/pd-run" -m "$M" -p hi --seed -3
+
+# A K-quant file cut inside its last super-block.
+K=$MODELS/tiny-k-llama-spm-mix-q4_k_m.gguf
+if [ -f "$K" ]; then
+    head -c $(($(stat -c %s "$K") - 100)) "$K" >"$T/trunc-k.gguf"
+    expect_fail "K-quant file truncated in a super-block" "gguf: .*past the end of the data section" \
+        "$BIN/pd-run" -m "$T/trunc-k.gguf" -p hi
+else
+    bad=$((bad + 1)); echo "not ok - $K exists (scripts/models.sh makes it)"
+fi
+
+# Every test model loads and generates (the loader's deny-by-default checks
+# refuse none of the files pd-mkmodel writes).
+for f in "$MODELS"/*.gguf; do
+    n=$((n + 1))
+    if "$BIN/pd-run" -m "$f" -p "Hello" -n 2 --ignore-eos >/dev/null 2>"$T/err"; then
+        echo "ok - $(basename "$f") loads and generates"
+    else
+        bad=$((bad + 1)); echo "not ok - $(basename "$f") loads and generates"; sed 's/^/# /' "$T/err" | head -3
+    fi
+done
 
 # And the happy path still works (so the cases above failed for their reason).
 n=$((n + 1))

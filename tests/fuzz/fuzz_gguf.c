@@ -1,17 +1,27 @@
-/* fuzz_gguf.c -- libFuzzer target for the GGUF reader (scripts/fuzz.sh).
+/* fuzz_gguf.c -- libFuzzer target for the GGUF reader and the model loader
+ * (scripts/fuzz.sh).
  *
  * Parses the input with pd_gguf_open_mem and, when it is accepted, reads
  * every key through every getter and touches every byte that the parsed
  * object points at (string views, array data, tensor data), so ASan sees
- * any view that escapes the buffer. Invariants that must hold are checked
- * with abort(): a refusal always has a negative code and a "gguf: "
- * message; an accepted tensor always lies inside the input.
+ * any view that escapes the buffer; dequantizes the first row of every
+ * tensor (all types: K-quant and IQ4_NL codes and scales included) and
+ * checks its block scales; then loads the file as a model (the
+ * deny-by-default key and tensor checks, shapes, scales). Invariants that
+ * must hold are checked with abort(): a refusal always has a negative code
+ * and a "gguf: " (or, from the model loader, "model: ") one-line message;
+ * an accepted tensor always lies inside the input.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/gguf.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "engine/quants_k.h"
+
+#define MAX_ROW 65536 /* elements of a first row dequantized (larger rows are skipped) */
 
 #define CHECK(cond)       \
     do {                  \
@@ -99,6 +109,29 @@ static unsigned exercise(const pd_gguf_t *g, const uint8_t *data, size_t size)
     return x;
 }
 
+/* The first row of every tensor through its dequantizer, and every block
+ * scale through the check the loader runs. */
+static unsigned exercise_rows(const pd_gguf_t *g)
+{
+    static float row[MAX_ROW];
+    unsigned x = 0;
+    for (int64_t i = 0; i < pd_gguf_n_tensors(g); i++) {
+        const pd_gguf_tensor_t *t = pd_gguf_tensor(g, i);
+        const uint64_t rb = pd_ggml_row_bytes(t->type, t->ne[0]);
+        CHECK(rb > 0 && rb <= t->n_bytes);
+        if (t->ne[0] <= MAX_ROW) {
+            pd_dequant_row(t->type, t->data, row, (uint32_t)t->ne[0]);
+            x += (unsigned)(row[0] == row[0]);
+        }
+        uint16_t bits = 0;
+        const char *field = NULL;
+        const uint32_t bb = pd_ggml_block_bytes(t->type);
+        int64_t bad = pd_quant_find_bad_scale(t->type, t->data, t->n_bytes / bb, &bits, &field);
+        CHECK(bad < 0 || (field != NULL && (uint64_t)bad < t->n_bytes / bb));
+    }
+    return x;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     pd_err_t err = {0};
@@ -110,6 +143,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     static volatile unsigned sink;
     sink += exercise(g, data, size);
-    pd_gguf_free(g);
+    sink += exercise_rows(g);
+    pd_model_t *m = pd_model_from_gguf(g, &err); /* takes g */
+    if (m == NULL) {
+        CHECK(err.code < 0 && (strncmp(err.msg, "model: ", 7) == 0 ||
+                               strncmp(err.msg, "gguf: ", 6) == 0));
+        CHECK(strchr(err.msg, '\n') == NULL);
+        return 0;
+    }
+    sink += m->cfg.n_layers;
+    pd_model_free(m);
     return 0;
 }

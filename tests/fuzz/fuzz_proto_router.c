@@ -116,6 +116,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     g_model.identity = IDENTITY;
     g_model.cfg.ctx_len = 64;
     rt->model = &g_model;
+    rt->identity = IDENTITY;
     rt->tok = make_tok();
     pd_err_t merr = { 0 };
     rt->metrics = pd_metrics_new("fuzz", &merr); /* counts every hostile outcome too */

@@ -2,16 +2,19 @@
  * (scripts/fuzz.sh): every byte the router or a prefill worker can send to
  * a worker.
  *
- * A colocated ("both") worker state is built once without an engine: a
- * fake model identity, a small KV pool, a DEALER to the router connected
- * to an inproc sink (drained after each operation), a KV ingress ROUTER
- * nobody connects to. Handlers are driven without compute (no prefill
- * batch, no decode step), which is every validation path. Each input is a
- * sequence of operations [op:1][len:2 LE][len bytes]:
- *   op % 8 == 0  raw router payload          -> wk_on_router_payload
+ * fuzz-sources: prefill_worker/prefill.c prefill_worker/egress.c decode_worker/decode.c decode_worker/ingress.c decode_worker/batch.c
+ *
+ * A colocated ("both") worker is built once, as worker/worker.c builds one,
+ * but without an engine: a fake model identity and a small real KV pool;
+ * its host's DEALER to the router connects to an inproc sink (drained after
+ * each operation), its decode role's KV ingress ROUTER binds an inproc
+ * endpoint nobody connects to. Handlers are driven without compute (no
+ * prefill pass, no decode step), which is every validation path. Each input
+ * is a sequence of operations [op:1][len:2 LE][len bytes]:
+ *   op % 8 == 0  raw router payload          -> pd_wkhost_on_router_payload
  *   op % 8 == 1  raw KV message: the bytes are the envelope, followed by
  *                (len % 4) block frames of the right size
- *                                            -> wk_decode_on_transfer
+ *                                            -> pd_decode_on_transfer
  *   op % 8 == 2  a DecodeTask built from the bytes (request 1..4, epoch,
  *                n_prompt, n_generated, max_tokens, history ids raw)
  *   op % 8 == 3  a KvTransfer built from the bytes with correct checksums
@@ -19,14 +22,13 @@
  *                first_token, block size, identity perturbed)
  *   op % 8 == 4  a PrefillTask built from the bytes
  *   op % 8 == 5  a Cancel (request, epoch) from the router
- *   op % 8 == 6  a KvAck (request, epoch, ok)  -> wk_prefill_on_ack
+ *   op % 8 == 6  a KvAck (request, epoch, ok)  -> pd_prefill_on_ack
  *   op % 8 == 7  an Error UNAVAILABLE from the router (forget everything,
  *                re-register) or a Drain
- * Invariants (abort() when broken): at most WK_MAX_ORPHANS orphans; every
- * sequence's history within its capacity; a waiting sequence holds exactly
- * the blocks its positions need, each of block_bytes; and after dropping
- * everything, no sequence, orphan or task is left and every KV block is
- * free.
+ * Invariants (abort() when broken): pd_decode_check (orphans within their
+ * cap, histories within capacity, a waiting sequence's frames exactly the
+ * blocks its positions need, each of block_bytes); and after dropping
+ * everything, nothing is held by either role and every KV block is free.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -35,7 +37,9 @@
 #include <xxhash.h>
 
 #include "base/log.h"
-#include "worker.h"
+#include "decode_worker/decode.h"
+#include "prefill_worker/prefill.h"
+#include "runtime/wkhost.h"
 
 #define CHECK(cond)                                                                   \
     do {                                                                              \
@@ -50,8 +54,13 @@
 #define MAX_SEQ 64
 #define BLOCK 4
 
-static wk_t *g_w;
+static pd_config_t g_cfg;
 static pd_model_t g_model;
+static pd_wkengine_t g_eng;
+static pd_wkhost_t *g_host;
+static pd_prefill_t *g_prefill;
+static pd_decode_t *g_decode;
+static pd_net_in_t *g_in;
 static volatile sig_atomic_t g_stop;
 static void *g_sink;
 
@@ -61,39 +70,44 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     pd_log_init("fuzz", PD_LOG_ERROR);
     pd_log_set_stderr(false);
-    wk_t *w = calloc(1, sizeof *w);
-    CHECK(w);
-    pd_config_default(&w->cfg);
-    w->role = WK_ROLE_BOTH;
-    snprintf(w->id, sizeof w->id, "w1");
-    w->stop = &g_stop;
+    pd_config_default(&g_cfg);
+    snprintf(g_cfg.worker.router, sizeof g_cfg.worker.router, "inproc://fuzz-router");
+    snprintf(g_cfg.decode.kv_endpoint, sizeof g_cfg.decode.kv_endpoint, "inproc://fuzz-kv");
     snprintf(g_model.name, sizeof g_model.name, "fuzz");
     g_model.identity = IDENTITY;
-    w->model = &g_model;
-    w->vocab = VOCAB;
-    w->max_seq_len = MAX_SEQ;
+    g_eng.model = &g_model;
+    g_eng.identity = IDENTITY;
+    g_eng.vocab = VOCAB;
+    g_eng.max_seq_len = MAX_SEQ;
     pd_err_t err = { 0 };
     pd_kv_shape_t shape = { .n_layers = 1, .n_kv_heads = 1, .head_dim = 4, .block_size = BLOCK,
                             .n_blocks = 64 };
-    w->kv = pd_kv_new(&shape, &err);
-    CHECK(w->kv);
-    w->block_bytes = pd_kv_block_bytes(w->kv);
-    pd_pb_alloc_init(&w->alloc, (size_t)w->cfg.net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
-                                    PD_PB_BASE_BUDGET);
-    w->in = calloc(1, sizeof *w->in);
-    CHECK(w->in);
-    w->zctx = zmq_ctx_new();
-    CHECK(w->zctx);
+    g_eng.kv = pd_kv_new(&shape, &err);
+    CHECK(g_eng.kv);
+    g_eng.block_bytes = pd_kv_block_bytes(g_eng.kv);
+    g_host = pd_wkhost_new(&g_cfg, "w1", &g_stop, &err);
+    CHECK(g_host);
     pd_net_opts_t o;
-    pd_net_opts_from_config(&o, &w->cfg);
-    g_sink = pd_net_socket(w->zctx, ZMQ_ROUTER, &o, &err);
-    w->rsock = pd_net_socket(w->zctx, ZMQ_DEALER, &o, &err);
-    w->kv_in = pd_net_socket(w->zctx, ZMQ_ROUTER, &o, &err);
-    CHECK(g_sink && w->rsock && w->kv_in);
+    pd_net_opts_from_config(&o, &g_cfg);
+    g_sink = pd_net_socket(pd_wkhost_zctx(g_host), ZMQ_ROUTER, &o, &err);
+    CHECK(g_sink);
     CHECK(pd_net_bind(g_sink, "inproc://fuzz-router", NULL, 0, &err) == 0);
-    CHECK(pd_net_bind(w->kv_in, "inproc://fuzz-kv", NULL, 0, &err) == 0);
-    CHECK(pd_net_connect(w->rsock, "inproc://fuzz-router", &err) == 0);
-    g_w = w;
+    pd_wkrole_env_t env = { &g_eng, &g_cfg, "w1", pd_wkhost_port(g_host),
+                            pd_wkhost_zctx(g_host) };
+    g_decode = pd_decode_new(&env, &err);
+    CHECK(g_decode);
+    pd_kv_sink_t sink = pd_decode_sink(g_decode);
+    g_prefill = pd_prefill_new(&env, &sink, &err);
+    CHECK(g_prefill);
+    pd_wkhost_set_roles(g_host, pd_prefill_role(g_prefill), pd_decode_role(g_decode));
+    pd_wkhost_info_t info = { .role = PD__ROLE__ROLE_BOTH,
+                              .kv_endpoint = pd_decode_kv_endpoint(g_decode),
+                              .model_identity = IDENTITY,
+                              .model_name = "fuzz",
+                              .limits = { BLOCK, 64, 8, 256, MAX_SEQ } };
+    CHECK(pd_wkhost_start(g_host, &info, &err) == 0);
+    g_in = calloc(1, sizeof *g_in);
+    CHECK(g_in);
     return 0;
 }
 
@@ -110,7 +124,7 @@ static void router_msg(const Pd__Msg *m)
     uint8_t *buf = malloc(n ? n : 1);
     CHECK(buf);
     pd__msg__pack(m, buf);
-    wk_on_router_payload(g_w, buf, n);
+    pd_wkhost_on_router_payload(g_host, buf, n);
     free(buf);
 }
 
@@ -118,7 +132,8 @@ static void router_msg(const Pd__Msg *m)
  * block_bytes filled from seed. */
 static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
 {
-    pd_net_in_t *in = g_w->in;
+    pd_net_in_t *in = g_in;
+    size_t bb = g_eng.block_bytes;
     in->n_frames = 0;
     in->truncated = false;
     CHECK(zmq_msg_init_size(&in->frames[in->n_frames++], 1) == 0);
@@ -128,11 +143,11 @@ static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
         memcpy(zmq_msg_data(&in->frames[in->n_frames]), env, env_len);
     in->n_frames++;
     for (uint32_t i = 0; i < nb; i++) {
-        CHECK(zmq_msg_init_size(&in->frames[in->n_frames], g_w->block_bytes) == 0);
-        memset(zmq_msg_data(&in->frames[in->n_frames]), seed + (int)i, g_w->block_bytes);
+        CHECK(zmq_msg_init_size(&in->frames[in->n_frames], bb) == 0);
+        memset(zmq_msg_data(&in->frames[in->n_frames]), seed + (int)i, bb);
         in->n_frames++;
     }
-    wk_decode_on_transfer(g_w, in);
+    pd_decode_on_transfer(g_decode, in);
     pd_net_in_close(in);
 }
 
@@ -179,17 +194,17 @@ static void kv_transfer(const uint8_t *p, size_t n)
     if (flags & 1)
         nb = byte(p, n, 3) % 24;
     k.n_blocks = (flags & 2) ? byte(p, n, 5) : nb;
-    k.block_bytes = (flags & 4) ? byte(p, n, 6) : g_w->block_bytes;
+    k.block_bytes = (flags & 4) ? byte(p, n, 6) : g_eng.block_bytes;
     k.block_size = (flags & 8) ? byte(p, n, 7) : BLOCK;
     k.model_identity = (flags & 16) ? 1 : IDENTITY;
     k.first_token = (flags & 32) ? (int32_t)(byte(p, n, 8) * 4 - 100) : (int32_t)byte(p, n, 8);
     uint8_t seed = (uint8_t)byte(p, n, 9);
     uint64_t sums[24];
-    uint8_t *blk = malloc(g_w->block_bytes);
+    uint8_t *blk = malloc(g_eng.block_bytes);
     CHECK(blk);
     for (uint32_t i = 0; i < nb; i++) {
-        memset(blk, seed + (int)i, g_w->block_bytes);
-        sums[i] = XXH3_64bits(blk, g_w->block_bytes) ^ ((flags & 64) && i == 0 ? 1 : 0);
+        memset(blk, seed + (int)i, g_eng.block_bytes);
+        sums[i] = XXH3_64bits(blk, g_eng.block_bytes) ^ ((flags & 64) && i == 0 ? 1 : 0);
     }
     free(blk);
     k.n_checksums = (flags & 128) ? nb / 2 : nb;
@@ -240,27 +255,16 @@ static void prefill_task(const uint8_t *p, size_t n)
 
 static void check_invariants(void)
 {
-    wk_t *w = g_w;
-    CHECK(w->n_orphans <= WK_MAX_ORPHANS);
-    CHECK(w->n_seqs <= w->cap_seqs || w->n_seqs == 0);
-    for (uint32_t i = 0; i < w->n_seqs; i++) {
-        const wk_seq_t *s = w->seqs[i];
-        CHECK(s->n_hist <= s->cap_hist);
-        if (s->st == DS_WAITING && !s->has_blocks) {
-            CHECK(s->n_frames == (s->n_past + BLOCK - 1) / BLOCK);
-            for (uint32_t f = 0; f < s->n_frames; f++)
-                CHECK(zmq_msg_size(&s->frames[f]) == w->block_bytes);
-        }
+    pd_err_t why = { 0 };
+    if (pd_decode_check(g_decode, &why) != 0) {
+        fprintf(stderr, "fuzz_proto_worker: %s\n", why.msg);
+        abort();
     }
-    for (uint32_t i = 0; i < w->n_orphans; i++)
-        CHECK(w->orphans[i].n_frames == (w->orphans[i].n_tokens + BLOCK - 1) / BLOCK);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    wk_t *w = g_w;
-    w->draining = false;
-    w->registered = true;
+    pd_wkhost_test_reset(g_host, true);
     g_stop = 0;
     size_t at = 0;
     while (at + 3 <= size) {
@@ -272,7 +276,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const uint8_t *p = data + at;
         at += len;
         switch (op % 8) {
-        case 0: wk_on_router_payload(w, p, len); break;
+        case 0: pd_wkhost_on_router_payload(g_host, p, len); break;
         case 1: kv_msg(p, len, (uint32_t)(len % 4), 7); break;
         case 2: decode_task(p, len); break;
         case 3: kv_transfer(p, len); break;
@@ -295,7 +299,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             a.epoch = byte(p, len, 1) % 4;
             a.ok = byte(p, len, 2) & 1;
             a.reason = (byte(p, len, 2) & 2) ? (char *)"cancelled" : NULL;
-            wk_prefill_on_ack(w, &a);
+            pd_prefill_on_ack(g_prefill, &a);
             break;
         }
         case 7: {
@@ -313,29 +317,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 m.drain = &d;
             }
             router_msg(&m);
-            w->registered = true;
+            pd_wkhost_test_reset(g_host, true);
             break;
         }
         }
         check_invariants();
         drain_sink();
     }
+    pd_decode_held_t held;
 #ifdef FUZZ_TRACE /* seeds' reach, when built by hand with -DFUZZ_TRACE */
-    fprintf(stderr, "trace: seqs=%u orphans=%u tasks=%u kv_recv_bytes=%llu\n", w->n_seqs,
-            w->n_orphans, w->n_tasks, (unsigned long long)w->c.kv_recv_bytes);
+    pd_decode_held(g_decode, &held);
+    fprintf(stderr, "trace: expected=%u waiting=%u orphans=%u tasks=%u\n", held.expected,
+            held.waiting, held.orphans, pd_prefill_n_tasks(g_prefill));
 #endif
-    wk_prefill_drop_all(w);
-    wk_decode_drop_all(w);
+    char what[160];
+    pd_wkrole_t pr = pd_prefill_role(g_prefill), dr = pd_decode_role(g_decode);
+    pr.ops->drop_all(pr.self, what, sizeof what);
+    dr.ops->drop_all(dr.self, what, sizeof what);
     drain_sink();
-    CHECK(w->n_seqs == 0 && w->n_orphans == 0 && w->n_tasks == 0);
-    CHECK(pd_kv_n_used(w->kv) == 0);
-    /* Forget what is still queued for the router (back-pressure). */
-    while (w->out_len > 0) {
-        free(w->outbox[w->out_head].data);
-        w->out_head = (w->out_head + 1) % WK_OUTBOX;
-        w->out_len--;
-    }
-    memset(w->cancelled, 0, sizeof w->cancelled);
-    w->cancelled_next = 0;
+    pd_decode_held(g_decode, &held);
+    CHECK(held.expected == 0 && held.waiting == 0 && held.running == 0 && held.orphans == 0);
+    CHECK(pd_prefill_n_tasks(g_prefill) == 0);
+    CHECK(pd_kv_n_used(g_eng.kv) == 0);
+    /* Forget what is still queued for the router (back-pressure), and the
+     * cancelled requests (a fresh worker). */
+    pd_wkhost_test_reset(g_host, true);
     return 0;
 }

@@ -20,6 +20,19 @@ export function typeOf(name) {
   return t;
 }
 
+// The tolerance a test model is checked at: the first group in
+// tolerances.json's "groups" whose pattern matches the name and that states
+// the model's type, else the type's own. Returns { type, tol, group,
+// maxTies } (maxTies: the group's near-ties allowed per file, if it says).
+export function tolFor(name) {
+  const type = typeOf(name);
+  for (const g of TOL.groups ?? [])
+    if (new RegExp(g.match).test(name) && g.types[type])
+      return { type, tol: g.types[type].tolerance, group: g.name,
+               maxTies: g.max_near_ties_per_file ?? TOL.max_near_ties_per_file };
+  return { type, tol: TOL.types[type].tolerance, group: null, maxTies: TOL.max_near_ties_per_file };
+}
+
 const BEGIN = "<!-- tolerances:begin (generated from tests/oracle/tolerances.json by tests/oracle/tolerances.mjs) -->";
 const END = "<!-- tolerances:end -->";
 
@@ -32,6 +45,14 @@ export function renderTable() {
   ];
   for (const [t, v] of Object.entries(TOL.types))
     rows.push(`| ${t} | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) | ${TOL.max_near_ties_per_file} |`);
+  for (const g of TOL.groups ?? []) {
+    const ties = g.max_near_ties_per_file === undefined ? ""
+      : ` At most ${g.max_near_ties_per_file} near-ties per file.`;
+    rows.push("", `${g.name} (\`${g.match}\`): ${g.why}${ties}`, "",
+      "| tensor type | top-5 probability tolerance | worst observed |", "|---|---|---|");
+    for (const [t, v] of Object.entries(g.types))
+      rows.push(`| ${t} | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) |`);
+  }
   const ties = `A near-tie is a greedy position where llama.cpp's own probabilities of its choice and ours ` +
     `differ by less than the tolerance (rounding order may pick either); at most ${TOL.max_near_ties_per_file} ` +
     `per file (5 prompts x 64 greedy tokens) are allowed, each printed (observed: at most ${TOL.near_ties_observed}).`;
@@ -52,7 +73,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.a
       console.error(`${file}: no <!-- tolerances:begin --> ... <!-- tolerances:end --> block`);
       process.exit(1);
     }
-    writeFileSync(file, text.replace(block, want));
+    writeFileSync(file, text.replace(block, () => want)); // want holds "$" (regex anchors)
   } else if (mode === "--check") {
     if (block !== want) {
       console.error(`${file}: the tolerance table differs from tests/oracle/tolerances.json ` +

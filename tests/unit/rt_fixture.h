@@ -138,6 +138,7 @@ FX_FN void fx_init(fx_t *f, uint32_t max_inflight, uint32_t max_queue)
     rt->model = &f->model;
     rt->tok = fx_make_tok();
     rt->max_seq_len = 256;
+    rt->identity = pd_model_kv_identity(&f->model, rt->max_seq_len); /* as rt_init sets it */
     rt->n_slots = max_inflight + max_queue;
     rt->reqs = calloc(rt->n_slots, sizeof *rt->reqs);
     rt->queue = calloc(rt->n_slots, sizeof *rt->queue);

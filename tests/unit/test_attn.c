@@ -6,8 +6,11 @@
  *  - every query's output is bit-identical whether it is computed alone or
  *    with any other queries in the call (the property the engine's batch
  *    invariance rests on);
+ *  - the same with a sliding window (Gemma 2/3, Mistral) and with Gemma 2's
+ *    score soft-capping, blocks wholly before every window given as NULL
+ *    (the kernel must not read them);
  *  - a known answer: one position gives exactly its V row; equal scores
- *    give the mean of the V rows.
+ *    give the mean of the V rows; a window of 1 gives the last V row.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -52,7 +55,7 @@ typedef struct {
 static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, rng_t *r)
 {
     const uint32_t head_off = hd, row_stride = 3 * hd + 4; /* a middle head, odd stride */
-    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos };
+    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, 0, 0.0f };
     c->n_blocks = (max_pos + bs - 1) / bs;
     size_t n = (size_t)c->n_blocks * bs * row_stride;
     c->k = malloc(sizeof(float) * n);
@@ -126,36 +129,72 @@ static void queries_free(queries_t *Q)
     free(Q->scratch);
 }
 
-static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
-                        rng_t *r)
+/* Blocks wholly before the window of every query in [0, n_q) set to NULL
+ * (a stale pointer must not be read). */
+static void hide_blocks(cache_t *c, const uint32_t *n_pos, uint32_t n_q)
+{
+    uint32_t min_first = UINT32_MAX;
+    for (uint32_t i = 0; i < n_q; i++) {
+        uint32_t f = pd_kern_attn_first(&c->sh, n_pos[i]);
+        min_first = f < min_first ? f : min_first;
+    }
+    for (uint32_t j = 0; n_q && j < min_first / c->sh.block_size; j++)
+        c->kb[j] = c->vb[j] = NULL;
+}
+
+static void check_shape_w(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
+                          uint32_t window, float softcap, rng_t *r)
 {
     cache_t c;
     queries_t Q;
     cache_init(&c, hd, bs, max_pos, r);
+    c.sh.window = window;
+    c.sh.softcap = softcap;
     queries_init(&Q, &c, n_q, max_pos, prefill, r);
     float *ref = malloc(sizeof(float) * hd);
     assert_non_null(ref);
+    const float **kb_all = malloc(sizeof(float *) * c.n_blocks);
+    const float **vb_all = malloc(sizeof(float *) * c.n_blocks);
+    assert_non_null(kb_all);
+    assert_non_null(vb_all);
+    memcpy(kb_all, c.kb, sizeof(float *) * c.n_blocks);
+    memcpy(vb_all, c.vb, sizeof(float *) * c.n_blocks);
+    hide_blocks(&c, Q.n_pos, n_q);
     pd_kern_attn(&c.sh, c.kb, c.vb, n_q, (const float *const *)Q.q, Q.n_pos, Q.out, Q.scratch);
     for (uint32_t i = 0; i < n_q; i++) {
         float *outs[1] = { ref };
         const float *qs[1] = { Q.q[i] };
+        memcpy(c.kb, kb_all, sizeof(float *) * c.n_blocks);
+        memcpy(c.vb, vb_all, sizeof(float *) * c.n_blocks);
+        hide_blocks(&c, &Q.n_pos[i], 1);
         pd_kern_attn_ref(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs, NULL);
         for (uint32_t d = 0; d < hd; d++) {
             if (fabsf(ref[d] - Q.out[i][d]) > 2e-6f)
-                fail_msg("hd %u bs %u n_q %u: query %u (n_pos %u) dim %u: %.9g vs ref %.9g", hd,
-                         bs, n_q, i, Q.n_pos[i], d, Q.out[i][d], ref[d]);
+                fail_msg("hd %u bs %u n_q %u window %u softcap %g: query %u (n_pos %u) dim %u: "
+                         "%.9g vs ref %.9g", hd, bs, n_q, window, (double)softcap, i, Q.n_pos[i],
+                         d, Q.out[i][d], ref[d]);
         }
-        /* alone: bit-identical to the grouped result */
+        /* alone (seeing only its own window's blocks): bit-identical to
+         * the grouped result */
         float *alone = malloc(sizeof(float) * hd);
         float *outs1[1] = { alone };
         pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs1, Q.scratch);
         if (memcmp(alone, Q.out[i], sizeof(float) * hd) != 0)
-            fail_msg("hd %u bs %u n_q %u: query %u differs alone and grouped", hd, bs, n_q, i);
+            fail_msg("hd %u bs %u n_q %u window %u softcap %g: query %u differs alone and "
+                     "grouped", hd, bs, n_q, window, (double)softcap, i);
         free(alone);
     }
     free(ref);
+    free((void *)kb_all);
+    free((void *)vb_all);
     queries_free(&Q);
     cache_free(&c);
+}
+
+static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
+                        rng_t *r)
+{
+    check_shape_w(hd, bs, n_q, max_pos, prefill, 0, 0.0f, r);
 }
 
 static void test_attn_matches_ref(void **state)
@@ -171,6 +210,30 @@ static void test_attn_matches_ref(void **state)
                 const uint32_t max_pos = 1 + rng_u32(&r) % 90;
                 check_shape(hds[a], bss[b], nqs[n], max_pos, n % 2 == 0, &r);
             }
+}
+
+/* Sliding windows (smaller and larger than a block, and than the
+ * context) and soft-capped scores (a cap of 1.5 bites: scores reach ~4). */
+static void test_attn_window_softcap(void **state)
+{
+    (void)state;
+    rng_t r = { 0xabcdef12345ull };
+    const uint32_t hds[] = { 8, 64, 12 };
+    const uint32_t bss[] = { 1, 5, 16, 17 };
+    const uint32_t nqs[] = { 1, 4, 37 };
+    const uint32_t windows[] = { 1, 3, 16, 40, 200 };
+    const float caps[] = { 0.0f, 1.5f, 50.0f };
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof bss / sizeof *bss; b++)
+            for (size_t n = 0; n < sizeof nqs / sizeof *nqs; n++)
+                for (size_t w = 0; w < sizeof windows / sizeof *windows; w++)
+                    for (size_t k = 0; k < sizeof caps / sizeof *caps; k++) {
+                        const uint32_t max_pos = 1 + rng_u32(&r) % 90;
+                        check_shape_w(hds[a], bss[b], nqs[n], max_pos, (n + w) % 2 == 0,
+                                      windows[w], caps[k], &r);
+                    }
+    /* no window, a cap: also batch-invariant and within tolerance */
+    check_shape_w(128, 16, 8, 90, true, 0, 30.0f, &r);
 }
 
 /* Invariance under regrouping: the same queries called in different
@@ -232,6 +295,13 @@ static void test_attn_known_answers(void **state)
             mean += c.vb[p / 16][(p % 16) * c.sh.row_stride + (uint32_t)d];
         assert_true(fabs(out[d] - mean / 40) < 1e-6);
     }
+    for (int d = 0; d < 32; d++)
+        q[d] = rng_f(&r);
+    c.sh.window = 1; /* a window of one position: exactly the last V row */
+    np = 37;
+    pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &np, os, scratch);
+    for (int d = 0; d < 32; d++)
+        assert_true(out[d] == c.vb[36 / 16][(36 % 16) * c.sh.row_stride + (uint32_t)d]);
     free(scratch);
     cache_free(&c);
 }
@@ -240,6 +310,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attn_matches_ref),
+        cmocka_unit_test(test_attn_window_softcap),
         cmocka_unit_test(test_attn_regrouping),
         cmocka_unit_test(test_attn_known_answers),
     };

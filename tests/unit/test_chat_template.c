@@ -81,6 +81,23 @@ static void test_render_zephyr(void **state)
                   "</s>\n<|user|>\nAnother question</s>\n<|assistant|>\n");
 }
 
+/* llama.cpp's expected outputs (tests/test-chat-template.cpp, the C
+ * renderer's, for google/gemma-7b-it and Phi-3-mini). */
+static void test_render_gemma_phi3(void **state)
+{
+    (void)state;
+    expect_render(PD_CHAT_GEMMA,
+                  "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n"
+                  "<start_of_turn>model\nHi there<end_of_turn>\n<start_of_turn>user\nWho are you"
+                  "<end_of_turn>\n<start_of_turn>model\nI am an assistant<end_of_turn>\n"
+                  "<start_of_turn>user\nAnother question<end_of_turn>\n<start_of_turn>model\n");
+    expect_render(PD_CHAT_PHI3,
+                  "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n"
+                  "<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n<|assistant|>\n"
+                  "   I am an assistant   <|end|>\n<|user|>\nAnother question<|end|>\n"
+                  "<|assistant|>\n");
+}
+
 static void test_detect(void **state)
 {
     (void)state;
@@ -114,11 +131,25 @@ static void test_detect(void **state)
                                     &k, &err),
                      0);
     assert_int_equal(k, PD_CHAT_ZEPHYR);
-    /* Gemma's turns are in no family we render: refused, with the reason. */
-    assert_int_equal(pd_chat_detect("{{ '<start_of_turn>' + role + '\\n' }}", &k, &err),
-                     PD_EUNSUPPORTED);
+    /* Gemma 2/3 (google/gemma-7b-it's, as llama.cpp's test has it) */
+    assert_int_equal(pd_chat_detect("{% if (message['role'] == 'assistant') %}{% set role = "
+                                    "'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+                                    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | "
+                                    "trim + '<end_of_turn>\\n' }}", &k, &err), 0);
+    assert_int_equal(k, PD_CHAT_GEMMA);
+    /* Phi-3-mini's: <|user|> as zephyr's, told apart by <|end|> */
+    assert_int_equal(pd_chat_detect("{{ bos_token }}{% for message in messages %}{% if (message["
+                                    "'role'] == 'user') %}{{'<|user|>' + '\\n' + message['content']"
+                                    " + '<|end|>' + '\\n' + '<|assistant|>' + '\\n'}}{% elif ("
+                                    "message['role'] == 'assistant') %}{{message['content'] + "
+                                    "'<|end|>' + '\\n'}}{% endif %}{% endfor %}", &k, &err), 0);
+    assert_int_equal(k, PD_CHAT_PHI3);
+    /* Command R's turns are in no family we render: refused, with the reason. */
+    assert_int_equal(pd_chat_detect("{{ '<|START_OF_TURN_TOKEN|><|USER_TOKEN|>' + content }}", &k,
+                                    &err), PD_EUNSUPPORTED);
     assert_non_null(strstr(err.msg, "tokenizer.chat_template: not a known family"));
-    assert_non_null(strstr(err.msg, "<start_of_turn>"));
+    assert_non_null(strstr(err.msg, "gemma, phi3"));
+    assert_non_null(strstr(err.msg, "<|START_OF_TURN_TOKEN|>"));
 }
 
 static void test_names_and_refusals(void **state)
@@ -126,7 +157,7 @@ static void test_names_and_refusals(void **state)
     (void)state;
     pd_chat_kind_t k = PD_CHAT_NONE;
     pd_err_t err = { 0 };
-    for (int i = PD_CHAT_CHATML; i <= PD_CHAT_ZEPHYR; i++) {
+    for (int i = PD_CHAT_CHATML; i <= PD_CHAT_PHI3; i++) {
         assert_int_equal(pd_chat_from_name(pd_chat_name((pd_chat_kind_t)i), &k, &err), 0);
         assert_int_equal(k, i);
     }
@@ -235,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_render_llama3),
         cmocka_unit_test(test_render_llama2_and_mistral),
         cmocka_unit_test(test_render_zephyr),
+        cmocka_unit_test(test_render_gemma_phi3),
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_names_and_refusals),
         cmocka_unit_test(test_tokenize_markers),

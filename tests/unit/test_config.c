@@ -426,7 +426,7 @@ static void test_enums(void **state)
     assert_string_equal(c.http.chat_template, "chatml");
     expect_error("http:\n  chat_template: jinja\n",
                  "t.yaml:2: http.chat_template: expected one of auto, chatml, llama2, llama3, "
-                 "mistral, zephyr, got 'jinja'");
+                 "mistral, zephyr, gemma, phi3, got 'jinja'");
 }
 
 static void test_z85_keys(void **state)

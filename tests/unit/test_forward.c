@@ -12,6 +12,10 @@
  *    consecutive blocks (bit for bit);
  *  - a prompt computed on top of cached prefix blocks (a prefix-cache hit)
  *    gives bit-identical logits to the same prompt computed whole (a miss);
+ *  - the newer architectures batch the same way (their sliding windows
+ *    over the paged cache included), a sliding-window layer ignores every
+ *    position outside its window while a global one does not, and phi3's
+ *    rope factors follow the context size as llama.cpp's do;
  *  - bad batches are refused with a message naming the field.
  */
 #include <setjmp.h>
@@ -213,6 +217,108 @@ static void test_batching_tied(void **state) { (void)state; check_batching("tiny
 static void test_batching_f16(void **state) { (void)state; check_batching("tiny-llama-spm-f16.gguf"); }
 static void test_batching_q8_0(void **state) { (void)state; check_batching("tiny-llama-spm-q8_0.gguf"); }
 static void test_batching_q4_0(void **state) { (void)state; check_batching("tiny-llama-spm-q4_0.gguf"); }
+/* The K-quants and IQ4_NL (the mixes hold Q4_K, Q6_K; Q2_K, Q3_K, Q6_K). */
+static void test_batching_kquants(void **state)
+{
+    (void)state;
+    check_batching("tiny-k-llama-spm-mix-q4_k_m.gguf");
+    check_batching("tiny-k-llama-spm-mix-q2_k.gguf");
+    check_batching("tiny-k-llama-spm-q5_k.gguf");
+    check_batching("tiny-k-llama-spm-iq4_nl.gguf");
+}
+/* The newer architectures: Llama 3.1 rope_freqs and tied, qwen3 head
+ * norms, Gemma 2/3 windows of 16 (the sequences here reach 48), phi3. */
+static void test_batching_archs(void **state)
+{
+    (void)state;
+    check_batching("llama3-tiny-f32.gguf");
+    check_batching("qwen3-tiny-f32.gguf");
+    check_batching("gemma2-tiny-f32.gguf");
+    check_batching("gemma3-tiny-f32.gguf");
+    check_batching("phi3-tiny-f32.gguf");
+    check_batching("gemma3-tiny-q4_k_m.gguf");
+}
+
+/* Logits of a 40-token sequence in one call, its first token replaced by
+ * first (positions 0..39, through blocks of 16: windows cross them). */
+static void eval_seq(fx_t *f, int32_t first, float *out)
+{
+    const uint32_t n = 40;
+    int32_t tok[40], pos[40], sq[40], table[3] = { 0, 1, 2 };
+    bool want[40];
+    for (uint32_t i = 0; i < n; i++) {
+        tok[i] = i == 0 ? first : seq_tok(f, 3, i);
+        pos[i] = (int32_t)i;
+        sq[i] = 0;
+        want[i] = true;
+    }
+    const int32_t *tables[1] = { table };
+    uint32_t nt[1] = { 3 };
+    pd_batch_t b = { n, tok, pos, sq, want, 1, tables, nt };
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_forward(f->e, &b, out, &err), 0);
+}
+
+/* gemma2-swa1: one sliding-window layer of 4 positions. Changing token 0
+ * changes the logits of positions 0..3 and, bit for bit, none after (they
+ * do not see it). gemma2-swa2 adds a global layer: it sees position 0's
+ * changed K/V, so every position changes. */
+static void test_sliding_window(void **state)
+{
+    (void)state;
+    const char *files[] = { "gemma2-swa1-f32.gguf", "gemma2-swa2-f32.gguf" };
+    for (int k = 0; k < 2; k++) {
+        fx_t f;
+        if (fx_open(&f, files[k], 8, 64) != 0)
+            fail();
+        assert_int_equal(f.m->cfg.swa_window, 4);
+        assert_true(f.m->layers[0].is_swa);
+        if (k == 1)
+            assert_false(f.m->layers[1].is_swa);
+        const uint32_t V = f.m->cfg.vocab_size;
+        float *a = malloc(sizeof(float) * 40 * V), *b = malloc(sizeof(float) * 40 * V);
+        assert_true(a && b);
+        eval_seq(&f, 17, a);
+        eval_seq(&f, 1234, b);
+        for (uint32_t p = 0; p < 40; p++) {
+            bool same = memcmp(a + (size_t)p * V, b + (size_t)p * V, sizeof(float) * V) == 0;
+            if (same != (k == 0 && p >= 4))
+                fail_msg("%s position %u: logits %s", files[k], p, same ? "equal" : "differ");
+        }
+        free(a);
+        free(b);
+        fx_close(&f);
+    }
+}
+
+/* phi3's LongRoPE: the long factors when the context exceeds the original
+ * (128 in phi3-tiny), the short ones otherwise, as llama.cpp chooses by
+ * n_ctx; the KV identity tells the two apart, the model identity does not
+ * depend on it; a model without such factors keeps one identity. */
+static void test_rope_factors(void **state)
+{
+    (void)state;
+    char path[512];
+    pd_err_t err = { 0 };
+    pd_model_t *m = pd_model_load(model_path("phi3-tiny-f32.gguf", path, sizeof path), &err);
+    assert_non_null(m);
+    assert_int_equal(m->cfg.rope_ctx_orig, 128);
+    assert_non_null(m->rope_long);
+    assert_non_null(m->rope_short);
+    assert_ptr_equal(pd_model_rope_factors(m, 256), m->rope_long);
+    assert_ptr_equal(pd_model_rope_factors(m, 128), m->rope_short);
+    assert_true(pd_model_kv_identity(m, 256) != pd_model_kv_identity(m, 128));
+    assert_true(m->cfg.rope_mscale > 1.0f);
+    pd_model_free(m);
+    m = pd_model_load(model_path("llama3-tiny-f32.gguf", path, sizeof path), &err);
+    assert_non_null(m);
+    assert_non_null(m->rope_freqs);
+    assert_ptr_equal(pd_model_rope_factors(m, 256), m->rope_freqs);
+    assert_true(pd_model_kv_identity(m, 256) == m->identity);
+    assert_true(m->rope_freqs[0] == 1.0f && m->rope_freqs[m->cfg.head_dim / 2 - 1] == 32.0f);
+    pd_model_free(m);
+}
+
 static void test_batching_sgemm_f32(void **state)
 {
     (void)state;
@@ -376,6 +482,10 @@ int main(void)
         cmocka_unit_test(test_batching_f16),
         cmocka_unit_test(test_batching_q8_0),
         cmocka_unit_test(test_batching_q4_0),
+        cmocka_unit_test(test_batching_kquants),
+        cmocka_unit_test(test_batching_archs),
+        cmocka_unit_test(test_sliding_window),
+        cmocka_unit_test(test_rope_factors),
         cmocka_unit_test(test_batching_sgemm_f32),
         cmocka_unit_test(test_block_table_scrambled),
         cmocka_unit_test(test_prefix_hit_llama),

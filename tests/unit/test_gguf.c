@@ -927,6 +927,56 @@ static void test_hostile_tensor_offsets(void **state)
     refuse_tensor(same, 2, 64, PD_EFORMAT, "overlaps", NULL);
 }
 
+/* K-quant and IQ4_NL tensors: rows not a multiple of the block, super-blocks
+ * cut short by the end of the file, huge and overflowing sizes, and Q8_K
+ * (an activation format) as a tensor type. */
+static void test_hostile_kquant_tensors(void **state)
+{
+    (void)state;
+    static const struct {
+        uint32_t type;
+        const char *name;
+        uint64_t block_bytes;
+    } K[] = {
+        {PD_GGML_TYPE_Q2_K, "q2_K", 84},   {PD_GGML_TYPE_Q3_K, "q3_K", 110},
+        {PD_GGML_TYPE_Q4_K, "q4_K", 144},  {PD_GGML_TYPE_Q5_K, "q5_K", 176},
+        {PD_GGML_TYPE_Q6_K, "q6_K", 210},
+    };
+    char msg[64];
+    for (size_t i = 0; i < sizeof K / sizeof K[0]; i++) {
+        /* two rows of 512: the control, exactly the bytes it needs */
+        tinfo_t t = {"blk.0.ffn_down.weight", 2, {512, 2}, K[i].type, 0};
+        bb_t b = {0};
+        bb_tensor_file(&b, &t, 1, 4 * K[i].block_bytes);
+        pd_gguf_t *g = expect_ok(&b);
+        assert_int_equal(pd_gguf_find_tensor(g, t.name)->n_bytes, 4 * K[i].block_bytes);
+        assert_int_equal(pd_ggml_row_bytes(K[i].type, 512), 2 * K[i].block_bytes);
+        pd_gguf_free(g);
+        free(b.p);
+        /* the last super-block cut short (data one byte short) */
+        refuse_tensor(&t, 1, 4 * K[i].block_bytes - 1, PD_EFORMAT, "'blk.0.ffn_down.weight'",
+                      "past the end of the data section");
+        /* rows that are not a multiple of 256 */
+        t.ne[0] = 384;
+        snprintf(msg, sizeof msg, "%s block size 256", K[i].name);
+        refuse_tensor(&t, 1, 4096, PD_EFORMAT, "ne[0] = 384", msg);
+        t.ne[0] = 255;
+        refuse_tensor(&t, 1, 4096, PD_EFORMAT, "ne[0] = 255", msg);
+        /* 2^62 elements: a byte size that fits 64 bits but not the file */
+        t = (tinfo_t){"w", 2, {(uint64_t)1 << 40, (uint64_t)1 << 22}, K[i].type, 0};
+        refuse_tensor(&t, 1, 256, PD_EFORMAT, "'w'", "past the end");
+        /* 2^64 elements */
+        t = (tinfo_t){"w", 2, {(uint64_t)1 << 40, (uint64_t)1 << 24}, K[i].type, 0};
+        refuse_tensor(&t, 1, 256, PD_EFORMAT, "overflows", "'w'");
+    }
+    tinfo_t t = {"w", 2, {48, 2}, PD_GGML_TYPE_IQ4_NL, 0};
+    refuse_tensor(&t, 1, 256, PD_EFORMAT, "ne[0] = 48", "iq4_nl block size 32");
+    t = (tinfo_t){"w", 2, {64, 2}, PD_GGML_TYPE_IQ4_NL, 0}; /* 4 blocks of 18 = 72 bytes */
+    refuse_tensor(&t, 1, 71, PD_EFORMAT, "'w'", "past the end");
+    t = (tinfo_t){"w", 1, {256}, PD_GGML_TYPE_Q8_K, 0};
+    refuse_tensor(&t, 1, 512, PD_EUNSUPPORTED, "type 15 (q8_K)", "supported: f32");
+}
+
 /* ====== Files on disk ====== */
 
 static void test_open_errors(void **state)
@@ -977,6 +1027,7 @@ int main(void)
         cmocka_unit_test(test_hostile_tensor_control),
         cmocka_unit_test(test_hostile_tensor_dims),
         cmocka_unit_test(test_hostile_tensor_types),
+        cmocka_unit_test(test_hostile_kquant_tensors),
         cmocka_unit_test(test_hostile_tensor_names),
         cmocka_unit_test(test_hostile_tensor_offsets),
         cmocka_unit_test(test_open_errors),

@@ -1,0 +1,112 @@
+/* decode_internal.h -- what decode.c (the role), ingress.c (DecodeTasks,
+ * KV transfers) and batch.c (sequences, continuous batching) share. Not for
+ * outside decode_worker/. */
+#ifndef PD_DECODE_INTERNAL_H
+#define PD_DECODE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "decode.h"
+
+#define DC_MAX_SEQS 4096  /* requests held at once (expected, waiting, running) */
+#define DC_MAX_ORPHANS 64 /* KV transfers held until their DecodeTask */
+#define DC_CANCELLED 256  /* recently cancelled (request, epoch): their KV is refused */
+
+/* A DecodeTask whose KV has not come yet. */
+typedef struct {
+    uint64_t req;
+    uint32_t epoch;
+    pd_gen_params_t params;
+    int32_t *hist;             /* (cap_hist) prompt + output: penalties' history */
+    uint32_t n_hist, cap_hist;
+    uint64_t ticket;           /* arrival order: the order sequences are admitted in */
+} dc_expect_t;
+
+/* A KV transfer whose DecodeTask has not come yet. */
+typedef struct {
+    uint64_t req;
+    uint32_t epoch;
+    uint32_t n_tokens;
+    int32_t first_token;
+    zmq_msg_t *frames;
+    uint32_t n_frames;
+    uint8_t sender[PD_NET_ID_MAX];
+    size_t sender_len;
+    uint64_t t_ms;
+} dc_orphan_t;
+
+typedef enum { DS_WAITING = 1, DS_RUNNING } dc_state_t;
+
+/* A request taken through pd_decode_take. */
+typedef struct {
+    dc_state_t st;
+    uint64_t req;
+    uint32_t epoch;
+    pd_gen_params_t params;
+    int32_t *hist;             /* (cap_hist) prompt + output: penalties' history */
+    uint32_t n_hist, cap_hist;
+    pd_kv_seq_t seq;
+    bool has_blocks;           /* KV in our cache (colocated, or copied in at admission) */
+    zmq_msg_t *frames;         /* (n_frames) received blocks awaiting admission */
+    uint32_t n_frames;
+    uint32_t n_past;           /* positions in the cache */
+    int32_t last_token;        /* next token to feed, at position n_past */
+    uint32_t last_index;       /* its index in the output */
+    bool echo_first;           /* send last_token (the prefill worker's) with the first step */
+    uint64_t ticket;           /* arrival order */
+    uint64_t admit_order;
+} dc_seq_t;
+
+struct pd_decode {
+    pd_wkrole_env_t env;
+    pd_wkengine_t *eng;        /* env.eng */
+    const pd_config_t *cfg;    /* env.cfg */
+    const pd_wkport_t *port;   /* env.port */
+    char id[64];
+    /* KV ingress */
+    void *kv_in;               /* ROUTER */
+    pd_zap_t *zap;             /* CURVE allow-list for it */
+    char kv_endpoint[PD_CFG_STR];
+    pd_pb_alloc_t alloc;
+    pd_net_in_t *in;
+    dc_expect_t *expects;      /* (n_expects) in arrival order */
+    size_t n_expects, cap_expects;
+    dc_orphan_t orphans[DC_MAX_ORPHANS];
+    uint32_t n_orphans;
+    struct {
+        uint64_t req;
+        uint32_t epoch;        /* 0 = every epoch */
+    } cancelled[DC_CANCELLED]; /* ring */
+    uint32_t cancelled_next;
+    uint64_t tickets;
+    /* batching */
+    dc_seq_t **seqs;           /* (n_seqs) waiting and running, in ticket order */
+    size_t n_seqs, cap_seqs;
+    uint32_t n_running;
+    uint64_t admit_counter;
+    pd_worker_counters_t c;
+};
+
+static inline uint64_t dc_now_ms(const pd_decode_t *d) { return d->port->now_ms(d->port->host); }
+
+void dc_close_frames(zmq_msg_t *frames, uint32_t n);
+
+/* ingress.c */
+void dc_on_task(pd_decode_t *d, const Pd__DecodeTask *m);
+void dc_on_kv(pd_decode_t *d);                 /* reads the ingress socket */
+void dc_ingress_cancel(pd_decode_t *d, uint64_t req, uint32_t epoch);
+void dc_ingress_timers(pd_decode_t *d);        /* orphan expiry */
+void dc_ingress_drop_all(pd_decode_t *d);
+void dc_expect_remove(pd_decode_t *d, size_t i);
+
+/* batch.c */
+int dc_seq_index(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+void dc_seq_remove(pd_decode_t *d, size_t i);
+/* pd_decode_take with the request's place in the admission order. */
+int dc_take(pd_decode_t *d, pd_kv_handoff_t *h, uint64_t ticket);
+bool dc_ready(const pd_decode_t *d);
+void dc_step(pd_decode_t *d);                  /* admit, one decode step, retire */
+uint32_t dc_n_waiting(const pd_decode_t *d);
+
+#endif

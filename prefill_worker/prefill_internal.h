@@ -1,0 +1,80 @@
+/* prefill_internal.h -- what prefill.c (tasks, passes, the role) and
+ * egress.c (KV shipping, leases) share. Not for outside prefill_worker/. */
+#ifndef PD_PREFILL_INTERNAL_H
+#define PD_PREFILL_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "prefill.h"
+#include "runtime/kvevents.h"
+#include "runtime/net.h"
+
+#define PF_MAX_EGRESS 64       /* decode endpoints shipped to at once */
+#define PF_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
+
+/* QUEUED: waiting for (more of) its pass. SHIP: prefilled, its KV not yet
+ * sent (the decode worker was unreachable: retried by the timers). LEASED:
+ * sent; its blocks stay ours until the KvAck (or the lease's end) and until
+ * ZeroMQ has let go of every frame. */
+typedef enum { PT_QUEUED = 0, PT_SHIP, PT_LEASED } pf_state_t;
+
+typedef struct {
+    pf_state_t st;
+    uint64_t req;
+    uint32_t epoch;
+    int32_t *tokens;           /* (n_tokens) prompt + re-prefilled output */
+    uint32_t n_tokens, n_done; /* positions computed so far */
+    pd_gen_params_t params;
+    char decode_id[64];
+    char kv_endpoint[PD_CFG_STR];
+    pd_kv_seq_t seq;           /* its blocks in our cache */
+    bool cancelled;
+    int32_t first_token;
+    uint64_t t_arrive_ms, t_ship_ms, lease_deadline_ms; /* host clock */
+    uint64_t t_sent_us;        /* when the transfer went out */
+    atomic_int frames_out;     /* block frames ZeroMQ still holds (zero-copy) */
+    bool acked;
+} pf_task_t;
+
+typedef struct {
+    char endpoint[PD_CFG_STR];
+    void *sock;                /* DEALER to a decode worker's KV ingress */
+    uint64_t last_used_ms;     /* last shipment (closed after PF_EGRESS_IDLE_MS idle) */
+} pf_egress_t;
+
+struct pd_prefill {
+    pd_wkrole_env_t env;
+    pd_wkengine_t *eng;        /* env.eng */
+    const pd_config_t *cfg;    /* env.cfg */
+    const pd_wkport_t *port;   /* env.port */
+    char id[64];
+    pd_kv_sink_t colocated;    /* take NULL: not colocated */
+    pf_task_t **tasks;         /* (n_tasks) queued, shipping and leased, in arrival order */
+    size_t n_tasks, cap_tasks;
+    pf_egress_t egress[PF_MAX_EGRESS];
+    uint32_t n_egress;
+    pd_pb_alloc_t alloc;
+    pd_net_in_t *in;
+    pd_kvev_t *kvev;           /* prefix cache events (NULL: kv.prefix_caching off) */
+    pd_worker_counters_t c;
+    double us_per_token;       /* running estimate, bounds a pass's length */
+};
+
+static inline uint64_t pf_now_ms(const pd_prefill_t *p) { return p->port->now_ms(p->port->host); }
+
+/* prefill.c */
+int pf_task_index(const pd_prefill_t *p, uint64_t req, uint32_t epoch);
+void pf_task_remove(pd_prefill_t *p, size_t i);
+
+/* egress.c */
+/* t's KV goes to its decode worker now, or (unreachable) by the timers
+ * until the lease's length has passed, then the request goes back. */
+void pf_ship(pd_prefill_t *p, pf_task_t *t);
+void pf_poll_egress(pd_prefill_t *p);
+/* Shipping retries, lease expiry, freeing acknowledged tasks, idle sockets. */
+void pf_egress_timers(pd_prefill_t *p);
+void pf_egress_close(pd_prefill_t *p);
+
+#endif
