@@ -397,6 +397,10 @@ static int cmd_status(const char *router, int argc, char **argv)
             C(kv_transfer_us);
             C(prefill_us);
             C(decode_us);
+            C(prefill_pass_tokens);
+            C(compute_turns);
+            C(compute_busy_ms);
+            C(mixed_steps);
             C(prefix_queries);
             C(prefix_hits);
             C(prefix_requests);

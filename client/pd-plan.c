@@ -3,7 +3,7 @@
  *   pd-plan --profile FILE --request-rate R --input-len I --output-len O
  *           --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]
  *           [--num-requests N] [--seed S] [--prefill-batch-tokens T]
- *           [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]
+ *           [--prefill-batch-size B] [--arrivals FILE]
  *           [--decode-batch-size B] [--kv-blocks N] [--json FILE]
  *           [--prefix-len P [--num-prefixes N] [--prefix-cache-blocks B]]
  *           [--routing kv_aware|least_loaded|round_robin]
@@ -32,11 +32,10 @@
  *     the profile's prefill_kv_blocks hold), and a prompt whose prefix its
  *     worker holds computes only the rest (plan_sim.h);
  *   - a prefill worker runs FIFO batches (at most --prefill-batch-size
- *     prompts and min(--prefill-batch-tokens, the pass cap) tokens, the cap
- *     being the profile's prefill_pass_tokens or --prefill-pass-tokens: a
- *     worker keeps each pass within half a heartbeat, cutting long prompts
- *     into chunks) and emits each first token when its last chunk is done
- *     (TTFT = prefill end - arrival + overhead);
+ *     prompts and --prefill-batch-tokens tokens, the workers'
+ *     prefill.max_batch_tokens: a prompt longer than what is left of it goes
+ *     on in the next pass) and emits each first token when its last chunk
+ *     is done (TTFT = prefill end - arrival + overhead);
  *   - the KV goes to the decode worker with the most free KV blocks, arrives
  *     after kv_ms, and joins the running batch at a step boundary when the
  *     batch has room (--decode-batch-size) and the worker has the blocks;
@@ -95,7 +94,6 @@ typedef struct {
     double rate, ttft_slo_ms, tpot_slo_ms, attainment;
     uint32_t input_len, output_len, max_workers, num_requests;
     uint32_t prefill_batch_tokens, prefill_batch_size, decode_batch_size, kv_blocks;
-    uint32_t prefill_pass_tokens; /* 0: the profile's (0 there too: no cap) */
     uint64_t seed;
     const char *arrivals_path; /* --arrivals: replay these submit times */
     bool no_interference;      /* --no-interference: ignore the profile's factors */
@@ -188,7 +186,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: pd-plan --profile FILE --request-rate R --input-len I --output-len O\n"
                "               --ttft-slo MS --tpot-slo MS [--max-workers N] [--attainment A]\n"
                "               [--num-requests N] [--seed S] [--prefill-batch-tokens T]\n"
-               "               [--prefill-batch-size B] [--prefill-pass-tokens T] [--arrivals FILE]\n"
+               "               [--prefill-batch-size B] [--arrivals FILE]\n"
                "               [--decode-batch-size B] [--kv-blocks N] [--no-interference]\n"
                "               [--prefix-len P [--num-prefixes N] [--prefix-cache-blocks B]]\n"
                "               [--routing kv_aware|least_loaded|round_robin] [--json FILE]\n"
@@ -267,8 +265,6 @@ static int parse_args(int argc, char **argv, opts_t *o)
             rc = parse_u32(a, v, 1, 100000000, &o->prefill_batch_tokens);
         else if (!strcmp(a, "--arrivals"))
             o->arrivals_path = v;
-        else if (!strcmp(a, "--prefill-pass-tokens"))
-            rc = parse_u32(a, v, 1, 100000000, &o->prefill_pass_tokens);
         else if (!strcmp(a, "--prefill-batch-size"))
             rc = parse_u32(a, v, 1, 100000, &o->prefill_batch_size);
         else if (!strcmp(a, "--decode-batch-size"))
@@ -441,19 +437,17 @@ static int load_model(const opts_t *o, plan_model_t *m)
     }
     m->block_size = (uint32_t)bs;
     m->kv_blocks = o->kv_blocks ? o->kv_blocks : (uint32_t)blocks;
-    /* Optional (older profiles): the prefill workers' pass cap. */
-    json_t *pt = json_object_get(root, "prefill_pass_tokens");
-    double cap = 0;
-    if (pt != NULL && get_num(o->profile_path, root, NULL, 0, "prefill_pass_tokens", &cap) != 0)
-        goto done;
-    m->pass_tokens = o->prefill_pass_tokens ? o->prefill_pass_tokens
-                     : cap >= 1 && cap <= 1e8 ? (uint32_t)cap : 0;
     /* Optional: the prefill workers' KV pool (room for cached prefixes). */
     double pblocks = 0;
     if (json_object_get(root, "prefill_kv_blocks") != NULL &&
         get_num(o->profile_path, root, NULL, 0, "prefill_kv_blocks", &pblocks) != 0)
         goto done;
     m->prefill_blocks = pblocks >= 1 && pblocks <= 1e9 ? (uint32_t)pblocks : 0;
+    /* Older profiles also carry prefill_pass_tokens, the cap a prefill pass
+     * had while a worker could not beat during one (half a heartbeat): a
+     * pass is now bounded by prefill.max_batch_tokens alone
+     * (--prefill-batch-tokens), so it is ignored; their points with
+     * batch < 1 (prompts cut into passes) are still read below. */
     /* Optional: interference between the phases (1 = none, or not measured). */
     m->inf_dec = m->inf_pre = 1;
     json_t *inf = json_object_get(root, "interference");
@@ -486,7 +480,8 @@ static int load_model(const opts_t *o, plan_model_t *m)
         goto done;
     m->min_pre_ms = INFINITY;
     for (size_t i = 0; i < n; i++) {
-        /* batch < 1: prompts cut into several passes (chunked prefill);
+        /* batch < 1: prompts cut into several passes (longer than the
+         * budget, or, in older profiles, than the old pass cap);
          * n*T is still the tokens per pass and n*T^2 its attention work */
         if (!(u[i] > 0) || u[i] > 1e6) {
             fprintf(stderr, "pd-plan: --profile %s: prefill[%zu].batch: %g is not in (0, 1e6]\n",
@@ -765,14 +760,11 @@ int main(int argc, char **argv)
                "prefill worker%s\n", o.num_prefixes, o.prefix_len, plan_route_name(o.routing),
                o.prefix_cache_blocks ? o.prefix_cache_blocks : m.prefill_blocks,
                o.prefix_cache_blocks || m.prefill_blocks ? "" : " (unknown: unbounded)");
-    char cap_text[32] = "none";
-    if (m.pass_tokens)
-        snprintf(cap_text, sizeof cap_text, "%u tokens", m.pass_tokens);
     printf("cost model: prefill_ms(n,T,K) = %.4g + %.4g*n*T + %.4g*n*T*(2K+T); decode_ms(B,C) = %.4g + %.4g*B + "
-           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass cap %s; "
+           "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass budget %u tokens; "
            "interference: decode step x%.3g, prefill pass x%.3g\n",
            m.pre[0], m.pre[1], m.pre[2], m.dec[0], m.dec[1], m.dec[2], m.kv[0], m.kv[1],
-           m.overhead_ms, cap_text, m.inf_dec, m.inf_pre);
+           m.overhead_ms, o.prefill_batch_tokens, m.inf_dec, m.inf_pre);
     printf("%5s %5s %8s %15s %11s %14s %14s %6s\n", "P", "D", "workers", "goodput(req/s)",
            "attainment", "p90 TTFT(ms)", "p90 TPOT(ms)", "meets");
     const row_t *best = NULL;
@@ -811,7 +803,7 @@ int main(int argc, char **argv)
         json_object_set_new(j, "tpot_slo_ms", json_real(o.tpot_slo_ms));
         json_object_set_new(j, "attainment_target", json_real(o.attainment));
         json_object_set_new(j, "num_requests", json_integer(o.num_requests));
-        json_object_set_new(j, "prefill_pass_tokens", json_integer(m.pass_tokens));
+        json_object_set_new(j, "prefill_batch_tokens", json_integer(o.prefill_batch_tokens));
         json_object_set_new(j, "prefix_len", json_integer(o.prefix_len));
         json_object_set_new(j, "num_prefixes", json_integer(o.num_prefixes));
         json_object_set_new(j, "routing", json_string(plan_route_name(o.routing)));

@@ -673,6 +673,9 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
             d->prefill_us = k->prefill_us;
             d->decode_us = k->decode_us;
             d->prefill_pass_tokens = k->prefill_pass_tokens;
+            d->compute_turns = k->compute_turns;
+            d->compute_busy_ms = k->compute_busy_ms;
+            d->mixed_steps = k->mixed_steps;
             d->prefix_queries = k->prefix_queries;
             d->prefix_hits = k->prefix_hits;
             d->prefix_requests = k->prefix_requests;

@@ -161,7 +161,10 @@ typedef struct {
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us; /* acknowledged transfers, sum of ship->ack us */
     uint64_t prefill_us, decode_us;        /* sums of forward-pass times */
-    uint32_t prefill_pass_tokens;          /* current cap on tokens per prefill pass (0: none yet) */
+    uint32_t prefill_pass_tokens;          /* tokens one prefill pass may take */
+    uint64_t compute_turns;                /* the compute thread's loop turns (progress) */
+    uint32_t compute_busy_ms;              /* its current turn at the last heartbeat (0: idle) */
+    uint64_t mixed_steps;                  /* colocated passes mixing decode tokens and a prefill chunk */
     /* prefix cache: tokens looked up / found cached, lookups, evicted
      * blocks, blocks cached now (the worker's counts) */
     uint64_t prefix_queries, prefix_hits, prefix_requests, prefix_evictions, prefix_cached_blocks;

@@ -214,11 +214,11 @@ static uint32_t route(sim_t *s, const sreq_t *r)
     return best;
 }
 
-/* The prefill worker's rule (prefill_worker/prefill.c, run): FIFO from the head of the
- * queue, up to prefill_batch_size prompts and a token budget of
- * min(prefill_batch_tokens, the pass cap); each prompt gives what is left of
- * it or what is left of the budget, so only the last one picked can be cut
- * (chunked prefill: it stays at the head for the next pass). */
+/* The prefill worker's rule (prefill_worker/prefill.c, fill): FIFO from the
+ * head of the queue, up to prefill_batch_size prompts and a token budget of
+ * prefill_batch_tokens; each prompt gives what is left of it or what is
+ * left of the budget, so only the last one picked can be cut (it stays at
+ * the head for the next pass). */
 static int start_prefill(sim_t *s, uint32_t w, double now)
 {
     pworker_t *p = &s->pw[w];
@@ -226,8 +226,6 @@ static int start_prefill(sim_t *s, uint32_t w, double now)
         return 0;
     uint32_t len = (uint32_t)o_len(s);
     uint64_t budget = s->o->prefill_batch_tokens;
-    if (s->m->pass_tokens && s->m->pass_tokens < budget)
-        budget = s->m->pass_tokens;
     uint64_t tokens = 0;
     double att = 0;
     p->n_batch = 0;

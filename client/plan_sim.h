@@ -30,7 +30,6 @@ typedef struct {
     double overhead_ms;
     uint32_t block_size, kv_blocks;
     uint32_t prefill_blocks; /* a prefill worker's KV pool (prefix cache room); 0 = unknown */
-    uint32_t pass_tokens; /* tokens one prefill pass may take (chunked prefill); 0 = no cap */
     double inf_dec, inf_pre; /* interference: a step / pass beside the other phase costs x this */
     char model[128];
 } plan_model_t;

@@ -239,8 +239,8 @@ static uint32_t sample_step(pd_decode_t *d, dc_seq_t **run, uint32_t n, pd_token
             s->echo_first = false;
         }
         uint32_t pos = s->n_past + 1;
-        int32_t tok = pd_sample(&s->params.s, e->logits + (size_t)k * e->vocab, e->vocab, pos,
-                                s->hist, s->n_hist, e->scratch);
+        float *lg = e->logits + (size_t)(d->step_logit0 + k) * e->vocab;
+        int32_t tok = pd_sample(&s->params.s, lg, e->vocab, pos, s->hist, s->n_hist, e->scratch);
         uint32_t index = s->last_index + 1;
         Pd__FinishReason fin = pd_wkengine_finish(e, &s->params, tok, index, pos);
         s->n_past++;
@@ -254,38 +254,49 @@ static uint32_t sample_step(pd_decode_t *d, dc_seq_t **run, uint32_t n, pd_token
     return ne;
 }
 
-void dc_step(pd_decode_t *d)
+uint32_t dc_fill(pd_decode_t *d, pd_wkstep_t *st)
 {
+    d->n_step = 0;
     admit(d);
     reserve_or_preempt(d);
     if (d->n_running == 0)
-        return;
+        return 0;
     pd_wkengine_t *e = d->eng;
-    dc_seq_t *run[e->max_fwd_seqs];
-    uint32_t n = 0;
-    for (size_t i = 0; i < d->n_seqs && n < e->max_fwd_seqs; i++) {
+    uint32_t max = e->max_fwd_seqs - st->n_seqs;
+    if (max > st->max_rows - st->n_rows)
+        max = st->max_rows - st->n_rows;
+    d->step_logit0 = st->n_logits;
+    for (size_t i = 0; i < d->n_seqs && d->n_step < max; i++) {
         dc_seq_t *s = d->seqs[i];
         if (s->st != DS_RUNNING)
             continue;
-        e->b_tokens[n] = s->last_token;
-        e->b_pos[n] = (int32_t)s->n_past;
-        e->b_seq[n] = (int32_t)n;
-        e->b_want[n] = true;
-        e->b_tables[n] = s->seq.blocks;
-        e->b_ntable[n] = s->seq.n_blocks;
-        run[n++] = s;
+        uint32_t row = st->n_rows + d->n_step, seq = st->n_seqs + d->n_step;
+        e->b_tokens[row] = s->last_token;
+        e->b_pos[row] = (int32_t)s->n_past;
+        e->b_seq[row] = (int32_t)seq;
+        e->b_want[row] = true;
+        e->b_tables[seq] = s->seq.blocks;
+        e->b_ntable[seq] = s->seq.n_blocks;
+        d->step[d->n_step++] = s;
     }
-    if (n == 0)
-        return; /* n_running counts DS_RUNNING sequences; never 0-sized arrays below */
-    pd_batch_t b = { n, e->b_tokens, e->b_pos, e->b_seq, e->b_want, n, e->b_tables, e->b_ntable };
-    pd_err_t err = { 0 };
-    uint64_t t0 = pd_now_us();
-    int rc = pd_forward(e->engine, &b, e->logits, &err);
-    d->c.decode_us += pd_now_us() - t0;
-    if (rc != 0) {
-        step_failed(d, run, n, err.msg);
+    st->n_rows += d->n_step;
+    st->n_seqs += d->n_step;
+    st->n_logits += d->n_step;
+    return d->n_step;
+}
+
+void dc_done(pd_decode_t *d, const char *fail, uint64_t us)
+{
+    dc_seq_t **run = d->step;
+    uint32_t n = d->n_step;
+    d->n_step = 0;
+    d->c.decode_us += us;
+    if (fail) {
+        step_failed(d, run, n, fail);
         return;
     }
+    if (n == 0)
+        return; /* fill put nothing in the pass: never 0-sized arrays below */
     d->c.steps++;
     if (n > 1)
         d->c.multi_seq_steps++;

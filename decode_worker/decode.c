@@ -50,7 +50,9 @@ static void poll_sockets(void *self)
 
 static bool ready(void *self) { return dc_ready(self); }
 
-static void run(void *self) { dc_step(self); }
+static uint32_t fill(void *self, pd_wkstep_t *st) { return dc_fill(self, st); }
+
+static void done(void *self, const char *fail, uint64_t us) { dc_done(self, fail, us); }
 
 static void timers(void *self) { dc_ingress_timers(self); }
 
@@ -100,7 +102,8 @@ static const pd_wkrole_ops_t g_ops = {
     .sockets = sockets,
     .poll = poll_sockets,
     .ready = ready,
-    .run = run,
+    .fill = fill,
+    .done = done,
     .timers = timers,
     .busy = busy,
     .held = held,
@@ -170,6 +173,12 @@ pd_decode_t *pd_decode_new(const pd_wkrole_env_t *env, pd_err_t *err)
     snprintf(d->id, sizeof d->id, "%s", env->id);
     pd_pb_alloc_init(&d->alloc, (size_t)d->cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
                                     PD_PB_BASE_BUDGET);
+    d->step = calloc(d->eng->max_fwd_seqs ? d->eng->max_fwd_seqs : 1, sizeof *d->step);
+    if (d->step == NULL) {
+        pd_decode_free(d);
+        pd_err_set(err, PD_ENOMEM, "decode role");
+        return NULL;
+    }
     if (bind_ingress(d, err) != 0) {
         pd_decode_free(d);
         return NULL;
@@ -186,6 +195,7 @@ void pd_decode_free(pd_decode_t *d)
         dc_seq_remove(d, d->n_seqs - 1);
     dc_ingress_drop_all(d);
     free(d->seqs);
+    free(d->step);
     free(d->expects);
     free(d->in);
     free(d);

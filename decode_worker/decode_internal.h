@@ -85,6 +85,9 @@ struct pd_decode {
     size_t n_seqs, cap_seqs;
     uint32_t n_running;
     uint64_t admit_counter;
+    dc_seq_t **step;           /* (max_fwd_seqs) the sequences in the pass being run */
+    uint32_t n_step;
+    uint32_t step_logit0;      /* the pass's logits row of step[0] */
     pd_worker_counters_t c;
 };
 
@@ -106,7 +109,11 @@ void dc_seq_remove(pd_decode_t *d, size_t i);
 /* pd_decode_take with the request's place in the admission order. */
 int dc_take(pd_decode_t *d, pd_kv_handoff_t *h, uint64_t ticket);
 bool dc_ready(const pd_decode_t *d);
-void dc_step(pd_decode_t *d);                  /* admit, one decode step, retire */
+/* One decode step in two halves (wkrole.h fill / done): admit, make room or
+ * preempt, put every running sequence's next token in st; then sample,
+ * send one TokenBatch, retire. */
+uint32_t dc_fill(pd_decode_t *d, pd_wkstep_t *st);
+void dc_done(pd_decode_t *d, const char *fail, uint64_t us);
 uint32_t dc_n_waiting(const pd_decode_t *d);
 
 #endif

@@ -14,8 +14,6 @@
 /* Most tasks held at once (queued, shipping, leased): beyond it, new ones
  * are refused with RESOURCE_EXHAUSTED. */
 #define PF_MAX_TASKS 4096
-/* Token budget of the first prefill pass, before its speed is measured. */
-#define PF_FIRST_PASS_TOKENS 256
 
 /* ====== Task table ====== */
 
@@ -257,26 +255,13 @@ static bool lose_first_token(void)
     return on == 1;
 }
 
-/* Tokens one pass may take now: prefill.max_batch_tokens, capped so a pass
- * stays within half a heartbeat at the measured speed. */
+/* Tokens one pass may take: prefill.max_batch_tokens (within the engine).
+ * A pass no longer has to fit a heartbeat (the router link runs on the
+ * host's I/O thread), so the budget is chosen for speed alone. */
 static uint32_t pass_tokens(const pd_prefill_t *p)
 {
     uint32_t max_tok = p->cfg->prefill.max_batch_tokens;
-    /* A pass blocks the reactor: keep it well inside a heartbeat interval
-     * (measured speed), so liveness never mistakes a long prompt for a
-     * dead worker. Long prompts then go in several chunks. */
-    if (p->us_per_token > 0) {
-        double hb_ms = p->port->heartbeat_ms(p->port->host);
-        double fit = hb_ms * 1000.0 / 2.0 / p->us_per_token;
-        uint32_t cap = fit < 64 ? 64 : fit > (double)max_tok ? max_tok : (uint32_t)fit;
-        if (cap < max_tok)
-            max_tok = cap;
-    } else if (max_tok > PF_FIRST_PASS_TOKENS) {
-        max_tok = PF_FIRST_PASS_TOKENS; /* no measurement yet: start small */
-    }
-    if (max_tok > p->eng->max_fwd_tokens)
-        max_tok = p->eng->max_fwd_tokens;
-    return max_tok;
+    return max_tok < p->eng->max_fwd_tokens ? max_tok : p->eng->max_fwd_tokens;
 }
 
 /* Gives t its blocks: the longest cached prefix of its tokens (those
@@ -302,15 +287,24 @@ static int start_task(pd_prefill_t *p, pf_task_t *t)
     return 0;
 }
 
-/* Fills the engine's batch with the queued tasks, first come first served,
- * within max_seqs sequences and max_tok tokens. Returns the sequences taken
- * (picked[], chunk[]: tokens of each), *n_tok the batch's rows. */
-static uint32_t build_batch(pd_prefill_t *p, uint32_t max_seqs, uint32_t max_tok,
-                            pf_task_t **picked, uint32_t *chunk, uint32_t *n_tok_out)
+/* Appends the queued tasks to st's batch, first come first served, within
+ * the pass's token budget, st's rows and the engine's sequences. The tasks
+ * taken and their chunks go in p->step. Returns the rows added. */
+static uint32_t fill(void *self, pd_wkstep_t *st)
 {
+    pd_prefill_t *p = self;
     pd_wkengine_t *e = p->eng;
-    uint32_t n_seqs = 0, n_tok = 0;
-    for (size_t i = 0; i < p->n_tasks && n_seqs < max_seqs && n_tok < max_tok; i++) {
+    pf_step_t *ps = &p->step;
+    uint32_t max_seqs = p->cfg->prefill.max_batch_size;
+    if (max_seqs > e->max_fwd_seqs - st->n_seqs)
+        max_seqs = e->max_fwd_seqs - st->n_seqs;
+    uint32_t max_tok = pass_tokens(p);
+    if (max_tok > st->max_rows - st->n_rows)
+        max_tok = st->max_rows - st->n_rows;
+    uint32_t n_tok = 0;
+    ps->n = 0;
+    ps->logit0 = st->n_logits;
+    for (size_t i = 0; i < p->n_tasks && ps->n < max_seqs && n_tok < max_tok; i++) {
         pf_task_t *t = p->tasks[i];
         if (t->st != PT_QUEUED || t->cancelled)
             continue;
@@ -319,70 +313,66 @@ static uint32_t build_batch(pd_prefill_t *p, uint32_t max_seqs, uint32_t max_tok
         uint32_t take = t->n_tokens - t->n_done;
         if (take > max_tok - n_tok)
             take = max_tok - n_tok;
+        uint32_t s = st->n_seqs + ps->n;
         for (uint32_t j = 0; j < take; j++) {
-            uint32_t pos = t->n_done + j;
-            e->b_tokens[n_tok] = t->tokens[pos];
-            e->b_pos[n_tok] = (int32_t)pos;
-            e->b_seq[n_tok] = (int32_t)n_seqs;
-            e->b_want[n_tok] = pos + 1 == t->n_tokens;
-            n_tok++;
+            uint32_t row = st->n_rows + n_tok++, pos = t->n_done + j;
+            e->b_tokens[row] = t->tokens[pos];
+            e->b_pos[row] = (int32_t)pos;
+            e->b_seq[row] = (int32_t)s;
+            e->b_want[row] = pos + 1 == t->n_tokens;
+            st->n_logits += pos + 1 == t->n_tokens;
         }
-        e->b_tables[n_seqs] = t->seq.blocks;
-        e->b_ntable[n_seqs] = t->seq.n_blocks;
-        chunk[n_seqs] = take;
-        picked[n_seqs++] = t;
+        e->b_tables[s] = t->seq.blocks;
+        e->b_ntable[s] = t->seq.n_blocks;
+        ps->chunk[ps->n] = take;
+        ps->picked[ps->n++] = t;
     }
-    *n_tok_out = n_tok;
-    return n_seqs;
+    st->n_rows += n_tok;
+    st->n_seqs += ps->n;
+    ps->n_tok = n_tok;
+    return n_tok;
 }
 
-static void pass_failed(pd_prefill_t *p, pf_task_t **picked, uint32_t n_seqs, const char *msg)
+static void pass_failed(pd_prefill_t *p, const char *msg)
 {
+    pf_step_t *ps = &p->step;
     PD_ERROR("event=prefill_forward_failed msg=\"%s\"", msg);
-    for (uint32_t s = 0; s < n_seqs; s++) {
-        pd_wkport_error(p->port, picked[s]->req, PD__ERROR_CODE__INTERNAL, "prefill failed: %s",
-                        msg);
-        int i = pf_task_index(p, picked[s]->req, picked[s]->epoch);
+    for (uint32_t s = 0; s < ps->n; s++) {
+        pd_wkport_error(p->port, ps->picked[s]->req, PD__ERROR_CODE__INTERNAL,
+                        "prefill failed: %s", msg);
+        int i = pf_task_index(p, ps->picked[s]->req, ps->picked[s]->epoch);
         if (i >= 0)
             pf_task_remove(p, (size_t)i);
     }
+    ps->n = 0;
 }
 
-static void run(void *self)
+/* After the pass: each prompt whose last chunk it was gets its first token
+ * (sampled from its logits), streamed in one TokenBatch; then its KV is
+ * handed over or shipped. */
+static void done(void *self, const char *fail, uint64_t us)
 {
     pd_prefill_t *p = self;
     pd_wkengine_t *e = p->eng;
-    uint32_t max_seqs = p->cfg->prefill.max_batch_size;
-    if (max_seqs > e->max_fwd_seqs)
-        max_seqs = e->max_fwd_seqs;
-    pf_task_t *picked[e->max_fwd_seqs];
-    uint32_t chunk[e->max_fwd_seqs];
-    uint32_t n_tok;
-    uint32_t n_seqs = build_batch(p, max_seqs, pass_tokens(p), picked, chunk, &n_tok);
-    if (n_seqs == 0)
-        return;
-    pd_batch_t b = { n_tok, e->b_tokens, e->b_pos, e->b_seq, e->b_want,
-                     n_seqs, e->b_tables, e->b_ntable };
-    pd_err_t err = { 0 };
-    uint64_t t0 = pd_now_us();
-    if (pd_forward(e->engine, &b, e->logits, &err) != 0) {
-        pass_failed(p, picked, n_seqs, err.msg);
+    pf_step_t *ps = &p->step;
+    p->c.prefill_us += us;
+    if (fail) {
+        pass_failed(p, fail);
         return;
     }
-    uint64_t pass_us = pd_now_us() - t0;
-    p->c.prefill_us += pass_us;
-    double per_tok = (double)pass_us / n_tok;
-    p->us_per_token = p->us_per_token > 0 ? 0.7 * p->us_per_token + 0.3 * per_tok : per_tok;
+    uint32_t n_seqs = ps->n;
+    if (n_seqs == 0)
+        return; /* fill put nothing in the pass: never 0-sized arrays below */
     p->c.prefill_batches++;
     if (n_seqs > 1)
         p->c.prefill_multi++;
-    p->c.prefill_tokens += n_tok;
+    p->c.prefill_tokens += ps->n_tok;
     pd_token_entry_t ents[n_seqs];
     Pd__FinishReason fins[n_seqs];
-    uint32_t n_ent = 0, row = 0;
+    uint32_t n_ent = 0, row = ps->logit0;
     for (uint32_t s = 0; s < n_seqs; s++) {
-        pf_task_t *t = picked[s];
-        t->n_done += chunk[s];
+        pf_task_t *t = ps->picked[s];
+        t->n_done += ps->chunk[s];
         if (t->n_done < t->n_tokens)
             continue;
         /* Its KV is whole: later prompts may reuse its full blocks. */
@@ -400,17 +390,18 @@ static void run(void *self)
         }
         ents[n_ent++] = (pd_token_entry_t){ t->req, t->epoch, tok, index, fins[s] };
     }
-    PD_DEBUG("event=prefill_batch seqs=%u tokens=%u done=%u ms=%.2f", n_seqs, n_tok, n_ent,
-             (double)(pd_now_us() - t0) / 1000.0);
+    PD_DEBUG("event=prefill_batch seqs=%u tokens=%u done=%u ms=%.2f", n_seqs, ps->n_tok, n_ent,
+             (double)us / 1000.0);
     pd_wkport_tokens(p->port, ents, n_ent);
     for (uint32_t s = 0; s < n_seqs; s++) {
-        pf_task_t *t = picked[s];
+        pf_task_t *t = ps->picked[s];
         if (t->n_done < t->n_tokens)
             continue;
         int i = pf_task_index(p, t->req, t->epoch);
         if (i >= 0)
             after_prefill(p, t, fins[s], (size_t)i);
     }
+    ps->n = 0;
 }
 
 /* ====== The role ====== */
@@ -524,7 +515,8 @@ static const pd_wkrole_ops_t g_ops = {
     .sockets = sockets,
     .poll = poll_sockets,
     .ready = ready,
-    .run = run,
+    .fill = fill,
+    .done = done,
     .timers = timers,
     .busy = busy,
     .held = held,
@@ -556,6 +548,14 @@ pd_prefill_t *pd_prefill_new(const pd_wkrole_env_t *env, const pd_kv_sink_t *col
         p->colocated = *colocated;
     pd_pb_alloc_init(&p->alloc, (size_t)p->cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
                                     PD_PB_BASE_BUDGET);
+    size_t n_seqs = p->eng->max_fwd_seqs ? p->eng->max_fwd_seqs : 1;
+    p->step.picked = calloc(n_seqs, sizeof *p->step.picked);
+    p->step.chunk = calloc(n_seqs, sizeof *p->step.chunk);
+    if (p->step.picked == NULL || p->step.chunk == NULL) {
+        pd_prefill_free(p);
+        pd_err_set(err, PD_ENOMEM, "prefill role");
+        return NULL;
+    }
     if (pd_kv_prefix_on(p->eng->kv)) {
         p->kvev = pd_kvev_new(pd_kvev_per_msg(p->cfg->net.max_msg_bytes), err);
         if (p->kvev == NULL) {
@@ -575,6 +575,8 @@ void pd_prefill_free(pd_prefill_t *p)
     while (p->n_tasks > 0)
         pf_task_remove(p, p->n_tasks - 1);
     free(p->tasks);
+    free(p->step.picked);
+    free(p->step.chunk);
     free(p->in);
     pd_kvev_free(p->kvev);
     free(p);

@@ -1,6 +1,8 @@
 /* prefill.h -- the prefill role: takes PrefillTasks, packs several prompts
- * into one forward pass (prefill.max_batch_tokens / max_batch_size, long
- * prompts in chunks of at most half a heartbeat), samples each first token
+ * into one forward pass (prefill.max_batch_tokens / max_batch_size; a
+ * prompt longer than what is left of the budget goes on in the next pass;
+ * in a colocated worker, chunks that share a pass with the decode tokens:
+ * wkrole.h pd_wkrole_run_mixed), samples each first token
  * and streams it to the router, then hands the request with its KV over:
  * to the decode worker the router chose, as one multipart KvTransfer of
  * zero-copy block frames, holding the blocks under a lease (worker.lease_ms)

@@ -44,6 +44,14 @@ typedef struct {
     uint64_t last_used_ms;     /* last shipment (closed after PF_EGRESS_IDLE_MS idle) */
 } pf_egress_t;
 
+/* The pass being run: what fill put in it, for done. */
+typedef struct {
+    pf_task_t **picked;        /* (max_fwd_seqs) tasks in the pass, n of them */
+    uint32_t *chunk;           /* (max_fwd_seqs) tokens of each in the pass */
+    uint32_t n, n_tok;
+    uint32_t logit0;           /* the pass's logits row of the first finished prompt */
+} pf_step_t;
+
 struct pd_prefill {
     pd_wkrole_env_t env;
     pd_wkengine_t *eng;        /* env.eng */
@@ -59,7 +67,7 @@ struct pd_prefill {
     pd_net_in_t *in;
     pd_kvev_t *kvev;           /* prefix cache events (NULL: kv.prefix_caching off) */
     pd_worker_counters_t c;
-    double us_per_token;       /* running estimate, bounds a pass's length */
+    pf_step_t step;
 };
 
 static inline uint64_t pf_now_ms(const pd_prefill_t *p) { return p->port->now_ms(p->port->host); }

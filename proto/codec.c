@@ -2,6 +2,7 @@
 #include "proto/codec.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ====== Sampling ====== */
@@ -119,6 +120,11 @@ void pd_codec_params_to_pb(const pd_gen_params_t *p, Pd__GenParams *m, Pd__Sampl
 
 /* ====== A worker's limits ====== */
 
+bool pd_codec_kv_dtype_known(const char *kv_dtype)
+{
+    return kv_dtype == NULL || strcmp(kv_dtype, "f32") == 0 || strcmp(kv_dtype, "f16") == 0;
+}
+
 void pd_codec_limits_to_pb(const pd_worker_limits_t *l, Pd__Register *m)
 {
     m->has_block_size = m->has_total_blocks = m->has_max_batch_size = true;
@@ -128,6 +134,7 @@ void pd_codec_limits_to_pb(const pd_worker_limits_t *l, Pd__Register *m)
     m->max_batch_size = l->max_batch_size;
     m->max_batch_tokens = l->max_batch_tokens;
     m->max_seq_len = l->max_seq_len;
+    m->kv_dtype = l->kv_dtype[0] ? (char *)l->kv_dtype : NULL;
 }
 
 int pd_codec_limits_from_pb(const Pd__Register *m, pd_worker_limits_t *out, pd_err_t *err)
@@ -140,6 +147,10 @@ int pd_codec_limits_from_pb(const Pd__Register *m, pd_worker_limits_t *out, pd_e
     out->max_batch_size = m->has_max_batch_size ? m->max_batch_size : 0;
     out->max_batch_tokens = m->has_max_batch_tokens ? m->max_batch_tokens : 0;
     out->max_seq_len = m->has_max_seq_len ? m->max_seq_len : 0;
+    const char *dt = m->kv_dtype ? m->kv_dtype : "f32";
+    if (!pd_codec_kv_dtype_known(dt))
+        return pd_err_set(err, PD_EINVAL, "register.kv_dtype: unknown (f32 or f16)");
+    snprintf(out->kv_dtype, sizeof out->kv_dtype, "%s", dt);
     return 0;
 }
 
@@ -154,6 +165,7 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->has_kv_recv_bytes = m->has_kv_rejected = m->has_decode_tokens = true;
     m->has_max_running = m->has_kv_transfers = m->has_kv_transfer_us = true;
     m->has_prefill_us = m->has_decode_us = m->has_prefill_pass_tokens = true;
+    m->has_compute_turns = m->has_compute_busy_ms = m->has_mixed_steps = true;
     m->has_prefix_queries = m->has_prefix_hits = m->has_prefix_requests = true;
     m->has_prefix_evictions = m->has_prefix_cached_blocks = true;
     m->steps = c->steps;
@@ -174,6 +186,9 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->prefill_us = c->prefill_us;
     m->decode_us = c->decode_us;
     m->prefill_pass_tokens = c->prefill_pass_tokens;
+    m->compute_turns = c->compute_turns;
+    m->compute_busy_ms = c->compute_busy_ms;
+    m->mixed_steps = c->mixed_steps;
     m->prefix_queries = c->prefix_queries;
     m->prefix_hits = c->prefix_hits;
     m->prefix_requests = c->prefix_requests;
@@ -205,6 +220,9 @@ void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t
     out->prefill_us = m->prefill_us;
     out->decode_us = m->decode_us;
     out->prefill_pass_tokens = m->prefill_pass_tokens;
+    out->compute_turns = m->compute_turns;
+    out->compute_busy_ms = m->compute_busy_ms;
+    out->mixed_steps = m->mixed_steps;
     out->prefix_queries = m->prefix_queries;
     out->prefix_hits = m->prefix_hits;
     out->prefix_requests = m->prefix_requests;

@@ -77,14 +77,19 @@ typedef struct {
     uint32_t max_batch_size;   /* sequences per pass (its role's) */
     uint32_t max_batch_tokens; /* tokens per prefill pass */
     uint32_t max_seq_len;      /* its context */
+    char kv_dtype[8];          /* its KV cache's element type: "f32" or "f16" */
 } pd_worker_limits_t;
 
 /* Sets the limit fields of m (m's other fields are the caller's: this one
  * does not reinitialise it). */
 void pd_codec_limits_to_pb(const pd_worker_limits_t *l, Pd__Register *m);
 /* Checks presence: block_size >= 1 is required; the others default to 0
- * (whether 0 is acceptable depends on the role, which the router judges). */
+ * (whether 0 is acceptable depends on the role, which the router judges),
+ * kv_dtype to "f32" (a peer from before F16 KV); a kv_dtype other than
+ * "f32" or "f16" is refused, naming it. */
 int pd_codec_limits_from_pb(const Pd__Register *m, pd_worker_limits_t *out, pd_err_t *err);
+/* True for "f32", "f16" and NULL (absent: f32). */
+bool pd_codec_kv_dtype_known(const char *kv_dtype);
 
 /* ====== Load and counters (Heartbeat, WorkerCounters) ====== */
 
@@ -94,7 +99,10 @@ typedef struct {
     uint64_t prefill_batches, prefill_multi, prefill_tokens;
     uint64_t kv_sent_bytes, kv_recv_bytes, kv_rejected, decode_tokens, max_running;
     uint64_t kv_transfers, kv_transfer_us, prefill_us, decode_us;
-    uint32_t prefill_pass_tokens; /* current cap per prefill pass (0: none) */
+    uint32_t prefill_pass_tokens; /* tokens one prefill pass may take */
+    uint64_t compute_turns;       /* the compute thread's loop turns so far */
+    uint32_t compute_busy_ms;     /* how long it has been in the current one (0: idle) */
+    uint64_t mixed_steps;         /* colocated passes of decode tokens + a prefill chunk */
     /* prefix cache: tokens looked up / found, lookups, evicted blocks, cached blocks now */
     uint64_t prefix_queries, prefix_hits, prefix_requests, prefix_evictions, prefix_cached_blocks;
 } pd_worker_counters_t;

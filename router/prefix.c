@@ -144,12 +144,16 @@ int rt_prefix_pick(rt_t *rt, rt_req_t *r, const bool *eligible)
             uint64_t cost = q;
             if (policy == PD_ROUTING_KV_AWARE)
                 cost += n_tok - (uint64_t)cached[i] * bs;
+            /* Ties: the lower queue, then the fewer cached blocks as the
+             * index knows them (KvEvents come right after the pass, a
+             * heartbeat's count up to a beat later: new prefixes would pile
+             * onto one worker while its beat is on the way). */
             const rt_worker_t *b = best >= 0 ? &rt->workers[best] : NULL;
             if (b == NULL || cost < best_cost ||
                 (cost == best_cost &&
                  (q < b->prefill_tokens ||
-                  (q == b->prefill_tokens && rt->workers[i].counters.prefix_cached_blocks <
-                                                 b->counters.prefix_cached_blocks)))) {
+                  (q == b->prefill_tokens &&
+                   rt_kvi_worker_hashes(rt->kvi, i) < rt_kvi_worker_hashes(rt->kvi, best))))) {
                 best = i;
                 best_cost = cost;
             }

@@ -179,6 +179,18 @@ static void handle_front(rt_t *rt)
     }
 }
 
+/* "left (REASON)" for a worker's Drain: its reason (e.g. its compute
+ * thread stalled) is logged, so only printable ASCII without quotes or
+ * backslashes and at most 120 bytes of it; anything else is "drained". */
+static const char *drain_reason(const char *r, char *buf, size_t cap)
+{
+    bool ok = r != NULL && r[0] != '\0' && strlen(r) <= 120;
+    for (const char *c = r; ok && *c; c++)
+        ok = *c >= 0x20 && *c < 0x7f && *c != '"' && *c != '\\';
+    snprintf(buf, cap, "left (%s)", ok ? r : "drained");
+    return buf;
+}
+
 /* ====== Worker socket ====== */
 
 void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void *data,
@@ -210,7 +222,11 @@ void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void 
         case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
         case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
         case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;
-        case PD__MSG__BODY_DRAIN: rt_worker_drop(rt, wi, "left (drained)"); break;
+        case PD__MSG__BODY_DRAIN: {
+            char why[160];
+            rt_worker_drop(rt, wi, drain_reason(m->drain->reason, why, sizeof why));
+            break;
+        }
         default:
             PD_WARN("event=unexpected_message worker=%s type=%s", rt->workers[wi].id,
                     pd_net_body_name(m->body_case));

@@ -130,9 +130,13 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
         snprintf(why, sizeof why, "worker_id: must be 1..63 characters");
     else if (!g->has_role || g->role < PD__ROLE__ROLE_PREFILL || g->role > PD__ROLE__ROLE_BOTH)
         snprintf(why, sizeof why, "role: missing or unknown");
+    else if (!pd_codec_kv_dtype_known(g->kv_dtype))
+        snprintf(why, sizeof why, "kv_dtype: unknown (f32 or f16)"); /* not echoed */
     else if (!lim_ok || lim.block_size != rt->cfg.kv.block_size)
         snprintf(why, sizeof why, "kv.block_size %u, cluster uses %u", g->block_size,
                  rt->cfg.kv.block_size);
+    else if (strcmp(lim.kv_dtype, rt->cfg.kv.dtype) != 0)
+        snprintf(why, sizeof why, "kv.dtype %s, cluster uses %s", lim.kv_dtype, rt->cfg.kv.dtype);
     else if (g->role != PD__ROLE__ROLE_PREFILL && lim.total_blocks == 0)
         snprintf(why, sizeof why, "total_blocks: a decode worker needs KV blocks");
     else if (g->role == PD__ROLE__ROLE_DECODE &&

@@ -11,10 +11,12 @@
 # recorded in BENCH_PIDS; the caller's EXIT trap must call bench_stop.
 
 BENCH_PIDS=()
-# One compute thread per worker (each is pinned to one core).
-# Default heartbeats (500 ms, liveness 4): a prefill worker keeps each pass
-# within half a beat at its measured speed (chunked prefill), which the
-# profile records and pd-plan simulates.
+# One compute thread per worker (each is pinned to one core). Heartbeats at
+# the defaults (500 ms, liveness 4): a worker beats from its own I/O thread,
+# so a prefill pass takes up to prefill.max_batch_tokens (2048) whatever its
+# length; colocated workers mix decode tokens with prefill chunks of
+# prefill.chunk_tokens (BENCH_CHUNK, when set, overrides it for part 2's
+# colocated cluster).
 BENCH_SETS=(--set model.threads=1 --set router.max_queue=100000 --set router.max_inflight=4096)
 
 bench_stop() {

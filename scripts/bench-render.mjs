@@ -29,9 +29,6 @@ for (const l of readFileSync(`${OUT}/commands.tsv`, "utf8").trim().split("\n")) 
 }
 const J = (name) => JSON.parse(readFileSync(`${OUT}/${name}.json`, "utf8"));
 const has = (name) => existsSync(`${OUT}/${name}.json`);
-// the prefill workers' pass cap at the end of the profile (0: not reported)
-const passCap = has("profile") ? J("profile").prefill_pass_tokens ?? 0 : 0;
-const capText = passCap > 0 ? `${passCap} tokens` : "not reported";
 const reqs = (name) =>
   readFileSync(`${OUT}/${name}.req.jsonl`, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l));
 
@@ -102,9 +99,10 @@ p(
     "f32 weights, 110 M parameters; synthetic weights, so the text is meaningless but the cost is real).",
   "- **Cluster**: one router and single-thread workers (`model.threads=1`) on loopback, ephemeral ports; a worker " +
     "\"pinned to core N\" runs under `taskset -c N`. The router and pd-bench are not pinned: they share the two cores " +
-    "with the workers. Heartbeats at the defaults (500 ms, liveness 4 beats): a worker cannot beat during a forward " +
-    `pass, so a prefill worker keeps one pass within half a beat at its measured speed (here ${capText} per pass at ` +
-    "the end of the profile), cutting longer prompts into chunks (chunked prefill). Other settings are the defaults (prefill batches ≤ 16 prompts / 2048 tokens, decode batches ≤ 32 sequences, " +
+    "with the workers. Heartbeats at the defaults (500 ms, liveness 4 beats), sent by each worker's I/O thread, so a " +
+    "prefill pass is as long as its size asks; colocated workers mix their running decode tokens with prefill chunks " +
+    "in one pass (`prefill.chunk_tokens`, chunked prefill). Other settings are the defaults (prefill batches ≤ 16 " +
+    "prompts / 2048 tokens, chunks of 32 rows per colocated step, decode batches ≤ 32 sequences, " +
     "512 MiB of KV per worker).",
   "- **Processes** (every cluster below; `MODEL` = `build/models/" + model + ".gguf`, ports from the ephemeral range, " +
     "announced in the router's ready file):",
@@ -306,8 +304,8 @@ for (const [w, name] of [["pre", `prefill-heavy (${preIn} → ${preOut})`], ["de
       "so when one phase's core saturates in " +
       "the disaggregated cluster, the colocated one still has the other core's share of it. The disaggregated cluster " +
       "also ships every prompt's KV (72 KiB per token in f32) between processes. What colocation costs is " +
-      "interference: a colocated decode batch stalls behind every prefill pass on its core (passes are capped at " +
-      `${capText}), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is ` +
+      "interference: while a prompt is prefilled on its core, each colocated decode step also carries a chunk of it " +
+      "(`prefill.chunk_tokens` rows), which shows in the TPOT tail rather than the median: in the prefill-heavy run TPOT p99 / p50 is " +
       `${f(tail(pc), 1)} colocated against ${f(tail(pd), 1)} disaggregated (p50 ${f(pc.median_tpot_ms, 1)} → p99 ` +
       `${f(pc.p99_tpot_ms, 1)} ms colocated; ${f(pd.median_tpot_ms, 1)} → ${f(pd.p99_tpot_ms, 1)} ms disaggregated). ` +
       "Disaggregation wins when that interference is what breaks the TPOT SLO while neither of its single-phase " +

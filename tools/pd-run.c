@@ -3,7 +3,8 @@
  *   pd-run -m FILE -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p M]
  *          [--repeat-penalty R] [--presence-penalty P] [--frequency-penalty F]
  *          [--seed S] [--ignore-eos] [--threads T] [--tokens] [--dump-top K] [--ctx N]
- *   pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]
+ *          [--kv-dtype f32|f16]
+ *   pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N] [--kv-dtype f32|f16]
  *
  * Prints the continuation to stdout and nothing else (logs go to stderr).
  * --tokens prints the generated token ids (one line, space-separated)
@@ -11,6 +12,7 @@
  * every generated token, one JSON line with the top K (id, probability).
  * --no-batch-invariant lets prefill use OpenBLAS sgemm (faster prefill;
  * results then depend on the batch in the last bits, see forward.h).
+ * --kv-dtype f16 keeps the KV cache in IEEE halves (kv.dtype in a worker).
  * --ctx N sizes the engine for N positions (default: the prompt's bytes +
  * n + 8), as llama.cpp's context size: phi3's LongRoPE factors are the
  * long ones when N exceeds the model's original context.
@@ -50,6 +52,7 @@ typedef struct {
     int threads;
     uint32_t bench_ctx; /* --bench: decode prompts of this many tokens */
     uint32_t dump_top;
+    pd_kv_dtype_t kv_dtype;     /* --kv-dtype */
     uint32_t ctx;       /* --ctx: positions the engine is sized for (0: prompt + n) */
 } run_opts_t;
 
@@ -76,6 +79,7 @@ static void runner_free(runner_t *r)
  * up to max_ctx positions. */
 static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t max_ctx,
                        uint32_t max_batch, int threads, bool invariant, bool invariant_quant,
+                       pd_kv_dtype_t kv_dtype,
                        pd_err_t *err)
 {
     memset(r, 0, sizeof *r);
@@ -91,7 +95,7 @@ static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t 
                           pd_tok_n_vocab(r->tok), c->vocab_size);
     if (max_ctx > c->ctx_len)
         max_ctx = c->ctx_len;
-    pd_kv_shape_t ks = { c->n_layers, c->n_kv_heads, c->head_dim, 16, 0 };
+    pd_kv_shape_t ks = { c->n_layers, c->n_kv_heads, c->head_dim, 16, 0, kv_dtype };
     ks.n_blocks = n_seqs * ((max_ctx + ks.block_size - 1) / ks.block_size);
     r->kv = pd_kv_new(&ks, err);
     if (r->kv == NULL)
@@ -343,17 +347,18 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
         printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"n_params\":%" PRIu64
                ",\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
                "\"decode_b32_tok_s\":%.2f,\"decode_ctx\":%u,\"threads\":%d,\"batch_invariant\":%s,"
-               "\"kernels\":\"%s\"}\n",
+               "\"kernels\":\"%s\",\"kv_dtype\":\"%s\"}\n",
                r->model->name, r->model->weight_bytes, r->model->n_params, prefill_tps, d1, d8,
-               d32, bctx, o->threads, o->fast_prefill ? "false" : "true", pd_kern_isa_name());
+               d32, bctx, o->threads, o->fast_prefill ? "false" : "true", pd_kern_isa_name(),
+               pd_kv_dtype_name(o->kv_dtype));
     else
-        printf("model %s (%.1f M params, %.1f MB weights), %d threads, %s kernels\n"
+        printf("model %s (%.1f M params, %.1f MB weights), %d threads, %s kernels, %s KV\n"
                "prefill (512-token prompt): %8.1f tok/s\n"
                "decode batch 1:             %8.1f tok/s  (context %u..%u)\n"
                "decode batch 8:             %8.1f tok/s\n"
                "decode batch 32:            %8.1f tok/s\n",
                r->model->name, r->model->n_params / 1e6, r->model->weight_bytes / 1e6, o->threads,
-               pd_kern_isa_name(), prefill_tps, d1, bctx, bctx + 48, d8, d32);
+               pd_kern_isa_name(), pd_kv_dtype_name(o->kv_dtype), prefill_tps, d1, bctx, bctx + 48, d8, d32);
     return 0;
 }
 
@@ -366,8 +371,9 @@ static void usage(void)
             "              [--min-p M] [--repeat-penalty R] [--presence-penalty P]\n"
             "              [--frequency-penalty F] [--seed S] [--ignore-eos] [--threads T]\n"
             "              [--tokens] [--dump-top K] [--ctx N] [--no-batch-invariant]\n"
-            "              [--batch-invariant-quant]\n"
-            "       pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]\n");
+            "              [--batch-invariant-quant] [--kv-dtype f32|f16]\n"
+            "       pd-run -m FILE --bench [--json] [--threads T] [--bench-ctx N]\n"
+            "              [--kv-dtype f32|f16]\n");
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -411,6 +417,11 @@ static int parse_args(int argc, char **argv, run_opts_t *o)
         else if (strcmp(a, "--threads") == 0) { rc = parse_num(a, v, 1, 256, &x); o->threads = (int)x; }
         else if (strcmp(a, "--bench-ctx") == 0) { rc = parse_num(a, v, 1, 512 - 48, &x); o->bench_ctx = (uint32_t)x; }
         else if (strcmp(a, "--dump-top") == 0) { rc = parse_num(a, v, 1, 100, &x); o->dump_top = (uint32_t)x; }
+        else if (strcmp(a, "--kv-dtype") == 0) {
+            rc = pd_kv_dtype_parse(v, &o->kv_dtype);
+            if (rc != 0)
+                fprintf(stderr, "pd-run: --kv-dtype: expected f32 or f16, got '%s'\n", v);
+        }
         else if (strcmp(a, "--ctx") == 0) { rc = parse_num(a, v, 1, 1 << 24, &x); o->ctx = (uint32_t)x; }
         else {
             fprintf(stderr, "pd-run: unknown option '%s'\n", a);
@@ -454,7 +465,7 @@ int main(int argc, char **argv)
     if (o.ctx != 0) /* as llama.cpp's n_ctx (phi3's rope factors depend on it) */
         ctx = o.ctx;
     int rc = runner_init(&r, o.model_path, n_seqs, ctx, PD_RUN_CHUNK, o.threads,
-                         !o.fast_prefill, o.invariant_quant, &err);
+                         !o.fast_prefill, o.invariant_quant, o.kv_dtype, &err);
     if (rc == 0)
         rc = o.bench ? bench(&r, &o, &err) : generate(&r, &o, &err);
     runner_free(&r);

@@ -42,7 +42,7 @@ static int setup(worker_t *w, pd_err_t *err)
     int rc = pd_wkengine_init(&w->eng, &w->cfg, has_prefill, has_decode, err);
     if (rc)
         return rc;
-    w->host = pd_wkhost_new(&w->cfg, w->id, &g_stop, err);
+    w->host = pd_wkhost_new(&w->cfg, w->id, &w->eng, &g_stop, err);
     if (w->host == NULL)
         return PD_ENOMEM;
     pd_wkhost_set_health(w->host, w->health);
@@ -81,9 +81,12 @@ static int setup(worker_t *w, pd_err_t *err)
                                                                 : w->cfg.decode.max_batch_size,
             .max_batch_tokens = w->cfg.prefill.max_batch_tokens,
             .max_seq_len = w->eng.max_seq_len,
+            .kv_dtype = { 0 },
         },
         .prefix_caching = w->prefill != NULL && pd_kv_prefix_on(w->eng.kv),
     };
+    snprintf(info.limits.kv_dtype, sizeof info.limits.kv_dtype, "%s",
+             pd_kv_dtype_name(pd_kv_dtype(w->eng.kv)));
     return pd_wkhost_start(w->host, &info, err);
 }
 

@@ -6,11 +6,10 @@
  *   prefill:  L-token prompts (max_tokens 2, so the KV is shipped), first
  *             one at a time, then 8 at once (batched by the worker): ms per
  *             prefill pass (prefill_us / batches) with the mean prompts per
- *             pass (below 1 when the worker cut prompts into chunks to keep
- *             a pass within half a heartbeat), client TTFT, and KV transfer
- *             ms (kv_transfer_us / transfers, single prompts);
- *   prefill_pass_tokens: the workers' pass cap at the end (pd-plan
- *             simulates the chunking with it);
+ *             pass (below 1 when a prompt was longer than the workers'
+ *             prefill.max_batch_tokens and took several passes), client
+ *             TTFT, and KV transfer ms (kv_transfer_us / transfers, single
+ *             prompts);
  *   decode:   B requests at once with C-token prompts and 32 output tokens,
  *             3 runs: mean batch (decode_tokens / steps) and the median ms
  *             per step (decode_us / steps) at mean context C + 16;
@@ -35,7 +34,6 @@ typedef struct {
     uint64_t prefill_us, prefill_batches, kv_transfers, kv_transfer_us;
     uint64_t steps, decode_us, decode_tokens;
     uint32_t decode_blocks; /* smallest total_blocks of a decode-capable worker */
-    uint32_t pass_tokens;   /* smallest prefill pass cap of a prefill-capable worker */
     size_t n_prefill, n_decode;
     size_t n_only_prefill, n_only_decode; /* role prefill / role decode (not both) */
 } counters_t;
@@ -64,9 +62,6 @@ static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, 
         k->n_only_decode += !pre;
         if (dec && (k->decode_blocks == 0 || w->total_blocks < k->decode_blocks))
             k->decode_blocks = w->total_blocks;
-        if (pre && w->prefill_pass_tokens &&
-            (k->pass_tokens == 0 || w->prefill_pass_tokens < k->pass_tokens))
-            k->pass_tokens = w->prefill_pass_tokens;
         /* the oldest heartbeat decides whether every worker has reported */
         if (*min_fresh_ms == UINT64_MAX || w->last_seen_ms > *min_fresh_ms)
             *min_fresh_ms = w->last_seen_ms;
@@ -389,9 +384,6 @@ int profile_cluster(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *
     json_object_set_new(j, "n_decode_workers", json_integer((json_int_t)k1.n_decode));
     json_object_set_new(j, "decode_kv_blocks", json_integer(k1.decode_blocks));
     json_object_set_new(j, "overhead_ms", json_real(bench_percentile(ovh, n_ovh, 50)));
-    /* the cap a prefill pass had at the end (workers keep a pass within
-     * half a heartbeat at their measured speed; 0 = not reported) */
-    json_object_set_new(j, "prefill_pass_tokens", json_integer(k1.pass_tokens));
     json_object_set_new(j, "prefill", pre);
     json_object_set_new(j, "kv_transfer", kv);
     json_object_set_new(j, "decode", dec);

@@ -58,7 +58,7 @@ struct pd_engine {
     void *qrow;     /* (T, Q8_K row of max_in) activations quantized as ggml does */
     float *attn_scratch;  /* (n_attn_chunks, attn_scratch_floats) pd_kern_attn scratch */
     size_t attn_scratch_floats;
-    const float **attn_blocks; /* (n_attn_chunks, 2, max_seq_blocks) K, V block pointers */
+    const void **attn_blocks; /* (n_attn_chunks, 2, max_seq_blocks) K, V block pointers */
     uint32_t max_seq_blocks;   /* blocks of a max_ctx sequence */
     uint32_t *tiles;      /* (T + 1) first token of each attention tile, then T */
     uint32_t n_tiles;
@@ -112,8 +112,9 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
                    opts->max_batch_tokens, opts->n_threads);
         return NULL;
     }
+    const bool f16 = ks->dtype == PD_KV_F16;
     const pd_attn_shape_t ash0 = { c->head_dim, ks->block_size, c->n_kv_heads * c->head_dim, 1.0f,
-                                   1, 0, 0.0f };
+                                   1, f16, 0, 0.0f };
     if (!pd_kern_attn_supported(&ash0)) {
         pd_err_set(err, PD_EINVAL, "engine: head_dim %u / KV block_size %u: attention supports "
                    "at most %u / %u", c->head_dim, ks->block_size, PD_ATTN_MAX_HEAD_DIM,
@@ -156,11 +157,11 @@ pd_engine_t *pd_engine_new(const pd_model_t *m, pd_kv_t *kv, const pd_engine_opt
     /* Q8_K rows (1.14 bytes per element, rounded up to 256) bound Q8_0's */
     e->qrow = alloc_aligned(T * pd_ggml_row_bytes(PD_GGML_TYPE_Q8_K, (max_in + 255) / 256 * 256) + 64);
     const pd_attn_shape_t ash = { c->head_dim, ks->block_size, (uint32_t)kv_dim, 1.0f,
-                                  e->opts.max_ctx, 0, 0.0f };
+                                  e->opts.max_ctx, f16, 0, 0.0f };
     e->attn_scratch_floats = (pd_kern_attn_scratch_floats(&ash, PD_ATTN_TILE_Q) + 15) / 16 * 16;
     e->attn_scratch = alloc_aligned(sizeof(float) * e->n_attn_chunks * e->attn_scratch_floats);
     e->max_seq_blocks = (e->opts.max_ctx + ks->block_size - 1) / ks->block_size;
-    e->attn_blocks = alloc_aligned(sizeof(float *) * e->n_attn_chunks * 2 * e->max_seq_blocks);
+    e->attn_blocks = alloc_aligned(sizeof(void *) * e->n_attn_chunks * 2 * e->max_seq_blocks);
     e->tiles = alloc_aligned(sizeof(uint32_t) * (T + 1));
     e->rows = alloc_aligned(sizeof(int32_t) * T);
     size_t s = 0;
@@ -312,7 +313,8 @@ typedef struct {
     const float *rope;      /* (T, head_dim) this layer's cos/sin table */
 } layer_ctx_t;
 
-/* Per token: bias, rope, and the K/V write into the paged cache. */
+/* Per token: bias, rope, and the K/V write into the paged cache (rounded
+ * to F16, as ggml's cpy into an F16 cache rounds, when the cache is F16). */
 static void qkv_post_task(void *arg, int i, int n)
 {
     layer_ctx_t *lc = arg;
@@ -342,8 +344,13 @@ static void qkv_post_task(void *arg, int i, int n)
         uint32_t pos = (uint32_t)b->pos[t];
         int32_t blk = b->block_tables[b->seq[t]][pos / bs];
         size_t off = (size_t)(pos % bs) * kv_dim;
-        memcpy(pd_kv_k(e->kv, blk, lc->layer) + off, k, sizeof(float) * kv_dim);
-        memcpy(pd_kv_v(e->kv, blk, lc->layer) + off, v, sizeof(float) * kv_dim);
+        if (pd_kv_dtype(e->kv) == PD_KV_F16) {
+            pd_kern_fp32_to_fp16((uint16_t *)pd_kv_k(e->kv, blk, lc->layer) + off, k, kv_dim);
+            pd_kern_fp32_to_fp16((uint16_t *)pd_kv_v(e->kv, blk, lc->layer) + off, v, kv_dim);
+        } else {
+            memcpy((float *)pd_kv_k(e->kv, blk, lc->layer) + off, k, sizeof(float) * kv_dim);
+            memcpy((float *)pd_kv_v(e->kv, blk, lc->layer) + off, v, sizeof(float) * kv_dim);
+        }
     }
 }
 
@@ -364,16 +371,18 @@ static void attention_task(void *arg, int i, int n)
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
     const uint32_t group = c->n_heads / c->n_kv_heads;
     const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
+    const bool f16 = ks->dtype == PD_KV_F16;
     const pd_layer_t *L = &e->model->layers[lc->layer];
     /* scores scaled here unless Q was (cfg.q_scale); a sliding-window
      * layer's window; Gemma 2's cap */
     const pd_attn_shape_t sh = { hd, ks->block_size, c->n_kv_heads * hd,
                                  c->q_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)hd),
-                                 e->opts.max_ctx, L->is_swa ? c->swa_window : 0,
+                                 e->opts.max_ctx, f16, L->is_swa ? c->swa_window : 0,
                                  c->attn_softcap };
+    const size_t elem = f16 ? 2 : 4;
     float *scratch = e->attn_scratch + (size_t)i * e->attn_scratch_floats;
-    const float **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
-    const float **vb = kb + e->max_seq_blocks;
+    const void **kb = e->attn_blocks + (size_t)i * 2 * e->max_seq_blocks;
+    const void **vb = kb + e->max_seq_blocks;
     const float *qp[PD_ATTN_TILE_Q];
     float *op[PD_ATTN_TILE_Q];
     uint32_t np[PD_ATTN_TILE_Q];
@@ -384,8 +393,8 @@ static void attention_task(void *arg, int i, int n)
         const int32_t *table = b->block_tables[b->seq[t0]];
         const uint32_t n_blocks = ((uint32_t)b->pos[t1 - 1] + ks->block_size) / ks->block_size;
         for (uint32_t j = 0; j < n_blocks; j++) {
-            kb[j] = pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd;
-            vb[j] = pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd;
+            kb[j] = (const char *)pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
+            vb[j] = (const char *)pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
         }
         uint32_t nq = 0;
         for (uint32_t t = t0; t < t1; t++)
@@ -621,7 +630,8 @@ static bool same_kind(const pd_mat_t *a, const pd_mat_t *b)
 
 /* ====== The forward pass ====== */
 
-static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
+static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l,
+                          const pd_forward_hooks_t *hooks)
 {
     const pd_model_config_t *c = &e->model->cfg;
     const pd_layer_t *L = &e->model->layers[l];
@@ -645,6 +655,8 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
         matmul(e, &L->wv, e->xn, T, e->v);
     }
     pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
+    if (hooks != NULL && hooks->on_layer != NULL)
+        hooks->on_layer(hooks->ctx, l); /* layer l's K/V are final for this call */
     uint32_t n_units = e->n_tiles * c->n_kv_heads;
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
@@ -669,6 +681,12 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l)
 
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err)
 {
+    return pd_forward_hooked(e, b, logits, NULL, err);
+}
+
+int pd_forward_hooked(pd_engine_t *e, const pd_batch_t *b, float *logits,
+                      const pd_forward_hooks_t *hooks, pd_err_t *err)
+{
     int rc = validate_batch(e, b, err);
     if (rc != 0)
         return rc;
@@ -689,7 +707,7 @@ int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err
         rope_cache(c, b, c->rope_base_swa, c->rope_scale_swa, e->rope_ff, e->rope_swa);
     make_tiles(e, b);
     for (uint32_t l = 0; l < c->n_layers; l++)
-        layer_forward(e, b, l);
+        layer_forward(e, b, l, hooks);
 
     /* Final norm and logits, only for the rows asked. */
     uint32_t n_out = 0;

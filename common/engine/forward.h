@@ -65,4 +65,23 @@ pd_pool_t *pd_engine_pool(pd_engine_t *e);
  * bad field without touching the cache. */
 int pd_forward(pd_engine_t *e, const pd_batch_t *b, float *logits, pd_err_t *err);
 
+/* What a caller may learn while a pass runs (all optional). */
+typedef struct {
+    /* Called after layer `layer` has written the K and V of every batch
+     * token into the cache, before that layer's attention: layers 0, 1, ...
+     * in order, on the calling thread, with no pool work in flight. From
+     * then on the call writes no K/V of layers <= layer, so the hook may
+     * read those regions of the batch's blocks -- or hand them to another
+     * thread (ZeroMQ's) that reads them while the pass goes on. Later
+     * layers and later calls write only their own layers and positions.
+     * The hook must not call into the engine. */
+    void (*on_layer)(void *ctx, uint32_t layer);
+    void *ctx;
+} pd_forward_hooks_t;
+
+/* pd_forward, telling hooks (NULL: none) how the pass goes: a prefill
+ * worker ships each layer's KV while the later layers compute. */
+int pd_forward_hooked(pd_engine_t *e, const pd_batch_t *b, float *logits,
+                      const pd_forward_hooks_t *hooks, pd_err_t *err);
+
 #endif

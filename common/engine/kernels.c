@@ -800,6 +800,12 @@ void pd_kern_axpy_f32_ref(float *y, float a, const float *x, uint32_t n)
         y[i] += a * x[i];
 }
 
+void pd_kern_fp32_to_fp16_ref(uint16_t *dst, const float *x, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        dst[i] = pd_fp32_to_fp16(x[i]);
+}
+
 void pd_kern_rmsnorm(float *out, const float *x, const float *g, uint32_t n, float eps)
 {
     if (pd_kern_has_avx2())
@@ -835,4 +841,12 @@ void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n)
         pd_kern_axpy_f32_avx2(y, a, x, n);
     else
         pd_kern_axpy_f32_ref(y, a, x, n);
+}
+
+void pd_kern_fp32_to_fp16(uint16_t *dst, const float *x, uint32_t n)
+{
+    if (pd_kern_has_avx2())
+        pd_kern_fp32_to_fp16_avx2(dst, x, n);
+    else
+        pd_kern_fp32_to_fp16_ref(dst, x, n);
 }

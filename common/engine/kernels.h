@@ -146,6 +146,9 @@ void pd_kern_softcap(float *x, uint32_t n, float cap);
 float pd_kern_dot_f32(const float *a, const float *b, uint32_t n);
 /* y[i] += a * x[i] */
 void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
+/* dst[i] = x[i] as IEEE half, rounded to nearest even (pd_fp32_to_fp16;
+ * the F16C version gives the same bits): a row into an F16 KV cache. */
+void pd_kern_fp32_to_fp16(uint16_t *dst, const float *x, uint32_t n);
 
 /* ====== Attention over the paged KV cache ======
  *
@@ -173,6 +176,20 @@ void pd_kern_axpy_f32(float *y, float a, const float *x, uint32_t n);
  * query's result never depends on the other queries of the call (masked
  * positions add exact zeros), so a token's attention is bit-identical
  * alone, in a decode batch or in a prefill chunk.
+ *
+ * F16 K/V (is_f16: k_blk/v_blk point at uint16_t halves, row_stride in
+ * halves): as ggml's attention over an F16 cache (flash attention off),
+ * each query is rounded to F16 before Q.K (ggml converts it to the cache's
+ * type) and the softmax probabilities are rounded to F16 before P.V (ggml
+ * converts them for its F16 V product); K and V rows are widened to fp32 on
+ * load (F16C, exact) and every sum is the F32 path's, in the same order. So
+ * the F16 call differs from the F32 call on the widened cache with the
+ * rounded query only by the rounding of the probabilities (at most 2^-11 of
+ * max |v|), and stays batch-invariant. A window and a soft-cap apply as
+ * with F32 (the cap on the scores, before the softmax; positions outside
+ * the window weigh an exact zero). Rounding them halves the distance to
+ * llama.cpp's F16-cache probabilities (tests/oracle, tolerances.json's
+ * kv_types: worst 7e-5 rounded against 5e-4 not, on the F32 test models).
  * scratch: pd_kern_attn_scratch_floats(s, n_q) floats. */
 #define PD_ATTN_MAX_HEAD_DIM 256
 #define PD_ATTN_MAX_BLOCK 256 /* positions per KV block */
@@ -183,6 +200,7 @@ typedef struct {
     uint32_t row_stride;  /* floats between consecutive positions in a block */
     float scale;          /* usually 1 / sqrt(head_dim) */
     uint32_t max_pos;     /* the largest n_pos of a call (sizes the scratch) */
+    bool is_f16;          /* K/V rows are IEEE halves (uint16_t), else floats */
     uint32_t window;      /* 0, or the positions a query sees (itself included) */
     float softcap;        /* 0, or the cap of the scores */
 } pd_attn_shape_t;
@@ -193,17 +211,17 @@ uint32_t pd_kern_attn_first(const pd_attn_shape_t *s, uint32_t n_pos);
 size_t pd_kern_attn_scratch_floats(const pd_attn_shape_t *s, uint32_t n_q);
 /* Floats of scratch per query (its scores row). */
 size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s);
-void pd_kern_attn(const pd_attn_shape_t *s, const float *const *k_blk, const float *const *v_blk,
+void pd_kern_attn(const pd_attn_shape_t *s, const void *const *k_blk, const void *const *v_blk,
                   uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
                   float *scratch);
 /* Plain C, in double, three passes per query (also the fallback without
- * AVX2 or when head_dim % 8 != 0). */
-void pd_kern_attn_ref(const pd_attn_shape_t *s, const float *const *k_blk,
-                      const float *const *v_blk, uint32_t n_q, const float *const *q,
+ * AVX2 or when head_dim % 8 != 0). Needs no scratch (NULL is fine). */
+void pd_kern_attn_ref(const pd_attn_shape_t *s, const void *const *k_blk,
+                      const void *const *v_blk, uint32_t n_q, const float *const *q,
                       const uint32_t *n_pos, float *const *out, float *scratch);
 /* Needs pd_kern_has_avx2() and head_dim % 8 == 0. */
-void pd_kern_attn_avx2(const pd_attn_shape_t *s, const float *const *k_blk,
-                       const float *const *v_blk, uint32_t n_q, const float *const *q,
+void pd_kern_attn_avx2(const pd_attn_shape_t *s, const void *const *k_blk,
+                       const void *const *v_blk, uint32_t n_q, const float *const *q,
                        const uint32_t *n_pos, float *const *out, float *scratch);
 
 /* True when the AVX2/FMA/F16C paths are in use. */
@@ -250,6 +268,8 @@ float pd_kern_dot_f32_ref(const float *a, const float *b, uint32_t n);
 float pd_kern_dot_f32_avx2(const float *a, const float *b, uint32_t n);
 void pd_kern_axpy_f32_ref(float *y, float a, const float *x, uint32_t n);
 void pd_kern_axpy_f32_avx2(float *y, float a, const float *x, uint32_t n);
+void pd_kern_fp32_to_fp16_ref(uint16_t *dst, const float *x, uint32_t n);
+void pd_kern_fp32_to_fp16_avx2(uint16_t *dst, const float *x, uint32_t n);
 
 /* Rows of output handled per matmul task are a multiple of this. */
 #define PD_MATMUL_CHUNK_ROWS 16

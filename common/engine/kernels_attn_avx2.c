@@ -1,20 +1,25 @@
 /* kernels_attn_avx2.c -- attention over the paged KV cache, AVX2/FMA
  * (the contract is in kernels.h, the reference in kernels_attn.c).
  *
- *   for each KV block j (block_size positions) up to the largest n_pos
- *     scores, 2 queries x 4 positions (or 1 x 8) per micro-kernel (each
- *       K row load serves both queries):
- *       s[q][p] = scale * hsum(sum over 8-float chunks c of q[c] * k_p[c])
- *     online softmax per query: m' = max(m, max_p s), corr = exp(m - m'),
- *       e_p = exp(s_p - m') (0 at masked positions), l = l * corr + sum e_p
- *     P V, 4 queries x 16 dims (or 2 x 32, 1 x 64) per micro-kernel:
- *       acc[q][d] = acc[q][d] * corr[q] + sum_p e[q][p] * v[p][d]  (in p order)
- *   out[q] = acc[q] * (1 / l[q])
+ *   1. for each KV block j (block_size positions) up to the largest n_pos:
+ *      scores, 1 query x 4 positions per micro-kernel, up to 4 queries per
+ *      K block read:
+ *        s[q][p] = scale * hsum(sum over 8-float chunks c of q[c] * k_p[c])
+ *   2. per query: softmax over its own positions (pd_kern_softmax_avx2),
+ *      zeros past them
+ *   3. for each V block j: P V, 4 queries x 16 dims (or 2 x 32, 1 x 64) per
+ *      micro-kernel, one FMA per position in position order:
+ *        out[q][d] += p[q][p] * v[p][d]
  *
  * A query's numbers depend only on its own q, n_pos and the cache: lanes of
  * other queries never mix with its lanes, positions past its n_pos give
- * e = +0 exactly (fma(0, v, acc) == acc), and the order of every sum is
+ * p = +0 exactly (fma(0, v, acc) == acc), and the order of every sum is
  * fixed by the position and dimension indices. Hence batch invariance.
+ *
+ * An F16 cache (sh->is_f16) runs the same code with every K/V load widened
+ * by F16C (vcvtph2ps, exact) and each query rounded to F16 first (into the
+ * scratch after the score rows): the same sums in the same order as the
+ * F32 path on the widened cache.
  */
 #include <string.h>
 
@@ -23,6 +28,22 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define QB 4 /* queries per micro-kernel */
+
+/* 8 K/V elements at row + i as floats: loaded (F32) or widened (F16, exact). */
+static ALWAYS_INLINE __m256 ld8(const void *row, size_t i, const int f16)
+{
+    if (f16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+
+/* The row of position p in a block whose rows are row_stride elements apart. */
+static ALWAYS_INLINE const void *row_at(const void *blk, size_t p, uint32_t row_stride,
+                                        const int f16)
+{
+    return f16 ? (const void *)((const uint16_t *)blk + p * row_stride)
+               : (const void *)((const float *)blk + p * row_stride);
+}
 
 /* Lane sums of 4 vectors: lane i of the result is the sum of the 8 lanes
  * of vector i, always ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)). */
@@ -38,8 +59,8 @@ static ALWAYS_INLINE __m128 reduce4(__m256 a, __m256 b, __m256 c, __m256 d)
  * the same lane tree): the attention is then bit for bit the engine's
  * earlier dot / softmax / axpy loop, which the referee has measured.
  * k[j] is the K row of position p0 + j. */
-static ALWAYS_INLINE void scores_mk(const float *q, const float *const *k, uint32_t hd,
-                                    uint32_t p0, __m128 scale, float *s)
+static ALWAYS_INLINE void scores_mk(const float *q, const void *const *k, uint32_t hd,
+                                    uint32_t p0, __m128 scale, float *s, const int f16)
 {
     __m256 acc[4][4];
 #pragma GCC unroll 4
@@ -57,13 +78,13 @@ static ALWAYS_INLINE void scores_mk(const float *q, const float *const *k, uint3
         for (int j = 0; j < 4; j++)
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++)
-                acc[j][c] = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(k[j] + d + 8 * c), acc[j][c]);
+                acc[j][c] = _mm256_fmadd_ps(qv[c], ld8(k[j], d + 8 * c, f16), acc[j][c]);
     }
     for (; d + 8 <= hd; d += 8) {
         const __m256 qv = _mm256_loadu_ps(q + d);
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++)
-            acc[j][0] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k[j] + d), acc[j][0]);
+            acc[j][0] = _mm256_fmadd_ps(qv, ld8(k[j], d, f16), acc[j][0]);
     }
     __m256 t[4];
 #pragma GCC unroll 4
@@ -78,8 +99,8 @@ static ALWAYS_INLINE void scores_mk(const float *q, const float *const *k, uint3
  * FMA chains are per element, so NQ and ND change no result, only how
  * many chains run side by side). */
 static ALWAYS_INLINE void pv_mk(const int NQ, const int ND, float *const *acc_p,
-                                const float *const *e, const float *v, uint32_t row_stride,
-                                uint32_t nv, uint32_t d0)
+                                const float *const *e, const void *v, uint32_t row_stride,
+                                uint32_t nv, uint32_t d0, const int f16)
 {
     __m256 acc[QB][8];
 #pragma GCC unroll 4
@@ -88,14 +109,14 @@ static ALWAYS_INLINE void pv_mk(const int NQ, const int ND, float *const *acc_p,
         for (int j = 0; j < ND; j++)
             acc[i][j] = _mm256_loadu_ps(acc_p[i] + d0 + 8 * j);
     for (uint32_t p = 0; p < nv; p++) {
-        const float *vr = v + (size_t)p * row_stride + d0;
+        const void *vr = row_at(v, p, row_stride, f16);
         __m256 ep[QB];
 #pragma GCC unroll 4
         for (int i = 0; i < NQ; i++)
             ep[i] = _mm256_broadcast_ss(e[i] + p);
 #pragma GCC unroll 8
         for (int j = 0; j < ND; j++) {
-            const __m256 vv = _mm256_loadu_ps(vr + 8 * j);
+            const __m256 vv = ld8(vr, d0 + 8 * (size_t)j, f16);
 #pragma GCC unroll 4
             for (int i = 0; i < NQ; i++)
                 acc[i][j] = _mm256_fmadd_ps(ep[i], vv, acc[i][j]);
@@ -111,45 +132,47 @@ static ALWAYS_INLINE void pv_mk(const int NQ, const int ND, float *const *acc_p,
 /* Scores of the queries qs[0..nq) for positions [p0, p0 + nv) of a block
  * whose rows are at k (row_stride apart), into s_i[p0 ..] (a few floats
  * past p0 + nv are written too: rows past nv read as zeros). */
-static void scores_group(uint32_t nq, const float *const *q, const float *k, uint32_t row_stride,
-                         uint32_t p0, uint32_t nv, uint32_t hd, float scale, float *const *s)
+static ALWAYS_INLINE void scores_group(uint32_t nq, const float *const *q, const void *k,
+                                       uint32_t row_stride, uint32_t p0, uint32_t nv, uint32_t hd,
+                                       float scale, float *const *s, const int f16)
 {
-    static const float zeros[PD_ATTN_MAX_HEAD_DIM];
+    static const float zeros[PD_ATTN_MAX_HEAD_DIM]; /* read as F32 or F16: 0 either way */
     const __m128 vs = _mm_set1_ps(scale);
     for (uint32_t j0 = 0; j0 < nv; j0 += 4) {
-        const float *kr[4];
+        const void *kr[4];
         for (uint32_t j = 0; j < 4; j++)
-            kr[j] = j0 + j < nv ? k + (size_t)(j0 + j) * row_stride : zeros;
+            kr[j] = j0 + j < nv ? row_at(k, j0 + j, row_stride, f16) : (const void *)zeros;
         for (uint32_t i = 0; i < nq; i++)
-            scores_mk(q[i], kr, hd, p0 + j0, vs, s[i]);
+            scores_mk(q[i], kr, hd, p0 + j0, vs, s[i], f16);
     }
 }
 
-static void pv_group(uint32_t nq, float *const *acc, const float *const *e, const float *v,
-                     uint32_t row_stride, uint32_t nv, uint32_t hd)
+static ALWAYS_INLINE void pv_group(uint32_t nq, float *const *acc, const float *const *e,
+                                   const void *v, uint32_t row_stride, uint32_t nv, uint32_t hd,
+                                   const int f16)
 {
     /* as many 8-dim chunks per pass as 8 accumulators allow, then halves */
     for (uint32_t d0 = 0; d0 < hd;) {
         const uint32_t left = (hd - d0) / 8;
         switch (nq) {
         case 1:
-            if (left >= 8) { pv_mk(1, 8, acc, e, v, row_stride, nv, d0); d0 += 64; }
-            else if (left >= 4) { pv_mk(1, 4, acc, e, v, row_stride, nv, d0); d0 += 32; }
-            else if (left >= 2) { pv_mk(1, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(1, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 8) { pv_mk(1, 8, acc, e, v, row_stride, nv, d0, f16); d0 += 64; }
+            else if (left >= 4) { pv_mk(1, 4, acc, e, v, row_stride, nv, d0, f16); d0 += 32; }
+            else if (left >= 2) { pv_mk(1, 2, acc, e, v, row_stride, nv, d0, f16); d0 += 16; }
+            else { pv_mk(1, 1, acc, e, v, row_stride, nv, d0, f16); d0 += 8; }
             break;
         case 2:
-            if (left >= 4) { pv_mk(2, 4, acc, e, v, row_stride, nv, d0); d0 += 32; }
-            else if (left >= 2) { pv_mk(2, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(2, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 4) { pv_mk(2, 4, acc, e, v, row_stride, nv, d0, f16); d0 += 32; }
+            else if (left >= 2) { pv_mk(2, 2, acc, e, v, row_stride, nv, d0, f16); d0 += 16; }
+            else { pv_mk(2, 1, acc, e, v, row_stride, nv, d0, f16); d0 += 8; }
             break;
         case 3:
-            if (left >= 2) { pv_mk(3, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(3, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 2) { pv_mk(3, 2, acc, e, v, row_stride, nv, d0, f16); d0 += 16; }
+            else { pv_mk(3, 1, acc, e, v, row_stride, nv, d0, f16); d0 += 8; }
             break;
         default:
-            if (left >= 2) { pv_mk(4, 2, acc, e, v, row_stride, nv, d0); d0 += 16; }
-            else { pv_mk(4, 1, acc, e, v, row_stride, nv, d0); d0 += 8; }
+            if (left >= 2) { pv_mk(4, 2, acc, e, v, row_stride, nv, d0, f16); d0 += 16; }
+            else { pv_mk(4, 1, acc, e, v, row_stride, nv, d0, f16); d0 += 8; }
             break;
         }
     }
@@ -158,24 +181,27 @@ static void pv_group(uint32_t nq, float *const *acc, const float *const *e, cons
 /* Prefetches the rows [0, nv) of one head's K and V in block j (the rows
  * are a whole KV row apart, a stride the hardware prefetcher does not
  * follow: without this, decode attention waits on every row). */
-static void prefetch_block(const float *kv, uint32_t row_stride, uint32_t nv, uint32_t hd)
+static ALWAYS_INLINE void prefetch_block(const void *kv, uint32_t row_stride, uint32_t nv,
+                                         uint32_t hd, const int f16)
 {
+    const size_t elem = f16 ? 2 : 4, row = (size_t)row_stride * elem;
     for (uint32_t p = 0; p < nv; p++)
-        for (uint32_t d = 0; d < hd; d += 16)
-            _mm_prefetch((const char *)(kv + (size_t)p * row_stride + d), _MM_HINT_T0);
+        for (size_t b = 0; b < hd * elem; b += 64)
+            _mm_prefetch((const char *)kv + p * row + b, _MM_HINT_T0);
 }
 
 /* The queries of [0, n_q) that see positions from p0 on, at most QB from
- * *i0 on, with their rows of p and out; advances *i0. */
+ * *i0 on, with their rows of p and out; advances *i0. qr: the queries'
+ * rounded copies (qs floats apart) to use instead of q, or NULL. */
 static uint32_t active_group(uint32_t *i0, uint32_t n_q, const uint32_t *n_pos, uint32_t p0,
-                             const float *const *q, float *const *out, float *s, size_t rs,
-                             const float **qg, float **sg, float **og)
+                             const float *const *q, const float *qr, size_t qs, float *const *out,
+                             float *s, size_t rs, const float **qg, float **sg, float **og)
 {
     uint32_t nq = 0;
     for (; *i0 < n_q && nq < QB; (*i0)++) {
         if (n_pos[*i0] <= p0)
             continue;
-        qg[nq] = q[*i0];
+        qg[nq] = qr ? qr + (size_t)*i0 * qs : q[*i0];
         sg[nq] = s + (size_t)*i0 * rs;
         og[nq] = out[*i0];
         nq++;
@@ -185,9 +211,21 @@ static uint32_t active_group(uint32_t *i0, uint32_t n_q, const uint32_t *n_pos, 
 
 #define PF_BLOCKS_AHEAD 2
 
-void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
-                       const float *const *v_blk, uint32_t n_q, const float *const *q,
-                       const uint32_t *n_pos, float *const *out, float *scratch)
+/* Each query rounded to F16 (kept as floats: widening is exact) into qr,
+ * rows qs floats apart. */
+static void round_queries(uint32_t n_q, const float *const *q, uint32_t hd, float *qr, size_t qs)
+{
+    for (uint32_t i = 0; i < n_q; i++)
+        for (uint32_t d = 0; d < hd; d += 8)
+            _mm256_storeu_ps(qr + i * qs + d,
+                             _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(q[i] + d),
+                                                             _MM_FROUND_TO_NEAREST_INT)));
+}
+
+static ALWAYS_INLINE void attn(const pd_attn_shape_t *sh, const void *const *k_blk,
+                               const void *const *v_blk, uint32_t n_q, const float *const *q,
+                               const uint32_t *n_pos, float *const *out, float *scratch,
+                               const int f16)
 {
     const uint32_t hd = sh->head_dim, bs = sh->block_size;
     uint32_t max_pos = 0, min_first = UINT32_MAX;
@@ -200,19 +238,24 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
     const uint32_t j_start = n_q ? min_first / bs : 0, p_start = j_start * bs;
     const size_t rs = pd_kern_attn_row_floats(sh); /* scores per query: (max_pos + bs + 4) */
     float *s = scratch;
+    /* F16: the queries as the cache's type sees them, after the score rows */
+    const size_t qs = ((size_t)hd + 7) / 8 * 8;
+    float *qr = f16 ? scratch + (size_t)n_q * rs : NULL;
+    if (f16)
+        round_queries(n_q, q, hd, qr, qs);
     const float *qg[QB];
     float *sg[QB], *og[QB];
     /* 1. scores of every query for the blocks it sees, K streamed once */
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
          p0 += bs, j++)
-        prefetch_block(k_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
+        prefetch_block(k_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd, f16);
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
         if (pf0 < max_pos)
             prefetch_block(k_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
-                           max_pos - pf0 < bs ? max_pos - pf0 : bs, hd);
-        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, out, s, rs, qg, sg, og));)
-            scores_group(nq, qg, k_blk[j], sh->row_stride, p0, nv, hd, sh->scale, sg);
+                           max_pos - pf0 < bs ? max_pos - pf0 : bs, hd, f16);
+        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, qr, qs, out, s, rs, qg, sg, og));)
+            scores_group(nq, qg, k_blk[j], sh->row_stride, p0, nv, hd, sh->scale, sg, f16);
     }
     /* 2. softmax per query over its own positions (those of its window,
      *    capped first when the model caps scores); zeros elsewhere, so that
@@ -223,6 +266,9 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
         if (sh->softcap != 0.0f)
             pd_kern_softcap(si + first, n_pos[i] - first, sh->softcap);
         pd_kern_softmax_avx2(si + first, n_pos[i] - first);
+        if (f16) /* ggml rounds the probabilities for its F16 V product */
+            for (uint32_t p = first; p < n_pos[i]; p++)
+                si[p] = pd_fp16_to_fp32(pd_fp32_to_fp16(si[p]));
         memset(si + p_start, 0, sizeof(float) * (first - p_start));
         memset(si + n_pos[i], 0, sizeof(float) * (max_pos - n_pos[i]));
         memset(out[i], 0, sizeof(float) * hd);
@@ -230,17 +276,27 @@ void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const float *const *k_blk,
     /* 3. out += p * V, V streamed once */
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
          p0 += bs, j++)
-        prefetch_block(v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd);
+        prefetch_block(v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd, f16);
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
         if (pf0 < max_pos)
             prefetch_block(v_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
-                           max_pos - pf0 < bs ? max_pos - pf0 : bs, hd);
-        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, out, s, rs, qg, sg, og));) {
+                           max_pos - pf0 < bs ? max_pos - pf0 : bs, hd, f16);
+        for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, qr, qs, out, s, rs, qg, sg, og));) {
             const float *eg[QB];
             for (uint32_t g = 0; g < nq; g++)
                 eg[g] = sg[g] + p0;
-            pv_group(nq, og, eg, v_blk[j], sh->row_stride, nv, hd);
+            pv_group(nq, og, eg, v_blk[j], sh->row_stride, nv, hd, f16);
         }
     }
+}
+
+void pd_kern_attn_avx2(const pd_attn_shape_t *sh, const void *const *k_blk,
+                       const void *const *v_blk, uint32_t n_q, const float *const *q,
+                       const uint32_t *n_pos, float *const *out, float *scratch)
+{
+    if (sh->is_f16)
+        attn(sh, k_blk, v_blk, n_q, q, n_pos, out, scratch, 1);
+    else
+        attn(sh, k_blk, v_blk, n_q, q, n_pos, out, scratch, 0);
 }

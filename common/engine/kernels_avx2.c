@@ -681,6 +681,16 @@ float pd_kern_dot_f32_avx2(const float *a, const float *b, uint32_t n)
     return s;
 }
 
+void pd_kern_fp32_to_fp16_avx2(uint16_t *dst, const float *x, uint32_t n)
+{
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = pd_fp32_to_fp16(x[i]);
+}
+
 void pd_kern_axpy_f32_avx2(float *y, float a, const float *x, uint32_t n)
 {
     const __m256 va = _mm256_set1_ps(a);

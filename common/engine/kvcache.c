@@ -17,6 +17,28 @@
 
 /* ====== Sizes ====== */
 
+size_t pd_kv_dtype_size(pd_kv_dtype_t t)
+{
+    switch (t) {
+    case PD_KV_F32:
+        return 4;
+    case PD_KV_F16:
+        return 2;
+    }
+    return 0;
+}
+
+const char *pd_kv_dtype_name(pd_kv_dtype_t t)
+{
+    switch (t) {
+    case PD_KV_F32:
+        return "f32";
+    case PD_KV_F16:
+        return "f16";
+    }
+    return "?";
+}
+
 static bool mul_ok(uint64_t a, uint64_t b, uint64_t *out)
 {
     if (a != 0 && b > UINT64_MAX / a)
@@ -25,23 +47,36 @@ static bool mul_ok(uint64_t a, uint64_t b, uint64_t *out)
     return true;
 }
 
-/* Bytes of one block for shape, or 0 when a dimension is zero or the product
- * overflows (also refuses anything that does not fit size_t). Writes the
- * floats per K/V region into *region_floats and the aligned distance between
- * blocks into *stride when not NULL. */
-static uint64_t block_bytes_of(const pd_kv_shape_t *s, uint64_t *region_floats, uint64_t *stride)
+int pd_kv_dtype_parse(const char *name, pd_kv_dtype_t *out)
 {
-    if (s->n_layers == 0 || s->n_kv_heads == 0 || s->head_dim == 0 || s->block_size == 0)
+    if (name != NULL && strcmp(name, "f32") == 0)
+        *out = PD_KV_F32;
+    else if (name != NULL && strcmp(name, "f16") == 0)
+        *out = PD_KV_F16;
+    else
+        return PD_EINVAL;
+    return PD_OK;
+}
+
+/* Bytes of one block for shape, or 0 when a dimension is zero, the dtype
+ * unknown or the product overflows (also refuses anything that does not fit
+ * size_t). Writes the elements per K/V region into *region_elems and the
+ * aligned distance between blocks into *stride when not NULL. */
+static uint64_t block_bytes_of(const pd_kv_shape_t *s, uint64_t *region_elems, uint64_t *stride)
+{
+    size_t elem = pd_kv_dtype_size(s->dtype);
+    if (s->n_layers == 0 || s->n_kv_heads == 0 || s->head_dim == 0 || s->block_size == 0 ||
+        elem == 0)
         return 0;
     uint64_t region, bytes;
     if (!mul_ok(s->block_size, s->n_kv_heads, &region) || !mul_ok(region, s->head_dim, &region))
         return 0;
-    if (!mul_ok(region, (uint64_t)s->n_layers * 2u, &bytes) || !mul_ok(bytes, sizeof(float), &bytes))
+    if (!mul_ok(region, (uint64_t)s->n_layers * 2u, &bytes) || !mul_ok(bytes, elem, &bytes))
         return 0;
     if (bytes > SIZE_MAX - PD_KV_ALIGN)
         return 0;
-    if (region_floats != NULL)
-        *region_floats = region;
+    if (region_elems != NULL)
+        *region_elems = region;
     if (stride != NULL)
         *stride = (bytes + PD_KV_ALIGN - 1) / PD_KV_ALIGN * PD_KV_ALIGN;
     return bytes;
@@ -71,9 +106,10 @@ pd_kv_t *pd_kv_new(const pd_kv_shape_t *shape, pd_err_t *err)
     uint64_t bb = block_bytes_of(shape, &region, &stride);
     if (bb == 0) {
         pd_err_set(err, PD_EINVAL,
-                   "kv: bad shape n_layers=%u n_kv_heads=%u head_dim=%u block_size=%u "
-                   "(zero dimension or block size overflows)",
-                   shape->n_layers, shape->n_kv_heads, shape->head_dim, shape->block_size);
+                   "kv: bad shape n_layers=%u n_kv_heads=%u head_dim=%u block_size=%u dtype=%d "
+                   "(zero dimension, unknown dtype or block size overflows)",
+                   shape->n_layers, shape->n_kv_heads, shape->head_dim, shape->block_size,
+                   (int)shape->dtype);
         return NULL;
     }
     if (shape->n_blocks == 0 || shape->n_blocks > INT32_MAX) {
@@ -93,7 +129,8 @@ pd_kv_t *pd_kv_new(const pd_kv_shape_t *shape, pd_err_t *err)
     kv->shape = *shape;
     kv->block_bytes = (size_t)bb;
     kv->stride_bytes = (size_t)stride;
-    kv->region_floats = (size_t)region;
+    kv->region_elems = (size_t)region;
+    kv->region_bytes = (size_t)region * pd_kv_dtype_size(shape->dtype);
     void *p = NULL;
     if (posix_memalign(&p, PD_KV_ALIGN, (size_t)pool_bytes) != 0)
         goto nomem;
@@ -195,17 +232,27 @@ void *pd_kv_block(pd_kv_t *kv, int32_t id)
     return kv->pool + (size_t)id * kv->stride_bytes;
 }
 
-static float *region(pd_kv_t *kv, int32_t id, uint32_t layer, uint32_t is_v)
+static void *region(pd_kv_t *kv, int32_t id, uint32_t layer, uint32_t is_v)
 {
     assert(pd_kv_valid_id(kv, id) && layer < kv->shape.n_layers);
     if (!pd_kv_valid_id(kv, id) || layer >= kv->shape.n_layers)
         return NULL;
-    float *b = (float *)(void *)(kv->pool + (size_t)id * kv->stride_bytes);
-    return b + ((size_t)layer * 2u + is_v) * kv->region_floats;
+    unsigned char *b = kv->pool + (size_t)id * kv->stride_bytes;
+    return b + ((size_t)layer * 2u + is_v) * kv->region_bytes;
 }
 
-float *pd_kv_k(pd_kv_t *kv, int32_t id, uint32_t layer) { return region(kv, id, layer, 0); }
-float *pd_kv_v(pd_kv_t *kv, int32_t id, uint32_t layer) { return region(kv, id, layer, 1); }
+void *pd_kv_k(pd_kv_t *kv, int32_t id, uint32_t layer) { return region(kv, id, layer, 0); }
+void *pd_kv_v(pd_kv_t *kv, int32_t id, uint32_t layer) { return region(kv, id, layer, 1); }
+pd_kv_dtype_t pd_kv_dtype(const pd_kv_t *kv) { return kv->shape.dtype; }
+size_t pd_kv_layer_bytes(const pd_kv_t *kv) { return 2u * kv->region_bytes; }
+
+void *pd_kv_block_layer(pd_kv_t *kv, int32_t id, uint32_t layer)
+{
+    assert(pd_kv_valid_id(kv, id) && layer <= kv->shape.n_layers);
+    if (!pd_kv_valid_id(kv, id) || layer > kv->shape.n_layers)
+        return NULL;
+    return kv->pool + (size_t)id * kv->stride_bytes + (size_t)layer * 2u * kv->region_bytes;
+}
 
 /* ====== Sequences ====== */
 

@@ -4,7 +4,12 @@
  * one contiguous region, so it can be shipped as one frame:
  *
  *   block b: [layer 0 K][layer 0 V][layer 1 K][layer 1 V] ...
- *   each    : (block_size, n_kv_heads * head_dim) fp32
+ *   each    : (block_size, n_kv_heads * head_dim) of the cache's dtype
+ *             (fp32, or IEEE half: kv.dtype f16 halves the bytes)
+ *
+ * Layers [l0, l1) of one block are contiguous too (pd_kv_block_layer,
+ * (l1 - l0) * pd_kv_layer_bytes), so a layer's KV can be shipped as soon as
+ * it is computed, one frame per block, without a gather.
  *
  * pd_kv_block_bytes is exactly the data above. Every block starts on a
  * 64-byte boundary (blocks are padded when block_bytes is not a multiple of
@@ -46,19 +51,33 @@
 
 #include "base/err.h"
 
+/* Element type of cached K/V. */
+typedef enum {
+    PD_KV_F32 = 0, /* default (a zeroed shape) */
+    PD_KV_F16 = 1, /* IEEE binary16, rounded to nearest even (as ggml's F16 cache) */
+} pd_kv_dtype_t;
+
+/* Bytes of one element; 0 for an unknown dtype. */
+size_t pd_kv_dtype_size(pd_kv_dtype_t t);
+/* "f32", "f16" (the config's words), or "?" */
+const char *pd_kv_dtype_name(pd_kv_dtype_t t);
+/* The dtype named name ("f32", "f16"): 0, or PD_EINVAL. */
+int pd_kv_dtype_parse(const char *name, pd_kv_dtype_t *out);
+
 typedef struct {
     uint32_t n_layers;
     uint32_t n_kv_heads;
     uint32_t head_dim;
     uint32_t block_size;  /* tokens per block, default 16 */
     uint32_t n_blocks;
+    pd_kv_dtype_t dtype;  /* PD_KV_F32 unless set */
 } pd_kv_shape_t;
 
 typedef struct pd_kv pd_kv_t;
 
 /* Allocates the pool (n_blocks * pd_kv_block_bytes, 64-byte aligned; block
  * contents start uninitialized). Refuses (PD_EINVAL) a zero dimension, a
- * block size that overflows, n_blocks == 0 or > INT32_MAX, and (PD_ERANGE) a
+ * block size that overflows, an unknown dtype, n_blocks == 0 or > INT32_MAX, and (PD_ERANGE) a
  * pool above 64 GiB. Caller frees with pd_kv_free. */
 pd_kv_t *pd_kv_new(const pd_kv_shape_t *shape, pd_err_t *err);
 void pd_kv_free(pd_kv_t *kv); /* accepts NULL */
@@ -89,9 +108,17 @@ bool pd_kv_valid_id(const pd_kv_t *kv, int32_t id);
 
 /* The block's whole region (pd_kv_block_bytes) */
 void *pd_kv_block(pd_kv_t *kv, int32_t id);
-/* K (resp. V) of layer in block id: (block_size, n_kv_heads * head_dim). */
-float *pd_kv_k(pd_kv_t *kv, int32_t id, uint32_t layer);
-float *pd_kv_v(pd_kv_t *kv, int32_t id, uint32_t layer);
+/* K (resp. V) of layer in block id: (block_size, n_kv_heads * head_dim)
+ * elements of the cache's dtype (float, or uint16_t halves). */
+void *pd_kv_k(pd_kv_t *kv, int32_t id, uint32_t layer);
+void *pd_kv_v(pd_kv_t *kv, int32_t id, uint32_t layer);
+pd_kv_dtype_t pd_kv_dtype(const pd_kv_t *kv);
+/* Bytes of one layer's K and V in a block: pd_kv_block_bytes / n_layers. */
+size_t pd_kv_layer_bytes(const pd_kv_t *kv);
+/* Where layer starts in block id (its K, then its V, then the next
+ * layer's): layers [layer, l1) are the (l1 - layer) * pd_kv_layer_bytes
+ * bytes from here. layer == n_layers is the block's end. */
+void *pd_kv_block_layer(pd_kv_t *kv, int32_t id, uint32_t layer);
 
 /* A sequence's block table. */
 typedef struct {

@@ -29,9 +29,10 @@ typedef struct {
 
 struct pd_kv {
     pd_kv_shape_t shape;
-    size_t block_bytes;     /* n_layers * 2 * region_floats * sizeof(float) */
+    size_t block_bytes;     /* n_layers * 2 * region_elems * elem_bytes */
     size_t stride_bytes;    /* block_bytes rounded up to PD_KV_ALIGN: block b starts at b * stride */
-    size_t region_floats;   /* block_size * n_kv_heads * head_dim: one K or V region */
+    size_t region_elems;    /* block_size * n_kv_heads * head_dim: one K or V region */
+    size_t region_bytes;    /* region_elems * elem_bytes */
     unsigned char *pool;    /* (n_blocks, stride_bytes), PD_KV_ALIGN-aligned */
     uint32_t *refcount;     /* (n_blocks); 0 = free or evictable */
     int32_t *free_stack;    /* (n_blocks); free ids, top at free_stack[n_stack - 1] */

@@ -46,7 +46,7 @@
 #define MIB (1024u * 1024u)
 
 static const char *const g_log_levels[] = { "debug", "info", "warn", "error", NULL };
-static const char *const g_kv_dtypes[] = { "f32", NULL };
+static const char *const g_kv_dtypes[] = { "f32", "f16", NULL };
 /* Index = pd_kv_load_failure_t value. */
 static const char *const g_load_failures[] = { "recompute", "fail", NULL };
 static const char *const g_routings[] = { "kv_aware", "round_robin", "least_loaded", NULL };
@@ -80,6 +80,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(prefill, max_batch_size, 1, 4096),
     U32(prefill, wait_ms, 0, 10000),
     U32(prefill, max_inflight_kv, 1, 100000),
+    U32(prefill, chunk_tokens, 0, 1048576),
 
     U32(decode, max_batch_size, 1, 4096),
     U32(decode, wait_ms, 0, 10000),
@@ -91,6 +92,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(worker, liveness, 1, 100),
     U32(worker, drain_timeout_ms, 0, MS_DAY),
     U32(worker, lease_ms, 1, MS_DAY),
+    U32(worker, compute_timeout_ms, 10, MS_DAY),
 
     U32(kv, block_size, 1, 1024),
     U32(kv, num_blocks, 0, 16777216),
@@ -228,6 +230,7 @@ void pd_config_default(pd_config_t *c)
     c->prefill.max_batch_size = 16;
     c->prefill.wait_ms = 2;
     c->prefill.max_inflight_kv = 64;
+    c->prefill.chunk_tokens = 32;
 
     c->decode.max_batch_size = 32;
     c->decode.wait_ms = 1;
@@ -238,6 +241,7 @@ void pd_config_default(pd_config_t *c)
     c->worker.liveness = 4;
     c->worker.drain_timeout_ms = 30000;
     c->worker.lease_ms = 10000;
+    c->worker.compute_timeout_ms = 60000;
 
     c->kv.block_size = 16;
     c->kv.num_blocks = 0;

@@ -12,12 +12,13 @@
  *             stream_stall_ms, client_heartbeat_ms, client_liveness,
  *             routing (kv_aware|round_robin|least_loaded)
  *             (the HTTP front's address is http.listen)
- *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv
+ *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv,
+ *             chunk_tokens (colocated: the budget of a mixed step)
  *   decode:   max_batch_size, wait_ms, kv_endpoint (bind address for KV ingress),
  *             kv_advertise (the KV address announced to peers, addr.h)
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
- *             liveness, drain_timeout_ms, lease_ms
- *   kv:       block_size, num_blocks, memory_mb, dtype (f32), load_failure
+ *             liveness, drain_timeout_ms, lease_ms, compute_timeout_ms
+ *   kv:       block_size, num_blocks, memory_mb, dtype (f32, f16), load_failure
  *             (recompute|fail), prefix_caching
  *   net:      hwm, max_msg_bytes, linger_ms, handshake_ms
  *   security: curve (bool), server_public_key, server_secret_key,
@@ -77,6 +78,8 @@ typedef struct {
     uint32_t max_batch_size;
     uint32_t wait_ms;
     uint32_t max_inflight_kv;
+    uint32_t chunk_tokens;             /* colocated: rows of a step mixing decode tokens
+                                        * and a prefill chunk; 0 = no mixing */
 } pd_cfg_prefill_t;
 
 typedef struct {
@@ -92,6 +95,8 @@ typedef struct {
     uint32_t liveness;
     uint32_t drain_timeout_ms;
     uint32_t lease_ms;
+    uint32_t compute_timeout_ms;       /* longest compute turn before the worker
+                                        * declares itself stalled */
 } pd_cfg_worker_t;
 
 typedef enum { PD_KV_LOAD_RECOMPUTE = 0, PD_KV_LOAD_FAIL = 1 } pd_kv_load_failure_t;
@@ -100,7 +105,7 @@ typedef struct {
     uint32_t block_size;
     uint32_t num_blocks;               /* 0 = from memory_mb */
     uint32_t memory_mb;
-    char dtype[16];                    /* "f32" */
+    char dtype[16];                    /* "f32" or "f16" (engine/kvcache.h) */
     pd_kv_load_failure_t load_failure;
     bool prefix_caching;               /* keep and reuse prompt blocks (prefill, colocated) */
 } pd_cfg_kv_t;

@@ -24,7 +24,9 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
         e->max_seq_len = cfg->model.max_seq_len;
     e->identity = pd_model_kv_identity(e->model, e->max_seq_len);
     pd_kv_shape_t shape = { e->model->cfg.n_layers, e->model->cfg.n_kv_heads,
-                            e->model->cfg.head_dim, cfg->kv.block_size, 0 };
+                            e->model->cfg.head_dim, cfg->kv.block_size, 0, PD_KV_F32 };
+    if (pd_kv_dtype_parse(cfg->kv.dtype, &shape.dtype) != 0)
+        return pd_err_set(err, PD_EINVAL, "kv.dtype: unknown '%s'", cfg->kv.dtype);
     shape.n_blocks = cfg->kv.num_blocks
                          ? cfg->kv.num_blocks
                          : pd_kv_blocks_for_budget(&shape, (uint64_t)cfg->kv.memory_mb << 20);
@@ -47,6 +49,13 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
     uint32_t dc_seqs = decode ? cfg->decode.max_batch_size : 0;
     e->max_fwd_tokens = pf_tokens > dc_seqs ? pf_tokens : dc_seqs;
     e->max_fwd_seqs = pf_seqs > dc_seqs ? pf_seqs : dc_seqs;
+    if (prefill && decode) {
+        /* A mixed step: every running sequence, and a chunk of prompts. */
+        uint64_t mixed = (uint64_t)dc_seqs + cfg->prefill.chunk_tokens;
+        if (mixed > e->max_fwd_tokens)
+            e->max_fwd_tokens = mixed > 1048576 ? 1048576 : (uint32_t)mixed;
+        e->max_fwd_seqs = pf_seqs + dc_seqs;
+    }
     if (e->max_fwd_tokens == 0 || e->max_fwd_seqs == 0)
         return pd_err_set(err, PD_EINVAL, "batch limits: max_batch_tokens and max_batch_size "
                           "must be positive");
@@ -92,6 +101,13 @@ void pd_wkengine_free(pd_wkengine_t *e)
     pd_tok_free(e->tok);
     pd_model_free(e->model);
     memset(e, 0, sizeof *e);
+}
+
+int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err)
+{
+    pd_batch_t b = { st->n_rows, e->b_tokens, e->b_pos,  e->b_seq,
+                     e->b_want,  st->n_seqs,  e->b_tables, e->b_ntable };
+    return pd_forward(e->engine, &b, e->logits, err);
 }
 
 Pd__FinishReason pd_wkengine_finish(const pd_wkengine_t *e, const pd_gen_params_t *p,

@@ -23,6 +23,17 @@
 #include "proto/pd.pb-c.h"
 #include "runtime/config.h"
 
+/* One forward pass being built in an engine's batch buffers (below):
+ * rows [0, n_rows) of b_tokens/b_pos/b_seq/b_want, sequences [0, n_seqs) of
+ * b_tables/b_ntable; n_logits of the rows want logits, which the pass
+ * writes to logits in row order. Whoever adds rows appends after those
+ * already there, so several roles can share one pass (a colocated worker's
+ * decode tokens and a prefill chunk: wkrole.h). */
+typedef struct {
+    uint32_t n_rows, n_seqs, n_logits;
+    uint32_t max_rows;         /* rows this pass may hold (<= max_fwd_tokens) */
+} pd_wkstep_t;
+
 typedef struct {
     pd_model_t *model;
     pd_tok_t *tok;
@@ -49,12 +60,18 @@ typedef struct {
 /* Loads cfg's model and tokenizer, makes the KV cache (kv.num_blocks or
  * kv.memory_mb; with prefix caching on when prefill and kv.prefix_caching)
  * and an engine sized for the roles asked for (prefill:
- * prefill.max_batch_tokens / max_batch_size; decode: decode.max_batch_size).
+ * prefill.max_batch_tokens / max_batch_size; decode: decode.max_batch_size;
+ * both: also a pass that mixes a whole decode batch with a prefill chunk of
+ * prefill.chunk_tokens).
  * On failure err names what and e holds what was made: pd_wkengine_free it.
  * cfg must outlive e (end tokens are borrowed). */
 int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, bool decode,
                      pd_err_t *err);
 void pd_wkengine_free(pd_wkengine_t *e); /* accepts a zeroed or half-made e */
+
+/* Runs the pass st describes (st->n_rows >= 1) into e->logits. 0, or the
+ * engine's error (nothing computed). */
+int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err);
 
 /* Why generation ends after token (at output index, sequence position),
  * or FINISH_NONE: end-of-generation (unless ignore_eos), a stop id,

@@ -1,27 +1,25 @@
-/* wkhost.c -- the worker host: router link, dispatch, reactor. See wkhost.h. */
+/* wkhost.c -- the worker host: dispatch and the compute loop; the router
+ * link is wklink.c, on its own thread. See wkhost.h. */
 #include "runtime/wkhost.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/clock.h"
 #include "base/fault.h"
 #include "base/log.h"
 #include "runtime/net.h"
 
-#define WK_OUTBOX 4096      /* messages to the router waiting on back-pressure */
-#define WK_MAX_POLL 80      /* poll items: the router, the roles' sockets */
-
-typedef struct {
-    void *data;
-    size_t len;
-} wk_out_t;
+#define WK_MAX_POLL 80      /* poll items: the link, the roles' sockets */
+#define WK_STALL_ENV "PD_TEST_STALL"
 
 struct pd_wkhost {
     const pd_config_t *cfg;
     char id[64];
+    pd_wkengine_t *eng;
     volatile sig_atomic_t *stop;
     pd_proc_health_t *health;  /* --health-file, or NULL */
     bool draining;
@@ -29,82 +27,29 @@ struct pd_wkhost {
     uint64_t drain_deadline_ms;
     pd_wkrole_t prefill, decode;
     pd_wkport_t port;
-    /* Register */
-    Pd__Role role;
-    char kv_endpoint[PD_CFG_STR];
-    uint64_t model_identity;
-    char model_name[128];
-    pd_worker_limits_t limits;
-    bool prefix_caching;
-    /* sockets */
     void *zctx;
-    void *rsock;               /* DEALER to the router */
+    pd_wklink_t *link;         /* NULL until started */
+    uint32_t gen;              /* the link generation our work belongs to */
     pd_pb_alloc_t alloc;
-    pd_net_in_t *in;
-    wk_out_t outbox[WK_OUTBOX];
-    uint32_t out_head, out_len;
-    /* router link */
-    bool registered;
-    bool reg_sent;             /* the last Register left the socket */
-    uint64_t last_router_ms, last_hb_ms, last_reg_ms;
-    uint32_t hb_ms, liveness;
+    uint64_t passes;           /* forward passes run */
+    uint64_t mixed_steps;      /* of which mixing decode tokens with a prefill chunk */
+    /* PD_TEST_STALL=K:MS (docs/config.md): before its K-th pass the compute
+     * thread stalls MS ms (a planted long pass, or a hang). 0: off. */
+    uint64_t stall_at_pass;
+    uint32_t stall_ms;
 };
 
-/* ====== Outbox ====== */
-
-static void flush_outbox(pd_wkhost_t *h)
-{
-    while (h->out_len > 0) {
-        wk_out_t *o = &h->outbox[h->out_head];
-        if (zmq_send(h->rsock, o->data, o->len, ZMQ_DONTWAIT) < 0) {
-            if (errno != EAGAIN)
-                PD_WARN("event=router_send_failed msg=\"%s\"", zmq_strerror(errno));
-            return;
-        }
-        free(o->data);
-        h->out_head = (h->out_head + 1) % WK_OUTBOX;
-        h->out_len--;
-    }
-}
-
-static void drop_outbox(pd_wkhost_t *h)
-{
-    for (uint32_t i = 0; i < h->out_len; i++)
-        free(h->outbox[(h->out_head + i) % WK_OUTBOX].data);
-    h->out_len = 0;
-}
+/* ====== Port ====== */
 
 static void port_send(void *host, const Pd__Msg *m)
 {
     pd_wkhost_t *h = host;
-    if (h->rsock == NULL)
+    if (h->link == NULL)
         return;
-    flush_outbox(h);
-    if (h->out_len == 0) {
-        pd_err_t err = { 0 };
-        int rc = pd_net_send(h->rsock, NULL, 0, m, false, &err);
-        if (rc == 0)
-            return;
-        if (rc != PD_EFULL) {
-            PD_WARN("event=router_send_failed type=%s msg=\"%s\"", pd_net_body_name(m->body_case),
-                    err.msg);
-            return;
-        }
-    }
-    /* Back-pressure: keep it, in order, for the next turn. */
-    if (h->out_len == WK_OUTBOX) {
-        PD_ERROR("event=router_outbox_full type=%s", pd_net_body_name(m->body_case));
-        return;
-    }
-    size_t len = pd__msg__get_packed_size(m);
-    void *buf = malloc(len ? len : 1);
-    if (buf == NULL) {
-        PD_ERROR("event=oom what=outbox");
-        return;
-    }
-    pd__msg__pack(m, buf);
-    h->outbox[(h->out_head + h->out_len) % WK_OUTBOX] = (wk_out_t){ buf, len };
-    h->out_len++;
+    pd_err_t err = { 0 };
+    if (pd_wklink_send(h->link, h->gen, m, &err) != 0)
+        PD_WARN("event=router_send_failed type=%s msg=\"%s\"", pd_net_body_name(m->body_case),
+                err.msg);
 }
 
 static uint64_t port_now_ms(void *host)
@@ -113,39 +58,40 @@ static uint64_t port_now_ms(void *host)
     return pd_now_ms();
 }
 
-static uint32_t port_heartbeat_ms(void *host) { return ((pd_wkhost_t *)host)->hb_ms; }
+/* ====== Load ====== */
 
-/* ====== Router link ====== */
-
-static void send_register(pd_wkhost_t *h)
+static void add_counters(pd_worker_counters_t *c, const pd_worker_counters_t *k)
 {
-    Pd__Register r = PD__REGISTER__INIT;
-    r.has_protocol_version = r.has_role = r.has_model_identity = true;
-    r.protocol_version = PD_PROTOCOL_VERSION;
-    r.worker_id = h->id;
-    r.role = h->role;
-    r.kv_endpoint = h->kv_endpoint;
-    r.model_identity = h->model_identity;
-    r.model_name = h->model_name;
-    pd_codec_limits_to_pb(&h->limits, &r);
-    r.has_prefix_caching = true;
-    r.prefix_caching = h->prefix_caching;
-    Pd__Msg m = PD__MSG__INIT;
-    m.body_case = PD__MSG__BODY_REGISTER;
-    m.register_ = &r;
-    pd_err_t err = { 0 };
-    /* Not through the outbox: a register that cannot go now is simply
-     * sent again by the timer. */
-    h->reg_sent = pd_net_send(h->rsock, NULL, 0, &m, false, &err) == 0;
-    if (h->reg_sent)
-        PD_DEBUG("event=register_sent router=%s", h->cfg->worker.router);
-    h->last_reg_ms = pd_now_ms();
+    c->steps += k->steps;
+    c->multi_seq_steps += k->multi_seq_steps;
+    c->joins_while_running += k->joins_while_running;
+    c->retirements += k->retirements;
+    c->preemptions += k->preemptions;
+    c->prefill_batches += k->prefill_batches;
+    c->prefill_multi += k->prefill_multi;
+    c->prefill_tokens += k->prefill_tokens;
+    c->kv_sent_bytes += k->kv_sent_bytes;
+    c->kv_recv_bytes += k->kv_recv_bytes;
+    c->kv_rejected += k->kv_rejected;
+    c->decode_tokens += k->decode_tokens;
+    c->max_running += k->max_running;
+    c->kv_transfers += k->kv_transfers;
+    c->kv_transfer_us += k->kv_transfer_us;
+    c->prefill_us += k->prefill_us;
+    c->decode_us += k->decode_us;
+    c->prefill_pass_tokens += k->prefill_pass_tokens;
+    c->prefix_queries += k->prefix_queries;
+    c->prefix_hits += k->prefix_hits;
+    c->prefix_requests += k->prefix_requests;
+    c->prefix_evictions += k->prefix_evictions;
+    c->prefix_cached_blocks += k->prefix_cached_blocks;
 }
 
 static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }
 
 /* The heartbeat's load: each role's share, summed (a colocated worker's
- * roles share one KV cache: its blocks are counted once). */
+ * roles share one KV cache: its blocks are counted once). The compute
+ * thread's progress is the link's to add. */
 static void gather_load(const pd_wkhost_t *h, pd_worker_load_t *l)
 {
     memset(l, 0, sizeof *l);
@@ -163,42 +109,22 @@ static void gather_load(const pd_wkhost_t *h, pd_worker_load_t *l)
             l->free_blocks = r.free_blocks;
             l->total_blocks = r.total_blocks;
         }
-        pd_worker_counters_t *c = &l->counters;
-        const pd_worker_counters_t *k = &r.counters;
-        c->steps += k->steps;
-        c->multi_seq_steps += k->multi_seq_steps;
-        c->joins_while_running += k->joins_while_running;
-        c->retirements += k->retirements;
-        c->preemptions += k->preemptions;
-        c->prefill_batches += k->prefill_batches;
-        c->prefill_multi += k->prefill_multi;
-        c->prefill_tokens += k->prefill_tokens;
-        c->kv_sent_bytes += k->kv_sent_bytes;
-        c->kv_recv_bytes += k->kv_recv_bytes;
-        c->kv_rejected += k->kv_rejected;
-        c->decode_tokens += k->decode_tokens;
-        c->max_running += k->max_running;
-        c->kv_transfers += k->kv_transfers;
-        c->kv_transfer_us += k->kv_transfer_us;
-        c->prefill_us += k->prefill_us;
-        c->decode_us += k->decode_us;
-        c->prefill_pass_tokens += k->prefill_pass_tokens;
-        c->prefix_queries += k->prefix_queries;
-        c->prefix_hits += k->prefix_hits;
-        c->prefix_requests += k->prefix_requests;
-        c->prefix_evictions += k->prefix_evictions;
-        c->prefix_cached_blocks += k->prefix_cached_blocks;
+        add_counters(&l->counters, &r.counters);
         if (r.kv_events_seq > l->kv_events_seq)
             l->kv_events_seq = r.kv_events_seq;
     }
+    l->counters.mixed_steps = h->mixed_steps;
     l->draining = h->draining;
 }
 
-/* The roles' prefix cache events to the router (registered only: the
- * router drops messages of a worker it does not know). */
+/* The roles' prefix cache events to the router, from this thread (they
+ * read the KV cache): registered only, since the router drops messages of a
+ * worker it does not know. The seq published after is then the last one
+ * sent; the link puts no heartbeat carrying it before those messages
+ * (wklink.h). */
 static void kv_events(pd_wkhost_t *h)
 {
-    if (!h->registered)
+    if (h->link == NULL || !pd_wklink_registered(h->link))
         return;
     const pd_wkrole_t *roles[2] = { &h->prefill, &h->decode };
     for (int i = 0; i < 2; i++)
@@ -206,90 +132,30 @@ static void kv_events(pd_wkhost_t *h)
             roles[i]->ops->kv_events(roles[i]->self);
 }
 
-static void send_heartbeat(pd_wkhost_t *h)
+static void publish(pd_wkhost_t *h)
 {
-    kv_events(h); /* the heartbeat's kv_events_seq is then the last one sent */
+    if (h->link == NULL)
+        return;
     pd_worker_load_t l;
     gather_load(h, &l);
-    Pd__Heartbeat hb;
-    Pd__WorkerCounters c;
-    pd_codec_load_to_pb(&l, &hb, &c);
-    Pd__Msg m = PD__MSG__INIT;
-    m.body_case = PD__MSG__BODY_HEARTBEAT;
-    m.heartbeat = &hb;
-    port_send(h, &m);
-    h->last_hb_ms = pd_now_ms();
+    pd_wklink_publish(h->link, &l);
 }
 
-static int connect_router(pd_wkhost_t *h, pd_err_t *err)
-{
-    pd_net_opts_t o;
-    pd_net_opts_from_config(&o, h->cfg);
-    h->rsock = pd_net_socket(h->zctx, ZMQ_DEALER, &o, err);
-    if (h->rsock == NULL)
-        return PD_EIO;
-    int rc = pd_net_connect(h->rsock, h->cfg->worker.router, err);
-    if (rc)
-        return rc;
-    h->registered = false;
-    h->last_router_ms = pd_now_ms();
-    send_register(h);
-    return 0;
-}
+/* ====== Dispatch ====== */
 
-/* The router that gave us our work is gone (why): its requests are
- * orphans nobody will read. Drop them all, freeing their blocks, and say
- * what was held. */
-static void drop_router_work(pd_wkhost_t *h, const char *why)
+void pd_wkhost_drop_work(pd_wkhost_t *h, uint32_t gen, const char *why)
 {
     char held[2][160] = { "", "" };
     if (h->prefill.ops)
         h->prefill.ops->drop_all(h->prefill.self, held[0], sizeof held[0]);
     if (h->decode.ops)
         h->decode.ops->drop_all(h->decode.self, held[1], sizeof held[1]);
+    h->gen = gen;
     pd_worker_load_t l;
     gather_load(h, &l);
     PD_WARN("event=dropped_orphans why=%s %s%s%s free_blocks=%u/%u", why, held[0],
             held[0][0] && held[1][0] ? " " : "", held[1], l.free_blocks, l.total_blocks);
 }
-
-/* The router went silent: whatever it had given us is its to re-dispatch,
- * so drop it all and register again on a fresh connection. */
-static void reconnect_router(pd_wkhost_t *h)
-{
-    PD_WARN("event=router_lost router=%s silent_ms=%llu", h->cfg->worker.router,
-            (unsigned long long)(pd_now_ms() - h->last_router_ms));
-    drop_router_work(h, "router_silent");
-    drop_outbox(h);
-    pd_net_close(h->rsock);
-    h->rsock = NULL;
-    pd_err_t err = { 0 };
-    if (connect_router(h, &err) != 0)
-        PD_ERROR("event=reconnect_failed msg=\"%s\"", err.msg);
-}
-
-static void on_register_reply(pd_wkhost_t *h, const Pd__RegisterReply *r)
-{
-    if (!r->has_accepted || !r->accepted) {
-        PD_ERROR("event=refused_by_router router=%s reason=\"%s\"", h->cfg->worker.router,
-                 r->reason ? r->reason : "?");
-        *h->stop = 1;
-        h->refused = true;
-        return;
-    }
-    h->registered = true;
-    if (r->has_heartbeat_ms && r->heartbeat_ms >= 10 && r->heartbeat_ms <= 60000)
-        h->hb_ms = r->heartbeat_ms;
-    if (r->has_liveness && r->liveness >= 1 && r->liveness <= 100)
-        h->liveness = r->liveness;
-    pd_worker_load_t l;
-    gather_load(h, &l);
-    PD_INFO("event=registered router=%s role=%d kv=%s blocks=%u", h->cfg->worker.router,
-            (int)h->role, h->kv_endpoint[0] ? h->kv_endpoint : "-", l.total_blocks);
-    send_heartbeat(h);
-}
-
-/* ====== Dispatch ====== */
 
 static void on_prefill_task(pd_wkhost_t *h, const Pd__Msg *m)
 {
@@ -313,11 +179,12 @@ static void on_decode_task(pd_wkhost_t *h, const Pd__Msg *m)
         h->decode.ops->on_task(h->decode.self, m);
 }
 
+/* The roles' messages. The link keeps the router link's own (RegisterReply,
+ * Heartbeat, Error); one that reaches us anyway (the fuzz target) is only
+ * logged. */
 static void on_router_msg(pd_wkhost_t *h, const Pd__Msg *m)
 {
     switch (m->body_case) {
-    case PD__MSG__BODY_REGISTER_REPLY: on_register_reply(h, m->register_reply); break;
-    case PD__MSG__BODY_HEARTBEAT: break;
     case PD__MSG__BODY_PREFILL: on_prefill_task(h, m); break;
     case PD__MSG__BODY_DECODE: on_decode_task(h, m); break;
     case PD__MSG__BODY_CANCEL:
@@ -340,15 +207,11 @@ static void on_router_msg(pd_wkhost_t *h, const Pd__Msg *m)
             *h->stop = 1;
         }
         break;
+    case PD__MSG__BODY_REGISTER_REPLY:
+    case PD__MSG__BODY_HEARTBEAT: break;
     case PD__MSG__BODY_ERROR:
         PD_WARN("event=router_error code=%d msg=\"%s\"", (int)m->error->code,
                 m->error->message ? m->error->message : "");
-        if (m->error->code == PD__ERROR_CODE__UNAVAILABLE && h->registered) {
-            /* "unknown worker: register first" -- the router restarted. */
-            h->registered = false;
-            drop_router_work(h, "router_restarted");
-            send_register(h);
-        }
         break;
     default:
         PD_WARN("event=unexpected_message from=router type=%s", pd_net_body_name(m->body_case));
@@ -385,28 +248,56 @@ void pd_wkhost_on_router_payload(pd_wkhost_t *h, const void *data, size_t len)
     pd_fault_leave();
 }
 
-static void handle_router(pd_wkhost_t *h)
+/* What the link passed on since the last turn. */
+static void handle_link(pd_wkhost_t *h)
 {
-    pd_err_t err = { 0 };
-    for (int budget = 0; budget < 256 && h->rsock; budget++) {
-        int rc = pd_net_recv(h->rsock, h->in, &err);
-        if (rc <= 0)
+    for (int budget = 0; budget < 256; budget++) {
+        pd_wklink_event_t ev;
+        int rc = pd_wklink_recv(h->link, &ev);
+        if (rc <= 0) {
+            zmq_msg_close(&ev.body);
             return;
-        h->last_router_ms = pd_now_ms();
-        if (h->in->n_frames != 1 || h->in->truncated) {
-            PD_WARN("event=bad_router_message frames=%d", h->in->n_frames);
-            pd_net_in_close(h->in);
-            continue;
         }
-        pd_wkhost_on_router_payload(h, zmq_msg_data(&h->in->frames[0]),
-                                    zmq_msg_size(&h->in->frames[0]));
-        pd_net_in_close(h->in);
+        char why[64];
+        switch (ev.kind) {
+        case PD_WKLINK_ROUTER:
+            pd_wkhost_on_router_payload(h, zmq_msg_data(&ev.body), zmq_msg_size(&ev.body));
+            break;
+        case PD_WKLINK_DROP:
+            snprintf(why, sizeof why, "%.*s", (int)zmq_msg_size(&ev.body),
+                     (const char *)zmq_msg_data(&ev.body));
+            pd_wkhost_drop_work(h, ev.gen, why);
+            break;
+        case PD_WKLINK_REFUSED:
+            h->refused = true;
+            *h->stop = 1;
+            break;
+        case PD_WKLINK_NONE: break;
+        }
+        zmq_msg_close(&ev.body);
     }
 }
 
 /* ====== Lifetime ====== */
 
-pd_wkhost_t *pd_wkhost_new(const pd_config_t *cfg, const char *id,
+/* PD_TEST_STALL=K:MS, K >= 1 and MS >= 1; unset or empty: off. */
+static int read_stall_hook(pd_wkhost_t *h, pd_err_t *err)
+{
+    const char *v = getenv(WK_STALL_ENV);
+    if (v == NULL || v[0] == '\0')
+        return 0;
+    unsigned long long k = 0, ms = 0;
+    char tail = 0;
+    if (sscanf(v, "%llu:%llu%c", &k, &ms, &tail) != 2 || k < 1 || ms < 1 || ms > 86400000ull)
+        return pd_err_set(err, PD_EINVAL, "%s: expected K:MS (pass K >= 1, 1..86400000 ms), "
+                          "got '%s'", WK_STALL_ENV, v);
+    h->stall_at_pass = k;
+    h->stall_ms = (uint32_t)ms;
+    PD_WARN("event=test_hook %s=%llu:%llu", WK_STALL_ENV, k, ms);
+    return 0;
+}
+
+pd_wkhost_t *pd_wkhost_new(const pd_config_t *cfg, const char *id, pd_wkengine_t *eng,
                            volatile sig_atomic_t *stop, pd_err_t *err)
 {
     pd_wkhost_t *h = calloc(1, sizeof *h);
@@ -416,21 +307,21 @@ pd_wkhost_t *pd_wkhost_new(const pd_config_t *cfg, const char *id,
     }
     h->cfg = cfg;
     snprintf(h->id, sizeof h->id, "%s", id);
+    h->eng = eng;
     h->stop = stop;
-    h->port = (pd_wkport_t){ h, port_send, port_now_ms, port_heartbeat_ms };
-    h->hb_ms = cfg->worker.heartbeat_ms ? cfg->worker.heartbeat_ms : 500;
-    h->liveness = cfg->worker.liveness ? cfg->worker.liveness : 3;
+    h->port = (pd_wkport_t){ h, port_send, port_now_ms };
     pd_pb_alloc_init(&h->alloc,
                      (size_t)cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE + PD_PB_BASE_BUDGET);
-    h->in = malloc(sizeof *h->in);
-    h->zctx = zmq_ctx_new();
-    if (h->in == NULL || h->zctx == NULL) {
-        pd_err_set(err, h->in ? PD_EIO : PD_ENOMEM, "%s",
-                   h->in ? "zmq_ctx_new failed" : "worker host");
-        pd_wkhost_free(h);
+    if (read_stall_hook(h, err) != 0) {
+        free(h);
         return NULL;
     }
-    h->in->n_frames = 0;
+    h->zctx = zmq_ctx_new();
+    if (h->zctx == NULL) {
+        pd_err_set(err, PD_EIO, "zmq_ctx_new failed");
+        free(h);
+        return NULL;
+    }
     return h;
 }
 
@@ -438,18 +329,16 @@ void pd_wkhost_free(pd_wkhost_t *h)
 {
     if (h == NULL)
         return;
-    pd_net_close(h->rsock);
-    h->rsock = NULL;
+    pd_wklink_stop(h->link);
+    h->link = NULL;
     if (h->prefill.ops)
         h->prefill.ops->close(h->prefill.self);
     if (h->decode.ops)
         h->decode.ops->close(h->decode.self);
-    drop_outbox(h);
     /* Blocks still referenced by ZeroMQ (zero-copy frames) must outlive the
      * context: zmq_ctx_term waits for the I/O threads to let go. */
     if (h->zctx)
         zmq_ctx_term(h->zctx);
-    free(h->in);
     free(h);
 }
 
@@ -467,52 +356,55 @@ void pd_wkhost_set_roles(pd_wkhost_t *h, pd_wkrole_t prefill, pd_wkrole_t decode
 
 int pd_wkhost_start(pd_wkhost_t *h, const pd_wkhost_info_t *info, pd_err_t *err)
 {
-    h->role = info->role;
-    pd_net_copy_str(h->kv_endpoint, sizeof h->kv_endpoint, info->kv_endpoint);
-    h->model_identity = info->model_identity;
-    pd_net_copy_str(h->model_name, sizeof h->model_name, info->model_name);
-    h->limits = info->limits;
-    h->prefix_caching = info->prefix_caching;
-    return connect_router(h, err);
+    pd_worker_load_t l;
+    gather_load(h, &l);
+    h->link = pd_wklink_start(h->cfg, h->id, h->zctx, info, h->health, &l, err);
+    return h->link ? 0 : PD_EIO;
 }
 
-void pd_wkhost_test_reset(pd_wkhost_t *h, bool registered)
-{
-    h->registered = registered;
-    h->draining = false;
-    drop_outbox(h);
-}
+void pd_wkhost_test_reset(pd_wkhost_t *h) { h->draining = false; }
 
-/* ====== Reactor ====== */
-
-static void timers(pd_wkhost_t *h)
-{
-    /* Read what queued up during a long forward pass first: the router's
-     * beats are in there, and its silence must not be misjudged. */
-    handle_router(h);
-    uint64_t now = pd_now_ms();
-    flush_outbox(h);
-    /* Not connected yet (ZMQ_IMMEDIATE refused the send): try again soon;
-     * sent but unanswered: once per beat. */
-    if (!h->registered && now - h->last_reg_ms >= (h->reg_sent ? h->hb_ms : 5))
-        send_register(h);
-    if (h->registered && now - h->last_hb_ms >= h->hb_ms)
-        send_heartbeat(h);
-    if (now - h->last_router_ms > (uint64_t)h->hb_ms * h->liveness && !h->draining)
-        reconnect_router(h);
-    if (h->health)
-        pd_proc_health(h->health,
-                       h->draining ? "draining" : h->registered ? "registered" : "registering",
-                       now, h->hb_ms);
-    if (h->prefill.ops)
-        h->prefill.ops->timers(h->prefill.self);
-    if (h->decode.ops)
-        h->decode.ops->timers(h->decode.self);
-    kv_events(h);
-}
+/* ====== The compute loop ====== */
 
 static bool role_busy(const pd_wkrole_t *r) { return r->ops && r->ops->busy(r->self); }
 static bool role_ready(const pd_wkrole_t *r) { return r->ops && r->ops->ready(r->self); }
+
+/* The planted stall (PD_TEST_STALL) before pass number `pass`. */
+static void test_stall(const pd_wkhost_t *h, uint64_t pass)
+{
+    if (pass != h->stall_at_pass)
+        return;
+    PD_WARN("event=test_stall pass=%llu ms=%u", (unsigned long long)pass, h->stall_ms);
+    struct timespec ts = { h->stall_ms / 1000, (long)(h->stall_ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    PD_WARN("event=test_stall_over pass=%llu", (unsigned long long)pass);
+}
+
+/* The forward passes of one turn. A colocated worker with
+ * prefill.chunk_tokens mixes its running decode tokens with a prefill
+ * chunk in one pass when both roles have work (so a long prompt never
+ * holds up the streams); otherwise each ready role runs its own pass, a
+ * prefill pass as large as prefill.max_batch_tokens allows. */
+static void run_roles(pd_wkhost_t *h)
+{
+    bool pr = role_ready(&h->prefill), dr = role_ready(&h->decode);
+    if (!pr && !dr)
+        return;
+    test_stall(h, ++h->passes);
+    if (pr && dr && h->cfg->prefill.chunk_tokens > 0) {
+        uint32_t n_pre = 0, budget = h->cfg->prefill.chunk_tokens;
+        uint32_t rows = pd_wkrole_run_mixed(h->eng, h->decode, h->prefill, budget, &n_pre);
+        h->mixed_steps += n_pre > 0 && rows > n_pre;
+        PD_DEBUG("event=mixed_step decode_rows=%u prefill_rows=%u budget=%u", rows - n_pre, n_pre,
+                 budget);
+        return;
+    }
+    if (pr)
+        pd_wkrole_run(h->eng, h->prefill);
+    if (dr)
+        pd_wkrole_run(h->eng, h->decode);
+}
 
 /* Starts draining on the first stop; true when the loop should end. */
 static bool check_drain(pd_wkhost_t *h)
@@ -523,50 +415,53 @@ static bool check_drain(pd_wkhost_t *h)
         /* What it holds now is what the drain must finish (tests check it). */
         PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
                 h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
-        if (h->registered)
-            send_heartbeat(h);
+        publish(h);
+        pd_wklink_beat_now(h->link);
     }
     if (!h->draining)
         return false;
     bool idle = !role_busy(&h->prefill) && !role_busy(&h->decode);
-    return idle || !h->registered || pd_now_ms() >= h->drain_deadline_ms;
+    return idle || !pd_wklink_registered(h->link) || pd_now_ms() >= h->drain_deadline_ms;
 }
 
 int pd_wkhost_run(pd_wkhost_t *h)
 {
     zmq_pollitem_t items[WK_MAX_POLL];
     pd_wkrole_t *roles[2] = { &h->prefill, &h->decode };
+    int status = 0;
     while (!check_drain(h)) {
         int n = 0;
-        items[n++] = (zmq_pollitem_t){ h->rsock, 0, ZMQ_POLLIN, 0 };
+        items[n++] = (zmq_pollitem_t){ pd_wklink_socket(h->link), 0, ZMQ_POLLIN, 0 };
         for (int i = 0; i < 2; i++)
             if (roles[i]->ops)
                 n += roles[i]->ops->sockets(roles[i]->self, items + n, WK_MAX_POLL - n);
         bool busy = role_ready(&h->prefill) || role_ready(&h->decode);
+        publish(h);
+        pd_wklink_turn_end(h->link);
         int rc = zmq_poll(items, n, busy ? 0 : 5);
+        pd_wklink_turn_begin(h->link);
         if (rc < 0 && errno != EINTR) {
             PD_ERROR("event=poll_failed msg=\"%s\"", zmq_strerror(errno));
-            return 1;
+            status = 1;
+            break;
         }
-        handle_router(h);
+        handle_link(h);
         for (int i = 0; i < 2; i++)
             if (roles[i]->ops)
                 roles[i]->ops->poll(roles[i]->self);
+        run_roles(h);
         for (int i = 0; i < 2; i++)
-            if (role_ready(roles[i]))
-                roles[i]->ops->run(roles[i]->self);
-        timers(h);
+            if (roles[i]->ops)
+                roles[i]->ops->timers(roles[i]->self);
+        kv_events(h);
     }
-    if (h->registered) {
-        /* Leaving: the router forgets us now rather than after missed beats. */
-        Pd__Drain d = PD__DRAIN__INIT;
-        Pd__Msg m = PD__MSG__INIT;
-        m.body_case = PD__MSG__BODY_DRAIN;
-        m.drain = &d;
-        flush_outbox(h);
-        pd_net_send(h->rsock, NULL, 0, &m, false, NULL);
-    }
+    publish(h);
+    pd_wklink_turn_end(h->link);
+    /* Leaving: the link sends the router a Drain (it forgets us now rather
+     * than after missed beats) and ends. */
+    pd_wklink_stop(h->link);
+    h->link = NULL;
     PD_INFO("event=stopped prefill_busy=%d decode_busy=%d", role_busy(&h->prefill),
             role_busy(&h->decode));
-    return h->refused ? 1 : 0;
+    return status ? status : h->refused ? 1 : 0;
 }

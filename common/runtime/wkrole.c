@@ -4,7 +4,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "base/clock.h"
 #include "base/log.h"
+#include "runtime/net.h"
 
 void pd_wkport_error(const pd_wkport_t *p, uint64_t req, Pd__ErrorCode code, const char *fmt, ...)
 {
@@ -59,4 +61,43 @@ void pd_wkport_tokens(const pd_wkport_t *p, const pd_token_entry_t *t, uint32_t 
     m.body_case = PD__MSG__BODY_TOKENS;
     m.tokens = &tb;
     p->send(p->host, &m);
+}
+
+/* ====== Running roles ====== */
+
+uint32_t pd_wkrole_run(pd_wkengine_t *e, pd_wkrole_t r)
+{
+    pd_wkstep_t st = { 0, 0, 0, e->max_fwd_tokens };
+    uint32_t n = r.ops->fill(r.self, &st);
+    if (n == 0)
+        return 0;
+    pd_err_t err = { 0 };
+    uint64_t t0 = pd_now_us();
+    int rc = pd_wkengine_forward(e, &st, &err);
+    r.ops->done(r.self, rc == 0 ? NULL : err.msg, pd_now_us() - t0);
+    return n;
+}
+
+uint32_t pd_wkrole_run_mixed(pd_wkengine_t *e, pd_wkrole_t first, pd_wkrole_t then,
+                             uint32_t budget, uint32_t *n_then)
+{
+    pd_wkstep_t st = { 0, 0, 0, e->max_fwd_tokens };
+    uint32_t n1 = first.ops->fill(first.self, &st);
+    uint32_t room = budget > n1 + budget / 4 ? budget : n1 + budget / 4;
+    st.max_rows = room < e->max_fwd_tokens ? room : e->max_fwd_tokens;
+    uint32_t n2 = st.n_rows < st.max_rows ? then.ops->fill(then.self, &st) : 0;
+    *n_then = n2;
+    if (n1 + n2 == 0)
+        return 0;
+    pd_err_t err = { 0 };
+    uint64_t t0 = pd_now_us();
+    int rc = pd_wkengine_forward(e, &st, &err);
+    uint64_t us = pd_now_us() - t0;
+    const char *fail = rc == 0 ? NULL : err.msg;
+    uint64_t us1 = us * n1 / (n1 + n2);
+    if (n1)
+        first.ops->done(first.self, fail, us1);
+    if (n2)
+        then.ops->done(then.self, fail, us - us1);
+    return n1 + n2;
 }

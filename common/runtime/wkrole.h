@@ -3,20 +3,23 @@
  *
  * A role is an opaque object behind a table of functions, pd_wkrole_ops_t,
  * which the host calls from its loop; the role reaches back only through
- * pd_wkport_t (send to the router, the host's clock and heartbeat). Neither
- * side sees the other's insides, so a role can be driven by a test double
- * of the host (tests/unit/test_prefill_role.c, test_decode_role.c) and the
- * host can change how it runs its roles (issue 16: sockets on an I/O
- * thread) without touching them.
+ * pd_wkport_t (send to the router, the host's clock). Neither side sees
+ * the other's insides, so a role can be driven by a test double of the host
+ * (tests/unit/test_prefill_role.c, test_decode_role.c) and the host can
+ * change how it runs its roles without touching them: the router link
+ * lives on the host's own I/O thread (wkhost.h), which roles never see.
  *
- * Calls a role can expect, all on one thread today:
+ * Calls a role can expect, all on one thread (the host's compute thread):
  *   on_task, on_cancel   a router message for it (already validated as an
  *                        envelope; every field is the role's to check)
  *   sockets, poll        its own sockets (KV egress or ingress): the host
  *                        polls them with its own and then calls poll, which
  *                        reads what is there without blocking
- *   ready, run           run is one batched forward pass or decode step,
- *                        called when ready says there is work for it
+ *   ready, fill, done    a forward pass (a prefill pass, a decode step, or
+ *                        in a colocated worker one pass mixing both), when
+ *                        ready says there is work: fill puts the role's
+ *                        rows in it, done reads its logits (pd_wkrole_run,
+ *                        pd_wkrole_run_mixed below)
  *   timers               once per loop turn: leases, retries, expiries
  *   busy, load           whether it holds work (drain waits for !busy);
  *                        its share of a heartbeat
@@ -25,8 +28,8 @@
  *   drop_all             the router that gave it its work is gone: free it
  *   kv_events, kv_resync (optional, NULL in a role without a prefix cache)
  *                        kv_events sends the router what changed in the
- *                        prefix cache (KvEvents), called every loop turn and
- *                        before each heartbeat while registered; kv_resync:
+ *                        prefix cache (KvEvents), called by the compute
+ *                        thread every loop turn while registered; kv_resync:
  *                        the router asked for a snapshot (KvResync), which
  *                        the next kv_events sends
  *   close                the process stops: close its sockets (the host then
@@ -56,9 +59,6 @@ typedef struct {
     void (*send)(void *host, const Pd__Msg *m);
     /* The host's monotonic clock, in ms: leases and waits are measured on it. */
     uint64_t (*now_ms)(void *host);
-    /* The heartbeat interval agreed with the router (ms): a pass that blocks
-     * the loop must stay well inside it. */
-    uint32_t (*heartbeat_ms)(void *host);
 } pd_wkport_t;
 
 /* An Error about request req (0: none) to the router, also logged. */
@@ -90,7 +90,16 @@ typedef struct {
     int (*sockets)(void *self, zmq_pollitem_t *items, int cap);
     void (*poll)(void *self);
     bool (*ready)(void *self);
-    void (*run)(void *self);
+    /* A forward pass in two halves, so that one pass can carry several
+     * roles' rows. fill appends the role's rows to st (within st->max_rows,
+     * the engine's sequences and the role's own limits), remembers what it
+     * put there and returns how many rows (0: nothing; done is then not
+     * called). done follows the pass: fail NULL, the role reads its logits
+     * (from the row st->n_logits had when it filled) and sends its tokens;
+     * or fail says why the pass failed. us: the role's share of the pass's
+     * time, for its counters. */
+    uint32_t (*fill)(void *self, pd_wkstep_t *st);
+    void (*done)(void *self, const char *fail, uint64_t us);
     void (*timers)(void *self);
     bool (*busy)(const void *self);
     /* Requests it holds now: prefill tasks, or decode sequences. */
@@ -110,5 +119,20 @@ typedef struct {
     const pd_wkrole_ops_t *ops; /* NULL: no such role in this process */
     void *self;
 } pd_wkrole_t;
+
+/* ====== Running roles ====== */
+
+/* One forward pass of r alone, within the engine's rows (the role keeps
+ * to its own budget). Returns the rows run (0: r had nothing). */
+uint32_t pd_wkrole_run(pd_wkengine_t *e, pd_wkrole_t r);
+
+/* One pass mixing first's rows with then's (a colocated worker's step:
+ * the decode role's running tokens, then a prefill chunk: SARATHI-style
+ * chunked prefill). first puts all it has; then gets what is left of
+ * budget rows, and at least budget / 4 so that prompts go on however large
+ * the decode batch is. The pass's time is shared between the two in
+ * proportion to their rows. Returns the rows run; *n_then: then's. */
+uint32_t pd_wkrole_run_mixed(pd_wkengine_t *e, pd_wkrole_t first, pd_wkrole_t then,
+                             uint32_t budget, uint32_t *n_then);
 
 #endif

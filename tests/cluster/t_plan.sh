@@ -86,29 +86,31 @@ expect_fail "pd-plan: missing profile file refused" "no-such.json" \
     --profile "$T/no-such.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
 expect_fail "pd-plan: --request-rate 0 refused" "request-rate.*> 0" \
     --profile $PROF --request-rate 0 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
-# Chunked prefill: with a pass cap of 32 tokens a 129-token prompt takes 5
-# passes; their attention work adds up to the whole prompt's, so alone (rate
-# far below capacity) each request's TTFT grows by exactly 4 pass intercepts.
+# Prompts longer than a pass: with a 32-token budget (the workers'
+# prefill.max_batch_tokens) a 129-token prompt takes 5 passes; their
+# attention work adds up to the whole prompt's, so alone (rate far below
+# capacity) each request's TTFT grows by exactly 4 pass intercepts.
 LOW=(--profile $PROF --request-rate 0.5 --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100
      --max-workers 2 --num-requests 50)
 "$PLAN" "${LOW[@]}" --json "$T/nocap.json" >/dev/null 2>&1
-"$PLAN" "${LOW[@]}" --prefill-pass-tokens 32 --json "$T/cap.json" >/dev/null 2>&1
-check "pd-plan: a 32-token pass cap adds 4 pass intercepts to every TTFT (chunked prefill)" node -e '
+"$PLAN" "${LOW[@]}" --prefill-batch-tokens 32 --json "$T/cap.json" >/dev/null 2>&1
+check "pd-plan: a 32-token pass budget adds 4 pass intercepts to every TTFT (prompts cut into passes)" node -e '
     const fs = require("fs");
     const a = JSON.parse(fs.readFileSync(process.argv[1], "utf8")), b = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
     const x = a.configs.find((c) => c.prefill === 1 && c.decode === 1), y = b.configs.find((c) => c.prefill === 1 && c.decode === 1);
     const want = 4 * a.cost_model.prefill[0], got = y.mean_ttft_ms - x.mean_ttft_ms;
     console.log(`# intercept ${a.cost_model.prefill[0].toFixed(3)} ms: TTFT ${x.mean_ttft_ms.toFixed(3)} -> ${y.mean_ttft_ms.toFixed(3)} ms`);
-    process.exit(b.prefill_pass_tokens === 32 && a.prefill_pass_tokens === 0 && want > 0 &&
+    process.exit(b.prefill_batch_tokens === 32 && a.prefill_batch_tokens === 2048 && want > 0 &&
                  Math.abs(got - want) < 0.01 * want ? 0 : 1);' "$T/nocap.json" "$T/cap.json"
 node -e '
     const fs = require("fs"), p = JSON.parse(fs.readFileSync(process.argv[1], "utf8"));
     p.prefill_pass_tokens = 32; p.prefill[0].batch = 0.25; fs.writeFileSync(process.argv[2], JSON.stringify(p));
     p.prefill[0].batch = 0; fs.writeFileSync(process.argv[3], JSON.stringify(p));' $PROF "$T/chunked.json" "$T/zero.json"
 "$PLAN" "${LOW[@]/$PROF/$T/chunked.json}" --json "$T/chunked.out.json" >/dev/null 2>&1
-check "pd-plan: a profile of chunked passes (batch < 1) and its pass cap are taken" node -e '
+check "pd-plan: an older profile of chunked passes (batch < 1) is taken, its pass cap ignored" node -e '
     const j = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-    process.exit(j.prefill_pass_tokens === 32 ? 0 : 1);' "$T/chunked.out.json"
+    process.exit(j.prefill_batch_tokens === 2048 && !("prefill_pass_tokens" in j) &&
+                 j.configs.length > 0 ? 0 : 1);' "$T/chunked.out.json"
 expect_fail "pd-plan: prefill[0].batch 0 refused, naming it" "prefill\[0\]\.batch" \
     --profile "$T/zero.json" --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1
 

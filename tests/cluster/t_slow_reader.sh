@@ -148,7 +148,12 @@ run_deadline_case() {
     check "[held] the workers let go at once (no sequence running, every block free) while the Errors wait" \
         wait_status "s.workers.every(w => w.running_seqs == 0 && w.free_blocks == w.total_blocks)" 5
     held=$(status_field 's.active_requests')
-    check "[held] the Errors are held, not sent (active $held of $N, $(stalled_count) cut yet)" \
+    # The fewest tokens a stream got by its deadline: on a loaded machine
+    # the decode can be too slow for the connection to fill within DL_MS
+    # (seen: 155 and 248 tokens a stream failed, 372 and more passed), and
+    # the Errors then go out at once. The name says so when it fails.
+    dl_tok=$(grep -o 'exceeded after [0-9]* tokens' "$T/router.log" | awk '{ print $3 }' | sort -n | head -1)
+    check "[held] the Errors are held, not sent (active $held of $N, $(stalled_count) cut yet; ${dl_tok:-?} tokens a stream by the deadline)" \
         bash -c "[ '$held' = $N ] && [ $(stalled_count) = 0 ]"
     check "[held] after router.stream_stall_ms the held requests are cut (0 active)" wait_status 's.active_requests == 0' $((DL_STALL_MS / 1000 + 10))
     check "[held] each counts once as failed (requests_failed $(status_field 's.requests_failed'), $N requests)" \

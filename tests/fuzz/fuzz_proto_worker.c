@@ -6,8 +6,9 @@
  *
  * A colocated ("both") worker is built once, as worker/worker.c builds one,
  * but without an engine: a fake model identity and a small real KV pool;
- * its host's DEALER to the router connects to an inproc sink (drained after
- * each operation), its decode role's KV ingress ROUTER binds an inproc
+ * its host's router link (the I/O thread, runtime/wklink.h) connects to an
+ * inproc sink (drained after each operation) and forwards what the roles
+ * send there, its decode role's KV ingress ROUTER binds an inproc
  * endpoint nobody connects to. Handlers are driven without compute (no
  * prefill pass, no decode step), which is every validation path. Each input
  * is a sequence of operations [op:1][len:2 LE][len bytes]:
@@ -23,8 +24,8 @@
  *   op % 8 == 4  a PrefillTask built from the bytes
  *   op % 8 == 5  a Cancel (request, epoch) from the router
  *   op % 8 == 6  a KvAck (request, epoch, ok)  -> pd_prefill_on_ack
- *   op % 8 == 7  an Error UNAVAILABLE from the router (forget everything,
- *                re-register) or a Drain
+ *   op % 8 == 7  the link's "drop your work" (a router lost or restarted:
+ *                forget everything) or a Drain from the router
  * Invariants (abort() when broken): pd_decode_check (orphans within their
  * cap, histories within capacity, a waiting sequence's frames exactly the
  * blocks its positions need, each of block_bytes); and after dropping
@@ -85,7 +86,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     g_eng.kv = pd_kv_new(&shape, &err);
     CHECK(g_eng.kv);
     g_eng.block_bytes = pd_kv_block_bytes(g_eng.kv);
-    g_host = pd_wkhost_new(&g_cfg, "w1", &g_stop, &err);
+    g_host = pd_wkhost_new(&g_cfg, "w1", &g_eng, &g_stop, &err);
     CHECK(g_host);
     pd_net_opts_t o;
     pd_net_opts_from_config(&o, &g_cfg);
@@ -264,7 +265,7 @@ static void check_invariants(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    pd_wkhost_test_reset(g_host, true);
+    pd_wkhost_test_reset(g_host);
     g_stop = 0;
     size_t at = 0;
     while (at + 3 <= size) {
@@ -303,21 +304,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             break;
         }
         case 7: {
-            Pd__Error e = PD__ERROR__INIT;
             Pd__Drain d = PD__DRAIN__INIT;
             Pd__Msg m = PD__MSG__INIT;
             if (byte(p, len, 0) & 1) {
-                e.has_code = true;
-                e.code = PD__ERROR_CODE__UNAVAILABLE;
-                e.message = (char *)"unknown worker: register first";
-                m.body_case = PD__MSG__BODY_ERROR;
-                m.error = &e;
+                pd_wkhost_drop_work(g_host, 0, "router_restarted");
             } else {
                 m.body_case = PD__MSG__BODY_DRAIN;
                 m.drain = &d;
+                router_msg(&m);
             }
-            router_msg(&m);
-            pd_wkhost_test_reset(g_host, true);
+            pd_wkhost_test_reset(g_host);
             break;
         }
         }
@@ -341,6 +337,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(pd_kv_n_used(g_eng.kv) == 0);
     /* Forget what is still queued for the router (back-pressure), and the
      * cancelled requests (a fresh worker). */
-    pd_wkhost_test_reset(g_host, true);
+    pd_wkhost_test_reset(g_host);
     return 0;
 }

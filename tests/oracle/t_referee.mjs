@@ -21,8 +21,13 @@
 // no second llama.cpp run.
 // llama.cpp runs with an F32 KV cache and flash attention off: its defaults
 // (F16 KV, CPU flash attention) move its own probabilities by up to 6e-4.
+// Then the same four results with an F16 KV cache on both sides (KV_CASES:
+// `pd-run --kv-dtype f16`, as kv.dtype f16 in a worker, against llama.cpp's
+// type_k/type_v F16, flash attention still off), at the tensor type's
+// tolerance plus tolerances.json's kv_types.F16 one.
 // Prints TAP. Env: MODELS (default build/models), PD_BIN (build/bin), CASES
-// (a JSON list of model names, default all test models).
+// and KV_CASES (JSON lists of model names, default all test models and four
+// of them).
 import { execFileSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
@@ -52,6 +57,11 @@ const CASES = (process.env.CASES ? JSON.parse(process.env.CASES) : [
   ...["llama3-tiny", "qwen3-tiny", "gemma2-tiny", "gemma3-tiny", "phi3-tiny"].flatMap((a) =>
     ["f32", "f16", "q8_0", "q4_k_m", "q6_k"].map((t) => `${a}-${t}`)),
 ]).map((c) => (Array.isArray(c) ? c : [c, 0]));
+const KV_CASES = process.env.KV_CASES ? JSON.parse(process.env.KV_CASES) : [
+  "tiny-llama-spm-f32", "tiny-llama-spm-f16", "tiny-llama-spm-q8_0", "tiny-qwen2-bpe-f32",
+];
+// [model, number of prompts (0: all), KV cache type]
+const RUNS = [...CASES.map(([n, p]) => [n, p, "f32"]), ...KV_CASES.map((n) => [n, 0, "f16"])];
 const PROMPTS = [
   "Once upon a time",
   "The quick brown fox jumps over the lazy dog.",
@@ -60,7 +70,7 @@ const PROMPTS = [
   "def main():\n    print('hi')\n",
 ];
 const N_SELF = 5;
-console.log(`1..${1 + 4 * CASES.length + N_SELF}`);
+console.log(`1..${1 + 4 * RUNS.length + N_SELF}`);
 
 let failures = 0;
 function ok(cond, name, detail) {
@@ -144,9 +154,10 @@ function judge(name, data, tol, maxTies, quiet = false) {
 }
 
 // ====== The data: pd-run and llama.cpp on one file ======
-function runOurs(model, prompt) {
+function runOurs(model, prompt, kv) {
   const out = execFileSync(path.join(PD_BIN, "pd-run"),
-    ["-m", model, "-p", prompt, "-n", String(N_GEN), "--ignore-eos", "--dump-top", "5", "--ctx", String(CTX)],
+    ["-m", model, "-p", prompt, "-n", String(N_GEN), "--ignore-eos", "--dump-top", "5",
+     "--ctx", String(CTX), "--kv-dtype", kv],
     { encoding: "utf8", maxBuffer: 64 << 20 });
   const lines = out.trim().split("\n").map((l) => JSON.parse(l));
   return {
@@ -156,11 +167,11 @@ function runOurs(model, prompt) {
   };
 }
 
-async function collect(llama, file, nPrompts) {
+async function collect(llama, file, nPrompts, kv) {
   const model = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
   const data = [];
   for (const prompt of PROMPTS.slice(0, nPrompts || PROMPTS.length)) {
-    const ours = runOurs(file, prompt);
+    const ours = runOurs(file, prompt, kv);
     const refTokens = model.tokenize(prompt, false);
     const withBos = (model.tokens.bos != null && ours.tokens[0] === model.tokens.bos && refTokens[0] !== model.tokens.bos)
       ? [model.tokens.bos, ...refTokens] : [...refTokens];
@@ -169,7 +180,8 @@ async function collect(llama, file, nPrompts) {
     // two threads each one-token evaluation took ~1 s on a loaded 2-core
     // machine (40 tokens: 38 s against 0.2 s), and the referee overran 20 min.
     const ctx = await model.createContext({ contextSize: CTX, batchSize: 256, threads: 1,
-      experimentalKvCacheKeyType: "F32", experimentalKvCacheValueType: "F32", flashAttention: false });
+      experimentalKvCacheKeyType: kv.toUpperCase(), experimentalKvCacheValueType: kv.toUpperCase(),
+      flashAttention: false });
     const seq = ctx.getSequence();
     // Prompt positions: the next token's distribution after each prompt token.
     const res = await seq.controlledEvaluate(ours.tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
@@ -199,15 +211,17 @@ const NLC = existsSync(path.join(here, "avx2/node_modules/node-llama-cpp/dist/in
 const { getLlama, LlamaLogLevel } = await import(path.join(here, NLC, "node-llama-cpp/dist/index.js"));
 const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
 let sample = null;
-for (const [name, nPrompts] of CASES) {
-  const file = path.join(MODELS, `${name}.gguf`);
-  const { tol, maxTies } = tolFor(name);
+for (const [model, nPrompts, kv] of RUNS) {
+  const file = path.join(MODELS, `${model}.gguf`);
+  const name = kv === "f32" ? model : `${model} (F16 KV)`;
+  const { tol: typeTol, maxTies } = tolFor(model);
+  const tol = typeTol + (kv === "f32" ? 0 : TOL.kv_types.F16.tolerance);
   let verdicts;
   if (!existsSync(file)) {
     verdicts = [[false, `${name}: model file exists (${file}; make models)`], [false, `${name}: greedy`],
                 [false, `${name}: top-5`], [false, `${name}: positions`]];
   } else {
-    const data = await collect(llama, file, nPrompts);
+    const data = await collect(llama, file, nPrompts, kv);
     verdicts = judge(name, data, tol, maxTies);
     if (!sample && data.length === PROMPTS.length) sample = { name, data, tol };
   }

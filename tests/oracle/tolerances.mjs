@@ -45,6 +45,9 @@ export function renderTable() {
   ];
   for (const [t, v] of Object.entries(TOL.types))
     rows.push(`| ${t} | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) | ${TOL.max_near_ties_per_file} |`);
+  for (const [t, v] of Object.entries(TOL.kv_types ?? {}))
+    if (!t.startsWith("_"))
+      rows.push(`| + ${t} KV cache (added to the type's) | ${sci(v.tolerance)} | ${sci(v.worst_observed)} (${v.worst_file}) | ${TOL.max_near_ties_per_file} |`);
   for (const g of TOL.groups ?? []) {
     const ties = g.max_near_ties_per_file === undefined ? ""
       : ` At most ${g.max_near_ties_per_file} near-ties per file.`;

@@ -26,7 +26,6 @@
 typedef struct {
     pd_wkport_t port;
     uint64_t now_ms;       /* the role's clock: moved by the test */
-    uint32_t hb_ms;
     Pd__Msg *sent[FH_MAX_SENT]; /* what the role sent, as the router reads it */
     size_t n_sent;
     void *zctx;
@@ -50,8 +49,6 @@ static inline void fh_send(void *host, const Pd__Msg *m)
 
 static inline uint64_t fh_now_ms(void *host) { return ((fake_host_t *)host)->now_ms; }
 
-static inline uint32_t fh_heartbeat_ms(void *host) { return ((fake_host_t *)host)->hb_ms; }
-
 static inline const char *fh_model_path(const char *name, char *buf, size_t cap)
 {
     const char *dir = getenv("MODELS");
@@ -64,9 +61,8 @@ static inline const char *fh_model_path(const char *name, char *buf, size_t cap)
 static inline void fh_init(fake_host_t *h, const char *name, uint32_t n_blocks, bool prefill, bool decode)
 {
     memset(h, 0, sizeof *h);
-    h->port = (pd_wkport_t){ h, fh_send, fh_now_ms, fh_heartbeat_ms };
+    h->port = (pd_wkport_t){ h, fh_send, fh_now_ms };
     h->now_ms = 1000000;
-    h->hb_ms = 500;
     pd_config_default(&h->cfg);
     fh_model_path(name, h->cfg.model.path, sizeof h->cfg.model.path);
     h->cfg.kv.num_blocks = n_blocks;
@@ -140,15 +136,14 @@ static inline size_t fh_tokens(const fake_host_t *h, uint64_t req, pd_token_entr
     return n;
 }
 
-/* One turn of the host's loop for role r: its sockets, a pass if ready,
- * its timers. Returns whether it ran. */
+/* One turn of the host's loop for role r: its sockets, a pass if ready
+ * (the real pd_wkrole_run), its timers. Returns whether it ran. */
 static inline bool fh_turn(fake_host_t *h, pd_wkrole_t r)
 {
-    (void)h;
     r.ops->poll(r.self);
     bool ran = r.ops->ready(r.self);
     if (ran)
-        r.ops->run(r.self);
+        pd_wkrole_run(&h->eng, r);
     r.ops->timers(r.self);
     return ran;
 }

@@ -1,14 +1,18 @@
 /* test_attn.c -- the paged attention kernel (pd_kern_attn) against its
- * plain C reference on odd shapes, and its batch invariance:
+ * plain C reference on odd shapes, and its batch invariance, for an F32 and
+ * an F16 cache:
  *  - AVX2 vs reference within 2e-6 of the output scale, for head_dim 8..128,
  *    block sizes 1, 5, 16, 17, 33, query counts 1..37 with ragged n_pos
  *    (prefill-like and decode-like), blocks scattered in memory;
  *  - every query's output is bit-identical whether it is computed alone or
  *    with any other queries in the call (the property the engine's batch
  *    invariance rests on);
+ *  - F16: the F32 kernel on the widened cache with each query rounded to
+ *    F16 but for the probabilities' rounding to F16 (within 2^-11, the
+ *    contract in kernels.h), the reference within the same;
  *  - the same with a sliding window (Gemma 2/3, Mistral) and with Gemma 2's
- *    score soft-capping, blocks wholly before every window given as NULL
- *    (the kernel must not read them);
+ *    score soft-capping, F32 and F16, blocks wholly before every window
+ *    given as NULL (the kernel must not read them);
  *  - a known answer: one position gives exactly its V row; equal scores
  *    give the mean of the V rows; a window of 1 gives the last V row.
  */
@@ -43,39 +47,63 @@ static float rng_f(rng_t *r)
 }
 
 /* A fake cache: n_blocks blocks of bs positions, each position a row of
- * row_stride floats; the head under test starts at head_off. Blocks are
- * handed out in a scrambled order, as a block table does. */
+ * row_stride elements; the head under test starts at head_off. Blocks are
+ * handed out in a scrambled order, as a block table does. An F16 cache
+ * also keeps its values widened to floats (k, v), as an F32 cache to
+ * compare with (sh32, kb32, vb32). */
 typedef struct {
-    pd_attn_shape_t sh;
+    pd_attn_shape_t sh, sh32;
     uint32_t n_blocks;
     float *k, *v;             /* (n_blocks, bs, row_stride) */
-    const float **kb, **vb;   /* (n_blocks) per-block pointers, scrambled */
+    uint16_t *k16, *v16;      /* the same, as halves (F16 only) */
+    const void **kb, **vb;    /* (n_blocks) per-block pointers into the cache, scrambled */
+    const void **kb32, **vb32; /* the same blocks of k, v */
 } cache_t;
 
-static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, rng_t *r)
+static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, bool f16, rng_t *r)
 {
     const uint32_t head_off = hd, row_stride = 3 * hd + 4; /* a middle head, odd stride */
-    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, 0, 0.0f };
+    c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, f16, 0,
+                               0.0f };
+    c->sh32 = c->sh;
+    c->sh32.is_f16 = false;
     c->n_blocks = (max_pos + bs - 1) / bs;
     size_t n = (size_t)c->n_blocks * bs * row_stride;
     c->k = malloc(sizeof(float) * n);
     c->v = malloc(sizeof(float) * n);
-    c->kb = malloc(sizeof(float *) * c->n_blocks);
-    c->vb = malloc(sizeof(float *) * c->n_blocks);
+    c->k16 = malloc(sizeof(uint16_t) * n);
+    c->v16 = malloc(sizeof(uint16_t) * n);
+    c->kb = malloc(sizeof(void *) * c->n_blocks);
+    c->vb = malloc(sizeof(void *) * c->n_blocks);
+    c->kb32 = malloc(sizeof(void *) * c->n_blocks);
+    c->vb32 = malloc(sizeof(void *) * c->n_blocks);
     assert_non_null(c->k);
     assert_non_null(c->v);
+    assert_non_null(c->k16);
+    assert_non_null(c->v16);
     assert_non_null(c->kb);
     assert_non_null(c->vb);
+    assert_non_null(c->kb32);
+    assert_non_null(c->vb32);
     for (size_t i = 0; i < n; i++) {
         c->k[i] = 2.0f * rng_f(r); /* scores up to ~+-4: a peaked softmax */
         c->v[i] = rng_f(r);
+        c->k16[i] = pd_fp32_to_fp16(c->k[i]);
+        c->v16[i] = pd_fp32_to_fp16(c->v[i]);
+        if (f16) {
+            c->k[i] = pd_fp16_to_fp32(c->k16[i]);
+            c->v[i] = pd_fp16_to_fp32(c->v16[i]);
+        }
     }
     for (uint32_t j = 0; j < c->n_blocks; j++) {
         uint32_t phys = (j * 7 + 3) % c->n_blocks; /* a permutation when gcd(7, n) = 1 */
         if (c->n_blocks % 7 == 0)
             phys = c->n_blocks - 1 - j;
-        c->kb[j] = c->k + (size_t)phys * bs * row_stride + head_off;
-        c->vb[j] = c->v + (size_t)phys * bs * row_stride + head_off;
+        size_t at = (size_t)phys * bs * row_stride + head_off;
+        c->kb32[j] = c->k + at;
+        c->vb32[j] = c->v + at;
+        c->kb[j] = f16 ? (const void *)(c->k16 + at) : c->kb32[j];
+        c->vb[j] = f16 ? (const void *)(c->v16 + at) : c->vb32[j];
     }
 }
 
@@ -83,8 +111,19 @@ static void cache_free(cache_t *c)
 {
     free(c->k);
     free(c->v);
+    free(c->k16);
+    free(c->v16);
     free((void *)c->kb);
     free((void *)c->vb);
+    free((void *)c->kb32);
+    free((void *)c->vb32);
+}
+
+/* V element d of position p, widened. */
+static float v_at(const cache_t *c, uint32_t p, uint32_t d)
+{
+    const float *blk = c->vb32[p / c->sh.block_size];
+    return blk[(size_t)(p % c->sh.block_size) * c->sh.row_stride + d];
 }
 
 /* n_q queries of hd floats, outputs, n_pos: each query row in its own
@@ -143,36 +182,40 @@ static void hide_blocks(cache_t *c, const uint32_t *n_pos, uint32_t n_q)
 }
 
 static void check_shape_w(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
-                          uint32_t window, float softcap, rng_t *r)
+                          bool f16, uint32_t window, float softcap, rng_t *r)
 {
     cache_t c;
     queries_t Q;
-    cache_init(&c, hd, bs, max_pos, r);
-    c.sh.window = window;
-    c.sh.softcap = softcap;
+    cache_init(&c, hd, bs, max_pos, f16, r);
+    c.sh.window = c.sh32.window = window;
+    c.sh.softcap = c.sh32.softcap = softcap;
     queries_init(&Q, &c, n_q, max_pos, prefill, r);
     float *ref = malloc(sizeof(float) * hd);
     assert_non_null(ref);
-    const float **kb_all = malloc(sizeof(float *) * c.n_blocks);
-    const float **vb_all = malloc(sizeof(float *) * c.n_blocks);
+    const void **kb_all = malloc(sizeof(void *) * c.n_blocks);
+    const void **vb_all = malloc(sizeof(void *) * c.n_blocks);
     assert_non_null(kb_all);
     assert_non_null(vb_all);
-    memcpy(kb_all, c.kb, sizeof(float *) * c.n_blocks);
-    memcpy(vb_all, c.vb, sizeof(float *) * c.n_blocks);
+    memcpy(kb_all, c.kb, sizeof(void *) * c.n_blocks);
+    memcpy(vb_all, c.vb, sizeof(void *) * c.n_blocks);
     hide_blocks(&c, Q.n_pos, n_q);
     pd_kern_attn(&c.sh, c.kb, c.vb, n_q, (const float *const *)Q.q, Q.n_pos, Q.out, Q.scratch);
     for (uint32_t i = 0; i < n_q; i++) {
         float *outs[1] = { ref };
         const float *qs[1] = { Q.q[i] };
-        memcpy(c.kb, kb_all, sizeof(float *) * c.n_blocks);
-        memcpy(c.vb, vb_all, sizeof(float *) * c.n_blocks);
+        memcpy(c.kb, kb_all, sizeof(void *) * c.n_blocks);
+        memcpy(c.vb, vb_all, sizeof(void *) * c.n_blocks);
         hide_blocks(&c, &Q.n_pos[i], 1);
         pd_kern_attn_ref(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs, NULL);
+        /* F16: the same, but for a probability the two round to neighbouring
+         * halves (the reference's is computed in double): one F16 step of a
+         * probability <= 1, 2^-11, times |v| <= 1 */
+        const float tol = f16 ? 2e-6f + 0x1p-11f : 2e-6f;
         for (uint32_t d = 0; d < hd; d++) {
-            if (fabsf(ref[d] - Q.out[i][d]) > 2e-6f)
-                fail_msg("hd %u bs %u n_q %u window %u softcap %g: query %u (n_pos %u) dim %u: "
-                         "%.9g vs ref %.9g", hd, bs, n_q, window, (double)softcap, i, Q.n_pos[i],
-                         d, Q.out[i][d], ref[d]);
+            if (fabsf(ref[d] - Q.out[i][d]) > tol)
+                fail_msg("hd %u bs %u n_q %u f16 %d window %u softcap %g: query %u (n_pos %u) "
+                         "dim %u: %.9g vs ref %.9g", hd, bs, n_q, f16, window, (double)softcap, i,
+                         Q.n_pos[i], d, Q.out[i][d], ref[d]);
         }
         /* alone (seeing only its own window's blocks): bit-identical to
          * the grouped result */
@@ -180,8 +223,22 @@ static void check_shape_w(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_p
         float *outs1[1] = { alone };
         pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &Q.n_pos[i], outs1, Q.scratch);
         if (memcmp(alone, Q.out[i], sizeof(float) * hd) != 0)
-            fail_msg("hd %u bs %u n_q %u window %u softcap %g: query %u differs alone and "
-                     "grouped", hd, bs, n_q, window, (double)softcap, i);
+            fail_msg("hd %u bs %u n_q %u f16 %d window %u softcap %g: query %u differs alone "
+                     "and grouped", hd, bs, n_q, f16, window, (double)softcap, i);
+        if (f16) { /* the F32 kernel on the widened cache, the query rounded:
+                    * the same scores and softmax, so only the probabilities'
+                    * rounding differs: sum_p |p16 - p| |v| <= 2^-11 max |v| */
+            float qr[PD_ATTN_MAX_HEAD_DIM];
+            for (uint32_t d = 0; d < hd; d++)
+                qr[d] = pd_fp16_to_fp32(pd_fp32_to_fp16(Q.q[i][d]));
+            const float *qrs[1] = { qr };
+            pd_kern_attn(&c.sh32, c.kb32, c.vb32, 1, qrs, &Q.n_pos[i], outs1, Q.scratch);
+            for (uint32_t d = 0; d < hd; d++)
+                if (fabsf(alone[d] - Q.out[i][d]) > 0x1p-11f + 1e-6f)
+                    fail_msg("hd %u bs %u window %u softcap %g: query %u dim %u: F16 %.9g vs "
+                             "F32 on the widened cache %.9g", hd, bs, window, (double)softcap, i,
+                             d, Q.out[i][d], alone[d]);
+        }
         free(alone);
     }
     free(ref);
@@ -192,15 +249,14 @@ static void check_shape_w(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_p
 }
 
 static void check_shape(uint32_t hd, uint32_t bs, uint32_t n_q, uint32_t max_pos, bool prefill,
-                        rng_t *r)
+                        bool f16, rng_t *r)
 {
-    check_shape_w(hd, bs, n_q, max_pos, prefill, 0, 0.0f, r);
+    check_shape_w(hd, bs, n_q, max_pos, prefill, f16, 0, 0.0f, r);
 }
 
-static void test_attn_matches_ref(void **state)
+static void check_matches_ref(bool f16)
 {
-    (void)state;
-    rng_t r = { 0x9e3779b97f4a7c15ull };
+    rng_t r = { 0x9e3779b97f4a7c15ull + f16 };
     const uint32_t hds[] = { 8, 24, 64, 128, 12 }; /* 12: the reference fallback */
     const uint32_t bss[] = { 1, 5, 16, 17, 33 };
     const uint32_t nqs[] = { 1, 3, 4, 8, 37 };
@@ -208,16 +264,28 @@ static void test_attn_matches_ref(void **state)
         for (size_t b = 0; b < sizeof bss / sizeof *bss; b++)
             for (size_t n = 0; n < sizeof nqs / sizeof *nqs; n++) {
                 const uint32_t max_pos = 1 + rng_u32(&r) % 90;
-                check_shape(hds[a], bss[b], nqs[n], max_pos, n % 2 == 0, &r);
+                check_shape(hds[a], bss[b], nqs[n], max_pos, n % 2 == 0, f16, &r);
             }
 }
 
-/* Sliding windows (smaller and larger than a block, and than the
- * context) and soft-capped scores (a cap of 1.5 bites: scores reach ~4). */
-static void test_attn_window_softcap(void **state)
+static void test_attn_matches_ref(void **state)
 {
     (void)state;
-    rng_t r = { 0xabcdef12345ull };
+    check_matches_ref(false);
+}
+
+static void test_attn_f16_matches_ref(void **state)
+{
+    (void)state;
+    check_matches_ref(true);
+}
+
+/* Sliding windows (smaller and larger than a block, and than the
+ * context) and soft-capped scores (a cap of 1.5 bites: scores reach ~4),
+ * with an F32 and an F16 cache. */
+static void check_window_softcap(bool f16)
+{
+    rng_t r = { 0xabcdef12345ull + f16 };
     const uint32_t hds[] = { 8, 64, 12 };
     const uint32_t bss[] = { 1, 5, 16, 17 };
     const uint32_t nqs[] = { 1, 4, 37 };
@@ -229,22 +297,33 @@ static void test_attn_window_softcap(void **state)
                 for (size_t w = 0; w < sizeof windows / sizeof *windows; w++)
                     for (size_t k = 0; k < sizeof caps / sizeof *caps; k++) {
                         const uint32_t max_pos = 1 + rng_u32(&r) % 90;
-                        check_shape_w(hds[a], bss[b], nqs[n], max_pos, (n + w) % 2 == 0,
+                        check_shape_w(hds[a], bss[b], nqs[n], max_pos, (n + w) % 2 == 0, f16,
                                       windows[w], caps[k], &r);
                     }
     /* no window, a cap: also batch-invariant and within tolerance */
-    check_shape_w(128, 16, 8, 90, true, 0, 30.0f, &r);
+    check_shape_w(128, 16, 8, 90, true, f16, 0, 30.0f, &r);
+}
+
+static void test_attn_window_softcap(void **state)
+{
+    (void)state;
+    check_window_softcap(false);
+}
+
+static void test_attn_f16_window_softcap(void **state)
+{
+    (void)state;
+    check_window_softcap(true);
 }
 
 /* Invariance under regrouping: the same queries called in different
  * splits (1, then 2 + rest, then reversed order) give identical bits. */
-static void test_attn_regrouping(void **state)
+static void check_regrouping(bool f16)
 {
-    (void)state;
     rng_t r = { 12345 };
     cache_t c;
     queries_t Q;
-    cache_init(&c, 64, 16, 100, &r);
+    cache_init(&c, 64, 16, 100, f16, &r);
     queries_init(&Q, &c, 24, 100, true, &r);
     pd_kern_attn(&c.sh, c.kb, c.vb, Q.n_q, (const float *const *)Q.q, Q.n_pos, Q.out, Q.scratch);
     float *first = malloc(sizeof(float) * 64 * Q.n_q);
@@ -270,12 +349,18 @@ static void test_attn_regrouping(void **state)
     cache_free(&c);
 }
 
-static void test_attn_known_answers(void **state)
+static void test_attn_regrouping(void **state)
 {
     (void)state;
+    check_regrouping(false);
+    check_regrouping(true);
+}
+
+static void check_known_answers(bool f16)
+{
     rng_t r = { 777 };
     cache_t c;
-    cache_init(&c, 32, 16, 40, &r);
+    cache_init(&c, 32, 16, 40, f16, &r);
     float q[32], out[32];
     for (int d = 0; d < 32; d++)
         q[d] = rng_f(&r);
@@ -285,15 +370,17 @@ static void test_attn_known_answers(void **state)
     uint32_t np = 1;
     pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &np, os, scratch);
     for (int d = 0; d < 32; d++) /* one position: softmax weight 1 */
-        assert_true(out[d] == c.vb[0][d]);
+        assert_true(out[d] == v_at(&c, 0, (uint32_t)d));
     memset(q, 0, sizeof q); /* all scores 0: the mean of V over 40 positions */
     np = 40;
     pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &np, os, scratch);
+    /* F16: each weight 1/40 rounded to a half first */
+    const double w = f16 ? (double)pd_fp16_to_fp32(pd_fp32_to_fp16(1.0f / 40)) : 1.0 / 40;
     for (int d = 0; d < 32; d++) {
         double mean = 0;
         for (uint32_t p = 0; p < 40; p++)
-            mean += c.vb[p / 16][(p % 16) * c.sh.row_stride + (uint32_t)d];
-        assert_true(fabs(out[d] - mean / 40) < 1e-6);
+            mean += v_at(&c, p, (uint32_t)d);
+        assert_true(fabs(out[d] - mean * w) < 1e-6);
     }
     for (int d = 0; d < 32; d++)
         q[d] = rng_f(&r);
@@ -301,16 +388,25 @@ static void test_attn_known_answers(void **state)
     np = 37;
     pd_kern_attn(&c.sh, c.kb, c.vb, 1, qs, &np, os, scratch);
     for (int d = 0; d < 32; d++)
-        assert_true(out[d] == c.vb[36 / 16][(36 % 16) * c.sh.row_stride + (uint32_t)d]);
+        assert_true(out[d] == v_at(&c, 36, (uint32_t)d));
     free(scratch);
     cache_free(&c);
+}
+
+static void test_attn_known_answers(void **state)
+{
+    (void)state;
+    check_known_answers(false);
+    check_known_answers(true);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_attn_matches_ref),
+        cmocka_unit_test(test_attn_f16_matches_ref),
         cmocka_unit_test(test_attn_window_softcap),
+        cmocka_unit_test(test_attn_f16_window_softcap),
         cmocka_unit_test(test_attn_regrouping),
         cmocka_unit_test(test_attn_known_answers),
     };

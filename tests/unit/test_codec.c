@@ -210,13 +210,20 @@ static void test_params_refusals(void **state)
 static void test_limits_round_trip(void **state)
 {
     (void)state;
-    pd_worker_limits_t in = { 16, 512, 8, 2048, 4096 }, out;
+    pd_worker_limits_t in = { 16, 512, 8, 2048, 4096, "f16" }, out;
     Pd__Register m = PD__REGISTER__INIT;
     pd_codec_limits_to_pb(&in, &m);
     Pd__Register *r = wire(&m.base);
     pd_err_t err = { 0 };
     assert_int_equal(pd_codec_limits_from_pb(r, &out, &err), 0);
     assert_memory_equal(&in, &out, sizeof in);
+    char *dt = r->kv_dtype;
+    r->kv_dtype = NULL; /* a worker from before F16 KV: f32 */
+    assert_int_equal(pd_codec_limits_from_pb(r, &out, &err), 0);
+    assert_string_equal(out.kv_dtype, "f32");
+    r->kv_dtype = (char *)"q4_0";
+    assert_refused(pd_codec_limits_from_pb(r, &out, &err), &err, "register.kv_dtype");
+    r->kv_dtype = dt;
     r->block_size = 0;
     assert_refused(pd_codec_limits_from_pb(r, &out, &err), &err, "register.block_size");
     r->has_block_size = false;

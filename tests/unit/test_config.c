@@ -81,6 +81,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.worker.liveness, 4);
     assert_int_equal(c.worker.drain_timeout_ms, 30000);
     assert_int_equal(c.worker.lease_ms, 10000);
+    assert_int_equal(c.worker.compute_timeout_ms, 60000);
+    assert_int_equal(c.prefill.chunk_tokens, 32);
     assert_int_equal(c.kv.block_size, 16);
     assert_int_equal(c.kv.num_blocks, 0);
     assert_int_equal(c.kv.memory_mb, 512);
@@ -273,7 +275,7 @@ static void test_unknown_key(void **state)
     (void)state;
     expect_error("# comment\nprefill:\n  max_batch_tokns: 5\n",
                  "t.yaml:3: unknown key 'prefill.max_batch_tokns' (known: max_batch_tokens, "
-                 "max_batch_size, wait_ms, max_inflight_kv)");
+                 "max_batch_size, wait_ms, max_inflight_kv, chunk_tokens)");
     expect_error("log:\n  level: info\n\n  colour: red\n",
                  "t.yaml:4: unknown key 'log.colour' (known: level, dir)");
 }
@@ -418,8 +420,10 @@ static void test_enums(void **state)
     expect_error("router:\n  routing: random\n",
                  "t.yaml:2: router.routing: expected one of kv_aware, round_robin, least_loaded, "
                  "got 'random'");
-    expect_error("kv:\n  block_size: 16\n  dtype: f16\n",
-                 "t.yaml:3: kv.dtype: expected one of f32, got 'f16'");
+    expect_ok(&c, "kv:\n  block_size: 16\n  dtype: f16\n");
+    assert_string_equal(c.kv.dtype, "f16");
+    expect_error("kv:\n  block_size: 16\n  dtype: bf16\n",
+                 "t.yaml:3: kv.dtype: expected one of f32, f16, got 'bf16'");
     expect_error("log:\n  level: INFO\n",
                  "t.yaml:2: log.level: expected one of debug, info, warn, error, got 'INFO'");
     expect_ok(&c, "http:\n  chat_template: chatml\n");
@@ -675,7 +679,7 @@ static void test_set(void **state)
     assert_int_equal(c.prefill.max_batch_tokens, 2048);
     assert_int_equal(pd_config_set(&c, "prefill.max_batch_tokns", "1", &err), PD_EINVAL);
     assert_string_equal(err.msg, "unknown key 'prefill.max_batch_tokns' (known: max_batch_tokens, "
-                                 "max_batch_size, wait_ms, max_inflight_kv)");
+                                 "max_batch_size, wait_ms, max_inflight_kv, chunk_tokens)");
     assert_int_equal(pd_config_set(&c, "blocks", "1", &err), PD_EINVAL);
     assert_non_null(strstr(err.msg, "unknown key 'blocks' (expected SECTION.KEY; sections: model,"));
     assert_int_equal(pd_config_set(&c, "kvv.block_size", "1", &err), PD_EINVAL);

@@ -11,11 +11,17 @@
  *  - attention through a scrambled block table equals attention through
  *    consecutive blocks (bit for bit);
  *  - a prompt computed on top of cached prefix blocks (a prefix-cache hit)
- *    gives bit-identical logits to the same prompt computed whole (a miss);
+ *    gives bit-identical logits to the same prompt computed whole (a miss),
+ *    with an F32 or an F16 KV cache;
+ *  - the same, bit for bit, with an F16 KV cache (kv.dtype f16), Gemma's
+ *    windows and soft-cap included;
+ *  - the per-layer hook (pd_forward_hooked) is called for layers 0..L-1 in
+ *    order, each time with that layer's K/V final and the next layer's not
+ *    yet written;
  *  - the newer architectures batch the same way (their sliding windows
  *    over the paged cache included), a sliding-window layer ignores every
- *    position outside its window while a global one does not, and phi3's
- *    rope factors follow the context size as llama.cpp's do;
+ *    position outside its window while a global one does not (F32 and F16
+ *    KV), and phi3's rope factors follow the context size as llama.cpp's do;
  *  - bad batches are refused with a message naming the field.
  */
 #include <setjmp.h>
@@ -38,6 +44,7 @@
 #define MAX_LEN 48
 
 static bool g_invariant = true; /* engine option under test */
+static pd_kv_dtype_t g_kv_dtype = PD_KV_F32; /* KV cache type under test */
 
 typedef struct {
     pd_model_t *m;
@@ -64,7 +71,7 @@ static int fx_open(fx_t *f, const char *name, uint32_t n_blocks, uint32_t max_ba
         return -1;
     }
     const pd_model_config_t *c = &f->m->cfg;
-    pd_kv_shape_t ks = { c->n_layers, c->n_kv_heads, c->head_dim, 16, n_blocks };
+    pd_kv_shape_t ks = { c->n_layers, c->n_kv_heads, c->head_dim, 16, n_blocks, g_kv_dtype };
     f->kv = pd_kv_new(&ks, &err);
     assert_non_null(f->kv);
     pd_engine_opts_t o;
@@ -194,8 +201,9 @@ static void check_batching(const char *model)
         n_same_tok += t1 == t2;
         n_cmp++;
     }
-    print_message("%s: %u batch rows, max |logit diff| = %.3g (%.3g of the logit scale), "
-                  "seeded samples equal %d/%d\n", model, n, max_diff, max_rel, n_same_tok, n_cmp);
+    print_message("%s (%s KV): %u batch rows, max |logit diff| = %.3g (%.3g of the logit scale), "
+                  "seeded samples equal %d/%d\n", model, pd_kv_dtype_name(g_kv_dtype), n, max_diff,
+                  max_rel, n_same_tok, n_cmp);
     if (g_invariant)
         assert_true(max_diff == 0.0);
     else
@@ -263,10 +271,10 @@ static void eval_seq(fx_t *f, int32_t first, float *out)
  * changes the logits of positions 0..3 and, bit for bit, none after (they
  * do not see it). gemma2-swa2 adds a global layer: it sees position 0's
  * changed K/V, so every position changes. */
-static void test_sliding_window(void **state)
+static void check_sliding_window(pd_kv_dtype_t dt)
 {
-    (void)state;
     const char *files[] = { "gemma2-swa1-f32.gguf", "gemma2-swa2-f32.gguf" };
+    g_kv_dtype = dt;
     for (int k = 0; k < 2; k++) {
         fx_t f;
         if (fx_open(&f, files[k], 8, 64) != 0)
@@ -283,12 +291,21 @@ static void test_sliding_window(void **state)
         for (uint32_t p = 0; p < 40; p++) {
             bool same = memcmp(a + (size_t)p * V, b + (size_t)p * V, sizeof(float) * V) == 0;
             if (same != (k == 0 && p >= 4))
-                fail_msg("%s position %u: logits %s", files[k], p, same ? "equal" : "differ");
+                fail_msg("%s (%s KV) position %u: logits %s", files[k], pd_kv_dtype_name(dt), p,
+                         same ? "equal" : "differ");
         }
         free(a);
         free(b);
         fx_close(&f);
     }
+    g_kv_dtype = PD_KV_F32;
+}
+
+static void test_sliding_window(void **state)
+{
+    (void)state;
+    check_sliding_window(PD_KV_F32);
+    check_sliding_window(PD_KV_F16);
 }
 
 /* phi3's LongRoPE: the long factors when the context exceeds the original
@@ -326,6 +343,103 @@ static void test_batching_sgemm_f32(void **state)
     check_batching("tiny-llama-spm-f32.gguf");
     check_batching("tiny-qwen2-bpe-f32.gguf");
     g_invariant = true;
+}
+
+/* Batch invariance with an F16 KV cache, for float and quantized weights. */
+static void test_batching_kv_f16(void **state)
+{
+    (void)state;
+    g_kv_dtype = PD_KV_F16;
+    check_batching("tiny-llama-spm-f32.gguf");
+    check_batching("tiny-qwen2-bpe-f32.gguf");
+    check_batching("tiny-llama-spm-f16.gguf");
+    check_batching("tiny-llama-spm-q8_0.gguf");
+    check_batching("gemma2-tiny-f32.gguf"); /* windows and Gemma 2's soft-cap */
+    check_batching("gemma3-tiny-q4_k_m.gguf");
+    g_kv_dtype = PD_KV_F32;
+}
+
+/* ====== The per-layer hook ====== */
+
+typedef struct {
+    fx_t *f;
+    const int32_t *blocks;
+    uint32_t n_blocks;
+    uint32_t calls;           /* layers seen, in order */
+    bool in_order, next_untouched;
+    unsigned char *snap;      /* (n_layers, n_blocks, layer_bytes) each layer as its hook saw it */
+} hook_ctx_t;
+
+#define SENTINEL 0xa5
+
+static void on_layer(void *ctx, uint32_t layer)
+{
+    hook_ctx_t *h = ctx;
+    pd_kv_t *kv = h->f->kv;
+    const uint32_t L = pd_kv_shape(kv)->n_layers;
+    size_t lb = pd_kv_layer_bytes(kv);
+    h->in_order = h->in_order && layer == h->calls;
+    h->calls++;
+    for (uint32_t b = 0; b < h->n_blocks; b++) {
+        memcpy(h->snap + ((size_t)layer * h->n_blocks + b) * lb,
+               pd_kv_block_layer(kv, h->blocks[b], layer), lb);
+        if (layer + 1 < L) { /* the next layer's first K row: not yet written */
+            const unsigned char *nx = pd_kv_block_layer(kv, h->blocks[b], layer + 1);
+            for (size_t i = 0; i < 16; i++)
+                h->next_untouched = h->next_untouched && nx[i] == SENTINEL;
+        }
+    }
+}
+
+static void check_hook(pd_kv_dtype_t dt)
+{
+    g_kv_dtype = dt;
+    fx_t f;
+    if (fx_open(&f, "tiny-llama-spm-f32.gguf", 8, 64) != 0)
+        fail();
+    g_kv_dtype = PD_KV_F32;
+    const uint32_t n = 40, L = f.m->cfg.n_layers;
+    int32_t tok[40], pos[40], sq[40], table[3] = { 5, 2, 7 };
+    for (uint32_t i = 0; i < n; i++) {
+        tok[i] = seq_tok(&f, 3, i);
+        pos[i] = (int32_t)i;
+        sq[i] = 0;
+    }
+    for (int b = 0; b < 3; b++)
+        memset(pd_kv_block(f.kv, table[b]), SENTINEL, pd_kv_block_bytes(f.kv));
+    size_t lb = pd_kv_layer_bytes(f.kv);
+    hook_ctx_t h = { &f, table, 3, 0, true, true, malloc((size_t)L * 3 * lb) };
+    assert_non_null(h.snap);
+    const int32_t *tables[1] = { table };
+    uint32_t nt[1] = { 3 };
+    pd_batch_t b = { n, tok, pos, sq, NULL, 1, tables, nt };
+    pd_forward_hooks_t hooks = { on_layer, &h };
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_forward_hooked(f.e, &b, f.logits, &hooks, &err), 0);
+    assert_int_equal(h.calls, L);
+    assert_true(h.in_order);
+    assert_true(h.next_untouched);
+    /* What each hook saw of its layer is what the pass left there. */
+    for (uint32_t l = 0; l < L; l++)
+        for (uint32_t k = 0; k < 3; k++)
+            if (memcmp(h.snap + ((size_t)l * 3 + k) * lb, pd_kv_block_layer(f.kv, table[k], l),
+                       lb) != 0)
+                fail_msg("layer %u block %u changed after its hook", l, k);
+    /* Without hooks: the same cache and logits. */
+    float *lg = malloc(sizeof(float) * f.m->cfg.vocab_size);
+    memcpy(lg, f.logits, sizeof(float) * f.m->cfg.vocab_size);
+    assert_int_equal(pd_forward(f.e, &b, f.logits, &err), 0);
+    assert_memory_equal(lg, f.logits, sizeof(float) * f.m->cfg.vocab_size);
+    free(lg);
+    free(h.snap);
+    fx_close(&f);
+}
+
+static void test_layer_hook(void **state)
+{
+    (void)state;
+    check_hook(PD_KV_F32);
+    check_hook(PD_KV_F16);
 }
 
 /* The same 40-token sequence through consecutive blocks and through
@@ -459,8 +573,8 @@ static void check_prefix_hit(const char *model)
     assert_memory_equal(f.logits, miss1 + (size_t)h1 * V, sizeof(float) * (N - h1) * V);
     assert_memory_equal(f.logits + (size_t)(N - h1) * V, miss2 + (size_t)h2 * V,
                         sizeof(float) * (N2 - h2) * V);
-    print_message("%s: prefix hits of %u and %u tokens, suffix logits bit-identical\n", model,
-                  h1, h2);
+    print_message("%s (KV %s): prefix hits of %u and %u tokens, suffix logits bit-identical\n",
+                  model, pd_kv_dtype_name(g_kv_dtype), h1, h2);
     pd_kv_seq_release(f.kv, &s1);
     pd_kv_seq_release(f.kv, &s2);
     pd_kv_seq_release(f.kv, &s3);
@@ -472,6 +586,17 @@ static void check_prefix_hit(const char *model)
 static void test_prefix_hit_llama(void **state) { (void)state; check_prefix_hit("tiny-llama-spm-f32.gguf"); }
 static void test_prefix_hit_qwen2(void **state) { (void)state; check_prefix_hit("tiny-qwen2-bpe-f32.gguf"); }
 static void test_prefix_hit_q8_0(void **state) { (void)state; check_prefix_hit("tiny-llama-spm-q8_0.gguf"); }
+
+/* The same on an F16 KV cache (half the bytes per block: the cached blocks
+ * are reused as they are), Gemma 2's windows included. */
+static void test_prefix_hit_kv_f16(void **state)
+{
+    (void)state;
+    g_kv_dtype = PD_KV_F16;
+    check_prefix_hit("tiny-llama-spm-f32.gguf");
+    check_prefix_hit("gemma2-tiny-f32.gguf");
+    g_kv_dtype = PD_KV_F32;
+}
 
 int main(void)
 {
@@ -487,10 +612,13 @@ int main(void)
         cmocka_unit_test(test_sliding_window),
         cmocka_unit_test(test_rope_factors),
         cmocka_unit_test(test_batching_sgemm_f32),
+        cmocka_unit_test(test_batching_kv_f16),
+        cmocka_unit_test(test_layer_hook),
         cmocka_unit_test(test_block_table_scrambled),
         cmocka_unit_test(test_prefix_hit_llama),
         cmocka_unit_test(test_prefix_hit_qwen2),
         cmocka_unit_test(test_prefix_hit_q8_0),
+        cmocka_unit_test(test_prefix_hit_kv_f16),
         cmocka_unit_test(test_bad_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

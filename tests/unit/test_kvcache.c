@@ -64,7 +64,7 @@ static void test_new_refuses_bad_shapes(void **st)
     s = small_shape(0x80000000u);
     expect_refused(s, PD_EINVAL, "n_blocks=2147483648");
     /* Block size overflows 64 bits: 2^32 * 2^32 * 2^32 ... */
-    s = (pd_kv_shape_t){ UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 1 };
+    s = (pd_kv_shape_t){ UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 1, PD_KV_F32 };
     expect_refused(s, PD_EINVAL, "overflows");
     /* Pool over 64 GiB: 4 KiB blocks x 2^24 = exactly 64 GiB is allowed in
      * size terms; one more block is not. */
@@ -105,25 +105,32 @@ static int cmp_ptr(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static void test_block_layout(void **st)
+/* The layout kvcache.h promises, for an element type: K and V of each
+ * layer in turn, each layer's pair contiguous, blocks apart and aligned. */
+static void check_block_layout(pd_kv_dtype_t dtype)
 {
-    (void)st;
     enum { NB = 7 };
-    pd_kv_shape_t s = { .n_layers = 3, .n_kv_heads = 2, .head_dim = 5, .block_size = 3, .n_blocks = NB };
+    pd_kv_shape_t s = { .n_layers = 3, .n_kv_heads = 2, .head_dim = 5, .block_size = 3,
+                        .n_blocks = NB, .dtype = dtype };
     pd_kv_t *kv = pd_kv_new(&s, NULL);
     assert_non_null(kv);
-    const size_t region = 3 * 2 * 5; /* floats: (block_size, n_kv_heads * head_dim) */
+    assert_int_equal(pd_kv_dtype(kv), dtype);
+    const size_t elem = pd_kv_dtype_size(dtype);
+    const size_t region = 3 * 2 * 5 * elem; /* bytes: (block_size, n_kv_heads * head_dim) */
     const size_t bb = pd_kv_block_bytes(kv);
-    assert_int_equal(bb, 3 * 2 * region * sizeof(float));
+    assert_int_equal(bb, 3 * 2 * region);
+    assert_int_equal(pd_kv_layer_bytes(kv), 2 * region);
     uintptr_t addr[NB];
     for (int32_t b = 0; b < NB; b++) {
         unsigned char *blk = pd_kv_block(kv, b);
         addr[b] = (uintptr_t)blk;
         assert_int_equal(addr[b] % 64, 0);
         for (uint32_t l = 0; l < 3; l++) {
-            assert_ptr_equal(pd_kv_k(kv, b, l), (float *)(void *)blk + (2 * l) * region);
-            assert_ptr_equal(pd_kv_v(kv, b, l), (float *)(void *)blk + (2 * l + 1) * region);
+            assert_ptr_equal(pd_kv_k(kv, b, l), blk + (2 * l) * region);
+            assert_ptr_equal(pd_kv_v(kv, b, l), blk + (2 * l + 1) * region);
+            assert_ptr_equal(pd_kv_block_layer(kv, b, l), blk + (2 * l) * region);
         }
+        assert_ptr_equal(pd_kv_block_layer(kv, b, 3), blk + bb); /* the end */
     }
     qsort(addr, NB, sizeof addr[0], cmp_ptr);
     for (int i = 1; i < NB; i++)
@@ -131,18 +138,50 @@ static void test_block_layout(void **st)
     /* Fill every K/V region with its own tag, then read every one back: a
      * region that overlapped another would lose its tag. */
     for (int32_t b = 0; b < NB; b++)
-        for (uint32_t l = 0; l < 3; l++)
-            for (size_t i = 0; i < region; i++) {
-                pd_kv_k(kv, b, l)[i] = (float)(b * 100 + l * 10 + 1);
-                pd_kv_v(kv, b, l)[i] = (float)(b * 100 + l * 10 + 2);
-            }
+        for (uint32_t l = 0; l < 3; l++) {
+            memset(pd_kv_k(kv, b, l), (int)(b * 6 + l * 2 + 1), region);
+            memset(pd_kv_v(kv, b, l), (int)(b * 6 + l * 2 + 2), region);
+        }
     for (int32_t b = 0; b < NB; b++)
         for (uint32_t l = 0; l < 3; l++)
             for (size_t i = 0; i < region; i++) {
-                assert_true(pd_kv_k(kv, b, l)[i] == (float)(b * 100 + l * 10 + 1));
-                assert_true(pd_kv_v(kv, b, l)[i] == (float)(b * 100 + l * 10 + 2));
+                assert_int_equal(((unsigned char *)pd_kv_k(kv, b, l))[i], b * 6 + l * 2 + 1);
+                assert_int_equal(((unsigned char *)pd_kv_v(kv, b, l))[i], b * 6 + l * 2 + 2);
             }
     pd_kv_free(kv);
+}
+
+static void test_block_layout(void **st)
+{
+    (void)st;
+    check_block_layout(PD_KV_F32);
+}
+
+/* kv.dtype f16: the same layout in half the bytes. */
+static void test_block_layout_f16(void **st)
+{
+    (void)st;
+    check_block_layout(PD_KV_F16);
+    pd_kv_shape_t s32 = small_shape(0), s16 = small_shape(0);
+    s16.dtype = PD_KV_F16;
+    assert_int_equal(pd_kv_blocks_for_budget(&s16, 64 * 4096), 128);
+    assert_int_equal(pd_kv_blocks_for_budget(&s32, 64 * 4096), 64);
+    pd_kv_dtype_t t = PD_KV_F32;
+    assert_int_equal(pd_kv_dtype_parse("f16", &t), 0);
+    assert_int_equal(t, PD_KV_F16);
+    assert_string_equal(pd_kv_dtype_name(t), "f16");
+    assert_int_equal(pd_kv_dtype_parse("f32", &t), 0);
+    assert_int_equal(t, PD_KV_F32);
+    assert_int_equal(pd_kv_dtype_parse("bf16", &t), PD_EINVAL);
+    assert_int_equal(pd_kv_dtype_parse(NULL, &t), PD_EINVAL);
+    /* An unknown dtype is refused, naming it. */
+    s16.dtype = (pd_kv_dtype_t)7;
+    s16.n_blocks = 4;
+    pd_err_t err = { 0 };
+    assert_null(pd_kv_new(&s16, &err));
+    assert_int_equal(err.code, PD_EINVAL);
+    assert_non_null(strstr(err.msg, "dtype=7"));
+    assert_int_equal(pd_kv_dtype_size((pd_kv_dtype_t)7), 0);
 }
 
 /* ====== Alloc / ref / unref against a shadow model ====== */
@@ -336,15 +375,15 @@ static void test_blocks_for_budget(void **st)
     assert_int_equal(pd_kv_blocks_for_budget(&s, 10 * 4096 + 100), 10);
     assert_int_equal(pd_kv_blocks_for_budget(&s, UINT64_MAX), (64ull << 30) / 4096);
     /* A llama-7B-like shape: 32 layers x 2 x 16 x 32 x 128 x 4 = 16 MiB per block. */
-    pd_kv_shape_t big = { 32, 32, 128, 16, 0 };
+    pd_kv_shape_t big = { 32, 32, 128, 16, 0, PD_KV_F32 };
     assert_int_equal(pd_kv_blocks_for_budget(&big, 1ull << 30), 64);
     /* Tiny 8-byte blocks are padded to 64 bytes each, so 64 GiB holds 2^30. */
-    pd_kv_shape_t tiny = { 1, 1, 1, 1, 0 };
+    pd_kv_shape_t tiny = { 1, 1, 1, 1, 0, PD_KV_F32 };
     assert_int_equal(pd_kv_blocks_for_budget(&tiny, UINT64_MAX), 1u << 30);
     assert_int_equal(pd_kv_blocks_for_budget(&tiny, 640), 10);
     s.head_dim = 0;
     assert_int_equal(pd_kv_blocks_for_budget(&s, 1ull << 30), 0);
-    pd_kv_shape_t huge = { UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 0 };
+    pd_kv_shape_t huge = { UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 0, PD_KV_F32 };
     assert_int_equal(pd_kv_blocks_for_budget(&huge, UINT64_MAX), 0);
     /* The budget's block count is accepted by pd_kv_new. */
     pd_kv_shape_t ok = small_shape(0);
@@ -731,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_new_refuses_bad_shapes),
         cmocka_unit_test(test_shape_and_counters),
         cmocka_unit_test(test_block_layout),
+        cmocka_unit_test(test_block_layout_f16),
         cmocka_unit_test(test_random_cycles_shadow_model),
         cmocka_unit_test(test_seq_reserve_release),
         cmocka_unit_test(test_seq_all_or_nothing),

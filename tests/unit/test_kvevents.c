@@ -96,7 +96,7 @@ static void assert_converged(link_t *l, pd_kv_t *kv)
 
 static pd_kv_t *new_pool(uint32_t n_blocks, uint32_t max_events)
 {
-    pd_kv_shape_t s = { 1, 1, 4, BS, n_blocks };
+    pd_kv_shape_t s = { 1, 1, 4, BS, n_blocks, PD_KV_F32 };
     pd_err_t err = { 0 };
     pd_kv_t *kv = pd_kv_new(&s, &err);
     assert_non_null(kv);
