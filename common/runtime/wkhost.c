@@ -25,6 +25,7 @@ struct pd_wkhost {
     bool draining;
     bool refused;              /* the router refused our Register */
     uint64_t drain_deadline_ms;
+    uint64_t drain_prefill0, drain_decode0; /* tokens computed before the drain began */
     pd_wkrole_t prefill, decode;
     pd_wkport_t port;
     void *zctx;
@@ -415,6 +416,10 @@ static bool check_drain(pd_wkhost_t *h)
         /* What it holds now is what the drain must finish (tests check it). */
         PD_INFO("event=draining deadline_ms=%u prefill_tasks=%u decode_seqs=%u",
                 h->cfg->worker.drain_timeout_ms, role_held(&h->prefill), role_held(&h->decode));
+        pd_worker_load_t l;
+        gather_load(h, &l);
+        h->drain_prefill0 = l.counters.prefill_tokens;
+        h->drain_decode0 = l.counters.decode_tokens;
         publish(h);
         pd_wklink_beat_now(h->link);
     }
@@ -461,7 +466,14 @@ int pd_wkhost_run(pd_wkhost_t *h)
      * than after missed beats) and ends. */
     pd_wklink_stop(h->link);
     h->link = NULL;
-    PD_INFO("event=stopped prefill_busy=%d decode_busy=%d", role_busy(&h->prefill),
-            role_busy(&h->decode));
+    /* What a drain finished: work the router had sent reaches the compute
+     * thread through the link, possibly after the draining line counted. */
+    pd_worker_load_t l;
+    gather_load(h, &l);
+    PD_INFO("event=stopped prefill_busy=%d decode_busy=%d drained_prefill_tokens=%llu "
+            "drained_decode_tokens=%llu",
+            role_busy(&h->prefill), role_busy(&h->decode),
+            h->draining ? (unsigned long long)(l.counters.prefill_tokens - h->drain_prefill0) : 0ULL,
+            h->draining ? (unsigned long long)(l.counters.decode_tokens - h->drain_decode0) : 0ULL);
     return status ? status : h->refused ? 1 : 0;
 }

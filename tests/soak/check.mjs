@@ -242,8 +242,8 @@ for (const e of nemesis) {
   if (e.kind === "kill_worker" || e.kind === "pause_worker") nWorkerFaults++;
   if (!h || !h.found)
     violate("HIT", null, `${what}: ${e.kind === "drain_worker" ? "no event=draining in its log" : "the router never removed it"}`);
-  else if (e.kind === "drain_worker" ? !(h.held >= 1 || h.requeued >= 1) : !(h.requeued >= 1))
-    violate("HIT", null, `${what}: ${e.kind === "drain_worker" ? "it held nothing when its drain began, and nothing was re-dispatched when it left" : "the router re-dispatched nothing on its removal"}`);
+  else if (e.kind === "drain_worker" ? !(h.held >= 1 || h.requeued >= 1 || h.drained >= 1) : !(h.requeued >= 1))
+    violate("HIT", null, `${what}: ${e.kind === "drain_worker" ? "it held nothing when its drain began, computed nothing while draining, and nothing was re-dispatched when it left" : "the router re-dispatched nothing on its removal"}`);
   else faultsHit++;
 }
 if (nWorkerFaults > 0 && migratedOk === 0)

@@ -12,7 +12,10 @@
 //     "event=draining" line after the fault (LOG_DIR/ID.log) -- and
 //     "requeued", as above: a worker stopped for the aim and drained on
 //     resuming may leave before it reads the tasks waiting in its socket
-//     (it saw its stop flag first); the router then re-dispatches them.
+//     (it saw its stop flag first); the router then re-dispatches them --
+//     and "drained", the prompt + output tokens it computed between its
+//     "event=draining" and "event=stopped" lines (work the router had sent
+//     it that reached the compute thread just after the draining line).
 // "found": false when the log has no such line. tests/soak/check.mjs fails
 // every fault that did not hit work in flight (and kill_router faults from
 // the client history: requests in flight at the kill).
@@ -75,6 +78,13 @@ for (const e of events) {
       .find((p) => p && p[0] >= since && p[1].includes(" event=draining ")) : undefined;
     hit.found = hit.found || Boolean(line);
     hit.held = line ? Number(field(line[1], "prefill_tasks")) + Number(field(line[1], "decode_seqs")) : 0;
+    // Work that reached the compute thread after the draining line (the
+    // link's I/O thread forwards what waited in the socket on resuming):
+    // the tokens computed during the drain, from the "event=stopped" line.
+    const stop = line ? readFileSync(log, "utf8").split("\n").map(parse)
+      .find((p) => p && p[0] >= line[0] && p[1].includes(" event=stopped ")) : undefined;
+    hit.drained = stop ? Number(field(stop[1], "drained_prefill_tokens") || 0) +
+      Number(field(stop[1], "drained_decode_tokens") || 0) : 0;
   }
   out.push(JSON.stringify(hit));
 }

@@ -116,6 +116,10 @@ const cases = [
     h.nemesis.find((e) => e.ev === "hit" && e.n === 4).held = 0; }],
   ["(passes) a drained worker that left its tasks to be re-dispatched", null, (h) => {
     Object.assign(h.nemesis.find((e) => e.ev === "hit" && e.n === 4), { held: 0, requeued: 2 }); }],
+  ["(passes) a drained worker that got its tasks just after its draining line and computed them", null, (h) => {
+    Object.assign(h.nemesis.find((e) => e.ev === "hit" && e.n === 4), { held: 0, requeued: 0, drained: 40 }); }],
+  ["a drain that held nothing, computed nothing and left nothing", /VIOLATION HIT fault 4 \(drain_worker d2\): it held nothing/, (h) => {
+    Object.assign(h.nemesis.find((e) => e.ev === "hit" && e.n === 4), { held: 0, requeued: 0, drained: 0 }); }],
   ["a router kill with nothing in flight", /VIOLATION HIT fault 3 \(kill_router\): no request in flight/, (h) => {
     const f = h.nemesis.find((e) => e.kind === "kill_router"); f.t = T + 0.5; }],
   ["worker faults after which no re-dispatched request finished", /VIOLATION HIT 2 worker kills\/pauses, but no request re-dispatched/, (h) => {
@@ -170,7 +174,9 @@ for (const [name, re, doctor] of cases) {
   ].join("\n") + "\n");
   writeFileSync(join(logs, "p1.log"), [
     `${iso(T + 2)} INFO p1 event=draining deadline_ms=8000 prefill_tasks=0 decode_seqs=0`,
+    `${iso(T + 3)} INFO p1 event=stopped prefill_busy=0 decode_busy=0 drained_prefill_tokens=7 drained_decode_tokens=0`,
     `${iso(T + 8.9)} INFO p1 event=draining deadline_ms=8000 prefill_tasks=3 decode_seqs=0`,
+    `${iso(T + 9.5)} INFO p1 event=stopped prefill_busy=0 decode_busy=0 drained_prefill_tokens=96 drained_decode_tokens=1`,
   ].join("\n") + "\n");
   const r = spawnSync("node", [join(here, "hits.mjs"), d, logs], { encoding: "utf8" });
   const hits = readFileSync(join(d, "nemesis.jsonl"), "utf8").split("\n").filter(Boolean).map(JSON.parse)
@@ -178,8 +184,8 @@ for (const [name, re, doctor] of cases) {
   const h1 = hits.find((e) => e.n === 1), h2 = hits.find((e) => e.n === 2);
   ok(r.status === 0 && h1 && h1.found && h1.requeued === 2 && h1.why === "disconnected",
      "hits.mjs: a kill's hit is the requeues of the first removal after it", JSON.stringify(hits) + r.stderr);
-  ok(h2 && h2.found && h2.held === 3 && h2.requeued === 1,
-     "hits.mjs: a drain's hit is what the worker held when its drain began, and what was re-dispatched when it left", JSON.stringify(hits));
+  ok(h2 && h2.found && h2.held === 3 && h2.requeued === 1 && h2.drained === 97,
+     "hits.mjs: a drain's hit is what the worker held when its drain began, what it computed until it stopped, and what was re-dispatched when it left", JSON.stringify(hits));
 }
 rmSync(root, { recursive: true, force: true });
 process.exit(failed ? 1 : 0);

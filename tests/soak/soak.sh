@@ -255,11 +255,14 @@ do_drain_worker() {
     restart_worker "$nid" "$role"
 }
 do_kill_router() {
-    # With requests in flight (the router's active_requests), up to 5 s.
+    # With requests in flight (the router's active_requests), up to 5 s:
+    # two or more for the first 3 s, so that one finishing between this
+    # status and the kill does not leave the kill hitting nothing.
     local held="" t0=$SECONDS
     while [ $((SECONDS - t0)) -lt 5 ]; do
         held=$(status_num active_requests)
-        [ "${held:-0}" -ge 1 ] && break
+        [ "${held:-0}" -ge 2 ] && break
+        [ "${held:-0}" -ge 1 ] && [ $((SECONDS - t0)) -ge 3 ] && break
         sleep 0.1
     done
     [ "${held:-0}" -ge 1 ] || { nlog miss kind='"kill_router"'; return; }
