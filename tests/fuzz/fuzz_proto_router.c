@@ -35,7 +35,7 @@
 #include "engine/gguf.h"
 #include "base/log.h"
 #include "router.h"
-#include "engine/unicode.h"
+#include "tests/unit/tiny_bpe.h"
 
 #define CHECK(cond)                                                         \
     do {                                                                    \
@@ -55,48 +55,7 @@ static void *g_peer[3]; /* DEALERs: client "C", workers "P" and "D" */
 static pd_tok_t *make_tok(void)
 {
     static const char *const merges[] = { "h e", "l l", "he ll", "o \xc4\xa0" };
-    enum { NM = sizeof merges / sizeof merges[0], N = 256 + NM + 1 };
-    static char single[256][4];
-    static char joined[NM][16];
-    const char *toks[N];
-    int32_t types[N];
-    for (int b = 0; b < 256; b++) {
-        size_t k = pd_utf8_encode(pd_gpt2_byte_to_cpt((uint8_t)b), single[b]);
-        single[b][k] = 0;
-        toks[b] = single[b];
-        types[b] = 1;
-    }
-    for (int i = 0; i < NM; i++) {
-        const char *sp = strchr(merges[i], ' ');
-        size_t a = (size_t)(sp - merges[i]);
-        memcpy(joined[i], merges[i], a);
-        strcpy(joined[i] + a, sp + 1);
-        toks[256 + i] = joined[i];
-        types[256 + i] = 1;
-    }
-    toks[N - 1] = "<|endoftext|>";
-    types[N - 1] = 3;
-    pd_gguf_writer_t *w = pd_gguf_writer_new(3);
-    CHECK(w);
-    CHECK(pd_gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") == 0);
-    CHECK(pd_gguf_writer_add_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, N) == 0);
-    CHECK(pd_gguf_writer_add_arr(w, "tokenizer.ggml.token_type", PD_GGUF_TYPE_INT32, types, N) ==
-          0);
-    CHECK(pd_gguf_writer_add_arr_str(w, "tokenizer.ggml.merges", merges, NULL, NM) == 0);
-    CHECK(pd_gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", N - 1) == 0);
-    CHECK(pd_gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", N - 1) == 0);
-    char path[] = "/tmp/pd-fuzz-router-XXXXXX";
-    int fd = mkstemp(path);
-    CHECK(fd >= 0);
-    close(fd);
-    pd_err_t err = { 0 };
-    CHECK(pd_gguf_writer_write(w, path, &err) == 0);
-    pd_gguf_writer_free(w);
-    pd_gguf_t *g = pd_gguf_open(path, &err);
-    CHECK(g);
-    pd_tok_t *t = pd_tok_load(g, &err);
-    pd_gguf_free(g);
-    unlink(path);
+    pd_tok_t *t = tiny_bpe(merges, sizeof merges / sizeof merges[0], true);
     CHECK(t);
     return t;
 }
