@@ -17,7 +17,8 @@
 #     prefill worker that caches its prefix.
 #  E. A prefix evicted between routing and prefill: prompt A is cached on a
 #     prefill worker with 40 blocks; then a 600-token prompt X and A again
-#     arrive together (prefill.wait_ms holds them for one batch): the router
+#     arrive together (prefill.wait_ms=2000 holds them for one batch, so a
+#     slow pd-cli start under load still lands A inside it): the router
 #     routes A onto its cache, X's blocks evict most of it before A's turn,
 #     and A is computed again, token-identical.
 . "$(dirname "$0")/lib.sh"
@@ -175,7 +176,7 @@ stop_cluster
 E=$T/e
 mkdir -p "$E"
 start_router
-start_worker prefill p4 --set kv.num_blocks=40 --set prefill.wait_ms=400
+start_worker prefill p4 --set kv.num_blocks=40 --set prefill.wait_ms=2000
 start_worker decode d4
 wait_workers 2
 prefix_prompts 1 3
