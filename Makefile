@@ -221,7 +221,7 @@ asan: deps
 # build with every unit test and the cluster tests that drive the error and
 # fault paths (hostile bytes, allocation failures, kills, restarts, cancels).
 # The whole suite under ASan is `make asan` (about 15 min here, by hand).
-ASAN_CI_TESTS := tests/test_|t_pd_run|t_bad_input|t_alloc_sweep|t_hostile_peer|t_worker_death|t_prefill_death|t_cancel|t_curve\.|t_first_token_lost
+ASAN_CI_TESTS := tests/test_|t_pd_run|t_bad_input|t_alloc_sweep|t_hostile_peer|t_worker_death|t_prefill_death|t_cancel|t_curve\.|t_first_token_lost|t_kv_stream
 asan-ci: deps
 	$(MAKE) BUILD=build-asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" OPT=-O1 all
 	@BUILD=build-asan MODELS=build/models ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 tests/run.sh '$(ASAN_CI_TESTS)'

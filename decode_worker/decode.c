@@ -59,7 +59,7 @@ static void timers(void *self) { dc_ingress_timers(self); }
 static bool busy(const void *self)
 {
     const pd_decode_t *d = self;
-    return d->n_expects > 0 || d->n_seqs > 0 || d->n_orphans > 0;
+    return d->n_expects > 0 || d->n_seqs > 0 || d->n_orphans > 0 || d->n_streams > 0;
 }
 
 static uint32_t held(const void *self) { return (uint32_t)((const pd_decode_t *)self)->n_seqs; }
@@ -84,6 +84,8 @@ static void drop_all(void *self, char *held, size_t cap)
     /* The cancels were that router's: a new one may reuse its request ids. */
     memset(d->cancelled, 0, sizeof d->cancelled);
     d->cancelled_next = 0;
+    memset(d->refused, 0, sizeof d->refused);
+    d->refused_next = 0;
 }
 
 static void close_sockets(void *self)
@@ -209,6 +211,7 @@ void pd_decode_held(const pd_decode_t *d, pd_decode_held_t *out)
     out->waiting = dc_n_waiting(d);
     out->running = d->n_running;
     out->orphans = d->n_orphans;
+    out->streams = d->n_streams;
 }
 
 int pd_decode_check(const pd_decode_t *d, pd_err_t *why)
@@ -242,6 +245,8 @@ int pd_decode_check(const pd_decode_t *d, pd_err_t *why)
     }
     if (running != d->n_running)
         return pd_err_set(why, PD_EINVAL, "%u running, counted %u", running, d->n_running);
+    if (dc_stream_check(d, why) != 0)
+        return PD_EINVAL;
     for (uint32_t i = 0; i < d->n_orphans; i++)
         if (d->orphans[i].n_frames != (d->orphans[i].n_tokens + bs - 1) / bs)
             return pd_err_set(why, PD_EINVAL, "orphan %u: %u frames for %u positions", i,

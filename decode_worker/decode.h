@@ -7,7 +7,9 @@
  * and the router re-prefills it. A request comes in one way,
  * pd_decode_take (runtime/handoff.h): from the KV ingress (a DecodeTask
  * from the router paired with a KvTransfer from a prefill worker, checked
- * block by block) or from the prefill role of the same process (colocated).
+ * block by block, or with a layer stream: KvLayer messages copied into
+ * reserved blocks, then their commit) or from the prefill role of the same
+ * process (colocated).
  *
  * An opaque role driven by a worker host (runtime/wkrole.h). It knows
  * nothing of the prefill role but the hand-off.
@@ -46,8 +48,8 @@ int pd_decode_take(pd_decode_t *d, pd_kv_handoff_t *h);
 pd_kv_sink_t pd_decode_sink(pd_decode_t *d);
 
 /* One KV message as received on the ingress ROUTER: in->frames[0] the
- * sender's id, [1] the KvTransfer envelope, [2..] block frames (n_frames >=
- * 2). Validates everything, acks or refuses, keeps the frames it accepts
+ * sender's id, [1] the KvTransfer or KvLayer envelope, [2..] block (or
+ * block-layer) frames (n_frames >= 2). Validates everything, acks or refuses, keeps the frames it accepts
  * (taken out of in). The socket loop and the worker fuzz target enter here. */
 void pd_decode_on_transfer(pd_decode_t *d, pd_net_in_t *in);
 
@@ -55,6 +57,7 @@ void pd_decode_on_transfer(pd_decode_t *d, pd_net_in_t *in);
  * waiting or running, KV transfers waiting for their DecodeTask. */
 typedef struct {
     uint32_t expected, waiting, running, orphans;
+    uint32_t streams; /* layer streams being received (kv.transfer: layer) */
 } pd_decode_held_t;
 void pd_decode_held(const pd_decode_t *d, pd_decode_held_t *out);
 

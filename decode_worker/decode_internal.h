@@ -12,6 +12,8 @@
 #define DC_MAX_SEQS 4096  /* requests held at once (expected, waiting, running) */
 #define DC_MAX_ORPHANS 64 /* KV transfers held until their DecodeTask */
 #define DC_CANCELLED 256  /* recently cancelled (request, epoch): their KV is refused */
+#define DC_MAX_STREAMS 256 /* layer streams being received at once (kv.transfer: layer) */
+#define DC_REFUSED 256    /* recently refused streams: their later frames are refused quietly */
 
 /* A DecodeTask whose KV has not come yet. */
 typedef struct {
@@ -35,6 +37,20 @@ typedef struct {
     size_t sender_len;
     uint64_t t_ms;
 } dc_orphan_t;
+
+/* A layer stream being received (stream_in.c) for an expected request: its
+ * blocks reserved, each layer's frames copied in as they come. */
+typedef struct {
+    uint64_t req;
+    uint32_t epoch;
+    uint8_t sender[PD_NET_ID_MAX]; /* the prefill worker's routing id */
+    size_t sender_len;
+    pd_kv_seq_t seq;           /* n_blocks reserved blocks */
+    uint32_t n_tokens, n_blocks;
+    uint32_t *next;            /* (n_layers) blocks of each layer arrived (the next one due) */
+    uint32_t layers_done;      /* layers with all n_blocks */
+    uint64_t t_ms;             /* its last frame */
+} dc_stream_t;
 
 typedef enum { DS_WAITING = 1, DS_RUNNING } dc_state_t;
 
@@ -79,6 +95,13 @@ struct pd_decode {
         uint32_t epoch;        /* 0 = every epoch */
     } cancelled[DC_CANCELLED]; /* ring */
     uint32_t cancelled_next;
+    dc_stream_t streams[DC_MAX_STREAMS];
+    uint32_t n_streams;
+    struct {
+        uint64_t req;
+        uint32_t epoch;
+    } refused[DC_REFUSED];     /* ring: streams refused (stream_in.c) */
+    uint32_t refused_next;
     uint64_t tickets;
     /* batching */
     dc_seq_t **seqs;           /* (n_seqs) waiting and running, in ticket order */
@@ -102,6 +125,37 @@ void dc_ingress_cancel(pd_decode_t *d, uint64_t req, uint32_t epoch);
 void dc_ingress_timers(pd_decode_t *d);        /* orphan expiry */
 void dc_ingress_drop_all(pd_decode_t *d);
 void dc_expect_remove(pd_decode_t *d, size_t i);
+int dc_expect_index(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+bool dc_was_cancelled(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+/* KvAck to the sender `to`; a refusal (ok false, reason not "cancelled")
+ * is counted in kv_rejected and logged. */
+void dc_send_ack(pd_decode_t *d, const uint8_t *to, size_t to_len, uint64_t req, uint32_t epoch,
+                 bool ok, const char *reason);
+/* The KV of expected (req, epoch) cannot be used: kv.load_failure applies
+ * (Preempted or Error); the expectation goes. No-op when not expected. */
+void dc_load_failed(pd_decode_t *d, uint64_t req, uint32_t epoch, const char *why);
+/* Expected request i and its KV become one hand-off for the batcher: the
+ * nb received frames, or (frames NULL) the blocks of *seq, which is then
+ * emptied. 0 when taken; PD_EINVAL when n_tokens does not match the task
+ * (nothing taken); another code when the batcher refused it (it told the
+ * router; the frames or blocks are gone). */
+int dc_deliver(pd_decode_t *d, size_t i, uint32_t n_tokens, int32_t first, zmq_msg_t *frames,
+               uint32_t nb, pd_kv_seq_t *seq);
+
+/* stream_in.c (kv.transfer: layer) */
+/* A KvLayer (in->frames[0] the sender, [1] the envelope, [2..] frames). */
+void dc_on_layer(pd_decode_t *d, const Pd__KvLayer *k, pd_net_in_t *in);
+/* A KvTransfer with streamed set: the stream's commit. */
+void dc_on_commit(pd_decode_t *d, const Pd__KvTransfer *k, pd_net_in_t *in);
+/* Drops the streams of req (epoch 0: every epoch; below_epoch: only those
+ * older than it), freeing their blocks; incomplete ones are counted in
+ * kv_streams_dropped. */
+void dc_stream_drop(pd_decode_t *d, uint64_t req, uint32_t epoch, uint32_t below_epoch,
+                    const char *why);
+bool dc_stream_refused(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+void dc_stream_timers(pd_decode_t *d);      /* idle streams */
+void dc_stream_drop_all(pd_decode_t *d);
+int dc_stream_check(const pd_decode_t *d, pd_err_t *why);
 
 /* batch.c */
 int dc_seq_index(const pd_decode_t *d, uint64_t req, uint32_t epoch);

@@ -11,6 +11,7 @@
 
 #include <xxhash.h>
 
+#include "base/clock.h"
 #include "base/fault.h"
 #include "base/grow.h"
 #include "base/log.h"
@@ -18,7 +19,7 @@
 
 /* ====== Expected requests ====== */
 
-static int expect_index(const pd_decode_t *d, uint64_t req, uint32_t epoch)
+int dc_expect_index(const pd_decode_t *d, uint64_t req, uint32_t epoch)
 {
     for (size_t i = 0; i < d->n_expects; i++)
         if (d->expects[i].req == req && (epoch == 0 || d->expects[i].epoch == epoch))
@@ -35,8 +36,8 @@ void dc_expect_remove(pd_decode_t *d, size_t i)
 
 /* ====== Acks and failures ====== */
 
-static void send_ack(pd_decode_t *d, const uint8_t *to, size_t to_len, uint64_t req,
-                     uint32_t epoch, bool ok, const char *reason)
+void dc_send_ack(pd_decode_t *d, const uint8_t *to, size_t to_len, uint64_t req, uint32_t epoch,
+                 bool ok, const char *reason)
 {
     Pd__KvAck a = PD__KV_ACK__INIT;
     a.has_request_id = a.has_epoch = a.has_ok = true;
@@ -60,9 +61,9 @@ static void send_ack(pd_decode_t *d, const uint8_t *to, size_t to_len, uint64_t 
 /* A transfer for a request we expect was refused: it must not hang. With
  * kv.load_failure = recompute the router re-prefills it (Preempted), with
  * fail it ends in an error. */
-static void load_failed(pd_decode_t *d, uint64_t req, uint32_t epoch, const char *why)
+void dc_load_failed(pd_decode_t *d, uint64_t req, uint32_t epoch, const char *why)
 {
-    int i = expect_index(d, req, epoch);
+    int i = dc_expect_index(d, req, epoch);
     if (i < 0 || epoch == 0)
         return;
     char msg[200];
@@ -76,13 +77,8 @@ static void load_failed(pd_decode_t *d, uint64_t req, uint32_t epoch, const char
 
 /* ====== Pairing ====== */
 
-/* Expected request i and its KV (n_tokens positions, the first token, nb
- * block frames) become one hand-off for the batcher. Returns 0 when taken;
- * PD_EINVAL when the transfer does not match the task (nothing taken: the
- * caller still owns frames); another code when the batcher refused it (it
- * told the router; the frames are gone). */
-static int deliver(pd_decode_t *d, size_t i, uint32_t n_tokens, int32_t first, zmq_msg_t *frames,
-                   uint32_t nb)
+int dc_deliver(pd_decode_t *d, size_t i, uint32_t n_tokens, int32_t first, zmq_msg_t *frames,
+               uint32_t nb, pd_kv_seq_t *seq)
 {
     dc_expect_t *x = &d->expects[i];
     if (n_tokens != x->params.n_prompt + x->params.n_generated)
@@ -103,17 +99,26 @@ static int deliver(pd_decode_t *d, size_t i, uint32_t n_tokens, int32_t first, z
      * ahead of it. Echoing it makes our stream complete on its own (the
      * router drops whichever copy comes second). */
     h.echo_first = true;
+    if (frames == NULL) {
+        h.seq = *seq;
+        memset(seq, 0, sizeof *seq);
+    }
     h.frames = frames;
     h.n_frames = nb;
     uint64_t ticket = x->ticket;
     x->hist = NULL;
     dc_expect_remove(d, i);
     d->c.kv_recv_bytes += (uint64_t)nb * d->eng->block_bytes;
+    uint64_t req = h.req, epoch = h.epoch;
     int rc = dc_take(d, &h, ticket);
     if (rc != 0) {
         pd_kv_handoff_release(&h, d->eng->kv);
         return rc == PD_EINVAL ? PD_ENOMEM : rc;
     }
+    /* The end of the KV's exposure (docs/benchmarks.md): the sequence is
+     * the batcher's, its whole KV here and checked. */
+    PD_INFO("event=kv_in req=%llu epoch=%llu mode=%s t_us=%llu", (unsigned long long)req,
+            (unsigned long long)epoch, frames ? "whole" : "layer", (unsigned long long)pd_now_us());
     return 0;
 }
 
@@ -175,7 +180,7 @@ static const char *check_transfer(pd_decode_t *d, const Pd__KvTransfer *k, pd_ne
     return NULL;
 }
 
-static bool was_cancelled(const pd_decode_t *d, uint64_t req, uint32_t epoch)
+bool dc_was_cancelled(const pd_decode_t *d, uint64_t req, uint32_t epoch)
 {
     for (uint32_t c = 0; c < DC_CANCELLED; c++)
         if (d->cancelled[c].req == req && req != 0 &&
@@ -189,31 +194,31 @@ static bool was_cancelled(const pd_decode_t *d, uint64_t req, uint32_t epoch)
 static void accept_transfer(pd_decode_t *d, const Pd__KvTransfer *k, const uint8_t *from,
                             size_t from_len, zmq_msg_t *frames, uint32_t nb)
 {
-    int i = expect_index(d, k->request_id, k->epoch);
+    int i = dc_expect_index(d, k->request_id, k->epoch);
     if (i >= 0 && k->epoch != 0) {
-        int rc = deliver(d, (size_t)i, k->n_tokens, k->first_token, frames, nb);
+        int rc = dc_deliver(d, (size_t)i, k->n_tokens, k->first_token, frames, nb, NULL);
         if (rc == PD_EINVAL) {
             dc_close_frames(frames, nb);
-            send_ack(d, from, from_len, k->request_id, k->epoch, false,
-                     "n_tokens differs from the decode task");
-            load_failed(d, k->request_id, k->epoch, "n_tokens differs from the decode task");
+            dc_send_ack(d, from, from_len, k->request_id, k->epoch, false,
+                        "n_tokens differs from the decode task");
+            dc_load_failed(d, k->request_id, k->epoch, "n_tokens differs from the decode task");
         } else {
-            send_ack(d, from, from_len, k->request_id, k->epoch, rc == 0,
-                     rc == 0 ? NULL : "out of memory");
+            dc_send_ack(d, from, from_len, k->request_id, k->epoch, rc == 0,
+                        rc == 0 ? NULL : "out of memory");
         }
         return;
     }
     /* A request cancelled before its KV came: refuse at once, so the
      * prefill worker frees its blocks now rather than at lease expiry. */
-    if (was_cancelled(d, k->request_id, k->epoch)) {
+    if (dc_was_cancelled(d, k->request_id, k->epoch)) {
         dc_close_frames(frames, nb);
-        send_ack(d, from, from_len, k->request_id, k->epoch, false, "cancelled");
+        dc_send_ack(d, from, from_len, k->request_id, k->epoch, false, "cancelled");
         return;
     }
     /* No DecodeTask yet: it may still be on its way from the router. */
     if (d->n_orphans == DC_MAX_ORPHANS) {
         dc_close_frames(frames, nb);
-        send_ack(d, from, from_len, k->request_id, k->epoch, false, "unknown request");
+        dc_send_ack(d, from, from_len, k->request_id, k->epoch, false, "unknown request");
         return;
     }
     dc_orphan_t *o = &d->orphans[d->n_orphans++];
@@ -247,11 +252,23 @@ void pd_decode_on_transfer(pd_decode_t *d, pd_net_in_t *in)
          * frees its blocks) and let the request recompute or fail. */
         pd_net_peek(hdr, hdr_len, &pk);
         if (pk.body_case == PD__MSG__BODY_KV_TRANSFER && pk.has_request_id && pk.has_epoch) {
-            send_ack(d, from, from_len, pk.request_id, pk.epoch, false, "out of memory");
-            load_failed(d, pk.request_id, pk.epoch, "out of memory");
+            dc_send_ack(d, from, from_len, pk.request_id, pk.epoch, false, "out of memory");
+            dc_load_failed(d, pk.request_id, pk.epoch, "out of memory");
         } else {
             PD_WARN("event=bad_kv_message frames=%d msg=\"%s\"", in->n_frames, err.msg);
         }
+        pd_fault_leave();
+        return;
+    }
+    if (m && m->body_case == PD__MSG__BODY_KV_LAYER) {
+        dc_on_layer(d, m->kv_layer, in);
+        pd_net_msg_free(&d->alloc, m);
+        pd_fault_leave();
+        return;
+    }
+    if (m && m->body_case == PD__MSG__BODY_KV_TRANSFER && m->kv_transfer->streamed) {
+        dc_on_commit(d, m->kv_transfer, in);
+        pd_net_msg_free(&d->alloc, m);
         pd_fault_leave();
         return;
     }
@@ -269,15 +286,17 @@ void pd_decode_on_transfer(pd_decode_t *d, pd_net_in_t *in)
     uint32_t nb = (uint32_t)(in->n_frames - 2);
     zmq_msg_t *frames = NULL;
     if (bad) {
-        send_ack(d, from, from_len, k->request_id, k->epoch, false, bad);
-        load_failed(d, k->request_id, k->epoch, bad);
+        dc_send_ack(d, from, from_len, k->request_id, k->epoch, false, bad);
+        dc_load_failed(d, k->request_id, k->epoch, bad);
     } else if (dc_seq_index(d, k->request_id, k->epoch) >= 0) {
-        send_ack(d, from, from_len, k->request_id, k->epoch, false, "duplicate transfer");
+        dc_send_ack(d, from, from_len, k->request_id, k->epoch, false, "duplicate transfer");
     } else if ((frames = take_frames(in, 2, nb)) == NULL) {
         /* The request must not wait for KV that will never come. */
-        send_ack(d, from, from_len, k->request_id, k->epoch, false, "out of memory");
-        load_failed(d, k->request_id, k->epoch, "out of memory");
+        dc_send_ack(d, from, from_len, k->request_id, k->epoch, false, "out of memory");
+        dc_load_failed(d, k->request_id, k->epoch, "out of memory");
     } else {
+        /* A stream of it that broke on the sender's side: this replaces it. */
+        dc_stream_drop(d, k->request_id, k->epoch, 0, "replaced by a whole transfer");
         accept_transfer(d, k, from, from_len, frames, nb);
     }
     pd_net_msg_free(&d->alloc, m);
@@ -308,7 +327,7 @@ static void orphan_drop(pd_decode_t *d, uint32_t i, bool ok, const char *why)
 {
     dc_orphan_t *o = &d->orphans[i];
     if (!ok)
-        send_ack(d, o->sender, o->sender_len, o->req, o->epoch, false, why);
+        dc_send_ack(d, o->sender, o->sender_len, o->req, o->epoch, false, why);
     dc_close_frames(o->frames, o->n_frames);
     d->orphans[i] = d->orphans[--d->n_orphans];
 }
@@ -322,14 +341,14 @@ static void match_orphan(pd_decode_t *d, size_t x)
         dc_orphan_t *o = &d->orphans[i];
         if (o->req != req || o->epoch != epoch)
             continue;
-        int rc = deliver(d, x, o->n_tokens, o->first_token, o->frames, o->n_frames);
+        int rc = dc_deliver(d, x, o->n_tokens, o->first_token, o->frames, o->n_frames, NULL);
         if (rc == PD_EINVAL) {
             orphan_drop(d, i, false, "n_tokens differs from the decode task");
-            load_failed(d, req, epoch, "n_tokens differs from the decode task");
+            dc_load_failed(d, req, epoch, "n_tokens differs from the decode task");
         } else {
             /* Taken, or refused by the batcher (which freed the frames). */
-            send_ack(d, o->sender, o->sender_len, req, epoch, rc == 0,
-                     rc == 0 ? NULL : "out of memory");
+            dc_send_ack(d, o->sender, o->sender_len, req, epoch, rc == 0,
+                        rc == 0 ? NULL : "out of memory");
             d->orphans[i] = d->orphans[--d->n_orphans];
         }
         return;
@@ -368,7 +387,7 @@ static int check_task(pd_decode_t *d, const Pd__DecodeTask *m, pd_gen_params_t *
  * we hold is as new or newer (the task is stale). */
 static bool replace_older(pd_decode_t *d, uint64_t req, uint32_t epoch)
 {
-    for (int i; (i = expect_index(d, req, 0)) >= 0;) {
+    for (int i; (i = dc_expect_index(d, req, 0)) >= 0;) {
         if (d->expects[i].epoch >= epoch)
             return false;
         dc_expect_remove(d, (size_t)i);
@@ -378,6 +397,7 @@ static bool replace_older(pd_decode_t *d, uint64_t req, uint32_t epoch)
             return false;
         dc_seq_remove(d, (size_t)i);
     }
+    dc_stream_drop(d, req, 0, epoch, "a newer epoch");
     return true;
 }
 
@@ -421,6 +441,9 @@ void dc_on_task(pd_decode_t *d, const Pd__DecodeTask *m)
     x->n_hist = (uint32_t)m->n_history;
     x->ticket = ++d->tickets;
     match_orphan(d, d->n_expects - 1);
+    /* Its KV stream came before it and was refused: it will not come again. */
+    if (dc_stream_refused(d, req, m->epoch))
+        dc_load_failed(d, req, m->epoch, "its KV stream came before its decode task");
 }
 
 /* ====== Cancel, timers ====== */
@@ -430,8 +453,9 @@ void dc_ingress_cancel(pd_decode_t *d, uint64_t req, uint32_t epoch)
     d->cancelled[d->cancelled_next].req = req;
     d->cancelled[d->cancelled_next].epoch = epoch;
     d->cancelled_next = (d->cancelled_next + 1) % DC_CANCELLED;
-    for (int i; (i = expect_index(d, req, epoch)) >= 0;)
+    for (int i; (i = dc_expect_index(d, req, epoch)) >= 0;)
         dc_expect_remove(d, (size_t)i);
+    dc_stream_drop(d, req, epoch, 0, "cancelled");
     for (uint32_t i = 0; i < d->n_orphans;) {
         if (d->orphans[i].req == req && (epoch == 0 || d->orphans[i].epoch == epoch)) {
             orphan_drop(d, i, false, "cancelled");
@@ -452,10 +476,12 @@ void dc_ingress_timers(pd_decode_t *d)
         }
         i++;
     }
+    dc_stream_timers(d);
 }
 
 void dc_ingress_drop_all(pd_decode_t *d)
 {
+    dc_stream_drop_all(d);
     while (d->n_expects > 0)
         dc_expect_remove(d, d->n_expects - 1);
     while (d->n_orphans > 0)

@@ -15,7 +15,7 @@
 
 /* ====== Sockets ====== */
 
-static pf_egress_t *egress_get(pd_prefill_t *p, const char *endpoint)
+pf_egress_t *pf_egress_get(pd_prefill_t *p, const char *endpoint)
 {
     pf_egress_t *eg = NULL;
     for (uint32_t i = 0; i < p->n_egress; i++)
@@ -55,7 +55,7 @@ static pf_egress_t *egress_get(pd_prefill_t *p, const char *endpoint)
 
 /* Drops the socket and everything queued in it (a lost decode worker):
  * ZeroMQ then releases the zero-copy frames it held. */
-static void egress_reset(pd_prefill_t *p, const char *endpoint)
+void pf_egress_reset(pd_prefill_t *p, const char *endpoint)
 {
     for (uint32_t i = 0; i < p->n_egress; i++)
         if (strcmp(p->egress[i].endpoint, endpoint) == 0 && p->egress[i].sock) {
@@ -80,14 +80,14 @@ static void egress_close_idle(pd_prefill_t *p, uint64_t now)
             continue;
         bool busy = false;
         for (size_t k = 0; k < p->n_tasks && !busy; k++)
-            busy = p->tasks[k]->st != PT_QUEUED &&
+            busy = (p->tasks[k]->st != PT_QUEUED || p->tasks[k]->streaming) &&
                    strcmp(p->tasks[k]->kv_endpoint, eg->endpoint) == 0;
         if (busy) {
             eg->last_used_ms = now; /* look again after another idle period */
             continue;
         }
         PD_DEBUG("event=kv_egress_closed endpoint=%s", eg->endpoint);
-        egress_reset(p, eg->endpoint);
+        pf_egress_reset(p, eg->endpoint);
     }
 }
 
@@ -101,7 +101,7 @@ void pf_egress_close(pd_prefill_t *p)
 
 /* ====== Shipping ====== */
 
-static void frame_done(void *data, void *hint)
+void pf_frame_done(void *data, void *hint)
 {
     (void)data;
     pf_task_t *t = hint;
@@ -112,7 +112,7 @@ static void frame_done(void *data, void *hint)
  * PD_EFULL to try again later, another code on failure. */
 static int ship(pd_prefill_t *p, pf_task_t *t)
 {
-    pf_egress_t *eg = egress_get(p, t->kv_endpoint);
+    pf_egress_t *eg = pf_egress_get(p, t->kv_endpoint);
     if (eg == NULL)
         return PD_EIO;
     pd_kv_t *kv = p->eng->kv;
@@ -147,17 +147,17 @@ static int ship(pd_prefill_t *p, pf_task_t *t)
     for (uint32_t i = 0; i < nb; i++) {
         zmq_msg_t f;
         atomic_fetch_add(&t->frames_out, 1);
-        if (zmq_msg_init_data(&f, pd_kv_block(kv, t->seq.blocks[i]), block_bytes, frame_done,
+        if (zmq_msg_init_data(&f, pd_kv_block(kv, t->seq.blocks[i]), block_bytes, pf_frame_done,
                               t) != 0) {
             atomic_fetch_sub(&t->frames_out, 1);
-            egress_reset(p, t->kv_endpoint); /* drops the half-sent message */
+            pf_egress_reset(p, t->kv_endpoint); /* drops the half-sent message */
             return PD_ENOMEM;
         }
         if (zmq_msg_send(&f, eg->sock, ZMQ_DONTWAIT | (i + 1 < nb ? ZMQ_SNDMORE : 0)) < 0) {
             PD_WARN("event=kv_frame_send_failed req=%llu msg=\"%s\"", (unsigned long long)t->req,
                     zmq_strerror(errno));
             zmq_msg_close(&f);
-            egress_reset(p, t->kv_endpoint);
+            pf_egress_reset(p, t->kv_endpoint);
             return PD_EIO;
         }
     }
@@ -167,7 +167,18 @@ static int ship(pd_prefill_t *p, pf_task_t *t)
 
 void pf_ship(pd_prefill_t *p, pf_task_t *t)
 {
-    int rc = ship(p, t);
+    int rc;
+    if (t->streaming && !t->stream_broken) {
+        rc = pf_stream_commit(p, t);
+        if (rc != 0 && rc != PD_EFULL) {
+            /* The layers may be lost with the socket: send them all again,
+             * as a whole transfer (which replaces the stream there). */
+            t->stream_broken = true;
+            rc = ship(p, t);
+        }
+    } else {
+        rc = ship(p, t);
+    }
     uint64_t now = pf_now_ms(p);
     if (rc == 0) {
         t->st = PT_LEASED;
@@ -243,11 +254,10 @@ void pf_egress_timers(pd_prefill_t *p)
     uint64_t now = pf_now_ms(p);
     for (size_t i = 0; i < p->n_tasks;) {
         pf_task_t *t = p->tasks[i];
-        if (t->st == PT_SHIP) {
-            if (t->cancelled) {
-                pf_task_remove(p, i);
+        if (t->st == PT_SHIP && t->cancelled) {
+            if (pf_task_drop(p, i))
                 continue;
-            }
+        } else if (t->st == PT_SHIP) {
             pf_ship(p, t);
         }
         if (t->st == PT_LEASED) {
@@ -256,7 +266,7 @@ void pf_egress_timers(pd_prefill_t *p)
                         (unsigned long long)t->req, t->epoch, t->decode_id);
                 t->acked = true;
                 if (atomic_load(&t->frames_out) > 0)
-                    egress_reset(p, t->kv_endpoint);
+                    pf_egress_reset(p, t->kv_endpoint);
             }
             if (t->acked && atomic_load(&t->frames_out) == 0) {
                 pf_task_remove(p, i);

@@ -33,6 +33,24 @@ void pf_task_remove(pd_prefill_t *p, size_t i)
     p->n_tasks--;
 }
 
+bool pf_task_drop(pd_prefill_t *p, size_t i)
+{
+    pf_task_t *t = p->tasks[i];
+    if (atomic_load(&t->frames_out) == 0) {
+        pf_task_remove(p, i);
+        return true;
+    }
+    /* Streamed frames still read its blocks: the timers free it once
+     * ZeroMQ lets go, or reset the socket at the lease's end. */
+    t->cancelled = true;
+    if (t->st != PT_LEASED) {
+        t->st = PT_LEASED;
+        t->acked = false;
+        t->lease_deadline_ms = pf_now_ms(p) + p->cfg->worker.lease_ms;
+    }
+    return false;
+}
+
 int pf_task_index(const pd_prefill_t *p, uint64_t req, uint32_t epoch)
 {
     for (size_t i = 0; i < p->n_tasks; i++)
@@ -123,9 +141,8 @@ static void on_task(void *self, const Pd__Msg *msg)
                     m->epoch, o->epoch);
             return;
         }
-        if (o->st == PT_LEASED)
+        if (o->st == PT_LEASED || !pf_task_drop(p, (size_t)i))
             break; /* its lease runs out on its own */
-        pf_task_remove(p, (size_t)i);
     }
     if (p->n_tasks >= PF_MAX_TASKS) {
         pd_wkport_error(p->port, req, PD__ERROR_CODE__RESOURCE_EXHAUSTED,
@@ -153,6 +170,10 @@ static void on_task(void *self, const Pd__Msg *msg)
     t->t_arrive_ms = pf_now_ms(p);
     atomic_init(&t->frames_out, 0);
     p->tasks[p->n_tasks++] = t;
+    /* A stream's first layer can go out only on a connected socket (our
+     * DEALERs queue nothing for a peer not there yet): connect now. */
+    if (pf_streams(p, t))
+        pf_egress_get(p, t->kv_endpoint);
     PD_DEBUG("event=prefill_task req=%llu epoch=%u tokens=%u decode=%s", (unsigned long long)req,
              t->epoch, t->n_tokens, t->decode_id);
     return;
@@ -167,10 +188,8 @@ static void on_cancel(void *self, uint64_t req, uint32_t epoch)
     for (size_t i = 0; i < p->n_tasks;) {
         pf_task_t *t = p->tasks[i];
         if (t->req == req && (epoch == 0 || t->epoch == epoch)) {
-            if (t->st != PT_LEASED) {
-                pf_task_remove(p, i);
+            if (t->st != PT_LEASED && pf_task_drop(p, i))
                 continue;
-            }
             t->cancelled = true; /* freed on ack / lease expiry */
         }
         i++;
@@ -188,7 +207,7 @@ static bool ready(void *self)
     uint32_t n_free = pd_kv_n_free(p->eng->kv);
     for (size_t i = 0; i < p->n_tasks; i++) {
         pf_task_t *t = p->tasks[i];
-        if (t->st != PT_QUEUED || t->cancelled)
+        if (t->st != PT_QUEUED || t->cancelled || pf_stream_wait(p, t))
             continue;
         if (n_q == 0)
             can_start = t->seq.n_blocks > 0 ||
@@ -228,7 +247,9 @@ static void hand_over(pd_prefill_t *p, pf_task_t *t)
 static void after_prefill(pd_prefill_t *p, pf_task_t *t, Pd__FinishReason fin, size_t i)
 {
     if (fin != PD__FINISH_REASON__FINISH_NONE || t->cancelled) {
-        pf_task_remove(p, i);
+        /* A stream begun for it ends there: the router cancels the request
+         * on the decode worker, which frees what it reserved. */
+        pf_task_drop(p, i);
         return;
     }
     if (strcmp(t->decode_id, p->id) == 0) {
@@ -238,6 +259,12 @@ static void after_prefill(pd_prefill_t *p, pf_task_t *t, Pd__FinishReason fin, s
     }
     t->st = PT_SHIP;
     t->t_ship_ms = pf_now_ms(p);
+    /* The start of the KV's exposure (docs/benchmarks.md): its last layer
+     * computed, on the monotonic clock the decode worker's kv_in shares. */
+    PD_INFO("event=kv_out req=%llu epoch=%u mode=%s blocks=%u last_layer_us=%llu",
+            (unsigned long long)t->req, t->epoch, t->streaming && !t->stream_broken ? "layer"
+                                                                                 : "whole",
+            t->seq.n_blocks, (unsigned long long)t->t_last_layer_us);
     pf_ship(p, t);
 }
 
@@ -264,6 +291,29 @@ static uint32_t pass_tokens(const pd_prefill_t *p)
     return max_tok < p->eng->max_fwd_tokens ? max_tok : p->eng->max_fwd_tokens;
 }
 
+/* Gives t its blocks: the longest cached prefix of its tokens (those
+ * positions are done), then fresh blocks for the rest. Checked first, so
+ * that a task waiting for blocks is not counted as a prefix query again and
+ * again: matching takes k cached blocks out of the free count and k blocks
+ * out of the need, so the whole prompt's need bounds it. PD_EFULL: wait. */
+static int start_task(pd_prefill_t *p, pf_task_t *t)
+{
+    pd_kv_t *kv = p->eng->kv;
+    if (pd_kv_blocks_needed(kv, 0, t->n_tokens) > pd_kv_n_free(kv))
+        return PD_EFULL;
+    t->n_done = pd_kv_prefix_match(kv, &t->seq, t->tokens, t->n_tokens);
+    int rc = pd_kv_seq_reserve(kv, &t->seq, t->n_tokens);
+    if (rc != 0) {
+        pd_kv_seq_release(kv, &t->seq);
+        t->n_done = 0;
+        return rc;
+    }
+    if (t->n_done > 0)
+        PD_DEBUG("event=prefix_hit req=%llu epoch=%u cached=%u tokens=%u",
+                 (unsigned long long)t->req, t->epoch, t->n_done, t->n_tokens);
+    return 0;
+}
+
 /* Appends the queued tasks to st's batch, first come first served, within
  * the pass's token budget, st's rows and the engine's sequences. The tasks
  * taken and their chunks go in p->step. Returns the rows added. */
@@ -283,13 +333,19 @@ static uint32_t fill(void *self, pd_wkstep_t *st)
     ps->logit0 = st->n_logits;
     for (size_t i = 0; i < p->n_tasks && ps->n < max_seqs && n_tok < max_tok; i++) {
         pf_task_t *t = p->tasks[i];
-        if (t->st != PT_QUEUED || t->cancelled)
+        if (t->st != PT_QUEUED || t->cancelled || pf_stream_wait(p, t))
             continue;
-        if (t->seq.n_blocks == 0 && pd_kv_seq_reserve(e->kv, &t->seq, t->n_tokens) != 0)
+        if (t->seq.n_blocks == 0 && start_task(p, t) != 0)
             break; /* first come, first served: wait for blocks */
         uint32_t take = t->n_tokens - t->n_done;
         if (take > max_tok - n_tok)
             take = max_tok - n_tok;
+        /* Blocks complete after this pass: all at its last chunk; before,
+         * the full ones (the partial one is written again next pass). */
+        ps->upto[ps->n] = t->n_done + take == t->n_tokens
+                              ? t->seq.n_blocks
+                              : (t->n_done + take) / pd_kv_shape(e->kv)->block_size;
+        ps->live[ps->n] = pf_streams(p, t);
         uint32_t s = st->n_seqs + ps->n;
         for (uint32_t j = 0; j < take; j++) {
             uint32_t row = st->n_rows + n_tok++, pos = t->n_done + j;
@@ -319,7 +375,7 @@ static void pass_failed(pd_prefill_t *p, const char *msg)
                         "prefill failed: %s", msg);
         int i = pf_task_index(p, ps->picked[s]->req, ps->picked[s]->epoch);
         if (i >= 0)
-            pf_task_remove(p, (size_t)i);
+            pf_task_drop(p, (size_t)i);
     }
     ps->n = 0;
 }
@@ -344,14 +400,20 @@ static void done(void *self, const char *fail, uint64_t us)
     if (n_seqs > 1)
         p->c.prefill_multi++;
     p->c.prefill_tokens += ps->n_tok;
+    uint64_t t_pass_end = pd_now_us(); /* every layer computed */
     pd_token_entry_t ents[n_seqs];
     Pd__FinishReason fins[n_seqs];
     uint32_t n_ent = 0, row = ps->logit0;
     for (uint32_t s = 0; s < n_seqs; s++) {
         pf_task_t *t = ps->picked[s];
         t->n_done += ps->chunk[s];
+        if (ps->live[s] && ps->upto[s] > t->streamed_blocks)
+            t->streamed_blocks = ps->upto[s]; /* every layer of them went out */
         if (t->n_done < t->n_tokens)
             continue;
+        t->t_last_layer_us = t_pass_end;
+        /* Its KV is whole: later prompts may reuse its full blocks. */
+        pd_kv_prefix_commit(e->kv, &t->seq, t->tokens, t->n_tokens);
         float *lg = e->logits + (size_t)row++ * e->vocab;
         int32_t tok = pd_sample(&t->params.s, lg, e->vocab, t->n_tokens, t->tokens, t->n_tokens,
                                 e->scratch);
@@ -381,6 +443,8 @@ static void done(void *self, const char *fail, uint64_t us)
 
 /* ====== The role ====== */
 
+static void on_layer(void *self, uint32_t layer) { pf_stream_layer(self, layer); }
+
 static void timers(void *self) { pf_egress_timers(self); }
 
 static void poll_sockets(void *self) { pf_poll_egress(self); }
@@ -402,11 +466,66 @@ static uint32_t held(const void *self) { return (uint32_t)((const pd_prefill_t *
 static void load(const void *self, pd_worker_load_t *out)
 {
     const pd_prefill_t *p = self;
+    pd_kv_t *kv = p->eng->kv;
     out->queued_prefill_tokens = queued_tokens(p);
-    out->free_blocks = pd_kv_n_free(p->eng->kv);
-    out->total_blocks = pd_kv_shape(p->eng->kv)->n_blocks;
+    out->free_blocks = pd_kv_n_free(kv);
+    out->total_blocks = pd_kv_shape(kv)->n_blocks;
     out->counters = p->c;
     out->counters.prefill_pass_tokens = pass_tokens(p);
+    if (p->kvev) {
+        pd_kv_prefix_stats_t ps;
+        pd_kv_prefix_stats(kv, &ps);
+        out->counters.prefix_queries = ps.query_tokens;
+        out->counters.prefix_hits = ps.hit_tokens;
+        out->counters.prefix_requests = ps.queries;
+        out->counters.prefix_evictions = ps.evicted_blocks;
+        out->counters.prefix_cached_blocks = pd_kv_prefix_n_cached(kv);
+        out->kv_events_seq = pd_kvev_last_seq(p->kvev);
+    }
+}
+
+/* ====== Prefix cache events ====== */
+
+/* Test hook PD_TEST_DROP_KV_EVENTS=K (docs/config.md): every K-th
+ * KvEvents message is not sent, as if lost on the way: the router must
+ * see the gap (the next seq, or the heartbeat's) and ask for a snapshot. */
+static uint32_t drop_kv_events_every(void)
+{
+    static long k = -1;
+    if (k < 0) {
+        const char *v = getenv("PD_TEST_DROP_KV_EVENTS");
+        k = v ? strtol(v, NULL, 10) : 0;
+        if (k < 0 || k > 1000000)
+            k = 0;
+    }
+    return (uint32_t)k;
+}
+
+static void send_kv_events(void *ctx, const Pd__Msg *m)
+{
+    static uint64_t n_sent;
+    const pd_wkport_t *port = ((pd_prefill_t *)ctx)->port;
+    uint32_t k = drop_kv_events_every();
+    if (k > 0 && ++n_sent % k == 0) {
+        PD_INFO("event=test_kv_events_dropped seq=%llu",
+                (unsigned long long)m->kv_events->seq);
+        return;
+    }
+    port->send(port->host, m);
+}
+
+static void kv_events(void *self)
+{
+    pd_prefill_t *p = self;
+    if (p->kvev)
+        pd_kvev_flush(p->kvev, p->eng->kv, send_kv_events, p);
+}
+
+static void kv_resync(void *self)
+{
+    pd_prefill_t *p = self;
+    if (p->kvev)
+        pd_kvev_resync(p->kvev);
 }
 
 /* A task whose frames ZeroMQ still holds cannot be freed yet: its blocks
@@ -415,15 +534,9 @@ static void drop_all(void *self, char *held, size_t cap)
 {
     pd_prefill_t *p = self;
     snprintf(held, cap, "prefill_tasks=%zu", p->n_tasks);
-    for (size_t i = 0; i < p->n_tasks;) {
-        pf_task_t *t = p->tasks[i];
-        if (atomic_load(&t->frames_out) == 0) {
-            pf_task_remove(p, i);
-            continue;
-        }
-        t->cancelled = true;
-        i++;
-    }
+    for (size_t i = 0; i < p->n_tasks;)
+        if (!pf_task_drop(p, i))
+            i++;
 }
 
 static void close_sockets(void *self) { pf_egress_close(self); }
@@ -437,12 +550,15 @@ static const pd_wkrole_ops_t g_ops = {
     .ready = ready,
     .fill = fill,
     .done = done,
+    .on_layer = on_layer,
     .timers = timers,
     .busy = busy,
     .held = held,
     .load = load,
     .drop_all = drop_all,
     .close = close_sockets,
+    .kv_events = kv_events,
+    .kv_resync = kv_resync,
 };
 
 pd_wkrole_t pd_prefill_role(pd_prefill_t *p) { return (pd_wkrole_t){ &g_ops, p }; }
@@ -464,15 +580,40 @@ pd_prefill_t *pd_prefill_new(const pd_wkrole_env_t *env, const pd_kv_sink_t *col
     snprintf(p->id, sizeof p->id, "%s", env->id);
     if (colocated)
         p->colocated = *colocated;
+    const char *delay = getenv("PD_TEST_LAYER_DELAY_MS");
+    if (delay && delay[0]) {
+        char *end = NULL;
+        unsigned long v = strtoul(delay, &end, 10);
+        if (*end != '\0' || v < 1 || v > 60000) {
+            pd_err_set(err, PD_EINVAL, "PD_TEST_LAYER_DELAY_MS: expected 1..60000 ms, got '%s'",
+                       delay);
+            free(p->in);
+            free(p);
+            return NULL;
+        }
+        p->layer_delay_ms = (uint32_t)v;
+        PD_WARN("event=test_hook PD_TEST_LAYER_DELAY_MS=%lu", v);
+    }
     pd_pb_alloc_init(&p->alloc, (size_t)p->cfg->net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
                                     PD_PB_BASE_BUDGET);
     size_t n_seqs = p->eng->max_fwd_seqs ? p->eng->max_fwd_seqs : 1;
     p->step.picked = calloc(n_seqs, sizeof *p->step.picked);
     p->step.chunk = calloc(n_seqs, sizeof *p->step.chunk);
-    if (p->step.picked == NULL || p->step.chunk == NULL) {
+    p->step.upto = calloc(n_seqs, sizeof *p->step.upto);
+    p->step.live = calloc(n_seqs, sizeof *p->step.live);
+    if (p->step.picked == NULL || p->step.chunk == NULL || p->step.upto == NULL ||
+        p->step.live == NULL) {
         pd_prefill_free(p);
         pd_err_set(err, PD_ENOMEM, "prefill role");
         return NULL;
+    }
+    if (pd_kv_prefix_on(p->eng->kv)) {
+        p->kvev = pd_kvev_new(pd_kvev_per_msg(p->cfg->net.max_msg_bytes), err);
+        if (p->kvev == NULL) {
+            pd_prefill_free(p);
+            return NULL;
+        }
+        pd_kvev_resync(p->kvev); /* the first message is a snapshot */
     }
     return p;
 }
@@ -487,6 +628,9 @@ void pd_prefill_free(pd_prefill_t *p)
     free(p->tasks);
     free(p->step.picked);
     free(p->step.chunk);
+    free(p->step.upto);
+    free(p->step.live);
     free(p->in);
+    pd_kvev_free(p->kvev);
     free(p);
 }

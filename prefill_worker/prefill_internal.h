@@ -8,10 +8,12 @@
 #include <stdint.h>
 
 #include "prefill.h"
+#include "runtime/kvevents.h"
 #include "runtime/net.h"
 
 #define PF_MAX_EGRESS 64       /* decode endpoints shipped to at once */
 #define PF_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
+#define PF_CONNECT_WAIT_MS 200 /* a streaming prompt waits this long at most for its socket */
 
 /* QUEUED: waiting for (more of) its pass. SHIP: prefilled, its KV not yet
  * sent (the decode worker was unreachable: retried by the timers). LEASED:
@@ -35,6 +37,11 @@ typedef struct {
     uint64_t t_sent_us;        /* when the transfer went out */
     atomic_int frames_out;     /* block frames ZeroMQ still holds (zero-copy) */
     bool acked;
+    /* kv.transfer: layer (stream_out.c) */
+    uint32_t streamed_blocks;  /* blocks [0, this) have every layer sent */
+    bool streaming;            /* a KvLayer went out: a commit or a whole transfer follows */
+    bool stream_broken;        /* a layer could not be sent: ship whole instead */
+    uint64_t t_last_layer_us;  /* when its last pass had computed every layer (pd_now_us) */
 } pf_task_t;
 
 typedef struct {
@@ -47,6 +54,8 @@ typedef struct {
 typedef struct {
     pf_task_t **picked;        /* (max_fwd_seqs) tasks in the pass, n of them */
     uint32_t *chunk;           /* (max_fwd_seqs) tokens of each in the pass */
+    uint32_t *upto;            /* (max_fwd_seqs) blocks of each complete after the pass */
+    bool *live;                /* (max_fwd_seqs) each streams its layers in this pass */
     uint32_t n, n_tok;
     uint32_t logit0;           /* the pass's logits row of the first finished prompt */
 } pf_step_t;
@@ -64,8 +73,10 @@ struct pd_prefill {
     uint32_t n_egress;
     pd_pb_alloc_t alloc;
     pd_net_in_t *in;
+    pd_kvev_t *kvev;           /* prefix cache events (NULL: kv.prefix_caching off) */
     pd_worker_counters_t c;
     pf_step_t step;
+    uint32_t layer_delay_ms;   /* PD_TEST_LAYER_DELAY_MS (docs/config.md); 0: off */
 };
 
 static inline uint64_t pf_now_ms(const pd_prefill_t *p) { return p->port->now_ms(p->port->host); }
@@ -73,6 +84,10 @@ static inline uint64_t pf_now_ms(const pd_prefill_t *p) { return p->port->now_ms
 /* prefill.c */
 int pf_task_index(const pd_prefill_t *p, uint64_t req, uint32_t epoch);
 void pf_task_remove(pd_prefill_t *p, size_t i);
+/* Removes task i now, or, while ZeroMQ still holds frames over its blocks,
+ * marks it to be freed by the timers once it lets go (within a lease).
+ * Returns true when it was removed (the table moved down). */
+bool pf_task_drop(pd_prefill_t *p, size_t i);
 
 /* egress.c */
 /* t's KV goes to its decode worker now, or (unreachable) by the timers
@@ -82,5 +97,25 @@ void pf_poll_egress(pd_prefill_t *p);
 /* Shipping retries, lease expiry, freeing acknowledged tasks, idle sockets. */
 void pf_egress_timers(pd_prefill_t *p);
 void pf_egress_close(pd_prefill_t *p);
+/* The DEALER to endpoint (connected now if need be), or NULL. */
+pf_egress_t *pf_egress_get(pd_prefill_t *p, const char *endpoint);
+/* Drops endpoint's socket and what is queued in it. */
+void pf_egress_reset(pd_prefill_t *p, const char *endpoint);
+/* ZeroMQ's free callback of a zero-copy frame over task hint's blocks. */
+void pf_frame_done(void *data, void *hint);
+
+/* stream_out.c (kv.transfer: layer) */
+/* The pass's hook: layer `layer` of every task in it is computed; each
+ * task that streams sends that layer of its newly complete blocks. */
+void pf_stream_layer(pd_prefill_t *p, uint32_t layer);
+/* Whether t ships its KV layer by layer. */
+bool pf_streams(const pd_prefill_t *p, const pf_task_t *t);
+/* Whether t should wait before its first pass: it streams, and its socket
+ * is not connected yet (for PF_CONNECT_WAIT_MS at most after its arrival;
+ * then it goes on and ships whole if need be). */
+bool pf_stream_wait(pd_prefill_t *p, const pf_task_t *t);
+/* The commit of t's stream (KvTransfer, streamed): 0 when sent, PD_EFULL
+ * to try again, another code when the stream is lost (ship whole). */
+int pf_stream_commit(pd_prefill_t *p, pf_task_t *t);
 
 #endif

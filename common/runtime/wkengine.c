@@ -36,6 +36,14 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
     if (e->kv == NULL)
         return pd_err_wrap(err, PD_ENOMEM, "kv cache");
     e->block_bytes = pd_kv_block_bytes(e->kv);
+    if (prefill && cfg->kv.prefix_caching) {
+        /* The pool queues events between flushes (each loop turn, by the
+         * prefill role); more than this many in one turn and a snapshot
+         * replaces them. The root is the router's (router/prefix.c). */
+        if (pd_kv_prefix_enable(e->kv, pd_kv_hash_root(e->model->identity, shape.block_size),
+                                NULL, 65536, err) != 0)
+            return pd_err_wrap(err, PD_ENOMEM, "prefix cache");
+    }
     uint32_t pf_tokens = prefill ? cfg->prefill.max_batch_tokens : 0;
     uint32_t pf_seqs = prefill ? cfg->prefill.max_batch_size : 0;
     uint32_t dc_seqs = decode ? cfg->decode.max_batch_size : 0;
@@ -97,9 +105,15 @@ void pd_wkengine_free(pd_wkengine_t *e)
 
 int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err)
 {
+    return pd_wkengine_forward_hooked(e, st, NULL, err);
+}
+
+int pd_wkengine_forward_hooked(pd_wkengine_t *e, const pd_wkstep_t *st,
+                               const pd_forward_hooks_t *hooks, pd_err_t *err)
+{
     pd_batch_t b = { st->n_rows, e->b_tokens, e->b_pos,  e->b_seq,
                      e->b_want,  st->n_seqs,  e->b_tables, e->b_ntable };
-    return pd_forward(e->engine, &b, e->logits, err);
+    return pd_forward_hooked(e->engine, &b, e->logits, hooks, err);
 }
 
 Pd__FinishReason pd_wkengine_finish(const pd_wkengine_t *e, const pd_gen_params_t *p,

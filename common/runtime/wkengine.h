@@ -58,7 +58,8 @@ typedef struct {
 } pd_wkengine_t;
 
 /* Loads cfg's model and tokenizer, makes the KV cache (kv.num_blocks or
- * kv.memory_mb) and an engine sized for the roles asked for (prefill:
+ * kv.memory_mb; with prefix caching on when prefill and kv.prefix_caching)
+ * and an engine sized for the roles asked for (prefill:
  * prefill.max_batch_tokens / max_batch_size; decode: decode.max_batch_size;
  * both: also a pass that mixes a whole decode batch with a prefill chunk of
  * prefill.chunk_tokens).
@@ -71,6 +72,9 @@ void pd_wkengine_free(pd_wkengine_t *e); /* accepts a zeroed or half-made e */
 /* Runs the pass st describes (st->n_rows >= 1) into e->logits. 0, or the
  * engine's error (nothing computed). */
 int pd_wkengine_forward(pd_wkengine_t *e, const pd_wkstep_t *st, pd_err_t *err);
+/* The same, telling hooks (NULL: none) after each layer (forward.h). */
+int pd_wkengine_forward_hooked(pd_wkengine_t *e, const pd_wkstep_t *st,
+                               const pd_forward_hooks_t *hooks, pd_err_t *err);
 
 /* Why generation ends after token (at output index, sequence position),
  * or FINISH_NONE: end-of-generation (unless ignore_eos), a stop id,

@@ -73,7 +73,8 @@ uint32_t pd_wkrole_run(pd_wkengine_t *e, pd_wkrole_t r)
         return 0;
     pd_err_t err = { 0 };
     uint64_t t0 = pd_now_us();
-    int rc = pd_wkengine_forward(e, &st, &err);
+    pd_forward_hooks_t hooks = { r.ops->on_layer, r.self };
+    int rc = pd_wkengine_forward_hooked(e, &st, r.ops->on_layer ? &hooks : NULL, &err);
     r.ops->done(r.self, rc == 0 ? NULL : err.msg, pd_now_us() - t0);
     return n;
 }

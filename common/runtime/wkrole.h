@@ -15,6 +15,11 @@
  *   sockets, poll        its own sockets (KV egress or ingress): the host
  *                        polls them with its own and then calls poll, which
  *                        reads what is there without blocking
+ *   on_layer             (optional) during a pass of the role alone, after
+ *                        each layer has written its K/V (engine/forward.h
+ *                        pd_forward_hooked): a prefill role streams that
+ *                        layer's KV (kv.transfer: layer). Not called in a
+ *                        pass mixing two roles.
  *   ready, fill, done    a forward pass (a prefill pass, a decode step, or
  *                        in a colocated worker one pass mixing both), when
  *                        ready says there is work: fill puts the role's
@@ -26,6 +31,12 @@
  *   held                 how many requests it holds (logged when a drain
  *                        begins: what the drain must finish)
  *   drop_all             the router that gave it its work is gone: free it
+ *   kv_events, kv_resync (optional, NULL in a role without a prefix cache)
+ *                        kv_events sends the router what changed in the
+ *                        prefix cache (KvEvents), called by the compute
+ *                        thread every loop turn while registered; kv_resync:
+ *                        the router asked for a snapshot (KvResync), which
+ *                        the next kv_events sends
  *   close                the process stops: close its sockets (the host then
  *                        ends the ZeroMQ context; the role is freed after).
  *                        May be called more than once.
@@ -94,16 +105,22 @@ typedef struct {
      * time, for its counters. */
     uint32_t (*fill)(void *self, pd_wkstep_t *st);
     void (*done)(void *self, const char *fail, uint64_t us);
+    /* Optional (NULL: none): layer `layer` of the pass fill built has
+     * written its K/V; the role must not touch the engine. */
+    void (*on_layer)(void *self, uint32_t layer);
     void (*timers)(void *self);
     bool (*busy)(const void *self);
     /* Requests it holds now: prefill tasks, or decode sequences. */
     uint32_t (*held)(const void *self);
-    /* Its share of the heartbeat: the fields it knows, the rest left 0. */
+    /* Its share of the heartbeat: the fields it knows, the rest left 0
+     * (kv_events_seq: the last KvEvents seq it sent). */
     void (*load)(const void *self, pd_worker_load_t *out);
     /* Drops everything (freeing its blocks); writes "key=N ..." of what it
      * held into held. */
     void (*drop_all)(void *self, char *held, size_t cap);
     void (*close)(void *self);
+    void (*kv_events)(void *self);  /* optional */
+    void (*kv_resync)(void *self);  /* optional */
 } pd_wkrole_ops_t;
 
 typedef struct {

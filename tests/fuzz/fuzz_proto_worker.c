@@ -2,7 +2,7 @@
  * (scripts/fuzz.sh): every byte the router or a prefill worker can send to
  * a worker.
  *
- * fuzz-sources: prefill_worker/prefill.c prefill_worker/egress.c decode_worker/decode.c decode_worker/ingress.c decode_worker/batch.c
+ * fuzz-sources: prefill_worker/prefill.c prefill_worker/egress.c prefill_worker/stream_out.c decode_worker/decode.c decode_worker/ingress.c decode_worker/batch.c decode_worker/stream_in.c
  *
  * A colocated ("both") worker is built once, as worker/worker.c builds one,
  * but without an engine: a fake model identity and a small real KV pool;
@@ -20,7 +20,11 @@
  *                n_prompt, n_generated, max_tokens, history ids raw)
  *   op % 8 == 3  a KvTransfer built from the bytes with correct checksums
  *                unless a bit says otherwise (n_tokens, n_blocks,
- *                first_token, block size, identity perturbed)
+ *                first_token, block size, identity perturbed);
+ *                with op & 8: a KvLayer of a layer stream instead (layer,
+ *                n_tokens, block range, checksums, sizes, layout, sender
+ *                perturbed: kv_layer below); with op & 16: a stream's
+ *                commit (KvTransfer streamed, no frames)
  *   op % 8 == 4  a PrefillTask built from the bytes
  *   op % 8 == 5  a Cancel (request, epoch) from the router
  *   op % 8 == 6  a KvAck (request, epoch, ok)  -> pd_prefill_on_ack
@@ -129,16 +133,16 @@ static void router_msg(const Pd__Msg *m)
     free(buf);
 }
 
-/* A KV message: sender "P", envelope env[0..env_len), nb frames of
- * block_bytes filled from seed. */
-static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
+/* A KV message from sender, envelope env[0..env_len), nb frames of bb
+ * bytes filled from seed. */
+static void kv_msg_from(const char *sender, const void *env, size_t env_len, uint32_t nb,
+                        size_t bb, uint8_t seed)
 {
     pd_net_in_t *in = g_in;
-    size_t bb = g_eng.block_bytes;
     in->n_frames = 0;
     in->truncated = false;
     CHECK(zmq_msg_init_size(&in->frames[in->n_frames++], 1) == 0);
-    memcpy(zmq_msg_data(&in->frames[0]), "P", 1);
+    memcpy(zmq_msg_data(&in->frames[0]), sender, 1);
     CHECK(zmq_msg_init_size(&in->frames[in->n_frames], env_len) == 0);
     if (env_len)
         memcpy(zmq_msg_data(&in->frames[in->n_frames]), env, env_len);
@@ -150,6 +154,22 @@ static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
     }
     pd_decode_on_transfer(g_decode, in);
     pd_net_in_close(in);
+}
+
+/* A KV message: sender "P", nb frames of block_bytes. */
+static void kv_msg(const void *env, size_t env_len, uint32_t nb, uint8_t seed)
+{
+    kv_msg_from("P", env, env_len, nb, g_eng.block_bytes, seed);
+}
+
+static void send_env(const char *sender, const Pd__Msg *m, uint32_t nb, size_t bb, uint8_t seed)
+{
+    size_t len = pd__msg__get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    CHECK(buf);
+    pd__msg__pack(m, buf);
+    kv_msg_from(sender, buf, len, nb, bb, seed);
+    free(buf);
 }
 
 static uint32_t byte(const uint8_t *p, size_t n, size_t at) { return at < n ? p[at] : 0; }
@@ -221,6 +241,76 @@ static void kv_transfer(const uint8_t *p, size_t n)
     free(buf);
 }
 
+/* A KvLayer: p[0] request, [1] epoch, [2] n_tokens, [3] layer (% 3: the
+ * model has 1), [4] first_block, [5] frames, [6] flags (1: frames = the
+ * rest of the request; 2: identity; 4: layer_bytes in the header; 8: frame
+ * size; 16: a bad checksum; 32: sender Q; 64: half the checksums; 128:
+ * n_layers), [7] seed. */
+static void kv_layer(const uint8_t *p, size_t n)
+{
+    uint32_t flags = byte(p, n, 6);
+    size_t lb = pd_kv_layer_bytes(g_eng.kv);
+    Pd__KvLayer k = PD__KV_LAYER__INIT;
+    k.has_request_id = k.has_epoch = k.has_layer = k.has_n_layers = k.has_first_block = true;
+    k.has_n_blocks = k.has_n_tokens = k.has_layer_bytes = k.has_model_identity = true;
+    k.has_block_size = true;
+    k.request_id = 1 + byte(p, n, 0) % 4;
+    k.epoch = byte(p, n, 1) % 4;
+    k.n_tokens = byte(p, n, 2) % 80;
+    k.layer = byte(p, n, 3) % 3;
+    k.n_layers = (flags & 128) ? 2 : 1;
+    k.first_block = byte(p, n, 4) % 24;
+    uint32_t total = (k.n_tokens + BLOCK - 1) / BLOCK;
+    uint32_t nb = byte(p, n, 5) % 24;
+    if (flags & 1)
+        nb = total > k.first_block ? total - k.first_block : 0;
+    k.n_blocks = nb;
+    k.layer_bytes = (flags & 4) ? lb + 4 : lb;
+    k.model_identity = (flags & 2) ? 1 : IDENTITY;
+    k.block_size = BLOCK;
+    size_t fb = (flags & 8) ? lb / 2 : lb;
+    uint8_t seed = (uint8_t)byte(p, n, 7);
+    uint64_t sums[24];
+    uint8_t *f = malloc(fb ? fb : 1);
+    CHECK(f);
+    for (uint32_t i = 0; i < nb; i++) {
+        memset(f, seed + (int)i, fb);
+        sums[i] = XXH3_64bits(f, fb) ^ ((flags & 16) && i + 1 == nb ? 1 : 0);
+    }
+    free(f);
+    k.n_checksums = (flags & 64) ? nb / 2 : nb;
+    k.checksums = sums;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_KV_LAYER;
+    m.kv_layer = &k;
+    send_env((flags & 32) ? "Q" : "P", &m, nb, fb, seed);
+}
+
+/* A stream's commit: p[0] request, [1] epoch, [2] n_tokens, [3] first
+ * token, [4] flags (1: n_blocks off by one; 2: a frame attached; 4:
+ * sender Q). */
+static void kv_commit(const uint8_t *p, size_t n)
+{
+    uint32_t flags = byte(p, n, 4);
+    Pd__KvTransfer k = PD__KV_TRANSFER__INIT;
+    k.has_request_id = k.has_epoch = k.has_n_blocks = k.has_n_tokens = true;
+    k.has_block_bytes = k.has_first_token = k.has_model_identity = k.has_block_size = true;
+    k.has_streamed = true;
+    k.streamed = true;
+    k.request_id = 1 + byte(p, n, 0) % 4;
+    k.epoch = byte(p, n, 1) % 4;
+    k.n_tokens = byte(p, n, 2) % 80;
+    k.n_blocks = (k.n_tokens + BLOCK - 1) / BLOCK + (flags & 1);
+    k.block_bytes = g_eng.block_bytes;
+    k.block_size = BLOCK;
+    k.model_identity = IDENTITY;
+    k.first_token = (int32_t)byte(p, n, 3);
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_KV_TRANSFER;
+    m.kv_transfer = &k;
+    send_env((flags & 4) ? "Q" : "P", &m, (flags & 2) ? 1 : 0, g_eng.block_bytes, 0);
+}
+
 static void prefill_task(const uint8_t *p, size_t n)
 {
     Pd__GenParams gp = PD__GEN_PARAMS__INIT;
@@ -280,7 +370,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 0: pd_wkhost_on_router_payload(g_host, p, len); break;
         case 1: kv_msg(p, len, (uint32_t)(len % 4), 7); break;
         case 2: decode_task(p, len); break;
-        case 3: kv_transfer(p, len); break;
+        case 3:
+            if (op & 8)
+                kv_layer(p, len);
+            else if (op & 16)
+                kv_commit(p, len);
+            else
+                kv_transfer(p, len);
+            break;
         case 4: prefill_task(p, len); break;
         case 5: {
             Pd__Cancel c = PD__CANCEL__INIT;
@@ -323,8 +420,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pd_decode_held_t held;
 #ifdef FUZZ_TRACE /* seeds' reach, when built by hand with -DFUZZ_TRACE */
     pd_decode_held(g_decode, &held);
-    fprintf(stderr, "trace: expected=%u waiting=%u orphans=%u tasks=%u\n", held.expected,
-            held.waiting, held.orphans, pd_prefill_n_tasks(g_prefill));
+    fprintf(stderr, "trace: expected=%u waiting=%u orphans=%u streams=%u tasks=%u\n",
+            held.expected, held.waiting, held.orphans, held.streams, pd_prefill_n_tasks(g_prefill));
 #endif
     char what[160];
     pd_wkrole_t pr = pd_prefill_role(g_prefill), dr = pd_decode_role(g_decode);
@@ -332,7 +429,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     dr.ops->drop_all(dr.self, what, sizeof what);
     drain_sink();
     pd_decode_held(g_decode, &held);
-    CHECK(held.expected == 0 && held.waiting == 0 && held.running == 0 && held.orphans == 0);
+    CHECK(held.expected == 0 && held.waiting == 0 && held.running == 0 && held.orphans == 0 &&
+          held.streams == 0);
     CHECK(pd_prefill_n_tasks(g_prefill) == 0);
     CHECK(pd_kv_n_used(g_eng.kv) == 0);
     /* Forget what is still queued for the router (back-pressure), and the
