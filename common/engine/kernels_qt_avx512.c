@@ -38,7 +38,9 @@
  * weight rows; for each K-tile of QT_KT blocks and each token group it
  * runs the micro-kernel over pairs of rows, the accumulators of the panel
  * kept on the stack between K-tiles (the K-tile's activations, 17 KB, stay
- * in L1 while the panel's weights stream past).
+ * in L1 while the panel's weights stream past). A last group of at most 8
+ * tokens runs in ymm registers (mk_qt8: the same operations on the low
+ * halves), where 256-bit vectors have three ports against two for 512-bit.
  */
 #include <immintrin.h>
 #include <stdalign.h>
