@@ -99,7 +99,12 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  * memory that the tasks share read-only. */
 #define PD_QT_LANES 16      /* tokens per vector */
 #define PD_QT_BLK_BYTES 1088 /* per group of 16 tokens and 32-block */
-#define PD_QT_MIN_ROWS 8     /* fewer rows in a group: the skinny kernel */
+/* Fewer rows in a last group: the skinny kernel. 16 (whole groups only):
+ * a half group of 8 (mk_qt8, ymm) measured 1.3x at 2048 x 2048 but 0.3-0.6x
+ * at 5632 x 2048 (Q8_0, 1 thread, loaded machine): the qt kernel has no
+ * software prefetch of the weights yet, and at 8 rows the product is close
+ * to memory-bound, where the skinny kernel's prefetch wins. */
+#define PD_QT_MIN_ROWS 16
 
 /* Rows of an n_rows product with weights wtype that the qt kernel takes
  * (whole groups of 16, and a last group of at least PD_QT_MIN_ROWS): 0

@@ -191,17 +191,19 @@ static void test_qt_rows_rule(void **state)
     (void)state;
     const uint32_t want = have_qt() ? 1 : 0;
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 32), 32 * want);
-    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_0, 8), 8 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_0, 8), 0);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 7), 0);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 21), 16 * want);
-    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 25), 25 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 47), 32 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 64), 64 * want);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_K, 32), 0);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_F32, 32), 0);
     assert_int_equal(pd_kern_qt_bytes(64, 17), (size_t)2 * 2 * PD_QT_BLK_BYTES);
 }
 
 /* Through pd_matmul (pool of 2): row r of a 32-row product (qt kernel, and
- * 21 rows: 16 by qt, 5 by the skinny kernel) is bitwise row r alone. */
+ * 21 rows: 16 by qt, 5 by the skinny kernel; 8 rows: skinny) is bitwise
+ * row r alone. */
 static void test_qt_matmul_batch_invariant(void **state)
 {
     (void)state;
