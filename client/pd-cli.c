@@ -357,6 +357,7 @@ static int cmd_status(const char *router, int argc, char **argv)
         json_object_set_new(o, "block_size", json_integer(s->block_size));
         json_object_set_new(o, "max_seq_len", json_integer(s->max_seq_len));
         json_object_set_new(o, "max_tokens_limit", json_integer(s->max_tokens_limit));
+        json_object_set_new(o, "prefix_index_hashes", json_integer(s->prefix_index_hashes));
         json_t *ws = json_array();
         for (size_t i = 0; i < s->n_workers; i++) {
             const pd_worker_status_t *w = &s->workers[i];
@@ -371,6 +372,13 @@ static int cmd_status(const char *router, int argc, char **argv)
             json_object_set_new(j, "total_blocks", json_integer(w->total_blocks));
             json_object_set_new(j, "assigned", json_integer(w->assigned));
             json_object_set_new(j, "last_seen_ms", json_integer((json_int_t)w->last_seen_ms));
+            json_object_set_new(j, "prefix_caching", json_boolean(w->prefix_caching));
+            json_object_set_new(j, "prefix_index_blocks", json_integer(w->prefix_index_blocks));
+            json_object_set_new(j, "routed_cached_requests",
+                                json_integer((json_int_t)w->routed_cached_requests));
+            json_object_set_new(j, "routed_cached_tokens",
+                                json_integer((json_int_t)w->routed_cached_tokens));
+            json_object_set_new(j, "kv_resyncs", json_integer((json_int_t)w->kv_resyncs));
             json_t *k = json_object();
 #define C(f) json_object_set_new(k, #f, json_integer((json_int_t)w->f))
             C(steps);
@@ -394,6 +402,11 @@ static int cmd_status(const char *router, int argc, char **argv)
             C(compute_turns);
             C(compute_busy_ms);
             C(mixed_steps);
+            C(prefix_queries);
+            C(prefix_hits);
+            C(prefix_requests);
+            C(prefix_evictions);
+            C(prefix_cached_blocks);
 #undef C
             json_object_set_new(j, "counters", k);
             json_array_append_new(ws, j);
@@ -420,6 +433,20 @@ static int cmd_status(const char *router, int argc, char **argv)
             printf("%-20s %-8s %-9s %8u %8u %15s %10s  %s\n", w->id, w->role, w->state,
                    w->queued_prefill_tokens, w->running_seqs, kv, seen,
                    w->kv_endpoint[0] ? w->kv_endpoint : "-");
+        }
+        for (size_t i = 0; i < s->n_workers; i++) {
+            const pd_worker_status_t *w = &s->workers[i];
+            if (!w->prefix_caching)
+                continue;
+            printf("%-20s prefix cache: hits %llu/%llu tokens (%.1f%%), %llu blocks cached, "
+                   "%llu evicted; routed onto it: %llu requests\n",
+                   w->id, (unsigned long long)w->prefix_hits,
+                   (unsigned long long)w->prefix_queries,
+                   w->prefix_queries ? 100.0 * (double)w->prefix_hits / (double)w->prefix_queries
+                                     : 0.0,
+                   (unsigned long long)w->prefix_cached_blocks,
+                   (unsigned long long)w->prefix_evictions,
+                   (unsigned long long)w->routed_cached_requests);
         }
         if (s->n_workers == 0)
             printf("(no workers registered)\n");

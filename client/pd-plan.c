@@ -5,21 +5,32 @@
  *           [--num-requests N] [--seed S] [--prefill-batch-tokens T]
  *           [--prefill-batch-size B] [--arrivals FILE]
  *           [--decode-batch-size B] [--kv-blocks N] [--json FILE]
+ *           [--prefix-len P [--num-prefixes N] [--prefix-cache-blocks B]]
+ *           [--routing kv_aware|least_loaded|round_robin]
  *
  * FILE is what `pd-bench --profile` measured on a live cluster: prefill pass
  * time against prompt tokens, decode step time against batch size and
  * context, KV transfer time against tokens, and the fixed overhead a first
  * token pays (router, network). pd-plan fits
- *     prefill_ms(n, T) = a + b*n*T + c*n*T^2     (a pass over n prompts of T
- *                                                 tokens; c >= 0; n < 1 when
- *                                                 prompts took several passes)
+ *     prefill_ms(n, T, K) = a + b*n*T + c*n*T*(2K + T)  (a pass over n prompts
+ *                                   computing T tokens each after K cached ones;
+ *                                   K = 0 unless the profile point says "cached";
+ *                                   c >= 0; n < 1 when prompts took several passes)
  *     decode_ms(B, C) = a + b*B + c*B*C         (c >= 0)
  *     kv_ms(T)        = a + b*T
  * by least squares and runs a discrete-event simulation of P prefill and D
  * decode workers under the router's rules:
  *   - a request arrives (Poisson, rate R; or at the submit times of a
- *     pd-bench --save-requests file, --arrivals) and goes to the prefill worker with
- *     the fewest queued prompt tokens;
+ *     pd-bench --save-requests file, --arrivals) and goes to a prefill worker
+ *     by --routing (the router's router.routing): kv_aware (default) the
+ *     least queued tokens + tokens the prompt would cost there (what its
+ *     cached prefix does not cover), least_loaded the fewest queued tokens,
+ *     round_robin in turn;
+ *   - with --prefix-len P the first P tokens (after BOS) of each prompt are
+ *     one of --num-prefixes shared prefixes; a prefill worker keeps the
+ *     prefixes it prefilled last (LRU, as many as --prefix-cache-blocks or
+ *     the profile's prefill_kv_blocks hold), and a prompt whose prefix its
+ *     worker holds computes only the rest (plan_sim.h);
  *   - a prefill worker runs FIFO batches (at most --prefill-batch-size
  *     prompts and --prefill-batch-tokens tokens, the workers'
  *     prefill.max_batch_tokens: a prompt longer than what is left of it goes
@@ -68,6 +79,7 @@
 #include "base/args.h"
 #include "base/grow.h"
 #include "plan_live.h"
+#include "plan_sim.h"
 
 #define EXIT_NONE 1
 #define EXIT_USAGE 2
@@ -88,7 +100,23 @@ typedef struct {
     const char *router, *metrics_url; /* live: --router, --metrics */
     double window_s;           /* live: --window */
     double *arrivals;          /* (num_requests) seconds from the first, ascending */
+    uint32_t prefix_len, num_prefixes, prefix_cache_blocks; /* shared prefixes (plan_sim.h) */
+    plan_route_t routing;      /* --routing, the router's router.routing */
 } opts_t;
+
+/* The simulation's view of the options. */
+static plan_load_t load_of(const opts_t *o)
+{
+    return (plan_load_t){ .rate = o->rate, .arrivals = o->arrivals,
+                          .num_requests = o->num_requests, .input_len = o->input_len,
+                          .output_len = o->output_len,
+                          .prefill_batch_tokens = o->prefill_batch_tokens,
+                          .prefill_batch_size = o->prefill_batch_size,
+                          .decode_batch_size = o->decode_batch_size, .seed = o->seed,
+                          .ttft_slo_ms = o->ttft_slo_ms, .tpot_slo_ms = o->tpot_slo_ms,
+                          .prefix_len = o->prefix_len, .num_prefixes = o->num_prefixes,
+                          .prefix_cache_blocks = o->prefix_cache_blocks, .routing = o->routing };
+}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -160,7 +188,8 @@ static void usage(FILE *f)
                "               [--num-requests N] [--seed S] [--prefill-batch-tokens T]\n"
                "               [--prefill-batch-size B] [--arrivals FILE]\n"
                "               [--decode-batch-size B] [--kv-blocks N] [--no-interference]\n"
-               "               [--json FILE]\n"
+               "               [--prefix-len P [--num-prefixes N] [--prefix-cache-blocks B]]\n"
+               "               [--routing kv_aware|least_loaded|round_robin] [--json FILE]\n"
                "       pd-plan --router ADDR --metrics http://HOST:PORT [--window S] --profile FILE\n"
                "               --ttft-slo MS --tpot-slo MS [the options above]\n"
                "FILE comes from `pd-bench --profile FILE`. Exit: 0 a cluster meets the SLOs,\n"
@@ -242,6 +271,19 @@ static int parse_args(int argc, char **argv, opts_t *o)
             rc = parse_u32(a, v, 1, 100000, &o->decode_batch_size);
         else if (!strcmp(a, "--kv-blocks"))
             rc = parse_u32(a, v, 1, 1000000000, &o->kv_blocks);
+        else if (!strcmp(a, "--prefix-len"))
+            rc = parse_u32(a, v, 0, 10000000, &o->prefix_len);
+        else if (!strcmp(a, "--num-prefixes"))
+            rc = parse_u32(a, v, 1, 1000000, &o->num_prefixes);
+        else if (!strcmp(a, "--prefix-cache-blocks"))
+            rc = parse_u32(a, v, 1, 1000000000, &o->prefix_cache_blocks);
+        else if (!strcmp(a, "--routing")) {
+            if (plan_route_parse(v, &o->routing) != 0) {
+                fprintf(stderr, "pd-plan: --routing: '%s' is not kv_aware, least_loaded or "
+                                "round_robin\n", v);
+                rc = -1;
+            }
+        }
         else if (!strcmp(a, "--seed")) {
             char *end;
             errno = 0;
@@ -256,6 +298,13 @@ static int parse_args(int argc, char **argv, opts_t *o)
         }
         if (rc != 0)
             return -1;
+    }
+    if (o->prefix_len && !o->num_prefixes)
+        o->num_prefixes = 1;
+    if (o->prefix_len && o->input_len && o->prefix_len > o->input_len) {
+        fprintf(stderr, "pd-plan: --prefix-len %u is longer than --input-len %u\n", o->prefix_len,
+                o->input_len);
+        return -1;
     }
     bool live = o->router || o->metrics_url;
     if (o->window_s == 0)
@@ -278,16 +327,6 @@ static int parse_args(int argc, char **argv, opts_t *o)
 
 /* ====== Profile and cost model ====== */
 
-typedef struct {
-    double pre[3];  /* prefill_ms(T) = pre[0] + pre[1]*T + pre[2]*T^2 */
-    double dec[3];  /* decode_ms(B, C) = dec[0] + dec[1]*B + dec[2]*B*C */
-    double kv[2];   /* kv_ms(T) = kv[0] + kv[1]*T */
-    double min_pre_ms, min_dec_ms; /* floors: the fastest measured pass/step */
-    double overhead_ms;
-    uint32_t block_size, kv_blocks;
-    double inf_dec, inf_pre; /* interference: a step / pass beside the other phase costs x this */
-    char model[128];
-} model_t;
 
 /* Least squares: k (<= 3) features x[i*k + j], targets y (n); coef out.
  * Returns -1 when the normal equations are singular. */
@@ -369,7 +408,7 @@ static int get_points(const char *path, json_t *root, const char *name, const ch
     return 0;
 }
 
-static int load_model(const opts_t *o, model_t *m)
+static int load_model(const opts_t *o, plan_model_t *m)
 {
     memset(m, 0, sizeof *m);
     json_error_t je;
@@ -398,11 +437,17 @@ static int load_model(const opts_t *o, model_t *m)
     }
     m->block_size = (uint32_t)bs;
     m->kv_blocks = o->kv_blocks ? o->kv_blocks : (uint32_t)blocks;
+    /* Optional: the prefill workers' KV pool (room for cached prefixes). */
+    double pblocks = 0;
+    if (json_object_get(root, "prefill_kv_blocks") != NULL &&
+        get_num(o->profile_path, root, NULL, 0, "prefill_kv_blocks", &pblocks) != 0)
+        goto done;
+    m->prefill_blocks = pblocks >= 1 && pblocks <= 1e9 ? (uint32_t)pblocks : 0;
     /* Older profiles also carry prefill_pass_tokens, the cap a prefill pass
      * had while a worker could not beat during one (half a heartbeat): a
      * pass is now bounded by prefill.max_batch_tokens alone
      * (--prefill-batch-tokens), so it is ignored; their points with
-     * batch < 1 (prompts cut into passes) are still read right below. */
+     * batch < 1 (prompts cut into passes) are still read below. */
     /* Optional: interference between the phases (1 = none, or not measured). */
     m->inf_dec = m->inf_pre = 1;
     json_t *inf = json_object_get(root, "interference");
@@ -424,9 +469,12 @@ static int load_model(const opts_t *o, model_t *m)
     const char *name = json_string_value(json_object_get(root, "model_id"));
     snprintf(m->model, sizeof m->model, "%s", name ? name : "?");
 
-    /* prefill: a + b*n*T + c*n*T^2, c >= 0 (else a + b*n*T); n = "batch" */
+    /* prefill: a + b*n*T + c*n*T*(2*K + T), c >= 0 (else a + b*n*T); n =
+     * "batch", T = "tokens" computed per prompt, K = "cached" tokens before
+     * them (optional: a prompt on a cached prefix; 0 gives n*T^2) */
     if (get_points(o->profile_path, root, "prefill", "tokens", "batch", 2, &t, &u, &ms, &n) != 0)
         goto done;
+    json_t *pre_arr = json_object_get(root, "prefill");
     x = malloc(n * 3 * sizeof *x);
     if (x == NULL)
         goto done;
@@ -440,7 +488,12 @@ static int load_model(const opts_t *o, model_t *m)
                     o->profile_path, i, u[i]);
             goto done;
         }
-        x[i * 3] = 1, x[i * 3 + 1] = u[i] * t[i], x[i * 3 + 2] = u[i] * t[i] * t[i];
+        double K = 0;
+        json_t *pt_i = json_array_get(pre_arr, i);
+        if (json_object_get(pt_i, "cached") != NULL &&
+            get_num(o->profile_path, pt_i, "prefill", i, "cached", &K) != 0)
+            goto done;
+        x[i * 3] = 1, x[i * 3 + 1] = u[i] * t[i], x[i * 3 + 2] = u[i] * t[i] * (2 * K + t[i]);
         if (ms[i] < m->min_pre_ms)
             m->min_pre_ms = ms[i];
     }
@@ -507,362 +560,11 @@ done:
     return rc;
 }
 
-/* One prefill pass of `tokens` tokens whose attention work is `att`: a
- * chunk of c tokens at offset o in its prompt counts c * (2o + c), so a
- * whole prompt of T tokens counts T^2 and a prompt's chunks add up to T^2
- * however it is cut. For n whole prompts of T tokens this is the fitted
- * a + b*n*T + c*n*T^2. */
-static double prefill_ms(const model_t *m, double tokens, double att)
-{
-    double v = m->pre[0] + m->pre[1] * tokens + m->pre[2] * att;
-    return v > m->min_pre_ms * 0.5 ? v : m->min_pre_ms * 0.5;
-}
-
-static double decode_ms(const model_t *m, double batch, double ctx)
-{
-    double v = m->dec[0] + m->dec[1] * batch + m->dec[2] * batch * ctx;
-    return v > m->min_dec_ms * 0.5 ? v : m->min_dec_ms * 0.5;
-}
-
-static double kv_ms(const model_t *m, double tokens)
-{
-    double v = m->kv[0] + m->kv[1] * tokens;
-    return v > 0 ? v : 0;
-}
-
-/* ====== Simulation ====== */
-
-enum { EV_ARRIVAL, EV_PREFILL_DONE, EV_KV_DONE, EV_STEP_DONE };
-
-typedef struct {
-    double t;
-    uint64_t seq; /* ties: first scheduled first */
-    int type;
-    uint32_t a;
-} event_t;
-
-typedef struct {
-    event_t *v;
-    size_t n, cap;
-    uint64_t seq;
-} heap_t;
-
-static bool ev_less(const event_t *x, const event_t *y)
-{
-    return x->t < y->t || (x->t == y->t && x->seq < y->seq);
-}
-
-static int heap_push(heap_t *h, double t, int type, uint32_t a)
-{
-    if (pd_grow((void **)&h->v, &h->cap, h->n + 1, sizeof *h->v, 1024) != 0)
-        return -1;
-    size_t i = h->n++;
-    h->v[i] = (event_t){ t, h->seq++, type, a };
-    while (i > 0 && ev_less(&h->v[i], &h->v[(i - 1) / 2])) {
-        event_t tmp = h->v[i];
-        h->v[i] = h->v[(i - 1) / 2];
-        h->v[(i - 1) / 2] = tmp;
-        i = (i - 1) / 2;
-    }
-    return 0;
-}
-
-static event_t heap_pop(heap_t *h)
-{
-    event_t top = h->v[0];
-    h->v[0] = h->v[--h->n];
-    for (size_t i = 0;;) {
-        size_t l = 2 * i + 1, r = l + 1, s = i;
-        if (l < h->n && ev_less(&h->v[l], &h->v[s]))
-            s = l;
-        if (r < h->n && ev_less(&h->v[r], &h->v[s]))
-            s = r;
-        if (s == i)
-            break;
-        event_t tmp = h->v[i];
-        h->v[i] = h->v[s];
-        h->v[s] = tmp;
-        i = s;
-    }
-    return top;
-}
-
-typedef struct {
-    double arrive, prefill_end, first, finish;
-    uint32_t pdone;  /* prompt tokens prefilled so far (chunked prefill) */
-    uint32_t gen;    /* tokens made by decode steps */
-    uint32_t dw;     /* decode worker */
-} sreq_t;
-
-/* A FIFO of request indexes (capacity = all requests, so it never fills). */
-typedef struct {
-    uint32_t *v;
-    size_t head, n, cap;
-} fifo_t;
-
-static void fifo_push(fifo_t *f, uint32_t x) { f->v[(f->head + f->n++) % f->cap] = x; }
-static uint32_t fifo_pop(fifo_t *f)
-{
-    uint32_t x = f->v[f->head];
-    f->head = (f->head + 1) % f->cap;
-    f->n--;
-    return x;
-}
-
-typedef struct {
-    fifo_t q;
-    uint32_t *batch; /* (n_batch) prompts in the running pass, head of q first */
-    uint32_t *chunk; /* (n_batch) their tokens in this pass */
-    size_t n_batch;
-    uint64_t load_tokens; /* queued + running prompt tokens */
-    bool busy;
-} pworker_t;
-
-typedef struct {
-    fifo_t wait;
-    uint32_t *run; /* (n_run) running sequences */
-    size_t n_run;
-    int64_t free_blocks, promised; /* promised: blocks of requests on their way */
-    bool busy;
-} dworker_t;
-
-typedef struct {
-    double goodput, attainment, duration_s, p90_ttft_ms, p90_tpot_ms, mean_ttft_ms, mean_tpot_ms;
-    size_t good, n;
-} result_t;
-
-typedef struct {
-    const opts_t *o;
-    const model_t *m;
-    uint32_t P, D;
-    sreq_t *r;
-    pworker_t *pw;
-    dworker_t *dw;
-    heap_t h;
-    uint32_t blocks_per_req;
-    uint32_t busy_p, busy_d; /* workers in a pass / a step now */
-} sim_t;
-
-/* Prompt tokens of a request, BOS included. */
-static double o_len(const sim_t *s) { return (double)s->o->input_len + 1; }
-
-/* The prefill worker's rule (prefill_worker/prefill.c, fill): FIFO from the
- * head of the queue, up to prefill_batch_size prompts and a token budget of
- * prefill_batch_tokens; each prompt gives what is left of it or what is
- * left of the budget, so only the last one picked can be cut (it stays at
- * the head for the next pass). */
-static int start_prefill(sim_t *s, uint32_t w, double now)
-{
-    pworker_t *p = &s->pw[w];
-    if (p->busy || p->q.n == 0)
-        return 0;
-    uint32_t len = (uint32_t)o_len(s);
-    uint64_t budget = s->o->prefill_batch_tokens;
-    uint64_t tokens = 0;
-    double att = 0;
-    p->n_batch = 0;
-    for (size_t i = 0; i < p->q.n && p->n_batch < s->o->prefill_batch_size && tokens < budget;
-         i++) {
-        uint32_t r = p->q.v[(p->q.head + i) % p->q.cap];
-        uint32_t off = s->r[r].pdone, take = len - off;
-        if (take > budget - tokens)
-            take = (uint32_t)(budget - tokens);
-        p->batch[p->n_batch] = r;
-        p->chunk[p->n_batch++] = take;
-        tokens += take;
-        att += (double)take * (2.0 * off + take);
-    }
-    p->busy = true;
-    s->busy_p++;
-    /* slowed by the decode workers stepping beside it (interference) */
-    double f = 1 + (s->m->inf_pre - 1) * (double)s->busy_d / (double)s->D;
-    return heap_push(&s->h, now + f * prefill_ms(s->m, (double)tokens, att) / 1000.0,
-                     EV_PREFILL_DONE, w);
-}
-
-static int start_step(sim_t *s, uint32_t w, double now)
-{
-    dworker_t *d = &s->dw[w];
-    if (d->busy)
-        return 0;
-    while (d->wait.n && d->n_run < s->o->decode_batch_size && d->free_blocks >= s->blocks_per_req) {
-        d->run[d->n_run++] = fifo_pop(&d->wait);
-        d->free_blocks -= s->blocks_per_req;
-        d->promised -= s->blocks_per_req;
-    }
-    if (d->n_run == 0)
-        return 0;
-    double ctx = 0;
-    for (size_t i = 0; i < d->n_run; i++)
-        ctx += s->o->input_len + 1 + s->r[d->run[i]].gen;
-    ctx /= (double)d->n_run;
-    d->busy = true;
-    s->busy_d++;
-    double f = 1 + (s->m->inf_dec - 1) * (double)s->busy_p / (double)s->P;
-    return heap_push(&s->h, now + f * decode_ms(s->m, (double)d->n_run, ctx) / 1000.0,
-                     EV_STEP_DONE, w);
-}
-
-static int on_event(sim_t *s, event_t e)
-{
-    const opts_t *o = s->o;
-    if (e.type == EV_ARRIVAL) {
-        uint32_t best = 0;
-        for (uint32_t w = 1; w < s->P; w++)
-            if (s->pw[w].load_tokens < s->pw[best].load_tokens)
-                best = w;
-        fifo_push(&s->pw[best].q, e.a);
-        s->pw[best].load_tokens += o->input_len;
-        return start_prefill(s, best, e.t);
-    }
-    if (e.type == EV_PREFILL_DONE) {
-        pworker_t *p = &s->pw[e.a];
-        uint32_t len = (uint32_t)o_len(s);
-        for (size_t i = 0; i < p->n_batch; i++) {
-            sreq_t *r = &s->r[p->batch[i]];
-            r->pdone += p->chunk[i];
-            if (r->pdone < len)
-                continue; /* cut: the rest goes in the next pass */
-            fifo_pop(&p->q); /* whole prompts leave from the head, in order */
-            r->prefill_end = e.t;
-            r->first = e.t + s->m->overhead_ms / 1000.0;
-            p->load_tokens -= o->input_len;
-            if (o->output_len == 1) {
-                r->finish = r->first;
-                continue;
-            }
-            uint32_t best = 0;
-            for (uint32_t w = 1; w < s->D; w++)
-                if (s->dw[w].free_blocks - s->dw[w].promised >
-                    s->dw[best].free_blocks - s->dw[best].promised)
-                    best = w;
-            r->dw = best;
-            s->dw[best].promised += s->blocks_per_req;
-            if (heap_push(&s->h, e.t + kv_ms(s->m, o->input_len + 1) / 1000.0, EV_KV_DONE,
-                          p->batch[i]) != 0)
-                return -1;
-        }
-        p->busy = false;
-        s->busy_p--;
-        p->n_batch = 0;
-        return start_prefill(s, e.a, e.t);
-    }
-    if (e.type == EV_KV_DONE) {
-        sreq_t *r = &s->r[e.a];
-        fifo_push(&s->dw[r->dw].wait, e.a);
-        return start_step(s, r->dw, e.t);
-    }
-    /* EV_STEP_DONE */
-    dworker_t *d = &s->dw[e.a];
-    size_t k = 0;
-    for (size_t i = 0; i < d->n_run; i++) {
-        sreq_t *r = &s->r[d->run[i]];
-        if (++r->gen + 1 >= o->output_len) {
-            r->finish = e.t + s->m->overhead_ms / 1000.0;
-            d->free_blocks += s->blocks_per_req;
-        } else {
-            d->run[k++] = d->run[i];
-        }
-    }
-    d->n_run = k;
-    d->busy = false;
-    s->busy_d--;
-    return start_step(s, e.a, e.t);
-}
-
-static double p90(double *v, size_t n)
-{
-    qsort(v, n, sizeof *v, cmp_double);
-    double pos = 0.9 * (double)(n - 1);
-    size_t lo = (size_t)floor(pos), hi = (size_t)ceil(pos);
-    return v[lo] + (v[hi] - v[lo]) * (pos - (double)lo);
-}
-
-/* Simulates P prefill + D decode workers; fills res. */
-static int simulate(const opts_t *o, const model_t *m, uint32_t P, uint32_t D, result_t *res)
-{
-    sim_t s = { .o = o, .m = m, .P = P, .D = D };
-    size_t n = o->num_requests;
-    int rc = -1;
-    double *ttft = NULL, *tpot = NULL;
-    memset(res, 0, sizeof *res);
-    s.blocks_per_req = (o->input_len + 1 + o->output_len + m->block_size - 1) / m->block_size;
-    s.r = calloc(n, sizeof *s.r);
-    s.pw = calloc(P, sizeof *s.pw);
-    s.dw = calloc(D, sizeof *s.dw);
-    ttft = malloc(n * sizeof *ttft);
-    tpot = malloc(n * sizeof *tpot);
-    if (!s.r || !s.pw || !s.dw || !ttft || !tpot)
-        goto done;
-    for (uint32_t w = 0; w < P; w++) {
-        s.pw[w].q = (fifo_t){ calloc(n, sizeof(uint32_t)), 0, 0, n };
-        s.pw[w].batch = calloc(o->prefill_batch_size, sizeof(uint32_t));
-        s.pw[w].chunk = calloc(o->prefill_batch_size, sizeof(uint32_t));
-        if (!s.pw[w].q.v || !s.pw[w].batch || !s.pw[w].chunk)
-            goto done;
-    }
-    for (uint32_t w = 0; w < D; w++) {
-        s.dw[w].wait = (fifo_t){ calloc(n, sizeof(uint32_t)), 0, 0, n };
-        s.dw[w].run = calloc(o->decode_batch_size, sizeof(uint32_t));
-        s.dw[w].free_blocks = m->kv_blocks;
-        if (!s.dw[w].wait.v || !s.dw[w].run)
-            goto done;
-    }
-    uint64_t x = o->seed * 0x9e3779b97f4a7c15ull + 1; /* the same arrivals for every P:D */
-    double t = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (o->arrivals)
-            t = o->arrivals[i];
-        s.r[i].arrive = t;
-        if (heap_push(&s.h, t, EV_ARRIVAL, (uint32_t)i) != 0)
-            goto done;
-        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-        double u = ((double)(x >> 11) + 0.5) * 0x1.0p-53;
-        t += -log(u) / o->rate;
-    }
-    while (s.h.n)
-        if (on_event(&s, heap_pop(&s.h)) != 0)
-            goto done;
-    double end = 0;
-    size_t n_tpot = 0;
-    bool fits = s.blocks_per_req <= m->kv_blocks;
-    for (size_t i = 0; i < n; i++) {
-        sreq_t *r = &s.r[i];
-        if (!fits)
-            break;
-        if (r->finish > end)
-            end = r->finish;
-        double a = (r->first - r->arrive) * 1000.0;
-        double b = o->output_len > 1 ? (r->finish - r->first) * 1000.0 / (o->output_len - 1) : 0;
-        ttft[i] = a;
-        if (o->output_len > 1)
-            tpot[n_tpot++] = b;
-        res->mean_ttft_ms += a / (double)n;
-        res->mean_tpot_ms += b / (double)n;
-        if (a <= o->ttft_slo_ms && b <= o->tpot_slo_ms)
-            res->good++;
-    }
-    res->n = n;
-    res->duration_s = end;
-    res->goodput = end > 0 ? (double)res->good / end : 0;
-    res->attainment = (double)res->good / (double)n;
-    res->p90_ttft_ms = fits ? p90(ttft, n) : INFINITY;
-    res->p90_tpot_ms = n_tpot ? p90(tpot, n_tpot) : 0;
-    rc = 0;
-done:
-    for (uint32_t w = 0; s.pw && w < P; w++)
-        free(s.pw[w].q.v), free(s.pw[w].batch), free(s.pw[w].chunk);
-    for (uint32_t w = 0; s.dw && w < D; w++)
-        free(s.dw[w].wait.v), free(s.dw[w].run);
-    free(s.pw), free(s.dw), free(s.r), free(s.h.v), free(ttft), free(tpot);
-    return rc;
-}
-
 /* ====== Search and report ====== */
 
 typedef struct {
     uint32_t P, D;
-    result_t r;
+    plan_result_t r;
     bool meets;
 } row_t;
 
@@ -880,7 +582,7 @@ typedef struct {
     size_t n, cap;
 } rows_t;
 
-static row_t *try_config(const opts_t *o, const model_t *m, rows_t *rows, uint32_t P, uint32_t D)
+static row_t *try_config(const opts_t *o, const plan_model_t *m, rows_t *rows, uint32_t P, uint32_t D)
 {
     for (size_t i = 0; i < rows->n; i++)
         if (rows->v[i].P == P && rows->v[i].D == D)
@@ -889,14 +591,15 @@ static row_t *try_config(const opts_t *o, const model_t *m, rows_t *rows, uint32
         return NULL;
     row_t *r = &rows->v[rows->n];
     r->P = P, r->D = D;
-    if (simulate(o, m, P, D, &r->r) != 0)
+    plan_load_t l = load_of(o);
+    if (plan_simulate(&l, m, P, D, &r->r) != 0)
         return NULL;
     r->meets = r->r.attainment >= o->attainment;
     rows->n++;
     return r;
 }
 
-static int search(const opts_t *o, const model_t *m, rows_t *rows)
+static int search(const opts_t *o, const plan_model_t *m, rows_t *rows)
 {
     uint32_t N = o->max_workers;
     for (uint32_t P = 1; P < N; P++) {
@@ -955,6 +658,7 @@ static json_t *row_json(const row_t *r)
     json_object_set_new(j, "mean_ttft_ms", json_real(r->r.mean_ttft_ms));
     json_object_set_new(j, "mean_tpot_ms", json_real(r->r.mean_tpot_ms));
     json_object_set_new(j, "duration_s", json_real(r->r.duration_s));
+    json_object_set_new(j, "prefix_hit_rate", json_real(r->r.prefix_hit_rate));
     json_object_set_new(j, "meets", json_boolean(r->meets));
     return j;
 }
@@ -963,7 +667,7 @@ static json_t *row_json(const row_t *r)
 
 /* Watches the cluster and sets the load options it served (those not given).
  * 0, or an exit status. */
-static int observe(opts_t *o, const model_t *m, pd_plan_obs_t *obs)
+static int observe(opts_t *o, const plan_model_t *m, pd_plan_obs_t *obs)
 {
     pd_err_t err = { 0 };
     fprintf(stderr, "pd-plan: watching %s for %g s\n", o->router, o->window_s);
@@ -986,7 +690,7 @@ static int observe(opts_t *o, const model_t *m, pd_plan_obs_t *obs)
      * a step of the observed batch at a mid-answer context. */
     if (obs->prefill_passes > 0 && obs->decode_steps > 0) {
         double T = obs->prefill_tokens / obs->prefill_passes, B = obs->decode_tokens / obs->decode_steps;
-        double pre = prefill_ms(m, T, T * T), dec = decode_ms(m, B, o->input_len + o->output_len / 2.0);
+        double pre = plan_prefill_ms(m, T, T * T), dec = plan_decode_ms(m, B, o->input_len + o->output_len / 2.0);
         double rp = obs->prefill_ms / obs->prefill_passes / pre, rd = obs->decode_ms / obs->decode_steps / dec;
         printf("profile check: prefill pass %.2fx, decode step %.2fx what the profile predicts%s\n", rp,
                rd, rp > 1.3 || rp < 0.77 || rd > 1.3 || rd < 0.77
@@ -1027,7 +731,7 @@ int main(int argc, char **argv)
     }
     if (o.arrivals_path && load_arrivals(&o) != 0)
         return EXIT_USAGE;
-    model_t m;
+    plan_model_t m;
     if (load_model(&o, &m) != 0) {
         free(o.arrivals);
         return EXIT_USAGE;
@@ -1051,7 +755,12 @@ int main(int argc, char **argv)
            "TPOT <= %g ms, attainment >= %g; %u requests simulated per config\n",
            m.model, o.rate, o.input_len, o.output_len, o.ttft_slo_ms, o.tpot_slo_ms, o.attainment,
            o.num_requests);
-    printf("cost model: prefill_ms(n,T) = %.4g + %.4g*n*T + %.4g*n*T^2; decode_ms(B,C) = %.4g + %.4g*B + "
+    if (o.prefix_len)
+        printf("shared prefixes: %u of %u tokens (+ BOS), routing %s, prefix cache %u blocks per "
+               "prefill worker%s\n", o.num_prefixes, o.prefix_len, plan_route_name(o.routing),
+               o.prefix_cache_blocks ? o.prefix_cache_blocks : m.prefill_blocks,
+               o.prefix_cache_blocks || m.prefill_blocks ? "" : " (unknown: unbounded)");
+    printf("cost model: prefill_ms(n,T,K) = %.4g + %.4g*n*T + %.4g*n*T*(2K+T); decode_ms(B,C) = %.4g + %.4g*B + "
            "%.4g*B*C; kv_ms(T) = %.4g + %.4g*T; overhead %.3g ms; prefill pass budget %u tokens; "
            "interference: decode step x%.3g, prefill pass x%.3g\n",
            m.pre[0], m.pre[1], m.pre[2], m.dec[0], m.dec[1], m.dec[2], m.kv[0], m.kv[1],
@@ -1095,6 +804,9 @@ int main(int argc, char **argv)
         json_object_set_new(j, "attainment_target", json_real(o.attainment));
         json_object_set_new(j, "num_requests", json_integer(o.num_requests));
         json_object_set_new(j, "prefill_batch_tokens", json_integer(o.prefill_batch_tokens));
+        json_object_set_new(j, "prefix_len", json_integer(o.prefix_len));
+        json_object_set_new(j, "num_prefixes", json_integer(o.num_prefixes));
+        json_object_set_new(j, "routing", json_string(plan_route_name(o.routing)));
         json_object_set_new(j, "cost_model", json_pack("{s:[f,f,f],s:[f,f,f],s:[f,f],s:f,s:{s:f,s:f}}",
                                                        "prefill", m.pre[0], m.pre[1], m.pre[2],
                                                        "decode", m.dec[0], m.dec[1], m.dec[2],

@@ -634,6 +634,7 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
     o->block_size = s->block_size;
     o->max_seq_len = s->max_seq_len;
     o->max_tokens_limit = s->max_tokens_limit;
+    o->prefix_index_hashes = s->prefix_index_hashes;
     o->n_workers = s->n_workers;
     for (size_t i = 0; i < s->n_workers; i++) {
         const Pd__WorkerStatus *w = s->workers[i];
@@ -648,6 +649,11 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
         d->total_blocks = w->total_blocks;
         d->assigned = w->assigned;
         d->last_seen_ms = w->last_seen_ms;
+        d->prefix_caching = w->prefix_caching;
+        d->prefix_index_blocks = w->prefix_index_blocks;
+        d->routed_cached_requests = w->routed_cached_requests;
+        d->routed_cached_tokens = w->routed_cached_tokens;
+        d->kv_resyncs = w->kv_resyncs;
         const Pd__WorkerCounters *k = w->counters;
         if (k) {
             d->steps = k->steps;
@@ -671,6 +677,11 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
             d->compute_turns = k->compute_turns;
             d->compute_busy_ms = k->compute_busy_ms;
             d->mixed_steps = k->mixed_steps;
+            d->prefix_queries = k->prefix_queries;
+            d->prefix_hits = k->prefix_hits;
+            d->prefix_requests = k->prefix_requests;
+            d->prefix_evictions = k->prefix_evictions;
+            d->prefix_cached_blocks = k->prefix_cached_blocks;
         }
     }
     return o;

@@ -165,6 +165,15 @@ typedef struct {
     uint64_t compute_turns;                /* the compute thread's loop turns (progress) */
     uint32_t compute_busy_ms;              /* its current turn at the last heartbeat (0: idle) */
     uint64_t mixed_steps;                  /* colocated passes mixing decode tokens and a prefill chunk */
+    /* prefix cache: tokens looked up / found cached, lookups, evicted
+     * blocks, blocks cached now (the worker's counts) */
+    uint64_t prefix_queries, prefix_hits, prefix_requests, prefix_evictions, prefix_cached_blocks;
+    /* the router's: caching announced, blocks its index holds for the
+     * worker, dispatches routed onto its cache and their cached tokens,
+     * KvResync sent */
+    bool prefix_caching;
+    uint32_t prefix_index_blocks;
+    uint64_t routed_cached_requests, routed_cached_tokens, kv_resyncs;
 } pd_worker_status_t;
 
 typedef struct {
@@ -173,6 +182,7 @@ typedef struct {
     uint32_t active_requests, queued_requests;
     uint64_t requests_total, requests_failed;
     uint32_t block_size, max_seq_len, max_tokens_limit;
+    uint32_t prefix_index_hashes; /* distinct hashes in the router's prefix index */
     size_t n_workers;
     pd_worker_status_t *workers;     /* (n_workers) */
 } pd_cluster_status_t;

@@ -264,6 +264,29 @@ static uint32_t pass_tokens(const pd_prefill_t *p)
     return max_tok < p->eng->max_fwd_tokens ? max_tok : p->eng->max_fwd_tokens;
 }
 
+/* Gives t its blocks: the longest cached prefix of its tokens (those
+ * positions are done), then fresh blocks for the rest. Checked first, so
+ * that a task waiting for blocks is not counted as a prefix query again and
+ * again: matching takes k cached blocks out of the free count and k blocks
+ * out of the need, so the whole prompt's need bounds it. PD_EFULL: wait. */
+static int start_task(pd_prefill_t *p, pf_task_t *t)
+{
+    pd_kv_t *kv = p->eng->kv;
+    if (pd_kv_blocks_needed(kv, 0, t->n_tokens) > pd_kv_n_free(kv))
+        return PD_EFULL;
+    t->n_done = pd_kv_prefix_match(kv, &t->seq, t->tokens, t->n_tokens);
+    int rc = pd_kv_seq_reserve(kv, &t->seq, t->n_tokens);
+    if (rc != 0) {
+        pd_kv_seq_release(kv, &t->seq);
+        t->n_done = 0;
+        return rc;
+    }
+    if (t->n_done > 0)
+        PD_DEBUG("event=prefix_hit req=%llu epoch=%u cached=%u tokens=%u",
+                 (unsigned long long)t->req, t->epoch, t->n_done, t->n_tokens);
+    return 0;
+}
+
 /* Appends the queued tasks to st's batch, first come first served, within
  * the pass's token budget, st's rows and the engine's sequences. The tasks
  * taken and their chunks go in p->step. Returns the rows added. */
@@ -285,7 +308,7 @@ static uint32_t fill(void *self, pd_wkstep_t *st)
         pf_task_t *t = p->tasks[i];
         if (t->st != PT_QUEUED || t->cancelled)
             continue;
-        if (t->seq.n_blocks == 0 && pd_kv_seq_reserve(e->kv, &t->seq, t->n_tokens) != 0)
+        if (t->seq.n_blocks == 0 && start_task(p, t) != 0)
             break; /* first come, first served: wait for blocks */
         uint32_t take = t->n_tokens - t->n_done;
         if (take > max_tok - n_tok)
@@ -352,6 +375,8 @@ static void done(void *self, const char *fail, uint64_t us)
         t->n_done += ps->chunk[s];
         if (t->n_done < t->n_tokens)
             continue;
+        /* Its KV is whole: later prompts may reuse its full blocks. */
+        pd_kv_prefix_commit(e->kv, &t->seq, t->tokens, t->n_tokens);
         float *lg = e->logits + (size_t)row++ * e->vocab;
         int32_t tok = pd_sample(&t->params.s, lg, e->vocab, t->n_tokens, t->tokens, t->n_tokens,
                                 e->scratch);
@@ -402,11 +427,66 @@ static uint32_t held(const void *self) { return (uint32_t)((const pd_prefill_t *
 static void load(const void *self, pd_worker_load_t *out)
 {
     const pd_prefill_t *p = self;
+    pd_kv_t *kv = p->eng->kv;
     out->queued_prefill_tokens = queued_tokens(p);
-    out->free_blocks = pd_kv_n_free(p->eng->kv);
-    out->total_blocks = pd_kv_shape(p->eng->kv)->n_blocks;
+    out->free_blocks = pd_kv_n_free(kv);
+    out->total_blocks = pd_kv_shape(kv)->n_blocks;
     out->counters = p->c;
     out->counters.prefill_pass_tokens = pass_tokens(p);
+    if (p->kvev) {
+        pd_kv_prefix_stats_t ps;
+        pd_kv_prefix_stats(kv, &ps);
+        out->counters.prefix_queries = ps.query_tokens;
+        out->counters.prefix_hits = ps.hit_tokens;
+        out->counters.prefix_requests = ps.queries;
+        out->counters.prefix_evictions = ps.evicted_blocks;
+        out->counters.prefix_cached_blocks = pd_kv_prefix_n_cached(kv);
+        out->kv_events_seq = pd_kvev_last_seq(p->kvev);
+    }
+}
+
+/* ====== Prefix cache events ====== */
+
+/* Test hook PD_TEST_DROP_KV_EVENTS=K (docs/config.md): every K-th
+ * KvEvents message is not sent, as if lost on the way: the router must
+ * see the gap (the next seq, or the heartbeat's) and ask for a snapshot. */
+static uint32_t drop_kv_events_every(void)
+{
+    static long k = -1;
+    if (k < 0) {
+        const char *v = getenv("PD_TEST_DROP_KV_EVENTS");
+        k = v ? strtol(v, NULL, 10) : 0;
+        if (k < 0 || k > 1000000)
+            k = 0;
+    }
+    return (uint32_t)k;
+}
+
+static void send_kv_events(void *ctx, const Pd__Msg *m)
+{
+    static uint64_t n_sent;
+    const pd_wkport_t *port = ((pd_prefill_t *)ctx)->port;
+    uint32_t k = drop_kv_events_every();
+    if (k > 0 && ++n_sent % k == 0) {
+        PD_INFO("event=test_kv_events_dropped seq=%llu",
+                (unsigned long long)m->kv_events->seq);
+        return;
+    }
+    port->send(port->host, m);
+}
+
+static void kv_events(void *self)
+{
+    pd_prefill_t *p = self;
+    if (p->kvev)
+        pd_kvev_flush(p->kvev, p->eng->kv, send_kv_events, p);
+}
+
+static void kv_resync(void *self)
+{
+    pd_prefill_t *p = self;
+    if (p->kvev)
+        pd_kvev_resync(p->kvev);
 }
 
 /* A task whose frames ZeroMQ still holds cannot be freed yet: its blocks
@@ -443,6 +523,8 @@ static const pd_wkrole_ops_t g_ops = {
     .load = load,
     .drop_all = drop_all,
     .close = close_sockets,
+    .kv_events = kv_events,
+    .kv_resync = kv_resync,
 };
 
 pd_wkrole_t pd_prefill_role(pd_prefill_t *p) { return (pd_wkrole_t){ &g_ops, p }; }
@@ -474,6 +556,14 @@ pd_prefill_t *pd_prefill_new(const pd_wkrole_env_t *env, const pd_kv_sink_t *col
         pd_err_set(err, PD_ENOMEM, "prefill role");
         return NULL;
     }
+    if (pd_kv_prefix_on(p->eng->kv)) {
+        p->kvev = pd_kvev_new(pd_kvev_per_msg(p->cfg->net.max_msg_bytes), err);
+        if (p->kvev == NULL) {
+            pd_prefill_free(p);
+            return NULL;
+        }
+        pd_kvev_resync(p->kvev); /* the first message is a snapshot */
+    }
     return p;
 }
 
@@ -488,5 +578,6 @@ void pd_prefill_free(pd_prefill_t *p)
     free(p->step.picked);
     free(p->step.chunk);
     free(p->in);
+    pd_kvev_free(p->kvev);
     free(p);
 }

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "prefill.h"
+#include "runtime/kvevents.h"
 #include "runtime/net.h"
 
 #define PF_MAX_EGRESS 64       /* decode endpoints shipped to at once */
@@ -64,6 +65,7 @@ struct pd_prefill {
     uint32_t n_egress;
     pd_pb_alloc_t alloc;
     pd_net_in_t *in;
+    pd_kvev_t *kvev;           /* prefix cache events (NULL: kv.prefix_caching off) */
     pd_worker_counters_t c;
     pf_step_t step;
 };

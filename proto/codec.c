@@ -166,6 +166,8 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->has_max_running = m->has_kv_transfers = m->has_kv_transfer_us = true;
     m->has_prefill_us = m->has_decode_us = m->has_prefill_pass_tokens = true;
     m->has_compute_turns = m->has_compute_busy_ms = m->has_mixed_steps = true;
+    m->has_prefix_queries = m->has_prefix_hits = m->has_prefix_requests = true;
+    m->has_prefix_evictions = m->has_prefix_cached_blocks = true;
     m->steps = c->steps;
     m->multi_seq_steps = c->multi_seq_steps;
     m->joins_while_running = c->joins_while_running;
@@ -187,6 +189,11 @@ void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *
     m->compute_turns = c->compute_turns;
     m->compute_busy_ms = c->compute_busy_ms;
     m->mixed_steps = c->mixed_steps;
+    m->prefix_queries = c->prefix_queries;
+    m->prefix_hits = c->prefix_hits;
+    m->prefix_requests = c->prefix_requests;
+    m->prefix_evictions = c->prefix_evictions;
+    m->prefix_cached_blocks = c->prefix_cached_blocks;
 }
 
 void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t *out)
@@ -216,6 +223,11 @@ void pd_codec_counters_from_pb(const Pd__WorkerCounters *m, pd_worker_counters_t
     out->compute_turns = m->compute_turns;
     out->compute_busy_ms = m->compute_busy_ms;
     out->mixed_steps = m->mixed_steps;
+    out->prefix_queries = m->prefix_queries;
+    out->prefix_hits = m->prefix_hits;
+    out->prefix_requests = m->prefix_requests;
+    out->prefix_evictions = m->prefix_evictions;
+    out->prefix_cached_blocks = m->prefix_cached_blocks;
 }
 
 void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__WorkerCounters *c)
@@ -223,6 +235,8 @@ void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__Worker
     pd__heartbeat__init(m);
     m->has_queued_prefill_tokens = m->has_running_seqs = m->has_free_blocks = true;
     m->has_total_blocks = m->has_draining = m->has_waiting_seqs = true;
+    m->has_kv_events_seq = l->kv_events_seq != 0;
+    m->kv_events_seq = l->kv_events_seq;
     m->queued_prefill_tokens = l->queued_prefill_tokens;
     m->running_seqs = l->running_seqs;
     m->waiting_seqs = l->waiting_seqs;
@@ -245,7 +259,40 @@ int pd_codec_load_from_pb(const Pd__Heartbeat *m, pd_worker_load_t *out, pd_err_
     out->free_blocks = m->free_blocks;
     out->total_blocks = m->total_blocks;
     out->draining = m->has_draining && m->draining;
+    out->kv_events_seq = m->kv_events_seq;
     pd_codec_counters_from_pb(m->counters, &out->counters);
+    return 0;
+}
+
+/* ====== Prefix cache events ====== */
+
+void pd_codec_kv_events_to_pb(const pd_kv_events_t *e, Pd__KvEvents *m)
+{
+    pd__kv_events__init(m);
+    m->has_seq = m->has_snapshot = true;
+    m->seq = e->seq;
+    m->snapshot = e->snapshot;
+    m->n_hashes = m->n_removed = e->n;
+    m->hashes = (uint64_t *)e->hashes;               /* borrowed; protobuf-c's type is not const */
+    m->removed = (protobuf_c_boolean *)e->removed;
+}
+
+int pd_codec_kv_events_from_pb(const Pd__KvEvents *m, pd_kv_events_t *out, pd_err_t *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!m->has_seq || m->seq == 0)
+        return pd_err_set(err, PD_EINVAL, "kv_events.seq: missing or 0");
+    if (m->n_hashes != m->n_removed)
+        return pd_err_set(err, PD_EINVAL, "kv_events.removed: %zu flags for %zu hashes",
+                          m->n_removed, m->n_hashes);
+    if (m->n_hashes > PD_KV_EVENTS_MAX)
+        return pd_err_set(err, PD_EINVAL, "kv_events.hashes: %zu, over %d", m->n_hashes,
+                          PD_KV_EVENTS_MAX);
+    out->seq = m->seq;
+    out->snapshot = m->has_snapshot && m->snapshot;
+    out->n = m->n_hashes;
+    out->hashes = m->hashes;
+    out->removed = m->removed;
     return 0;
 }
 

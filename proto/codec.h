@@ -1,7 +1,8 @@
 /* codec.h -- the one place where wire structures (pd.proto, protobuf-c)
  * become C structs and back: sampling parameters, a request's generation
  * parameters, a worker's limits (Register), its load and counters
- * (Heartbeat) and token entries (TokenBatch).
+ * (Heartbeat), token entries (TokenBatch) and prefix cache events
+ * (KvEvents).
  *
  * Decoding, pd_codec_*_from_pb, treats the message as hostile: every field
  * is checked and a refusal is a pd_err_t naming the field as it is spelled
@@ -102,6 +103,8 @@ typedef struct {
     uint64_t compute_turns;       /* the compute thread's loop turns so far */
     uint32_t compute_busy_ms;     /* how long it has been in the current one (0: idle) */
     uint64_t mixed_steps;         /* colocated passes of decode tokens + a prefill chunk */
+    /* prefix cache: tokens looked up / found, lookups, evicted blocks, cached blocks now */
+    uint64_t prefix_queries, prefix_hits, prefix_requests, prefix_evictions, prefix_cached_blocks;
 } pd_worker_counters_t;
 
 void pd_codec_counters_to_pb(const pd_worker_counters_t *c, Pd__WorkerCounters *m);
@@ -116,6 +119,7 @@ typedef struct {
     uint32_t free_blocks;
     uint32_t total_blocks;
     bool draining;
+    uint64_t kv_events_seq;       /* last KvEvents seq sent (0: none) */
     pd_worker_counters_t counters;
 } pd_worker_load_t;
 
@@ -123,6 +127,26 @@ typedef struct {
 void pd_codec_load_to_pb(const pd_worker_load_t *l, Pd__Heartbeat *m, Pd__WorkerCounters *c);
 /* Refuses free_blocks above total_blocks; absent counters are zeros. */
 int pd_codec_load_from_pb(const Pd__Heartbeat *m, pd_worker_load_t *out, pd_err_t *err);
+
+/* ====== Prefix cache events (KvEvents) ====== */
+
+/* Events one KvEvents message may carry (a longer snapshot continues in
+ * deltas): 8192 x 9 bytes, well inside net.max_msg_bytes' default. */
+#define PD_KV_EVENTS_MAX 8192
+
+typedef struct {
+    uint64_t seq;                       /* >= 1 */
+    bool snapshot;
+    size_t n;                           /* events */
+    const uint64_t *hashes;             /* (n) borrowed from the message */
+    const protobuf_c_boolean *removed;  /* (n) borrowed: nonzero = evicted */
+} pd_kv_events_t;
+
+/* m borrows e's arrays. */
+void pd_codec_kv_events_to_pb(const pd_kv_events_t *e, Pd__KvEvents *m);
+/* Requires seq >= 1, as many removed flags as hashes, at most
+ * PD_KV_EVENTS_MAX of them. out borrows m's arrays. */
+int pd_codec_kv_events_from_pb(const Pd__KvEvents *m, pd_kv_events_t *out, pd_err_t *err);
 
 /* ====== Token entries (TokenBatch) ====== */
 

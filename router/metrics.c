@@ -263,6 +263,40 @@ static void cluster_render(sbuf_t *b, const char *model, const Pd__ClusterStatus
     sb_printf(b, "pdserve:kv_transfer_seconds_count{model_name=\"%s\"} %llu\n", model,
               (unsigned long long)kv_n);
 
+    /* vLLM's prefix cache counters count tokens: queried, and of them hit. */
+    static const struct {
+        const char *name, *type, *help;
+    } px[] = {
+        { "prefix_cache_queries", "counter", "Prompt tokens looked up in a worker's prefix cache." },
+        { "prefix_cache_hits", "counter", "Prompt tokens found in a worker's prefix cache." },
+        { "prefix_cache_evictions", "counter", "Cached prefix blocks evicted for new data." },
+        { "prefix_cache_blocks", "gauge", "Prefix blocks a worker caches now (in use or not)." },
+        { "prefix_routed_requests", "counter",
+          "Requests the router sent to a worker whose cache it knew held their prefix." },
+    };
+    for (size_t k = 0; k < N_OF(px); k++) {
+        bool is_counter = px[k].type[0] == 'c';
+        char nm[64];
+        snprintf(nm, sizeof nm, "%s%s", px[k].name, is_counter ? "_total" : "");
+        head(b, nm, px[k].type, px[k].help);
+        for (size_t i = 0; i < cs->n_workers; i++) {
+            const Pd__WorkerStatus *w = cs->workers[i];
+            if (w == NULL || !w->prefix_caching || w->counters == NULL)
+                continue;
+            const Pd__WorkerCounters *c = w->counters;
+            uint64_t v = k == 0 ? c->prefix_queries : k == 1 ? c->prefix_hits
+                       : k == 2 ? c->prefix_evictions : k == 3 ? c->prefix_cached_blocks
+                                : w->routed_cached_requests;
+            sb_printf(b, "pdserve:%s{model_name=\"%s\",worker=\"%s\"} %llu\n", nm, model,
+                      label(id, sizeof id, w->worker_id), (unsigned long long)v);
+        }
+    }
+
+    head(b, "prefix_index_hashes", "gauge",
+         "Distinct prefix block hashes in the router's index (workers now registered).");
+    sb_printf(b, "pdserve:prefix_index_hashes{model_name=\"%s\"} %u\n", model,
+              cs->prefix_index_hashes);
+
     head(b, "workers", "gauge", "Registered workers by role and state.");
     static const Pd__Role roles[] = { PD__ROLE__ROLE_PREFILL, PD__ROLE__ROLE_DECODE,
                                       PD__ROLE__ROLE_BOTH };

@@ -46,6 +46,8 @@ int rt_init(rt_t *rt, const pd_config_t *cfg, volatile sig_atomic_t *stop, pd_er
     if (!rt->reqs || !rt->queue || !rt->held || !rt->tok_buf || !rt->in)
         return pd_err_set(err, PD_ENOMEM, "router state for %u requests", rt->n_slots);
     rt->in->n_frames = 0;
+    if (rt_prefix_init(rt, err) != 0)
+        return PD_ENOMEM;
     /* A message's decoded form is bounded by a multiple of its size;
      * 64x covers repeated submessages of a few bytes each. */
     pd_pb_alloc_init(&rt->alloc,
@@ -94,6 +96,7 @@ void rt_destroy(rt_t *rt)
     free(rt->held);
     free(rt->tok_buf);
     free(rt->in);
+    rt_prefix_destroy(rt);
     pd_net_close(rt->front);
     pd_net_close(rt->back);
     pd_zap_free(rt->zap);
@@ -213,7 +216,9 @@ void rt_on_worker_payload(rt_t *rt, const uint8_t *zid, size_t zlen, const void 
         switch (m->body_case) {
         case PD__MSG__BODY_HEARTBEAT:
             rt_on_heartbeat(rt, &rt->workers[wi], m->heartbeat);
+            rt_prefix_on_heartbeat(rt, wi, m->heartbeat);
             break;
+        case PD__MSG__BODY_KV_EVENTS: rt_prefix_on_events(rt, wi, m->kv_events); break;
         case PD__MSG__BODY_TOKENS: rt_on_tokens(rt, wi, m->tokens); break;
         case PD__MSG__BODY_PREEMPTED: rt_on_preempted(rt, wi, m->preempted); break;
         case PD__MSG__BODY_ERROR: rt_on_worker_error(rt, wi, m->error); break;

@@ -42,6 +42,7 @@
 #include <stdint.h>
 
 #include "runtime/config.h"
+#include "kvindex.h"
 #include "metrics.h"
 #include "engine/model.h"
 #include "runtime/net.h"
@@ -97,6 +98,11 @@ typedef struct {
     uint32_t n_decoding;             /* requests decoding (or about to) here */
     uint64_t blocks_est;             /* KV blocks those requests hold */
     uint64_t last_seen_ms;
+    /* Prefix caching (prefix.c): announced in Register; KvEvents applied,
+     * KvResync sent and when. */
+    bool prefix_caching;
+    uint64_t kv_events, kv_resyncs, kv_resync_ms;
+    uint64_t routed_cached_reqs, routed_cached_tokens; /* dispatches onto its cache */
 } rt_worker_t;
 
 /* A client with requests in flight (rt_req_t.client indexes it). Created
@@ -161,6 +167,7 @@ typedef struct rt_req {
     int p_worker, d_worker;          /* indexes into workers, -1 = none */
     uint32_t p_gen, d_gen;
     uint64_t prefill_charged;        /* tokens charged to the prefill worker */
+    uint32_t prefix_cached;          /* of them, tokens its cache holds (the index says) */
     uint64_t blocks_charged;         /* blocks charged to the decode worker */
     uint32_t n_preempt;
     struct {
@@ -203,6 +210,10 @@ typedef struct {
     pd_net_in_t *in;
     volatile sig_atomic_t *stop;
     pd_metrics_t *metrics;           /* borrowed, may be NULL (metrics.h; main sets it) */
+    rt_kvi_t *kvi;                   /* what each worker caches (prefix.c) */
+    uint64_t kv_root;                /* block hash chain's root (engine/kvcache.h) */
+    uint64_t *chain;                 /* (max_seq_len / block_size + 1) a prompt's chain */
+    int rr_last;                     /* round_robin: the last worker picked */
     pd_proc_health_t *health;        /* borrowed, may be NULL (--health-file; main sets it) */
 } rt_t;
 
@@ -319,5 +330,16 @@ void rt_on_preempted(rt_t *rt, int wi, const Pd__Preempted *p);
 void rt_on_worker_error(rt_t *rt, int wi, const Pd__Error *e);
 void rt_on_drain_request(rt_t *rt, const uint8_t *cid, size_t cid_len, const Pd__Drain *d);
 void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len);
+
+/* prefix.c: the prefix index and router.routing */
+int rt_prefix_init(rt_t *rt, pd_err_t *err);
+void rt_prefix_destroy(rt_t *rt);
+void rt_prefix_on_register(rt_t *rt, int wi, const Pd__Register *g); /* after the slot is set */
+void rt_prefix_on_drop(rt_t *rt, int wi);
+void rt_prefix_on_events(rt_t *rt, int wi, const Pd__KvEvents *m);
+void rt_prefix_on_heartbeat(rt_t *rt, int wi, const Pd__Heartbeat *h);
+/* The prefill worker for r among eligible[RT_MAX_WORKERS] by router.routing
+ * (-1: none); sets r->prefix_cached. */
+int rt_prefix_pick(rt_t *rt, rt_req_t *r, const bool *eligible);
 
 #endif

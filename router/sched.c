@@ -44,8 +44,13 @@ uint32_t rt_blocks_for(uint32_t block_size, uint64_t n_tokens)
 void rt_charge_take(rt_t *rt, rt_req_t *r)
 {
     rt_worker_t *p = &rt->workers[r->p_worker], *d = &rt->workers[r->d_worker];
-    r->prefill_charged = (uint64_t)r->n_prompt + r->n_gen;
+    /* What the worker computes: the cached prefix (router.routing) is not charged. */
+    r->prefill_charged = (uint64_t)r->n_prompt + r->n_gen - r->prefix_cached;
     p->prefill_tokens += r->prefill_charged;
+    if (r->prefix_cached > 0) {
+        p->routed_cached_reqs++;
+        p->routed_cached_tokens += r->prefix_cached;
+    }
     r->blocks_charged = rt_blocks_for(d->block_size, (uint64_t)r->n_prompt + r->n_gen + 1);
     d->blocks_est += r->blocks_charged;
     d->n_decoding++;
@@ -121,6 +126,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
     Pd__Role drole = disagg ? PD__ROLE__ROLE_DECODE : PD__ROLE__ROLE_BOTH;
     int best_full = -1, best_min = -1;
     bool any_could = false;
+    uint8_t fits[RT_MAX_WORKERS] = { 0 }; /* 2: the whole request fits, 1: its prompt */
     for (int i = 0; i < RT_MAX_WORKERS; i++) {
         rt_worker_t *w = &rt->workers[i];
         if (!w->used || w->state != RT_W_READY || w->role != drole)
@@ -131,6 +137,7 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
             continue;
         any_could = true;
         uint64_t free_est = w->total_blocks > w->blocks_est ? w->total_blocks - w->blocks_est : 0;
+        fits[i] = need_full <= free_est ? 2 : need_min <= free_est ? 1 : 0;
         if (need_full <= free_est &&
             (best_full < 0 || w->n_decoding < rt->workers[best_full].n_decoding))
             best_full = i;
@@ -145,16 +152,22 @@ static bool pick_workers(rt_t *rt, rt_req_t *r, int *p_out, int *d_out, bool *ne
         return false;
     int p = d;
     if (disagg) {
-        p = -1;
-        for (int i = 0; i < RT_MAX_WORKERS; i++) {
-            rt_worker_t *w = &rt->workers[i];
-            if (!w->used || w->state != RT_W_READY || w->role != PD__ROLE__ROLE_PREFILL)
-                continue;
-            if (p < 0 || w->prefill_tokens < rt->workers[p].prefill_tokens)
-                p = i;
-        }
+        bool ok[RT_MAX_WORKERS];
+        for (int i = 0; i < RT_MAX_WORKERS; i++)
+            ok[i] = rt->workers[i].used && rt->workers[i].state == RT_W_READY &&
+                    rt->workers[i].role == PD__ROLE__ROLE_PREFILL;
+        p = rt_prefix_pick(rt, r, ok);
         if (p < 0)
             return false;
+    } else if (rt->cfg.router.routing != PD_ROUTING_LEAST_LOADED) {
+        /* Colocated: the worker that prefills also decodes, so only those
+         * with room for the whole request (else the roomiest) compete. */
+        bool ok[RT_MAX_WORKERS];
+        for (int i = 0; i < RT_MAX_WORKERS; i++)
+            ok[i] = fits[i] == (best_full >= 0 ? 2 : 1);
+        p = d = rt_prefix_pick(rt, r, ok);
+    } else {
+        r->prefix_cached = 0;
     }
     *p_out = p;
     *d_out = d;

@@ -95,6 +95,7 @@ void rt_worker_drop(rt_t *rt, int wi, const char *why)
     uint32_t gen = w->gen + 1;
     memset(w, 0, sizeof *w);
     w->gen = gen;
+    rt_prefix_on_drop(rt, wi);
 }
 
 static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, const char *why)
@@ -183,6 +184,7 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
             w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
     reply_register(rt, zid, len, true, NULL);
+    rt_prefix_on_register(rt, wi, g);
     rt_dispatch(rt);
 }
 
@@ -367,6 +369,13 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
         s->assigned = held;
         s->last_seen_ms = now - w->last_seen_ms;
         pd_codec_counters_to_pb(&w->counters, c);
+        s->has_prefix_caching = s->has_prefix_index_blocks = s->has_routed_cached_requests = true;
+        s->has_routed_cached_tokens = s->has_kv_resyncs = true;
+        s->prefix_caching = w->prefix_caching;
+        s->prefix_index_blocks = rt_kvi_worker_hashes(rt->kvi, i);
+        s->routed_cached_requests = w->routed_cached_reqs;
+        s->routed_cached_tokens = w->routed_cached_tokens;
+        s->kv_resyncs = w->kv_resyncs;
         s->counters = c;
         wp[n] = s;
         n++;
@@ -376,7 +385,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     cs.workers = wp;
     cs.has_active_requests = cs.has_queued_requests = cs.has_model_identity = true;
     cs.has_requests_total = cs.has_requests_failed = cs.has_block_size = true;
-    cs.has_max_seq_len = cs.has_max_tokens_limit = true;
+    cs.has_max_seq_len = cs.has_max_tokens_limit = cs.has_prefix_index_hashes = true;
     cs.active_requests = rt->n_active;
     cs.queued_requests = rt->q_len;
     cs.model_name = rt->model->name;
@@ -386,6 +395,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     cs.block_size = rt->cfg.kv.block_size;
     cs.max_seq_len = rt->max_seq_len;
     cs.max_tokens_limit = rt->cfg.router.max_tokens_limit;
+    cs.prefix_index_hashes = (uint32_t)rt_kvi_size(rt->kvi);
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_STATUS;
     m.status = &cs;

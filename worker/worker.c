@@ -83,6 +83,7 @@ static int setup(worker_t *w, pd_err_t *err)
             .max_seq_len = w->eng.max_seq_len,
             .kv_dtype = { 0 },
         },
+        .prefix_caching = w->prefill != NULL && pd_kv_prefix_on(w->eng.kv),
     };
     snprintf(info.limits.kv_dtype, sizeof info.limits.kv_dtype, "%s",
              pd_kv_dtype_name(pd_kv_dtype(w->eng.kv)));

@@ -5,6 +5,7 @@
  *            [--dataset-path FILE] [--num-prompts N | --duration S]
  *            [--request-rate R|inf] [--burstiness B] [--max-concurrency C]
  *            [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]
+ *            [--num-prefixes K] [--mooncake-block-size B]
  *            [--ignore-eos] [--temperature T] [--seed S]
  *            [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]
  *            [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]
@@ -98,7 +99,7 @@ double rng_gamma(rng_t *r, double shape, double scale);
 
 /* ====== options.c ====== */
 
-typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT } dataset_kind_t;
+typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT, DS_MOONCAKE } dataset_kind_t;
 
 typedef struct {
     const char *router;
@@ -114,6 +115,8 @@ typedef struct {
     double burstiness;
     uint32_t max_concurrency;    /* 0 = unlimited */
     uint32_t input_len, output_len, prefix_len;
+    uint32_t num_prefixes;       /* random dataset: distinct prefixes (1 = one shared) */
+    uint32_t mooncake_block_size; /* tokens per trace hash id (0 = 512) */
     bool has_output_len;
     double range_ratio;
     bool ignore_eos;
@@ -145,11 +148,13 @@ typedef struct {
     size_t n_ids;
     uint32_t prompt_len; /* tokens; 0 = unknown (taken from the router's usage) */
     uint32_t output_len; /* max_tokens */
+    uint64_t at_ms;      /* arrival from the start (timed datasets) */
 } item_t;
 
 typedef struct {
     item_t *items;
     size_t n, cap;
+    bool timed;          /* arrivals from the items (a trace), not the gamma process */
 } dataset_t;
 
 void dataset_free(dataset_t *d);
@@ -165,6 +170,9 @@ int dataset_file(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix, da
 /* --dataset sharegpt: shuffled by rng, pruned as vLLM does. */
 int dataset_sharegpt(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix,
                      uint32_t max_seq, rng_t *rng, dataset_t *d);
+/* --dataset mooncake: a Mooncake-format trace (client/mooncake.h) replayed
+ * at its timestamps (d->timed). */
+int dataset_mooncake(const opts_t *o, const pd_tok_t *tok, uint32_t max_seq, dataset_t *d);
 
 /* ====== run.c, run_zmq.c, run_http.c: the requests in flight ====== */
 

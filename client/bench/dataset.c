@@ -9,6 +9,7 @@
 #include <jansson.h>
 
 #include "bench.h"
+#include "mooncake.h"
 #include "base/grow.h"
 
 void dataset_free(dataset_t *d)
@@ -110,15 +111,23 @@ int dataset_random(const opts_t *o, const pd_tok_t *tok, rng_t *rng, int32_t *pr
         return -1;
     }
     int32_t *body = malloc((size_t)ihi * sizeof *body);
-    int rc = body ? 0 : -1;
+    /* --num-prefixes K: K prefixes, each prompt takes one at random (the
+     * first is `prefix`, drawn as with one, so K = 1 changes nothing). */
+    uint32_t n_pre = o->num_prefixes > 1 && o->prefix_len > 0 ? o->num_prefixes : 1;
+    int32_t *more = n_pre > 1 ? malloc((size_t)(n_pre - 1) * o->prefix_len * sizeof *more) : NULL;
+    int rc = body && (n_pre == 1 || more) ? 0 : -1;
     for (uint32_t p = 0; p < o->prefix_len; p++)
         prefix[p] = vp.ids[rng_next(rng) % vp.n];
+    for (uint64_t p = 0; rc == 0 && p < (uint64_t)(n_pre - 1) * o->prefix_len; p++)
+        more[p] = vp.ids[rng_next(rng) % vp.n];
     for (uint32_t i = 0; rc == 0 && i < o->num_prompts; i++) {
+        uint32_t which = n_pre > 1 ? (uint32_t)(rng_next(rng) % n_pre) : 0;
+        const int32_t *pre = which == 0 ? prefix : more + (size_t)(which - 1) * o->prefix_len;
         uint32_t in = rng_range(rng, ilo, ihi);
         for (uint32_t k = 0; k < in; k++)
             body[k] = vp.ids[rng_next(rng) % vp.n];
         item_t *it = dataset_push(d);
-        if (it == NULL || item_set_ids(it, tok, prefix, o->prefix_len, body, in) != 0)
+        if (it == NULL || item_set_ids(it, tok, pre, o->prefix_len, body, in) != 0)
             rc = -1;
         else
             it->output_len = rng_range(rng, olo, ohi);
@@ -126,6 +135,7 @@ int dataset_random(const opts_t *o, const pd_tok_t *tok, rng_t *rng, int32_t *pr
     if (rc != 0)
         fprintf(stderr, "pd-bench: out of memory building the random dataset\n");
     free(body);
+    free(more);
     free(vp.ids);
     return rc;
 }
@@ -317,5 +327,64 @@ int dataset_sharegpt(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix
     }
     free(order);
     json_decref(root);
+    return rc;
+}
+
+/* A Mooncake trace (mooncake.h): each hash id becomes block_size tokens
+ * drawn from the id alone (so requests sharing an id share those tokens),
+ * the prompt is its ids' blocks cut to input_length, after BOS; arrivals
+ * are the trace's timestamps. */
+int dataset_mooncake(const opts_t *o, const pd_tok_t *tok, uint32_t max_seq, dataset_t *d)
+{
+    uint32_t bs = o->mooncake_block_size ? o->mooncake_block_size : 512;
+    pd_mooncake_req_t *r = NULL;
+    size_t n = 0;
+    char msg[700];
+    if (pd_mooncake_load(o->dataset_path, bs, o->has_num_prompts ? o->num_prompts : SIZE_MAX, &r,
+                         &n, msg, sizeof msg) != 0) {
+        fprintf(stderr, "pd-bench: --dataset mooncake: %s\n", msg);
+        return -1;
+    }
+    vocab_pick_t vp;
+    int rc = vocab_pick_init(&vp, tok);
+    int32_t *body = NULL;
+    if (rc != 0)
+        fprintf(stderr, "pd-bench: the model's vocabulary has no plain tokens\n");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        if (max_seq && 1ull + r[i].input_length + r[i].output_length > max_seq) {
+            fprintf(stderr, "pd-bench: --dataset mooncake: request %zu: %u + %u tokens exceed the "
+                    "router's max_seq_len %u\n", i + 1, r[i].input_length, r[i].output_length,
+                    max_seq);
+            rc = -1;
+            break;
+        }
+        int32_t *nb = realloc(body, (size_t)r[i].input_length * sizeof *body);
+        if (nb == NULL) {
+            rc = -1;
+            break;
+        }
+        body = nb;
+        for (uint32_t k = 0; k < r[i].input_length; k++) {
+            if (k % bs == 0) {
+                rng_t g;
+                rng_seed(&g, o->seed ^ (r[i].hash_ids[k / bs] * 0x9e3779b97f4a7c15ull + 1));
+                for (uint32_t j = 0; j < bs && k + j < r[i].input_length; j++)
+                    body[k + j] = vp.ids[rng_next(&g) % vp.n];
+            }
+        }
+        item_t *it = dataset_push(d);
+        if (it == NULL || item_set_ids(it, tok, NULL, 0, body, r[i].input_length) != 0) {
+            rc = -1;
+            break;
+        }
+        it->output_len = r[i].output_length;
+        it->at_ms = r[i].at_ms;
+    }
+    if (rc != 0 && vp.ids)
+        fprintf(stderr, "pd-bench: --dataset mooncake: could not build the prompts\n");
+    d->timed = true;
+    free(body);
+    free(vp.ids);
+    pd_mooncake_free(r, n);
     return rc;
 }

@@ -148,6 +148,7 @@ have_server:
         goto done;
     int drc = o.dataset == DS_RANDOM ? dataset_random(&o, tok, &rng, prefix, cs->max_seq_len, &ds)
               : o.dataset == DS_FILE ? dataset_file(&o, tok, prefix, &ds)
+              : o.dataset == DS_MOONCAKE ? dataset_mooncake(&o, tok, cs->max_seq_len, &ds)
                                      : dataset_sharegpt(&o, tok, prefix, cs->max_seq_len, &rng, &ds);
     if (drc != 0)
         goto done;

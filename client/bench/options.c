@@ -16,6 +16,7 @@ void bench_usage(FILE *f)
             "                [--dataset-path FILE] [--num-prompts N | --duration S]\n"
             "                [--request-rate R|inf] [--burstiness B] [--max-concurrency C]\n"
             "                [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]\n"
+            "                [--num-prefixes K] [--mooncake-block-size B]\n"
             "                [--ignore-eos] [--temperature T] [--seed S]\n"
             "                [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]\n"
             "                [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]\n"
@@ -141,8 +142,11 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
                 o->dataset = DS_FILE;
             else if (!strcmp(v, "sharegpt"))
                 o->dataset = DS_SHAREGPT;
+            else if (!strcmp(v, "mooncake"))
+                o->dataset = DS_MOONCAKE;
             else {
-                fprintf(stderr, "pd-bench: --dataset: unknown dataset '%s' (random, file, sharegpt)\n",
+                fprintf(stderr, "pd-bench: --dataset: unknown dataset '%s' (random, file, sharegpt, "
+                        "mooncake)\n",
                         v);
                 return -1;
             }
@@ -192,6 +196,15 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
         } else if (!strcmp(a, "--range-ratio") || !strcmp(a, "--random-range-ratio")) {
             NEED_VALUE;
             if (parse_double(a, v, 0, 0.999999, &o->range_ratio) != 0)
+                return -1;
+        } else if (!strcmp(a, "--mooncake-block-size")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, 65536, &o->mooncake_block_size) != 0)
+                return -1;
+        } else if (!strcmp(a, "--num-prefixes") ||
+                   !strcmp(a, "--prefix-repetition-num-prefixes")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, 100000, &o->num_prefixes) != 0)
                 return -1;
         } else if (!strcmp(a, "--prefix-len") || !strcmp(a, "--random-prefix-len")) {
             NEED_VALUE;
@@ -267,11 +280,15 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
     }
     if (o->dataset != DS_RANDOM && o->dataset_path == NULL) {
         fprintf(stderr, "pd-bench: --dataset %s needs --dataset-path FILE\n",
-                o->dataset == DS_FILE ? "file" : "sharegpt");
+                o->dataset == DS_FILE ? "file" : o->dataset == DS_MOONCAKE ? "mooncake" : "sharegpt");
         return -1;
     }
     if (o->profile_path && o->model == NULL) {
         fprintf(stderr, "pd-bench: --profile needs the model's tokenizer: give -m MODEL.gguf\n");
+        return -1;
+    }
+    if (o->num_prefixes > 1 && (o->dataset != DS_RANDOM || o->prefix_len == 0)) {
+        fprintf(stderr, "pd-bench: --num-prefixes needs --dataset random and --prefix-len\n");
         return -1;
     }
     if ((o->dataset != DS_FILE || o->prefix_len > 0) && o->model == NULL) {

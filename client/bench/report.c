@@ -80,7 +80,7 @@ static void set_num(json_t *o, const char *k, double v)
 json_t *report_json(const bench_t *b, const metrics_t *m, const char *model_id)
 {
     const opts_t *o = b->o;
-    static const char *const DS[] = { "random", "file", "sharegpt" };
+    static const char *const DS[] = { "random", "file", "sharegpt", "mooncake" };
     json_t *j = json_object();
     char date[32];
     time_t now = time(NULL);
@@ -108,6 +108,7 @@ json_t *report_json(const bench_t *b, const metrics_t *m, const char *model_id)
         json_object_set_new(j, "range_ratio", json_real(o->range_ratio));
     }
     json_object_set_new(j, "prefix_len", json_integer(o->prefix_len));
+    json_object_set_new(j, "num_prefixes", json_integer(o->num_prefixes ? o->num_prefixes : 1));
     json_t *g = json_object();
     if (o->slo_ttft_ms >= 0)
         set_num(g, "ttft", o->slo_ttft_ms);

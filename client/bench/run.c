@@ -118,6 +118,8 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
     double theta = isinf(o->rate) ? 0 : 1.0 / (o->rate * o->burstiness);
     b->start_ns = pd_now_ns();
     uint64_t next_at = b->start_ns, last_bar = 0;
+    if (d->timed)
+        next_at += d->items[0].at_ms * 1000000ull;
     size_t next = 0;
     bool stop_submitting = false;
     uint64_t drain_until = 0;
@@ -144,7 +146,9 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
             if (rc > 0)
                 break;
             next++;
-            if (theta > 0)
+            if (d->timed) /* a trace: its own arrivals, each item once */
+                next_at = next < d->n ? b->start_ns + d->items[next].at_ms * 1000000ull : UINT64_MAX;
+            else if (theta > 0)
                 next_at += (uint64_t)(rng_gamma(rng, o->burstiness, theta) * 1e9);
             t = pd_now_ns();
         }

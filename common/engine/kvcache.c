@@ -1,5 +1,6 @@
 /* kvcache.c -- see kvcache.h */
 #include "engine/kvcache.h"
+#include "engine/kvcache_internal.h"
 
 #include <assert.h>
 #include <stdlib.h>
@@ -13,17 +14,6 @@
 #define PD_KV_MAX_POOL_BYTES (64ull << 30)      /* bytes; refuse pools above 64 GiB */
 #define PD_KV_SEQ_MIN_CAP 8                     /* block-table entries on first growth */
 
-struct pd_kv {
-    pd_kv_shape_t shape;
-    size_t block_bytes;     /* n_layers * 2 * region_elems * elem_bytes */
-    size_t stride_bytes;    /* block_bytes rounded up to PD_KV_ALIGN: block b starts at b * stride */
-    size_t region_elems;    /* block_size * n_kv_heads * head_dim: one K or V region */
-    size_t region_bytes;    /* region_elems * elem_bytes */
-    unsigned char *pool;    /* (n_blocks, stride_bytes), PD_KV_ALIGN-aligned */
-    uint32_t *refcount;     /* (n_blocks); 0 = on the free list */
-    int32_t *free_stack;    /* (n_blocks); free ids, top at free_stack[n_free - 1] */
-    uint32_t n_free;
-};
 
 /* ====== Sizes ====== */
 
@@ -152,7 +142,7 @@ pd_kv_t *pd_kv_new(const pd_kv_shape_t *shape, pd_err_t *err)
     /* Top of the stack is block 0, so a fresh pool hands out 0, 1, 2, ... */
     for (uint32_t i = 0; i < shape->n_blocks; i++)
         kv->free_stack[i] = (int32_t)(shape->n_blocks - 1 - i);
-    kv->n_free = shape->n_blocks;
+    kv->n_stack = shape->n_blocks;
     return kv;
 nomem:
     pd_err_set(err, PD_ENOMEM, "kv: cannot allocate pool of n_blocks=%u x block_bytes=%llu",
@@ -168,13 +158,17 @@ void pd_kv_free(pd_kv_t *kv)
     free(kv->pool);
     free(kv->refcount);
     free(kv->free_stack);
+    pd_kvp_free(kv->px);
     free(kv);
 }
 
 const pd_kv_shape_t *pd_kv_shape(const pd_kv_t *kv) { return &kv->shape; }
 size_t pd_kv_block_bytes(const pd_kv_t *kv) { return kv->block_bytes; }
-uint32_t pd_kv_n_free(const pd_kv_t *kv) { return kv->n_free; }
-uint32_t pd_kv_n_used(const pd_kv_t *kv) { return kv->shape.n_blocks - kv->n_free; }
+uint32_t pd_kv_n_free(const pd_kv_t *kv)
+{
+    return kv->n_stack + (kv->px != NULL ? kv->px->n_evictable : 0);
+}
+uint32_t pd_kv_n_used(const pd_kv_t *kv) { return kv->shape.n_blocks - pd_kv_n_free(kv); }
 
 bool pd_kv_valid_id(const pd_kv_t *kv, int32_t id)
 {
@@ -185,9 +179,11 @@ bool pd_kv_valid_id(const pd_kv_t *kv, int32_t id)
 
 int32_t pd_kv_alloc(pd_kv_t *kv)
 {
-    if (kv->n_free == 0)
+    int32_t id;
+    if (kv->n_stack > 0)
+        id = kv->free_stack[--kv->n_stack];
+    else if (kv->px == NULL || (id = pd_kvp_evict_lru(kv)) < 0)
         return -1;
-    int32_t id = kv->free_stack[--kv->n_free];
     assert(kv->refcount[id] == 0);
     kv->refcount[id] = 1;
     return id;
@@ -213,10 +209,14 @@ void pd_kv_unref(pd_kv_t *kv, int32_t id)
         PD_ERROR("kv unref ignored: block=%d (invalid id or double free)", id);
         return;
     }
-    if (--kv->refcount[id] == 0) {
-        assert(kv->n_free < kv->shape.n_blocks);
-        kv->free_stack[kv->n_free++] = id;
+    if (--kv->refcount[id] != 0)
+        return;
+    if (kv->px != NULL && kv->px->serial[id] != 0) {
+        pd_kvp_released(kv, id); /* stays findable until evicted */
+        return;
     }
+    assert(kv->n_stack < kv->shape.n_blocks);
+    kv->free_stack[kv->n_stack++] = id;
 }
 
 uint32_t pd_kv_refcount(const pd_kv_t *kv, int32_t id)
@@ -274,7 +274,7 @@ int pd_kv_seq_reserve(pd_kv_t *kv, pd_kv_seq_t *seq, uint32_t n_tokens)
     if (want <= seq->n_blocks)
         return PD_OK;
     uint64_t need = want - seq->n_blocks;
-    if (need > kv->n_free)
+    if (need > pd_kv_n_free(kv))
         return PD_EFULL; /* checked up front: nothing was allocated */
     if (want > seq->cap) {
         if (want > UINT32_MAX)
@@ -297,7 +297,7 @@ void pd_kv_seq_release(pd_kv_t *kv, pd_kv_seq_t *seq)
 {
     if (seq == NULL)
         return;
-    for (uint32_t i = 0; i < seq->n_blocks; i++)
+    for (uint32_t i = seq->n_blocks; i-- > 0;)
         pd_kv_unref(kv, seq->blocks[i]);
     free(seq->blocks);
     seq->blocks = NULL;

@@ -49,6 +49,7 @@ static const char *const g_log_levels[] = { "debug", "info", "warn", "error", NU
 static const char *const g_kv_dtypes[] = { "f32", "f16", NULL };
 /* Index = pd_kv_load_failure_t value. */
 static const char *const g_load_failures[] = { "recompute", "fail", NULL };
+static const char *const g_routings[] = { "kv_aware", "round_robin", "least_loaded", NULL };
 /* router/chat_template.h's families; "auto" = the GGUF's tokenizer.chat_template. */
 static const char *const g_chat_templates[] = { "auto",    "chatml", "llama2", "llama3",
                                                 "mistral", "zephyr", "gemma",  "phi3", NULL };
@@ -73,6 +74,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(router, stream_stall_ms, 1, MS_DAY),
     U32(router, client_heartbeat_ms, 10, 60000),
     U32(router, client_liveness, 1, 100),
+    CHOICE(router, routing, K_CHOICE_ENUM, g_routings),
 
     U32(prefill, max_batch_tokens, 1, 1048576),
     U32(prefill, max_batch_size, 1, 4096),
@@ -97,6 +99,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(kv, memory_mb, 0, 1048576),
     CHOICE(kv, dtype, K_CHOICE_STR, g_kv_dtypes),
     CHOICE(kv, load_failure, K_CHOICE_ENUM, g_load_failures),
+    BOOL(kv, prefix_caching),
 
     U32(net, hwm, 1, 10000000),
     U64(net, max_msg_bytes, 1024, 4096ull * MIB),
@@ -221,6 +224,7 @@ void pd_config_default(pd_config_t *c)
     c->router.stream_stall_ms = 30000;
     c->router.client_heartbeat_ms = 1000;
     c->router.client_liveness = 5;
+    c->router.routing = PD_ROUTING_KV_AWARE;
 
     c->prefill.max_batch_tokens = 2048;
     c->prefill.max_batch_size = 16;
@@ -244,6 +248,7 @@ void pd_config_default(pd_config_t *c)
     c->kv.memory_mb = 512;
     copy_str(c->kv.dtype, sizeof c->kv.dtype, "f32");
     c->kv.load_failure = PD_KV_LOAD_RECOMPUTE;
+    c->kv.prefix_caching = true;
 
     c->net.hwm = 10000;
     c->net.max_msg_bytes = 16ull * MIB;

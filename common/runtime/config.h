@@ -9,7 +9,8 @@
  *   model:    path, max_seq_len, end_tokens (list of ids), threads, name
  *   router:   client_endpoint, worker_endpoint, max_queue, max_inflight,
  *             request_timeout_ms, max_tokens_limit, heartbeat_ms, liveness,
- *             stream_stall_ms, client_heartbeat_ms, client_liveness
+ *             stream_stall_ms, client_heartbeat_ms, client_liveness,
+ *             routing (kv_aware|round_robin|least_loaded)
  *             (the HTTP front's address is http.listen)
  *   prefill:  max_batch_tokens, max_batch_size, wait_ms, max_inflight_kv,
  *             chunk_tokens (colocated: the budget of a mixed step)
@@ -18,7 +19,7 @@
  *   worker:   router (address of the router's worker socket), heartbeat_ms,
  *             liveness, drain_timeout_ms, lease_ms, compute_timeout_ms
  *   kv:       block_size, num_blocks, memory_mb, dtype (f32, f16), load_failure
- *             (recompute|fail)
+ *             (recompute|fail), prefix_caching
  *   net:      hwm, max_msg_bytes, linger_ms, handshake_ms
  *   security: curve (bool), server_public_key, server_secret_key,
  *             client_public_key, client_secret_key, allowed_keys (list)
@@ -66,7 +67,11 @@ typedef struct {
     uint32_t stream_stall_ms;
     uint32_t client_heartbeat_ms;      /* client <-> router application heartbeats */
     uint32_t client_liveness;          /* silent client intervals before its requests end */
+    int routing;                       /* pd_routing_t: how a prefill worker is picked */
 } pd_cfg_router_t;
+
+/* router.routing (router/prefix.c says what each weighs) */
+typedef enum { PD_ROUTING_KV_AWARE = 0, PD_ROUTING_ROUND_ROBIN = 1, PD_ROUTING_LEAST_LOADED = 2 } pd_routing_t;
 
 typedef struct {
     uint32_t max_batch_tokens;
@@ -102,6 +107,7 @@ typedef struct {
     uint32_t memory_mb;
     char dtype[16];                    /* "f32" or "f16" (engine/kvcache.h) */
     pd_kv_load_failure_t load_failure;
+    bool prefix_caching;               /* keep and reuse prompt blocks (prefill, colocated) */
 } pd_cfg_kv_t;
 
 typedef struct {

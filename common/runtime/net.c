@@ -448,6 +448,8 @@ const char *pd_net_body_name(int body_case)
     case PD__MSG__BODY_KV_ACK: return "kv_ack";
     case PD__MSG__BODY_TOKENS: return "tokens";
     case PD__MSG__BODY_PREEMPTED: return "preempted";
+    case PD__MSG__BODY_KV_EVENTS: return "kv_events";
+    case PD__MSG__BODY_KV_RESYNC: return "kv_resync";
     default: return "unknown";
     }
 }

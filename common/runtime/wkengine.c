@@ -36,6 +36,14 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
     if (e->kv == NULL)
         return pd_err_wrap(err, PD_ENOMEM, "kv cache");
     e->block_bytes = pd_kv_block_bytes(e->kv);
+    if (prefill && cfg->kv.prefix_caching) {
+        /* The pool queues events between flushes (each loop turn, by the
+         * prefill role); more than this many in one turn and a snapshot
+         * replaces them. The root is the router's (router/prefix.c). */
+        if (pd_kv_prefix_enable(e->kv, pd_kv_hash_root(e->model->identity, shape.block_size),
+                                NULL, 65536, err) != 0)
+            return pd_err_wrap(err, PD_ENOMEM, "prefix cache");
+    }
     uint32_t pf_tokens = prefill ? cfg->prefill.max_batch_tokens : 0;
     uint32_t pf_seqs = prefill ? cfg->prefill.max_batch_size : 0;
     uint32_t dc_seqs = decode ? cfg->decode.max_batch_size : 0;

@@ -58,7 +58,8 @@ typedef struct {
 } pd_wkengine_t;
 
 /* Loads cfg's model and tokenizer, makes the KV cache (kv.num_blocks or
- * kv.memory_mb) and an engine sized for the roles asked for (prefill:
+ * kv.memory_mb; with prefix caching on when prefill and kv.prefix_caching)
+ * and an engine sized for the roles asked for (prefill:
  * prefill.max_batch_tokens / max_batch_size; decode: decode.max_batch_size;
  * both: also a pass that mixes a whole decode batch with a prefill chunk of
  * prefill.chunk_tokens).

@@ -81,6 +81,11 @@ static void add_counters(pd_worker_counters_t *c, const pd_worker_counters_t *k)
     c->prefill_us += k->prefill_us;
     c->decode_us += k->decode_us;
     c->prefill_pass_tokens += k->prefill_pass_tokens;
+    c->prefix_queries += k->prefix_queries;
+    c->prefix_hits += k->prefix_hits;
+    c->prefix_requests += k->prefix_requests;
+    c->prefix_evictions += k->prefix_evictions;
+    c->prefix_cached_blocks += k->prefix_cached_blocks;
 }
 
 static uint32_t role_held(const pd_wkrole_t *r) { return r->ops ? r->ops->held(r->self) : 0; }
@@ -106,9 +111,26 @@ static void gather_load(const pd_wkhost_t *h, pd_worker_load_t *l)
             l->total_blocks = r.total_blocks;
         }
         add_counters(&l->counters, &r.counters);
+        if (r.kv_events_seq > l->kv_events_seq)
+            l->kv_events_seq = r.kv_events_seq;
     }
     l->counters.mixed_steps = h->mixed_steps;
     l->draining = h->draining;
+}
+
+/* The roles' prefix cache events to the router, from this thread (they
+ * read the KV cache): registered only, since the router drops messages of a
+ * worker it does not know. The seq published after is then the last one
+ * sent; the link puts no heartbeat carrying it before those messages
+ * (wklink.h). */
+static void kv_events(pd_wkhost_t *h)
+{
+    if (h->link == NULL || !pd_wklink_registered(h->link))
+        return;
+    const pd_wkrole_t *roles[2] = { &h->prefill, &h->decode };
+    for (int i = 0; i < 2; i++)
+        if (roles[i]->ops && roles[i]->ops->kv_events)
+            roles[i]->ops->kv_events(roles[i]->self);
 }
 
 static void publish(pd_wkhost_t *h)
@@ -171,6 +193,14 @@ static void on_router_msg(pd_wkhost_t *h, const Pd__Msg *m)
             h->prefill.ops->on_cancel(h->prefill.self, m->cancel->request_id, m->cancel->epoch);
         if (h->decode.ops)
             h->decode.ops->on_cancel(h->decode.self, m->cancel->request_id, m->cancel->epoch);
+        break;
+    case PD__MSG__BODY_KV_RESYNC:
+        if (h->prefill.ops && h->prefill.ops->kv_resync) {
+            PD_DEBUG("event=kv_resync_asked last_seq=%llu",
+                     (unsigned long long)m->kv_resync->last_seq);
+            h->prefill.ops->kv_resync(h->prefill.self);
+            kv_events(h);
+        }
         break;
     case PD__MSG__BODY_DRAIN:
         if (!h->draining) {
@@ -428,6 +458,7 @@ int pd_wkhost_run(pd_wkhost_t *h)
         for (int i = 0; i < 2; i++)
             if (roles[i]->ops)
                 roles[i]->ops->timers(roles[i]->self);
+        kv_events(h);
     }
     publish(h);
     pd_wklink_turn_end(h->link);

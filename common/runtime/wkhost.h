@@ -11,16 +11,18 @@
  *   polls its end of the link and the roles' own sockets (KV egress or
  *   ingress), dispatches router messages to the role that owns them
  *   (PrefillTask to the prefill role, DecodeTask to the decode role, Cancel
- *   to both), lets each role read its sockets, runs the forward passes,
- *   then the roles' timers, drain on SIGTERM or a router Drain; and
- *   publishes its load and progress for the link's heartbeats.
+ *   to both, KvResync to the prefill role), lets each role read its
+ *   sockets, runs the forward passes, then the roles' timers and their
+ *   prefix cache events (KvEvents, while registered), drain on SIGTERM or
+ *   a router Drain; and publishes its load and progress for the link's
+ *   heartbeats.
  *
  * Each compute turn: poll (5 ms, or not at all when a role is ready to
  * compute), the link's events, the roles' sockets, one forward pass per
  * ready role -- or, in a colocated worker with prefill.chunk_tokens, one
  * pass mixing the running decode tokens with a prefill chunk
- * (pd_wkrole_run_mixed) -- then the roles' timers. A pass may take as
- * long as its size says: the link beats meanwhile.
+ * (pd_wkrole_run_mixed) -- then the roles' timers and KvEvents. A pass may
+ * take as long as its size says: the link beats meanwhile.
  *
  * A process runs one host with one or two roles (prefill, decode, or both
  * for a colocated worker): worker/worker.c builds them.

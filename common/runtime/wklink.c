@@ -20,9 +20,12 @@
  * without a bound (HWM 0): what the compute thread sends is bounded by the
  * outbox below, what the router sends by its own flow. */
 #define LK_HDR 5
+/* A KvEvents message's header: [LK_KVEV][gen][its seq, 8 bytes LE]. */
+#define LK_HDR_KV (LK_HDR + 8)
 
 /* Kinds of frames the compute thread sends. */
 #define LK_MSG 'M'
+#define LK_KVEV 'K'
 #define LK_BEAT 'B'
 #define LK_LEAVE 'L'
 
@@ -44,11 +47,13 @@ struct pd_wklink {
     uint64_t model_identity;
     char model_name[128];
     pd_worker_limits_t limits;
+    bool prefix_caching;
     pd_proc_health_t *health;
     pthread_t thread;
     bool started;
     /* The compute thread's. */
     void *cpair;
+    uint64_t n_sent;            /* messages sent to the link so far */
     /* The I/O thread's. */
     void *lpair;
     void *rsock;                /* DEALER to the router */
@@ -61,6 +66,10 @@ struct pd_wklink {
     uint64_t stalled_turns;     /* turns when we declared the stall */
     uint64_t stalled_at_ms;
     uint64_t dropped_stale;     /* messages of an older generation discarded */
+    uint64_t n_read;            /* messages read from the compute thread so far */
+    uint64_t kv_seq_read;       /* seq of the last KvEvents read (0: none) */
+    uint64_t kv_seq_ok;         /* kv_events_seq of the newest load published as of
+                                 * messages all read (wklink.h) */
     zmq_msg_t outbox[LK_OUTBOX];
     uint32_t out_head, out_len;
     pd_pb_alloc_t alloc;
@@ -69,8 +78,9 @@ struct pd_wklink {
     atomic_bool registered;
     atomic_uint_fast64_t busy_since_ms; /* 0: the compute thread waits in its poll */
     atomic_uint_fast64_t turns;
-    pthread_mutex_t lock;       /* guards load */
+    pthread_mutex_t lock;       /* guards load and load_sent */
     pd_worker_load_t load;
+    uint64_t load_sent;         /* n_sent when load was published */
 };
 
 static const char *state_name(lk_state_t s)
@@ -187,6 +197,8 @@ static void send_register(pd_wklink_t *l)
     r.model_identity = l->model_identity;
     r.model_name = l->model_name;
     pd_codec_limits_to_pb(&l->limits, &r);
+    r.has_prefix_caching = true;
+    r.prefix_caching = l->prefix_caching;
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_REGISTER;
     m.register_ = &r;
@@ -199,12 +211,17 @@ static void send_register(pd_wklink_t *l)
     l->last_reg_ms = pd_now_ms();
 }
 
-/* The compute thread's load as it last published it, and its progress now. */
+/* The compute thread's load as it last published it, and its progress now;
+ * kv_events_seq never ahead of the KvEvents sent to the router (wklink.h). */
 static void snapshot(pd_wklink_t *l, pd_worker_load_t *out, uint64_t now)
 {
     pthread_mutex_lock(&l->lock);
     *out = l->load;
+    uint64_t sent = l->load_sent;
     pthread_mutex_unlock(&l->lock);
+    if (l->n_read >= sent && out->kv_events_seq > l->kv_seq_ok)
+        l->kv_seq_ok = out->kv_events_seq;
+    out->kv_events_seq = l->kv_seq_ok > l->kv_seq_read ? l->kv_seq_ok : l->kv_seq_read;
     uint64_t since = atomic_load(&l->busy_since_ms);
     uint64_t busy = since && now > since ? now - since : 0;
     out->counters.compute_turns = atomic_load(&l->turns);
@@ -354,10 +371,18 @@ static uint32_t hdr_gen(const uint8_t *h)
     return (uint32_t)h[1] | (uint32_t)h[2] << 8 | (uint32_t)h[3] << 16 | (uint32_t)h[4] << 24;
 }
 
+static uint64_t hdr_seq(const uint8_t *h)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | h[LK_HDR + i];
+    return v;
+}
+
 static void read_compute(pd_wklink_t *l)
 {
     for (int budget = 0; budget < 1024; budget++) {
-        uint8_t hdr[LK_HDR];
+        uint8_t hdr[LK_HDR_KV];
         int n = zmq_recv(l->lpair, hdr, sizeof hdr, ZMQ_DONTWAIT);
         if (n < 0)
             return;
@@ -368,7 +393,11 @@ static void read_compute(pd_wklink_t *l)
         zmq_getsockopt(l->lpair, ZMQ_RCVMORE, &more, &more_len);
         if (more)
             zmq_msg_recv(&body, l->lpair, 0);
-        if (n == LK_HDR && hdr[0] == LK_MSG && more) {
+        bool kv = n == LK_HDR_KV && hdr[0] == LK_KVEV && more;
+        if (kv && hdr_seq(hdr) > l->kv_seq_read)
+            l->kv_seq_read = hdr_seq(hdr);
+        if (((n == LK_HDR && hdr[0] == LK_MSG) || kv) && more) {
+            l->n_read++;
             /* Output of work a dropped generation held, or of a stalled
              * compute thread the router has written off: nobody wants it. */
             if (hdr_gen(hdr) != l->gen || l->st == LK_STALLED)
@@ -518,6 +547,7 @@ pd_wklink_t *pd_wklink_start(const pd_config_t *cfg, const char *id, void *zctx,
     l->model_identity = info->model_identity;
     pd_net_copy_str(l->model_name, sizeof l->model_name, info->model_name);
     l->limits = info->limits;
+    l->prefix_caching = info->prefix_caching;
     l->health = health;
     l->load = *load;
     l->hb_ms = cfg->worker.heartbeat_ms ? cfg->worker.heartbeat_ms : 500;
@@ -596,13 +626,18 @@ int pd_wklink_send(pd_wklink_t *l, uint32_t gen, const Pd__Msg *m, pd_err_t *err
     if (pd_fault_alloc_fails() || zmq_msg_init_size(&payload, len) != 0)
         return pd_err_set(err, PD_ENOMEM, "zmq_msg_init_size(%zu)", len);
     pd__msg__pack(m, zmq_msg_data(&payload));
-    uint8_t hdr[LK_HDR] = { LK_MSG, (uint8_t)gen, (uint8_t)(gen >> 8), (uint8_t)(gen >> 16),
-                            (uint8_t)(gen >> 24) };
-    if (zmq_send(l->cpair, hdr, sizeof hdr, ZMQ_SNDMORE) < 0 ||
+    bool kv = m->body_case == PD__MSG__BODY_KV_EVENTS && m->kv_events != NULL;
+    uint64_t seq = kv ? m->kv_events->seq : 0;
+    uint8_t hdr[LK_HDR_KV] = { kv ? LK_KVEV : LK_MSG, (uint8_t)gen, (uint8_t)(gen >> 8),
+                               (uint8_t)(gen >> 16), (uint8_t)(gen >> 24) };
+    for (int i = 0; i < 8; i++)
+        hdr[LK_HDR + i] = (uint8_t)(seq >> (8 * i));
+    if (zmq_send(l->cpair, hdr, kv ? LK_HDR_KV : LK_HDR, ZMQ_SNDMORE) < 0 ||
         zmq_msg_send(&payload, l->cpair, 0) < 0) {
         zmq_msg_close(&payload);
         return pd_err_set(err, PD_EIO, "link pair: %s", zmq_strerror(errno));
     }
+    l->n_sent++;
     return 0;
 }
 
@@ -628,6 +663,7 @@ void pd_wklink_publish(pd_wklink_t *l, const pd_worker_load_t *load)
 {
     pthread_mutex_lock(&l->lock);
     l->load = *load;
+    l->load_sent = l->n_sent;
     pthread_mutex_unlock(&l->lock);
 }
 

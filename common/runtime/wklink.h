@@ -25,6 +25,17 @@
  * only to copy it), and its progress (atomics): turns completed, and since
  * when it has been in the current one (0: waiting in its poll).
  *
+ * A heartbeat's kv_events_seq (the last KvEvents the worker sent) must be
+ * exactly the seq of the last KvEvents ahead of it on the way to the router,
+ * or the router sees a gap and asks for a snapshot needlessly. The link
+ * therefore never takes it straight from the published load, which may be
+ * published before the link has read the KvEvents the compute thread sent
+ * just before: it uses the larger of the last KvEvents seq it has read
+ * (the compute thread tags those frames with their seq) and the published
+ * seq of the newest load published after no frame the link has yet to
+ * read. A KvEvents the compute thread never handed over (a test hook, a
+ * failed send) still shows as a gap, as it must.
+ *
  * A link must not keep a dead worker alive. Its heartbeats carry that
  * progress (WorkerCounters.compute_turns, compute_busy_ms), and the link
  * itself judges it: when the compute thread has been inside one turn (a
@@ -69,6 +80,7 @@ typedef struct {
     uint64_t model_identity;
     const char *model_name;
     pd_worker_limits_t limits;
+    bool prefix_caching;      /* its prefill role keeps a prefix cache (KvEvents) */
 } pd_wklink_info_t;
 
 /* What the link hands the compute thread (pd_wklink_recv). */
@@ -106,7 +118,8 @@ void *pd_wklink_socket(pd_wklink_t *l);
  * code. */
 int pd_wklink_recv(pd_wklink_t *l, pd_wklink_event_t *ev);
 /* Queues m for the router, tagged with generation gen (the last DROP's, 0
- * before any). 0, or PD_ENOMEM (m is lost, as a failed send would be). */
+ * before any), and a KvEvents with its seq. 0, or PD_ENOMEM (m is lost, as
+ * a failed send would be). */
 int pd_wklink_send(pd_wklink_t *l, uint32_t gen, const Pd__Msg *m, pd_err_t *err);
 /* Asks for a heartbeat now (draining started). */
 void pd_wklink_beat_now(pd_wklink_t *l);
@@ -114,7 +127,8 @@ void pd_wklink_beat_now(pd_wklink_t *l);
  * comes back to it (end: one more turn). */
 void pd_wklink_turn_begin(pd_wklink_t *l);
 void pd_wklink_turn_end(pd_wklink_t *l);
-/* Its share of the next heartbeats (copied). */
+/* Its share of the next heartbeats (copied), as of every message sent so
+ * far (kv_events_seq: the roles' last KvEvents seq). */
 void pd_wklink_publish(pd_wklink_t *l, const pd_worker_load_t *load);
 /* Whether the router has accepted our Register (and not lost us since). */
 bool pd_wklink_registered(const pd_wklink_t *l);

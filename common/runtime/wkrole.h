@@ -26,6 +26,12 @@
  *   held                 how many requests it holds (logged when a drain
  *                        begins: what the drain must finish)
  *   drop_all             the router that gave it its work is gone: free it
+ *   kv_events, kv_resync (optional, NULL in a role without a prefix cache)
+ *                        kv_events sends the router what changed in the
+ *                        prefix cache (KvEvents), called by the compute
+ *                        thread every loop turn while registered; kv_resync:
+ *                        the router asked for a snapshot (KvResync), which
+ *                        the next kv_events sends
  *   close                the process stops: close its sockets (the host then
  *                        ends the ZeroMQ context; the role is freed after).
  *                        May be called more than once.
@@ -98,12 +104,15 @@ typedef struct {
     bool (*busy)(const void *self);
     /* Requests it holds now: prefill tasks, or decode sequences. */
     uint32_t (*held)(const void *self);
-    /* Its share of the heartbeat: the fields it knows, the rest left 0. */
+    /* Its share of the heartbeat: the fields it knows, the rest left 0
+     * (kv_events_seq: the last KvEvents seq it sent). */
     void (*load)(const void *self, pd_worker_load_t *out);
     /* Drops everything (freeing its blocks); writes "key=N ..." of what it
      * held into held. */
     void (*drop_all)(void *self, char *held, size_t cap);
     void (*close)(void *self);
+    void (*kv_events)(void *self);  /* optional */
+    void (*kv_resync)(void *self);  /* optional */
 } pd_wkrole_ops_t;
 
 typedef struct {

@@ -7,7 +7,7 @@
 # options or a malformed profile fail with a clear message and exit 2.
 . "$(dirname "$0")/lib.sh"
 [ -x "$PD_BIN/pd-plan" ] || skip_all "$PD_BIN/pd-plan missing (make all)"
-plan 30
+plan 34
 PLAN=$PD_BIN/pd-plan
 PROF=tests/cluster/profile-tiny.json
 ARGS=(--profile $PROF --request-rate 200 --input-len 128 --output-len 64 --ttft-slo 40 --tpot-slo 2)
@@ -173,3 +173,37 @@ expect_fail "pd-plan: an arrivals record without start_ms refused, naming its li
     --profile $PROF --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1 --arrivals "$T/badarr.jsonl"
 expect_fail "pd-plan: missing --tpot-slo refused" "tpot-slo is required" \
     --profile $PROF --request-rate 3 --input-len 8 --output-len 8 --ttft-slo 1
+
+# Prefix caching (plan_sim.h): one shared 96-token prefix, requests far apart:
+# every request but the first finds its 6 leading blocks (96 of 129 tokens,
+# BOS included) cached, so its pass computes 33 tokens at offset 96: TTFT
+# falls by exactly the difference of the two passes' fitted costs.
+P1=(--profile $PROF --request-rate 0.5 --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100
+    --max-workers 2 --num-requests 50)
+"$PLAN" "${P1[@]}" --json "$T/nopfx.json" >/dev/null 2>&1
+"$PLAN" "${P1[@]}" --prefix-len 96 --json "$T/pfx.json" >"$T/pfx.out" 2>&1
+check "pd-plan: a cached prefix saves exactly the fitted cost of its tokens (49 of 50 requests hit)" node -e '
+    const fs = require("fs"), rd = (f) => JSON.parse(fs.readFileSync(f, "utf8"));
+    const a = rd(process.argv[1]), b = rd(process.argv[2]);
+    const x = a.configs.find((c) => c.prefill === 1), y = b.configs.find((c) => c.prefill === 1);
+    const [p0, p1, p2] = a.cost_model.prefill, cost = (T, K) => p0 + p1 * T + p2 * T * (2 * K + T);
+    const want = (49 / 50) * (cost(129, 0) - cost(33, 96)), got = x.mean_ttft_ms - y.mean_ttft_ms;
+    console.log(`# TTFT ${x.mean_ttft_ms.toFixed(3)} -> ${y.mean_ttft_ms.toFixed(3)} ms, saved ${got.toFixed(3)}, expected ${want.toFixed(3)}; hit rate ${y.prefix_hit_rate.toFixed(3)}`);
+    process.exit(Math.abs(got - want) < 0.01 * want && Math.abs(y.prefix_hit_rate - 49 * 96 / (50 * 129)) < 1e-9 ? 0 : 1);' \
+    "$T/nopfx.json" "$T/pfx.json"
+# Eight prefixes, two prefill workers whose caches hold five each: routing by
+# cache partitions them, round robin thrashes.
+P8=(--profile $PROF --request-rate 100 --input-len 128 --output-len 8 --ttft-slo 1000 --tpot-slo 100
+    --max-workers 3 --num-requests 400 --prefix-len 96 --num-prefixes 8 --prefix-cache-blocks 30)
+"$PLAN" "${P8[@]}" --routing kv_aware --json "$T/kva.json" >/dev/null 2>&1
+"$PLAN" "${P8[@]}" --routing round_robin --json "$T/rr.json" >/dev/null 2>&1
+check "pd-plan: with 2 prefill workers, kv_aware routing finds more cached prefixes than round_robin" node -e '
+    const fs = require("fs"), rd = (f) => JSON.parse(fs.readFileSync(f, "utf8"));
+    const a = rd(process.argv[1]).configs.find((c) => c.prefill === 2);
+    const b = rd(process.argv[2]).configs.find((c) => c.prefill === 2);
+    console.log(`# hit rate kv_aware ${a.prefix_hit_rate.toFixed(3)}, round_robin ${b.prefix_hit_rate.toFixed(3)}`);
+    process.exit(a.prefix_hit_rate > b.prefix_hit_rate + 0.1 ? 0 : 1);' "$T/kva.json" "$T/rr.json"
+expect_fail "pd-plan: an unknown --routing refused" "routing: 'random' is not kv_aware" \
+    --profile $PROF --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1 --routing random
+expect_fail "pd-plan: a prefix longer than the prompt refused" "prefix-len 9 is longer than --input-len 8" \
+    --profile $PROF --request-rate 1 --input-len 8 --output-len 8 --ttft-slo 1 --tpot-slo 1 --prefix-len 9

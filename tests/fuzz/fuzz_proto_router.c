@@ -1,7 +1,7 @@
 /* fuzz_proto_router.c -- libFuzzer target for the router's message handlers
  * (scripts/fuzz.sh): every byte a client or a worker can send.
  *
- * fuzz-sources: router/router.c router/requests.c router/clients.c router/sched.c router/workers.c router/metrics.c
+ * fuzz-sources: router/router.c router/requests.c router/clients.c router/sched.c router/workers.c router/metrics.c router/prefix.c router/kvindex.c
  *
  * A router state is built once (a small byte-level BPE tokenizer, a fake
  * model identity, ROUTER sockets bound to inproc endpoints, with DEALER
@@ -81,6 +81,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     rt->metrics = pd_metrics_new("fuzz", &merr); /* counts every hostile outcome too */
     CHECK(rt->metrics);
     rt->max_seq_len = 64;
+    CHECK(rt_prefix_init(rt, &merr) == 0); /* KvEvents from "P" reach the prefix index */
     rt->n_slots = rt->cfg.router.max_inflight + rt->cfg.router.max_queue;
     rt->reqs = calloc(rt->n_slots, sizeof *rt->reqs);
     rt->queue = calloc(rt->n_slots, sizeof *rt->queue);
@@ -153,6 +154,8 @@ static void register_worker(const char *zid, Pd__Role role)
     r.max_batch_size = 4;
     r.max_batch_tokens = 256;
     r.max_seq_len = 64;
+    r.has_prefix_caching = true;
+    r.prefix_caching = role == PD__ROLE__ROLE_PREFILL; /* "P" may send KvEvents */
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_REGISTER;
     m.register_ = &r;

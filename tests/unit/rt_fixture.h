@@ -105,6 +105,8 @@ FX_FN void fx_init(fx_t *f, uint32_t max_inflight, uint32_t max_queue)
     rt->tok_buf = malloc(((size_t)rt->max_seq_len + 1) * sizeof *rt->tok_buf);
     rt->in = calloc(1, sizeof *rt->in);
     assert_true(rt->reqs && rt->queue && rt->held && rt->tok_buf && rt->in);
+    pd_err_t perr = { 0 };
+    assert_int_equal(rt_prefix_init(rt, &perr), 0); /* the prefix index (router/prefix.c) */
     pd_pb_alloc_init(&rt->alloc, (size_t)rt->cfg.net.max_msg_bytes * PD_PB_BYTES_PER_WIRE_BYTE +
                                      PD_PB_BASE_BUDGET);
     rt->zctx = zmq_ctx_new();
@@ -139,6 +141,7 @@ FX_FN void fx_free(fx_t *f)
     free(rt->tok_buf);
     free(rt->in);
     free(rt->clients);
+    rt_prefix_destroy(rt);
     pd_tok_free(rt->tok);
     memset(f, 0, sizeof *f);
 }

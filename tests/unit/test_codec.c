@@ -243,11 +243,15 @@ static void test_load_round_trip(void **state)
     in.free_blocks = 100;
     in.total_blocks = 512;
     in.draining = true;
+    in.kv_events_seq = 0x1234567890ull;
     /* Every counter distinct, so a swapped pair shows. */
     uint64_t *c = &in.counters.steps;
     for (size_t i = 0; i < offsetof(pd_worker_counters_t, prefill_pass_tokens) / sizeof *c; i++)
         c[i] = 1000 + i * 7919;
     in.counters.prefill_pass_tokens = 333;
+    c = &in.counters.prefix_queries;
+    for (size_t i = 0; i < 5; i++)
+        c[i] = 5000 + i * 104729;
     Pd__Heartbeat m;
     Pd__WorkerCounters wc;
     pd_codec_load_to_pb(&in, &m, &wc);
@@ -265,6 +269,41 @@ static void test_load_round_trip(void **state)
     assert_int_equal(out.counters.steps, 0);
     r->counters = own;
     pd__heartbeat__free_unpacked(r, NULL);
+}
+
+/* ====== Prefix cache events ====== */
+
+static void test_kv_events(void **state)
+{
+    (void)state;
+    uint64_t hashes[3] = { 1, 0xffffffffffffffffull, 0x123456789abcdef0ull };
+    protobuf_c_boolean removed[3] = { 0, 1, 0 };
+    pd_kv_events_t in = { 9, true, 3, hashes, removed }, out;
+    Pd__KvEvents m;
+    pd_codec_kv_events_to_pb(&in, &m);
+    Pd__KvEvents *r = wire(&m.base);
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_codec_kv_events_from_pb(r, &out, &err), 0);
+    assert_int_equal(out.seq, 9);
+    assert_true(out.snapshot);
+    assert_int_equal(out.n, 3);
+    assert_memory_equal(out.hashes, hashes, sizeof hashes);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(out.removed[i] != 0, removed[i] != 0);
+    r->n_removed = 2;
+    assert_refused(pd_codec_kv_events_from_pb(r, &out, &err), &err, "kv_events.removed");
+    r->n_removed = 3;
+    r->seq = 0;
+    assert_refused(pd_codec_kv_events_from_pb(r, &out, &err), &err, "kv_events.seq");
+    r->has_seq = false;
+    r->seq = 4;
+    assert_refused(pd_codec_kv_events_from_pb(r, &out, &err), &err, "kv_events.seq");
+    r->has_seq = true;
+    size_t n = r->n_hashes;
+    r->n_hashes = r->n_removed = PD_KV_EVENTS_MAX + 1; /* the count alone is judged */
+    assert_refused(pd_codec_kv_events_from_pb(r, &out, &err), &err, "kv_events.hashes");
+    r->n_hashes = r->n_removed = n;
+    pd__kv_events__free_unpacked(r, NULL);
 }
 
 /* ====== Token entries ====== */
@@ -328,6 +367,7 @@ int main(void)
         cmocka_unit_test(test_params_context),      cmocka_unit_test(test_params_refusals),
         cmocka_unit_test(test_limits_round_trip),   cmocka_unit_test(test_load_round_trip),
         cmocka_unit_test(test_token_round_trip),    cmocka_unit_test(test_token_refusals),
+        cmocka_unit_test(test_kv_events),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

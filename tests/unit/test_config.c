@@ -408,6 +408,18 @@ static void test_enums(void **state)
     assert_int_equal(c.kv.load_failure, PD_KV_LOAD_RECOMPUTE);
     expect_error("kv:\n  load_failure: retry\n",
                  "t.yaml:2: kv.load_failure: expected one of recompute, fail, got 'retry'");
+    /* Prefix caching and routing (router/prefix.c): on and kv_aware by default. */
+    pd_config_default(&c);
+    assert_true(c.kv.prefix_caching);
+    assert_int_equal(c.router.routing, PD_ROUTING_KV_AWARE);
+    expect_ok(&c, "kv:\n  prefix_caching: false\nrouter:\n  routing: round_robin\n");
+    assert_false(c.kv.prefix_caching);
+    assert_int_equal(c.router.routing, PD_ROUTING_ROUND_ROBIN);
+    expect_ok(&c, "router:\n  routing: least_loaded\n");
+    assert_int_equal(c.router.routing, PD_ROUTING_LEAST_LOADED);
+    expect_error("router:\n  routing: random\n",
+                 "t.yaml:2: router.routing: expected one of kv_aware, round_robin, least_loaded, "
+                 "got 'random'");
     expect_ok(&c, "kv:\n  block_size: 16\n  dtype: f16\n");
     assert_string_equal(c.kv.dtype, "f16");
     expect_error("kv:\n  block_size: 16\n  dtype: bf16\n",
@@ -638,7 +650,7 @@ static void test_load_file_errors(void **state)
     char want[256];
     snprintf(want, sizeof want,
              "%s:3: unknown key 'kv.bogus' (known: block_size, num_blocks, memory_mb, dtype, "
-             "load_failure)",
+             "load_failure, prefix_caching)",
              path);
     assert_string_equal(err.msg, want);
     unlink(path);

@@ -10,6 +10,9 @@
  *  - seeded sampling picks the same tokens alone or batched;
  *  - attention through a scrambled block table equals attention through
  *    consecutive blocks (bit for bit);
+ *  - a prompt computed on top of cached prefix blocks (a prefix-cache hit)
+ *    gives bit-identical logits to the same prompt computed whole (a miss),
+ *    with an F32 or an F16 KV cache;
  *  - the same, bit for bit, with an F16 KV cache (kv.dtype f16), Gemma's
  *    windows and soft-cap included;
  *  - the per-layer hook (pd_forward_hooked) is called for layers 0..L-1 in
@@ -501,6 +504,100 @@ static void test_bad_batch(void **state)
     fx_close(&f);
 }
 
+
+/* Prefix cache: prompt P (70 tokens) computed whole and committed; then P
+ * again and P' (P's first 50 tokens, then its own) each computed on top of
+ * the cached blocks, together in one batch with an unrelated sequence. The
+ * hit rows' logits equal the miss's bit for bit. */
+static void check_prefix_hit(const char *model)
+{
+    enum { N = 70, N2 = 60 };
+    fx_t f;
+    if (fx_open(&f, model, 64, 256) != 0)
+        fail();
+    const uint32_t V = f.m->cfg.vocab_size;
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_kv_prefix_enable(f.kv, pd_kv_hash_root(f.m->identity, 16), NULL, 0, &err), 0);
+    int32_t p1[N], p2[N2], pos[N], sq[N] = { 0 };
+    bool want[N];
+    for (uint32_t i = 0; i < N; i++) {
+        p1[i] = seq_tok(&f, 3, i);
+        pos[i] = (int32_t)i;
+        want[i] = true;
+    }
+    memcpy(p2, p1, 50 * sizeof *p2);
+    for (uint32_t i = 50; i < N2; i++)
+        p2[i] = seq_tok(&f, 9, i);
+    /* Misses: each prompt whole, alone; p1's blocks are cached after. */
+    float *miss1 = malloc(sizeof(float) * N * V), *miss2 = malloc(sizeof(float) * N2 * V);
+    assert_non_null(miss1);
+    assert_non_null(miss2);
+    const int32_t *pr[2] = { p1, p2 };
+    const uint32_t pn[2] = { N, N2 };
+    float *miss[2] = { miss1, miss2 };
+    for (int k = 1; k >= 0; k--) {
+        pd_kv_seq_t seq = { 0 };
+        assert_int_equal(pd_kv_seq_reserve(f.kv, &seq, pn[k]), 0);
+        const int32_t *tables[1] = { seq.blocks };
+        uint32_t nt[1] = { seq.n_blocks };
+        pd_batch_t b = { pn[k], pr[k], pos, sq, want, 1, tables, nt };
+        assert_int_equal(pd_forward(f.e, &b, miss[k], &err), 0);
+        if (k == 0)
+            pd_kv_prefix_commit(f.kv, &seq, pr[k], pn[k]);
+        pd_kv_seq_release(f.kv, &seq);
+    }
+    /* Hits: p1 and p2 on p1's cached blocks, in one batch with 20 tokens of
+     * another sequence. */
+    pd_kv_seq_t s1 = { 0 }, s2 = { 0 }, s3 = { 0 };
+    uint32_t h1 = pd_kv_prefix_match(f.kv, &s1, p1, N), h2 = pd_kv_prefix_match(f.kv, &s2, p2, N2);
+    assert_int_equal(h1, 64);
+    assert_int_equal(h2, 48);
+    assert_int_equal(pd_kv_seq_reserve(f.kv, &s1, N), 0);
+    assert_int_equal(pd_kv_seq_reserve(f.kv, &s2, N2), 0);
+    assert_int_equal(pd_kv_seq_reserve(f.kv, &s3, 20), 0);
+    int32_t tok[N + N2 + 20], bpos[N + N2 + 20], bsq[N + N2 + 20];
+    bool bwant[N + N2 + 20];
+    uint32_t n = 0;
+    const uint32_t from[3] = { h1, h2, 0 }, to[3] = { N, N2, 20 };
+    for (int s = 0; s < 3; s++)
+        for (uint32_t i = from[s]; i < to[s]; i++, n++) {
+            tok[n] = s < 2 ? pr[s][i] : seq_tok(&f, 11, i);
+            bpos[n] = (int32_t)i;
+            bsq[n] = s;
+            bwant[n] = s < 2;
+        }
+    const int32_t *tables[3] = { s1.blocks, s2.blocks, s3.blocks };
+    uint32_t nt[3] = { s1.n_blocks, s2.n_blocks, s3.n_blocks };
+    pd_batch_t b = { n, tok, bpos, bsq, bwant, 3, tables, nt };
+    assert_int_equal(pd_forward(f.e, &b, f.logits, &err), 0);
+    assert_memory_equal(f.logits, miss1 + (size_t)h1 * V, sizeof(float) * (N - h1) * V);
+    assert_memory_equal(f.logits + (size_t)(N - h1) * V, miss2 + (size_t)h2 * V,
+                        sizeof(float) * (N2 - h2) * V);
+    print_message("%s (KV %s): prefix hits of %u and %u tokens, suffix logits bit-identical\n",
+                  model, pd_kv_dtype_name(g_kv_dtype), h1, h2);
+    pd_kv_seq_release(f.kv, &s1);
+    pd_kv_seq_release(f.kv, &s2);
+    pd_kv_seq_release(f.kv, &s3);
+    free(miss1);
+    free(miss2);
+    fx_close(&f);
+}
+
+static void test_prefix_hit_llama(void **state) { (void)state; check_prefix_hit("tiny-llama-spm-f32.gguf"); }
+static void test_prefix_hit_qwen2(void **state) { (void)state; check_prefix_hit("tiny-qwen2-bpe-f32.gguf"); }
+static void test_prefix_hit_q8_0(void **state) { (void)state; check_prefix_hit("tiny-llama-spm-q8_0.gguf"); }
+
+/* The same on an F16 KV cache (half the bytes per block: the cached blocks
+ * are reused as they are), Gemma 2's windows included. */
+static void test_prefix_hit_kv_f16(void **state)
+{
+    (void)state;
+    g_kv_dtype = PD_KV_F16;
+    check_prefix_hit("tiny-llama-spm-f32.gguf");
+    check_prefix_hit("gemma2-tiny-f32.gguf");
+    g_kv_dtype = PD_KV_F32;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -518,6 +615,10 @@ int main(void)
         cmocka_unit_test(test_batching_kv_f16),
         cmocka_unit_test(test_layer_hook),
         cmocka_unit_test(test_block_table_scrambled),
+        cmocka_unit_test(test_prefix_hit_llama),
+        cmocka_unit_test(test_prefix_hit_qwen2),
+        cmocka_unit_test(test_prefix_hit_q8_0),
+        cmocka_unit_test(test_prefix_hit_kv_f16),
         cmocka_unit_test(test_bad_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

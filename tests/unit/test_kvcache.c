@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "engine/kvcache.h"
 
 /* 2 layers x (16 tokens, 2 heads x 8 dims) fp32: one region 1 KiB, block 4 KiB. */
@@ -392,6 +394,376 @@ static void test_blocks_for_budget(void **st)
     pd_kv_free(kv);
 }
 
+
+/* ====== Prefix caching ====== */
+
+#define BS 16 /* small_shape's block size */
+
+static pd_kv_t *new_prefix_kv(uint32_t n_blocks, pd_kv_hash_fn fn)
+{
+    pd_kv_t *kv = new_kv(n_blocks);
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_kv_prefix_enable(kv, pd_kv_hash_root(42, BS), fn, 4 * n_blocks, &err), 0);
+    return kv;
+}
+
+/* A hash that ignores the tokens: every block of every request collides. */
+static uint64_t hash_all_collide(uint64_t parent, const int32_t *tokens, uint32_t n)
+{
+    (void)parent, (void)tokens, (void)n;
+    return 7;
+}
+
+/* A 2-bit hash: many collisions, some distinct buckets. */
+static uint64_t hash_2bit(uint64_t parent, const int32_t *tokens, uint32_t n)
+{
+    return pd_kv_hash_block(parent, tokens, n) & 3;
+}
+
+/* A "computed" block: its first 8 bytes are a fingerprint of every token up
+ * to its end, which is what its KV depends on. */
+static uint64_t fingerprint(const int32_t *tokens, uint32_t n_blocks)
+{
+    return XXH3_64bits(tokens, (size_t)n_blocks * BS * sizeof *tokens);
+}
+
+/* A request as a worker runs it: match, reserve, compute what was not
+ * matched, commit. Asserts that every matched block holds this prefix's
+ * KV. Returns the tokens matched. */
+static uint32_t run_prefill(pd_kv_t *kv, pd_kv_seq_t *seq, const int32_t *tokens, uint32_t n)
+{
+    uint32_t hit = pd_kv_prefix_match(kv, seq, tokens, n);
+    assert_int_equal(hit % BS, 0);
+    assert_true(hit < n);
+    for (uint32_t i = 0; i < hit / BS; i++) {
+        uint64_t fp;
+        memcpy(&fp, pd_kv_block(kv, seq->blocks[i]), sizeof fp);
+        assert_true(fp == fingerprint(tokens, i + 1)); /* the KV of exactly this prefix */
+    }
+    if (pd_kv_seq_reserve(kv, seq, n) != 0)
+        return UINT32_MAX;
+    for (uint32_t i = hit / BS; i < seq->n_blocks; i++) {
+        assert_int_equal(pd_kv_refcount(kv, seq->blocks[i]), 1); /* only ours is written */
+        assert_false(pd_kv_prefix_is_cached(kv, seq->blocks[i]));
+        uint64_t fp = (i + 1) * BS <= n ? fingerprint(tokens, i + 1) : 0;
+        memcpy(pd_kv_block(kv, seq->blocks[i]), &fp, sizeof fp);
+    }
+    pd_kv_prefix_commit(kv, seq, tokens, n);
+    return hit;
+}
+
+static void fill(int32_t *t, uint32_t n, int32_t base)
+{
+    for (uint32_t i = 0; i < n; i++)
+        t[i] = base + (int32_t)i;
+}
+
+static void test_prefix_hash_chain(void **st)
+{
+    (void)st;
+    int32_t t[48];
+    fill(t, 48, 100);
+    uint64_t r = pd_kv_hash_root(42, 16);
+    assert_true(r != pd_kv_hash_root(43, 16));
+    assert_true(r != pd_kv_hash_root(42, 32));
+    uint64_t h[4] = { 0 };
+    assert_int_equal(pd_kv_hash_chain(r, 16, t, 47, h, 4), 2); /* full blocks only */
+    assert_true(h[0] == pd_kv_hash_block(r, t, 16));
+    assert_true(h[1] == pd_kv_hash_block(h[0], t + 16, 16));
+    assert_int_equal(pd_kv_hash_chain(r, 16, t, 48, h, 4), 3);
+    assert_int_equal(pd_kv_hash_chain(r, 16, t, 48, h, 1), 1);
+    /* A block's hash names its whole prefix: the same tokens after another
+     * first block hash differently. */
+    int32_t u[32];
+    memcpy(u, t, sizeof u);
+    u[0] = 7;
+    uint64_t g[2];
+    pd_kv_hash_chain(r, 16, u, 32, g, 2);
+    assert_true(g[0] != h[0] && g[1] != h[1]);
+    /* The definitions in docs/protocol.md, byte for byte. */
+    unsigned char rb[33] = "pdserve-kv-prefix-v1";
+    uint64_t id = 42;
+    uint32_t bs = 16;
+    memcpy(rb + 21, &id, 8);
+    memcpy(rb + 29, &bs, 4);
+    assert_true(r == XXH3_64bits(rb, sizeof rb));
+    assert_true(pd_kv_hash_block(5, t, 1) == XXH3_64bits_withSeed(t, 4, 5));
+}
+
+static void test_prefix_match_commit(void **st)
+{
+    (void)st;
+    pd_kv_t *kv = new_prefix_kv(16, NULL);
+    int32_t a[50], b[50];
+    fill(a, 50, 1000);
+    pd_kv_seq_t sa = { 0 }, sb = { 0 };
+    assert_int_equal(run_prefill(kv, &sa, a, 50), 0); /* cold */
+    assert_int_equal(pd_kv_prefix_n_cached(kv), 3);     /* 3 full blocks, not the 4th */
+    assert_int_equal(pd_kv_prefix_n_evictable(kv), 0);  /* all in use */
+    /* b shares 40 tokens: 2 full blocks; while a still runs. */
+    memcpy(b, a, sizeof b);
+    b[40] = 1;
+    assert_int_equal(run_prefill(kv, &sb, b, 50), 32);
+    assert_int_equal(pd_kv_refcount(kv, sa.blocks[0]), 2);
+    assert_int_equal(pd_kv_refcount(kv, sa.blocks[2]), 1);
+    assert_true(sb.blocks[0] == sa.blocks[0] && sb.blocks[1] == sa.blocks[1]);
+    assert_true(sb.blocks[2] != sa.blocks[2]);
+    assert_int_equal(pd_kv_prefix_n_cached(kv), 4); /* b's 3rd block is new */
+    pd_kv_seq_release(kv, &sa);
+    pd_kv_seq_release(kv, &sb);
+    assert_int_equal(pd_kv_prefix_n_evictable(kv), 4);
+    assert_int_equal(pd_kv_n_free(kv), 16);
+    assert_int_equal(pd_kv_n_used(kv), 0);
+    /* Kept after both ended: a again hits 3 blocks (49 tokens -> 3 max). */
+    assert_int_equal(run_prefill(kv, &sa, a, 50), 48);
+    /* A prompt of exactly 48 tokens hits 2 blocks: its last token is computed. */
+    assert_int_equal(run_prefill(kv, &sb, a, 48), 32);
+    assert_int_equal(pd_kv_prefix_n_cached(kv), 4);
+    pd_kv_prefix_stats_t s;
+    pd_kv_prefix_stats(kv, &s);
+    assert_int_equal(s.queries, 4);
+    assert_int_equal(s.query_tokens, 50 + 50 + 50 + 48);
+    assert_int_equal(s.hit_tokens, 32 + 48 + 32);
+    assert_int_equal(s.hit_blocks, 2 + 3 + 2);
+    assert_int_equal(s.stored_blocks, 4);
+    assert_int_equal(s.evicted_blocks, 0);
+    pd_kv_seq_release(kv, &sa);
+    pd_kv_seq_release(kv, &sb);
+    /* Off: nothing matched, nothing kept. */
+    pd_kv_t *off = new_kv(4);
+    assert_int_equal(pd_kv_prefix_match(off, &sa, a, 50), 0);
+    assert_int_equal(pd_kv_seq_reserve(off, &sa, 50), 0);
+    pd_kv_prefix_commit(off, &sa, a, 50);
+    pd_kv_seq_release(off, &sa);
+    assert_int_equal(pd_kv_prefix_n_cached(off), 0);
+    pd_kv_free(off);
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_kv_prefix_enable(kv, 1, NULL, 0, &err), PD_ESTATE);
+    pd_kv_free(kv);
+}
+
+/* Every hash collides; only tokens and parents tell blocks apart. */
+static void test_prefix_forced_collision(void **st)
+{
+    (void)st;
+    pd_kv_t *kv = new_prefix_kv(32, hash_all_collide);
+    int32_t a[64], b[64], c[64], d[64];
+    fill(a, 64, 1000);
+    fill(b, 64, 5000); /* nothing in common with a */
+    memcpy(c, b, sizeof c);
+    memcpy(c + 16, a + 16, 16 * sizeof *c); /* a's 2nd block after another 1st */
+    memcpy(d, a, sizeof d);
+    d[20] = 3; /* a's 1st block, then differs */
+    pd_kv_seq_t s[4] = { { 0 } };
+    assert_int_equal(run_prefill(kv, &s[0], a, 64), 0);
+    assert_int_equal(run_prefill(kv, &s[1], b, 64), 0);  /* same hashes, other tokens */
+    assert_int_equal(run_prefill(kv, &s[2], c, 64), 16); /* b's 1st block only */
+    assert_true(s[2].blocks[0] == s[1].blocks[0]);
+    assert_true(s[2].blocks[1] != s[0].blocks[1]);       /* same tokens, other parent */
+    assert_int_equal(run_prefill(kv, &s[3], d, 64), 16);
+    assert_true(s[3].blocks[0] == s[0].blocks[0]);
+    for (int i = 0; i < 4; i++)
+        pd_kv_seq_release(kv, &s[i]);
+    /* All cached blocks share one hash: one STORED event, and the set of
+     * hashes is that one hash. */
+    pd_kv_event_t ev[64];
+    bool lost = true;
+    assert_int_equal(pd_kv_prefix_take_events(kv, ev, 64, &lost), 1);
+    assert_false(lost);
+    assert_true(ev[0].kind == PD_KV_EV_STORED && ev[0].hash == 7);
+    uint64_t hs[4];
+    assert_int_equal(pd_kv_prefix_hashes(kv, hs, 4), 1);
+    /* Again after everything ended: still no mixing. */
+    assert_int_equal(run_prefill(kv, &s[0], c, 64), 48);
+    assert_int_equal(run_prefill(kv, &s[1], a, 63), 48);
+    for (int i = 0; i < 2; i++)
+        pd_kv_seq_release(kv, &s[i]);
+    pd_kv_free(kv);
+}
+
+static void test_prefix_lru_eviction(void **st)
+{
+    (void)st;
+    pd_kv_t *kv = new_prefix_kv(8, NULL);
+    int32_t a[64], b[64], c[64];
+    fill(a, 64, 1000);
+    fill(b, 64, 3000);
+    fill(c, 64, 7000);
+    pd_kv_seq_t sa = { 0 }, sb = { 0 }, sc = { 0 };
+    assert_int_equal(run_prefill(kv, &sa, a, 64), 0); /* 4 blocks */
+    pd_kv_seq_release(kv, &sa);                       /* a: evictable, tail first */
+    assert_int_equal(run_prefill(kv, &sb, b, 64), 0); /* takes the 4 free blocks */
+    assert_int_equal(pd_kv_prefix_n_evictable(kv), 4);
+    pd_kv_event_t ev[32];
+    assert_int_equal(pd_kv_prefix_take_events(kv, ev, 32, NULL), 8); /* 8 stored */
+    /* c needs 4 blocks: only a's evictable ones are left, b's are in use. */
+    assert_int_equal(run_prefill(kv, &sc, c, 40), 0); /* 3 blocks: evicts a's last 3 */
+    for (uint32_t i = 0; i < sb.n_blocks; i++)
+        assert_int_equal(pd_kv_refcount(kv, sb.blocks[i]), 1);
+    pd_kv_prefix_stats_t s;
+    pd_kv_prefix_stats(kv, &s);
+    assert_int_equal(s.evicted_blocks, 3);
+    uint32_t n = pd_kv_prefix_take_events(kv, ev, 32, NULL);
+    assert_int_equal(n, 3 + 2); /* 3 removed (a's tail), 2 stored (c's full blocks) */
+    uint64_t ha[4];
+    pd_kv_hash_chain(pd_kv_hash_root(42, BS), BS, a, 64, ha, 4);
+    assert_true(ev[0].kind == PD_KV_EV_REMOVED && ev[0].hash == ha[3]); /* tail first */
+    assert_true(ev[1].kind == PD_KV_EV_REMOVED && ev[1].hash == ha[2]);
+    assert_true(ev[2].kind == PD_KV_EV_REMOVED && ev[2].hash == ha[1]);
+    /* a's first block survived: a hits 1 block. */
+    pd_kv_seq_release(kv, &sc);
+    assert_int_equal(run_prefill(kv, &sa, a, 64), 16);
+    /* Nothing left to evict: a 9th block cannot be had, and nothing in use moved. */
+    pd_kv_seq_t sd = { 0 };
+    assert_int_equal(pd_kv_seq_reserve(kv, &sd, 16 * 9), PD_EFULL);
+    assert_int_equal(pd_kv_n_used(kv), 8);
+    assert_int_equal(pd_kv_alloc(kv), -1);
+    pd_kv_seq_release(kv, &sa);
+    pd_kv_seq_release(kv, &sb);
+    assert_int_equal(pd_kv_prefix_evict_all(kv), 8); /* a's 4 and b's 4 */
+    assert_int_equal(pd_kv_prefix_n_cached(kv), 0);
+    assert_int_equal(pd_kv_n_free(kv), 8);
+    pd_kv_free(kv);
+}
+
+static void test_prefix_event_overflow(void **st)
+{
+    (void)st;
+    pd_kv_t *kv = new_kv(16);
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_kv_prefix_enable(kv, 1, NULL, 2, &err), 0);
+    int32_t a[64];
+    fill(a, 64, 1);
+    pd_kv_seq_t sa = { 0 };
+    assert_int_equal(run_prefill(kv, &sa, a, 64), 0); /* 4 stored: queue of 2 overflows */
+    pd_kv_event_t ev[8];
+    bool lost = false;
+    assert_int_equal(pd_kv_prefix_take_events(kv, ev, 8, &lost), 0);
+    assert_true(lost);
+    uint64_t hs[8];
+    assert_int_equal(pd_kv_prefix_hashes(kv, hs, 8), 4); /* the snapshot to send instead */
+    assert_int_equal(pd_kv_prefix_hashes(kv, hs, 2), 4);
+    assert_int_equal(pd_kv_prefix_take_events(kv, ev, 8, &lost), 0);
+    assert_false(lost);
+    pd_kv_seq_release(kv, &sa);
+    pd_kv_free(kv);
+}
+
+/* ====== Prefix caching: random requests against a shadow model ====== */
+
+#define SH_NB 24      /* pool blocks: small, so eviction is constant */
+#define SH_LIVE 8     /* requests held at once, at most */
+#define SH_MAXTOK 80  /* tokens per request */
+
+typedef struct {
+    pd_kv_seq_t seq;
+    int32_t tok[SH_MAXTOK];
+    uint32_t n;
+    bool live;
+} sh_req_t;
+
+/* Checks refcounts against the live requests' tables, the free/cached
+ * counts against the block states, and the hash set against the events. */
+static void sh_check(pd_kv_t *kv, const sh_req_t *r, uint64_t *evset, uint32_t *n_evset)
+{
+    uint32_t ref[SH_NB] = { 0 };
+    for (int i = 0; i < SH_LIVE; i++)
+        for (uint32_t b = 0; r[i].live && b < r[i].seq.n_blocks; b++)
+            ref[r[i].seq.blocks[b]]++;
+    uint32_t n_zero = 0, n_cached = 0, n_evictable = 0;
+    for (int32_t b = 0; b < SH_NB; b++) {
+        assert_int_equal(pd_kv_refcount(kv, b), ref[b]);
+        n_zero += ref[b] == 0;
+        n_cached += pd_kv_prefix_is_cached(kv, b);
+        n_evictable += ref[b] == 0 && pd_kv_prefix_is_cached(kv, b);
+    }
+    assert_int_equal(pd_kv_n_free(kv), n_zero);
+    assert_int_equal(pd_kv_n_used(kv), SH_NB - n_zero);
+    assert_int_equal(pd_kv_prefix_n_cached(kv), n_cached);
+    assert_int_equal(pd_kv_prefix_n_evictable(kv), n_evictable);
+    /* Events replayed give the index's set of hashes. */
+    pd_kv_event_t ev[256];
+    bool lost = false;
+    uint32_t n = pd_kv_prefix_take_events(kv, ev, 256, &lost);
+    assert_false(lost);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t j = 0;
+        while (j < *n_evset && evset[j] != ev[i].hash)
+            j++;
+        if (ev[i].kind == PD_KV_EV_STORED) {
+            assert_int_equal(j, *n_evset); /* not stored twice */
+            evset[(*n_evset)++] = ev[i].hash;
+        } else {
+            assert_true(j < *n_evset); /* removed what was stored */
+            evset[j] = evset[--(*n_evset)];
+        }
+    }
+    uint64_t hs[SH_NB];
+    uint32_t nh = pd_kv_prefix_hashes(kv, hs, SH_NB);
+    assert_int_equal(nh, *n_evset);
+    for (uint32_t i = 0; i < nh; i++) {
+        uint32_t j = 0;
+        while (j < *n_evset && evset[j] != hs[i])
+            j++;
+        assert_true(j < *n_evset);
+    }
+}
+
+static void sh_run(pd_kv_hash_fn fn, uint64_t seed)
+{
+    pd_kv_t *kv = new_prefix_kv(SH_NB, fn);
+    sh_req_t r[SH_LIVE];
+    memset(r, 0, sizeof r);
+    uint64_t evset[4 * SH_NB];
+    uint32_t n_evset = 0;
+    uint64_t rs = seed;
+    uint64_t hits = 0, full = 0;
+    for (int op = 0; op < 6000; op++) {
+        sh_req_t *q = &r[lcg(&rs) % SH_LIVE];
+        if (q->live) {
+            if (lcg(&rs) % 3 == 0) { /* requests live long: the pool fills */
+                pd_kv_seq_release(kv, &q->seq);
+                q->live = false;
+            }
+        } else {
+            /* Few "families" of prompts over a 2-token alphabet: blocks with
+             * equal tokens after different parents are common. */
+            q->n = 1 + (uint32_t)(lcg(&rs) % SH_MAXTOK);
+            uint32_t fam = (uint32_t)(lcg(&rs) % 3), keep = (uint32_t)(lcg(&rs) % (SH_MAXTOK + 1));
+            for (uint32_t i = 0; i < q->n; i++)
+                q->tok[i] = i < keep ? (int32_t)((fam * 7 + i / 16) % 2) : (int32_t)(lcg(&rs) % 2);
+            uint32_t hit = run_prefill(kv, &q->seq, q->tok, q->n);
+            if (hit == UINT32_MAX) {
+                full++;
+                pd_kv_seq_release(kv, &q->seq); /* no room now: give back what matched */
+            } else {
+                hits += hit > 0;
+                q->live = true;
+            }
+        }
+        sh_check(kv, r, evset, &n_evset);
+    }
+    pd_kv_prefix_stats_t s;
+    pd_kv_prefix_stats(kv, &s);
+    print_message("shadow run: %llu hits, %llu full, %llu evicted, %llu stored\n",
+                  (unsigned long long)hits, (unsigned long long)full,
+                  (unsigned long long)s.evicted_blocks, (unsigned long long)s.stored_blocks);
+    assert_true(hits > 100 && full > 2 && s.evicted_blocks > 100); /* the run did all three */
+    for (int i = 0; i < SH_LIVE; i++)
+        if (r[i].live)
+            pd_kv_seq_release(kv, &r[i].seq);
+    assert_int_equal(pd_kv_n_used(kv), 0);
+    pd_kv_free(kv);
+}
+
+static void test_prefix_shadow_model(void **st)
+{
+    (void)st;
+    sh_run(NULL, 1);
+    sh_run(hash_2bit, 2);
+    sh_run(hash_all_collide, 3);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -405,6 +777,12 @@ int main(void)
         cmocka_unit_test(test_shared_prefix_refcount),
         cmocka_unit_test(test_blocks_needed),
         cmocka_unit_test(test_blocks_for_budget),
+        cmocka_unit_test(test_prefix_hash_chain),
+        cmocka_unit_test(test_prefix_match_commit),
+        cmocka_unit_test(test_prefix_forced_collision),
+        cmocka_unit_test(test_prefix_lru_eviction),
+        cmocka_unit_test(test_prefix_event_overflow),
+        cmocka_unit_test(test_prefix_shadow_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * to the engine's own greedy continuation, KV bit-identical to the
  * engine's), the hand-off out (in-process, or shipped to a real ZeroMQ
  * peer and held under a lease), the KvAck freeing the blocks, the lease's
- * expiry freeing them without one, and the refusals. */
+ * expiry freeing them without one, the refusals, and the prefix cache
+ * (hits, KvEvents through the port, resync). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -474,13 +475,93 @@ static void test_refusals(void **state)
     fh_free(&h);
 }
 
+/* ====== Prefix cache ====== */
+
+/* A prompt's full blocks are committed once its KV is whole; the same
+ * prompt again takes them (hit tokens counted, only the rest computed, the
+ * first token the engine's); the events op sends KvEvents through the port
+ * (a snapshot first, then what was stored; a resync sends a snapshot
+ * again) and load() carries the last seq and the prefix counters. */
+static void test_prefix_cache(void **state)
+{
+    (void)state;
+    fake_host_t h;
+    fh_init(&h, MODEL, 64, true, false);
+    assert_true(h.cfg.kv.prefix_caching);
+    assert_true(pd_kv_prefix_on(h.eng.kv));
+    sink_t sink = { 0 };
+    pd_kv_sink_t ks = { &sink, sink_take };
+    pd_err_t err = { 0 };
+    pd_wkrole_env_t env = fh_env(&h, "w1");
+    pd_prefill_t *p = pd_prefill_new(&env, &ks, &err);
+    assert_non_null(p);
+    pd_wkrole_t r = pd_prefill_role(p);
+    assert_non_null(r.ops->kv_events);
+    assert_non_null(r.ops->kv_resync);
+    uint32_t bs = pd_kv_shape(h.eng.kv)->block_size;
+    enum { N = 40 };
+    assert_true(N % bs != 0 && N / bs >= 1);
+    int32_t prompt[N];
+    prompt_of(prompt, N, 9);
+    int32_t ref[1];
+    fh_reference(&h, prompt, N, 1, ref);
+
+    r.ops->kv_events(r.self); /* the first message is a snapshot (empty) */
+    const Pd__Msg *m = fh_last(&h, PD__MSG__BODY_KV_EVENTS);
+    assert_non_null(m);
+    assert_int_equal(m->kv_events->seq, 1);
+    assert_true(m->kv_events->snapshot);
+    assert_int_equal(m->kv_events->n_hashes, 0);
+
+    for (uint64_t req = 1; req <= 2; req++) {
+        send_task(r, req, prompt, N, 4, "w1", NULL);
+        h.now_ms += h.cfg.prefill.wait_ms;
+        assert_true(fh_turn(&h, r));
+        pd_token_entry_t t[2];
+        assert_int_equal(fh_tokens(&h, req, t, 2), 1);
+        assert_int_equal(t[0].token, ref[0]);
+        assert_int_equal(sink.n, 1);
+        pd_kv_handoff_release(&sink.got[0], h.eng.kv);
+        sink.n = 0;
+        r.ops->kv_events(r.self);
+    }
+    /* The first prompt stored its full blocks, the second only took them. */
+    assert_int_equal(fh_count(&h, PD__MSG__BODY_KV_EVENTS), 2);
+    m = fh_last(&h, PD__MSG__BODY_KV_EVENTS);
+    assert_int_equal(m->kv_events->seq, 2);
+    assert_false(m->kv_events->snapshot);
+    assert_int_equal(m->kv_events->n_hashes, N / bs);
+    for (size_t i = 0; i < m->kv_events->n_removed; i++)
+        assert_false(m->kv_events->removed[i]);
+    pd_worker_load_t l;
+    fh_load(r, &l);
+    assert_int_equal(l.kv_events_seq, 2);
+    assert_int_equal(l.counters.prefix_requests, 2);
+    assert_int_equal(l.counters.prefix_hits, (N / bs) * bs);
+    assert_int_equal(l.counters.prefix_cached_blocks, N / bs);
+    /* The second pass computed only what the cache did not hold. */
+    assert_int_equal(l.counters.prefill_tokens, N + (N - (N / bs) * bs));
+
+    r.ops->kv_resync(r.self);
+    r.ops->kv_events(r.self);
+    m = fh_last(&h, PD__MSG__BODY_KV_EVENTS);
+    assert_int_equal(m->kv_events->seq, 3);
+    assert_true(m->kv_events->snapshot);
+    assert_int_equal(m->kv_events->n_hashes, N / bs);
+    fh_load(r, &l);
+    assert_int_equal(l.kv_events_seq, 3);
+    assert_int_equal(pd_kv_n_used(h.eng.kv), 0);
+    pd_prefill_free(p);
+    fh_free(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_colocated_handoff), cmocka_unit_test(test_batches_and_chunks),
         cmocka_unit_test(test_refused_handoff),   cmocka_unit_test(test_ship_and_ack),
         cmocka_unit_test(test_lease_expiry),      cmocka_unit_test(test_cancel_leased),
-        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refusals),          cmocka_unit_test(test_prefix_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
