@@ -476,6 +476,35 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
     }
 }
 
+void pd_kern_skinny_qlanes_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                               const void *xq, uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    const uint8_t *wd = w->data;
+    const uint32_t nb = w->n_in / QK;
+    const size_t xq_rb = (size_t)nb * Q8_0_BYTES;
+    const size_t wblk = w->type == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    for (uint32_t o = o_begin; o < o_end; o++) {
+        const uint8_t *row = wd + (size_t)o * w->row_bytes;
+        for (uint32_t r = 0; r < n_rows; r++) {
+            const uint8_t *xr = (const uint8_t *)xq + r * xq_rb;
+            float acc[8] = {0};
+            for (uint32_t b = 0; b < nb; b++) {
+                const uint8_t *wb = row + b * wblk, *xb = xr + (size_t)b * Q8_0_BYTES;
+                const float s = load_fp16(wb) * load_fp16(xb);
+                for (int i = 0; i < 8; i++) {
+                    int p = 0;
+                    for (int j = 4 * i; j < 4 * i + 4; j++)
+                        p += q_elem(w->type, wb, j) * (int8_t)xb[2 + j];
+                    acc[i] = fmaf((float)p, s, acc[i]);
+                }
+            }
+            const float r0 = acc[4] + acc[0], r1 = acc[5] + acc[1];
+            const float r2 = acc[6] + acc[2], r3 = acc[7] + acc[3];
+            y[(size_t)r * y_stride + o] = (r0 + r2) + (r1 + r3);
+        }
+    }
+}
+
 void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)
@@ -509,9 +538,66 @@ static size_t align_up(size_t v, size_t a)
     return (v + a - 1) / a * a;
 }
 
+static uint32_t div_up(uint32_t a, uint32_t b)
+{
+    return (a + b - 1) / b;
+}
+
 static uint32_t deq_tile_rows(const pd_mat_t *w)
 {
     return w->n_out < PD_MATMUL_DEQ_TILE_ROWS ? w->n_out : PD_MATMUL_DEQ_TILE_ROWS;
+}
+
+/* ====== Batched quantized product: the rows it takes ====== */
+
+static bool has_qt(pd_ggml_type_t t)
+{
+    return t == PD_GGML_TYPE_Q8_0 || t == PD_GGML_TYPE_Q4_0;
+}
+
+uint32_t pd_kern_qt_rows(pd_ggml_type_t wtype, uint32_t n_rows)
+{
+    if (pd_kern_isa() != PD_ISA_AVX512 || !has_qt(wtype))
+        return 0;
+    const uint32_t rem = n_rows % PD_QT_LANES;
+    return n_rows - (rem < PD_QT_MIN_ROWS ? rem : 0);
+}
+
+size_t pd_kern_qt_bytes(uint32_t n_in, uint32_t n_rows)
+{
+    return (size_t)div_up(n_rows, PD_QT_LANES) * (n_in / QK) * PD_QT_BLK_BYTES;
+}
+
+/* The rows of a prepared product that the qt kernel takes (0 or more), its
+ * rearranged activations built after xq in the scratch. */
+static uint32_t prepare_qt(const pd_mat_t *w, const void *xq, uint32_t n_rows, void *scratch,
+                           const void **qt)
+{
+    const uint32_t n_qt = pd_kern_qt_rows(w->type, n_rows);
+    *qt = NULL;
+    if (n_qt == 0)
+        return 0;
+    uint8_t *panel = (uint8_t *)scratch +
+                     align_up(pd_kern_xq_bytes(w->type, w->n_in, n_rows), SCRATCH_ALIGN);
+    pd_kern_qt_prepare_avx512(w->type, xq, w->n_in, n_qt, panel);
+    *qt = panel;
+    return n_qt;
+}
+
+/* Output rows [o0, o1) of all n_rows: the first n_qt by the qt kernel,
+ * the rest by the skinny kernel. */
+static void skinny_rows(const pd_mat_t *w, uint32_t o0, uint32_t o1, const float *x,
+                        uint32_t x_stride, const void *xq, const void *qt, uint32_t n_qt,
+                        uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    if (n_qt > 0)
+        pd_kern_skinny_qt_avx512(w, o0, o1, qt, n_qt, y, y_stride);
+    if (n_rows == n_qt)
+        return;
+    const size_t xq_rb = xq ? kern_row_bytes(pd_kern_act_type(w->type), w->n_in) : 0;
+    pd_kern_skinny(w, o0, o1, x + (size_t)n_qt * x_stride, x_stride,
+                   xq ? (const uint8_t *)xq + n_qt * xq_rb : NULL, n_rows - n_qt,
+                   y + (size_t)n_qt * y_stride, y_stride);
 }
 
 /* Activation rows whose byte stride is a multiple of 4 KB map to the same
@@ -534,6 +620,8 @@ size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows)
 {
     const uint32_t skinny_rows = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
     size_t xq = pd_kern_xq_bytes(w->type, w->n_in, skinny_rows);
+    if (has_qt(w->type)) /* the qt kernel's rearranged copy after it */
+        xq = align_up(xq, SCRATCH_ALIGN) + pd_kern_qt_bytes(w->n_in, skinny_rows);
     if (wants_x_pad(w, skinny_rows))
         xq = (size_t)skinny_rows * (w->n_in + X_PAD_FLOATS) * sizeof(float);
     size_t tile = 0;
@@ -547,6 +635,8 @@ typedef struct {
     const float *x;     /* (n_rows, x_stride) */
     uint32_t x_stride;
     const void *xq;     /* (n_rows, Q8_0 row) or NULL */
+    const void *qt;     /* the qt kernel's copy of the first n_qt rows, or NULL */
+    uint32_t n_qt;
     float *y;           /* (n_rows, n_out) */
     float *tile;        /* (tile_rows, n_in) dequantized weights */
     uint32_t n_rows;
@@ -561,7 +651,8 @@ static void skinny_task(void *arg, int i_task, int n_tasks)
     uint32_t o0 = (uint32_t)i_task * c->chunk;
     uint32_t o1 = o0 + c->chunk < c->w->n_out ? o0 + c->chunk : c->w->n_out;
     (void)n_tasks;
-    pd_kern_skinny(c->w, o0, o1, c->x, c->x_stride, c->xq, c->n_rows, c->y, c->w->n_out);
+    skinny_rows(c->w, o0, o1, c->x, c->x_stride, c->xq, c->qt, c->n_qt, c->n_rows, c->y,
+                c->w->n_out);
 }
 
 static void dequant_task(void *arg, int i_task, int n_tasks)
@@ -574,11 +665,6 @@ static void dequant_task(void *arg, int i_task, int n_tasks)
     for (uint32_t o = o0; o < o1; o++)
         pd_dequant_row(w->type, (const uint8_t *)w->data + (size_t)o * w->row_bytes,
                        c->tile + (size_t)(o - c->o_begin) * w->n_in, w->n_in);
-}
-
-static uint32_t div_up(uint32_t a, uint32_t b)
-{
-    return (a + b - 1) / b;
 }
 
 /* Output rows per task: a multiple of PD_MATMUL_CHUNK_ROWS giving about
@@ -611,6 +697,7 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
         if (is_quant(w->type)) {
             pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
             c.xq = scratch;
+            c.n_qt = prepare_qt(w, scratch, n_rows, scratch, &c.qt);
         } else if (wants_x_pad(w, n_rows)) {
             float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
             c.x_stride = w->n_in + X_PAD_FLOATS;
@@ -653,6 +740,8 @@ typedef struct {
     const float *x;
     uint32_t x_stride;
     const void *xq;
+    const void *qt;                     /* as matmul_ctx_t's */
+    uint32_t n_qt;
     uint32_t n_rows;
     uint32_t chunk;                     /* output rows per task */
     uint32_t first_task[PD_MM_MAX_OUTS + 1]; /* task index where each product starts */
@@ -673,8 +762,8 @@ static void multi_task(void *arg, int i_task, int n_tasks)
     const uint32_t o0 = (t - c->first_task[i]) * c->chunk;
     const uint32_t o1 = o0 + c->chunk < w->n_out ? o0 + c->chunk : w->n_out;
     for (int j = i; j < (c->lockstep ? c->n_outs : i + 1); j++)
-        pd_kern_skinny(c->outs[j].w, o0, o1, c->x, c->x_stride, c->xq, c->n_rows, c->outs[j].y,
-                       c->outs[j].w->n_out);
+        skinny_rows(c->outs[j].w, o0, o1, c->x, c->x_stride, c->xq, c->qt, c->n_qt, c->n_rows,
+                    c->outs[j].y, c->outs[j].w->n_out);
     if (c->epi)
         c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o1);
 }
@@ -724,6 +813,7 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
     if (is_quant(w->type)) {
         pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
         c.xq = scratch;
+        c.n_qt = prepare_qt(w, scratch, n_rows, scratch, &c.qt);
     } else if (wants_x_pad(w, n_rows)) {
         float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
         c.x_stride = w->n_in + X_PAD_FLOATS;

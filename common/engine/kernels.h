@@ -84,6 +84,50 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
                         uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                         uint32_t y_stride);
 
+/* ====== Batched quantized product, tokens across the lanes ======
+ *
+ * For Q8_0 and Q4_0 weights on AVX-512 VNNI (kernels_qt_avx512.c): the
+ * same y[r][o] as the skinny kernels, to the bit (the same integer per
+ * 4-element group, the same product of scales, the same 8-lane FMA chain
+ * and final tree per (o, r); pd_kern_skinny_qlanes_ref below is that
+ * definition), with 16 tokens in the lanes of a vector instead of one
+ * (o, r) pair, which does 3x fewer instructions per multiply-add from 8
+ * tokens on. pd_matmul and pd_matmul_multi use it for the first
+ * pd_kern_qt_rows(type, n_rows) rows and the skinny kernel for the rest.
+ * The activations are rearranged once per product (pd_kern_qt_prepare,
+ * from pd_kern_prepare_x's bytes) into pd_kern_qt_bytes of 64-aligned
+ * memory that the tasks share read-only. */
+#define PD_QT_LANES 16      /* tokens per vector */
+#define PD_QT_BLK_BYTES 1088 /* per group of 16 tokens and 32-block */
+/* Fewer rows in a last group: the skinny kernel. 16 (whole groups only):
+ * a half group of 8 (mk_qt8, ymm) measured 1.3x at 2048 x 2048 but 0.3-0.6x
+ * at 5632 x 2048 (Q8_0, 1 thread, loaded machine): the qt kernel has no
+ * software prefetch of the weights yet, and at 8 rows the product is close
+ * to memory-bound, where the skinny kernel's prefetch wins. */
+#define PD_QT_MIN_ROWS 16
+
+/* Rows of an n_rows product with weights wtype that the qt kernel takes
+ * (whole groups of 16, and a last group of at least PD_QT_MIN_ROWS): 0
+ * unless the ISA is AVX-512 and wtype Q8_0 or Q4_0. */
+uint32_t pd_kern_qt_rows(pd_ggml_type_t wtype, uint32_t n_rows);
+/* Bytes of the rearranged activations of n_rows rows of n_in. */
+size_t pd_kern_qt_bytes(uint32_t n_in, uint32_t n_rows);
+/* xq: n_rows rows of Q8_0 activations as pd_kern_prepare_x wrote them
+ * (row stride n_in / 32 * 34 bytes); panel: pd_kern_qt_bytes, 64-aligned. */
+void pd_kern_qt_prepare_avx512(pd_ggml_type_t wtype, const void *xq, uint32_t n_in,
+                               uint32_t n_rows, void *panel);
+/* y[r * y_stride + o] for r < n_rows, o in [o_begin, o_end), from the
+ * panel that pd_kern_qt_prepare_avx512 built for those n_rows rows. */
+void pd_kern_skinny_qt_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                              const void *panel, uint32_t n_rows, float *y, uint32_t y_stride);
+/* The bits every Q8_0 / Q4_0 kernel must give (AVX2, AVX-512 VNNI, qt),
+ * in plain C: per (o, r), 8 float lanes, lane i += (float)(integer dot of
+ * elements 4i..4i+3) * (dw * dx) with one fmaf per block in order, then
+ * hsum_float_8's tree. (pd_kern_skinny_ref computes in double instead.)
+ * xq: pd_kern_prepare_x's rows. */
+void pd_kern_skinny_qlanes_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                               const void *xq, uint32_t n_rows, float *y, uint32_t y_stride);
+
 /* ====== Matmul with dispatch ======
  *
  * y (n_rows, w->n_out) = x (n_rows, w->n_in) @ W^T, fp32 out.
