@@ -357,6 +357,7 @@ static int cmd_status(const char *router, int argc, char **argv)
         json_object_set_new(o, "block_size", json_integer(s->block_size));
         json_object_set_new(o, "max_seq_len", json_integer(s->max_seq_len));
         json_object_set_new(o, "max_tokens_limit", json_integer(s->max_tokens_limit));
+        json_object_set_new(o, "prefix_index_hashes", json_integer(s->prefix_index_hashes));
         json_t *ws = json_array();
         for (size_t i = 0; i < s->n_workers; i++) {
             const pd_worker_status_t *w = &s->workers[i];

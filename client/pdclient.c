@@ -634,6 +634,7 @@ static pd_cluster_status_t *status_from_pb(const Pd__ClusterStatus *s)
     o->block_size = s->block_size;
     o->max_seq_len = s->max_seq_len;
     o->max_tokens_limit = s->max_tokens_limit;
+    o->prefix_index_hashes = s->prefix_index_hashes;
     o->n_workers = s->n_workers;
     for (size_t i = 0; i < s->n_workers; i++) {
         const Pd__WorkerStatus *w = s->workers[i];

@@ -182,6 +182,7 @@ typedef struct {
     uint32_t active_requests, queued_requests;
     uint64_t requests_total, requests_failed;
     uint32_t block_size, max_seq_len, max_tokens_limit;
+    uint32_t prefix_index_hashes; /* distinct hashes in the router's prefix index */
     size_t n_workers;
     pd_worker_status_t *workers;     /* (n_workers) */
 } pd_cluster_status_t;

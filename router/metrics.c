@@ -292,6 +292,11 @@ static void cluster_render(sbuf_t *b, const char *model, const Pd__ClusterStatus
         }
     }
 
+    head(b, "prefix_index_hashes", "gauge",
+         "Distinct prefix block hashes in the router's index (workers now registered).");
+    sb_printf(b, "pdserve:prefix_index_hashes{model_name=\"%s\"} %u\n", model,
+              cs->prefix_index_hashes);
+
     head(b, "workers", "gauge", "Registered workers by role and state.");
     static const Pd__Role roles[] = { PD__ROLE__ROLE_PREFILL, PD__ROLE__ROLE_DECODE,
                                       PD__ROLE__ROLE_BOTH };

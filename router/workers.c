@@ -385,7 +385,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     cs.workers = wp;
     cs.has_active_requests = cs.has_queued_requests = cs.has_model_identity = true;
     cs.has_requests_total = cs.has_requests_failed = cs.has_block_size = true;
-    cs.has_max_seq_len = cs.has_max_tokens_limit = true;
+    cs.has_max_seq_len = cs.has_max_tokens_limit = cs.has_prefix_index_hashes = true;
     cs.active_requests = rt->n_active;
     cs.queued_requests = rt->q_len;
     cs.model_name = rt->model->name;
@@ -395,6 +395,7 @@ void rt_on_status(rt_t *rt, const uint8_t *cid, size_t cid_len)
     cs.block_size = rt->cfg.kv.block_size;
     cs.max_seq_len = rt->max_seq_len;
     cs.max_tokens_limit = rt->cfg.router.max_tokens_limit;
+    cs.prefix_index_hashes = (uint32_t)rt_kvi_size(rt->kvi);
     Pd__Msg m = PD__MSG__INIT;
     m.body_case = PD__MSG__BODY_STATUS;
     m.status = &cs;

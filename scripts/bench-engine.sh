@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 THREADS=${THREADS:-1 2}
 ROUNDS=${ROUNDS:-1}
-BENCH_MODELS=${BENCH_MODELS:-llama-110M-f32 tinyllama-1.1B-q8_0 tinyllama-1.1B-q4_0}
+BENCH_MODELS=${BENCH_MODELS:-llama-110M-f32 tinyllama-1.1B-q8_0 tinyllama-1.1B-q4_0 tinyllama-1.1B-q4_k_m}
 LLAMACPP_TIMEOUT=${LLAMACPP_TIMEOUT:-900}
 BUILD=$BUILD scripts/models.sh bench >/dev/null
 OUT=$BUILD/bench

@@ -13,6 +13,7 @@
  *   decode:   B requests at once with C-token prompts and 32 output tokens,
  *             3 runs: mean batch (decode_tokens / steps) and the median ms
  *             per step (decode_us / steps) at mean context C + 16;
+ *   cached:   prefill after a cached prefix (profile_cached);
  *   overhead: median over the single-prompt runs of TTFT - the prompt's
  *             prefill passes - the queueing the router reported (network,
  *             router, scheduling).
@@ -33,7 +34,9 @@
 typedef struct {
     uint64_t prefill_us, prefill_batches, kv_transfers, kv_transfer_us;
     uint64_t steps, decode_us, decode_tokens;
+    uint64_t prefill_tokens, prefix_hits; /* tokens computed / found cached by prefill */
     uint32_t decode_blocks; /* smallest total_blocks of a decode-capable worker */
+    uint32_t prefill_blocks; /* smallest total_blocks of a prefill-capable worker */
     size_t n_prefill, n_decode;
     size_t n_only_prefill, n_only_decode; /* role prefill / role decode (not both) */
 } counters_t;
@@ -55,6 +58,8 @@ static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, 
         k->steps += w->steps;
         k->decode_us += w->decode_us;
         k->decode_tokens += w->decode_tokens;
+        k->prefill_tokens += w->prefill_tokens;
+        k->prefix_hits += w->prefix_hits;
         bool pre = strcmp(w->role, "decode") != 0, dec = strcmp(w->role, "prefill") != 0;
         k->n_prefill += pre;
         k->n_decode += dec;
@@ -62,6 +67,8 @@ static int read_counters(pd_client_t *c, counters_t *k, uint64_t *min_fresh_ms, 
         k->n_only_decode += !pre;
         if (dec && (k->decode_blocks == 0 || w->total_blocks < k->decode_blocks))
             k->decode_blocks = w->total_blocks;
+        if (pre && (k->prefill_blocks == 0 || w->total_blocks < k->prefill_blocks))
+            k->prefill_blocks = w->total_blocks;
         /* the oldest heartbeat decides whether every worker has reported */
         if (*min_fresh_ms == UINT64_MAX || w->last_seen_ms > *min_fresh_ms)
             *min_fresh_ms = w->last_seen_ms;
@@ -279,6 +286,86 @@ static int profile_interference(const opts_t *o, pd_client_t *c, const pd_tok_t 
     return *out ? 0 : -1;
 }
 
+/* Cached prefixes: prompts of [BOS] + a K-token prefix + T tokens of their
+ * own, PROFILE_REPEAT one at a time, after one prompt with the same prefix
+ * that put it in the workers' prefix cache (not recorded), for K = max_ctx/4
+ * and max_ctx/2 and T = 16 and 64 (up to max_ctx/4). The worker computes
+ * only what its cache does not cover (whole blocks): each point says what it
+ * measured,
+ * tokens = tokens computed per prompt (prefill_tokens), cached = tokens found
+ * cached per prompt (prefix_hits), ms per pass, batch = prompts per pass.
+ * pd-plan fits them with the uncached points (a pass's attention work counts
+ * from the cached offset). No points when the workers found nothing cached
+ * (kv.prefix_caching=false): said on stderr. */
+static int cached_point(const opts_t *o, pd_client_t *c, const pd_tok_t *tok, rng_t *rng,
+                        uint32_t K, uint32_t T, json_t *pre, bool *none)
+{
+    opts_t g = *o;
+    g.num_prompts = 1 + PROFILE_REPEAT;
+    g.input_len = T;
+    g.output_len = 2;
+    g.range_ratio = 0;
+    g.prefix_len = K;
+    g.num_prefixes = 1;
+    dataset_t d = { 0 }, warm = { 0 };
+    counters_t k0, k1;
+    double ttft;
+    int rc = -1;
+    int32_t *prefix = malloc((size_t)K * sizeof *prefix);
+    fprintf(stderr, "pd-bench: --profile: prefill %u tokens after a cached prefix of %u, %u one "
+                    "at a time\n", T, K, PROFILE_REPEAT);
+    if (prefix == NULL || dataset_random(&g, tok, rng, prefix, 0, &d) != 0 || d.n < 2)
+        goto done;
+    item_t *w = dataset_push(&warm);
+    if (w == NULL)
+        goto done;
+    *w = d.items[0]; /* moved: warm owns it now */
+    memmove(d.items, d.items + 1, (d.n - 1) * sizeof *d.items);
+    d.n--;
+    if (profile_run_set(o, c, rng, &warm, 1, &k0, &k1, NULL, NULL) != 0 ||
+        profile_run_set(o, c, rng, &d, 1, &k0, &k1, &ttft, NULL) != 0)
+        goto done;
+    uint64_t nb = k1.prefill_batches - k0.prefill_batches, hit = k1.prefix_hits - k0.prefix_hits;
+    if (nb == 0) {
+        fprintf(stderr, "pd-bench: --profile: the workers reported no prefill passes\n");
+        goto done;
+    }
+    rc = 0;
+    if (hit == 0) {
+        *none = true;
+        goto done;
+    }
+    double n = (double)d.n;
+    json_t *pt = json_object();
+    double computed = (double)(k1.prefill_tokens - k0.prefill_tokens);
+    json_object_set_new(pt, "tokens", json_real(computed / n));
+    json_object_set_new(pt, "cached", json_real((double)hit / n));
+    json_object_set_new(pt, "batch", json_real(n / (double)nb));
+    json_object_set_new(pt, "ms", json_real((double)(k1.prefill_us - k0.prefill_us) / 1000.0 /
+                                            (double)nb));
+    json_object_set_new(pt, "ttft_ms", json_real(ttft));
+    json_array_append_new(pre, pt);
+done:
+    free(prefix);
+    dataset_free(&warm);
+    dataset_free(&d);
+    return rc;
+}
+
+static int profile_cached(const opts_t *o, pd_client_t *c, const pd_tok_t *tok, rng_t *rng,
+                          uint32_t max_ctx, json_t *pre)
+{
+    bool none = false;
+    for (uint32_t K = max_ctx / 4; K <= max_ctx / 2 && K >= 16 && !none; K *= 2)
+        for (uint32_t T = 16; T <= max_ctx / 4 && K + T <= max_ctx && !none; T *= 4)
+            if (cached_point(o, c, tok, rng, K, T, pre, &none) != 0)
+                return -1;
+    if (none)
+        fprintf(stderr, "pd-bench: --profile: the workers found no prefix cached (prefix caching "
+                        "off?): no cached-prefix points\n");
+    return 0;
+}
+
 int profile_cluster(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *cs,
                    const pd_tok_t *tok, rng_t *rng)
 {
@@ -343,6 +430,8 @@ int profile_cluster(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *
                 ovh[n_ovh++] = ttft - per_prompt - queue > 0 ? ttft - per_prompt - queue : 0;
         }
     }
+    if (profile_cached(o, c, tok, rng, max_ctx, pre) != 0)
+        goto done;
     uint32_t ctxs[3] = { 32, 128, max_ctx }, n_ctx = max_ctx > 128 ? 3 : max_ctx > 32 ? 2 : 1;
     ctxs[n_ctx - 1] = max_ctx;
     for (uint32_t ci = 0; ci < n_ctx; ci++) {
@@ -383,6 +472,7 @@ int profile_cluster(const opts_t *o, pd_client_t *c, const pd_cluster_status_t *
     json_object_set_new(j, "n_prefill_workers", json_integer((json_int_t)k1.n_prefill));
     json_object_set_new(j, "n_decode_workers", json_integer((json_int_t)k1.n_decode));
     json_object_set_new(j, "decode_kv_blocks", json_integer(k1.decode_blocks));
+    json_object_set_new(j, "prefill_kv_blocks", json_integer(k1.prefill_blocks));
     json_object_set_new(j, "overhead_ms", json_real(bench_percentile(ovh, n_ovh, 50)));
     json_object_set_new(j, "prefill", pre);
     json_object_set_new(j, "kv_transfer", kv);

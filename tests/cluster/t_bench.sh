@@ -8,7 +8,7 @@ require_model
 for b in pd-bench pd-tokenize pd-plan; do
     [ -x "$PD_BIN/$b" ] || skip_all "$PD_BIN/$b missing (make all)"
 done
-plan 56
+plan 57
 BENCH=$PD_BIN/pd-bench
 
 # expect_fail NAME CODE PATTERN ARGS...: pd-bench ARGS exits CODE and says PATTERN.
@@ -121,7 +121,7 @@ check "--profile: exit 0" test $? = 0
 check "--profile: prefill, KV transfer and decode points, all positive" node -e '
     const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     const pos = (a, ks) => a.every(x => ks.every(k => typeof x[k] === "number" && x[k] > 0));
-    process.exit(p.prefill.length === 6 && pos(p.prefill, ["tokens", "batch", "ms", "ttft_ms"])
+    process.exit(p.prefill.filter(x => !("cached" in x)).length === 6 && pos(p.prefill, ["tokens", "batch", "ms", "ttft_ms"])
                  && p.prefill.every(x => x.tokens <= 65) && p.decode.every(x => x.context <= 64 + 1 + 16)
                  && p.kv_transfer.length === 3 && p.decode.length === 6
                  && pos(p.decode, ["batch", "context", "ms"]) && p.n_prefill_workers === 1
@@ -131,6 +131,15 @@ check "--profile: interference factors measured on the 1P+1D cluster (decode ste
     console.log(`# interference ${JSON.stringify(i)}`);
     const r = (x) => typeof x === "number" && x >= 0.5 && x <= 10;
     process.exit(r(i.decode) && r(i.prefill) && i.decode_batch === 4 && i.prefill_tokens === 64 ? 0 : 1);' "$T/prof.json"
+# Passes after a cached prefix: [BOS] + K = 16 and 32 shared tokens + 16 of
+# their own; the worker reuses the prefix's whole blocks (16, 32 tokens) and
+# computes the other 17.
+check "--profile: passes after a cached prefix (K 16 and 32, 16 own tokens): 17 computed after 16 and 32 cached" node -e '
+    const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    const c = p.prefill.filter(x => "cached" in x);
+    console.log(`# cached points ${JSON.stringify(c)}; prefill_kv_blocks ${p.prefill_kv_blocks}`);
+    process.exit(c.map(x => x.tokens + "/" + x.cached).join(" ") === "17/16 17/32" &&
+                 c.every(x => x.ms > 0 && x.batch === 1) && p.prefill_kv_blocks === 1024 ? 0 : 1);' "$T/prof.json"
 "$PD_BIN/pd-plan" --profile "$T/prof.json" --request-rate 5 --input-len 32 --output-len 16 \
     --ttft-slo 1000 --tpot-slo 100 --max-workers 3 >"$T/plan.out" 2>&1
 check "pd-plan accepts the measured profile" test $? = 0

@@ -100,6 +100,7 @@ static void test_cluster(void **state)
     cs.workers = ws;
     cs.active_requests = 7;
     cs.queued_requests = 3;
+    cs.prefix_index_hashes = 42;
     char *t = pd_metrics_render(m, &cs);
     assert_non_null(t);
     expect_line(t, "pdserve:num_requests_running{model_name=\"m\"} 4");
@@ -111,6 +112,7 @@ static void test_cluster(void **state)
     expect_line(t, "pdserve:kv_transfer_bytes_total{model_name=\"m\"} 1000");
     expect_line(t, "pdserve:kv_transfer_seconds_count{model_name=\"m\"} 2");
     expect_line(t, "pdserve:kv_transfer_seconds_sum{model_name=\"m\"} 0.003000");
+    expect_line(t, "pdserve:prefix_index_hashes{model_name=\"m\"} 42");
     expect_line(t, "pdserve:workers{model_name=\"m\",role=\"prefill\",state=\"ready\"} 1");
     expect_line(t, "pdserve:workers{model_name=\"m\",role=\"decode\",state=\"ready\"} 0");
     expect_line(t, "pdserve:workers{model_name=\"m\",role=\"decode\",state=\"draining\"} 1");
