@@ -125,7 +125,7 @@ llama() {
 
 summary() {
     local name=$1
-    node -e '
+    LOAD=$(cut -d' ' -f1-3 /proc/loadavg) node -e '
         const fs = require("fs");
         const [name, file, stf] = process.argv.slice(1);
         const j = JSON.parse(fs.readFileSync(file, "utf8"));
@@ -145,7 +145,7 @@ summary() {
                     ` ratio_last_first ${(mt.median_ttft_ratio_last_first ?? NaN).toFixed(2)}` + extra;
         console.log(`${name.padEnd(16)} completed ${j.completed} ttft_p50_ms ${j.median_ttft_ms.toFixed(0)} ` +
                     `ttft_p99_ms ${j.p99_ttft_ms.toFixed(0)} goodput_rps ${(j.request_goodput ?? 0).toFixed(3)}` +
-                    ` throughput_rps ${j.request_throughput.toFixed(3)}${extra}`);
+                    ` throughput_rps ${j.request_throughput.toFixed(3)}${extra} load ${process.env.LOAD}`);
     ' "$name" "$LOGS/$name.json" "$LOGS/$name.status.json"
 }
 
