@@ -1,11 +1,13 @@
 /* bench.h -- pd-bench: load-test a pdserve cluster from one process
  * (libpdclient, async), or any OpenAI-compatible server.
  *
- *   pd-bench [--router ADDR] [-m MODEL.gguf] [--dataset random|file|sharegpt]
+ *   pd-bench [--router ADDR] [-m MODEL.gguf] [--dataset random|file|sharegpt|mooncake]
  *            [--dataset-path FILE] [--num-prompts N | --duration S]
  *            [--request-rate R|inf] [--burstiness B] [--max-concurrency C]
  *            [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]
  *            [--num-prefixes K] [--mooncake-block-size B]
+ *   pd-bench --dataset multi-turn [--num-conversations N] [--num-turns T]
+ *            [--user-tokens U] [--output-len O] [--think-time MS] ...
  *            [--ignore-eos] [--temperature T] [--seed S]
  *            [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]
  *            [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]
@@ -43,9 +45,19 @@
  * interrupted (Ctrl-C: the requests in flight are cancelled -- with --target
  * their connections closed -- and what finished is reported).
  *
+ * --dataset multi-turn: N conversations of T turns (client/chatconv.h); each
+ * turn's prompt is [BOS] + --prefix-len shared tokens + the conversation so
+ * far (user messages and the answers the server returned) + a new user
+ * message of --user-tokens; a conversation's next turn is sent when its
+ * previous answer has completed, after --think-time ms; conversations start
+ * by the arrival process (--request-rate, default all at once) and run
+ * concurrently (at most --max-concurrency requests in flight). The report
+ * adds TTFT median and p90 per turn index and turn T / turn 1.
+ *
  * The files: main.c (start, checks, the order of things), options.c (the
  * command line), dataset.c (the prompts), rng.c (random draws), run.c (the
- * load loop and the requests in flight), run_zmq.c (a pdserve router),
+ * load loop and the requests in flight), run_chat.c (the multi-turn loop),
+ * run_zmq.c (a pdserve router),
  * run_http.c (--target), metrics.c (the numbers), report.c (summary, JSON,
  * per-request records, plots), profile.c (--profile, for pd-plan).
  */
@@ -62,6 +74,7 @@
 #include <jansson.h>
 
 #include "base/clock.h"
+#include "chatconv.h"
 #include "httpc.h"
 #include "pdclient.h"
 #include "engine/tokenizer.h"
@@ -73,6 +86,7 @@
 
 #define BENCH_MAX_PROMPTS 10000000u    /* --num-prompts upper bound */
 #define BENCH_MAX_LEN 1000000u         /* token-length options upper bound */
+#define BENCH_MAX_CONVS 100000u        /* --num-conversations upper bound */
 #define BENCH_MAX_PCTS 16              /* --percentiles entries */
 #define BENCH_POLL_MS 50               /* longest poll wait (progress, Ctrl-C) */
 #define BENCH_PROGRESS_NS 200000000ull /* progress bar refresh, ns */
@@ -99,7 +113,7 @@ double rng_gamma(rng_t *r, double shape, double scale);
 
 /* ====== options.c ====== */
 
-typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT, DS_MOONCAKE } dataset_kind_t;
+typedef enum { DS_RANDOM, DS_FILE, DS_SHAREGPT, DS_MOONCAKE, DS_MULTITURN } dataset_kind_t;
 
 typedef struct {
     const char *router;
@@ -117,6 +131,9 @@ typedef struct {
     uint32_t input_len, output_len, prefix_len;
     uint32_t num_prefixes;       /* random dataset: distinct prefixes (1 = one shared) */
     uint32_t mooncake_block_size; /* tokens per trace hash id (0 = 512) */
+    uint32_t num_conversations, num_turns, user_tokens; /* --dataset multi-turn */
+    uint32_t think_time_ms;      /* multi-turn: pause after an answer before the next turn */
+    bool has_chat_opt;           /* one of the four above was given */
     bool has_output_len;
     double range_ratio;
     bool ignore_eos;
@@ -149,6 +166,7 @@ typedef struct {
     uint32_t prompt_len; /* tokens; 0 = unknown (taken from the router's usage) */
     uint32_t output_len; /* max_tokens */
     uint64_t at_ms;      /* arrival from the start (timed datasets) */
+    uint32_t conv, turn; /* multi-turn: conversation (0-based) and turn (1-based); turn 0 = not */
 } item_t;
 
 typedef struct {
@@ -174,6 +192,25 @@ int dataset_sharegpt(const opts_t *o, const pd_tok_t *tok, const int32_t *prefix
  * at its timestamps (d->timed). */
 int dataset_mooncake(const opts_t *o, const pd_tok_t *tok, uint32_t max_seq, dataset_t *d);
 
+/* --dataset multi-turn: the conversations, their user messages drawn before
+ * the run; the prompts (items of d) are built turn by turn as answers come. */
+typedef struct {
+    pd_chatconv_t *conv;        /* (n) */
+    size_t n;
+    uint32_t *out_len;          /* (n * turns) max_tokens of conversation k's turn t at [k * turns + t] */
+    size_t *req;                /* (n) b->reqs index + 1 of the turn in flight, 0 none */
+    uint64_t *ready_ns;         /* (n) when the next turn may be sent (absolute monotonic) */
+    bool *stopped;              /* (n) a turn failed: the conversation ends there */
+    uint32_t turns;
+    dataset_t items;            /* one item per request sent, in order */
+} chat_t;
+
+int dataset_multiturn(const opts_t *o, const pd_tok_t *tok, rng_t *rng, uint32_t max_seq,
+                      chat_t *ch);
+void chat_free(chat_t *ch);
+/* Item of the next turn of conversation k, pushed onto ch->items (its ids
+ * a fresh copy of the prompt). 0, or -1 when out of memory. */
+int chat_push_turn(chat_t *ch, size_t k);
 /* ====== run.c, run_zmq.c, run_http.c: the requests in flight ====== */
 
 typedef enum { REQ_PENDING = 0, REQ_INFLIGHT, REQ_DONE } req_state_t;
@@ -195,6 +232,12 @@ typedef struct {
     int finish;
     uint32_t usage_prompt, usage_completion, n_preemptions;
     uint64_t queue_us, router_ttft_us, router_e2e_us;
+    uint32_t conv, turn;        /* the item's (multi-turn), turn 0 = not */
+    bool keep;                  /* keep the output: out_ids (router) or out_text (--target) */
+    int32_t *out_ids;           /* (n_out, cap_out) output token ids */
+    size_t n_out, cap_out;
+    char *out_text;             /* (n_text, cap_text) output text, NUL-terminated */
+    size_t n_text, cap_text;
 } req_t;
 
 typedef struct {
@@ -214,6 +257,8 @@ typedef struct {
     size_t n_live, cap_live;
     struct pollfd *pfd;         /* (cap_pfd >= n_live) */
     size_t cap_pfd;
+    const dataset_t *ds;        /* the prompts requests were sent with (--save-requests) */
+    bool keep_output;           /* multi-turn: requests keep their output */
 } bench_t;
 
 /* Runs the load: arrivals by the gamma process, at most max_concurrency in
@@ -222,6 +267,12 @@ typedef struct {
  * message printed. */
 int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng);
 void bench_free(bench_t *b);
+/* --dataset multi-turn: the conversations' turns as answers arrive (run_chat.c). */
+int bench_run_chat(bench_t *b, pd_client_t *c, chat_t *ch, const pd_tok_t *tok, rng_t *rng);
+/* One step of a run: Ctrl-C handling (cancels what is in flight once; sets
+ * *drain_until), then waits up to wait_ms for chunks or HTTP events. 0, or
+ * -1 with a message printed. */
+int bench_step(bench_t *b, pd_client_t *c, int wait_ms, uint64_t *drain_until);
 req_t *bench_new_req(bench_t *b); /* the next zeroed slot of b->reqs (not counted yet), or NULL */
 int bench_map_put(bench_t *b, uint64_t id, size_t idx);
 req_t *bench_map_get(bench_t *b, uint64_t id);
@@ -282,6 +333,9 @@ json_t *report_json(const bench_t *b, const metrics_t *m, const char *model_id);
 int report_write_json(const char *path, bool append, json_t *j);
 int report_save_requests(const bench_t *b, const char *path);
 int report_plot(const bench_t *b, const metrics_t *m, const char *prefix);
+/* Multi-turn: TTFT median / p90 per turn index, turn T / turn 1 (stdout, JSON). */
+void report_turns(const bench_t *b, uint32_t turns);
+json_t *report_turns_json(const bench_t *b, uint32_t turns);
 
 /* ====== profile.c ====== */
 

@@ -388,3 +388,99 @@ int dataset_mooncake(const opts_t *o, const pd_tok_t *tok, uint32_t max_seq, dat
     pd_mooncake_free(r, n);
     return rc;
 }
+
+void chat_free(chat_t *ch)
+{
+    for (size_t k = 0; ch->conv && k < ch->n; k++)
+        pd_chatconv_free(&ch->conv[k]);
+    free(ch->conv);
+    free(ch->out_len);
+    free(ch->req);
+    free(ch->ready_ns);
+    free(ch->stopped);
+    dataset_free(&ch->items);
+    memset(ch, 0, sizeof *ch);
+}
+
+/* --dataset multi-turn: --num-conversations conversations of --num-turns
+ * turns; every conversation starts with [BOS] + the shared --prefix-len
+ * tokens; user messages of --user-tokens and answers of --output-len (both
+ * within --range-ratio) are drawn now. The last turn's prompt and output
+ * (head + every user message + every answer) must fit max_seq. */
+int dataset_multiturn(const opts_t *o, const pd_tok_t *tok, rng_t *rng, uint32_t max_seq,
+                      chat_t *ch)
+{
+    memset(ch, 0, sizeof *ch);
+    vocab_pick_t vp;
+    if (vocab_pick_init(&vp, tok) != 0) {
+        free(vp.ids);
+        fprintf(stderr, "pd-bench: the model's vocabulary has no plain tokens\n");
+        return -1;
+    }
+    uint32_t ulo, uhi, olo, ohi, T = o->num_turns;
+    len_range(o->user_tokens, o->range_ratio, &ulo, &uhi);
+    len_range(o->output_len, o->range_ratio, &olo, &ohi);
+    uint64_t worst = 1ull + o->prefix_len + (uint64_t)T * (uhi + ohi);
+    if (max_seq && worst > max_seq) {
+        fprintf(stderr,
+                "pd-bench: --dataset multi-turn: BOS + --prefix-len %u + %u turns of up to %u user "
+                "and %u answer tokens = %llu tokens exceed the server's context of %u\n",
+                o->prefix_len, T, uhi, ohi, (unsigned long long)worst, max_seq);
+        free(vp.ids);
+        return -1;
+    }
+    size_t n = o->num_conversations;
+    bool bos = pd_tok_add_bos(tok) && pd_tok_bos(tok) >= 0;
+    size_t n_head = (bos ? 1 : 0) + o->prefix_len;
+    int32_t *head = malloc((n_head + 1) * sizeof *head), *msg = malloc((size_t)uhi * sizeof *msg);
+    ch->conv = calloc(n, sizeof *ch->conv);
+    ch->out_len = calloc(n * T, sizeof *ch->out_len);
+    ch->req = calloc(n, sizeof *ch->req);
+    ch->ready_ns = calloc(n, sizeof *ch->ready_ns);
+    ch->stopped = calloc(n, sizeof *ch->stopped);
+    ch->n = n;
+    ch->turns = T;
+    int rc = head && msg && ch->conv && ch->out_len && ch->req && ch->ready_ns && ch->stopped ? 0 : -1;
+    pd_err_t err = { 0 };
+    size_t h = 0;
+    if (rc == 0 && bos)
+        head[h++] = pd_tok_bos(tok);
+    for (; rc == 0 && h < n_head; h++)
+        head[h] = vp.ids[rng_next(rng) % vp.n];
+    for (size_t k = 0; rc == 0 && k < n; k++) {
+        rc = pd_chatconv_init(&ch->conv[k], head, n_head, T, ohi, &err);
+        for (uint32_t t = 0; rc == 0 && t < T; t++) {
+            uint32_t len = rng_range(rng, ulo, uhi);
+            for (uint32_t j = 0; j < len; j++)
+                msg[j] = vp.ids[rng_next(rng) % vp.n];
+            rc = pd_chatconv_add_user(&ch->conv[k], msg, len, &err);
+            ch->out_len[k * T + t] = rng_range(rng, olo, ohi);
+        }
+    }
+    if (rc != 0) {
+        fprintf(stderr, "pd-bench: --dataset multi-turn: %s\n", err.code ? err.msg : "out of memory");
+        chat_free(ch);
+    }
+    free(head);
+    free(msg);
+    free(vp.ids);
+    return rc ? -1 : 0;
+}
+
+int chat_push_turn(chat_t *ch, size_t k)
+{
+    pd_chatconv_t *cv = &ch->conv[k];
+    item_t *it = dataset_push(&ch->items);
+    if (it == NULL)
+        return -1;
+    pd_err_t err = { 0 };
+    if (pd_chatconv_prompt(cv, &it->ids, &it->n_ids, &err) != 0) {
+        ch->items.n--;
+        return -1;
+    }
+    it->prompt_len = (uint32_t)it->n_ids;
+    it->output_len = ch->out_len[k * ch->turns + cv->turn];
+    it->conv = (uint32_t)k;
+    it->turn = cv->turn + 1;
+    return 0;
+}

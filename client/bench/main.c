@@ -77,6 +77,7 @@ int main(int argc, char **argv)
     pd_cluster_status_t *cs = NULL;
     dataset_t ds = { 0 };
     int32_t *prefix = NULL;
+    chat_t chat = { 0 };
     bench_t b = { .o = &o };
     metrics_t m = { 0 };
     pd_err_t err = { 0 };
@@ -146,6 +147,11 @@ have_server:
     prefix = malloc(((size_t)o.prefix_len + 1) * sizeof *prefix);
     if (prefix == NULL)
         goto done;
+    if (o.dataset == DS_MULTITURN) {
+        if (dataset_multiturn(&o, tok, &rng, cs->max_seq_len, &chat) != 0)
+            goto done;
+        goto have_dataset;
+    }
     int drc = o.dataset == DS_RANDOM ? dataset_random(&o, tok, &rng, prefix, cs->max_seq_len, &ds)
               : o.dataset == DS_FILE ? dataset_file(&o, tok, prefix, &ds)
               : o.dataset == DS_MOONCAKE ? dataset_mooncake(&o, tok, cs->max_seq_len, &ds)
@@ -154,26 +160,39 @@ have_server:
         goto done;
     if (o.dataset != DS_RANDOM && !o.has_num_prompts && o.duration_s == 0)
         o.num_prompts = (uint32_t)ds.n; /* the whole file */
+    b.ds = &ds;
 
+have_dataset:;
     char rate[32], conc[32];
     snprintf(rate, sizeof rate, isinf(o.rate) ? "inf" : "%g", o.rate);
     snprintf(conc, sizeof conc, o.max_concurrency ? "%u" : "unlimited", o.max_concurrency);
-    fprintf(stderr,
-            "pd-bench: %s, model %s, %zu distinct prompts, request rate %s/s, burstiness %g "
-            "(%s), max concurrency %s\n",
-            o.target ? o.target : o.router, cs->model_name, ds.n, rate, o.burstiness,
-            o.burstiness == 1.0 ? "Poisson" : "gamma", conc);
+    if (o.dataset == DS_MULTITURN)
+        fprintf(stderr,
+                "pd-bench: %s, model %s, %u conversations of %u turns (think time %u ms), "
+                "conversation starts at %s/s, burstiness %g, max concurrency %s\n",
+                o.target ? o.target : o.router, cs->model_name, o.num_conversations, o.num_turns,
+                o.think_time_ms, rate, o.burstiness, conc);
+    else
+        fprintf(stderr,
+                "pd-bench: %s, model %s, %zu distinct prompts, request rate %s/s, burstiness %g "
+                "(%s), max concurrency %s\n",
+                o.target ? o.target : o.router, cs->model_name, ds.n, rate, o.burstiness,
+                o.burstiness == 1.0 ? "Poisson" : "gamma", conc);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    if (bench_run(&b, c, &ds, &rng) != 0 || metrics_compute(&b, &m) != 0) {
+    int rrc = o.dataset == DS_MULTITURN ? bench_run_chat(&b, c, &chat, tok, &rng)
+                                        : bench_run(&b, c, &ds, &rng);
+    if (rrc != 0 || metrics_compute(&b, &m) != 0) {
         status = EXIT_FAILED;
         goto done;
     }
     report_summary(&b, &m);
+    if (o.dataset == DS_MULTITURN)
+        report_turns(&b, o.num_turns);
     status = 0;
     if (m.completed == 0) {
         fprintf(stderr, "pd-bench: all requests failed%s%s\n",
@@ -182,6 +201,8 @@ have_server:
     }
     if (o.json_path) {
         json_t *j = report_json(&b, &m, cs->model_name);
+        if (j && o.dataset == DS_MULTITURN)
+            json_object_set_new(j, "multi_turn", report_turns_json(&b, o.num_turns));
         if (j == NULL || report_write_json(o.json_path, o.append, j) != 0)
             status = EXIT_FAILED;
         json_decref(j);
@@ -197,6 +218,7 @@ done:
     bench_free(&b);
     free(prefix);
     dataset_free(&ds);
+    chat_free(&chat);
     pd_cluster_status_free(cs);
     pd_client_free(c);
     pd_tok_free(tok);

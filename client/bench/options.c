@@ -12,11 +12,14 @@
 void bench_usage(FILE *f)
 {
     fprintf(f,
-            "usage: pd-bench [--router ADDR] [-m MODEL.gguf] [--dataset random|file|sharegpt]\n"
+            "usage: pd-bench [--router ADDR] [-m MODEL.gguf]\n"
+            "                [--dataset random|file|sharegpt|mooncake|multi-turn]\n"
             "                [--dataset-path FILE] [--num-prompts N | --duration S]\n"
             "                [--request-rate R|inf] [--burstiness B] [--max-concurrency C]\n"
             "                [--input-len I] [--output-len O] [--range-ratio X] [--prefix-len P]\n"
             "                [--num-prefixes K] [--mooncake-block-size B]\n"
+            "                [--num-conversations N] [--num-turns T] [--user-tokens U]\n"
+            "                [--think-time MS]   (--dataset multi-turn)\n"
             "                [--ignore-eos] [--temperature T] [--seed S]\n"
             "                [--goodput ttft:MS [tpot:MS] [e2el:MS]] [--percentiles 50,90,99]\n"
             "                [--json FILE [--append]] [--save-requests FILE] [--plot PREFIX]\n"
@@ -109,6 +112,9 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
     o->progress = isatty(2);
     o->profile_max_batch = 16;
     o->profile_max_context = 512;
+    o->num_conversations = 8;
+    o->num_turns = 6;
+    o->user_tokens = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -144,9 +150,11 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
                 o->dataset = DS_SHAREGPT;
             else if (!strcmp(v, "mooncake"))
                 o->dataset = DS_MOONCAKE;
+            else if (!strcmp(v, "multi-turn") || !strcmp(v, "multi_turn"))
+                o->dataset = DS_MULTITURN;
             else {
                 fprintf(stderr, "pd-bench: --dataset: unknown dataset '%s' (random, file, sharegpt, "
-                        "mooncake)\n",
+                        "mooncake, multi-turn)\n",
                         v);
                 return -1;
             }
@@ -210,6 +218,26 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
             NEED_VALUE;
             if (parse_u32(a, v, 0, BENCH_MAX_LEN, &o->prefix_len) != 0)
                 return -1;
+        } else if (!strcmp(a, "--num-conversations")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, BENCH_MAX_CONVS, &o->num_conversations) != 0)
+                return -1;
+            o->has_chat_opt = true;
+        } else if (!strcmp(a, "--num-turns")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, PD_CHATCONV_MAX_TURNS, &o->num_turns) != 0)
+                return -1;
+            o->has_chat_opt = true;
+        } else if (!strcmp(a, "--user-tokens")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 1, BENCH_MAX_LEN, &o->user_tokens) != 0)
+                return -1;
+            o->has_chat_opt = true;
+        } else if (!strcmp(a, "--think-time")) {
+            NEED_VALUE;
+            if (parse_u32(a, v, 0, 3600000, &o->think_time_ms) != 0)
+                return -1;
+            o->has_chat_opt = true;
         } else if (!strcmp(a, "--ignore-eos")) {
             o->ignore_eos = true;
         } else if (!strcmp(a, "--temperature")) {
@@ -278,7 +306,27 @@ int bench_parse_args(int argc, char **argv, opts_t *o)
         }
 #undef NEED_VALUE
     }
-    if (o->dataset != DS_RANDOM && o->dataset_path == NULL) {
+    if (o->dataset == DS_MULTITURN) {
+        if (o->has_num_prompts || o->duration_s > 0 || o->num_prefixes > 1 || o->dataset_path ||
+            o->profile_path) {
+            fprintf(stderr, "pd-bench: --dataset multi-turn sends --num-conversations x "
+                            "--num-turns requests: not with --num-prompts, --duration, "
+                            "--num-prefixes, --dataset-path or --profile\n");
+            return -1;
+        }
+        uint64_t total = (uint64_t)o->num_conversations * o->num_turns;
+        if (total > BENCH_MAX_PROMPTS) {
+            fprintf(stderr, "pd-bench: --num-conversations x --num-turns = %llu requests, more "
+                            "than %u\n", (unsigned long long)total, BENCH_MAX_PROMPTS);
+            return -1;
+        }
+        o->num_prompts = (uint32_t)total;
+    } else if (o->has_chat_opt) {
+        fprintf(stderr, "pd-bench: --num-conversations, --num-turns, --user-tokens and "
+                        "--think-time are for --dataset multi-turn\n");
+        return -1;
+    }
+    if (o->dataset != DS_RANDOM && o->dataset != DS_MULTITURN && o->dataset_path == NULL) {
         fprintf(stderr, "pd-bench: --dataset %s needs --dataset-path FILE\n",
                 o->dataset == DS_FILE ? "file" : o->dataset == DS_MOONCAKE ? "mooncake" : "sharegpt");
         return -1;

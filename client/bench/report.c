@@ -80,7 +80,7 @@ static void set_num(json_t *o, const char *k, double v)
 json_t *report_json(const bench_t *b, const metrics_t *m, const char *model_id)
 {
     const opts_t *o = b->o;
-    static const char *const DS[] = { "random", "file", "sharegpt", "mooncake" };
+    static const char *const DS[] = { "random", "file", "sharegpt", "mooncake", "multi-turn" };
     json_t *j = json_object();
     char date[32];
     time_t now = time(NULL);
@@ -178,6 +178,110 @@ int report_write_json(const char *path, bool append, json_t *j)
     return 0;
 }
 
+static json_t *ids_json(const int32_t *ids, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t k = 0; k < n; k++)
+        json_array_append_new(a, json_integer(ids[k]));
+    return a;
+}
+
+/* A multi-turn request's record: its conversation and turn, the prompt's
+ * ids, the answer (ids from the router; text with --target). */
+static void save_turn(const bench_t *b, const req_t *r, json_t *j)
+{
+    json_object_set_new(j, "conversation", json_integer(r->conv));
+    json_object_set_new(j, "turn", json_integer(r->turn));
+    const item_t *it = b->ds && r->item < b->ds->n ? &b->ds->items[r->item] : NULL;
+    if (it)
+        json_object_set_new(j, "prompt_ids", ids_json(it->ids, it->n_ids));
+    if (!b->http)
+        json_object_set_new(j, "output_ids", ids_json(r->out_ids, r->n_out));
+    else
+        json_object_set_new(j, "output_text", json_stringn(r->out_text ? r->out_text : "",
+                                                           r->n_text));
+}
+
+/* TTFT of the completed requests of one turn, sorted (*n of them); NULL
+ * when out of memory. */
+static double *turn_ttfts(const bench_t *b, uint32_t turn, size_t *n)
+{
+    double *v = malloc((b->n_reqs ? b->n_reqs : 1) * sizeof *v);
+    *n = 0;
+    for (size_t i = 0; v && i < b->n_reqs; i++) {
+        const req_t *r = &b->reqs[i];
+        if (r->turn == turn && r->state == REQ_DONE && r->ok && r->n_tok > 0)
+            v[(*n)++] = bench_req_ttft_ms(r);
+    }
+    if (v)
+        qsort(v, *n, sizeof *v, bench_cmp_double);
+    return v;
+}
+
+/* Median and p90 TTFT of one turn (NAN when none completed). */
+static size_t turn_stats(const bench_t *b, uint32_t turn, double *p50, double *p90)
+{
+    size_t n = 0;
+    double *v = turn_ttfts(b, turn, &n);
+    *p50 = v && n ? bench_percentile(v, n, 50) : NAN;
+    *p90 = v && n ? bench_percentile(v, n, 90) : NAN;
+    free(v);
+    return n;
+}
+
+void report_turns(const bench_t *b, uint32_t turns)
+{
+    print_title(" Multi-turn TTFT by turn ", '-');
+    printf("%-6s %-10s %-18s %-18s\n", "Turn", "Completed", "Median TTFT (ms)", "P90 TTFT (ms)");
+    double first50 = NAN, first90 = NAN, last50 = NAN, last90 = NAN;
+    for (uint32_t t = 1; t <= turns; t++) {
+        double p50, p90;
+        size_t n = turn_stats(b, t, &p50, &p90);
+        printf("%-6u %-10zu %-18.2f %-18.2f\n", t, n, p50, p90);
+        if (t == 1)
+            first50 = p50, first90 = p90;
+        if (t == turns)
+            last50 = p50, last90 = p90;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "Median TTFT turn %u / turn 1:", turns);
+    print_row_f(name, last50 / first50);
+    snprintf(name, sizeof name, "P90 TTFT turn %u / turn 1:", turns);
+    print_row_f(name, last90 / first90);
+    print_title("", '=');
+    fflush(stdout);
+}
+
+json_t *report_turns_json(const bench_t *b, uint32_t turns)
+{
+    const opts_t *o = b->o;
+    json_t *j = json_object(), *arr = json_array();
+    json_object_set_new(j, "num_conversations", json_integer(o->num_conversations));
+    json_object_set_new(j, "num_turns", json_integer(turns));
+    json_object_set_new(j, "user_tokens", json_integer(o->user_tokens));
+    json_object_set_new(j, "output_len", json_integer(o->output_len));
+    json_object_set_new(j, "think_time_ms", json_integer(o->think_time_ms));
+    double first50 = NAN, first90 = NAN, last50 = NAN, last90 = NAN;
+    for (uint32_t t = 1; t <= turns; t++) {
+        double p50, p90;
+        size_t n = turn_stats(b, t, &p50, &p90);
+        json_t *e = json_object();
+        json_object_set_new(e, "turn", json_integer(t));
+        json_object_set_new(e, "completed", json_integer((json_int_t)n));
+        set_num(e, "median_ttft_ms", p50);
+        set_num(e, "p90_ttft_ms", p90);
+        json_array_append_new(arr, e);
+        if (t == 1)
+            first50 = p50, first90 = p90;
+        if (t == turns)
+            last50 = p50, last90 = p90;
+    }
+    json_object_set_new(j, "turns", arr);
+    set_num(j, "median_ttft_ratio_last_first", last50 / first50);
+    set_num(j, "p90_ttft_ratio_last_first", last90 / first90);
+    return j;
+}
+
 /* --save-requests: one JSON object per line and request, in submit order.
  * Times in ms; token_times_ms are relative to the request's send. */
 int report_save_requests(const bench_t *b, const char *path)
@@ -224,6 +328,8 @@ int report_save_requests(const bench_t *b, const char *path)
         json_object_set_new(rt, "e2e_us", json_integer((json_int_t)r->router_e2e_us));
         json_object_set_new(rt, "preemptions", json_integer(r->n_preemptions));
         json_object_set_new(j, "router", rt);
+        if (r->turn > 0) /* multi-turn: what was sent and what came back */
+            save_turn(b, r, j);
         if (json_dumpf(j, f, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10)) != 0 ||
             fputc('\n', f) == EOF)
             rc = -1;

@@ -103,6 +103,41 @@ static void progress(const bench_t *b, size_t total, bool final)
         fputc('\n', stderr);
 }
 
+/* Ctrl-C: cancels every request in flight (once) and gives their final
+ * chunks BENCH_DRAIN_MS. */
+static void bench_interrupt(bench_t *b, pd_client_t *c, uint64_t *drain_until)
+{
+    b->interrupted = true;
+    if (b->http)
+        run_http_cancel(b);
+    if (c)
+        run_zmq_cancel(b, c);
+    *drain_until = pd_now_ns() + BENCH_DRAIN_MS * 1000000ull;
+}
+
+int bench_step(bench_t *b, pd_client_t *c, int wait_ms, uint64_t *drain_until)
+{
+    if (g_interrupted && !b->interrupted)
+        bench_interrupt(b, c, drain_until);
+    pd_err_t err = { 0 };
+    if (b->inflight > 0 || wait_ms > 0) {
+        int rc = 0;
+        if (b->inflight > 0 && b->http)
+            run_http_poll(b, wait_ms);
+        else if (b->inflight > 0)
+            rc = run_zmq_poll(b, c, wait_ms, &err);
+        if (rc < 0) {
+            fprintf(stderr, "pd-bench: %s\n", err.msg);
+            return -1;
+        }
+        if (b->inflight == 0 && wait_ms > 0) {
+            struct timespec ts = { 0, (long)wait_ms * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+    }
+    return 0;
+}
+
 /* Runs the load: arrivals by the gamma process, at most max_concurrency in
  * flight, until num_prompts are done or --duration has passed, or Ctrl-C. */
 int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
@@ -125,15 +160,10 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
     uint64_t drain_until = 0;
     for (;;) {
         uint64_t t = pd_now_ns();
-        if (g_interrupted && !b->interrupted) {
-            b->interrupted = true;
+        if (g_interrupted && !b->interrupted)
+            bench_interrupt(b, c, &drain_until);
+        if (b->interrupted) /* here or in bench_step */
             stop_submitting = true;
-            if (b->http)
-                run_http_cancel(b);
-            if (c)
-                run_zmq_cancel(b, c);
-            drain_until = t + BENCH_DRAIN_MS * 1000000ull;
-        }
         if (by_duration && t - b->start_ns >= dur_ns)
             stop_submitting = true;
         while (!stop_submitting && next < limit && t >= next_at &&
@@ -163,22 +193,8 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
             if (ms < (uint64_t)wait_ms)
                 wait_ms = (int)ms;
         }
-        pd_err_t err = { 0 };
-        if (b->inflight > 0 || wait_ms > 0) {
-            int rc = 0;
-            if (b->inflight > 0 && b->http)
-                run_http_poll(b, wait_ms);
-            else if (b->inflight > 0)
-                rc = run_zmq_poll(b, c, wait_ms, &err);
-            if (rc < 0) {
-                fprintf(stderr, "pd-bench: %s\n", err.msg);
-                return -1;
-            }
-            if (b->inflight == 0 && wait_ms > 0) {
-                struct timespec ts = { 0, (long)wait_ms * 1000000L };
-                nanosleep(&ts, NULL);
-            }
-        }
+        if (bench_step(b, c, wait_ms, &drain_until) != 0)
+            return -1;
         if (o->progress && pd_now_ns() - last_bar > BENCH_PROGRESS_NS) {
             last_bar = pd_now_ns();
             progress(b, limit == SIZE_MAX ? 0 : limit, false);
@@ -197,6 +213,8 @@ void bench_free(bench_t *b)
         free(b->reqs[i].tok_ns);
         free(b->reqs[i].chunk_ns);
         free(b->reqs[i].error);
+        free(b->reqs[i].out_ids);
+        free(b->reqs[i].out_text);
         pd_httpc_conn_free(b->reqs[i].conn);
     }
     free(b->live);

@@ -38,6 +38,15 @@ static int on_sse(void *user, const char *data, size_t len)
         const char *text = json_string_value(json_object_get(c0, "text"));
         if (text && *text && bench_push_ns(&r->chunk_ns, &r->n_chunks, &r->cap_chunks, t) != 0)
             bench_req_fail(r, "%s%s", "out of memory", "");
+        size_t tl = text ? strlen(text) : 0;
+        if (tl && r->keep) {
+            if (pd_grow((void **)&r->out_text, &r->cap_text, r->n_text + tl + 1, 1, 256) != 0) {
+                bench_req_fail(r, "%s%s", "out of memory", "");
+            } else {
+                memcpy(r->out_text + r->n_text, text, tl + 1);
+                r->n_text += tl;
+            }
+        }
         const char *fr = json_string_value(json_object_get(c0, "finish_reason"));
         if (fr)
             r->finish = !strcmp(fr, "length")  ? PD_FINISH_LENGTH
@@ -160,6 +169,9 @@ int run_http_submit(bench_t *b, const dataset_t *d, size_t i)
     const item_t *it = &d->items[r->item];
     r->prompt_len = it->prompt_len;
     r->expected_len = it->output_len;
+    r->conv = it->conv;
+    r->turn = it->turn;
+    r->keep = b->keep_output;
     size_t len;
     char *body = http_body(b, it, i, &len);
     if (body == NULL)

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "base/grow.h"
 
 static int on_chunk(const pd_chunk_t *ch, void *user)
 {
@@ -19,6 +20,13 @@ static int on_chunk(const pd_chunk_t *ch, void *user)
         for (size_t k = 0; k < ch->n_tokens; k++)
             if (bench_push_ns(&r->tok_ns, &r->n_tok, &r->cap_tok, t) != 0)
                 bench_req_fail(r, "%s%s", "out of memory", "");
+        if (r->keep && pd_grow((void **)&r->out_ids, &r->cap_out, r->n_out + ch->n_tokens,
+                               sizeof *r->out_ids, 64) != 0)
+            bench_req_fail(r, "%s%s", "out of memory", "");
+        else if (r->keep) {
+            memcpy(r->out_ids + r->n_out, ch->tokens, ch->n_tokens * sizeof *ch->tokens);
+            r->n_out += ch->n_tokens;
+        }
     }
     if (!ch->is_final)
         return 0;
@@ -53,6 +61,9 @@ int run_zmq_submit(bench_t *b, pd_client_t *c, const dataset_t *d, size_t i)
     const item_t *it = &d->items[r->item];
     r->prompt_len = it->prompt_len;
     r->expected_len = it->output_len;
+    r->conv = it->conv;
+    r->turn = it->turn;
+    r->keep = b->keep_output;
     pd_gen_request_t g;
     pd_gen_request_default(&g);
     if (it->ids) {
