@@ -37,20 +37,11 @@
 #include <xxhash.h>
 
 #include "runtime/net.h"
+#include "interrupt.h"
 #include "pdclient.h"
 
 #define CLI_MAX_STOP 16
 #define CLI_MAX_TOKENS 65536
-
-static volatile sig_atomic_t g_interrupted; /* Ctrl-C count (signal handler) */
-
-static void on_sigint(int sig)
-{
-    (void)sig;
-    g_interrupted++;
-    if (g_interrupted >= 2)
-        _exit(130);
-}
 
 static void usage(void)
 {
@@ -290,10 +281,7 @@ static int cmd_generate(const char *router, int argc, char **argv)
     }
     if (timeout_ms)
         pd_client_set_timeout(c, timeout_ms);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
+    pd_interrupt_install();
     gen_state_t st = { .json = json };
     uint64_t id = 0;
     int rc = pd_client_submit(c, &req, &id, &err);
@@ -304,7 +292,7 @@ static int cmd_generate(const char *router, int argc, char **argv)
     }
     bool cancel_sent = false;
     while (!st.done) {
-        if (g_interrupted && !cancel_sent) {
+        if (pd_interrupted && !cancel_sent) {
             pd_client_cancel(c, id, NULL);
             cancel_sent = true;
         }

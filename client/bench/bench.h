@@ -76,13 +76,14 @@
 #include "base/clock.h"
 #include "chatconv.h"
 #include "httpc.h"
+#include "interrupt.h"
 #include "pdclient.h"
 #include "engine/tokenizer.h"
 
 #define EXIT_FAILED 1
 #define EXIT_USAGE 2
 #define EXIT_UNREACHABLE 3
-#define EXIT_INTERRUPTED 130
+#define EXIT_INTERRUPTED PD_EXIT_INTERRUPTED
 
 #define BENCH_MAX_PROMPTS 10000000u    /* --num-prompts upper bound */
 #define BENCH_MAX_LEN 1000000u         /* token-length options upper bound */
@@ -95,8 +96,7 @@
 #define SHAREGPT_MAX_PROMPT 1024       /* ... max prompt tokens */
 #define SHAREGPT_MAX_TOTAL 2048        /* ... max prompt + output tokens */
 
-/* Ctrl-C count (main.c's signal handler): the load loop stops at the first. */
-extern volatile sig_atomic_t g_interrupted;
+/* Ctrl-C: pd_interrupted (interrupt.h); the load loop stops at the first. */
 
 
 /* ====== rng.c: xoshiro256**, seeded by splitmix64 ====== */

@@ -11,16 +11,6 @@
 #include "bench.h"
 #include "engine/gguf.h"
 
-volatile sig_atomic_t g_interrupted; /* Ctrl-C count (signal handler) */
-
-static void on_sigint(int sig)
-{
-    (void)sig;
-    g_interrupted++;
-    if (g_interrupted >= 2)
-        _exit(EXIT_INTERRUPTED);
-}
-
 /* Fails early (before any load) on an output file that cannot be written:
  * opens it for appending, which creates it but changes nothing. */
 static int check_writable(const char *opt, const char *path)
@@ -85,6 +75,8 @@ int main(int argc, char **argv)
     char base[540];
     rng_t rng;
     rng_seed(&rng, o.seed);
+    /* From the start: a Ctrl-C while loading or connecting ends with 130 too. */
+    pd_interrupt_install();
 
     if (o.dataset_path && access(o.dataset_path, R_OK) != 0) {
         fprintf(stderr, "pd-bench: --dataset-path %s: %s\n", o.dataset_path, strerror(errno));
@@ -178,12 +170,6 @@ have_dataset:;
                 "(%s), max concurrency %s\n",
                 o.target ? o.target : o.router, cs->model_name, ds.n, rate, o.burstiness,
                 o.burstiness == 1.0 ? "Poisson" : "gamma", conc);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_sigint;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
     int rrc = o.dataset == DS_MULTITURN ? bench_run_chat(&b, c, &chat, tok, &rng)
                                         : bench_run(&b, c, &ds, &rng);
     if (rrc != 0 || metrics_compute(&b, &m) != 0) {
@@ -214,6 +200,10 @@ have_dataset:;
     if (b.interrupted)
         status = EXIT_INTERRUPTED;
 done:
+    if (pd_interrupted && !b.interrupted) { /* while loading, connecting or profiling */
+        fprintf(stderr, "pd-bench: interrupted\n");
+        status = EXIT_INTERRUPTED;
+    }
     metrics_free(&m);
     bench_free(&b);
     free(prefix);

@@ -117,7 +117,7 @@ static void bench_interrupt(bench_t *b, pd_client_t *c, uint64_t *drain_until)
 
 int bench_step(bench_t *b, pd_client_t *c, int wait_ms, uint64_t *drain_until)
 {
-    if (g_interrupted && !b->interrupted)
+    if (pd_interrupted && !b->interrupted)
         bench_interrupt(b, c, drain_until);
     pd_err_t err = { 0 };
     if (b->inflight > 0 || wait_ms > 0) {
@@ -160,7 +160,7 @@ int bench_run(bench_t *b, pd_client_t *c, const dataset_t *d, rng_t *rng)
     uint64_t drain_until = 0;
     for (;;) {
         uint64_t t = pd_now_ns();
-        if (g_interrupted && !b->interrupted)
+        if (pd_interrupted && !b->interrupted)
             bench_interrupt(b, c, &drain_until);
         if (b->interrupted) /* here or in bench_step */
             stop_submitting = true;

@@ -277,7 +277,7 @@ int run_http_models(const opts_t *o, const pd_httpc_url_t *u, const char *base, 
         int ms = (int)((until - t) / 1000000ull) + 1;
         if (poll(&pf, 1, ms > BENCH_POLL_MS ? BENCH_POLL_MS : ms) > 0)
             rc = pd_httpc_conn_io(c, pf.revents, NULL, NULL, &err);
-        if (g_interrupted)
+        if (pd_interrupted)
             rc = pd_err_set(&err, PD_EIO, "interrupted");
     }
     if (rc < 0) {
