@@ -12,6 +12,7 @@
 #include "base/clock.h"
 #include "base/log.h"
 #include "prefill_internal.h"
+#include "runtime/addr.h"
 
 /* ====== Sockets ====== */
 
@@ -34,6 +35,7 @@ pf_egress_t *pf_egress_get(pd_prefill_t *p, const char *endpoint)
         }
         snprintf(eg->endpoint, sizeof eg->endpoint, "%s", endpoint);
         eg->sock = NULL;
+        eg->peer = false;
     }
     if (eg->sock == NULL) {
         pd_net_opts_t o;
@@ -53,6 +55,43 @@ pf_egress_t *pf_egress_get(pd_prefill_t *p, const char *endpoint)
     return eg;
 }
 
+bool pf_egress_ready(pd_prefill_t *p, const char *endpoint)
+{
+    pf_egress_t *eg = pf_egress_get(p, endpoint);
+    int events = 0;
+    size_t len = sizeof events;
+    if (eg == NULL || zmq_getsockopt(eg->sock, ZMQ_EVENTS, &events, &len) != 0)
+        return false;
+    return (events & ZMQ_POLLOUT) != 0;
+}
+
+void pf_on_peers(pd_prefill_t *p, const Pd__KvPeers *k)
+{
+    for (uint32_t i = 0; i < p->n_egress; i++)
+        p->egress[i].peer = false;
+    size_t n = k->n_kv_endpoints, n_ok = 0;
+    if (n > PF_MAX_EGRESS) {
+        PD_WARN("event=kv_peers_truncated n=%zu kept=%d", n, PF_MAX_EGRESS);
+        n = PF_MAX_EGRESS;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *ep = k->kv_endpoints[i];
+        char why[128] = "too long";
+        if (ep == NULL || strlen(ep) >= PD_CFG_STR ||
+            !pd_addr_check_announced(ep, why, sizeof why)) {
+            PD_WARN("event=bad_kv_peer index=%zu msg=\"%s\"", i, why); /* not echoed */
+            continue;
+        }
+        pf_egress_t *eg = pf_egress_get(p, ep);
+        if (eg == NULL)
+            continue; /* logged; a task naming it connects again */
+        eg->peer = true;
+        n_ok++;
+        PD_DEBUG("event=kv_peer endpoint=%s", ep);
+    }
+    PD_INFO("event=kv_peers n=%zu connecting=%zu", k->n_kv_endpoints, n_ok);
+}
+
 /* Drops the socket and everything queued in it (a lost decode worker):
  * ZeroMQ then releases the zero-copy frames it held. */
 void pf_egress_reset(pd_prefill_t *p, const char *endpoint)
@@ -66,17 +105,23 @@ void pf_egress_reset(pd_prefill_t *p, const char *endpoint)
         }
 }
 
-/* Closes egress sockets that no task uses and that shipped nothing for
- * PF_EGRESS_IDLE_MS: a decode worker that died or left (a restarted one
- * has another endpoint) must not keep a socket, its descriptors and
- * ZeroMQ's reconnect attempts here forever, nor its slot in egress[]
- * (with all PF_MAX_EGRESS slots holding sockets nothing could ship to a
- * new endpoint). A live decode worker's socket is simply made again. */
+/* Closes egress sockets that no task uses, that shipped nothing for
+ * PF_EGRESS_IDLE_MS and that the router no longer lists as peers: a
+ * decode worker that died or left (a restarted one has another endpoint)
+ * must not keep a socket, its descriptors and ZeroMQ's reconnect attempts
+ * here forever, nor its slot in egress[] (with all PF_MAX_EGRESS slots
+ * holding sockets nothing could ship to a new endpoint). A listed peer's
+ * socket stays (and is made again after a reset): the next stream to it
+ * then finds it connected. */
 static void egress_close_idle(pd_prefill_t *p, uint64_t now)
 {
     for (uint32_t i = 0; i < p->n_egress; i++) {
         pf_egress_t *eg = &p->egress[i];
-        if (eg->sock == NULL || now - eg->last_used_ms < PF_EGRESS_IDLE_MS)
+        if (eg->peer && eg->sock == NULL && now - eg->last_used_ms >= PF_EGRESS_RETRY_MS) {
+            eg->last_used_ms = now; /* a failed connect is tried again, not every turn */
+            pf_egress_get(p, eg->endpoint);
+        }
+        if (eg->peer || eg->sock == NULL || now - eg->last_used_ms < PF_EGRESS_IDLE_MS)
             continue;
         bool busy = false;
         for (size_t k = 0; k < p->n_tasks && !busy; k++)

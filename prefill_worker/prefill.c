@@ -171,11 +171,18 @@ static void on_task(void *self, const Pd__Msg *msg)
     atomic_init(&t->frames_out, 0);
     p->tasks[p->n_tasks++] = t;
     /* A stream's first layer can go out only on a connected socket (our
-     * DEALERs queue nothing for a peer not there yet): connect now. */
-    if (pf_streams(p, t))
-        pf_egress_get(p, t->kv_endpoint);
-    PD_DEBUG("event=prefill_task req=%llu epoch=%u tokens=%u decode=%s", (unsigned long long)req,
-             t->epoch, t->n_tokens, t->decode_id);
+     * DEALERs queue nothing for a peer not there yet). The router's
+     * KvPeers connected it already; if not (a peer not listed yet, or a
+     * reset), connect now: the first pass waits for it (pf_stream_wait). */
+    int connected = -1; /* not streamed */
+    if (pf_streams(p, t)) {
+        connected = pf_egress_ready(p, t->kv_endpoint);
+        if (!connected)
+            PD_INFO("event=kv_stream_unconnected req=%llu epoch=%u endpoint=%s",
+                    (unsigned long long)req, t->epoch, t->kv_endpoint);
+    }
+    PD_DEBUG("event=prefill_task req=%llu epoch=%u tokens=%u decode=%s kv_connected=%d",
+             (unsigned long long)req, t->epoch, t->n_tokens, t->decode_id, connected);
     return;
 oom:
     pd_wkport_error(p->port, req, PD__ERROR_CODE__RESOURCE_EXHAUSTED,
@@ -261,10 +268,11 @@ static void after_prefill(pd_prefill_t *p, pf_task_t *t, Pd__FinishReason fin, s
     t->t_ship_ms = pf_now_ms(p);
     /* The start of the KV's exposure (docs/benchmarks.md): its last layer
      * computed, on the monotonic clock the decode worker's kv_in shares. */
-    PD_INFO("event=kv_out req=%llu epoch=%u mode=%s blocks=%u last_layer_us=%llu",
+    PD_INFO("event=kv_out req=%llu epoch=%u mode=%s blocks=%u last_layer_us=%llu stream_us=%llu",
             (unsigned long long)t->req, t->epoch, t->streaming && !t->stream_broken ? "layer"
                                                                                  : "whole",
-            t->seq.n_blocks, (unsigned long long)t->t_last_layer_us);
+            t->seq.n_blocks, (unsigned long long)t->t_last_layer_us,
+            (unsigned long long)t->stream_us);
     pf_ship(p, t);
 }
 
@@ -541,6 +549,8 @@ static void drop_all(void *self, char *held, size_t cap)
 
 static void close_sockets(void *self) { pf_egress_close(self); }
 
+static void on_peers(void *self, const Pd__KvPeers *k) { pf_on_peers(self, k); }
+
 static const pd_wkrole_ops_t g_ops = {
     .name = "prefill",
     .on_task = on_task,
@@ -559,6 +569,7 @@ static const pd_wkrole_ops_t g_ops = {
     .close = close_sockets,
     .kv_events = kv_events,
     .kv_resync = kv_resync,
+    .on_peers = on_peers,
 };
 
 pd_wkrole_t pd_prefill_role(pd_prefill_t *p) { return (pd_wkrole_t){ &g_ops, p }; }

@@ -12,8 +12,12 @@
 #include "runtime/net.h"
 
 #define PF_MAX_EGRESS 64       /* decode endpoints shipped to at once */
-#define PF_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed */
-#define PF_CONNECT_WAIT_MS 200 /* a streaming prompt waits this long at most for its socket */
+#define PF_EGRESS_IDLE_MS 5000 /* an egress socket unused this long is closed (not a peer's) */
+#define PF_EGRESS_RETRY_MS 100 /* a listed peer's socket, reset, is made again after this */
+/* A streaming prompt whose socket is not connected yet waits this long at
+ * most before its first pass: a fallback, since the router's KvPeers have
+ * the socket connected before any task names it (egress.c pf_on_peers). */
+#define PF_CONNECT_WAIT_MS 200
 
 /* QUEUED: waiting for (more of) its pass. SHIP: prefilled, its KV not yet
  * sent (the decode worker was unreachable: retried by the timers). LEASED:
@@ -42,12 +46,14 @@ typedef struct {
     bool streaming;            /* a KvLayer went out: a commit or a whole transfer follows */
     bool stream_broken;        /* a layer could not be sent: ship whole instead */
     uint64_t t_last_layer_us;  /* when its last pass had computed every layer (pd_now_us) */
+    uint64_t stream_us;        /* time the passes' hooks spent sending its layers (checksums, sends) */
 } pf_task_t;
 
 typedef struct {
     char endpoint[PD_CFG_STR];
     void *sock;                /* DEALER to a decode worker's KV ingress */
     uint64_t last_used_ms;     /* last shipment (closed after PF_EGRESS_IDLE_MS idle) */
+    bool peer;                 /* in the router's last KvPeers: kept connected, never idle-closed */
 } pf_egress_t;
 
 /* The pass being run: what fill put in it, for done. */
@@ -101,6 +107,13 @@ void pf_egress_close(pd_prefill_t *p);
 pf_egress_t *pf_egress_get(pd_prefill_t *p, const char *endpoint);
 /* Drops endpoint's socket and what is queued in it. */
 void pf_egress_reset(pd_prefill_t *p, const char *endpoint);
+/* Whether endpoint's DEALER (connected now if need be) has its connection
+ * up: our DEALERs queue nothing for a peer not connected yet. */
+bool pf_egress_ready(pd_prefill_t *p, const char *endpoint);
+/* The router's KvPeers: connects to each listed KV endpoint now and keeps
+ * those sockets (reconnected after a reset) until a later list drops them;
+ * the others close when idle. */
+void pf_on_peers(pd_prefill_t *p, const Pd__KvPeers *k);
 /* ZeroMQ's free callback of a zero-copy frame over task hint's blocks. */
 void pf_frame_done(void *data, void *hint);
 

@@ -27,12 +27,7 @@ bool pf_stream_wait(pd_prefill_t *p, const pf_task_t *t)
 {
     if (t->n_done > 0 || !pf_streams(p, t) || pf_now_ms(p) - t->t_arrive_ms > PF_CONNECT_WAIT_MS)
         return false;
-    pf_egress_t *eg = pf_egress_get(p, t->kv_endpoint);
-    int events = 0;
-    size_t len = sizeof events;
-    if (eg == NULL || zmq_getsockopt(eg->sock, ZMQ_EVENTS, &events, &len) != 0)
-        return false;
-    return (events & ZMQ_POLLOUT) == 0;
+    return pf_egress_get(p, t->kv_endpoint) != NULL && !pf_egress_ready(p, t->kv_endpoint);
 }
 
 /* Layer `layer` of t's blocks [b0, b1): header + one frame per block.
@@ -111,7 +106,9 @@ void pf_stream_layer(pd_prefill_t *p, uint32_t layer)
         pf_task_t *t = ps->picked[s];
         if (!ps->live[s] || ps->upto[s] <= t->streamed_blocks)
             continue;
+        uint64_t t0 = pd_now_us();
         int rc = send_layer(p, t, layer, t->streamed_blocks, ps->upto[s]);
+        t->stream_us += pd_now_us() - t0;
         if (rc != 0) {
             ps->live[s] = false;
             if (layer == 0 && !t->streaming) {

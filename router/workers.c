@@ -68,6 +68,41 @@ bool rt_have_workers(rt_t *rt)
 }
 
 
+/* ====== KV peers ====== */
+
+/* A worker whose KV endpoint prefill workers ship to. */
+static bool is_kv_peer(const rt_worker_t *w)
+{
+    return w->used && w->role != PD__ROLE__ROLE_PREFILL && w->kv_endpoint[0] != '\0';
+}
+
+/* KvPeers to prefill worker wi: the KV endpoint of every decode-capable
+ * worker, so that it connects to them before any task names one. */
+static void send_peers(rt_t *rt, int wi)
+{
+    char *eps[RT_MAX_WORKERS];
+    size_t n = 0;
+    for (int i = 0; i < RT_MAX_WORKERS; i++)
+        if (is_kv_peer(&rt->workers[i]))
+            eps[n++] = rt->workers[i].kv_endpoint;
+    Pd__KvPeers k = PD__KV_PEERS__INIT;
+    k.n_kv_endpoints = n;
+    k.kv_endpoints = eps;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_KV_PEERS;
+    m.kv_peers = &k;
+    rt_send_worker(rt, &rt->workers[wi], &m);
+}
+
+/* The set of KV peers changed (one registered, or was removed): every
+ * prefill worker gets the new list. */
+static void peers_to_all(rt_t *rt)
+{
+    for (int i = 0; i < RT_MAX_WORKERS; i++)
+        if (rt->workers[i].used && rt->workers[i].role == PD__ROLE__ROLE_PREFILL)
+            send_peers(rt, i);
+}
+
 /* ====== Registry ====== */
 
 bool rt_req_held_by(const rt_t *rt, const rt_req_t *r, int wi)
@@ -92,10 +127,13 @@ void rt_worker_drop(rt_t *rt, int wi, const char *why)
         if (rt_req_held_by(rt, r, wi))
             rt_req_requeue(rt, r, why, true);
     }
+    bool peer = is_kv_peer(w);
     uint32_t gen = w->gen + 1;
     memset(w, 0, sizeof *w);
     w->gen = gen;
     rt_prefix_on_drop(rt, wi);
+    if (peer) /* the list sent now no longer holds it */
+        peers_to_all(rt);
 }
 
 static void reply_register(rt_t *rt, const uint8_t *zid, size_t len, bool ok, const char *why)
@@ -184,6 +222,10 @@ void rt_on_register(rt_t *rt, const uint8_t *zid, size_t len, const Pd__Register
     PD_INFO("event=worker_registered worker=%s role=%d kv=%s blocks=%u", w->id, (int)w->role,
             w->kv_endpoint[0] ? w->kv_endpoint : "-", w->total_blocks);
     reply_register(rt, zid, len, true, NULL);
+    if (is_kv_peer(w))
+        peers_to_all(rt);
+    else if (w->role == PD__ROLE__ROLE_PREFILL)
+        send_peers(rt, wi);
     rt_prefix_on_register(rt, wi, g);
     rt_dispatch(rt);
 }

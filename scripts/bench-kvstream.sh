@@ -7,7 +7,11 @@
 # CLOCK_MONOTONIC, one clock for every process of the machine (network
 # namespaces too). One router and decode worker; a prefill worker per
 # (round, mode), modes alternating so that the ratios come from one run.
-# One request at a time, 2 output tokens. Prints a markdown table.
+# One request at a time, 2 output tokens. Prints a markdown table; then
+# what streaming costs the prefill pass itself: each request's forward time
+# on the prefill worker (its prefill_us counter, before and after), in both
+# modes, and the time the per-layer hook spent in it (event=kv_out
+# stream_us: the layers' checksums and sends, on the compute thread).
 #
 #   scripts/bench-kvstream.sh                 loopback
 #   sudo LINK=1gbit scripts/bench-kvstream.sh the prefill host's egress shaped
@@ -71,7 +75,11 @@ n_workers() {
     cli status --json 2>/dev/null | node -e 'let t="";process.stdin.on("data",d=>t+=d).on("end",()=>{try{console.log(JSON.parse(t).workers.length)}catch(e){console.log(0)}})'
 }
 wait_n() { for _ in $(seq 1 600); do [ "$(n_workers)" = "$1" ] && return 0; sleep 0.1; done; echo "bench-kvstream: workers did not register ($1 expected)" >&2; tail -n 3 "$T"/*.err "$T"/*.log >&2; exit 1; }
-tokens() { seq 100 $((99 + $1)) | paste -sd, -; }
+# tokens K LEN: prompt number K, LEN ids; each K starts with another id, so
+# that no prompt finds another's blocks cached (kv.prefix_caching is on by
+# default: a hit would leave the pass nearly empty).
+tokens() { seq $((100 + $1 * 37)) $((99 + $1 * 37 + $2)) | paste -sd, -; }
+K=0
 wait_n 1
 
 # exposure PLOG REQ: us from REQ's last layer (PLOG) to its kv_in (d1.log).
@@ -86,6 +94,23 @@ exposure() {
     echo -
 }
 
+# prefill_us ID: worker ID's summed prefill forward time (us), as its last
+# heartbeat reported it.
+prefill_us() {
+    cli status --json 2>/dev/null | node -e 'let t="";process.stdin.on("data",d=>t+=d).on("end",()=>{try{const w=JSON.parse(t).workers.find(w=>w.id===process.argv[1]);console.log(w?w.counters.prefill_us||0:"-")}catch(e){console.log("-")}})' "$1"
+}
+# pass_us ID BEFORE: the forward time since BEFORE, once a heartbeat
+# carries it (the request's prefill was done when its tokens came).
+pass_us() {
+    local now
+    for _ in $(seq 1 50); do
+        sleep 0.1
+        now=$(prefill_us "$1")
+        [ "$now" != - ] && [ "$now" -gt "$2" ] && { echo $((now - $2)); return; }
+    done
+    echo -
+}
+
 : >"$T/samples"
 for ((round = 1; round <= ROUNDS; round++)); do
     for mode in whole layer; do
@@ -93,12 +118,17 @@ for ((round = 1; round <= ROUNDS; round++)); do
         run_prefill --id "$id" --set kv.transfer=$mode --log-file "$T/$id.log" 2>"$T/$id.err"
         pid=$PPID_LAST
         wait_n 2
-        cli generate --tokens "$(tokens 64)" -n 2 >/dev/null # warm-up
+        K=$((K + 1))
+        cli generate --tokens "$(tokens $K 64)" -n 2 >/dev/null # warm-up
         for len in $LENS; do
             for ((r = 0; r < REPS; r++)); do
-                cli generate --tokens "$(tokens "$len")" -n 2 --ignore-eos >/dev/null
+                sleep 0.5 # the last request's counters in a heartbeat
+                us0=$(prefill_us "$id")
+                K=$((K + 1))
+                cli generate --tokens "$(tokens $K "$len")" -n 2 --ignore-eos >/dev/null
                 req=$(sed -n 's/.*event=kv_out req=\([0-9]*\) .*/\1/p' "$T/$id.log" | tail -1)
-                echo "$mode $len $(exposure "$T/$id.log" "$req")" >>"$T/samples"
+                hook=$(sed -n "s/.*event=kv_out req=$req .*stream_us=\([0-9]*\).*/\1/p" "$T/$id.log" | tail -1)
+                echo "$mode $len $(exposure "$T/$id.log" "$req") $(pass_us "$id" "$us0") ${hook:--}" >>"$T/samples"
             done
         done
         kill -TERM "$pid" 2>/dev/null
@@ -119,4 +149,15 @@ node -e '
         console.log(`| ${len} | ${w.toFixed(1)} | ${l.toFixed(1)} | ${(l / w).toFixed(3)} |`);
     }' "$T/samples" "$LENS"
 echo
-echo "samples (mode, tokens, us): $(tr '\n' ';' <"$T/samples")"
+echo "| prompt tokens | whole: prefill pass ms (median) | layer: prefill pass ms (median) | layer / whole | layer: in the hook ms (median) |"
+echo "|---:|---:|---:|---:|---:|"
+node -e '
+    const rows = require("fs").readFileSync(process.argv[1], "utf8").trim().split("\n").map(l => l.split(" "));
+    const med = a => { a = a.slice().sort((x, y) => x - y); return a.length ? a[(a.length - 1) >> 1] : NaN; };
+    for (const len of process.argv[2].split(" ")) {
+        const get = (m, c) => rows.filter(r => r[0] == m && r[1] == len && r[c] != "-").map(r => Number(r[c]) / 1000);
+        const w = med(get("whole", 3)), l = med(get("layer", 3)), h = med(get("layer", 4));
+        console.log(`| ${len} | ${w.toFixed(1)} | ${l.toFixed(1)} | ${(l / w).toFixed(3)} | ${h.toFixed(2)} |`);
+    }' "$T/samples" "$LENS"
+echo
+echo "samples (mode, tokens, exposure us, pass us, hook us): $(tr '\n' ';' <"$T/samples")"

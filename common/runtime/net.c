@@ -451,6 +451,7 @@ const char *pd_net_body_name(int body_case)
     case PD__MSG__BODY_PREEMPTED: return "preempted";
     case PD__MSG__BODY_KV_EVENTS: return "kv_events";
     case PD__MSG__BODY_KV_RESYNC: return "kv_resync";
+    case PD__MSG__BODY_KV_PEERS: return "kv_peers";
     default: return "unknown";
     }
 }

@@ -204,6 +204,10 @@ static void on_router_msg(pd_wkhost_t *h, const Pd__Msg *m)
             kv_events(h);
         }
         break;
+    case PD__MSG__BODY_KV_PEERS:
+        if (h->prefill.ops && h->prefill.ops->on_peers)
+            h->prefill.ops->on_peers(h->prefill.self, m->kv_peers);
+        break;
     case PD__MSG__BODY_DRAIN:
         if (!h->draining) {
             PD_INFO("event=drain_requested");

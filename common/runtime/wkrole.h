@@ -37,6 +37,10 @@
  *                        thread every loop turn while registered; kv_resync:
  *                        the router asked for a snapshot (KvResync), which
  *                        the next kv_events sends
+ *   on_peers             (optional) the router's list of the cluster's
+ *                        decode workers' KV endpoints (KvPeers): a prefill
+ *                        role connects its KV egress to each ahead of any
+ *                        task that names one
  *   close                the process stops: close its sockets (the host then
  *                        ends the ZeroMQ context; the role is freed after).
  *                        May be called more than once.
@@ -121,6 +125,7 @@ typedef struct {
     void (*close)(void *self);
     void (*kv_events)(void *self);  /* optional */
     void (*kv_resync)(void *self);  /* optional */
+    void (*on_peers)(void *self, const Pd__KvPeers *k); /* optional */
 } pd_wkrole_ops_t;
 
 typedef struct {

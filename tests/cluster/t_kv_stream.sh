@@ -6,6 +6,18 @@
 #     the KV did go layer by layer (the decode worker's kv_layers);
 #   - the same 12 with a whole-request prefill worker (kv.transfer: whole):
 #     token-identical to pd-run too, so to the streamed run;
+#   - the prefill worker (started before the decode worker) learnt the
+#     decode worker's KV endpoint from the router (KvPeers) and connected to
+#     it ahead of any task: its first streamed request found the socket
+#     connected (kv_connected=1) and streamed;
+#   - prefix caching with streaming: prompts sharing a ~180-token prefix,
+#     one after another, so that each after the first finds the prefill
+#     worker's cached blocks and its pass computes only its suffix: the
+#     stream must carry the cached blocks too (the decode worker admits only
+#     with every layer of every block). Token-identical to pd-run, and so to
+#     the same prompts with kv.transfer: whole (also checked); prefix hits
+#     counted, every hit request's KV went out streamed (mode=layer), the
+#     decode worker refused nothing and dropped no stream;
 #   - kill -9 of a prefill worker midway through a layer stream (each
 #     streamed layer is slowed by PD_TEST_LAYER_DELAY_MS, the kill comes
 #     after its first layer was sent and before its last): the decode worker
@@ -14,9 +26,9 @@
 . "$(dirname "$0")/lib.sh"
 require_model
 N=12
-plan 12
+plan 21
 start_router
-start_worker prefill p1 --set kv.transfer=layer
+start_worker prefill p1 --set kv.transfer=layer --set log.level=debug
 P1=$LAST_PID
 start_worker decode d1
 wait_workers 2
@@ -32,18 +44,85 @@ check_streams "$T/layer" $N "kv.transfer layer, against pd-run"
 layers=$(status_field "s.workers.find(w => w.id === 'd1').counters.kv_layers")
 check "the KV came layer by layer: the decode worker took $layers KvLayer messages" \
     test "${layers:-0}" -ge $N
+first=$(grep -m1 'event=prefill_task ' "$T/p1.log")
+req1=$(sed -n 's/.* req=\([0-9]*\) .*/\1/p' <<<"$first")
+check "p1's first streamed request (req ${req1:-?}) found its KV socket connected (KvPeers when d1 registered) and streamed" \
+    eval '[[ $first == *kv_connected=1* ]] && grep -q "event=kv_out req=$req1 .*mode=layer" "$T/p1.log"'
+
+# ---- prefix caching with streaming ----
+# prefix_prompts N: PROMPTS[i] = a ~180-token prefix (11 full blocks of 16)
+# + 6 words of its own; 24 tokens each, odd i seeded top-p sampling.
+PREFIX=""
+for ((k = 0; k < 90; k++)); do PREFIX+="${WORDS[$(((k * 7 + k / 3) % ${#WORDS[@]}))]} "; done
+prefix_prompts() {
+    local n=$1 i k s
+    PROMPTS=()
+    ARGS=()
+    for ((i = 0; i < n; i++)); do
+        s=""
+        for ((k = 0; k < 6; k++)); do s+=" ${WORDS[$(((i * 5 + k * 11) % ${#WORDS[@]}))]}"; done
+        PROMPTS[i]="$PREFIX${s# }"
+        ARGS[i]="-n 24 --ignore-eos"
+        if ((i % 2)); then ARGS[i]+=" --temp 0.9 --top-p 0.95 --seed $((77 + i))"; fi
+    done
+}
+# send_seq N DIR: one request after another (each finds the blocks of the
+# ones before it).
+send_seq() {
+    local n=$1 dir=$2 i
+    for ((i = 0; i < n; i++)); do
+        # shellcheck disable=SC2086
+        timeout 60 "$PD_BIN/pd-cli" --router "$ROUTER" generate "${PROMPTS[i]}" ${ARGS[i]} \
+            --json >"$dir/out_$i.jsonl" 2>"$dir/out_$i.err"
+    done
+}
+# hit_modes LOG: "H MODES": how many prefills found a cached prefix
+# (event=prefix_hit, debug) and the transfer modes their KV went out with
+# (event=kv_out mode=, "none" for a hit without one), e.g. "5 layer".
+hit_modes() {
+    awk 'function req(l) { match(l, / req=[0-9]+/); return substr(l, RSTART + 5, RLENGTH - 5) }
+         / event=prefix_hit / { hit[req($0)] = 1; n++ }
+         / event=kv_out / { m = $0; sub(/.* mode=/, "", m); sub(/ .*/, "", m); mode[req($0)] = m }
+         END { s = ""
+               for (r in hit) { x = (r in mode) ? mode[r] : "none"
+                                if (!(x in seen)) { seen[x] = 1; s = s (s == "" ? "" : ",") x } }
+               print n + 0, s }' "$1"
+}
+NP=6
+prefix_prompts $NP
+mkdir -p "$T/pl" "$T/pw"
+refs $NP "$T/pl"
+cp "$T"/pl/ref_*.txt "$T/pw/"
+send_seq $NP "$T/pl"
+check_streams "$T/pl" $NP "shared prefix, kv.transfer layer, against pd-run"
+read -r nh modes <<<"$(hit_modes "$T/p1.log")"
+check "prefix hits on p1 (>= $(((NP - 1) * 160)) tokens, $nh requests) and every hit request's KV streamed (modes: ${modes:-?})" \
+    eval 'test "$nh" -ge $((NP - 1)) -a "$modes" = layer &&
+          wait_status "s.workers.some(w => w.id === \"p1\" && w.counters.prefix_hits >= $(((NP - 1) * 160)))"'
 
 # The same workload with a prefill worker that ships whole requests.
 kill -TERM $P1
 wait $P1 2>/dev/null
-start_worker prefill p2 --set kv.transfer=whole
+start_worker prefill p2 --set kv.transfer=whole --set log.level=debug
 P2=$LAST_PID
 wait_workers 2
+layers=$(status_field "s.workers.find(w => w.id === 'd1').counters.kv_layers")
+workload $N
 send_all $N "$T/whole"
 check_streams "$T/whole" $N "kv.transfer whole, against pd-run (so equal to the streamed run)"
+# The shared prefix again, shipped whole: equal to pd-run, so to the
+# streamed run above.
+prefix_prompts $NP
+send_seq $NP "$T/pw"
+check_streams "$T/pw" $NP "shared prefix, kv.transfer whole, against pd-run (so equal to the streamed run)"
+read -r nh modes <<<"$(hit_modes "$T/p2.log")"
+check "prefix hits on p2 too ($nh requests), their KV shipped whole (modes: ${modes:-?})" \
+    test "$nh" -ge $((NP - 1)) -a "$modes" = whole
 layers2=$(status_field "s.workers.find(w => w.id === 'd1').counters.kv_layers")
 check "kv.transfer whole streamed nothing (kv_layers stays $layers, is $layers2)" \
     test "${layers2:-x}" = "${layers:-y}"
+check "the decode worker refused no transfer and dropped no stream (kv_rejected, kv_streams_dropped 0)" \
+    test "$(status_field "(c => c.kv_rejected + '/' + c.kv_streams_dropped)(s.workers.find(w => w.id === 'd1').counters)")" = 0/0
 kill -TERM $P2
 wait $P2 2>/dev/null
 
@@ -83,6 +162,8 @@ fi
 wait $sender
 check "a prefill worker ($victim) was killed after streaming a layer, before its commit" \
     test -n "$victim" -a "$committed" = 0
+check "its task found its KV socket connected (the KvPeers of its registration, after d1's)" \
+    grep -q 'event=prefill_task .*kv_connected=1' "$T/${victim:-none}.log"
 check_streams "$T/kill" 1 "killed midway through a layer stream"
 check "the kill landed mid-stream: the decode worker dropped a partial stream (kv_streams_dropped ${drop0:-?} -> more)" \
     wait_status "s.workers.find(w => w.id === 'd1').counters.kv_streams_dropped > ${drop0:-0}"

@@ -32,6 +32,9 @@ typedef struct {
     char names[FX_MAX_PEERS][16]; /* routing ids; "" = unused */
     void *peers[FX_MAX_PEERS];    /* DEALERs, by index */
     int n_peers;
+    /* KvPeers (router -> prefill workers, on every change of the decode
+     * workers) are skipped by fx_recv unless this is set. */
+    bool see_kv_peers;
 } fx_t;
 
 /* 256 single bytes, 3 merges, <|endoftext|>: 260 ids, ids 0..255 the bytes
@@ -161,23 +164,28 @@ FX_FN void fx_send(fx_t *f, const char *name, bool worker, const Pd__Msg *m)
 }
 
 /* The next message the router sent peer `name`, or NULL when none came
- * within wait_ms. Free with pd__msg__free_unpacked(m, NULL). */
+ * within wait_ms (KvPeers skipped unless f->see_kv_peers). Free with
+ * pd__msg__free_unpacked(m, NULL). */
 FX_FN Pd__Msg *fx_recv(fx_t *f, const char *name, int wait_ms)
 {
     void *s = f->peers[fx_find(f, name)];
-    zmq_pollitem_t it = { s, 0, ZMQ_POLLIN, 0 };
-    if (zmq_poll(&it, 1, wait_ms) <= 0)
-        return NULL;
-    zmq_msg_t msg;
-    zmq_msg_init(&msg);
-    if (zmq_msg_recv(&msg, s, ZMQ_DONTWAIT) < 0) {
+    for (;;) {
+        zmq_pollitem_t it = { s, 0, ZMQ_POLLIN, 0 };
+        if (zmq_poll(&it, 1, wait_ms) <= 0)
+            return NULL;
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, s, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            return NULL;
+        }
+        Pd__Msg *m = pd__msg__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
         zmq_msg_close(&msg);
-        return NULL;
+        assert_non_null(m);
+        if (m->body_case != PD__MSG__BODY_KV_PEERS || f->see_kv_peers)
+            return m;
+        pd__msg__free_unpacked(m, NULL);
     }
-    Pd__Msg *m = pd__msg__unpack(NULL, zmq_msg_size(&msg), zmq_msg_data(&msg));
-    zmq_msg_close(&msg);
-    assert_non_null(m);
-    return m;
 }
 
 /* The next message to `name`, which must be of type body. */
@@ -213,7 +221,18 @@ FX_FN void fx_drain(fx_t *f)
 /* Registers a worker `name` (connecting its peer first) with block_size 16
  * and `blocks` KV blocks (0 for a prefill worker). Returns its index in
  * rt->workers. */
+FX_FN int fx_worker_kv(fx_t *f, const char *name, Pd__Role role, uint32_t blocks,
+                       const char *kv_endpoint);
+
 FX_FN int fx_worker(fx_t *f, const char *name, Pd__Role role, uint32_t blocks)
+{
+    return fx_worker_kv(f, name, role, blocks,
+                        role == PD__ROLE__ROLE_PREFILL ? "" : "inproc://fx-kv");
+}
+
+/* fx_worker announcing kv_endpoint ("" for none). */
+FX_FN int fx_worker_kv(fx_t *f, const char *name, Pd__Role role, uint32_t blocks,
+                       const char *kv_endpoint)
 {
     fx_peer(f, name, true);
     Pd__Register r = PD__REGISTER__INIT;
@@ -222,7 +241,7 @@ FX_FN int fx_worker(fx_t *f, const char *name, Pd__Role role, uint32_t blocks)
     r.protocol_version = PD_PROTOCOL_VERSION;
     r.worker_id = (char *)name;
     r.role = role;
-    r.kv_endpoint = role == PD__ROLE__ROLE_PREFILL ? (char *)"" : (char *)"inproc://fx-kv";
+    r.kv_endpoint = (char *)kv_endpoint;
     r.model_identity = FX_IDENTITY;
     r.model_name = (char *)"fixture";
     r.block_size = 16;

@@ -6,6 +6,12 @@
  *    role holds a stream (blocks reserved, not admitted) until the commit,
  *    and the output is the engine's own greedy continuation, token for
  *    token, the same as with kv.transfer: whole;
+ *  - with a prefix cache hit (the prompt's first blocks cached, one pass
+ *    for the rest) the stream still carries every block, the cached ones
+ *    too: output the engine's own, as with whole;
+ *  - the router's KvPeers connect the prefill role's egress ahead of any
+ *    task: a streaming task to a listed decode worker does not wait for
+ *    its socket; a listed socket is kept however idle, an unlisted one not;
  *  - hostile frames from a raw peer, each refused with its reason and
  *    counted once in kv_rejected: unknown request, stale epoch, layer >=
  *    n_layers, a frame of the wrong size, a duplicate, a gap, a bad
@@ -110,21 +116,54 @@ static uint64_t counter_dropped(const dfx_t *f)
 
 /* ====== Prefill role -> decode role ====== */
 
-/* req's output through a prefill role (kv.transfer mode, passes of 16
- * tokens) and the decode role of f: out[0..MAX_GEN). Returns the KvLayer
- * messages the decode role took. */
-static uint64_t run_pair(dfx_t *f, pd_kv_transfer_t mode, uint64_t req, const int32_t *prompt,
-                         int32_t *out)
-{
+/* A prefill role (kv.transfer mode, passes of 16 tokens) on its own host
+ * and engine: it keeps its prefix cache across the requests run through it. */
+typedef struct {
     fake_host_t ph;
-    fh_init(&ph, MODEL, 64, true, false);
-    ph.cfg.kv.transfer = mode;
-    ph.cfg.prefill.max_batch_tokens = 16;
+    pd_prefill_t *p;
+    pd_wkrole_t pr;
+} pfx_t;
+
+static void pfx_open(pfx_t *x, pd_kv_transfer_t mode)
+{
+    fh_init(&x->ph, MODEL, 64, true, false);
+    x->ph.cfg.kv.transfer = mode;
+    x->ph.cfg.prefill.max_batch_tokens = 16;
     pd_err_t err = { 0 };
-    pd_wkrole_env_t env = fh_env(&ph, "p1");
-    pd_prefill_t *p = pd_prefill_new(&env, NULL, &err);
-    assert_non_null(p);
-    pd_wkrole_t pr = pd_prefill_role(p);
+    pd_wkrole_env_t env = fh_env(&x->ph, "p1");
+    x->p = pd_prefill_new(&env, NULL, &err);
+    assert_non_null(x->p);
+    x->pr = pd_prefill_role(x->p);
+}
+
+static void pfx_close(pfx_t *x)
+{
+    x->pr.ops->close(x->pr.self);
+    fh_clear(&x->ph);
+    zmq_ctx_term(x->ph.zctx);
+    pd_prefill_free(x->p);
+    pd_wkengine_free(&x->ph.eng);
+}
+
+/* The router's KvPeers to x: the decode role of f. */
+static void pfx_peers(pfx_t *x, dfx_t *f)
+{
+    char *ep = (char *)pd_decode_kv_endpoint(f->d);
+    Pd__KvPeers k = PD__KV_PEERS__INIT;
+    k.n_kv_endpoints = 1;
+    k.kv_endpoints = &ep;
+    x->pr.ops->on_peers(x->pr.self, &k);
+}
+
+/* req's output through the prefill role of x and the decode role of f:
+ * out[0..MAX_GEN), nothing refused or dropped on the way, every block of
+ * the prefill role's freed after. Returns the KvLayer messages the decode
+ * role took. */
+static uint64_t run_req(dfx_t *f, pfx_t *x, uint64_t req, const int32_t *prompt, int32_t *out)
+{
+    fake_host_t *ph = &x->ph;
+    pd_wkrole_t pr = x->pr;
+    bool layer = ph->cfg.kv.transfer == PD_KV_TRANSFER_LAYER;
     pd_worker_load_t l0;
     fh_load(f->dr, &l0);
     decode_task(f, req, 1, prompt, N_PROMPT);
@@ -146,28 +185,31 @@ static uint64_t run_pair(dfx_t *f, pd_kv_transfer_t mode, uint64_t req, const in
     m.body_case = PD__MSG__BODY_PREFILL;
     m.prefill = &t;
     fh_task(pr, &m);
-    /* The task connected the role's DEALER; its handshake takes the I/O
-     * threads a moment (a stream starts only on a connected socket). */
+    /* The task connected the role's DEALER (or the peers list did); its
+     * handshake takes the I/O threads a moment (a stream starts only on a
+     * connected socket). */
     usleep(300000);
-    ph.now_ms += 100;
-    /* The first pass: 16 tokens, block 0 complete. */
-    assert_true(fh_turn(&ph, pr));
+    ph->now_ms += 100;
+    /* The first pass: 16 tokens (block 0 complete), or all that is left of
+     * a prompt whose prefix was cached. */
+    assert_true(fh_turn(ph, pr));
+    pd_token_entry_t tok[MAX_GEN + 2];
+    bool more = fh_tokens(ph, req, tok, 1) == 0; /* passes to come: no first token yet */
     pd_decode_held_t held = { 0 };
-    for (int i = 0; i < 500 && mode == PD_KV_TRANSFER_LAYER && held.streams == 0; i++) {
+    for (int i = 0; i < 500 && layer && held.streams + held.waiting + held.running == 0; i++) {
         fh_turn(&f->dh, f->dr);
         pd_decode_held(f->d, &held);
         usleep(1000);
     }
-    if (mode == PD_KV_TRANSFER_LAYER) {
+    if (layer && more) {
         /* Streamed, reserved, not admitted: the commit has not come. */
         assert_int_equal(held.streams, 1);
         assert_int_equal(held.expected, 1);
         assert_int_equal(held.waiting + held.running, 0);
     }
-    pd_token_entry_t tok[MAX_GEN + 2];
     size_t got = 0;
     for (int i = 0; i < 3000 && got < MAX_GEN; i++) {
-        fh_turn(&ph, pr);
+        fh_turn(ph, pr);
         fh_turn(&f->dh, f->dr);
         assert_checked(f);
         got = fh_tokens(&f->dh, req, tok, MAX_GEN + 2);
@@ -180,21 +222,29 @@ static uint64_t run_pair(dfx_t *f, pd_kv_transfer_t mode, uint64_t req, const in
         out[i] = tok[i].token;
     }
     /* The prefill role frees its blocks on the ack. */
-    for (int i = 0; i < 2000 && pd_prefill_n_tasks(p) > 0; i++) {
-        fh_turn(&ph, pr);
+    for (int i = 0; i < 2000 && pd_prefill_n_tasks(x->p) > 0; i++) {
+        fh_turn(ph, pr);
         usleep(500);
     }
-    assert_int_equal(pd_prefill_n_tasks(p), 0);
-    assert_int_equal(pd_kv_n_used(ph.eng.kv), 0);
+    assert_int_equal(pd_prefill_n_tasks(x->p), 0);
+    assert_int_equal(pd_kv_n_used(ph->eng.kv), 0);
     pd_worker_load_t l1;
     fh_load(f->dr, &l1);
     assert_int_equal(l1.counters.kv_rejected, l0.counters.kv_rejected);
-    pr.ops->close(pr.self);
-    fh_clear(&ph);
-    zmq_ctx_term(ph.zctx);
-    pd_prefill_free(p);
-    pd_wkengine_free(&ph.eng);
+    assert_int_equal(l1.counters.kv_streams_dropped, l0.counters.kv_streams_dropped);
     return l1.counters.kv_layers - l0.counters.kv_layers;
+}
+
+/* req's output through a fresh prefill role (kv.transfer mode) and the
+ * decode role of f, as run_req. */
+static uint64_t run_pair(dfx_t *f, pd_kv_transfer_t mode, uint64_t req, const int32_t *prompt,
+                         int32_t *out)
+{
+    pfx_t x;
+    pfx_open(&x, mode);
+    uint64_t n = run_req(f, &x, req, prompt, out);
+    pfx_close(&x);
+    return n;
 }
 
 static void test_stream_equals_whole(void **state)
@@ -222,6 +272,117 @@ static void test_stream_equals_whole(void **state)
         fh_turn(&f.dh, f.dr);
     assert_false(f.dr.ops->busy(f.dr.self));
     assert_int_equal(pd_kv_n_used(f.dh.eng.kv), 0);
+    dfx_close(&f);
+}
+
+/* Prefix caching (kv.prefix_caching, on by default) with a layer stream.
+ * Prompt b shares its first two blocks with prompt a: after a, the prefill
+ * role finds them cached and computes b's last 8 tokens in one pass. Its
+ * stream must still carry every block in every layer, the two cached ones
+ * too (nothing computed them in that pass): one KvLayer per layer, all 3
+ * blocks' bytes received, admitted, and b's output the engine's own, as
+ * with kv.transfer: whole over the same cache. */
+static void test_stream_prefix_hit(void **state)
+{
+    (void)state;
+    dfx_t f;
+    dfx_open(&f);
+    int32_t a[N_PROMPT], b[N_PROMPT], other[N_PROMPT];
+    int32_t ref[MAX_GEN], out[MAX_GEN], whole[MAX_GEN], scratch[MAX_GEN];
+    prompt_of(a, N_PROMPT, 9);
+    prompt_of(other, N_PROMPT, 4);
+    memcpy(b, a, 32 * sizeof *b);
+    memcpy(b + 32, other + 32, (N_PROMPT - 32) * sizeof *b);
+    fh_reference(&f.dh, b, N_PROMPT, MAX_GEN, ref);
+    uint32_t n_layers = pd_kv_shape(f.dh.eng.kv)->n_layers;
+    uint64_t block_bytes = f.dh.eng.block_bytes; /* n_layers x pd_kv_layer_bytes */
+    assert_int_equal(block_bytes, (uint64_t)pd_kv_layer_bytes(f.dh.eng.kv) * n_layers);
+    pd_kv_transfer_t modes[2] = { PD_KV_TRANSFER_LAYER, PD_KV_TRANSFER_WHOLE };
+    for (int k = 0; k < 2; k++) {
+        pfx_t x;
+        pfx_open(&x, modes[k]);
+        pfx_peers(&x, &f);
+        uint64_t n_a = run_req(&f, &x, 20 + 2 * (uint64_t)k, a, scratch);
+        pd_worker_load_t pl, d0, d1;
+        fh_load(x.pr, &pl);
+        assert_int_equal(pl.counters.prefix_hits, 0);
+        fh_load(f.dr, &d0);
+        uint64_t n_b = run_req(&f, &x, 21 + 2 * (uint64_t)k, b, k == 0 ? out : whole);
+        fh_load(f.dr, &d1);
+        fh_load(x.pr, &pl);
+        assert_int_equal(pl.counters.prefix_hits, 32); /* b's two blocks */
+        /* b's 3 blocks arrived whole, the cached ones too. */
+        assert_int_equal(d1.counters.kv_recv_bytes - d0.counters.kv_recv_bytes, 3 * block_bytes);
+        if (modes[k] == PD_KV_TRANSFER_LAYER) {
+            assert_int_equal(n_a, 3 * n_layers); /* 3 passes */
+            assert_int_equal(n_b, n_layers);     /* 1 pass: blocks 0..2 in each layer */
+        } else {
+            assert_int_equal(n_a + n_b, 0);
+        }
+        pfx_close(&x);
+    }
+    for (int i = 0; i < MAX_GEN; i++)
+        if (out[i] != ref[i] || whole[i] != ref[i])
+            fail_msg("index %d: streamed %d, whole %d, the engine says %d", i, out[i], whole[i],
+                     ref[i]);
+    for (int i = 0; i < 100 && f.dr.ops->busy(f.dr.self); i++)
+        fh_turn(&f.dh, f.dr);
+    assert_int_equal(pd_kv_n_used(f.dh.eng.kv), 0);
+    dfx_close(&f);
+}
+
+/* A PrefillTask for req to the decode role of f (kv endpoint ep). */
+static void prefill_task(pfx_t *x, const char *ep, uint64_t req, const int32_t *prompt)
+{
+    pd_gen_params_t params = fh_greedy(N_PROMPT, MAX_GEN, 0);
+    Pd__GenParams gp;
+    Pd__Sampling s;
+    pd_codec_params_to_pb(&params, &gp, &s);
+    gp.has_max_seq_len = false;
+    Pd__PrefillTask t = PD__PREFILL_TASK__INIT;
+    t.has_request_id = t.has_epoch = true;
+    t.request_id = req;
+    t.epoch = 1;
+    t.n_tokens = N_PROMPT;
+    t.tokens = (int32_t *)prompt;
+    t.params = &gp;
+    t.decode_worker_id = (char *)"d1";
+    t.decode_kv_endpoint = (char *)ep;
+    Pd__Msg m = PD__MSG__INIT;
+    m.body_case = PD__MSG__BODY_PREFILL;
+    m.prefill = &t;
+    fh_task(x->pr, &m);
+}
+
+/* KvPeers connect the prefill role's KV egress before any task names the
+ * decode worker: a streaming task to a listed one is ready for its first
+ * pass at once (a 40-token prompt fills a 16-token pass; the role's clock
+ * does not move, so a wait for the socket would not run out), and a listed
+ * peer's socket is kept however long it is idle (unlisted ones close after
+ * 5 s). Without the list, the task connects the socket itself and finds it
+ * not connected yet (pf_stream_wait waits): that case is not asserted
+ * here, since the handshake may win the race with the check. */
+static void test_peers_preconnect(void **state)
+{
+    (void)state;
+    dfx_t f;
+    dfx_open(&f);
+    const char *ep = pd_decode_kv_endpoint(f.d);
+    int32_t a[N_PROMPT];
+    prompt_of(a, N_PROMPT, 9);
+    pfx_t x;
+    pfx_open(&x, PD_KV_TRANSFER_LAYER);
+    pfx_peers(&x, &f);
+    usleep(300000); /* the handshake, on ZeroMQ's I/O threads */
+    prefill_task(&x, ep, 31, a);
+    assert_true(x.pr.ops->ready(x.pr.self));
+    /* Listed: kept however long it is idle. */
+    x.pr.ops->on_cancel(x.pr.self, 31, 0);
+    x.ph.now_ms += 60000;
+    x.pr.ops->timers(x.pr.self);
+    prefill_task(&x, ep, 33, a);
+    assert_true(x.pr.ops->ready(x.pr.self));
+    pfx_close(&x);
     dfx_close(&f);
 }
 
@@ -581,6 +742,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_equals_whole),
+        cmocka_unit_test(test_stream_prefix_hit),
+        cmocka_unit_test(test_peers_preconnect),
         cmocka_unit_test(test_hostile_frames),
         cmocka_unit_test(test_stream_cut),
     };

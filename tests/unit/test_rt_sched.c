@@ -221,6 +221,56 @@ static void test_never_fits(void **state)
 
 /* A heartbeat's load and counters reach the worker's entry (and the
  * status); one that cannot be (more free blocks than it has) is ignored. */
+/* The next KvPeers to `name`: it lists exactly want[0..n) (in any order). */
+static void expect_peers(fx_t *f, const char *name, size_t n, const char *const *want)
+{
+    Pd__Msg *m = fx_expect(f, name, PD__MSG__BODY_KV_PEERS);
+    const Pd__KvPeers *k = m->kv_peers;
+    if (k->n_kv_endpoints != n)
+        fail_msg("%s: %zu KV peers, expected %zu", name, k->n_kv_endpoints, n);
+    for (size_t i = 0; i < n; i++) {
+        bool found = false;
+        for (size_t j = 0; j < n && !found; j++)
+            found = strcmp(k->kv_endpoints[j], want[i]) == 0;
+        if (!found)
+            fail_msg("%s: KV peer %s not listed", name, want[i]);
+    }
+    pd__msg__free_unpacked(m, NULL);
+}
+
+/* KvPeers: a prefill worker is told every decode-capable worker's KV
+ * endpoint when it registers and again whenever that set changes, so that
+ * it connects before a task names one (docs/protocol.md, "Layer-wise KV
+ * streaming"); decode and colocated workers are told nothing. */
+static void test_kv_peers(void **state)
+{
+    (void)state;
+    fx_t f;
+    fx_init(&f, 4, 4);
+    f.see_kv_peers = true;
+    const char *d1 = "inproc://fx-kv-d1", *c1 = "inproc://fx-kv-c1", *d2 = "inproc://fx-kv-d2";
+    int wd1 = fx_worker_kv(&f, "D1", PD__ROLE__ROLE_DECODE, 64, d1);
+    fx_worker(&f, "P1", PD__ROLE__ROLE_PREFILL, 0);
+    expect_peers(&f, "P1", 1, (const char *[]){ d1 });
+    fx_worker_kv(&f, "C1", PD__ROLE__ROLE_BOTH, 64, c1);
+    expect_peers(&f, "P1", 2, (const char *[]){ d1, c1 });
+    fx_worker(&f, "P2", PD__ROLE__ROLE_PREFILL, 0);
+    expect_peers(&f, "P2", 2, (const char *[]){ d1, c1 });
+    assert_int_equal(fx_count(&f, "P1", PD__MSG__BODY_KV_PEERS), 0); /* no change for P1 */
+    rt_worker_drop(&f.rt, wd1, "test");
+    expect_peers(&f, "P1", 1, (const char *[]){ c1 });
+    expect_peers(&f, "P2", 1, (const char *[]){ c1 });
+    fx_worker_kv(&f, "D2", PD__ROLE__ROLE_DECODE, 64, d2);
+    expect_peers(&f, "P1", 2, (const char *[]){ c1, d2 });
+    expect_peers(&f, "P2", 2, (const char *[]){ c1, d2 });
+    /* A prefill worker leaving changes nothing for the others. */
+    rt_worker_drop(&f.rt, rt_worker_by_zid(&f.rt, "P2", 2), "test");
+    assert_int_equal(fx_count(&f, "P1", PD__MSG__BODY_KV_PEERS), 0);
+    assert_int_equal(fx_count(&f, "D2", PD__MSG__BODY_KV_PEERS), 0);
+    assert_int_equal(fx_count(&f, "C1", PD__MSG__BODY_KV_PEERS), 0);
+    fx_free(&f);
+}
+
 static void test_heartbeat(void **state)
 {
     (void)state;
@@ -277,6 +327,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_never_fits),
         cmocka_unit_test(test_heartbeat),
+        cmocka_unit_test(test_kv_peers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
