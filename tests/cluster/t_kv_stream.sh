@@ -16,8 +16,8 @@
 #     stream must carry the cached blocks too (the decode worker admits only
 #     with every layer of every block). Token-identical to pd-run, and so to
 #     the same prompts with kv.transfer: whole (also checked); prefix hits
-#     counted, every hit request's KV went out streamed (mode=layer), the
-#     decode worker refused nothing and dropped no stream;
+#     counted, every hit request admitted from a stream (the decode
+#     worker's kv_in mode=layer), nothing refused, no stream dropped;
 #   - kill -9 of a prefill worker midway through a layer stream (each
 #     streamed layer is slowed by PD_TEST_LAYER_DELAY_MS, the kill comes
 #     after its first layer was sent and before its last): the decode worker
@@ -77,17 +77,20 @@ send_seq() {
             --json >"$dir/out_$i.jsonl" 2>"$dir/out_$i.err"
     done
 }
-# hit_modes LOG: "H MODES": how many prefills found a cached prefix
-# (event=prefix_hit, debug) and the transfer modes their KV went out with
-# (event=kv_out mode=, "none" for a hit without one), e.g. "5 layer".
+# hit_modes PLOG: "H MODES": how many prefills of the prefill worker's log
+# PLOG found a cached prefix (event=prefix_hit, debug), and how the decode
+# worker admitted those requests' KV (d1.log, event=kv_in mode=: "layer"
+# from a stream, "whole" from a whole transfer; "none" for a hit request
+# never admitted), e.g. "5 layer".
 hit_modes() {
     awk 'function req(l) { match(l, / req=[0-9]+/); return substr(l, RSTART + 5, RLENGTH - 5) }
-         / event=prefix_hit / { hit[req($0)] = 1; n++ }
-         / event=kv_out / { m = $0; sub(/.* mode=/, "", m); sub(/ .*/, "", m); mode[req($0)] = m }
+         FILENAME == ARGV[1] && / event=prefix_hit / { hit[req($0)] = 1; n++ }
+         FILENAME == ARGV[2] && / event=kv_in / {
+             m = $0; sub(/.* mode=/, "", m); sub(/ .*/, "", m); mode[req($0)] = m }
          END { s = ""
                for (r in hit) { x = (r in mode) ? mode[r] : "none"
                                 if (!(x in seen)) { seen[x] = 1; s = s (s == "" ? "" : ",") x } }
-               print n + 0, s }' "$1"
+               print n + 0, s }' "$1" "$T/d1.log"
 }
 NP=6
 prefix_prompts $NP
@@ -97,7 +100,7 @@ cp "$T"/pl/ref_*.txt "$T/pw/"
 send_seq $NP "$T/pl"
 check_streams "$T/pl" $NP "shared prefix, kv.transfer layer, against pd-run"
 read -r nh modes <<<"$(hit_modes "$T/p1.log")"
-check "prefix hits on p1 (>= $(((NP - 1) * 160)) tokens, $nh requests) and every hit request's KV streamed (modes: ${modes:-?})" \
+check "prefix hits on p1 (>= $(((NP - 1) * 160)) tokens, $nh prefills), every hit request admitted from a stream (modes: ${modes:-?})" \
     eval 'test "$nh" -ge $((NP - 1)) -a "$modes" = layer &&
           wait_status "s.workers.some(w => w.id === \"p1\" && w.counters.prefix_hits >= $(((NP - 1) * 160)))"'
 
@@ -117,7 +120,7 @@ prefix_prompts $NP
 send_seq $NP "$T/pw"
 check_streams "$T/pw" $NP "shared prefix, kv.transfer whole, against pd-run (so equal to the streamed run)"
 read -r nh modes <<<"$(hit_modes "$T/p2.log")"
-check "prefix hits on p2 too ($nh requests), their KV shipped whole (modes: ${modes:-?})" \
+check "prefix hits on p2 too ($nh prefills), their KV admitted whole (modes: ${modes:-?})" \
     test "$nh" -ge $((NP - 1)) -a "$modes" = whole
 layers2=$(status_field "s.workers.find(w => w.id === 'd1').counters.kv_layers")
 check "kv.transfer whole streamed nothing (kv_layers stays $layers, is $layers2)" \
