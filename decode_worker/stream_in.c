@@ -288,8 +288,11 @@ void dc_on_layer(pd_decode_t *d, const Pd__KvLayer *k, pd_net_in_t *in)
     int i = stream_index(d, req, epoch);
     if (i < 0 && dc_stream_refused(d, req, epoch)) {
         /* The rest of a stream refused already: refused again, quietly
-         * (its peer has its KvAck). */
-        d->c.kv_rejected++;
+         * (its peer has its KvAck). The rest of a cancelled one (its
+         * request ended, e.g. at its first token, while its layers were on
+         * the way) is no refusal: not counted. */
+        if (!dc_was_cancelled(d, req, epoch))
+            d->c.kv_rejected++;
         return;
     }
     if (i >= 0 && !same_sender(&d->streams[i], from, from_len)) {
@@ -369,6 +372,10 @@ void dc_on_commit(pd_decode_t *d, const Pd__KvTransfer *k, pd_net_in_t *in)
     }
     char buf[160];
     const char *bad = check_commit(d, k, in);
+    if (bad == NULL && i < 0 && dc_was_cancelled(d, req, epoch)) {
+        dc_send_ack(d, from, from_len, req, epoch, false, "cancelled"); /* not counted */
+        return;
+    }
     if (bad == NULL && i < 0)
         bad = dc_stream_refused(d, req, epoch) ? "stream refused" : "no stream for this commit";
     if (bad == NULL)

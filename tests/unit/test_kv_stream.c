@@ -712,6 +712,18 @@ static void test_stream_cut(void **state)
     assert_int_equal(counter_rejected(f), r0);
     assert_int_equal(pd_kv_n_used(f->dh.eng.kv), h.used0);
     assert_false(f->dr.ops->busy(f->dr.self));
+    /* The rest of the stream and its commit, already on the way when the
+     * request ended (as when it finishes at its first token): refused as
+     * cancelled, not counted in kv_rejected. */
+    for (uint32_t l = n_layers / 2; l < n_layers; l++)
+        peer_layer(f, &h.peer, 921, 1, l, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    peer_commit(f, &h.peer, 921, N_PROMPT, 5);
+    peer_ack(f, &h.peer, false, "cancelled");
+    for (int i = 0; i < 50; i++)
+        fh_turn(&f->dh, f->dr);
+    assert_int_equal(counter_rejected(f), r0);
+    assert_int_equal(counter_dropped(f), d0 + 1);
+    assert_int_equal(pd_kv_n_used(f->dh.eng.kv), h.used0);
     /* Half the layers, then silence: dropped after half a lease, the
      * request handed back. */
     fh_load(f->dr, &l0);
