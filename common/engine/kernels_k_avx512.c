@@ -25,7 +25,10 @@
  * Prefetch: while a panel computes, the next panel's rows are prefetched
  * (kernels_pf.h, as the Q8_0/Q4_0 kernels do): streaming a 5632 x 2048
  * matrix from memory at one row, Q4_K went from 0.92 to 0.68 ms and Q6_K
- * from 1.10 to 0.89 ms (pd-kbench --stream-mb 512, shared machine).
+ * from 1.10 to 0.89 ms (pd-kbench --stream-mb 512, shared machine). The
+ * lines go to L2 (T1): ahead of T0 in streamed and end-to-end runs on the
+ * shared machine; more distance or the rows split in 2-8 interleaved
+ * streams measured no better.
  *
  * Why it is faster (decode is one activation row): per super-block the AVX2
  * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale
