@@ -106,7 +106,7 @@ static void pack_x_task(void *arg, int i, int n)
     for (uint32_t t = (uint32_t)i; t < n_tiles; t += (uint32_t)n) {
         const uint32_t r0 = t * PD_GEMM_NR;
         const uint32_t nr = c->n_rows - r0 < PD_GEMM_NR ? c->n_rows - r0 : PD_GEMM_NR;
-        pd_gemm_f32_pack_x(c->x, c->n_in, c->n_in, r0, nr, c->xp);
+        pd_gemm_f32_pack_x_avx512(c->x, c->n_in, c->n_in, r0, nr, c->xp);
     }
 }
 

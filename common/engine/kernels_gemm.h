@@ -46,12 +46,14 @@ bool pd_gemm_f32_takes(const pd_mat_t *w, uint32_t n_rows);
  * and PD_GEMM_MAX_TASKS panels (64-aligned parts). */
 size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows);
 
-/* The packings described above (plain C; the AVX-512 W packing writes the
+/* The packings described above (plain C; the AVX-512 versions write the
  * same bytes with 16 x 16 transposes). */
 void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp);
 void pd_gemm_f32_pack_w_avx512(const pd_mat_t *w, uint32_t o0, float *wp);
 void pd_gemm_f32_pack_x(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
                         uint32_t nr, float *xp);
+void pd_gemm_f32_pack_x_avx512(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                               uint32_t nr, float *xp); /* nr <= PD_GEMM_NR */
 /* The panel packed after this one (w NULL: none): its weight rows are
  * prefetched into L2 while this one computes (the packing otherwise waits
  * on memory for every weight: each is read once per product). */

@@ -183,3 +183,25 @@ void pd_gemm_f32_pack_w_avx512(const pd_mat_t *w, uint32_t o0, float *wp)
                 _mm512_storeu_ps(wp + ((size_t)j * M + m) * PD_GEMM_NO + h * LANES, v[j]);
         }
 }
+
+/* pd_gemm_f32_pack_x's bytes: per 16-element step m, the tile's nr rows
+ * transposed (rows past nr read as zeros), lane r of row j stored to
+ * xp[(j * M + m) * nr + r] for r < nr. */
+void pd_gemm_f32_pack_x_avx512(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                               uint32_t nr, float *xp)
+{
+    const size_t M = n_in / LANES;
+    float *t = xp + (size_t)r0 * n_in;
+    const __mmask16 keep = (__mmask16)((1u << nr) - 1);
+    for (size_t m = 0; m < M; m++) {
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (uint32_t r = 0; r < 16; r++)
+            v[r] = r < nr ? _mm512_loadu_ps(x + (size_t)(r0 + r) * x_stride + m * LANES)
+                          : _mm512_setzero_ps();
+        transpose16(v);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+            _mm512_mask_storeu_ps(t + ((size_t)j * M + m) * nr, keep, v[j]);
+    }
+}

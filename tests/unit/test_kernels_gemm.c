@@ -2,7 +2,7 @@
  * definition it must meet to the bit (pd_gemm_f32_ref):
  *   - the AVX-512 skinny kernel gives the reference's bits (so the
  *     reference is what decode has always computed);
- *   - the AVX-512 weight packing writes the C packing's bytes, and the
+ *   - the AVX-512 packings write the C packings' bytes, and the
  *     packed micro-kernel gives the reference's bits on odd shapes
  *     (row tiles of 1..14 and their tails, panels cut short by n_out), and
  *     writes nothing past its n_o outputs;
@@ -113,9 +113,15 @@ static void test_panel_matches_ref(void **state)
                 assert_non_null(yr);
                 memset(y, 0x7f, sizeof(float) * ys * n_rows);
                 memset(yr, 0x7f, sizeof(float) * ys * n_rows);
-                for (uint32_t r0 = 0; r0 < n_rows; r0 += PD_GEMM_NR)
-                    pd_gemm_f32_pack_x(x, n_in, n_in, r0,
-                                       n_rows - r0 < PD_GEMM_NR ? n_rows - r0 : PD_GEMM_NR, xp);
+                float *xp2 = malloc(sizeof(float) * n_rows * n_in);
+                assert_non_null(xp2);
+                for (uint32_t r0 = 0; r0 < n_rows; r0 += PD_GEMM_NR) {
+                    const uint32_t nr = n_rows - r0 < PD_GEMM_NR ? n_rows - r0 : PD_GEMM_NR;
+                    pd_gemm_f32_pack_x(x, n_in, n_in, r0, nr, xp);
+                    pd_gemm_f32_pack_x_avx512(x, n_in, n_in, r0, nr, xp2);
+                }
+                assert_memory_equal(xp, xp2, sizeof(float) * n_rows * n_in); /* the same bytes */
+                free(xp2);
                 for (uint32_t o0 = 0; o0 < n_out; o0 += PD_GEMM_NO) {
                     const uint32_t n_o = n_out - o0 < PD_GEMM_NO ? n_out - o0 : PD_GEMM_NO;
                     pd_gemm_f32_pack_w(&w, o0, wp);
