@@ -101,9 +101,9 @@ void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, u
                               uint32_t n_o, float *y, uint32_t y_stride,
                               const pd_gemm_next_t *next)
 {
-    static const tile_fn tab[PD_GEMM_NR] = {tile_1, tile_2,  tile_3,  tile_4,  tile_5,
-                                            tile_6, tile_7,  tile_8,  tile_9,  tile_10,
-                                            tile_11, tile_12, tile_13, tile_14};
+    static const tile_fn tab[PD_GEMM_NR + 1] = {NULL,    tile_1,  tile_2,  tile_3,  tile_4,
+                                                tile_5,  tile_6,  tile_7,  tile_8,  tile_9,
+                                                tile_10, tile_11, tile_12, tile_13, tile_14};
     const size_t M = n_in / LANES;
     const uint32_t n_tiles = (n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
     const uint32_t pf_from = n_tiles > PF_TILES ? n_tiles - PF_TILES : 0;
@@ -125,7 +125,7 @@ void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, u
             pf.lo = n_lines * (t - pf_from) / (n_tiles - pf_from);
             pf.hi = n_lines * (t - pf_from + 1) / (n_tiles - pf_from);
         }
-        tab[nr - 1](wp, xp + (size_t)r0 * n_in, M, n_o, y + (size_t)r0 * y_stride, y_stride, &pf);
+        tab[nr](wp, xp + (size_t)r0 * n_in, M, n_o, y + (size_t)r0 * y_stride, y_stride, &pf);
     }
 }
 
