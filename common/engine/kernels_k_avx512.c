@@ -25,14 +25,20 @@
  * Prefetch: while a panel computes, the next panel's rows are prefetched
  * (kernels_pf.h, as the Q8_0/Q4_0 kernels do): streaming a 5632 x 2048
  * matrix from memory at one row, Q4_K went from 0.92 to 0.68 ms and Q6_K
- * from 1.10 to 0.89 ms (pd-kbench --stream-mb 512, shared machine).
+ * from 1.10 to 0.89 ms (pd-kbench --stream-mb 512, shared machine). The
+ * lines go to L2 (T1): ahead of T0 in streamed and end-to-end runs on the
+ * shared machine; more distance or the rows split in 2-8 interleaved
+ * streams measured no better.
  *
  * Why it is faster (decode is one activation row): per super-block the AVX2
  * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale
  * shuffles; here 1 dpbusd + 1 dpwssd per 64 elements, and the scales of
  * a chunk pair come from one vpermd.
  */
+#include <cpuid.h>
 #include <immintrin.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "engine/kernels.h"
@@ -49,7 +55,7 @@
 #endif
 #define KNR 4     /* activation rows per micro-kernel call (1..4) */
 #define PANEL KPANEL
-#define PF_HINT _MM_HINT_T0
+#define PF_HINT _MM_HINT_T1 /* to L2: measured ahead of T0 here */
 
 #include "engine/kernels_pf.h"
 
@@ -182,6 +188,118 @@ static ALWAYS_INLINE void mk5_q4k(const int NR, const uint8_t *w, const uint8_t 
         acc_io[r] = acc[r];
 }
 
+/* ====== Q4_K on rearranged activations ======
+ * A 64-byte load of Q4_K's qs holds four 32-weight chunks: its low nibbles
+ * chunks 4j and 4j + 2, its high nibbles 4j + 1 and 4j + 3. With each
+ * 128-byte group of the Q8_K quants rearranged to the chunk order 4j,
+ * 4j + 2, 4j + 1, 4j + 3 (once per call, k5x_prepare), one 512-bit load
+ * and one shift give two chunk pairs, where the bcast256 form needs two
+ * loads and two shifts; and ggml's q8s (pair sums of bsums) are computed
+ * once per activation block instead of once per weight row. The int32
+ * lanes get the same sums (integer sums in another order), so y is the
+ * same bits. */
+#define K5X_BUF_BYTES 65536 /* per thread; larger calls take mk5_q4k */
+static _Thread_local uint8_t k5x_buf[K5X_BUF_BYTES] __attribute__((aligned(64)));
+
+/* Block layout of the rearranged activations (PD_Q8_K_BYTES each): float d,
+ * qs[256] in the order above, int16 q8s[8], 16 bytes of zeros. */
+static void k5x_prepare(const uint8_t *xq, size_t n_blocks, uint8_t *out)
+{
+    for (size_t b = 0; b < n_blocks; b++) {
+        const uint8_t *s = xq + b * PD_Q8_K_BYTES;
+        uint8_t *d = out + b * PD_Q8_K_BYTES;
+        memcpy(d, s, 4);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *sq = s + 4 + 128 * h;
+            uint8_t *dq = d + 4 + 128 * h;
+            const __m256i c0 = load256(sq), c1 = load256(sq + 32), c2 = load256(sq + 64),
+                          c3 = load256(sq + 96);
+            _mm256_storeu_si256((__m256i *)(void *)dq, c0);
+            _mm256_storeu_si256((__m256i *)(void *)(dq + 32), c2);
+            _mm256_storeu_si256((__m256i *)(void *)(dq + 64), c1);
+            _mm256_storeu_si256((__m256i *)(void *)(dq + 96), c3);
+        }
+        const __m256i bs = load256(s + 260);
+        _mm_storeu_si128((__m128i *)(void *)(d + 260),
+                         _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1)));
+        memset(d + 276, 0, 16);
+    }
+}
+
+/* Q4_K's 12 scale bytes as 16 bytes (8 scales, then 8 mins): ggml's
+ * unpacking (k4_scales_mins) on the four 32-bit words at once. s12 is
+ * followed by at least 4 readable bytes (qs). */
+static ALWAYS_INLINE __m128i k4_scales_mins_v(const uint8_t *s12)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)s12);
+    const __m128i p = _mm_shuffle_epi32(v, _MM_SHUFFLE(2, 1, 2, 0)); /* u0 u2 u1 u2 */
+    const __m128i q = _mm_shuffle_epi32(v, _MM_SHUFFLE(1, 1, 0, 0)); /* u0 u0 u1 u1 */
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(p, _mm_set_epi32(4, 0, 0, 0)),
+                                     _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(q, 2),
+                                     _mm_set_epi32(0x30303030, 0, 0x30303030, 0));
+    return _mm_or_si128(lo, hi);
+}
+
+/* Scales of chunks a (lanes 0..7) and b (lanes 8..15). */
+static ALWAYS_INLINE __m512i k4_pair_scales(__m512i sc32, int a, int b)
+{
+    return _mm512_permutexvar_epi32(_mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a),
+                                    sc32);
+}
+
+#define XPS(r, b) (x + (r) * xs + (b) * PD_Q8_K_BYTES) /* rearranged block b of row r */
+
+static ALWAYS_INLINE void mk5_q4k_px(const int NR, const uint8_t *w, const uint8_t *x, size_t xs,
+                                     size_t nb, kacc_t *acc_io)
+{
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + b * PD_Q4_K_BYTES, *qs = wb + 16;
+        const float dw = fp16_at(wb), dminw = fp16_at(wb + 2);
+        const __m128i sm = k4_scales_mins_v(wb + 4);
+        const __m128i mins = _mm_unpackhi_epi8(sm, _mm_setzero_si128());
+        const __m512i sc32 = _mm512_cvtepu8_epi32(sm); /* lanes 0..7: scales */
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            sumi[r] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; j++) {
+            const __m512i v = load512(qs + 64 * j);
+            const __m512i lo = _mm512_and_si512(v, m4);                       /* 4j, 4j + 2 */
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4); /* 4j + 1, 4j + 3 */
+            const __m512i slo = k4_pair_scales(sc32, 4 * j, 4 * j + 2);
+            const __m512i shi = k4_pair_scales(sc32, 4 * j + 1, 4 * j + 3);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *xb = XPS(r, b) + 4 + 128 * j;
+                sumi[r] = pair_dot(pair_dot(sumi[r], lo, xb, slo), hi, xb + 64, shi);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const float dy = f32_at(XPS(r, b));
+            const __m128i q8s = _mm_loadu_si128((const __m128i *)(const void *)(XPS(r, b) + 260));
+            const __m128i prod = _mm_madd_epi16(mins, q8s);
+            const __m128 am = _mm_fmadd_ps(_mm_set1_ps(-dy * dminw), _mm_cvtepi32_ps(prod),
+                                           _mm256_castps256_ps128(acc[r].b));
+            acc[r].b = _mm256_castps128_ps256(am);
+            acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(dy * dw), _mm256_cvtepi32_ps(fold512(sumi[r])),
+                                       acc[r].a);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
+}
+
+#undef XPS
+
 /* Scales of chunk pair p (chunks 2p, 2p + 1) of a Q6_K super-block: lane L
  * takes scale 4p + L / 4 (each 16 elements have their own). */
 static ALWAYS_INLINE __m512i q6k_pair_scales(__m512i sc32, int p)
@@ -245,6 +363,70 @@ static ALWAYS_INLINE void mk5_q6k(const int NR, const uint8_t *w, const uint8_t 
         acc_io[r] = acc[r];
 }
 
+/* ====== Q6_K with GFNI ======
+ * The 2-bit high parts of Q6_K sit at four bit positions of qh; moving one
+ * to bits 4-5 (and clearing the rest) is one byte-wise affine transform
+ * (vgf2p8affineqb, its matrix per 64-bit lane, so both halves of a vector
+ * get their own field), and the merge with the low nibble one vpternlogd:
+ * 5 operations per 128 weights where the shift-and-mask form takes 10.
+ * Same bytes into vpdpbusd, so the same bits out. */
+#define K6G_ATTR __attribute__((target("gfni")))
+#define GF_F(k) (0x01020000ull << (2 * (k))) /* qh bits 2k, 2k + 1 -> 4, 5 */
+
+K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, const uint8_t *x,
+                                              size_t xs, size_t nb, kacc_t *acc_io)
+{
+    kacc_t acc[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc[r] = acc_io[r];
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i ma = _mm512_set_epi64((long long)GF_F(1), (long long)GF_F(1), (long long)GF_F(1),
+                                        (long long)GF_F(1), (long long)GF_F(0), (long long)GF_F(0),
+                                        (long long)GF_F(0), (long long)GF_F(0));
+    const __m512i mb = _mm512_set_epi64((long long)GF_F(3), (long long)GF_F(3), (long long)GF_F(3),
+                                        (long long)GF_F(3), (long long)GF_F(2), (long long)GF_F(2),
+                                        (long long)GF_F(2), (long long)GF_F(2));
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + b * PD_Q6_K_BYTES;
+        const float dw = fp16_at(wb + 208);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wb + 192)));
+        const __m512i sc32 = _mm512_cvtepu16_epi32(sc16);
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++)
+            sumi[r] = _mm512_setzero_si512();
+#pragma GCC unroll 2
+        for (int j = 0; j < 2; j++) {
+            const __m512i ql = load512(wb + 64 * j);
+            const __m512i qh = bcast256(wb + 128 + 32 * j);
+            /* (a & c) | b, b clean outside bits 4-5: 0xEC */
+            const __m512i qa = _mm512_ternarylogic_epi32(ql, _mm512_gf2p8affine_epi64_epi8(qh, ma, 0),
+                                                         m15, 0xEC);
+            const __m512i qb = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4),
+                                                         _mm512_gf2p8affine_epi64_epi8(qh, mb, 0),
+                                                         m15, 0xEC);
+            const __m512i sa = q6k_pair_scales(sc32, 2 * j), sb = q6k_pair_scales(sc32, 2 * j + 1);
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *xb = XQS(r, b) + 4 + 128 * j;
+                sumi[r] = pair_dot(pair_dot(sumi[r], qa, xb, sa), qb, xb + 64, sb);
+            }
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; r++) {
+            const __m256i sub = _mm256_slli_epi32(
+                _mm256_madd_epi16(load256(XQS(r, b) + 260), sc16), 5);
+            acc[r].a = _mm256_fmadd_ps(_mm256_set1_ps(f32_at(XQS(r, b)) * dw),
+                                       _mm256_cvtepi32_ps(_mm256_sub_epi32(fold512(sumi[r]), sub)),
+                                       acc[r].a);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+        acc_io[r] = acc[r];
+}
+
 #undef XQS
 
 typedef void (*mk5_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *acc);
@@ -258,12 +440,26 @@ typedef void (*mk5_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb,
 #define MK5(NAME, FN) MK5_1(NAME, FN, 1) MK5_1(NAME, FN, 2) MK5_1(NAME, FN, 3) MK5_1(NAME, FN, 4)
 MK5(mk5q4, mk5_q4k)
 MK5(mk5q6, mk5_q6k)
+MK5(mk5q4x, mk5_q4k_px)
+#define MK5G_1(NAME, FN, NR)                                                                \
+    K6G_ATTR static void NAME##_##NR(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, \
+                                     kacc_t *a)                                             \
+    {                                                                                       \
+        FN(NR, w, x, xs, nb, a);                                                            \
+    }
+MK5G_1(mk5q6g, mk5_q6k_g, 1)
+MK5G_1(mk5q6g, mk5_q6k_g, 2)
+MK5G_1(mk5q6g, mk5_q6k_g, 3)
+MK5G_1(mk5q6g, mk5_q6k_g, 4)
 
-static mk5_fn mk5_pick(bool q6, int nr)
+/* kind: 0 Q4_K, 1 Q6_K, 2 Q4_K on rearranged activations, 3 Q6_K with GFNI */
+static mk5_fn mk5_pick(int kind, int nr)
 {
-    static const mk5_fn tab[2][KNR] = {{mk5q4_1, mk5q4_2, mk5q4_3, mk5q4_4},
-                                       {mk5q6_1, mk5q6_2, mk5q6_3, mk5q6_4}};
-    return tab[q6][nr - 1];
+    static const mk5_fn tab[4][KNR] = {{mk5q4_1, mk5q4_2, mk5q4_3, mk5q4_4},
+                                       {mk5q6_1, mk5q6_2, mk5q6_3, mk5q6_4},
+                                       {mk5q4x_1, mk5q4x_2, mk5q4x_3, mk5q4x_4},
+                                       {mk5q6g_1, mk5q6g_2, mk5q6g_3, mk5q6g_4}};
+    return tab[kind][nr - 1];
 }
 
 /* y from the accumulators in ggml's order (kernels_k_avx2.c's finish_k). */
@@ -277,15 +473,39 @@ static float finish5(bool q6, const kacc_t *acc)
     return hsum8_ggml(acc->a) + _mm_cvtss_f32(m);
 }
 
-/* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K. */
+/* Whether the CPU has GFNI (every AVX-512 VNNI part from Ice Lake and Zen 4
+ * on; not Cascade Lake), asked once. */
+static bool has_gfni(void)
+{
+    static atomic_int cached; /* 0 unknown, 1 no, 2 yes */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v == 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 8)) ? 2 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v == 2;
+}
+
+/* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K; fast: the rearranged
+ * activations for Q4_K (when they fit k5x_buf) and GFNI for Q6_K (when the
+ * CPU has it). */
 static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
-                    uint32_t n_rows, float *y, uint32_t y_stride)
+                    uint32_t n_rows, float *y, uint32_t y_stride, bool fast)
 {
     const pd_ggml_type_t t = w->type;
     const bool q6 = t == PD_GGML_TYPE_Q6_K;
     const size_t bb = q6 ? PD_Q6_K_BYTES : PD_Q4_K_BYTES, nb_all = w->n_in / QK_K;
     const size_t xs = nb_all * PD_Q8_K_BYTES, rb = w->row_bytes;
     const uint8_t *w0 = (const uint8_t *)w->data, *x0 = (const uint8_t *)xq;
+    int kind = q6;
+    if (fast && q6 && has_gfni())
+        kind = 3;
+    if (fast && !q6 && (size_t)n_rows * xs <= K5X_BUF_BYTES) {
+        k5x_prepare(x0, (size_t)n_rows * nb_all, k5x_buf);
+        x0 = k5x_buf;
+        kind = 2;
+    }
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
     pf_t pf;
 
@@ -301,7 +521,7 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
                                                (size_t)np * ((n_rows + KNR - 1) / KNR) + 1);
             for (uint32_t r = 0; r < n_rows; r += KNR) {
                 const int nr = n_rows - r >= KNR ? KNR : (int)(n_rows - r);
-                const mk5_fn mk = mk5_pick(q6, nr);
+                const mk5_fn mk = mk5_pick(kind, nr);
                 for (uint32_t o = 0; o < np; o++) {
                     pf_step(&pf, pf_per_call);
                     mk(wp + o * rb + b0 * bb, x0 + r * xs + b0 * PD_Q8_K_BYTES, xs, nb,
@@ -316,8 +536,9 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     }
 }
 
-void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
-                             uint32_t n_rows, float *y, uint32_t y_stride)
+void pd_kern_skinny_k_avx512_paths(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                                   const void *xq, uint32_t n_rows, float *y, uint32_t y_stride,
+                                   bool fast)
 {
     if (o_begin >= o_end)
         return;
@@ -326,11 +547,17 @@ void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end
     while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows: slices */
         const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
         if (own)
-            skinny5(w, o_begin, o_end, xq, nr, y, y_stride);
+            skinny5(w, o_begin, o_end, xq, nr, y, y_stride, fast);
         else
             pd_kern_skinny_k_avx2(w, o_begin, o_end, xq, nr, y, y_stride);
         xq = (const uint8_t *)xq + (size_t)nr * xq_row;
         y += (size_t)nr * y_stride;
         n_rows -= nr;
     }
+}
+
+void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                             uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    pd_kern_skinny_k_avx512_paths(w, o_begin, o_end, xq, n_rows, y, y_stride, true);
 }

@@ -108,5 +108,12 @@ void pd_quant_rows_q8_k_avx2(const float *x, uint32_t x_stride, uint32_t n, uint
  * kernel. */
 void pd_kern_skinny_k_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
                              uint32_t n_rows, float *y, uint32_t y_stride);
+/* The same with its faster paths on (fast: what pd_kern_skinny_k_avx512
+ * does) or off (the plain VNNI loops), so that tests check both: Q4_K on
+ * activations rearranged per call (calls whose activations fit 64 KB), Q6_K
+ * with GFNI (CPUs that have it). Every path gives the same bits. */
+void pd_kern_skinny_k_avx512_paths(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                                   const void *xq, uint32_t n_rows, float *y, uint32_t y_stride,
+                                   bool fast);
 
 #endif
