@@ -40,7 +40,11 @@
  * kept on the stack between K-tiles (the K-tile's activations, 17 KB, stay
  * in L1 while the panel's weights stream past), and the next panel's
  * weights are prefetched while it runs (kernels_pf.h, as the skinny
- * kernels do): at 8 tokens the product is close to memory-bound.
+ * kernels do): at 8 tokens the product is close to memory-bound. The
+ * weights' fp16 scales are converted once per panel and K-tile (one
+ * gather per row: qt_scales), not per block, row and token group, and a
+ * Q4_0 block's nibbles are unpacked with one shift and one mask
+ * (q4_unpack).
  *
  * A last group of at most 8 tokens (pd_matmul: a batch of 6..8, or the
  * tail of a larger one) is laid out in "qt8 blocks" instead: two of a token's 8
@@ -98,13 +102,6 @@ typedef struct {
 
 _Static_assert(sizeof(qt8_blk_t) == 576 && sizeof(qt8_blk_t) <= sizeof(qt_blk_t),
                "qt8 block size");
-
-static ALWAYS_INLINE float fp16_load(const uint8_t *p)
-{
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
 
 /* ====== The activations, once per product ====== */
 
@@ -168,10 +165,21 @@ void pd_kern_qt_prepare_avx512(pd_ggml_type_t wtype, const void *xq, uint32_t n_
 
 /* ====== The micro-kernel ====== */
 
+/* The 32 stored nibbles of a Q4_0 block as bytes, groups 0..7 in order:
+ * the 16 bytes in both halves, the upper half shifted right by 4 (per
+ * dword: the bits a byte gets from its neighbour are masked off). */
+static ALWAYS_INLINE __m256i q4_unpack(const uint8_t *qs)
+{
+    const __m256i t =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
+                            _mm256_set1_epi8(0x0f));
+}
+
 /* acc[o * acc_stride + i] (16 tokens) += blocks [0, nb) of weight rows
  * w + o * rb (o < NO) times the qt blocks xt; `first` starts from 0. */
 static ALWAYS_INLINE void mk_qt(const int NO, const bool q8, const uint8_t *w, size_t rb,
-                                const qt_blk_t *xt, size_t nb, __m512 *acc_io,
+                                const float *ds, const qt_blk_t *xt, size_t nb, __m512 *acc_io,
                                 size_t acc_stride, bool first)
 {
     const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
@@ -188,17 +196,13 @@ static ALWAYS_INLINE void mk_qt(const int NO, const bool q8, const uint8_t *w, s
 #pragma GCC unroll 2
         for (int o = 0; o < NO; o++) {
             const uint8_t *wb = w + (size_t)o * rb + b * bsz;
-            sc[o] = _mm512_mul_ps(_mm512_set1_ps(fp16_load(wb)), dx);
+            sc[o] = _mm512_mul_ps(_mm512_set1_ps(ds[(size_t)o * QT_KT + b]), dx);
             if (q8) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2));
                 _mm256_store_si256((__m256i *)(void *)wu[o],
                                    _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
             } else {
-                const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(wb + 2));
-                const __m128i m4 = _mm_set1_epi8(0x0f);
-                _mm_store_si128((__m128i *)(void *)wu[o], _mm_and_si128(t, m4));
-                _mm_store_si128((__m128i *)(void *)&wu[o][4],
-                                _mm_and_si128(_mm_srli_epi16(t, 4), m4));
+                _mm256_store_si256((__m256i *)(void *)wu[o], q4_unpack(wb + 2));
             }
         }
 #pragma GCC unroll 8
@@ -223,8 +227,8 @@ static ALWAYS_INLINE void mk_qt(const int NO, const bool q8, const uint8_t *w, s
  * acc_stride + m] (lane 2t + j: token t, group 2m + j; m < 4) += blocks
  * [0, nb) of weight rows w + o * rb (o < NO). */
 static ALWAYS_INLINE void mk_qt8(const int NO, const bool q8, const uint8_t *w, size_t rb,
-                                 const qt8_blk_t *xt, size_t nb, __m512 *acc_io,
-                                 size_t acc_stride, bool first)
+                                 const float *ds, const qt8_blk_t *xt, size_t nb,
+                                 __m512 *acc_io, size_t acc_stride, bool first)
 {
     const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
     __m512 acc[QT8_NO][4];
@@ -241,17 +245,13 @@ static ALWAYS_INLINE void mk_qt8(const int NO, const bool q8, const uint8_t *w, 
 #pragma GCC unroll 4
         for (int o = 0; o < NO; o++) {
             const uint8_t *wb = w + (size_t)o * rb + b * bsz;
-            sc[o] = _mm512_mul_ps(_mm512_set1_ps(fp16_load(wb)), dx);
+            sc[o] = _mm512_mul_ps(_mm512_set1_ps(ds[(size_t)o * QT_KT + b]), dx);
             if (q8) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2));
                 _mm256_store_si256((__m256i *)(void *)wu[o],
                                    _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
             } else {
-                const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(wb + 2));
-                const __m128i m4 = _mm_set1_epi8(0x0f);
-                _mm_store_si128((__m128i *)(void *)wu[o], _mm_and_si128(t, m4));
-                _mm_store_si128((__m128i *)(void *)&wu[o][2],
-                                _mm_and_si128(_mm_srli_epi16(t, 4), m4));
+                _mm256_store_si256((__m256i *)(void *)wu[o], q4_unpack(wb + 2));
             }
         }
 #pragma GCC unroll 4
@@ -273,23 +273,25 @@ static ALWAYS_INLINE void mk_qt8(const int NO, const bool q8, const uint8_t *w, 
             acc_io[o * acc_stride + (size_t)m] = acc[o][m];
 }
 
-typedef void (*mk_qt8_fn)(const uint8_t *w, size_t rb, const qt8_blk_t *xt, size_t nb,
-                          __m512 *acc, size_t acc_stride, bool first);
+typedef void (*mk_qt8_fn)(const uint8_t *w, size_t rb, const float *ds, const qt8_blk_t *xt,
+                          size_t nb, __m512 *acc, size_t acc_stride, bool first);
 
-typedef void (*mk_qt_fn)(const uint8_t *w, size_t rb, const qt_blk_t *xt, size_t nb,
-                         __m512 *acc, size_t acc_stride, bool first);
+typedef void (*mk_qt_fn)(const uint8_t *w, size_t rb, const float *ds, const qt_blk_t *xt,
+                         size_t nb, __m512 *acc, size_t acc_stride, bool first);
 
 #define MKQT(NO, Q8, SFX)                                                                      \
-    static void mkqt_##NO##_##SFX(const uint8_t *w, size_t rb, const qt_blk_t *xt, size_t nb,  \
-                                  __m512 *acc, size_t acc_stride, bool first)                  \
+    static void mkqt_##NO##_##SFX(const uint8_t *w, size_t rb, const float *ds,                \
+                                  const qt_blk_t *xt, size_t nb, __m512 *acc,                  \
+                                  size_t acc_stride, bool first)                               \
     {                                                                                          \
-        mk_qt(NO, Q8, w, rb, xt, nb, acc, acc_stride, first);                                  \
+        mk_qt(NO, Q8, w, rb, ds, xt, nb, acc, acc_stride, first);                              \
     }
 #define MKQT8(NO, Q8, SFX)                                                                     \
-    static void mkqt8_##NO##_##SFX(const uint8_t *w, size_t rb, const qt8_blk_t *xt, size_t nb, \
-                                   __m512 *acc, size_t acc_stride, bool first)                 \
+    static void mkqt8_##NO##_##SFX(const uint8_t *w, size_t rb, const float *ds,               \
+                                   const qt8_blk_t *xt, size_t nb, __m512 *acc,                \
+                                   size_t acc_stride, bool first)                              \
     {                                                                                          \
-        mk_qt8(NO, Q8, w, rb, xt, nb, acc, acc_stride, first);                                 \
+        mk_qt8(NO, Q8, w, rb, ds, xt, nb, acc, acc_stride, first);                             \
     }
 MKQT8(1, true, q8)
 MKQT8(4, true, q8)
@@ -319,6 +321,23 @@ static ALWAYS_INLINE __m512 qt8_reduce(const __m512 *acc)
 }
 
 /* ====== The product ====== */
+
+/* ds[o * QT_KT + b] = the fp16 scale of block b0 + b of weight row o, as
+ * float, for o < np, b < nb: once per K-tile of a panel instead of once
+ * per block, row and token group in the micro-kernels. */
+static void qt_scales(const uint8_t *wk, size_t rb, size_t bsz, uint32_t np, size_t nb,
+                      float *ds)
+{
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32((int)bsz));
+    const __mmask16 m = (__mmask16)((1u << nb) - 1);
+    for (uint32_t o = 0; o < np; o++) {
+        const __m512i h =
+            _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, wk + (size_t)o * rb, 1);
+        _mm512_store_ps(ds + (size_t)o * QT_KT, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h)));
+    }
+}
 
 /* The outputs of one group (tokens r0 .. r0 + n_tok) for the np rows of
  * the panel at p0. */
@@ -352,6 +371,8 @@ void pd_kern_skinny_qt_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_en
     const size_t acc_stride = (size_t)QT_GROUPS * 8; /* zmm between weight rows */
     _Static_assert(QT_GROUPS * PD_QT_LANES == PD_SKINNY_MAX_ROWS, "groups");
     alignas(64) __m512 acc[QT_PANEL * QT_GROUPS * 8]; /* (panel row, group, lane i) */
+    alignas(64) float ds[QT_PANEL * QT_KT];            /* the K-tile's weight scales */
+    _Static_assert(QT_KT == 16, "one 16-lane gather per row and K-tile");
     pf_t pf = {0};
 
     for (uint32_t g0 = 0; g0 < n_groups; g0 += QT_GROUPS) { /* n_rows > 64: slices */
@@ -363,6 +384,7 @@ void pd_kern_skinny_qt_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_en
                 const size_t nb = nb_all - b0 < QT_KT ? nb_all - b0 : QT_KT;
                 const size_t pf_per_call =
                     pf_plan(&pf, true, w0, rb, p0, o_end, b0, QT_KT, nb_all, (size_t)ng * np + 1);
+                qt_scales(wp + b0 * bsz, rb, bsz, np, nb, ds);
                 for (uint32_t g = 0; g < ng; g++) {
                     const qt_blk_t *xg = xt + (size_t)(g0 + g) * nb_all;
                     const bool half = n_rows - (g0 + g) * PD_QT_LANES <= PD_QT_LANES / 2;
@@ -372,11 +394,14 @@ void pd_kern_skinny_qt_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_en
                         const uint32_t want = half ? QT8_NO : QT_NO;
                         const uint32_t no = np - o >= want ? want : 1;
                         pf_step(&pf, pf_per_call * no);
+                        const float *dso = ds + (size_t)o * QT_KT;
                         if (half)
-                            (no > 1 ? mk84 : mk81)(wo, rb, (const qt8_blk_t *)(const void *)xg + b0,
-                                                   nb, a, acc_stride, b0 == 0);
+                            (no > 1 ? mk84 : mk81)(wo, rb, dso,
+                                                   (const qt8_blk_t *)(const void *)xg + b0, nb,
+                                                   a, acc_stride, b0 == 0);
                         else
-                            (no > 1 ? mk2 : mk1)(wo, rb, xg + b0, nb, a, acc_stride, b0 == 0);
+                            (no > 1 ? mk2 : mk1)(wo, rb, dso, xg + b0, nb, a, acc_stride,
+                                                 b0 == 0);
                         o += no;
                     }
                 }
