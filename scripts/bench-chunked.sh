@@ -3,7 +3,10 @@
 # off against on, beside the disaggregated cluster: part 2 of the benchmark
 # suite (scripts/bench.sh) on its own, repeated. llama-110M-f32 on the same
 # two cores: disaggregated = 1 prefill worker on core 0 + 1 decode worker on
-# core 1; colocated = 2 `--role both` workers on cores 0 and 1, with
+# core 1; with SHARED=1 (the default) also disaggregated with both workers
+# unpinned at model.threads 2 (each phase may use both cores while the other
+# idles), and with COSHARED=1 (default 0) colocated the same way (unpinned,
+# model.threads 2, the last of CHUNKS); colocated = 2 `--role both` workers on cores 0 and 1, with
 # prefill.chunk_tokens = each of CHUNKS (0: off, whole prefill passes between
 # decode steps). Workloads as part 2: prefill-heavy (512 -> 64 tokens, 0.45
 # req/s, 16 requests) and decode-heavy (32 -> 128, 1.2 req/s, 24 requests),
@@ -12,7 +15,7 @@
 #
 #   scripts/bench-chunked.sh        REPEAT rounds (default 2), every config each round
 #
-# Env: BUILD (default build), REPEAT, CHUNKS (default "0 32"). Results: pd-bench
+# Env: BUILD (default build), REPEAT, CHUNKS (default "0 32"), SHARED (1), COSHARED (0). Results: pd-bench
 # JSON in $BUILD/bench-chunked/, a markdown table on stdout (and in
 # $BUILD/bench-chunked/table.md).
 set -euo pipefail
@@ -21,6 +24,10 @@ BUILD=${BUILD:-build}
 BIN=$BUILD/bin
 REPEAT=${REPEAT:-2}
 CHUNKS=${CHUNKS:-"0 32"}
+SHARED=${SHARED:-1}
+SHARED_CFG=$([ "$SHARED" = 1 ] && echo shared || true)
+COSHARED=${COSHARED:-0}
+COSHARED_CFG=$([ "$COSHARED" = 1 ] && echo coshared || true)
 BUILD=$BUILD scripts/models.sh default >/dev/null
 MODEL=$BUILD/models/llama-110M-f32.gguf
 OUT=$BUILD/bench-chunked
@@ -54,11 +61,19 @@ slo() { # NAME KTTFT KTPOT
 }
 
 for ((r = 1; r <= REPEAT; r++)); do
-    for cfg in disagg $(printf 'chunk%s ' $CHUNKS); do
+    for cfg in disagg $SHARED_CFG $(printf 'chunk%s ' $CHUNKS) $COSHARED_CFG; do
         BENCH_SETS=("${BASE_SETS[@]}")
         if [ $cfg = disagg ]; then
             echo "bench-chunked: round $r: disaggregated"
             bench_start "r$r-$cfg" prefill:0 decode:1
+        elif [ $cfg = shared ]; then
+            BENCH_SETS+=(--set model.threads=2)
+            echo "bench-chunked: round $r: disaggregated, both workers on both cores (model.threads 2, unpinned)"
+            bench_start "r$r-$cfg" prefill:- decode:-
+        elif [ $cfg = coshared ]; then
+            BENCH_SETS+=(--set model.threads=2 --set "prefill.chunk_tokens=${CHUNKS##* }")
+            echo "bench-chunked: round $r: colocated, both workers on both cores (model.threads 2, unpinned), prefill.chunk_tokens=${CHUNKS##* }"
+            bench_start "r$r-$cfg" both:- both:-
         else
             BENCH_SETS+=(--set "prefill.chunk_tokens=${cfg#chunk}")
             echo "bench-chunked: round $r: colocated, prefill.chunk_tokens=${cfg#chunk}"
@@ -82,13 +97,15 @@ for ((r = 1; r <= REPEAT; r++)); do
 done
 echo "load_end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.txt"
 
-node - "$OUT" "$REPEAT" "$CHUNKS" <<'EOF' | tee "$OUT/table.md"
+node - "$OUT" "$REPEAT" "$CHUNKS" "$SHARED_CFG" "$COSHARED_CFG" <<'EOF' | tee "$OUT/table.md"
 const fs = require("fs");
 const [out, repeat, chunks] = [process.argv[2], +process.argv[3], process.argv[4].split(" ")];
 const J = (n) => JSON.parse(fs.readFileSync(`${out}/${n}.json`, "utf8"));
 const f = (x, d = 1) => (x === undefined || x === null || !isFinite(x) ? "–" : x.toFixed(d));
-const cfgs = ["disagg", ...chunks.map((c) => `chunk${c}`)];
-const label = (c) => c === "disagg" ? "disaggregated" : c === "chunk0" ? "colocated, chunked prefill off" : `colocated, chunk_tokens ${c.slice(5)}`;
+const cfgs = ["disagg", ...(process.argv[5] ? [process.argv[5]] : []), ...chunks.map((c) => `chunk${c}`),
+  ...(process.argv[6] ? [process.argv[6]] : [])];
+const label = (c) => c === "disagg" ? "disaggregated" : c === "shared" ? "disaggregated, both workers on both cores" :
+  c === "coshared" ? `colocated, both workers on both cores, chunk_tokens ${chunks[chunks.length - 1]}` : c === "chunk0" ? "colocated, chunked prefill off" : `colocated, chunk_tokens ${c.slice(5)}`;
 console.log(fs.readFileSync(`${out}/meta.txt`, "utf8").trim().split("\n").map((l) => `    ${l}`).join("\n"));
 console.log("");
 console.log("| round | workload | config | unloaded TPOT (ms) | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | TPOT p99 / own unloaded | goodput (req/s) |");

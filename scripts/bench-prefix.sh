@@ -34,7 +34,8 @@
 # SHARED_RUNS (1; 0 = skip the shared/alone runs), FAST (0), RATE2 (2), NUM2
 # (48), LLAMA (0), LLAMA_SERVER (/work/llama.cpp/build/bin/llama-server),
 # LLAMA_CTX (8192), CHAT (0), CHAT_CONV (8), CHAT_TURNS (6), CHAT_USER (64),
-# CHAT_OUTPUT (32), CHAT_THINK (0). Prints one line per run and writes
+# CHAT_OUTPUT (32), CHAT_THINK (0), CORES (split; both = workers unpinned at
+# model.threads 2, see below). Prints one line per run and writes
 # LOGS/NAME.json (pd-bench --json) for each.
 set -u
 cd "$(dirname "$0")/.."
@@ -166,30 +167,38 @@ ROUTED=(--num-prompts "$ROUTE_NUM" --request-rate "$ROUTE_RATE" --prefix-len "$R
 # runs), and a worker dropped and re-registered loses its cache and its
 # counters: the routing and trace runs allow 10 s.
 LIVE=(worker.liveness=20 router.liveness=20)
+# CORES=split: prefill worker on core 0, decode worker on core 1, one thread
+# each; CORES=both: neither pinned, model.threads 2 each (a phase uses both
+# cores while the other idles, as llama.cpp's server does with -t 2).
+if [ "${CORES:-split}" = both ]; then
+    PD=(prefill:- decode:- model.threads=2)
+else
+    PD=(prefill:0 decode:1)
+fi
 TRACED=(--dataset mooncake --dataset-path client/bench/traces/mooncake-small.jsonl
         --mooncake-block-size 64 --ignore-eos)
 for r in $(seq 1 "$ROUNDS"); do
     if [ "$ROUTE" != only ] && [ "$CHAT" != only ] && [ "${SHARED_RUNS:-1}" = 1 ]; then
-        one "shared-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${SHARED[@]}"
-        one "shared-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${SHARED[@]}"
-        one "alone-$r" prefill:0 decode:1 -- "${ALONE[@]}"
+        one "shared-off-$r" "${PD[@]}" kv.prefix_caching=false -- "${SHARED[@]}"
+        one "shared-on-$r" "${PD[@]}" kv.prefix_caching=true -- "${SHARED[@]}"
+        one "alone-$r" "${PD[@]}" -- "${ALONE[@]}"
         [ "$LLAMA" = 1 ] && llama "llama-shared-$r" -- "${SHARED[@]}"
         [ "$LLAMA" = 1 ] && llama "llama-alone-$r" -- "${ALONE[@]}"
     fi
     if [ "$FAST" = 1 ] && [ "$CHAT" != only ]; then
-        one "shared2-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${SHARED2[@]}"
-        one "shared2-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${SHARED2[@]}"
-        one "alone2-$r" prefill:0 decode:1 -- "${ALONE2[@]}"
+        one "shared2-off-$r" "${PD[@]}" kv.prefix_caching=false -- "${SHARED2[@]}"
+        one "shared2-on-$r" "${PD[@]}" kv.prefix_caching=true -- "${SHARED2[@]}"
+        one "alone2-$r" "${PD[@]}" -- "${ALONE2[@]}"
         [ "$LLAMA" = 1 ] && llama "llama-shared2-$r" -- "${SHARED2[@]}"
     fi
     if [ "$CHAT" != 0 ]; then
-        one "chat-off-$r" prefill:0 decode:1 kv.prefix_caching=false -- "${CHATTED[@]}"
-        one "chat-on-$r" prefill:0 decode:1 kv.prefix_caching=true -- "${CHATTED[@]}"
+        one "chat-off-$r" "${PD[@]}" kv.prefix_caching=false -- "${CHATTED[@]}"
+        one "chat-on-$r" "${PD[@]}" kv.prefix_caching=true -- "${CHATTED[@]}"
         [ "$LLAMA" = 1 ] && llama "llama-chat-$r" -- "${CHATTED[@]}"
     fi
     if [ "${TRACE:-0}" = 1 ]; then
-        one "trace-off-$r" prefill:0 decode:1 kv.prefix_caching=false "${LIVE[@]}" -- "${TRACED[@]}"
-        one "trace-on-$r" prefill:0 decode:1 kv.prefix_caching=true "${LIVE[@]}" -- "${TRACED[@]}"
+        one "trace-off-$r" "${PD[@]}" kv.prefix_caching=false "${LIVE[@]}" -- "${TRACED[@]}"
+        one "trace-on-$r" "${PD[@]}" kv.prefix_caching=true "${LIVE[@]}" -- "${TRACED[@]}"
     fi
     if [ "$ROUTE" != 0 ] && [ "$CHAT" != only ]; then
         one "route-rr-$r" prefill:0 prefill:0 decode:1 router.routing=round_robin "${LIVE[@]}" \

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/kernels_gemm.h"
 #include "base/log.h"
 
 /* Attention work is split into this many interleaved chunks per thread. */
@@ -567,7 +568,9 @@ static void rows_epi(void *ctx, int i_out, uint32_t o0, uint32_t o1)
  * bit-identical whether the token came alone, in a decode batch or in a
  * prefill chunk. A request re-prefilled on another worker after a fault then
  * continues with exactly the tokens it would have produced. The price is
- * prefill speed; docs/benchmarks.md has the figures. */
+ * prefill speed, except for F32 weights on AVX-512 machines, where the tiled
+ * kernel with the skinny kernel's bits takes whole batches of 64 rows or more
+ * (kernels_gemm.h); docs/benchmarks.md has the figures. */
 static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockstep,
                      const float *x, uint32_t n_rows, const rows_epi_t *epi)
 {
@@ -575,6 +578,10 @@ static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockst
     bool quant = pd_kern_is_quant(w->type);
     bool invariant = quant ? e->opts.batch_invariant_quant : e->opts.batch_invariant;
     uint32_t chunk = invariant ? (quant ? PD_SKINNY_QUANT_MAX : PD_SKINNY_MAX_ROWS) : n_rows;
+    /* the tiled F32 kernel has the skinny kernel's bits at any row count
+     * (kernels_gemm.h): one call for the whole batch */
+    if (invariant && !quant && pd_gemm_f32_takes(w, n_rows))
+        chunk = n_rows;
     uint32_t skinny_max = invariant ? chunk : e->opts.skinny_max_rows;
     /* The Q8_0 skinny kernels quantize x themselves, with the same
      * quantizer: rounding it here first would be the same work twice on

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/kernels_gemm.h"
 #include "engine/quants_k.h"
 
 #define Q8_0_BYTES 34 /* bytes per Q8_0 block */
@@ -627,6 +628,8 @@ size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows)
     size_t tile = 0;
     if (w->type != PD_GGML_TYPE_F32 && n_rows > 0)
         tile = (size_t)deq_tile_rows(w) * w->n_in * sizeof(float);
+    if (pd_gemm_f32_takes(w, n_rows)) /* the tiled kernel's packed x and panels */
+        tile = pd_gemm_f32_scratch_bytes(w->n_in, n_rows);
     return align_up(xq > tile ? xq : tile, SCRATCH_ALIGN);
 }
 
@@ -683,7 +686,8 @@ bool pd_matmul_uses_skinny(const pd_mat_t *w, uint32_t n_rows, uint32_t skinny_m
 {
     if (is_quant(w->type) && skinny_max > PD_SKINNY_QUANT_MAX)
         skinny_max = PD_SKINNY_QUANT_MAX;
-    return n_rows <= skinny_max && n_rows <= PD_SKINNY_MAX_ROWS;
+    /* the tiled F32 kernel gives the skinny kernel's bits at any row count */
+    return n_rows <= skinny_max && (n_rows <= PD_SKINNY_MAX_ROWS || pd_gemm_f32_takes(w, n_rows));
 }
 
 void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_rows, float *y,
@@ -693,6 +697,11 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
         return;
     const int n_threads = pd_pool_n_threads(pool);
     matmul_ctx_t c = {.w = w, .x = x, .x_stride = w->n_in, .y = y, .n_rows = n_rows};
+    if (pd_matmul_uses_skinny(w, n_rows, skinny_max) && pd_gemm_f32_takes(w, n_rows)) {
+        const pd_mm_out_t o = {w, y};
+        pd_gemm_f32_multi(pool, &o, 1, false, x, n_rows, scratch, NULL, NULL);
+        return;
+    }
     if (pd_matmul_uses_skinny(w, n_rows, skinny_max)) {
         if (is_quant(w->type)) {
             pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
@@ -806,6 +815,10 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
             epi_ctx_t ec = {epi, epi_ctx, -1, w->n_out, task_chunk(w->n_out, n_threads)};
             pd_pool_run(pool, epi_task, &ec, (int)div_up(ec.n, ec.chunk));
         }
+        return;
+    }
+    if (pd_gemm_f32_takes(w, n_rows)) { /* same n_in and type: all take it */
+        pd_gemm_f32_multi(pool, outs, n_outs, lockstep, x, n_rows, scratch, epi, epi_ctx);
         return;
     }
     multi_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .x = x,

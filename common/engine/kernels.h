@@ -268,6 +268,10 @@ void pd_kern_attn_ref(const pd_attn_shape_t *s, const void *const *k_blk,
 void pd_kern_attn_avx2(const pd_attn_shape_t *s, const void *const *k_blk,
                        const void *const *v_blk, uint32_t n_q, const float *const *q,
                        const uint32_t *n_pos, float *const *out, float *scratch);
+/* AVX-512, head_dim % 16 == 0: the AVX2 kernel's bits (kernels_attn_avx512.c). */
+void pd_kern_attn_avx512(const pd_attn_shape_t *s, const void *const *k_blk,
+                         const void *const *v_blk, uint32_t n_q, const float *const *q,
+                         const uint32_t *n_pos, float *const *out, float *scratch);
 
 /* True when the AVX2/FMA/F16C paths are in use. */
 bool pd_kern_has_avx2(void);

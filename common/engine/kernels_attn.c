@@ -7,8 +7,9 @@
 
 size_t pd_kern_attn_row_floats(const pd_attn_shape_t *s)
 {
-    /* scores are written 4 positions at a time: up to 3 past max_pos */
-    return ((size_t)s->max_pos + 4 + 7) / 8 * 8;
+    /* scores are written 4 (AVX2) or 16 (AVX-512) positions at a time: up
+     * to 15 past max_pos */
+    return ((size_t)s->max_pos + 16 + 7) / 8 * 8;
 }
 
 /* Per query its scores row; with an F16 cache also its rounded copy
@@ -92,7 +93,11 @@ void pd_kern_attn(const pd_attn_shape_t *s, const void *const *k_blk, const void
                   uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
                   float *scratch)
 {
-    if (pd_kern_has_avx2() && s->head_dim % 8 == 0)
+    /* the AVX-512 kernel transposes each K group once for all n_q queries:
+     * from 4 on that pays (same bits either way, so the choice is free) */
+    if (pd_kern_isa() == PD_ISA_AVX512 && s->head_dim % 16 == 0 && n_q >= 4)
+        pd_kern_attn_avx512(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);
+    else if (pd_kern_has_avx2() && s->head_dim % 8 == 0)
         pd_kern_attn_avx2(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);
     else
         pd_kern_attn_ref(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);

@@ -14,7 +14,8 @@
  *    score soft-capping, F32 and F16, blocks wholly before every window
  *    given as NULL (the kernel must not read them);
  *  - a known answer: one position gives exactly its V row; equal scores
- *    give the mean of the V rows; a window of 1 gives the last V row.
+ *    give the mean of the V rows; a window of 1 gives the last V row;
+ *  - the AVX-512 kernel gives the AVX2 kernel's bits (head_dim % 16 == 0).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -356,6 +357,60 @@ static void test_attn_regrouping(void **state)
     check_regrouping(true);
 }
 
+/* The AVX-512 kernel (positions in the lanes for the scores, 16 dims per
+ * vector for P V) gives the AVX2 kernel's bits, with windows, caps, F16,
+ * ragged n_pos and blocks of 1..33 positions (head_dim % 16 == 0). */
+static void check_avx512_is_avx2(bool f16)
+{
+    rng_t r = { 0x5151ull + f16 };
+    const uint32_t hds[] = { 16, 48, 64, 128 };
+    const uint32_t bss[] = { 1, 5, 16, 17, 33 };
+    const uint32_t nqs[] = { 1, 3, 5, 37 };
+    const uint32_t windows[] = { 0, 3, 40 };
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof bss / sizeof *bss; b++)
+            for (size_t n = 0; n < sizeof nqs / sizeof *nqs; n++)
+                for (size_t w = 0; w < sizeof windows / sizeof *windows; w++) {
+                    const uint32_t max_pos = 1 + rng_u32(&r) % 90, hd = hds[a];
+                    cache_t c;
+                    queries_t Q;
+                    cache_init(&c, hd, bss[b], max_pos, f16, &r);
+                    c.sh.window = windows[w];
+                    c.sh.softcap = w == 2 ? 1.5f : 0.0f;
+                    queries_init(&Q, &c, nqs[n], max_pos, (n + w) % 2 == 0, &r);
+                    hide_blocks(&c, Q.n_pos, Q.n_q);
+                    float **o2 = malloc(sizeof(float *) * Q.n_q);
+                    assert_non_null(o2);
+                    for (uint32_t i = 0; i < Q.n_q; i++) {
+                        o2[i] = malloc(sizeof(float) * hd);
+                        assert_non_null(o2[i]);
+                    }
+                    pd_kern_attn_avx512(&c.sh, c.kb, c.vb, Q.n_q, (const float *const *)Q.q,
+                                        Q.n_pos, Q.out, Q.scratch);
+                    pd_kern_attn_avx2(&c.sh, c.kb, c.vb, Q.n_q, (const float *const *)Q.q,
+                                      Q.n_pos, o2, Q.scratch);
+                    for (uint32_t i = 0; i < Q.n_q; i++) {
+                        if (memcmp(o2[i], Q.out[i], sizeof(float) * hd) != 0)
+                            fail_msg("hd %u bs %u n_q %u f16 %d window %u: query %u (n_pos %u) "
+                                     "AVX-512 differs from AVX2", hd, bss[b], nqs[n], f16,
+                                     windows[w], i, Q.n_pos[i]);
+                        free(o2[i]);
+                    }
+                    free(o2);
+                    queries_free(&Q);
+                    cache_free(&c);
+                }
+}
+
+static void test_attn_avx512_is_avx2(void **state)
+{
+    (void)state;
+    if (pd_kern_isa() != PD_ISA_AVX512)
+        skip();
+    check_avx512_is_avx2(false);
+    check_avx512_is_avx2(true);
+}
+
 static void check_known_answers(bool f16)
 {
     rng_t r = { 777 };
@@ -409,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_attn_f16_window_softcap),
         cmocka_unit_test(test_attn_regrouping),
         cmocka_unit_test(test_attn_known_answers),
+        cmocka_unit_test(test_attn_avx512_is_avx2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

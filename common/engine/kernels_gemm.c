@@ -1,0 +1,188 @@
+/* kernels_gemm.c -- the tiled F32 product's reference, packings and
+ * driver (kernels_gemm.h); the micro-kernel is kernels_gemm_avx512.c. */
+#include "engine/kernels_gemm.h"
+
+#include <math.h>
+#include <string.h>
+
+#define GEMM_ALIGN 64
+#define LANES 16
+
+static size_t align_up(size_t v, size_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+bool pd_gemm_f32_takes(const pd_mat_t *w, uint32_t n_rows)
+{
+    return pd_kern_isa() == PD_ISA_AVX512 && w->type == PD_GGML_TYPE_F32 && w->n_in > 0 &&
+           w->n_in % LANES == 0 && n_rows >= PD_GEMM_MIN_ROWS;
+}
+
+size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows)
+{
+    const size_t xp = align_up((size_t)n_rows * n_in * sizeof(float), GEMM_ALIGN);
+    const size_t wp = align_up((size_t)PD_GEMM_NO * n_in * sizeof(float), GEMM_ALIGN);
+    return xp + PD_GEMM_MAX_TASKS * wp;
+}
+
+/* ====== Packing ====== */
+
+void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp)
+{
+    const uint32_t M = w->n_in / LANES;
+    const uint32_t n_o = w->n_out - o0 < PD_GEMM_NO ? w->n_out - o0 : PD_GEMM_NO;
+    if (n_o < PD_GEMM_NO)
+        memset(wp, 0, sizeof(float) * PD_GEMM_NO * w->n_in);
+    for (uint32_t o = 0; o < n_o; o++) {
+        const float *row = (const float *)(const void *)((const uint8_t *)w->data +
+                                                          (size_t)(o0 + o) * w->row_bytes);
+        for (uint32_t m = 0; m < M; m++)
+            for (uint32_t j = 0; j < LANES; j++)
+                wp[((size_t)j * M + m) * PD_GEMM_NO + o] = row[m * LANES + j];
+    }
+}
+
+void pd_gemm_f32_pack_x(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                        uint32_t nr, float *xp)
+{
+    const uint32_t M = n_in / LANES;
+    float *t = xp + (size_t)r0 * n_in;
+    for (uint32_t r = 0; r < nr; r++) {
+        const float *row = x + (size_t)(r0 + r) * x_stride;
+        for (uint32_t m = 0; m < M; m++)
+            for (uint32_t j = 0; j < LANES; j++)
+                t[((size_t)j * M + m) * nr + r] = row[m * LANES + j];
+    }
+}
+
+/* ====== Reference ====== */
+
+void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                     uint32_t x_stride, uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    for (uint32_t o = o_begin; o < o_end; o++) {
+        const float *row = (const float *)(const void *)((const uint8_t *)w->data +
+                                                          (size_t)o * w->row_bytes);
+        for (uint32_t r = 0; r < n_rows; r++) {
+            const float *xr = x + (size_t)r * x_stride;
+            float l[LANES] = {0};
+            for (uint32_t k = 0; k < w->n_in; k += LANES)
+                for (uint32_t j = 0; j < LANES; j++)
+                    l[j] = fmaf(row[k + j], xr[k + j], l[j]);
+            float t8[8], t4[4], t2[2];
+            for (int j = 0; j < 8; j++)
+                t8[j] = l[j] + l[j + 8];
+            for (int j = 0; j < 4; j++)
+                t4[j] = t8[j] + t8[j + 4];
+            for (int j = 0; j < 2; j++)
+                t2[j] = t4[j] + t4[j + 2];
+            y[(size_t)r * y_stride + o] = t2[0] + t2[1];
+        }
+    }
+}
+
+/* ====== Driver ====== */
+
+typedef struct {
+    const pd_mm_out_t *outs;
+    int n_outs;
+    bool lockstep;
+    const float *x;
+    uint32_t n_in, n_rows;
+    float *xp;                          /* packed x, all rows */
+    float *wp;                          /* PD_GEMM_MAX_TASKS panels */
+    size_t wp_floats;                   /* floats per panel buffer */
+    uint32_t first_unit[PD_MM_MAX_OUTS + 1]; /* unit where each product starts */
+    uint32_t n_units;
+    pd_mm_epilogue_fn epi;
+    void *epi_ctx;
+} gemm_ctx_t;
+
+static void pack_x_task(void *arg, int i, int n)
+{
+    const gemm_ctx_t *c = arg;
+    const uint32_t n_tiles = (c->n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
+    for (uint32_t t = (uint32_t)i; t < n_tiles; t += (uint32_t)n) {
+        const uint32_t r0 = t * PD_GEMM_NR;
+        const uint32_t nr = c->n_rows - r0 < PD_GEMM_NR ? c->n_rows - r0 : PD_GEMM_NR;
+        pd_gemm_f32_pack_x_avx512(c->x, c->n_in, c->n_in, r0, nr, c->xp);
+    }
+}
+
+/* The product of unit u (the one it falls in; 0 with lockstep). */
+static int unit_product(const gemm_ctx_t *c, uint32_t u)
+{
+    int i = 0;
+    if (!c->lockstep)
+        while (u >= c->first_unit[i + 1])
+            i++;
+    return i;
+}
+
+/* What this task packs after product j of unit u (u < u1, its last unit
+ * excluded): the next product of the unit in lockstep, else the next unit. */
+static pd_gemm_next_t next_pack(const gemm_ctx_t *c, uint32_t u, uint32_t u1, int j)
+{
+    if (c->lockstep && j + 1 < c->n_outs)
+        return (pd_gemm_next_t){c->outs[j + 1].w, (u - c->first_unit[0]) * PD_GEMM_NO};
+    if (u + 1 >= u1)
+        return (pd_gemm_next_t){NULL, 0};
+    const int i = unit_product(c, u + 1);
+    return (pd_gemm_next_t){c->outs[i].w, (u + 1 - c->first_unit[i]) * PD_GEMM_NO};
+}
+
+/* Units [u0, u1) of PD_GEMM_NO output rows: with lockstep, unit u is those
+ * rows of every product; else of the product it falls in. */
+static void gemm_task(void *arg, int i_task, int n_tasks)
+{
+    const gemm_ctx_t *c = arg;
+    float *wp = c->wp + (size_t)i_task * c->wp_floats;
+    const uint32_t u0 = (uint32_t)((uint64_t)c->n_units * (uint32_t)i_task / (uint32_t)n_tasks);
+    const uint32_t u1 = (uint32_t)((uint64_t)c->n_units * (uint32_t)(i_task + 1) / (uint32_t)n_tasks);
+    for (uint32_t u = u0; u < u1; u++) {
+        const int i = unit_product(c, u);
+        const uint32_t o0 = (u - c->first_unit[i]) * PD_GEMM_NO;
+        const uint32_t n_out = c->outs[i].w->n_out;
+        const uint32_t n_o = n_out - o0 < PD_GEMM_NO ? n_out - o0 : PD_GEMM_NO;
+        const int j_end = c->lockstep ? c->n_outs : i + 1;
+        for (int j = i; j < j_end; j++) {
+            pd_gemm_f32_pack_w_avx512(c->outs[j].w, o0, wp);
+            const pd_gemm_next_t next = next_pack(c, u, u1, j);
+            pd_gemm_f32_panel_avx512(wp, c->xp, c->n_in, c->n_rows, n_o, c->outs[j].y + o0,
+                                     c->outs[j].w->n_out, &next);
+        }
+        if (c->epi)
+            c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o0 + n_o);
+    }
+}
+
+void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                       const float *x, uint32_t n_rows, void *scratch, pd_mm_epilogue_fn epi,
+                       void *epi_ctx)
+{
+    const uint32_t n_in = outs[0].w->n_in;
+    gemm_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .x = x, .n_in = n_in,
+                    .n_rows = n_rows, .epi = epi, .epi_ctx = epi_ctx};
+    c.xp = scratch;
+    c.wp = (float *)(void *)((uint8_t *)scratch +
+                             align_up((size_t)n_rows * n_in * sizeof(float), GEMM_ALIGN));
+    c.wp_floats = align_up((size_t)PD_GEMM_NO * n_in * sizeof(float), GEMM_ALIGN) / sizeof(float);
+    c.first_unit[0] = 0;
+    for (int i = 0; i < n_outs; i++) {
+        const uint32_t units = (outs[i].w->n_out + PD_GEMM_NO - 1) / PD_GEMM_NO;
+        c.first_unit[i + 1] = c.first_unit[i] + (lockstep && i > 0 ? 0 : units);
+    }
+    c.n_units = c.first_unit[n_outs];
+    const int n_threads = pd_pool_n_threads(pool);
+    const uint32_t n_tiles = (n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
+    pd_pool_run(n_threads > 1 ? pool : NULL, pack_x_task, &c,
+                n_threads < (int)n_tiles ? n_threads : (int)n_tiles);
+    uint32_t n_tasks = n_threads > 1 ? 4u * (uint32_t)n_threads : 1;
+    if (n_tasks > PD_GEMM_MAX_TASKS)
+        n_tasks = PD_GEMM_MAX_TASKS;
+    if (n_tasks > c.n_units)
+        n_tasks = c.n_units;
+    if (n_tasks > 0)
+        pd_pool_run(pool, gemm_task, &c, (int)n_tasks);
+}

@@ -1,0 +1,85 @@
+/* kernels_gemm.h -- the tiled F32 product for many rows (prefill), bit for
+ * bit the skinny kernel's.
+ *
+ * The AVX-512 skinny kernel (kernels_avx512.c) computes each y[r][o] as 16
+ * float lanes, lane j accumulating W[o][k] * x[r][k] for k = j, j+16, ...
+ * in order with one FMA each, then hsum16's fixed tree. That is an
+ * inner-product form: every FMA needs a load of both operands, and at
+ * prefill sizes it reaches about 75 % of sgemm. The 16 lane chains are
+ * independent, so they can run in any order: this kernel computes, for
+ * each lane j on its own, an outer product over k = j + 16 m (a vector of
+ * 16 outputs times a broadcast activation, 2 x 14 accumulators: 16 loads
+ * per 28 FMAs, as sgemm does) and then adds the 16 lane sums with the same
+ * tree. Every y[r][o] is the same sequence of roundings as the skinny
+ * kernel's, so a token's outputs are bit-identical in a 512-token prefill
+ * chunk (this kernel) and alone in a decode step (the skinny kernel): batch
+ * invariance holds with prefill near sgemm speed.
+ *
+ * Layouts (both packed per product into the matmul scratch):
+ *   W panel: PD_GEMM_NO outputs from o0, wp[(j * M + m) * PD_GEMM_NO + o] =
+ *            W[o0 + o][16 m + j], M = n_in / 16, zero past n_out;
+ *   x:       tiles of PD_GEMM_NR rows; tile from row r0 with nr rows at
+ *            xp + r0 * n_in, xp[(j * M + m) * nr + r] = x[r0 + r][16 m + j].
+ * Only F32 weights with n_in % 16 == 0 on AVX-512 machines (where the
+ * skinny kernel has these lanes); everything else keeps the skinny kernel.
+ */
+#ifndef PD_KERNELS_GEMM_H
+#define PD_KERNELS_GEMM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/kernels.h"
+#include "engine/pool.h"
+
+#define PD_GEMM_NO 32         /* outputs per W panel (two vectors) */
+#define PD_GEMM_NR 14         /* activation rows per tile */
+#define PD_GEMM_MIN_ROWS 64   /* fewer rows: the skinny kernel (decode) */
+#define PD_GEMM_MAX_TASKS 16  /* tasks of a product, each with its panel buffer */
+
+/* True when pd_matmul / pd_matmul_multi hand an n_rows product with w to
+ * this kernel (AVX-512 ISA, F32 weights, n_in % 16 == 0, n_rows >=
+ * PD_GEMM_MIN_ROWS). */
+bool pd_gemm_f32_takes(const pd_mat_t *w, uint32_t n_rows);
+/* Scratch bytes for products of n_in with up to n_rows rows: the packed x
+ * and PD_GEMM_MAX_TASKS panels (64-aligned parts). */
+size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows);
+
+/* The packings described above (plain C; the AVX-512 versions write the
+ * same bytes with 16 x 16 transposes). */
+void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp);
+void pd_gemm_f32_pack_w_avx512(const pd_mat_t *w, uint32_t o0, float *wp);
+void pd_gemm_f32_pack_x(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                        uint32_t nr, float *xp);
+void pd_gemm_f32_pack_x_avx512(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                               uint32_t nr, float *xp); /* nr <= PD_GEMM_NR */
+/* The panel packed after this one (w NULL: none): its weight rows are
+ * prefetched into L2 while this one computes (the packing otherwise waits
+ * on memory for every weight: each is read once per product). */
+typedef struct {
+    const pd_mat_t *w;
+    uint32_t o0;
+} pd_gemm_next_t;
+
+/* y[r * y_stride + o] for r < n_rows, o < n_o (<= PD_GEMM_NO) from a packed
+ * panel and packed x (all n_rows rows, tiled from row 0); next may be NULL. */
+void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, uint32_t n_rows,
+                              uint32_t n_o, float *y, uint32_t y_stride,
+                              const pd_gemm_next_t *next);
+
+/* The definition, in plain C: per (o, r), 16 float lanes, lane j =
+ * fmaf(W[o][k], x[r][k], lane j) for k = j, j + 16, ... in order, then
+ * ((l0+l8)+(l4+l12)) + ((l2+l10)+(l6+l14)) + the same from l1 (hsum16's
+ * tree). n_in % 16 == 0. */
+void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                     uint32_t x_stride, uint32_t n_rows, float *y, uint32_t y_stride);
+
+/* pd_matmul_multi's contract (kernels.h) on this kernel: y_i = x W_i^T for
+ * the n_outs products (all pd_gemm_f32_takes, same n_in), the epilogue
+ * after each unit of output rows. scratch: pd_gemm_f32_scratch_bytes. */
+void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                       const float *x, uint32_t n_rows, void *scratch, pd_mm_epilogue_fn epi,
+                       void *epi_ctx);
+
+#endif

@@ -1,0 +1,207 @@
+/* kernels_gemm_avx512.c -- the tiled F32 product's micro-kernel
+ * (kernels_gemm.h); compiled with AVX-512 flags, called only when
+ * pd_gemm_f32_takes.
+ *
+ * For one packed panel of PD_GEMM_NO outputs and one tile of nr <= 14
+ * activation rows: for each lane j, 2 x nr accumulators (outputs in the
+ * vector lanes, rows broadcast) over m = 0 .. M-1 from zero, in order:
+ * acc = fma(W[o][16m + j], x[r][16m + j], acc), as the skinny kernel's
+ * lane j does; the 16 lane sums are kept (16 x 2 x 14 vectors, 28 KB on
+ * the stack) and added with hsum16's tree, then stored to y (masked past
+ * n_o). The j-th pass reads M vectors pairs of the panel and M x nr floats
+ * of the tile, both contiguous.
+ */
+#include <immintrin.h>
+
+#include "engine/kernels_gemm.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define LANES 16
+
+/* Lines [lo, hi) of the next panel's weight rows (lpr lines per row), to
+ * be prefetched into L2 across a tile's 16 passes. */
+typedef struct {
+    const uint8_t *base;
+    size_t row_bytes, lpr, lo, hi;
+} pf_lines_t;
+
+static ALWAYS_INLINE void pf_pass(const pf_lines_t *pf, int j)
+{
+    const size_t n = pf->hi - pf->lo;
+    for (size_t l = pf->lo + n * (size_t)j / LANES; l < pf->lo + n * (size_t)(j + 1) / LANES; l++)
+        _mm_prefetch((const char *)pf->base + l / pf->lpr * pf->row_bytes + l % pf->lpr * 64,
+                     _MM_HINT_T1);
+}
+
+static ALWAYS_INLINE void tile(const int NR, const float *wp, const float *xt, size_t M,
+                               uint32_t n_o, float *y, size_t y_stride, const pf_lines_t *pf)
+{
+    __m512 s[LANES][2][PD_GEMM_NR];
+    for (int j = 0; j < LANES; j++) {
+        pf_pass(pf, j);
+        const float *wj = wp + (size_t)j * M * PD_GEMM_NO;
+        const float *xj = xt + (size_t)j * M * (size_t)NR;
+        __m512 a0[PD_GEMM_NR], a1[PD_GEMM_NR];
+#pragma GCC unroll 14
+        for (int r = 0; r < NR; r++) {
+            a0[r] = _mm512_setzero_ps();
+            a1[r] = _mm512_setzero_ps();
+        }
+        for (size_t m = 0; m < M; m++) {
+            const __m512 w0 = _mm512_loadu_ps(wj + m * PD_GEMM_NO);
+            const __m512 w1 = _mm512_loadu_ps(wj + m * PD_GEMM_NO + LANES);
+            const float *xm = xj + m * (size_t)NR;
+#pragma GCC unroll 14
+            for (int r = 0; r < NR; r++) {
+                const __m512 b = _mm512_set1_ps(xm[r]);
+                a0[r] = _mm512_fmadd_ps(w0, b, a0[r]);
+                a1[r] = _mm512_fmadd_ps(w1, b, a1[r]);
+            }
+        }
+#pragma GCC unroll 14
+        for (int r = 0; r < NR; r++) {
+            s[j][0][r] = a0[r];
+            s[j][1][r] = a1[r];
+        }
+    }
+    const __mmask16 m0 = n_o >= LANES ? 0xffff : (__mmask16)((1u << n_o) - 1);
+    const __mmask16 m1 = n_o >= 2 * LANES ? 0xffff
+                         : n_o > LANES ? (__mmask16)((1u << (n_o - LANES)) - 1) : 0;
+    for (int r = 0; r < NR; r++)
+        for (int h = 0; h < 2; h++) {
+            __m512 t8[8], t4[4], t2[2];
+            for (int j = 0; j < 8; j++)
+                t8[j] = _mm512_add_ps(s[j][h][r], s[j + 8][h][r]);
+            for (int j = 0; j < 4; j++)
+                t4[j] = _mm512_add_ps(t8[j], t8[j + 4]);
+            for (int j = 0; j < 2; j++)
+                t2[j] = _mm512_add_ps(t4[j], t4[j + 2]);
+            _mm512_mask_storeu_ps(y + (size_t)r * y_stride + h * LANES, h ? m1 : m0,
+                                  _mm512_add_ps(t2[0], t2[1]));
+        }
+}
+
+typedef void (*tile_fn)(const float *wp, const float *xt, size_t M, uint32_t n_o, float *y,
+                        size_t y_stride, const pf_lines_t *pf);
+
+#define TILE(NR)                                                                               \
+    static void tile_##NR(const float *wp, const float *xt, size_t M, uint32_t n_o, float *y,  \
+                          size_t y_stride, const pf_lines_t *pf)                               \
+    {                                                                                          \
+        tile(NR, wp, xt, M, n_o, y, y_stride, pf);                                             \
+    }
+TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7)
+TILE(8) TILE(9) TILE(10) TILE(11) TILE(12) TILE(13) TILE(14)
+
+/* The next panel's rows are prefetched over the last PF_TILES tiles only:
+ * earlier, the packed x streaming through L2 would evict them first. */
+#define PF_TILES 8
+
+void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, uint32_t n_rows,
+                              uint32_t n_o, float *y, uint32_t y_stride,
+                              const pd_gemm_next_t *next)
+{
+    static const tile_fn tab[PD_GEMM_NR + 1] = {NULL,    tile_1,  tile_2,  tile_3,  tile_4,
+                                                tile_5,  tile_6,  tile_7,  tile_8,  tile_9,
+                                                tile_10, tile_11, tile_12, tile_13, tile_14};
+    const size_t M = n_in / LANES;
+    const uint32_t n_tiles = (n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
+    const uint32_t pf_from = n_tiles > PF_TILES ? n_tiles - PF_TILES : 0;
+    pf_lines_t pf = {0};
+    size_t n_lines = 0;
+    if (next != NULL && next->w != NULL) {
+        const pd_mat_t *nw = next->w;
+        const uint32_t rows = nw->n_out - next->o0 < PD_GEMM_NO ? nw->n_out - next->o0 : PD_GEMM_NO;
+        pf.base = (const uint8_t *)nw->data + (size_t)next->o0 * nw->row_bytes;
+        pf.row_bytes = nw->row_bytes;
+        pf.lpr = ((size_t)n_in * sizeof(float) + 63) / 64;
+        n_lines = pf.lpr * rows;
+    }
+    for (uint32_t t = 0; t < n_tiles; t++) {
+        const uint32_t r0 = t * PD_GEMM_NR;
+        const uint32_t nr = n_rows - r0 < PD_GEMM_NR ? n_rows - r0 : PD_GEMM_NR;
+        pf.lo = pf.hi = 0;
+        if (n_lines > 0 && t >= pf_from) {
+            pf.lo = n_lines * (t - pf_from) / (n_tiles - pf_from);
+            pf.hi = n_lines * (t - pf_from + 1) / (n_tiles - pf_from);
+        }
+        tab[nr](wp, xp + (size_t)r0 * n_in, M, n_o, y + (size_t)r0 * y_stride, y_stride, &pf);
+    }
+}
+
+/* ====== Packing the weights: 16 x 16 transposes ====== */
+
+/* Transposes the 16 x 16 block v[i][k] in place: four levels of swapping
+ * the off-diagonal d x d blocks of every 2d x 2d block (d = 8, 4, 2, 1),
+ * each level exchanging bit d of the row and the column index. */
+static ALWAYS_INLINE void transpose16(__m512 v[16])
+{
+    /* per level (d = 8, 4, 2, 1): the lanes of the lower and upper row */
+    static const int32_t idx[4][2][16] = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+         {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+         {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+         {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+    };
+#pragma GCC unroll 4
+    for (int lv = 0; lv < 4; lv++) {
+        const int d = 8 >> lv;
+        const __m512i ilo = _mm512_loadu_si512(idx[lv][0]), ihi = _mm512_loadu_si512(idx[lv][1]);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            if (i & d)
+                continue;
+            const __m512 a = v[i], b = v[i + d];
+            v[i] = _mm512_permutex2var_ps(a, ilo, b);
+            v[i + d] = _mm512_permutex2var_ps(a, ihi, b);
+        }
+    }
+}
+
+void pd_gemm_f32_pack_w_avx512(const pd_mat_t *w, uint32_t o0, float *wp)
+{
+    const size_t M = w->n_in / LANES;
+    const uint32_t n_o = w->n_out - o0 < PD_GEMM_NO ? w->n_out - o0 : PD_GEMM_NO;
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)o0 * w->row_bytes;
+    for (size_t m = 0; m < M; m++)
+        for (uint32_t h = 0; h < PD_GEMM_NO / LANES; h++) {
+            __m512 v[16];
+#pragma GCC unroll 16
+            for (uint32_t i = 0; i < 16; i++) {
+                const uint32_t o = h * LANES + i;
+                v[i] = o < n_o ? _mm512_loadu_ps((const float *)(const void *)
+                                                 (base + (size_t)o * w->row_bytes) + m * LANES)
+                               : _mm512_setzero_ps();
+            }
+            transpose16(v);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++)
+                _mm512_storeu_ps(wp + ((size_t)j * M + m) * PD_GEMM_NO + h * LANES, v[j]);
+        }
+}
+
+/* pd_gemm_f32_pack_x's bytes: per 16-element step m, the tile's nr rows
+ * transposed (rows past nr read as zeros), lane r of row j stored to
+ * xp[(j * M + m) * nr + r] for r < nr. */
+void pd_gemm_f32_pack_x_avx512(const float *x, uint32_t x_stride, uint32_t n_in, uint32_t r0,
+                               uint32_t nr, float *xp)
+{
+    const size_t M = n_in / LANES;
+    float *t = xp + (size_t)r0 * n_in;
+    const __mmask16 keep = (__mmask16)((1u << nr) - 1);
+    for (size_t m = 0; m < M; m++) {
+        __m512 v[16];
+#pragma GCC unroll 16
+        for (uint32_t r = 0; r < 16; r++)
+            v[r] = r < nr ? _mm512_loadu_ps(x + (size_t)(r0 + r) * x_stride + m * LANES)
+                          : _mm512_setzero_ps();
+        transpose16(v);
+#pragma GCC unroll 16
+        for (int j = 0; j < 16; j++)
+            _mm512_mask_storeu_ps(t + ((size_t)j * M + m) * nr, keep, v[j]);
+    }
+}
