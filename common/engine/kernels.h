@@ -91,20 +91,21 @@ void pd_kern_skinny_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, con
  * 4-element group, the same product of scales, the same 8-lane FMA chain
  * and final tree per (o, r); pd_kern_skinny_qlanes_ref below is that
  * definition), with 16 tokens in the lanes of a vector instead of one
- * (o, r) pair, which does 3x fewer instructions per multiply-add from 8
- * tokens on. pd_matmul and pd_matmul_multi use it for the first
+ * (o, r) pair (8 tokens, two lanes each, for a last group of at most 8),
+ * which does 3x fewer instructions per multiply-add from 8 tokens on. pd_matmul and pd_matmul_multi use it for the first
  * pd_kern_qt_rows(type, n_rows) rows and the skinny kernel for the rest.
  * The activations are rearranged once per product (pd_kern_qt_prepare,
  * from pd_kern_prepare_x's bytes) into pd_kern_qt_bytes of 64-aligned
  * memory that the tasks share read-only. */
 #define PD_QT_LANES 16      /* tokens per vector */
 #define PD_QT_BLK_BYTES 1088 /* per group of 16 tokens and 32-block */
-/* Fewer rows in a last group: the skinny kernel. 16 (whole groups only):
- * a half group of 8 (mk_qt8, ymm) measured 1.3x at 2048 x 2048 but 0.3-0.6x
- * at 5632 x 2048 (Q8_0, 1 thread, loaded machine): the qt kernel has no
- * software prefetch of the weights yet, and at 8 rows the product is close
- * to memory-bound, where the skinny kernel's prefetch wins. */
-#define PD_QT_MIN_ROWS 16
+/* Fewer rows in a last group: the skinny kernel. A last group of 6..8
+ * tokens runs the qt8 layout (two of a token's 8 lanes per token in a
+ * vector, half the 16-token kernel's work per block, whatever the number
+ * of tokens in it); below 6 the skinny kernel's per-token work is less
+ * (pd-kbench, 1 thread, 2048x2048: qt8 0.56 ms from 2 to 8 rows, skinny
+ * 0.48 / 0.66 / 0.84 ms at 4 / 6 / 8 rows, Q8_0; Q4_0 alike). */
+#define PD_QT_MIN_ROWS 6
 
 /* Rows of an n_rows product with weights wtype that the qt kernel takes
  * (whole groups of 16, and a last group of at least PD_QT_MIN_ROWS): 0

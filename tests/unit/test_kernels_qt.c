@@ -5,8 +5,9 @@
  *   - the qt kernel gives the reference's bits on odd shapes (row counts
  *     around the 16-token groups, K-tile and panel tails, sub-ranges of
  *     output rows), with Q8_0 weight bytes over the whole int8 range;
+ *   - the same with only the extreme weights and activations;
  *   - through pd_matmul a token's outputs are bitwise the same in a batch
- *     of 32 (qt kernel) as alone (skinny kernel). */
+ *     of 32, 22, 21, 8 or 3 as alone (skinny kernel). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -49,10 +50,12 @@ static size_t wblk(pd_ggml_type_t t)
 }
 
 /* n_out rows of raw blocks: a finite fp16 scale and random bytes (every
- * int8 weight, -128 included, for Q8_0; every nibble for Q4_0). */
-static uint8_t *make_w(pd_ggml_type_t t, uint32_t n_out, uint32_t n_in, rng_t *r)
+ * int8 weight, -128 included, for Q8_0; every nibble for Q4_0); `extreme`:
+ * only the extreme weights (-128 and 127; nibbles 0 and 15). */
+static uint8_t *make_w(pd_ggml_type_t t, uint32_t n_out, uint32_t n_in, rng_t *r, bool extreme)
 {
     const size_t rb = n_in / 32 * wblk(t);
+    static const uint8_t ext[2][4] = {{0x80, 0x7f, 0x80, 0x7f}, {0x00, 0x0f, 0xf0, 0xff}};
     uint8_t *w = malloc(rb * n_out + 1);
     assert_non_null(w);
     for (size_t b = 0; b < (size_t)n_out * (n_in / 32); b++) {
@@ -60,22 +63,24 @@ static uint8_t *make_w(pd_ggml_type_t t, uint32_t n_out, uint32_t n_in, rng_t *r
         const uint16_t d = pd_fp32_to_fp16(rng_f(r) * 0.01f);
         memcpy(blk, &d, 2);
         for (size_t j = 2; j < wblk(t); j++)
-            blk[j] = (uint8_t)rng_u32(r);
+            blk[j] = extreme ? ext[t == PD_GGML_TYPE_Q4_0][rng_u32(r) % 4] : (uint8_t)rng_u32(r);
     }
     return w;
 }
 
 /* n_rows rows of activations quantized as the engine does; some rows have
- * one large value, so that their blocks hold +-127. */
-static uint8_t *make_xq(pd_ggml_type_t t, uint32_t n_in, uint32_t n_rows, rng_t *r)
+ * one large value, so that their blocks hold +-127; `extreme`: every value
+ * +-1, so that every activation is +-127. */
+static uint8_t *make_xq(pd_ggml_type_t t, uint32_t n_in, uint32_t n_rows, rng_t *r,
+                        bool extreme)
 {
     float *x = malloc(sizeof(float) * n_in * n_rows);
     uint8_t *xq = malloc(pd_kern_xq_bytes(t, n_in, n_rows));
     assert_non_null(x);
     assert_non_null(xq);
     for (size_t i = 0; i < (size_t)n_in * n_rows; i++)
-        x[i] = rng_f(r);
-    for (uint32_t k = 0; k < n_rows; k += 3)
+        x[i] = extreme ? (rng_u32(r) & 1 ? 1.0f : -1.0f) : rng_f(r);
+    for (uint32_t k = 0; k < n_rows && !extreme; k += 3)
         x[(size_t)k * n_in + rng_u32(r) % n_in] = -40.0f;
     pd_kern_prepare_x(t, x, n_in, n_in, n_rows, xq);
     free(x);
@@ -101,12 +106,12 @@ static void check_equal(const float *a, const float *b, uint32_t n_rows, uint32_
 
 /* The qt kernel (and, for the rows it would not take, nothing else) over
  * rows [o0, o1) against the reference, bitwise. */
-static void check_qt(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n_rows,
-                     uint32_t o0, uint32_t o1, rng_t *r)
+static void check_qt_x(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n_rows,
+                       uint32_t o0, uint32_t o1, rng_t *r, bool extreme)
 {
-    uint8_t *wd = make_w(t, n_out, n_in, r);
+    uint8_t *wd = make_w(t, n_out, n_in, r, extreme);
     const pd_mat_t w = {wd, t, n_out, n_in, n_in / 32 * wblk(t)};
-    uint8_t *xq = make_xq(t, n_in, n_rows, r);
+    uint8_t *xq = make_xq(t, n_in, n_rows, r, extreme);
     void *panel = aligned_alloc(64, (pd_kern_qt_bytes(n_in, n_rows) + 63) / 64 * 64 + 64);
     const uint32_t ys = n_out + 3;
     float *ya = malloc(sizeof(float) * ys * n_rows), *yr = malloc(sizeof(float) * ys * n_rows);
@@ -119,14 +124,20 @@ static void check_qt(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n
     pd_kern_skinny_qt_avx512(&w, o0, o1, panel, n_rows, ya, ys);
     pd_kern_skinny_qlanes_ref(&w, o0, o1, xq, n_rows, yr, ys);
     char what[96];
-    snprintf(what, sizeof what, "qt type %d n_in %u n_out %u n_rows %u [%u, %u)", t, n_in,
-             n_out, n_rows, o0, o1);
+    snprintf(what, sizeof what, "qt type %d n_in %u n_out %u n_rows %u [%u, %u)%s", t, n_in,
+             n_out, n_rows, o0, o1, extreme ? " extreme" : "");
     check_equal(ya, yr, n_rows, ys, o0, o1, what);
     free(ya);
     free(yr);
     free(panel);
     free(xq);
     free(wd);
+}
+
+static void check_qt(pd_ggml_type_t t, uint32_t n_in, uint32_t n_out, uint32_t n_rows,
+                     uint32_t o0, uint32_t o1, rng_t *r)
+{
+    check_qt_x(t, n_in, n_out, n_rows, o0, o1, r, false);
 }
 
 /* The skinny kernels the engine had give the reference's bits. */
@@ -141,9 +152,9 @@ static void test_qlanes_ref_is_the_skinny_kernels(void **state)
     for (int t = 0; t < 2; t++)
         for (int k = 0; k < 4; k++) {
             const uint32_t n_in = 32 * 37, n_out = 13, ys = n_out;
-            uint8_t *wd = make_w(types[t], n_out, n_in, &r);
+            uint8_t *wd = make_w(types[t], n_out, n_in, &r, false);
             const pd_mat_t w = {wd, types[t], n_out, n_in, n_in / 32 * wblk(types[t])};
-            uint8_t *xq = make_xq(types[t], n_in, n_rows[k], &r);
+            uint8_t *xq = make_xq(types[t], n_in, n_rows[k], &r, false);
             float *ya = malloc(sizeof(float) * ys * n_rows[k]);
             float *yr = malloc(sizeof(float) * ys * n_rows[k]);
             assert_non_null(ya);
@@ -170,12 +181,13 @@ static void test_qt_matches_ref(void **state)
     rng_t r = {0x1234567ull};
     const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
     const uint32_t n_ins[] = {32, 96, 32 * 17, 2048 + 32};
-    const uint32_t n_outs[] = {1, 2, 3, 33, 70};
-    const uint32_t n_rows[] = {1, 8, 9, 15, 16, 17, 24, 31, 32, 40, 64, 80};
+    const uint32_t n_outs[] = {1, 2, 3, 33, 37, 70};
+    const uint32_t n_rows[] = {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 18, 23, 24, 31, 32, 40, 64, 80};
+    const int n_o = sizeof n_outs / sizeof n_outs[0], n_k = sizeof n_rows / sizeof n_rows[0];
     for (int t = 0; t < 2; t++)
         for (int i = 0; i < 4; i++)
-            for (int o = 0; o < 5; o++)
-                for (int k = 0; k < 12; k++) {
+            for (int o = 0; o < n_o; o++)
+                for (int k = 0; k < n_k; k++) {
                     if (n_ins[i] > 1000 && n_outs[o] * n_rows[k] > 33 * 32)
                         continue; /* keep the reference cheap */
                     check_qt(types[t], n_ins[i], n_outs[o], n_rows[k], 0, n_outs[o], &r);
@@ -184,6 +196,23 @@ static void test_qt_matches_ref(void **state)
     check_qt(PD_GGML_TYPE_Q8_0, 96, 100, 32, 17, 83, &r);
     check_qt(PD_GGML_TYPE_Q4_0, 32 * 17, 70, 24, 1, 2, &r);
     check_qt(PD_GGML_TYPE_Q4_0, 2048 + 32, 40, 64, 5, 38, &r);
+    check_qt(PD_GGML_TYPE_Q8_0, 32 * 17, 70, 5, 3, 69, &r);
+    check_qt(PD_GGML_TYPE_Q4_0, 32 * 17, 70, 8, 30, 35, &r);
+}
+
+/* Only the extreme weights and activations (the largest int32 per group,
+ * both signs), in both layouts (8 and fewer tokens, 16 and more). */
+static void test_qt_extremes(void **state)
+{
+    (void)state;
+    if (!have_qt())
+        skip();
+    rng_t r = {0xdeadbeefull};
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    const uint32_t n_rows[] = {1, 2, 7, 8, 13, 16, 24, 33};
+    for (int t = 0; t < 2; t++)
+        for (int k = 0; k < 8; k++)
+            check_qt_x(types[t], 32 * 19, 37, n_rows[k], 0, 37, &r, true);
 }
 
 static void test_qt_rows_rule(void **state)
@@ -191,19 +220,24 @@ static void test_qt_rows_rule(void **state)
     (void)state;
     const uint32_t want = have_qt() ? 1 : 0;
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 32), 32 * want);
-    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_0, 8), 0);
-    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 7), 0);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_0, 8), 8 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 6), 6 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 5), 0);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 1), 0);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_0, 17), 16 * want);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 21), 16 * want);
-    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 47), 32 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 22), 22 * want);
+    assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 47), 47 * want);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q8_0, 64), 64 * want);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_Q4_K, 32), 0);
     assert_int_equal(pd_kern_qt_rows(PD_GGML_TYPE_F32, 32), 0);
     assert_int_equal(pd_kern_qt_bytes(64, 17), (size_t)2 * 2 * PD_QT_BLK_BYTES);
 }
 
-/* Through pd_matmul (pool of 2): row r of a 32-row product (qt kernel, and
- * 21 rows: 16 by qt, 5 by the skinny kernel; 8 rows: skinny) is bitwise
- * row r alone. */
+/* Through pd_matmul (pool of 2): row r of a 32-row product (qt kernel; 22
+ * rows: a group of 16 and one of 6 in qt8 blocks; 8 rows: qt8 blocks; 21
+ * rows: 16 by qt, 5 by the skinny kernel; 3 rows: skinny) is bitwise row r
+ * alone (skinny kernel). */
 static void test_qt_matmul_batch_invariant(void **state)
 {
     (void)state;
@@ -212,11 +246,11 @@ static void test_qt_matmul_batch_invariant(void **state)
     assert_non_null(pool);
     const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
     const uint32_t n_in = 2048 + 64, n_out = 150;
-    const uint32_t batches[] = {32, 21, 8};
+    const uint32_t batches[] = {32, 22, 21, 8, 3};
     for (int t = 0; t < 2; t++)
-        for (int bi = 0; bi < 3; bi++) {
+        for (int bi = 0; bi < 5; bi++) {
             const uint32_t n_rows = batches[bi];
-            uint8_t *wd = make_w(types[t], n_out, n_in, &r);
+            uint8_t *wd = make_w(types[t], n_out, n_in, &r, false);
             const pd_mat_t w = {wd, types[t], n_out, n_in, n_in / 32 * wblk(types[t])};
             float *x = malloc(sizeof(float) * n_in * n_rows);
             float *yb = malloc(sizeof(float) * n_out * n_rows), *y1 = malloc(sizeof(float) * n_out);
@@ -250,6 +284,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qlanes_ref_is_the_skinny_kernels),
         cmocka_unit_test(test_qt_matches_ref),
+        cmocka_unit_test(test_qt_extremes),
         cmocka_unit_test(test_qt_rows_rule),
         cmocka_unit_test(test_qt_matmul_batch_invariant),
     };
