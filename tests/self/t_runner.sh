@@ -15,6 +15,9 @@ export MODELS
 MODELS=$(abs "${MODELS:-$BUILD/models}")
 [ -n "${PD_GPT2_RANKS:-}" ] && export PD_GPT2_RANKS=$(abs "$PD_GPT2_RANKS")
 unset PD_BIN # tests/run.sh sets it from BUILD
+# `make asan` runs the suite with PD_ALLOW_SKIP=1; the fake runs below must
+# not inherit it (the ones about it set it themselves).
+unset PD_ALLOW_SKIP
 W=$(mktemp -d /tmp/pdrunner.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 CLUSTER_TESTS=(tests/cluster/t_*.sh)
