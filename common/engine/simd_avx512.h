@@ -1,0 +1,40 @@
+/* simd_avx512.h -- AVX-512 helpers shared by the *_avx512.c kernel files
+ * (include it from those only: they are compiled with -mavx512f). */
+#ifndef PD_SIMD_AVX512_H
+#define PD_SIMD_AVX512_H
+
+#include <immintrin.h>
+#include <stdint.h>
+
+/* Transposes the 16 x 16 block v[i][k] in place: four levels of swapping
+ * the off-diagonal d x d blocks of every 2d x 2d block (d = 8, 4, 2, 1),
+ * each level exchanging bit d of the row and the column index. */
+static inline __attribute__((always_inline)) void transpose16(__m512 v[16])
+{
+    /* per level (d = 8, 4, 2, 1): the lanes of the lower and upper row */
+    static const int32_t idx[4][2][16] = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+         {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+        {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+         {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+        {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+         {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+        {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30},
+         {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}},
+    };
+#pragma GCC unroll 4
+    for (int lv = 0; lv < 4; lv++) {
+        const int d = 8 >> lv;
+        const __m512i ilo = _mm512_loadu_si512(idx[lv][0]), ihi = _mm512_loadu_si512(idx[lv][1]);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            if (i & d)
+                continue;
+            const __m512 a = v[i], b = v[i + d];
+            v[i] = _mm512_permutex2var_ps(a, ilo, b);
+            v[i + d] = _mm512_permutex2var_ps(a, ihi, b);
+        }
+    }
+}
+
+#endif
