@@ -305,6 +305,14 @@ void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
 void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                            uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                            uint32_t y_stride);
+/* F32 weights, small batches (kernels_f32_avx512.c): the same bits as
+ * pd_kern_skinny_avx512, blocked for 2..8 rows at a time; pd_kern_skinny
+ * takes it for 2..PD_F32_SMALL_MAX_ROWS rows (more: compute-bound, where
+ * pd_kern_skinny_avx512's 4 x 6 kernel measured as fast or faster). */
+#define PD_F32_SMALL_MAX_ROWS 16
+void pd_kern_skinny_f32_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                               const float *x, uint32_t x_stride, uint32_t n_rows, float *y,
+                               uint32_t y_stride);
 void pd_dequant_row_ref(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_kern_rmsnorm_ref(float *out, const float *x, const float *g, uint32_t n, float eps);

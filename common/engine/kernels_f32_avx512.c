@@ -1,0 +1,229 @@
+/* kernels_f32_avx512.c -- the AVX-512 skinny product of F32 weights for
+ * small decode batches (2..PD_F32_SMALL_MAX_ROWS rows; correct for any
+ * count up to PD_SKINNY_MAX_ROWS, sliced above); compiled with AVX-512
+ * flags, called only when pd_kern_isa() == PD_ISA_AVX512.
+ *
+ * Same definition as kernels_avx512.c's skinny_float, bit for bit: y[r][o]
+ * is 16 float lanes, lane j accumulating W[o][k] * x[r][k] for k = j,
+ * j + 16, ... in order with one FMA each (from zero), then hsum16's tree,
+ * then the scalar tail k >= n_in & ~15. Only the blocking differs, and
+ * blocking does not change the sequence of roundings of any (o, r), so a
+ * row gives the same bits alone (the 1-row kernel) or in any batch.
+ *
+ * At these batch sizes the product streams the weights from memory with
+ * compute to spare (8 rows: 8 FMAs per weight vector), so what matters is
+ * that the memory traffic overlaps the arithmetic:
+ *   - micro-kernels of 3 weight rows x 8 activation rows (24 accumulators,
+ *     11 loads per 24 FMAs): up to 8 rows, every weight vector is loaded
+ *     once, so the weights pass through the core once;
+ *   - K-tiles of 256 (32 rows of x are 32 KB, the L1 holds them);
+ *   - the next panel's lines are prefetched to L2 one or two per k-step
+ *     inside the micro-kernel loop, not in a burst before each call (a
+ *     burst fills the line-fill buffers and the loads of x wait behind it);
+ *   - the 16-lane sums of a panel are reduced 16 at a time (hsum16x16).
+ * Measured on llama-110M shapes streamed from memory, 1 thread: 8 rows
+ * 10-20 % faster than kernels_avx512.c's 4 x 6 kernel, 16 rows 5-15 %;
+ * from about 20 rows the older kernel is as fast or faster (compute-bound;
+ * docs/benchmarks.md), so pd_kern_skinny sends those rows there.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "engine/kernels.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define PANEL 12      /* weight rows per panel */
+#define KT_F 256      /* K-tile, elements */
+#define PF_HINT _MM_HINT_T2
+#define MAIN_NO 3     /* weight rows per micro-kernel */
+#define MAIN_NR 8     /* activation rows per micro-kernel */
+#define MAX_NO 3
+#define MAX_NR 8
+
+#include "engine/kernels_pf.h"
+
+/* Sum of 16 lanes, kernels_avx512.c's tree. */
+static ALWAYS_INLINE float hsum16(__m512 v)
+{
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* acc[o * acc_stride + r] += sum over k in [0, n) (n % 16 == 0) of
+ * W[o][k] * x[r][k] lane-wise, for o < NO, r < NR; `first` starts from 0. */
+static ALWAYS_INLINE void mk(const int NO, const int NR, const float *w, size_t w_stride,
+                             const float *x, size_t x_stride, size_t n, __m512 *acc_io,
+                             size_t acc_stride, bool first, pf_t *pf, size_t n_pf)
+{
+    __m512 acc[MAX_NO][MAX_NR];
+#pragma GCC unroll 3
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++)
+            acc[o][r] = first ? _mm512_setzero_ps() : acc_io[o * acc_stride + r];
+    const size_t per = n >= 16 ? (n_pf + n / 16 - 1) / (n / 16) : n_pf;
+    for (size_t k = 0; k < n; k += 16) {
+        if (n_pf > 0) { /* the next panel's lines, spread over the loop */
+            const size_t m = n_pf < per ? n_pf : per;
+            pf_step(pf, m);
+            n_pf -= m;
+        }
+        __m512 wv[MAX_NO];
+#pragma GCC unroll 3
+        for (int o = 0; o < NO; o++) {
+            wv[o] = _mm512_loadu_ps(w + o * w_stride + k);
+            __asm__("" : "+v"(wv[o])); /* keep it in a register (see kernels_avx2.c) */
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) {
+            __m512 xv = _mm512_loadu_ps(x + r * x_stride + k);
+            if (NO > 1)
+                __asm__("" : "+v"(xv));
+#pragma GCC unroll 3
+            for (int o = 0; o < NO; o++)
+                acc[o][r] = _mm512_fmadd_ps(wv[o], xv, acc[o][r]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int o = 0; o < NO; o++)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++)
+            acc_io[o * acc_stride + r] = acc[o][r];
+    pf_step(pf, n_pf);
+}
+
+typedef void (*mk_fn)(const float *w, size_t w_stride, const float *x, size_t x_stride, size_t n,
+                      __m512 *acc, size_t acc_stride, bool first, pf_t *pf, size_t n_pf);
+
+#define MK(NO, NR)                                                                             \
+    static void mk_##NO##x##NR(const float *w, size_t w_stride, const float *x,               \
+                               size_t x_stride, size_t n, __m512 *acc, size_t acc_stride,     \
+                               bool first, pf_t *pf, size_t n_pf)                              \
+    {                                                                                          \
+        mk(NO, NR, w, w_stride, x, x_stride, n, acc, acc_stride, first, pf, n_pf);             \
+    }
+#define MK_NO(NO) MK(NO, 1) MK(NO, 2) MK(NO, 3) MK(NO, 4) MK(NO, 5) MK(NO, 6) MK(NO, 7) MK(NO, 8)
+MK_NO(1)
+MK_NO(2)
+MK_NO(3)
+
+#define ROW(NO) {mk_##NO##x1, mk_##NO##x2, mk_##NO##x3, mk_##NO##x4, mk_##NO##x5, mk_##NO##x6, \
+                 mk_##NO##x7, mk_##NO##x8}
+
+/* The micro-kernel for no (1..3) weight rows by nr (1..8) activation rows. */
+static mk_fn mk_pick(int no, int nr)
+{
+    static const mk_fn tab[MAX_NO][MAX_NR] = {ROW(1), ROW(2), ROW(3)};
+    return tab[no - 1][nr - 1];
+}
+
+/* hsum16 of 16 vectors at once: lane i of the result is hsum16(v[i]),
+ * the same additions of the same pairs (halves, quarters, then the two
+ * pairs of a quarter), done with 15 shuffles pairs instead of 4 shuffles
+ * per sum. */
+static ALWAYS_INLINE __m512 hsum16x16(const __m512 *v)
+{
+    __m512 s[8], u[4], w[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) /* 256-bit halves: [v2i: 8 sums | v2i+1: 8 sums] */
+        s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+#pragma GCC unroll 3
+    for (int i = 0; i < 4; i++) /* 128-bit quarters: chunk c = v[4i + c]'s 4 sums */
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) /* r0 + r2, r1 + r3 (movehl) */
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xee));
+    /* (r0 + r2) + (r1 + r3) (movehdup); lane 4c + j holds v[4j + c] */
+    const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88),
+                                   _mm512_shuffle_ps(w[0], w[1], 0xdd));
+    const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(idx, t);
+}
+
+/* y[r][o] for the panel's n_o x n_rows sums acc[o * n_rows + r]: 16 at a
+ * time through hsum16x16, then the scalar tail k >= k_tail. */
+static void finish(const uint8_t *w, size_t row_bytes, uint32_t n_o, uint32_t n_in, size_t k_tail,
+                   const float *x, size_t x_stride, uint32_t n_rows, const __m512 *acc, float *y,
+                   size_t y_stride)
+{
+    const uint32_t n = n_o * n_rows;
+    float sums[16];
+    uint32_t o = 0, r = 0;
+    for (uint32_t i0 = 0; i0 < n; i0 += 16) {
+        if (k_tail > 0) {
+            __m512 v[16];
+            for (uint32_t i = 0; i < 16; i++)
+                v[i] = i0 + i < n ? acc[i0 + i] : _mm512_setzero_ps();
+            _mm512_storeu_ps(sums, hsum16x16(v));
+        }
+        for (uint32_t i = 0; i < 16 && i0 + i < n; i++) {
+            const float *row = (const float *)(const void *)(w + o * row_bytes);
+            const float *xr = x + r * x_stride;
+            float s = k_tail > 0 ? sums[i] : 0.0f;
+            for (size_t k = k_tail; k < n_in; k++)
+                s += row[k] * xr[k];
+            y[r * y_stride + o] = s;
+            if (++r == n_rows) {
+                r = 0;
+                o++;
+            }
+        }
+    }
+}
+
+/* n_rows <= PD_SKINNY_MAX_ROWS. */
+static void skinny_f32(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
+                       size_t x_stride, uint32_t n_rows, float *y, size_t y_stride)
+{
+    const uint32_t n_in = w->n_in;
+    const size_t n16 = n_in & ~15u;
+    const size_t rb = w->row_bytes, wsf = rb / sizeof(float);
+    const uint8_t *w0 = (const uint8_t *)w->data;
+    __m512 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 16-lane sums */
+    pf_t pf = {0};
+
+    const size_t n_rb = (n_rows + MAIN_NR - 1) / MAIN_NR;
+    for (uint32_t p0 = o_begin; p0 < o_end; p0 += PANEL) {
+        const uint32_t np = o_end - p0 < PANEL ? o_end - p0 : PANEL;
+        const uint8_t *wp = w0 + (size_t)p0 * rb;
+        for (size_t k0 = 0; k0 < n16; k0 += KT_F) {
+            const size_t n = n16 - k0 < KT_F ? n16 - k0 : KT_F;
+            const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, k0, KT_F, n16,
+                                               n_rb * np + 1);
+            const float *wk = (const float *)(const void *)wp + k0;
+            for (uint32_t r = 0; r < n_rows; r += MAIN_NR) {
+                const int nr = n_rows - r >= MAIN_NR ? MAIN_NR : (int)(n_rows - r);
+                for (uint32_t o = 0; o < np;) {
+                    const int no = np - o >= MAIN_NO ? MAIN_NO : (int)(np - o);
+                    mk_pick(no, nr)(wk + o * wsf, wsf, x + r * x_stride + k0, x_stride, n,
+                                    acc + o * n_rows + r, n_rows, k0 == 0, &pf,
+                                    pf_per_call * (size_t)no);
+                    o += (uint32_t)no;
+                }
+            }
+        }
+        pf_step(&pf, pf.left);
+        finish(wp, rb, np, n_in, n16, x, x_stride, n_rows, acc, y + p0, y_stride);
+    }
+}
+
+void pd_kern_skinny_f32_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
+                               const float *x, uint32_t x_stride, uint32_t n_rows, float *y,
+                               uint32_t y_stride)
+{
+    if (o_begin >= o_end)
+        return;
+    while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows */
+        const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
+        skinny_f32(w, o_begin, o_end, x, x_stride, nr, y, y_stride);
+        x += (size_t)nr * x_stride;
+        y += (size_t)nr * y_stride;
+        n_rows -= nr;
+    }
+}
