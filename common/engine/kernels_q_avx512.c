@@ -11,24 +11,33 @@
  * is the integer dot of the block's elements 4i..4i+3 and dw * dx one
  * rounded product of the two scales; then hsum_float_8's tree.
  *
- * How. The loop nest of the AVX2 kernel (panels of PANEL weight rows,
- * K-tiles of KT blocks, a micro-kernel of NO weight rows x NR activation
- * rows) with the work per block and (o, r) cut from about 11 instructions
- * to 4 (vpdpbusd, convert, FMA with the scale as a broadcast memory
- * operand, and the weight's unsigned form shared by the NR rows):
+ * How (about 4 instructions per block and (o, r) where the VNNI kernel
+ * before this one spent 11, a scalar fp16 load, convert, multiply and
+ * broadcast among them):
  *   - the integers as the qt kernel's: the weights made unsigned (Q8_0:
  *     u = w ^ 0x80 = w + 128; Q4_0: the stored nibble u = w + 8) and each
  *     dot started from -K * (x0 + x1 + x2 + x3), K = 128 or 8, computed
  *     once per activation block and shared by the NO weight rows: the int32
  *     is exactly sum(w * x) for every weight byte and every activation in
  *     [-127, 127] (all the activation quantizer gives for finite inputs);
- *   - the scales: per K-tile, one 16-lane gather converts the fp16 scales
- *     of a weight row (and of an activation row) to float, and the micro-
- *     kernel forms the products dw * dx of its (o, r) pairs 16 blocks at a
- *     time (the same single rounding as a scalar dw * dx), instead of a
- *     scalar load, convert, multiply and broadcast per block and (o, r);
- *   - 8 weight rows per micro-kernel for one or two activation rows (8 or
- *     16 independent FMA chains), 4 for three.
+ *     per block and (o, r) that leaves vpdpbusd, a convert and an FMA, plus
+ *     the weight's xor (Q8_0) or shift and mask (Q4_0) shared by the NR rows;
+ *   - the scales: per 16 blocks, one 16-lane gather converts the fp16
+ *     scales of a weight row (and of an activation row) to float, and the
+ *     products dw * dx of the micro-kernel's (o, r) pairs are formed 16 at a
+ *     time (the same single rounding as a scalar dw * dx); the FMA takes its
+ *     scale as a broadcast memory operand;
+ *   - a micro-kernel of NO = 8 weight rows for one or two activation rows
+ *     (8 or 16 independent FMA chains), 4 for three, over whole rows (K-tiles
+ *     of KT blocks only past 8192 elements), each weight block's line NO rows
+ *     further prefetched as the block is read: in decode the weights stream
+ *     from memory, the next call's rows are contiguous with these, and the
+ *     prefetch keeps NO sequential streams a call ahead (the next-panel
+ *     bursts of kernels_pf.h over 16-block K-tiles measured slower here:
+ *     pd-kbench --stream-mb, Q8_0 1 row, 12-12.7 against 13.2-14.8 GB/s).
+ * Rows beyond 3 are done 3 (or 2 + 2) at a time, re-reading the panel from
+ * L1/L2. pd_matmul gives this kernel at most 5 rows on AVX-512 machines (the
+ * qt kernel takes batches from 6 on).
  */
 #include <immintrin.h>
 #include <stdalign.h>
@@ -74,15 +83,25 @@ static ALWAYS_INLINE __m512 scales16(const uint8_t *p, size_t stride, size_t n)
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
 }
 
-/* The 32 stored nibbles of a Q4_0 block as bytes, elements 0..31 in order
- * (low nibbles, then high nibbles: the upper half shifted right by 4 per
- * dword, the bits from the neighbouring byte masked off). */
-static ALWAYS_INLINE __m256i q4_unpack(const uint8_t *qs)
+/* The 32 stored nibbles of a Q4_0 block, unsigned: elements 0..15 (the
+ * low nibbles) in the low half, 16 x elements 16..31 (the high nibbles in
+ * place) in the high half: one mask, no shift. The int32 lanes 4..7 of a
+ * dot come out 16 times too large, and so does everything those lanes
+ * accumulate (q4_unscale). */
+static ALWAYS_INLINE __m256i q4_load(const uint8_t *qs)
 {
     const __m256i t =
         _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qs));
-    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
-                            _mm256_set1_epi8(0x0f));
+    return _mm256_and_si256(t, _mm256_set_m128i(_mm_set1_epi8((char)0xf0), _mm_set1_epi8(0x0f)));
+}
+
+/* Q4_0's accumulators to the true values: lanes 4..7 / 16. Exact, and the
+ * same bits as accumulating the true values: scaling every operand of an
+ * FMA by 16 scales its rounded result by 16 (the lanes hold multiples of
+ * 2^-48, far from the subnormals, and far below overflow). */
+static ALWAYS_INLINE __m256 q4_unscale(__m256 a)
+{
+    return _mm256_mul_ps(a, _mm256_set_ps(0.0625f, 0.0625f, 0.0625f, 0.0625f, 1, 1, 1, 1));
 }
 
 /* acc[o * acc_stride + r] (8 lanes) += blocks [0, nb) of weight rows
@@ -94,7 +113,10 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
                                __m256 *acc_io, size_t acc_stride, bool first, size_t pf)
 {
     const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
-    const __m256i kb = _mm256_set1_epi8((char)(q8 ? 0x80 : 8));
+    /* the -K * sum(x) start: K = 128; Q4_0 8, and 16 x 8 in the high half */
+    const __m256i kb = q8 ? _mm256_set1_epi8((char)0x80)
+                          : _mm256_set_m128i(_mm_set1_epi8((char)0x80), _mm_set1_epi8(8));
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
     alignas(64) float sc[MAX_NO][MAX_NR][SC]; /* dw * dx per (o, r, block) */
     __m256 acc[MAX_NO][MAX_NR];
 #pragma GCC unroll 8
@@ -131,8 +153,8 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
                 _mm_prefetch((const char *)wb + pf, Q_PF_HINT);
                 const __m256i wu =
                     q8 ? _mm256_xor_si256(
-                             _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2)), kb)
-                       : q4_unpack(wb + 2);
+                             _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2)), k80)
+                       : q4_load(wb + 2);
 #pragma GCC unroll 3
                 for (int r = 0; r < NR; r++) {
                     const __m256i p = _mm256_dpbusd_epi32(corr[r], wu, xv[r]);
@@ -224,7 +246,10 @@ static void skinny_q(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
         }
         for (uint32_t o = 0; o < np; o++)
             for (uint32_t r = 0; r < n_rows; r++)
-                y[r * y_stride + p0 + o] = nb_all ? hsum8_ggml(acc[o * n_rows + r]) : 0.0f;
+                y[r * y_stride + p0 + o] =
+                    nb_all == 0 ? 0.0f
+                    : q8        ? hsum8_ggml(acc[o * n_rows + r])
+                                : hsum8_ggml(q4_unscale(acc[o * n_rows + r]));
     }
 }
 
