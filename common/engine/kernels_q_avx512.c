@@ -28,16 +28,19 @@
  *     time (the same single rounding as a scalar dw * dx); the FMA takes its
  *     scale as a broadcast memory operand;
  *   - a micro-kernel of NO = 8 weight rows for one or two activation rows
- *     (8 or 16 independent FMA chains), 4 for three, over whole rows (K-tiles
- *     of KT blocks only past 8192 elements), each weight block's line NO rows
+ *     (8 or 16 independent FMA chains), 4 for three to five (12 to 20; at
+ *     five a few registers spill, still faster than 3 + 2 passes over the
+ *     weights: streamed 2048x5632, 7.5-7.9 -> 8.9-9.3 GB/s), over whole
+ *     rows (K-tiles of KT blocks only past 8192 elements), each weight
+ *     block's line NO rows
  *     further prefetched as the block is read: in decode the weights stream
  *     from memory, the next call's rows are contiguous with these, and the
  *     prefetch keeps NO sequential streams a call ahead (the next-panel
  *     bursts of kernels_pf.h over 16-block K-tiles measured slower here:
  *     pd-kbench --stream-mb, Q8_0 1 row, 12-12.7 against 13.2-14.8 GB/s).
- * Rows beyond 3 are done 3 (or 2 + 2) at a time, re-reading the panel from
- * L1/L2. pd_matmul gives this kernel at most 5 rows on AVX-512 machines (the
- * qt kernel takes batches from 6 on).
+ * Rows beyond 5 are done 5 at a time, re-reading the panel from L1/L2;
+ * pd_matmul gives this kernel at most 5 rows on AVX-512 machines (the qt
+ * kernel takes batches from 6 on).
  */
 #include <immintrin.h>
 #include <stdalign.h>
@@ -59,7 +62,7 @@
 #define Q_PF 1
 #endif
 #define MAX_NO 8  /* weight rows per micro-kernel: 8, 4 or 1 */
-#define MAX_NR 3  /* activation rows per micro-kernel: 1..3 */
+#define MAX_NR 5  /* activation rows per micro-kernel: 1..5 */
 
 /* ggml's hsum_float_8 order (as kernels_avx2.c's hsum8_ggml). */
 static ALWAYS_INLINE float hsum8_ggml(__m256 a)
@@ -121,25 +124,25 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
     __m256 acc[MAX_NO][MAX_NR];
 #pragma GCC unroll 8
     for (int o = 0; o < NO; o++)
-#pragma GCC unroll 3
+#pragma GCC unroll 5
         for (int r = 0; r < NR; r++)
             acc[o][r] = first ? _mm256_setzero_ps() : acc_io[(size_t)o * acc_stride + r];
     for (size_t b0 = 0; b0 < nb; b0 += SC) {
         const size_t n = nb - b0 < SC ? nb - b0 : SC;
         __m512 dx[MAX_NR];
-#pragma GCC unroll 3
+#pragma GCC unroll 5
         for (int r = 0; r < NR; r++)
             dx[r] = scales16(xq + r * xq_stride + b0 * Q8_0_BYTES, Q8_0_BYTES, n);
 #pragma GCC unroll 8
         for (int o = 0; o < NO; o++) {
             const __m512 dw = scales16(w + (size_t)o * rb + b0 * bsz, bsz, n);
-#pragma GCC unroll 3
+#pragma GCC unroll 5
             for (int r = 0; r < NR; r++)
                 _mm512_store_ps(sc[o][r], _mm512_mul_ps(dw, dx[r]));
         }
         for (size_t b = 0; b < n; b++) {
             __m256i xv[MAX_NR], corr[MAX_NR];
-#pragma GCC unroll 3
+#pragma GCC unroll 5
             for (int r = 0; r < NR; r++) {
                 const uint8_t *xb = xq + r * xq_stride + (b0 + b) * Q8_0_BYTES;
                 xv[r] = _mm256_loadu_si256((const __m256i *)(const void *)(xb + 2));
@@ -155,7 +158,7 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
                     q8 ? _mm256_xor_si256(
                              _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2)), k80)
                        : q4_load(wb + 2);
-#pragma GCC unroll 3
+#pragma GCC unroll 5
                 for (int r = 0; r < NR; r++) {
                     const __m256i p = _mm256_dpbusd_epi32(corr[r], wu, xv[r]);
                     acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p),
@@ -166,7 +169,7 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
     }
 #pragma GCC unroll 8
     for (int o = 0; o < NO; o++)
-#pragma GCC unroll 3
+#pragma GCC unroll 5
         for (int r = 0; r < NR; r++)
             acc_io[(size_t)o * acc_stride + r] = acc[o][r];
 }
@@ -181,32 +184,38 @@ typedef void (*mk_q_fn)(const uint8_t *w, size_t rb, const uint8_t *xq, size_t x
     {                                                                                          \
         mk_q(NO, NR, Q8, w, rb, xq, xq_stride, nb, acc, acc_stride, first, pf);                \
     }
-#define MKQ_NO(NO, Q8, SFX) MKQ(NO, 1, Q8, SFX) MKQ(NO, 2, Q8, SFX) MKQ(NO, 3, Q8, SFX)
-#define MKQ_TYPE(Q8, SFX) MKQ_NO(1, Q8, SFX) MKQ_NO(4, Q8, SFX) MKQ_NO(8, Q8, SFX)
+#define MKQ_NO(NO, Q8, SFX)                                                                    \
+    MKQ(NO, 1, Q8, SFX) MKQ(NO, 2, Q8, SFX) MKQ(NO, 3, Q8, SFX) MKQ(NO, 4, Q8, SFX)             \
+    MKQ(NO, 5, Q8, SFX)
+#define MKQ_TYPE(Q8, SFX)                                                                      \
+    MKQ_NO(1, Q8, SFX) MKQ_NO(4, Q8, SFX) MKQ(8, 1, Q8, SFX) MKQ(8, 2, Q8, SFX)
 
 MKQ_TYPE(true, q8)
 MKQ_TYPE(false, q4)
 
-#define ROW(NO, SFX) {mkq_##NO##x1_##SFX, mkq_##NO##x2_##SFX, mkq_##NO##x3_##SFX}
+#define ROW(NO, SFX)                                                                           \
+    {mkq_##NO##x1_##SFX, mkq_##NO##x2_##SFX, mkq_##NO##x3_##SFX, mkq_##NO##x4_##SFX,            \
+     mkq_##NO##x5_##SFX}
+#define ROW8(SFX) {mkq_8x1_##SFX, mkq_8x2_##SFX, 0, 0, 0}
 static mk_q_fn mkq_pick(bool q8, int no, int nr)
 {
     static const mk_q_fn tab[2][3][MAX_NR] = {
-        {ROW(1, q8), ROW(4, q8), ROW(8, q8)},
-        {ROW(1, q4), ROW(4, q4), ROW(8, q4)},
+        {ROW(1, q8), ROW(4, q8), ROW8(q8)},
+        {ROW(1, q4), ROW(4, q4), ROW8(q4)},
     };
     return tab[q8 ? 0 : 1][no == 8 ? 2 : no == 4 ? 1 : 0][nr - 1];
 }
 
-/* Activation rows per micro-kernel for the `left` rows still to do: 3s,
- * and 4 as 2 + 2 (two 8-row micro-kernels rather than a 4-row one and a
- * single row). */
+/* Activation rows per micro-kernel for the `left` rows still to do: up to
+ * 5 at once, so that a batch of up to 5 reads each weight block once. */
 static int pick_nr(uint32_t left)
 {
-    return left == 4 ? 2 : left >= MAX_NR ? MAX_NR : (int)left;
+    return left >= MAX_NR ? MAX_NR : (int)left;
 }
 
 /* Weight rows per micro-kernel: 8 for one or two activation rows (8 or 16
- * accumulators), 4 for three; 1 for the panel's last rows. */
+ * accumulators), 4 for three to five (12 to 20); 1 for the panel's last
+ * rows. */
 static int pick_no(int nr, uint32_t left)
 {
     const uint32_t want = nr <= 2 ? 8 : 4;
