@@ -300,6 +300,130 @@ static ALWAYS_INLINE void mk5_q4k_px(const int NR, const uint8_t *w, const uint8
 
 #undef XPS
 
+/* ====== One activation row, four weight rows (decode) ======
+ * At one activation row the per-row kernels above spend as many vector
+ * operations on the scales and the float part as on the dot products. Here
+ * a panel's four weight rows go through one loop: the activation vectors
+ * are loaded once, the four rows' scale bytes are unpacked in one 512-bit
+ * vector (row o in 128-bit lane o), each chunk pair's scale vector is one
+ * vpermb from it, and the float part runs on rows in lanes: the 8 lanes of
+ * rows 0 and 1 (2 and 3) in one vector, the 4 min lanes of the four rows in
+ * another. Lane by lane every float operation is the one mk5_q4k_px does
+ * (an FMA with the same operands; (-dy) * dmin as -(dy * dmin) in vfnmadd,
+ * the same product since rounding is symmetric), and the int32 lanes get the
+ * same sums, so y is the same bits. Needs VBMI (vpermb) and GFNI (the high
+ * nibbles in one vgf2p8affineqb): Ice Lake and later, Zen 4. */
+#define R4_ATTR __attribute__((target("avx512vbmi,gfni")))
+#define GF_HI4 0x1020408000000000ll /* bits 4..7 -> 0..3, the rest cleared */
+
+typedef struct {
+    __m512 a01, a23, m; /* rows 0|1 and 2|3 (8 lanes each); the 4 rows' min lanes */
+} r4acc_t;
+
+/* Byte indices (into the 4 rows' unpacked scales, row o at 16 o) putting
+ * the scales of chunks a and b of row o in lanes 0..7 and 8..15 (low byte;
+ * the other bytes are zeroed by R4_SCMASK). */
+static const uint8_t *r4_idx(void)
+{
+    static uint8_t tab[4][4][64] __attribute__((aligned(64)));
+    static atomic_int ready;
+    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
+        static const int pa[4] = {0, 1, 4, 5}, pb[4] = {2, 3, 6, 7};
+        for (int o = 0; o < 4; o++)
+            for (int p = 0; p < 4; p++)
+                for (int i = 0; i < 64; i++)
+                    tab[o][p][i] = (uint8_t)(16 * o + (i < 32 ? pa[p] : pb[p]));
+        atomic_store_explicit(&ready, 1, memory_order_release);
+    }
+    return &tab[0][0][0];
+}
+#define R4_SCMASK 0x1111111111111111ull
+
+R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
+                           const uint8_t *idx, r4acc_t *io)
+{
+    __m512 a01 = io->a01, a23 = io->a23, am = io->m;
+    const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
+    const __m512i m1 = _mm512_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f,
+                                        0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+                                        0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f,
+                                        0x3f3f3f3f);
+    const __m512i sh = _mm512_set_epi32(4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0);
+    const __m512i m2 = _mm512_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0,
+                                        0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0);
+    const __m512i dsel = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    const __m512i i01 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i i23 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i imn = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *w0 = w + b * PD_Q4_K_BYTES, *xb = x + b * PD_Q8_K_BYTES;
+        /* lane o: d, dmin, the 12 scale bytes of row o */
+        const __m512i raw = _mm512_inserti32x4(
+            _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128(
+                                                      (const __m128i *)(const void *)w0)),
+                                                  _mm_loadu_si128((const __m128i *)(const void *)(w0 + rb)), 1),
+                               _mm_loadu_si128((const __m128i *)(const void *)(w0 + 2 * rb)), 2),
+            _mm_loadu_si128((const __m128i *)(const void *)(w0 + 3 * rb)), 3);
+        /* k4_scales_mins_v on each lane (u0, u1, u2 = dwords 1, 2, 3) */
+        const __m512i p = _mm512_shuffle_epi32(raw, _MM_SHUFFLE(3, 2, 3, 1));
+        const __m512i q = _mm512_shuffle_epi32(raw, _MM_SHUFFLE(2, 2, 1, 1));
+        const __m512i sm = _mm512_ternarylogic_epi32(_mm512_srli_epi32(q, 2), m2,
+                                                     _mm512_and_si512(_mm512_srlv_epi32(p, sh), m1),
+                                                     0xEA); /* (a & b) | c */
+        /* dy * (d, dmin) of the 4 rows */
+        const __m256 f = _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(dsel, raw))),
+            _mm256_set1_ps(f32_at(xb)));
+        const __m512 f5 = _mm512_castps256_ps512(f);
+        const __m512i x0 = load512(xb + 4), x1 = load512(xb + 68), x2 = load512(xb + 132),
+                      x3 = load512(xb + 196);
+        __m512i s[4];
+#pragma GCC unroll 4
+        for (int o = 0; o < 4; o++) {
+            const uint8_t *qs = w0 + (size_t)o * rb + 16;
+            const __m512i v0 = load512(qs), v1 = load512(qs + 64);
+            const uint8_t *ix = idx + 256 * o;
+#define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, load512(ix + 64 * (k)), sm)
+            __m512i t = _mm512_madd_epi16(
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, m4), x0), R4SC(0));
+            t = _mm512_dpwssd_epi32(
+                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_gf2p8affine_epi64_epi8(v0, ghi, 0), x1),
+                R4SC(1));
+            t = _mm512_dpwssd_epi32(
+                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, m4), x2), R4SC(2));
+            s[o] = _mm512_dpwssd_epi32(
+                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_gf2p8affine_epi64_epi8(v1, ghi, 0), x3),
+                R4SC(3));
+#undef R4SC
+        }
+        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44),
+                                             _mm512_shuffle_i64x2(s[0], s[1], 0xEE));
+        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2], s[3], 0x44),
+                                             _mm512_shuffle_i64x2(s[2], s[3], 0xEE));
+        a01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i01, f5), _mm512_cvtepi32_ps(s01), a01);
+        a23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i23, f5), _mm512_cvtepi32_ps(s23), a23);
+        const __m512i q8s = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 260)));
+        const __m512i prod = _mm512_madd_epi16(_mm512_unpackhi_epi8(sm, _mm512_setzero_si512()), q8s);
+        am = _mm512_fnmadd_ps(_mm512_permutexvar_ps(imn, f5), _mm512_cvtepi32_ps(prod), am);
+    }
+    io->a01 = a01;
+    io->a23 = a23;
+    io->m = am;
+}
+
+/* Row o's accumulators in the per-row form (finish5). */
+static kacc_t r4_row(const r4acc_t *a, int o)
+{
+    float v[3][16];
+    _mm512_storeu_ps(v[0], a->a01);
+    _mm512_storeu_ps(v[1], a->a23);
+    _mm512_storeu_ps(v[2], a->m);
+    kacc_t k;
+    k.a = _mm256_loadu_ps(&v[o / 2][8 * (o & 1)]);
+    k.b = _mm256_castps128_ps256(_mm_loadu_ps(&v[2][4 * o]));
+    return k;
+}
+
 /* Scales of chunk pair p (chunks 2p, 2p + 1) of a Q6_K super-block: lane L
  * takes scale 4p + L / 4 (each 16 elements have their own). */
 static ALWAYS_INLINE __m512i q6k_pair_scales(__m512i sc32, int p)
@@ -487,6 +611,19 @@ static bool has_gfni(void)
     return v == 2;
 }
 
+/* Whether the CPU has AVX-512 VBMI and GFNI (the r4 kernels), asked once. */
+static bool has_r4(void)
+{
+    static atomic_int cached; /* 0 unknown, 1 no, 2 yes */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v == 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 8)) && (c & (1u << 1)) ? 2 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v == 2;
+}
+
 /* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K; fast: the rearranged
  * activations for Q4_K (when they fit k5x_buf) and GFNI for Q6_K (when the
  * CPU has it). */
@@ -508,10 +645,27 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     }
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
     pf_t pf;
+    const uint8_t *r4 = n_rows == 1 && kind == 2 && KPANEL == 4 && has_r4() ? r4_idx() : NULL;
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
         const uint8_t *wp = w0 + (size_t)p0 * rb;
+        if (r4 && np == 4) {
+            r4acc_t ra = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
+                const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
+                const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
+                                                   (size_t)np + 1);
+                pf_step(&pf, np * pf_per_call);
+                q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4, &ra);
+            }
+            pf_step(&pf, pf.left);
+            for (uint32_t o = 0; o < 4; o++) {
+                const kacc_t k = r4_row(&ra, (int)o);
+                y[p0 + o] = finish5(false, &k);
+            }
+            continue;
+        }
         for (size_t i = 0; i < (size_t)np * n_rows; i++)
             acc[i].a = acc[i].b = _mm256_setzero_ps();
         for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
