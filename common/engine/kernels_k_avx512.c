@@ -337,7 +337,7 @@ static const uint8_t *r4_idx(void)
     }
     return &tab[0][0][0];
 }
-#define R4_SCMASK 0x1111111111111111ull
+#define R4_SCMASK 0x5555555555555555ull
 
 R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
                            const uint8_t *idx, r4acc_t *io)
@@ -384,16 +384,12 @@ R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
             const __m512i v0 = load512(qs), v1 = load512(qs + 64);
             const uint8_t *ix = idx + 256 * o;
 #define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, load512(ix + 64 * (k)), sm)
-            __m512i t = _mm512_madd_epi16(
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v0, m4), x0), R4SC(0));
-            t = _mm512_dpwssd_epi32(
-                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_gf2p8affine_epi64_epi8(v0, ghi, 0), x1),
-                R4SC(1));
-            t = _mm512_dpwssd_epi32(
-                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(v1, m4), x2), R4SC(2));
-            s[o] = _mm512_dpwssd_epi32(
-                t, _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_gf2p8affine_epi64_epi8(v1, ghi, 0), x3),
-                R4SC(3));
+            __m512i t = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512(v0, m4), x0), R4SC(0));
+            t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_gf2p8affine_epi64_epi8(v0, ghi, 0), x1),
+                                    R4SC(1));
+            t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_and_si512(v1, m4), x2), R4SC(2));
+            s[o] = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_gf2p8affine_epi64_epi8(v1, ghi, 0), x3),
+                                       R4SC(3));
 #undef R4SC
         }
         const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44),
@@ -553,6 +549,85 @@ K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, con
 
 #undef XQS
 
+/* Q6_K, one activation row, four weight rows (as q4k_r4): the activation
+ * vectors loaded once, a chunk pair's scales by one vpermw from the row's
+ * 16 scales (int16), the float part on rows 0|1 and 2|3 in lanes. Lane by
+ * lane the operations of mk5_q6k_g, so the same bits. */
+R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io)
+{
+    __m512 a01 = io->a01, a23 = io->a23;
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i ma = _mm512_set_epi64((long long)GF_F(1), (long long)GF_F(1), (long long)GF_F(1),
+                                        (long long)GF_F(1), (long long)GF_F(0), (long long)GF_F(0),
+                                        (long long)GF_F(0), (long long)GF_F(0));
+    const __m512i mb = _mm512_set_epi64((long long)GF_F(3), (long long)GF_F(3), (long long)GF_F(3),
+                                        (long long)GF_F(3), (long long)GF_F(2), (long long)GF_F(2),
+                                        (long long)GF_F(2), (long long)GF_F(2));
+    /* word 2L of pair p's vector: scale 4p + L / 4; word 2L + 1 zeroed */
+#define Q6I(p) _mm512_set_epi16(4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, \
+                                4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 2, 4 * (p) + 2, \
+                                4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, \
+                                4 * (p) + 2, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, \
+                                4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p),     \
+                                4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p))
+    const __m512i ix0 = Q6I(0), ix1 = Q6I(1), ix2 = Q6I(2), ix3 = Q6I(3);
+#undef Q6I
+    const __m512i i01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i i23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *w0 = w + b * PD_Q6_K_BYTES, *xb = x + b * PD_Q8_K_BYTES;
+        const __m512i x0 = load512(xb + 4), x1 = load512(xb + 68), x2 = load512(xb + 132),
+                      x3 = load512(xb + 196);
+        uint16_t h[4];
+        for (int o = 0; o < 4; o++)
+            memcpy(&h[o], w0 + (size_t)o * rb + 208, 2);
+        uint64_t h4;
+        memcpy(&h4, h, 8);
+        const __m512 f5 = _mm512_castps128_ps512(
+            _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h4)), _mm_set1_ps(f32_at(xb))));
+        __m512i s[4];
+        __m256i sc[4];
+#pragma GCC unroll 4
+        for (int o = 0; o < 4; o++) {
+            const uint8_t *wo = w0 + (size_t)o * rb;
+            sc[o] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wo + 192)));
+            const __m512i sc5 = _mm512_castsi256_si512(sc[o]);
+            __m512i tt[2];
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                const __m512i ql = load512(wo + 64 * j);
+                const __m512i qh = bcast256(wo + 128 + 32 * j);
+                const __m512i qa = _mm512_ternarylogic_epi32(ql, _mm512_gf2p8affine_epi64_epi8(qh, ma, 0),
+                                                             m15, 0xEC);
+                const __m512i qb = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4),
+                                                             _mm512_gf2p8affine_epi64_epi8(qh, mb, 0),
+                                                             m15, 0xEC);
+                const __m512i sa = _mm512_permutexvar_epi16(j ? ix2 : ix0, sc5);
+                const __m512i sb = _mm512_permutexvar_epi16(j ? ix3 : ix1, sc5);
+                tt[j] = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(qa, j ? x2 : x0), sa),
+                                            _mm512_maddubs_epi16(qb, j ? x3 : x1), sb);
+            }
+            s[o] = _mm512_add_epi32(tt[0], tt[1]);
+        }
+        /* q is stored plus 32: sub = 32 * (bsums . scales), per lane */
+        const __m512i bs = _mm512_broadcast_i64x4(load256(xb + 260));
+        const __m512i sub01 = _mm512_slli_epi32(
+            _mm512_madd_epi16(bs, _mm512_inserti64x4(_mm512_castsi256_si512(sc[0]), sc[1], 1)), 5);
+        const __m512i sub23 = _mm512_slli_epi32(
+            _mm512_madd_epi16(bs, _mm512_inserti64x4(_mm512_castsi256_si512(sc[2]), sc[3], 1)), 5);
+        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44),
+                                             _mm512_shuffle_i64x2(s[0], s[1], 0xEE));
+        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2], s[3], 0x44),
+                                             _mm512_shuffle_i64x2(s[2], s[3], 0xEE));
+        a01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i01, f5),
+                              _mm512_cvtepi32_ps(_mm512_sub_epi32(s01, sub01)), a01);
+        a23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i23, f5),
+                              _mm512_cvtepi32_ps(_mm512_sub_epi32(s23, sub23)), a23);
+    }
+    io->a01 = a01;
+    io->a23 = a23;
+}
+
 typedef void (*mk5_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *acc);
 
 #define MK5_1(NAME, FN, NR)                                                                 \
@@ -645,7 +720,8 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     }
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
     pf_t pf;
-    const uint8_t *r4 = n_rows == 1 && kind == 2 && KPANEL == 4 && has_r4() ? r4_idx() : NULL;
+    const bool r4 = n_rows == 1 && (kind == 2 || kind == 3) && KPANEL == 4 && has_r4();
+    const uint8_t *r4i = r4 && kind == 2 ? r4_idx() : NULL;
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
@@ -657,12 +733,15 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
                 const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
                                                    (size_t)np + 1);
                 pf_step(&pf, np * pf_per_call);
-                q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4, &ra);
+                if (q6)
+                    q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra);
+                else
+                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4i, &ra);
             }
             pf_step(&pf, pf.left);
             for (uint32_t o = 0; o < 4; o++) {
                 const kacc_t k = r4_row(&ra, (int)o);
-                y[p0 + o] = finish5(false, &k);
+                y[p0 + o] = finish5(q6, &k);
             }
             continue;
         }
