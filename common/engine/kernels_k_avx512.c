@@ -340,7 +340,7 @@ static const uint8_t *r4_idx(void)
 #define R4_SCMASK 0x5555555555555555ull
 
 R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
-                           const uint8_t *idx, r4acc_t *io)
+                           const uint8_t *idx, r4acc_t *io, pf_t *pf, size_t pf_n)
 {
     __m512 a01 = io->a01, a23 = io->a23, am = io->m;
     const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
@@ -381,6 +381,7 @@ R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *qs = w0 + (size_t)o * rb + 16;
+            pf_step(pf, pf_n);
             const __m512i v0 = load512(qs), v1 = load512(qs + 64);
             const uint8_t *ix = idx + 256 * o;
 #define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, load512(ix + 64 * (k)), sm)
@@ -553,7 +554,8 @@ K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, con
  * vectors loaded once, a chunk pair's scales by one vpermw from the row's
  * 16 scales (int16), the float part on rows 0|1 and 2|3 in lanes. Lane by
  * lane the operations of mk5_q6k_g, so the same bits. */
-R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io)
+R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io,
+                           pf_t *pf, size_t pf_n)
 {
     __m512 a01 = io->a01, a23 = io->a23;
     const __m512i m15 = _mm512_set1_epi8(15);
@@ -590,6 +592,7 @@ R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *wo = w0 + (size_t)o * rb;
+            pf_step(pf, pf_n);
             sc[o] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wo + 192)));
             const __m512i sc5 = _mm512_castsi256_si512(sc[o]);
             __m512i tt[2];
@@ -732,11 +735,13 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
                 const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
                 const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
                                                    (size_t)np + 1);
-                pf_step(&pf, np * pf_per_call);
+                /* the tile's share of the next panel's lines, spread over its
+                 * row-super-blocks (one burst per tile measured slower) */
+                const size_t pf_n = (np * pf_per_call + 4 * nb - 1) / (4 * nb);
                 if (q6)
-                    q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra);
+                    q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
                 else
-                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4i, &ra);
+                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4i, &ra, &pf, pf_n);
             }
             pf_step(&pf, pf.left);
             for (uint32_t o = 0; o < 4; o++) {
