@@ -34,6 +34,14 @@
  * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale
  * shuffles; here 1 dpbusd + 1 dpwssd per 64 elements, and the scales of
  * a chunk pair come from one vpermd.
+ *
+ * At exactly one activation row (batch-1 decode) on CPUs with VBMI and
+ * GFNI, full panels take q4k_r4 / q6k_r4 instead: the panel's 4 weight
+ * rows in one loop, so that the activation loads, the scale unpacking and
+ * the float part are shared or run with rows in lanes (in L2, 256 x 2048:
+ * Q4_K 1.4x the per-row kernel; Q6_K 1.0-1.14x; streamed from memory
+ * 1.06-1.2x, shared machine). Same bits: every lane sees the operations of
+ * the per-row kernel.
  */
 #include <cpuid.h>
 #include <immintrin.h>
@@ -321,26 +329,16 @@ typedef struct {
 } r4acc_t;
 
 /* Byte indices (into the 4 rows' unpacked scales, row o at 16 o) putting
- * the scales of chunks a and b of row o in lanes 0..7 and 8..15 (low byte;
- * the other bytes are zeroed by R4_SCMASK). */
-static const uint8_t *r4_idx(void)
-{
-    static uint8_t tab[4][4][64] __attribute__((aligned(64)));
-    static atomic_int ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        static const int pa[4] = {0, 1, 4, 5}, pb[4] = {2, 3, 6, 7};
-        for (int o = 0; o < 4; o++)
-            for (int p = 0; p < 4; p++)
-                for (int i = 0; i < 64; i++)
-                    tab[o][p][i] = (uint8_t)(16 * o + (i < 32 ? pa[p] : pb[p]));
-        atomic_store_explicit(&ready, 1, memory_order_release);
-    }
-    return &tab[0][0][0];
-}
+ * the scales of chunks a and a + 2 of row o in lanes 0..7 and 8..15 (low
+ * 16 bits: the other bytes are zeroed by R4_SCMASK); constants once o and a
+ * are. */
+#define R4IX(o, a)                                                                         \
+    _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_set1_epi8((char)(16 * (o) + (a))), \
+                           _mm512_set1_epi8((char)(16 * (o) + (a) + 2)))
 #define R4_SCMASK 0x5555555555555555ull
 
 R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
-                           const uint8_t *idx, r4acc_t *io, pf_t *pf, size_t pf_n)
+                           r4acc_t *io, pf_t *pf, size_t pf_n)
 {
     __m512 a01 = io->a01, a23 = io->a23, am = io->m;
     const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
@@ -383,8 +381,8 @@ R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
             const uint8_t *qs = w0 + (size_t)o * rb + 16;
             pf_step(pf, pf_n);
             const __m512i v0 = load512(qs), v1 = load512(qs + 64);
-            const uint8_t *ix = idx + 256 * o;
-#define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, load512(ix + 64 * (k)), sm)
+            /* chunk pairs (0, 2), (1, 3), (4, 6), (5, 7) */
+#define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, R4IX(o, ((k) >> 1) * 4 + ((k) & 1)), sm)
             __m512i t = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512(v0, m4), x0), R4SC(0));
             t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_gf2p8affine_epi64_epi8(v0, ghi, 0), x1),
                                     R4SC(1));
@@ -724,7 +722,6 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
     pf_t pf;
     const bool r4 = n_rows == 1 && (kind == 2 || kind == 3) && KPANEL == 4 && has_r4();
-    const uint8_t *r4i = r4 && kind == 2 ? r4_idx() : NULL;
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
@@ -741,7 +738,7 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
                 if (q6)
                     q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
                 else
-                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, r4i, &ra, &pf, pf_n);
+                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
             }
             pf_step(&pf, pf.left);
             for (uint32_t o = 0; o < 4; o++) {
