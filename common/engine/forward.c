@@ -596,8 +596,15 @@ static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockst
         rows_epi_t ep = epi ? *epi : (rows_epi_t){ 0 };
         ep.r0 = r;
         ep.n_rows = m;
+        /* the residual add and SwiGLU in the form the tiled F32 kernel
+         * applies as it stores (same bits: pd_gemm_fuse_epi) */
+        pd_gemm_fuse_t fu = { epi && epi->op == EW_ADD ? PD_GEMM_FUSE_ADD : PD_GEMM_FUSE_SWIGLU,
+                              ep.a + (size_t)r * ep.stride, ep.b + (size_t)r * ep.stride,
+                              ep.stride, m };
+        const bool fused = epi && epi->op != EW_GEGLU;
         pd_matmul_multi(e->pool, o, n, lockstep, xin + (size_t)r * w->n_in, m, e->scratch,
-                        skinny_max, epi ? rows_epi : NULL, &ep);
+                        skinny_max, !epi ? NULL : fused ? pd_gemm_fuse_epi : rows_epi,
+                        fused ? (void *)&fu : (void *)&ep);
     }
 }
 

@@ -82,6 +82,22 @@ void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
     }
 }
 
+/* ====== The fusable epilogue, plain ====== */
+
+void pd_gemm_fuse_epi(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end)
+{
+    const pd_gemm_fuse_t *f = ctx;
+    (void)i_out;
+    for (uint32_t r = 0; r < f->n_rows; r++) {
+        float *a = f->a + (size_t)r * f->stride + o_begin;
+        const float *b = f->b + (size_t)r * f->stride + o_begin;
+        if (f->op == PD_GEMM_FUSE_ADD)
+            pd_kern_axpy_f32(a, 1.0f, b, o_end - o_begin);
+        else
+            pd_kern_swiglu(a, b, o_end - o_begin);
+    }
+}
+
 /* ====== Driver ====== */
 
 typedef struct {
@@ -97,6 +113,7 @@ typedef struct {
     uint32_t n_units;
     pd_mm_epilogue_fn epi;
     void *epi_ctx;
+    const pd_gemm_fuse_t *fuse;         /* epi fused into the last product's stores, or NULL */
 } gemm_ctx_t;
 
 static void pack_x_task(void *arg, int i, int n)
@@ -149,12 +166,29 @@ static void gemm_task(void *arg, int i_task, int n_tasks)
         for (int j = i; j < j_end; j++) {
             pd_gemm_f32_pack_w_avx512(c->outs[j].w, o0, wp);
             const pd_gemm_next_t next = next_pack(c, u, u1, j);
+            const pd_gemm_panel_fuse_t f = {c->fuse ? c->fuse->op : PD_GEMM_FUSE_ADD,
+                                            c->fuse ? c->fuse->a + o0 : NULL,
+                                            c->fuse ? c->fuse->stride : 0};
             pd_gemm_f32_panel_avx512(wp, c->xp, c->n_in, c->n_rows, n_o, c->outs[j].y + o0,
-                                     c->outs[j].w->n_out, &next);
+                                     c->outs[j].w->n_out,
+                                     c->fuse && j == c->n_outs - 1 ? &f : NULL, &next);
         }
-        if (c->epi)
+        if (c->epi && c->fuse == NULL)
             c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o0 + n_o);
     }
+}
+
+/* The epilogue when the micro-kernel can apply it as it stores the last
+ * product (see pd_gemm_fuse_epi), else NULL. */
+static const pd_gemm_fuse_t *fusable(const gemm_ctx_t *c)
+{
+    if (c->epi != pd_gemm_fuse_epi || (!c->lockstep && c->n_outs != 1))
+        return NULL;
+    const pd_gemm_fuse_t *f = c->epi_ctx;
+    const pd_mm_out_t *last = &c->outs[c->n_outs - 1];
+    const bool ok = f->b == last->y && f->stride == last->w->n_out && f->n_rows == c->n_rows &&
+                    (f->op == PD_GEMM_FUSE_ADD || last->w->n_out % 8 == 0);
+    return ok ? f : NULL;
 }
 
 void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
@@ -174,6 +208,7 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
         c.first_unit[i + 1] = c.first_unit[i] + (lockstep && i > 0 ? 0 : units);
     }
     c.n_units = c.first_unit[n_outs];
+    c.fuse = fusable(&c);
     const int n_threads = pd_pool_n_threads(pool);
     const uint32_t n_tiles = (n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
     pd_pool_run(n_threads > 1 ? pool : NULL, pack_x_task, &c,

@@ -62,11 +62,46 @@ typedef struct {
     uint32_t o0;
 } pd_gemm_next_t;
 
+/* An element-wise epilogue the tiled kernel can apply as it stores a
+ * product's outputs (pd_gemm_fuse_epi is its plain form, for every other
+ * path): over rows r < n_rows and the epilogue's columns o,
+ *   ADD:    a[r][o] += b[r][o]               (pd_kern_axpy_f32 with 1)
+ *   SWIGLU: a[r][o] = silu(a[r][o]) * b[r][o] (pd_kern_swiglu)
+ * with a and b at `stride` floats per row. The fused form has the same
+ * bits: the same operations on the same floats, lane by lane. */
+typedef enum {
+    PD_GEMM_FUSE_ADD,
+    PD_GEMM_FUSE_SWIGLU,
+} pd_gemm_fuse_op_t;
+
+typedef struct {
+    pd_gemm_fuse_op_t op;
+    float *a;
+    const float *b;
+    uint32_t stride;
+    uint32_t n_rows;
+} pd_gemm_fuse_t;
+
+/* A pd_mm_epilogue_fn with a pd_gemm_fuse_t as ctx. pd_gemm_f32_multi
+ * fuses it into the stores of its last product when b is that product's y
+ * (and, for SWIGLU, n_out % 8 == 0: pd_kern_swiglu's 8-wide steps from
+ * every unit's first column then cover the unit with no scalar tail). */
+void pd_gemm_fuse_epi(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end);
+
+/* The fused epilogue of one panel: a and its rows as pd_gemm_fuse_t's,
+ * already offset to the panel's first column. */
+typedef struct {
+    pd_gemm_fuse_op_t op;
+    float *a;
+    uint32_t stride;
+} pd_gemm_panel_fuse_t;
+
 /* y[r * y_stride + o] for r < n_rows, o < n_o (<= PD_GEMM_NO) from a packed
- * panel and packed x (all n_rows rows, tiled from row 0); next may be NULL. */
+ * panel and packed x (all n_rows rows, tiled from row 0), then the fused
+ * epilogue (NULL: none) on the same outputs; next may be NULL. */
 void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, uint32_t n_rows,
                               uint32_t n_o, float *y, uint32_t y_stride,
-                              const pd_gemm_next_t *next);
+                              const pd_gemm_panel_fuse_t *fuse, const pd_gemm_next_t *next);
 
 /* The definition, in plain C: per (o, r), 16 float lanes, lane j =
  * fmaf(W[o][k], x[r][k], lane j) for k = j, j + 16, ... in order, then

@@ -9,7 +9,10 @@
  * lane j does; the 16 lane sums are kept (16 x 2 x 14 vectors, 28 KB on
  * the stack) and added with hsum16's tree, then stored to y (masked past
  * n_o). The j-th pass reads M vectors pairs of the panel and M x nr floats
- * of the tile, both contiguous.
+ * of the tile, both contiguous. A fused epilogue (the residual add, or
+ * SwiGLU with the gate written by the lockstep panel before) is applied to
+ * each stored vector while its rows are in L1, instead of a pass over the
+ * whole product afterwards (which cost ~5 % of a llama-110M prefill).
  */
 #include <immintrin.h>
 
@@ -34,8 +37,24 @@ static ALWAYS_INLINE void pf_pass(const pf_lines_t *pf, int j)
                      _MM_HINT_T1);
 }
 
+/* The fused epilogue on one stored vector v of row r (lanes m): a += v, or
+ * a = silu(a) * v with pd_kern_swiglu_avx2's operations (exp16 is exp8). */
+static ALWAYS_INLINE void fuse_store(const pd_gemm_panel_fuse_t *f, float *a, __mmask16 m,
+                                     __m512 v)
+{
+    const __m512 av = _mm512_maskz_loadu_ps(m, a);
+    if (f->op == PD_GEMM_FUSE_ADD) {
+        _mm512_mask_storeu_ps(a, m, _mm512_add_ps(av, v));
+        return;
+    }
+    const __m512 e = exp16(_mm512_xor_ps(av, _mm512_set1_ps(-0.0f)));
+    const __m512 silu = _mm512_div_ps(av, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_mask_storeu_ps(a, m, _mm512_mul_ps(silu, v));
+}
+
 static ALWAYS_INLINE void tile(const int NR, const float *wp, const float *xt, size_t M,
-                               uint32_t n_o, float *y, size_t y_stride, const pf_lines_t *pf)
+                               uint32_t n_o, float *y, size_t y_stride,
+                               const pd_gemm_panel_fuse_t *fuse, const pf_lines_t *pf)
 {
     __m512 s[LANES][2][PD_GEMM_NR];
     for (int j = 0; j < LANES; j++) {
@@ -77,19 +96,22 @@ static ALWAYS_INLINE void tile(const int NR, const float *wp, const float *xt, s
                 t4[j] = _mm512_add_ps(t8[j], t8[j + 4]);
             for (int j = 0; j < 2; j++)
                 t2[j] = _mm512_add_ps(t4[j], t4[j + 2]);
-            _mm512_mask_storeu_ps(y + (size_t)r * y_stride + h * LANES, h ? m1 : m0,
-                                  _mm512_add_ps(t2[0], t2[1]));
+            const __m512 v = _mm512_add_ps(t2[0], t2[1]);
+            _mm512_mask_storeu_ps(y + (size_t)r * y_stride + h * LANES, h ? m1 : m0, v);
+            if (fuse != NULL)
+                fuse_store(fuse, fuse->a + (size_t)r * fuse->stride + h * LANES, h ? m1 : m0, v);
         }
 }
 
 typedef void (*tile_fn)(const float *wp, const float *xt, size_t M, uint32_t n_o, float *y,
-                        size_t y_stride, const pf_lines_t *pf);
+                        size_t y_stride, const pd_gemm_panel_fuse_t *fuse, const pf_lines_t *pf);
 
 #define TILE(NR)                                                                               \
     static void tile_##NR(const float *wp, const float *xt, size_t M, uint32_t n_o, float *y,  \
-                          size_t y_stride, const pf_lines_t *pf)                               \
+                          size_t y_stride, const pd_gemm_panel_fuse_t *fuse,                   \
+                          const pf_lines_t *pf)                                                \
     {                                                                                          \
-        tile(NR, wp, xt, M, n_o, y, y_stride, pf);                                             \
+        tile(NR, wp, xt, M, n_o, y, y_stride, fuse, pf);                                       \
     }
 TILE(1) TILE(2) TILE(3) TILE(4) TILE(5) TILE(6) TILE(7)
 TILE(8) TILE(9) TILE(10) TILE(11) TILE(12) TILE(13) TILE(14)
@@ -100,7 +122,7 @@ TILE(8) TILE(9) TILE(10) TILE(11) TILE(12) TILE(13) TILE(14)
 
 void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, uint32_t n_rows,
                               uint32_t n_o, float *y, uint32_t y_stride,
-                              const pd_gemm_next_t *next)
+                              const pd_gemm_panel_fuse_t *fuse, const pd_gemm_next_t *next)
 {
     static const tile_fn tab[PD_GEMM_NR + 1] = {NULL,    tile_1,  tile_2,  tile_3,  tile_4,
                                                 tile_5,  tile_6,  tile_7,  tile_8,  tile_9,
@@ -126,7 +148,11 @@ void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, u
             pf.lo = n_lines * (t - pf_from) / (n_tiles - pf_from);
             pf.hi = n_lines * (t - pf_from + 1) / (n_tiles - pf_from);
         }
-        tab[nr](wp, xp + (size_t)r0 * n_in, M, n_o, y + (size_t)r0 * y_stride, y_stride, &pf);
+        pd_gemm_panel_fuse_t f;
+        if (fuse != NULL)
+            f = (pd_gemm_panel_fuse_t){fuse->op, fuse->a + (size_t)r0 * fuse->stride, fuse->stride};
+        tab[nr](wp, xp + (size_t)r0 * n_in, M, n_o, y + (size_t)r0 * y_stride, y_stride,
+                fuse != NULL ? &f : NULL, &pf);
     }
 }
 

@@ -8,7 +8,9 @@
  *     writes nothing past its n_o outputs;
  *   - through pd_matmul and pd_matmul_multi (2 threads, lockstep or not,
  *     with an epilogue) a token's outputs in a batch of 64..150 rows are
- *     bitwise its outputs alone (the skinny kernel): batch invariance. */
+ *     bitwise its outputs alone (the skinny kernel): batch invariance;
+ *   - so is the residual add or SwiGLU fused into the tiled kernel's
+ *     stores (pd_gemm_fuse_epi). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,7 +132,7 @@ static void test_panel_matches_ref(void **state)
                     assert_memory_equal(wp, wp2, sizeof(float) * PD_GEMM_NO * n_in);
                     const pd_gemm_next_t next = {o0 + PD_GEMM_NO < n_out ? &w : NULL,
                                                  o0 + PD_GEMM_NO};
-                    pd_gemm_f32_panel_avx512(wp, xp, n_in, n_rows, n_o, y + o0, ys, &next);
+                    pd_gemm_f32_panel_avx512(wp, xp, n_in, n_rows, n_o, y + o0, ys, NULL, &next);
                 }
                 pd_gemm_f32_ref(&w, 0, n_out, x, n_in, n_rows, yr, ys);
                 for (uint32_t rr = 0; rr < n_rows; rr++)
@@ -217,12 +219,81 @@ static void test_matmul_batch_invariant(void **state)
     pd_pool_free(pool);
 }
 
+/* The fusable epilogue (pd_gemm_fuse_epi): the residual add over one
+ * product, SwiGLU over gate and up in lockstep. Through the tiled kernel
+ * (fused into its stores when n_out allows, plain otherwise) each row's
+ * result is bitwise that row's alone (the skinny kernel, plain epilogue). */
+static void test_fused_epilogue(void **state)
+{
+    (void)state;
+    if (!have_avx512())
+        skip();
+    rng_t r = {0x5eedull};
+    pd_pool_t *pool = pd_pool_new(2);
+    assert_non_null(pool);
+    const uint32_t n_in = 64, rows[] = {PD_GEMM_MIN_ROWS, 79}, outs_n[] = {104, 100};
+    for (size_t k = 0; k < 2; k++)
+        for (size_t q = 0; q < 2; q++)
+            for (int swiglu = 0; swiglu < 2; swiglu++) {
+                const uint32_t n_rows = rows[k], n_out = outs_n[q];
+                const int n = swiglu ? 2 : 1;
+                float *x = make_f((size_t)n_rows * n_in, &r), *wd[2], *y[2], *y1[2];
+                pd_mat_t w[2];
+                pd_mm_out_t o[2], o1[2];
+                for (int i = 0; i < n; i++) {
+                    wd[i] = make_f((size_t)n_out * n_in, &r);
+                    w[i] = mat(wd[i], n_out, n_in);
+                    y[i] = malloc(sizeof(float) * n_out * n_rows);
+                    y1[i] = malloc(sizeof(float) * n_out);
+                    assert_non_null(y[i]);
+                    assert_non_null(y1[i]);
+                    o[i] = (pd_mm_out_t){&w[i], y[i]};
+                    o1[i] = (pd_mm_out_t){&w[i], y1[i]};
+                }
+                float *res = make_f((size_t)n_rows * n_out, &r); /* the residual stream */
+                float *res1 = malloc(sizeof(float) * n_out);
+                void *scratch = aligned_alloc(64, pd_matmul_scratch_bytes(&w[0], n_rows));
+                assert_non_null(res1);
+                assert_non_null(scratch);
+                float *res0 = malloc(sizeof(float) * n_out * n_rows); /* res before */
+                assert_non_null(res0);
+                memcpy(res0, res, sizeof(float) * n_out * n_rows);
+                pd_gemm_fuse_t f = {swiglu ? PD_GEMM_FUSE_SWIGLU : PD_GEMM_FUSE_ADD,
+                                    swiglu ? y[0] : res, y[n - 1], n_out, n_rows};
+                pd_matmul_multi(pool, o, n, swiglu, x, n_rows, scratch, n_rows, pd_gemm_fuse_epi, &f);
+                for (uint32_t rr = 0; rr < n_rows; rr++) {
+                    memcpy(res1, res0 + (size_t)rr * n_out, sizeof(float) * n_out);
+                    pd_gemm_fuse_t f1 = {f.op, swiglu ? y1[0] : res1, y1[n - 1], n_out, 1};
+                    pd_matmul_multi(pool, o1, n, swiglu, x + (size_t)rr * n_in, 1, scratch,
+                                    n_rows, pd_gemm_fuse_epi, &f1);
+                    const float *got = swiglu ? y[0] : res, *want = swiglu ? y1[0] : res1;
+                    if (memcmp(got + (size_t)rr * n_out, want, sizeof(float) * n_out) != 0) {
+                        print_error("%s %ux%u rows %u: row %u differs\n", swiglu ? "swiglu" : "add",
+                                    n_out, n_in, n_rows, rr);
+                        fail();
+                    }
+                }
+                for (int i = 0; i < n; i++) {
+                    free(wd[i]);
+                    free(y[i]);
+                    free(y1[i]);
+                }
+                free(res0);
+                free(res);
+                free(res1);
+                free(scratch);
+                free(x);
+            }
+    pd_pool_free(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_is_skinny),
         cmocka_unit_test(test_panel_matches_ref),
         cmocka_unit_test(test_matmul_batch_invariant),
+        cmocka_unit_test(test_fused_epilogue),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
