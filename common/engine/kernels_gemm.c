@@ -114,6 +114,7 @@ typedef struct {
     pd_mm_epilogue_fn epi;
     void *epi_ctx;
     const pd_gemm_fuse_t *fuse;         /* epi fused into the last product's stores, or NULL */
+    bool tile_lockstep;                 /* lockstep_units: n_outs panel buffers per task */
 } gemm_ctx_t;
 
 static void pack_x_task(void *arg, int i, int n)
@@ -151,12 +152,44 @@ static pd_gemm_next_t next_pack(const gemm_ctx_t *c, uint32_t u, uint32_t u1, in
 
 /* Units [u0, u1) of PD_GEMM_NO output rows: with lockstep, unit u is those
  * rows of every product; else of the product it falls in. */
+/* Lockstep units [u0, u1) with one panel buffer per product (wp: n_outs
+ * of them): the unit's panels packed together, then row tile by row tile
+ * through all of them (pd_gemm_f32_panels_avx512), the next unit's weights
+ * prefetched meanwhile. */
+static void lockstep_units(const gemm_ctx_t *c, float *wp, uint32_t u0, uint32_t u1)
+{
+    for (uint32_t u = u0; u < u1; u++) {
+        const uint32_t o0 = u * PD_GEMM_NO, n_out = c->outs[0].w->n_out;
+        const uint32_t n_o = n_out - o0 < PD_GEMM_NO ? n_out - o0 : PD_GEMM_NO;
+        pd_gemm_panel_t p[PD_MM_MAX_OUTS];
+        pd_gemm_next_t next[PD_MM_MAX_OUTS];
+        const pd_gemm_panel_fuse_t f = {c->fuse ? c->fuse->op : PD_GEMM_FUSE_ADD,
+                                        c->fuse ? c->fuse->a + o0 : NULL,
+                                        c->fuse ? c->fuse->stride : 0};
+        for (int j = 0; j < c->n_outs; j++) {
+            float *wj = wp + (size_t)j * c->wp_floats;
+            pd_gemm_f32_pack_w_avx512(c->outs[j].w, o0, wj);
+            p[j] = (pd_gemm_panel_t){wj, c->outs[j].y + o0, n_out,
+                                     c->fuse && j == c->n_outs - 1 ? &f : NULL};
+            next[j] = (pd_gemm_next_t){u + 1 < u1 ? c->outs[j].w : NULL, o0 + PD_GEMM_NO};
+        }
+        pd_gemm_f32_panels_avx512(p, c->n_outs, c->xp, c->n_in, c->n_rows, n_o, next,
+                                  u + 1 < u1 ? c->n_outs : 0);
+        if (c->epi && c->fuse == NULL)
+            c->epi(c->epi_ctx, -1, o0, o0 + n_o);
+    }
+}
+
 static void gemm_task(void *arg, int i_task, int n_tasks)
 {
     const gemm_ctx_t *c = arg;
-    float *wp = c->wp + (size_t)i_task * c->wp_floats;
     const uint32_t u0 = (uint32_t)((uint64_t)c->n_units * (uint32_t)i_task / (uint32_t)n_tasks);
     const uint32_t u1 = (uint32_t)((uint64_t)c->n_units * (uint32_t)(i_task + 1) / (uint32_t)n_tasks);
+    if (c->tile_lockstep) {
+        lockstep_units(c, c->wp + (size_t)i_task * (size_t)c->n_outs * c->wp_floats, u0, u1);
+        return;
+    }
+    float *wp = c->wp + (size_t)i_task * c->wp_floats;
     for (uint32_t u = u0; u < u1; u++) {
         const int i = unit_product(c, u);
         const uint32_t o0 = (u - c->first_unit[i]) * PD_GEMM_NO;
@@ -218,6 +251,10 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
         n_tasks = PD_GEMM_MAX_TASKS;
     if (n_tasks > c.n_units)
         n_tasks = c.n_units;
+    /* lockstep products tile by tile when every task gets a panel buffer
+     * per product (the scratch has PD_GEMM_MAX_TASKS) */
+    if (lockstep && n_outs > 1 && n_tasks * (uint32_t)n_outs <= PD_GEMM_MAX_TASKS)
+        c.tile_lockstep = true;
     if (n_tasks > 0)
         pd_pool_run(pool, gemm_task, &c, (int)n_tasks);
 }

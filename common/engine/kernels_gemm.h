@@ -103,6 +103,23 @@ void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, u
                               uint32_t n_o, float *y, uint32_t y_stride,
                               const pd_gemm_panel_fuse_t *fuse, const pd_gemm_next_t *next);
 
+/* The same for n_p panels of one output unit (products in lockstep), tile
+ * by tile: each row tile runs through every panel in turn, so that a fused
+ * SwiGLU reads the gate outputs the panel before has just stored (in L1;
+ * a whole panel apart they came back from L2 or further, the rows 8 KB
+ * apart). next[0..n_next): the panels packed after these (same n_in, n_out
+ * and o0), prefetched over the last tiles. */
+typedef struct {
+    const float *wp;
+    float *y;
+    uint32_t y_stride;
+    const pd_gemm_panel_fuse_t *fuse;
+} pd_gemm_panel_t;
+
+void pd_gemm_f32_panels_avx512(const pd_gemm_panel_t *p, int n_p, const float *xp,
+                               uint32_t n_in, uint32_t n_rows, uint32_t n_o,
+                               const pd_gemm_next_t *next, int n_next);
+
 /* The definition, in plain C: per (o, r), 16 float lanes, lane j =
  * fmaf(W[o][k], x[r][k], lane j) for k = j, j + 16, ... in order, then
  * ((l0+l8)+(l4+l12)) + ((l2+l10)+(l6+l14)) + the same from l1 (hsum16's
