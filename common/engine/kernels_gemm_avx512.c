@@ -54,23 +54,21 @@ static ALWAYS_INLINE void fuse_store(const pd_gemm_panel_fuse_t *f, float *a, __
     _mm512_mask_storeu_ps(a, m, _mm512_mul_ps(silu, v));
 }
 
-/* Prefetches the tile's output lines (and the fused epilogue's) into L1
- * two passes before its stores: written a panel (or a product) apart, rows
- * n_out floats apart, they are rarely still cached, and the stores and
- * epilogue loads otherwise wait for them (~10 % of the kernel's time). */
-static ALWAYS_INLINE void out_lines(const int NR, const float *y, size_t y_stride, uint32_t n_o,
+/* Prefetches row r's output lines (and the fused epilogue's) into L2,
+ * row r in pass r, ahead of the stores at the end of the tile: written a
+ * panel (or a product) apart, rows n_out floats apart, they are rarely
+ * still cached, and the stores and epilogue loads otherwise wait for them
+ * (~10 % of the kernel's time; all 56 prefetches at once waited too). */
+static ALWAYS_INLINE void out_lines(int r, const float *y, size_t y_stride, uint32_t n_o,
                                     const pd_gemm_panel_fuse_t *fuse)
 {
-    for (int r = 0; r < NR; r++) {
-        _mm_prefetch((const char *)(y + (size_t)r * y_stride), _MM_HINT_T0);
+    _mm_prefetch((const char *)(y + (size_t)r * y_stride), _MM_HINT_T1);
+    if (n_o > LANES)
+        _mm_prefetch((const char *)(y + (size_t)r * y_stride + LANES), _MM_HINT_T1);
+    if (fuse != NULL) {
+        _mm_prefetch((const char *)(fuse->a + (size_t)r * fuse->stride), _MM_HINT_T1);
         if (n_o > LANES)
-            _mm_prefetch((const char *)(y + (size_t)r * y_stride + LANES), _MM_HINT_T0);
-        if (fuse != NULL) {
-            _mm_prefetch((const char *)(fuse->a + (size_t)r * fuse->stride), _MM_HINT_T0);
-            if (n_o > LANES)
-                _mm_prefetch((const char *)(fuse->a + (size_t)r * fuse->stride + LANES),
-                             _MM_HINT_T0);
-        }
+            _mm_prefetch((const char *)(fuse->a + (size_t)r * fuse->stride + LANES), _MM_HINT_T1);
     }
 }
 
@@ -81,8 +79,8 @@ static ALWAYS_INLINE void tile(const int NR, const float *wp, const float *xt, s
     __m512 s[LANES][2][PD_GEMM_NR];
     for (int j = 0; j < LANES; j++) {
         pf_pass(pf, j);
-        if (j == LANES - 2) /* the lines stored (and read by the epilogue) at the end */
-            out_lines(NR, y, y_stride, n_o, fuse);
+        if (j < NR) /* the lines stored (and read by the epilogue) at the end */
+            out_lines(j, y, y_stride, n_o, fuse);
         const float *wj = wp + (size_t)j * M * PD_GEMM_NO;
         const float *xj = xt + (size_t)j * M * (size_t)NR;
         __m512 a0[PD_GEMM_NR], a1[PD_GEMM_NR];
