@@ -46,6 +46,18 @@ bool pd_gemm_f32_takes(const pd_mat_t *w, uint32_t n_rows);
  * and PD_GEMM_MAX_TASKS panels (64-aligned parts). */
 size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows);
 
+/* The same micro-kernel for weights of any other type on the sgemm path
+ * (many rows, no batch invariance asked): each task dequantizes the
+ * PD_GEMM_NO rows of its next panel (pd_dequant_row, into its own buffer,
+ * in L2) and packs them; x is packed once per call. It replaces
+ * "dequantize a 512-row tile to L3, then sgemm", whose OpenBLAS copies of
+ * the tile and of x (for every tile) cost more than the dequantization.
+ * True for AVX-512, a type other than F32, n_in % 16 == 0 and n_rows >=
+ * PD_GEMM_MIN_ROWS. pd_gemm_f32_multi takes such products (all of one type)
+ * with pd_gemm_deq_scratch_bytes of scratch. */
+bool pd_gemm_deq_takes(const pd_mat_t *w, uint32_t n_rows);
+size_t pd_gemm_deq_scratch_bytes(uint32_t n_in, uint32_t n_rows);
+
 /* The packings described above (plain C; the AVX-512 versions write the
  * same bytes with 16 x 16 transposes). */
 void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp);

@@ -161,7 +161,9 @@ void pd_gemm_f32_panels_avx512(const pd_gemm_panel_t *p, int n_p, const float *x
         for (int k = 0; k < n_next && k < PD_MM_MAX_OUTS; k++)
             pf.base[k] = (const uint8_t *)next[k].w->data + (size_t)next[k].o0 * nw->row_bytes;
         pf.row_bytes = nw->row_bytes;
-        pf.lpr = ((size_t)n_in * sizeof(float) + 63) / 64;
+        /* weight bytes per row: n_in floats, or a row of quantized blocks */
+        pf.lpr = ((nw->type == PD_GGML_TYPE_F32 ? (size_t)n_in * sizeof(float)
+                                                 : (size_t)nw->row_bytes) + 63) / 64;
         pf.n_each = pf.lpr * rows;
         n_lines = pf.n_each * (size_t)(n_next < PD_MM_MAX_OUTS ? n_next : PD_MM_MAX_OUTS);
     }
