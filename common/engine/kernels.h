@@ -305,6 +305,9 @@ void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
 void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                            uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                            uint32_t y_stride);
+/* Its Q8_0 / Q4_0 part (kernels_q_avx512.c): xq as pd_kern_prepare_x wrote it. */
+void pd_kern_skinny_q_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                             uint32_t n_rows, float *y, uint32_t y_stride);
 void pd_dequant_row_ref(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_dequant_row_avx2(pd_ggml_type_t type, const void *src, float *dst, uint32_t n);
 void pd_kern_rmsnorm_ref(float *out, const float *x, const float *g, uint32_t n, float eps);

@@ -12,11 +12,8 @@
  * differ in the last bits from the AVX2 kernel's (8-lane sums), which is
  * why the kernel choice is per machine, not per call (pd_kern_isa).
  *
- * Quantized weights (Q8_0, Q4_0): the AVX2 loop nest with the integer dot
- * product of each 32-block done by VNNI (vpdpbusd on 256-bit vectors).
- * The int32 lanes are exactly those of maddubs + madd, and the float part
- * is unchanged, so results are bit-identical to the AVX2 kernel (and to
- * ggml's AVX2 vec_dot, the referee's).
+ * Quantized weights (Q8_0, Q4_0): kernels_q_avx512.c (VNNI), whose bits
+ * are the AVX2 kernel's (and ggml's AVX2 vec_dot's, the referee's).
  */
 #include <immintrin.h>
 #include <string.h>
@@ -201,176 +198,6 @@ static void skinny_float(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
     }
 }
 
-/* ====== Quantized weights: VNNI ====== */
-
-#define Q8_0_BYTES 34
-#define Q4_0_BYTES 18
-#define QK 32
-#define KT_QB 32       /* K-tile, Q blocks, n_rows >= 3 */
-#define KT_QB_SMALL 16 /* K-tile, Q blocks, n_rows <= 2 */
-#define MAIN_NR_Q 3    /* activation rows per quantized micro-kernel */
-#define MAIN_NO_Q 4    /* weight rows per quantized micro-kernel (1 or 4) */
-
-static ALWAYS_INLINE float fp16_load(const uint8_t *p)
-{
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
-}
-
-/* ggml's hsum_float_8 order (as kernels_avx2.c's hsum8_ggml). */
-static ALWAYS_INLINE float hsum8_ggml(__m256 a)
-{
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(a, 1), _mm256_castps256_ps128(a));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
-
-/* As kernels_avx2.c's mk_quant, with vpdpbusd (unsigned x signed bytes,
- * sums of 4 products into int32 lanes) in place of maddubs + madd; the
- * int32 lanes are exactly the same sums of 4 products (w * x), so the
- * float part, unchanged, gives the AVX2 kernel's bits.
- *   Q8_0: |w| x sign(x, w), as ggml's VNNI path.
- *   Q4_0: the nibbles n = w + 8 are already unsigned: n x x, started from
- *         -8 * (sum of the 4 x), computed once per activation block and
- *         shared by the NO weight rows; no sign or subtract per row. */
-static ALWAYS_INLINE void mk_quant(const int NO, const int NR, const int wt, const uint8_t *w,
-                                   size_t w_stride, const uint8_t *xq, size_t xq_stride,
-                                   size_t nb, __m256 *acc_io, size_t acc_stride, bool first)
-{
-    const bool q8 = wt == PD_GGML_TYPE_Q8_0;
-    const size_t bsz = q8 ? Q8_0_BYTES : Q4_0_BYTES;
-    const __m256i m4 = _mm256_set1_epi8(0x0f), eights = _mm256_set1_epi8(8);
-    __m256 acc[4][4];
-#pragma GCC unroll 4
-    for (int o = 0; o < NO; o++)
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
-            acc[o][r] = first ? _mm256_setzero_ps() : acc_io[o * acc_stride + r];
-    for (size_t b = 0; b < nb; b++) {
-        __m256i xv[4], x0[4];
-        __m256 dx[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) {
-            const uint8_t *xb = xq + r * xq_stride + b * Q8_0_BYTES;
-            xv[r] = _mm256_loadu_si256((const __m256i *)(const void *)(xb + 2));
-            dx[r] = _mm256_set1_ps(fp16_load(xb));
-            if (!q8) /* -8 * (x0 + x1 + x2 + x3) per int32 lane */
-                x0[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                         _mm256_dpbusd_epi32(_mm256_setzero_si256(), eights, xv[r]));
-        }
-#pragma GCC unroll 4
-        for (int o = 0; o < NO; o++) {
-            const uint8_t *wb = w + o * w_stride + b * bsz;
-            const __m256 dw = _mm256_set1_ps(fp16_load(wb));
-            __m256i wu; /* unsigned operand */
-            __m256i ws = _mm256_setzero_si256(); /* Q8_0: the signed weights */
-            if (q8) {
-                ws = _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2));
-                wu = _mm256_sign_epi8(ws, ws);
-            } else {
-                const __m128i t = _mm_loadu_si128((const __m128i *)(const void *)(wb + 2));
-                wu = _mm256_and_si256(
-                    _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1), m4);
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < NR; r++) {
-                const __m256i p32 = q8 ? _mm256_dpbusd_epi32(_mm256_setzero_si256(), wu,
-                                                             _mm256_sign_epi8(xv[r], ws))
-                                       : _mm256_dpbusd_epi32(x0[r], wu, xv[r]);
-                /* dw * dx as one product, as the AVX2 kernel's scalar dw * dx[r] */
-                acc[o][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_mul_ps(dw, dx[r]),
-                                            acc[o][r]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int o = 0; o < NO; o++)
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++)
-            acc_io[o * acc_stride + r] = acc[o][r];
-}
-
-typedef void (*mk_quant_fn)(const uint8_t *w, size_t w_stride, const uint8_t *xq,
-                            size_t xq_stride, size_t nb, __m256 *acc, size_t acc_stride,
-                            bool first);
-
-#define MKQ(NO, NR, WT, SFX)                                                                   \
-    static void mkq_##NO##x##NR##_##SFX(const uint8_t *w, size_t w_stride, const uint8_t *xq, \
-                                        size_t xq_stride, size_t nb, __m256 *acc,             \
-                                        size_t acc_stride, bool first)                        \
-    {                                                                                          \
-        mk_quant(NO, NR, WT, w, w_stride, xq, xq_stride, nb, acc, acc_stride, first);          \
-    }
-#define MKQ_TYPE(WT, SFX)                                                                      \
-    MKQ(1, 1, WT, SFX) MKQ(1, 2, WT, SFX) MKQ(1, 3, WT, SFX)                                     \
-    MKQ(4, 1, WT, SFX) MKQ(4, 2, WT, SFX) MKQ(4, 3, WT, SFX)
-
-MKQ_TYPE(PD_GGML_TYPE_Q8_0, q8)
-MKQ_TYPE(PD_GGML_TYPE_Q4_0, q4)
-
-static mk_quant_fn mkq_pick(int wt, int no, int nr)
-{
-    static const mk_quant_fn tab[2][2][3] = {
-        {{mkq_1x1_q8, mkq_1x2_q8, mkq_1x3_q8}, {mkq_4x1_q8, mkq_4x2_q8, mkq_4x3_q8}},
-        {{mkq_1x1_q4, mkq_1x2_q4, mkq_1x3_q4}, {mkq_4x1_q4, mkq_4x2_q4, mkq_4x3_q4}},
-    };
-    return tab[wt == PD_GGML_TYPE_Q8_0 ? 0 : 1][no == 4 ? 1 : 0][nr - 1];
-}
-
-static void skinny_quant(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
-                         uint32_t n_rows, float *y, size_t y_stride)
-{
-    const int wt = (int)w->type;
-    const size_t nb_all = w->n_in / QK;
-    const size_t bsz = wt == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
-    const size_t rb = w->row_bytes;
-    const size_t xq_stride = nb_all * Q8_0_BYTES;
-    const size_t kt = n_rows <= 2 ? KT_QB_SMALL : KT_QB;
-    const uint8_t *w0 = (const uint8_t *)w->data;
-    __m256 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 8-lane sums */
-    pf_t pf = {0};
-
-    const size_t n_rb = (n_rows + MAIN_NR_Q - 1) / MAIN_NR_Q;
-    for (uint32_t p0 = o_begin; p0 < o_end; p0 += PANEL) {
-        const uint32_t np = o_end - p0 < PANEL ? o_end - p0 : PANEL;
-        const uint8_t *wp = w0 + (size_t)p0 * rb;
-        for (size_t b0 = 0; b0 < nb_all; b0 += kt) {
-            const size_t nb = nb_all - b0 < kt ? nb_all - b0 : kt;
-            const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, kt, nb_all,
-                                               n_rb * np + 1);
-            for (uint32_t r = 0; r < n_rows; r += MAIN_NR_Q) {
-                const int nr = n_rows - r >= MAIN_NR_Q ? MAIN_NR_Q : (int)(n_rows - r);
-                for (uint32_t o = 0; o < np;) {
-                    const int no = np - o >= MAIN_NO_Q ? MAIN_NO_Q : 1;
-                    pf_step(&pf, pf_per_call * (size_t)no);
-                    mkq_pick(wt, no, nr)(wp + o * rb + b0 * bsz, rb,
-                                         (const uint8_t *)xq + r * xq_stride + b0 * Q8_0_BYTES,
-                                         xq_stride, nb, acc + o * n_rows + r, n_rows, b0 == 0);
-                    o += (uint32_t)no;
-                }
-            }
-        }
-        pf_step(&pf, pf.left);
-        for (uint32_t o = 0; o < np; o++)
-            for (uint32_t r = 0; r < n_rows; r++)
-                y[r * y_stride + p0 + o] = nb_all ? hsum8_ggml(acc[o * n_rows + r]) : 0.0f;
-    }
-}
-
-static void skinny_quant_rows(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
-                              uint32_t n_rows, float *y, uint32_t y_stride)
-{
-    while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows */
-        const uint32_t nr = n_rows < PD_SKINNY_MAX_ROWS ? n_rows : PD_SKINNY_MAX_ROWS;
-        skinny_quant(w, o_begin, o_end, xq, nr, y, y_stride);
-        xq = (const uint8_t *)xq + (size_t)nr * (w->n_in / QK) * Q8_0_BYTES;
-        y += (size_t)nr * y_stride;
-        n_rows -= nr;
-    }
-}
-
 void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                            uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                            uint32_t y_stride)
@@ -378,7 +205,7 @@ void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, 
     if (o_begin >= o_end || n_rows == 0)
         return;
     if (w->type == PD_GGML_TYPE_Q8_0 || w->type == PD_GGML_TYPE_Q4_0) {
-        skinny_quant_rows(w, o_begin, o_end, xq, n_rows, y, y_stride);
+        pd_kern_skinny_q_avx512(w, o_begin, o_end, xq, n_rows, y, y_stride);
         return;
     }
     while (n_rows > 0) { /* acc holds PD_SKINNY_MAX_ROWS rows */

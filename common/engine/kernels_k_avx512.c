@@ -34,6 +34,14 @@
  * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale
  * shuffles; here 1 dpbusd + 1 dpwssd per 64 elements, and the scales of
  * a chunk pair come from one vpermd.
+ *
+ * At exactly one activation row (batch-1 decode) on CPUs with VBMI and
+ * GFNI, full panels take q4k_r4 / q6k_r4 instead: the panel's 4 weight
+ * rows in one loop, so that the activation loads, the scale unpacking and
+ * the float part are shared or run with rows in lanes (in L2, 256 x 2048:
+ * Q4_K 1.4x the per-row kernel; Q6_K 1.0-1.14x; streamed from memory
+ * 1.06-1.2x, shared machine). Same bits: every lane sees the operations of
+ * the per-row kernel.
  */
 #include <cpuid.h>
 #include <immintrin.h>
@@ -300,6 +308,117 @@ static ALWAYS_INLINE void mk5_q4k_px(const int NR, const uint8_t *w, const uint8
 
 #undef XPS
 
+/* ====== One activation row, four weight rows (decode) ======
+ * At one activation row the per-row kernels above spend as many vector
+ * operations on the scales and the float part as on the dot products. Here
+ * a panel's four weight rows go through one loop: the activation vectors
+ * are loaded once, the four rows' scale bytes are unpacked in one 512-bit
+ * vector (row o in 128-bit lane o), each chunk pair's scale vector is one
+ * vpermb from it, and the float part runs on rows in lanes: the 8 lanes of
+ * rows 0 and 1 (2 and 3) in one vector, the 4 min lanes of the four rows in
+ * another. Lane by lane every float operation is the one mk5_q4k_px does
+ * (an FMA with the same operands; (-dy) * dmin as -(dy * dmin) in vfnmadd,
+ * the same product since rounding is symmetric), and the int32 lanes get the
+ * same sums, so y is the same bits. Needs VBMI (vpermb) and GFNI (the high
+ * nibbles in one vgf2p8affineqb): Ice Lake and later, Zen 4. */
+#define R4_ATTR __attribute__((target("avx512vbmi,gfni")))
+#define GF_HI4 0x1020408000000000ll /* bits 4..7 -> 0..3, the rest cleared */
+
+typedef struct {
+    __m512 a01, a23, m; /* rows 0|1 and 2|3 (8 lanes each); the 4 rows' min lanes */
+} r4acc_t;
+
+/* Byte indices (into the 4 rows' unpacked scales, row o at 16 o) putting
+ * the scales of chunks a and a + 2 of row o in lanes 0..7 and 8..15 (low
+ * 16 bits: the other bytes are zeroed by R4_SCMASK); constants once o and a
+ * are. */
+#define R4IX(o, a)                                                                         \
+    _mm512_mask_blend_epi8(0xFFFFFFFF00000000ull, _mm512_set1_epi8((char)(16 * (o) + (a))), \
+                           _mm512_set1_epi8((char)(16 * (o) + (a) + 2)))
+#define R4_SCMASK 0x5555555555555555ull
+
+R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
+                           r4acc_t *io, pf_t *pf, size_t pf_n)
+{
+    __m512 a01 = io->a01, a23 = io->a23, am = io->m;
+    const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
+    const __m512i m1 = _mm512_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f,
+                                        0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f,
+                                        0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f,
+                                        0x3f3f3f3f);
+    const __m512i sh = _mm512_set_epi32(4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0);
+    const __m512i m2 = _mm512_set_epi32(0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0,
+                                        0x30303030, 0, 0x30303030, 0, 0x30303030, 0, 0x30303030, 0);
+    const __m512i dsel = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+    const __m512i i01 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i i23 = _mm512_set_epi32(6, 6, 6, 6, 6, 6, 6, 6, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i imn = _mm512_set_epi32(7, 7, 7, 7, 5, 5, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *w0 = w + b * PD_Q4_K_BYTES, *xb = x + b * PD_Q8_K_BYTES;
+        /* lane o: d, dmin, the 12 scale bytes of row o */
+        const __m512i raw = _mm512_inserti32x4(
+            _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(_mm_loadu_si128(
+                                                      (const __m128i *)(const void *)w0)),
+                                                  _mm_loadu_si128((const __m128i *)(const void *)(w0 + rb)), 1),
+                               _mm_loadu_si128((const __m128i *)(const void *)(w0 + 2 * rb)), 2),
+            _mm_loadu_si128((const __m128i *)(const void *)(w0 + 3 * rb)), 3);
+        /* k4_scales_mins_v on each lane (u0, u1, u2 = dwords 1, 2, 3) */
+        const __m512i p = _mm512_shuffle_epi32(raw, _MM_SHUFFLE(3, 2, 3, 1));
+        const __m512i q = _mm512_shuffle_epi32(raw, _MM_SHUFFLE(2, 2, 1, 1));
+        const __m512i sm = _mm512_ternarylogic_epi32(_mm512_srli_epi32(q, 2), m2,
+                                                     _mm512_and_si512(_mm512_srlv_epi32(p, sh), m1),
+                                                     0xEA); /* (a & b) | c */
+        /* dy * (d, dmin) of the 4 rows */
+        const __m256 f = _mm256_mul_ps(
+            _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutexvar_epi32(dsel, raw))),
+            _mm256_set1_ps(f32_at(xb)));
+        const __m512 f5 = _mm512_castps256_ps512(f);
+        const __m512i x0 = load512(xb + 4), x1 = load512(xb + 68), x2 = load512(xb + 132),
+                      x3 = load512(xb + 196);
+        __m512i s[4];
+#pragma GCC unroll 4
+        for (int o = 0; o < 4; o++) {
+            const uint8_t *qs = w0 + (size_t)o * rb + 16;
+            pf_step(pf, pf_n);
+            const __m512i v0 = load512(qs), v1 = load512(qs + 64);
+            /* chunk pairs (0, 2), (1, 3), (4, 6), (5, 7) */
+#define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, R4IX(o, ((k) >> 1) * 4 + ((k) & 1)), sm)
+            __m512i t = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_and_si512(v0, m4), x0), R4SC(0));
+            t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_gf2p8affine_epi64_epi8(v0, ghi, 0), x1),
+                                    R4SC(1));
+            t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_and_si512(v1, m4), x2), R4SC(2));
+            s[o] = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(_mm512_gf2p8affine_epi64_epi8(v1, ghi, 0), x3),
+                                       R4SC(3));
+#undef R4SC
+        }
+        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44),
+                                             _mm512_shuffle_i64x2(s[0], s[1], 0xEE));
+        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2], s[3], 0x44),
+                                             _mm512_shuffle_i64x2(s[2], s[3], 0xEE));
+        a01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i01, f5), _mm512_cvtepi32_ps(s01), a01);
+        a23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i23, f5), _mm512_cvtepi32_ps(s23), a23);
+        const __m512i q8s = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 260)));
+        const __m512i prod = _mm512_madd_epi16(_mm512_unpackhi_epi8(sm, _mm512_setzero_si512()), q8s);
+        am = _mm512_fnmadd_ps(_mm512_permutexvar_ps(imn, f5), _mm512_cvtepi32_ps(prod), am);
+    }
+    io->a01 = a01;
+    io->a23 = a23;
+    io->m = am;
+}
+
+/* Row o's accumulators in the per-row form (finish5). */
+static kacc_t r4_row(const r4acc_t *a, int o)
+{
+    float v[3][16];
+    _mm512_storeu_ps(v[0], a->a01);
+    _mm512_storeu_ps(v[1], a->a23);
+    _mm512_storeu_ps(v[2], a->m);
+    kacc_t k;
+    k.a = _mm256_loadu_ps(&v[o / 2][8 * (o & 1)]);
+    k.b = _mm256_castps128_ps256(_mm_loadu_ps(&v[2][4 * o]));
+    return k;
+}
+
 /* Scales of chunk pair p (chunks 2p, 2p + 1) of a Q6_K super-block: lane L
  * takes scale 4p + L / 4 (each 16 elements have their own). */
 static ALWAYS_INLINE __m512i q6k_pair_scales(__m512i sc32, int p)
@@ -429,6 +548,87 @@ K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, con
 
 #undef XQS
 
+/* Q6_K, one activation row, four weight rows (as q4k_r4): the activation
+ * vectors loaded once, a chunk pair's scales by one vpermw from the row's
+ * 16 scales (int16), the float part on rows 0|1 and 2|3 in lanes. Lane by
+ * lane the operations of mk5_q6k_g, so the same bits. */
+R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io,
+                           pf_t *pf, size_t pf_n)
+{
+    __m512 a01 = io->a01, a23 = io->a23;
+    const __m512i m15 = _mm512_set1_epi8(15);
+    const __m512i ma = _mm512_set_epi64((long long)GF_F(1), (long long)GF_F(1), (long long)GF_F(1),
+                                        (long long)GF_F(1), (long long)GF_F(0), (long long)GF_F(0),
+                                        (long long)GF_F(0), (long long)GF_F(0));
+    const __m512i mb = _mm512_set_epi64((long long)GF_F(3), (long long)GF_F(3), (long long)GF_F(3),
+                                        (long long)GF_F(3), (long long)GF_F(2), (long long)GF_F(2),
+                                        (long long)GF_F(2), (long long)GF_F(2));
+    /* word 2L of pair p's vector: scale 4p + L / 4; word 2L + 1 zeroed */
+#define Q6I(p) _mm512_set_epi16(4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, \
+                                4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 3, 4 * (p) + 2, 4 * (p) + 2, \
+                                4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, 4 * (p) + 2, \
+                                4 * (p) + 2, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, \
+                                4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p) + 1, 4 * (p),     \
+                                4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p), 4 * (p))
+    const __m512i ix0 = Q6I(0), ix1 = Q6I(1), ix2 = Q6I(2), ix3 = Q6I(3);
+#undef Q6I
+    const __m512i i01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i i23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *w0 = w + b * PD_Q6_K_BYTES, *xb = x + b * PD_Q8_K_BYTES;
+        const __m512i x0 = load512(xb + 4), x1 = load512(xb + 68), x2 = load512(xb + 132),
+                      x3 = load512(xb + 196);
+        uint16_t h[4];
+        for (int o = 0; o < 4; o++)
+            memcpy(&h[o], w0 + (size_t)o * rb + 208, 2);
+        uint64_t h4;
+        memcpy(&h4, h, 8);
+        const __m512 f5 = _mm512_castps128_ps512(
+            _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h4)), _mm_set1_ps(f32_at(xb))));
+        __m512i s[4];
+        __m256i sc[4];
+#pragma GCC unroll 4
+        for (int o = 0; o < 4; o++) {
+            const uint8_t *wo = w0 + (size_t)o * rb;
+            pf_step(pf, pf_n);
+            sc[o] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wo + 192)));
+            const __m512i sc5 = _mm512_castsi256_si512(sc[o]);
+            __m512i tt[2];
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                const __m512i ql = load512(wo + 64 * j);
+                const __m512i qh = bcast256(wo + 128 + 32 * j);
+                const __m512i qa = _mm512_ternarylogic_epi32(ql, _mm512_gf2p8affine_epi64_epi8(qh, ma, 0),
+                                                             m15, 0xEC);
+                const __m512i qb = _mm512_ternarylogic_epi32(_mm512_srli_epi16(ql, 4),
+                                                             _mm512_gf2p8affine_epi64_epi8(qh, mb, 0),
+                                                             m15, 0xEC);
+                const __m512i sa = _mm512_permutexvar_epi16(j ? ix2 : ix0, sc5);
+                const __m512i sb = _mm512_permutexvar_epi16(j ? ix3 : ix1, sc5);
+                tt[j] = _mm512_dpwssd_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(qa, j ? x2 : x0), sa),
+                                            _mm512_maddubs_epi16(qb, j ? x3 : x1), sb);
+            }
+            s[o] = _mm512_add_epi32(tt[0], tt[1]);
+        }
+        /* q is stored plus 32: sub = 32 * (bsums . scales), per lane */
+        const __m512i bs = _mm512_broadcast_i64x4(load256(xb + 260));
+        const __m512i sub01 = _mm512_slli_epi32(
+            _mm512_madd_epi16(bs, _mm512_inserti64x4(_mm512_castsi256_si512(sc[0]), sc[1], 1)), 5);
+        const __m512i sub23 = _mm512_slli_epi32(
+            _mm512_madd_epi16(bs, _mm512_inserti64x4(_mm512_castsi256_si512(sc[2]), sc[3], 1)), 5);
+        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44),
+                                             _mm512_shuffle_i64x2(s[0], s[1], 0xEE));
+        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2], s[3], 0x44),
+                                             _mm512_shuffle_i64x2(s[2], s[3], 0xEE));
+        a01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i01, f5),
+                              _mm512_cvtepi32_ps(_mm512_sub_epi32(s01, sub01)), a01);
+        a23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(i23, f5),
+                              _mm512_cvtepi32_ps(_mm512_sub_epi32(s23, sub23)), a23);
+    }
+    io->a01 = a01;
+    io->a23 = a23;
+}
+
 typedef void (*mk5_fn)(const uint8_t *w, const uint8_t *x, size_t xs, size_t nb, kacc_t *acc);
 
 #define MK5_1(NAME, FN, NR)                                                                 \
@@ -487,6 +687,19 @@ static bool has_gfni(void)
     return v == 2;
 }
 
+/* Whether the CPU has AVX-512 VBMI and GFNI (the r4 kernels), asked once. */
+static bool has_r4(void)
+{
+    static atomic_int cached; /* 0 unknown, 1 no, 2 yes */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v == 0) {
+        unsigned a, b, c, d;
+        v = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c & (1u << 8)) && (c & (1u << 1)) ? 2 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v == 2;
+}
+
 /* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K; fast: the rearranged
  * activations for Q4_K (when they fit k5x_buf) and GFNI for Q6_K (when the
  * CPU has it). */
@@ -508,10 +721,32 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     }
     kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
     pf_t pf;
+    const bool r4 = n_rows == 1 && (kind == 2 || kind == 3) && KPANEL == 4 && has_r4();
 
     for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
         const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
         const uint8_t *wp = w0 + (size_t)p0 * rb;
+        if (r4 && np == 4) {
+            r4acc_t ra = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
+                const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
+                const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
+                                                   (size_t)np + 1);
+                /* the tile's share of the next panel's lines, spread over its
+                 * row-super-blocks (one burst per tile measured slower) */
+                const size_t pf_n = (np * pf_per_call + 4 * nb - 1) / (4 * nb);
+                if (q6)
+                    q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
+                else
+                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
+            }
+            pf_step(&pf, pf.left);
+            for (uint32_t o = 0; o < 4; o++) {
+                const kacc_t k = r4_row(&ra, (int)o);
+                y[p0 + o] = finish5(q6, &k);
+            }
+            continue;
+        }
         for (size_t i = 0; i < (size_t)np * n_rows; i++)
             acc[i].a = acc[i].b = _mm256_setzero_ps();
         for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
