@@ -293,16 +293,27 @@ static void scale_vec(float *x, size_t n, float s)
 
 /* Rotates n_heads heads of one token in place. Normal mode rotates pairs
  * (x[2i], x[2i+1]); NeoX mode rotates (x[i], x[i + d/2]). */
-static void rope_apply(float *x, uint32_t n_heads, uint32_t hd, const float *cs, bool neox)
+static void rope_apply(float *restrict x, uint32_t n_heads, uint32_t hd,
+                       const float *restrict cs, bool neox)
 {
+    /* one loop per mode, x and cs not aliased: the compiler vectorizes
+     * the pairs (same operations per element, so the same bits) */
     for (uint32_t h = 0; h < n_heads; h++) {
-        float *v = x + (size_t)h * hd;
+        float *restrict v = x + (size_t)h * hd;
+        if (neox) {
+            for (uint32_t i = 0; i < hd / 2; i++) {
+                const float c0 = cs[2 * i], s0 = cs[2 * i + 1];
+                const float x0 = v[i], x1 = v[i + hd / 2];
+                v[i] = x0 * c0 - x1 * s0;
+                v[i + hd / 2] = x0 * s0 + x1 * c0;
+            }
+            continue;
+        }
         for (uint32_t i = 0; i < hd; i += 2) {
-            float c0 = cs[i], s0 = cs[i + 1];
-            uint32_t a = neox ? i / 2 : i, bidx = neox ? i / 2 + hd / 2 : i + 1;
-            float x0 = v[a], x1 = v[bidx];
-            v[a] = x0 * c0 - x1 * s0;
-            v[bidx] = x0 * s0 + x1 * c0;
+            const float c0 = cs[i], s0 = cs[i + 1];
+            const float x0 = v[i], x1 = v[i + 1];
+            v[i] = x0 * c0 - x1 * s0;
+            v[i + 1] = x0 * s0 + x1 * c0;
         }
     }
 }
@@ -596,8 +607,15 @@ static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockst
         rows_epi_t ep = epi ? *epi : (rows_epi_t){ 0 };
         ep.r0 = r;
         ep.n_rows = m;
+        /* the residual add and SwiGLU in the form the tiled F32 kernel
+         * applies as it stores (same bits: pd_gemm_fuse_epi) */
+        pd_gemm_fuse_t fu = { epi && epi->op == EW_ADD ? PD_GEMM_FUSE_ADD : PD_GEMM_FUSE_SWIGLU,
+                              ep.a + (size_t)r * ep.stride, ep.b + (size_t)r * ep.stride,
+                              ep.stride, m };
+        const bool fused = epi && epi->op != EW_GEGLU;
         pd_matmul_multi(e->pool, o, n, lockstep, xin + (size_t)r * w->n_in, m, e->scratch,
-                        skinny_max, epi ? rows_epi : NULL, &ep);
+                        skinny_max, !epi ? NULL : fused ? pd_gemm_fuse_epi : rows_epi,
+                        fused ? (void *)&fu : (void *)&ep);
     }
 }
 

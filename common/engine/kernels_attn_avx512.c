@@ -17,12 +17,17 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/simd_avx2.h"
 #include "engine/simd_avx512.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define QB 4  /* queries per micro-kernel */
 #define PG 16 /* positions per score group */
 #define PF_BLOCKS_AHEAD 2
+/* From this many queries on, a call is a prefill tile: it computes long
+ * enough on each block for the hardware prefetchers, and its 128
+ * prefetches per block cost more than they save (~14 % of the kernel). */
+#define PF_MAX_Q 8
 
 static ALWAYS_INLINE __m512 ld16(const void *row, size_t i, const int f16)
 {
@@ -163,6 +168,54 @@ static ALWAYS_INLINE void prefetch_block(const void *kv, uint32_t row_stride, ui
             _mm_prefetch((const char *)kv + p * row + b, _MM_HINT_T0);
 }
 
+/* pd_kern_softmax_avx2, 16 lanes at a time with its bits: the same max (in
+ * its 8-lane order: a max of equal zeros picks by order), exp16 = exp8 lane
+ * by lane, and the exponentials added into its two 4-double sums in the
+ * same order (lanes 0-3 of each 8 into the first, 4-7 into the second). */
+static void softmax16(float *x, uint32_t n)
+{
+    if (n == 0)
+        return;
+    float max = -INFINITY;
+    uint32_t i = 0;
+    if (n >= 8) {
+        __m256 m = _mm256_set1_ps(-INFINITY);
+        for (; i + 8 <= n; i += 8)
+            m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+        max = hmax8(m);
+    }
+    for (; i < n; i++)
+        max = x[i] > max ? x[i] : max;
+    const __m512 vmax = _mm512_set1_ps(max);
+    __m512d s = _mm512_setzero_pd(); /* (s0 | s1) */
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vmax));
+        _mm512_storeu_ps(x + i, e);
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                 _mm512_castps_pd(e), 1))));
+    }
+    if (i + 8 <= n) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(max)));
+        _mm256_storeu_ps(x + i, e);
+        s = _mm512_add_pd(s, _mm512_cvtps_pd(e));
+        i += 8;
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1)));
+    double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += (double)x[i];
+    }
+    const float inv = (float)(1.0 / sum);
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
+    for (; i < n; i++)
+        x[i] *= inv;
+}
+
 /* The queries of [0, n_q) that see position p0, at most QB from *i0 on
  * (as the AVX2 kernel's active_group). */
 static uint32_t active_group(uint32_t *i0, uint32_t n_q, const uint32_t *n_pos, uint32_t p0,
@@ -235,12 +288,13 @@ static ALWAYS_INLINE void attn(const pd_attn_shape_t *sh, const void *const *k_b
     float *qr = f16 ? scratch + (size_t)n_q * rs : NULL;
     if (f16)
         round_queries(n_q, q, hd, qr, qs);
-    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
+    const int pf = n_q < PF_MAX_Q;
+    for (uint32_t p0 = p_start, j = j_start; pf && p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
          p0 += bs, j++)
         prefetch_block(k_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd, f16);
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
-        if (pf0 < max_pos)
+        if (pf && pf0 < max_pos)
             prefetch_block(k_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
                            max_pos - pf0 < bs ? max_pos - pf0 : bs, hd, f16);
         scores_block(sh, k_blk[j], p0, nv, n_q, n_pos, q, qr, qs, out, s, rs, f16);
@@ -250,7 +304,7 @@ static ALWAYS_INLINE void attn(const pd_attn_shape_t *sh, const void *const *k_b
         const uint32_t first = pd_kern_attn_first(sh, n_pos[i]);
         if (sh->softcap != 0.0f)
             pd_kern_softcap(si + first, n_pos[i] - first, sh->softcap);
-        pd_kern_softmax_avx2(si + first, n_pos[i] - first);
+        softmax16(si + first, n_pos[i] - first);
         if (f16)
             for (uint32_t p = first; p < n_pos[i]; p++)
                 si[p] = pd_fp16_to_fp32(pd_fp32_to_fp16(si[p]));
@@ -260,12 +314,12 @@ static ALWAYS_INLINE void attn(const pd_attn_shape_t *sh, const void *const *k_b
     }
     const float *qg[QB];
     float *sg[QB], *og[QB];
-    for (uint32_t p0 = p_start, j = j_start; p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
+    for (uint32_t p0 = p_start, j = j_start; pf && p0 < max_pos && j < j_start + PF_BLOCKS_AHEAD;
          p0 += bs, j++)
         prefetch_block(v_blk[j], sh->row_stride, max_pos - p0 < bs ? max_pos - p0 : bs, hd, f16);
     for (uint32_t p0 = p_start, j = j_start; p0 < max_pos; p0 += bs, j++) {
         const uint32_t nv = max_pos - p0 < bs ? max_pos - p0 : bs, pf0 = p0 + PF_BLOCKS_AHEAD * bs;
-        if (pf0 < max_pos)
+        if (pf && pf0 < max_pos)
             prefetch_block(v_blk[j + PF_BLOCKS_AHEAD], sh->row_stride,
                            max_pos - pf0 < bs ? max_pos - pf0 : bs, hd, f16);
         for (uint32_t i0 = 0, nq; (nq = active_group(&i0, n_q, n_pos, p0, q, qr, qs, out, s, rs, qg, sg, og));) {

@@ -26,6 +26,19 @@ size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows)
     return xp + PD_GEMM_MAX_TASKS * wp;
 }
 
+bool pd_gemm_deq_takes(const pd_mat_t *w, uint32_t n_rows)
+{
+    return pd_kern_isa() == PD_ISA_AVX512 && w->type != PD_GGML_TYPE_F32 && w->n_in > 0 &&
+           w->n_in % LANES == 0 && n_rows >= PD_GEMM_MIN_ROWS;
+}
+
+/* pd_gemm_f32_scratch_bytes, then a dequantized-rows buffer per task. */
+size_t pd_gemm_deq_scratch_bytes(uint32_t n_in, uint32_t n_rows)
+{
+    const size_t wp = align_up((size_t)PD_GEMM_NO * n_in * sizeof(float), GEMM_ALIGN);
+    return pd_gemm_f32_scratch_bytes(n_in, n_rows) + PD_GEMM_MAX_TASKS * wp;
+}
+
 /* ====== Packing ====== */
 
 void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp)
@@ -82,6 +95,22 @@ void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
     }
 }
 
+/* ====== The fusable epilogue, plain ====== */
+
+void pd_gemm_fuse_epi(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end)
+{
+    const pd_gemm_fuse_t *f = ctx;
+    (void)i_out;
+    for (uint32_t r = 0; r < f->n_rows; r++) {
+        float *a = f->a + (size_t)r * f->stride + o_begin;
+        const float *b = f->b + (size_t)r * f->stride + o_begin;
+        if (f->op == PD_GEMM_FUSE_ADD)
+            pd_kern_axpy_f32(a, 1.0f, b, o_end - o_begin);
+        else
+            pd_kern_swiglu(a, b, o_end - o_begin);
+    }
+}
+
 /* ====== Driver ====== */
 
 typedef struct {
@@ -93,10 +122,13 @@ typedef struct {
     float *xp;                          /* packed x, all rows */
     float *wp;                          /* PD_GEMM_MAX_TASKS panels */
     size_t wp_floats;                   /* floats per panel buffer */
+    float *deq;                         /* non-F32 weights: PD_GEMM_MAX_TASKS row buffers */
     uint32_t first_unit[PD_MM_MAX_OUTS + 1]; /* unit where each product starts */
     uint32_t n_units;
     pd_mm_epilogue_fn epi;
     void *epi_ctx;
+    const pd_gemm_fuse_t *fuse;         /* epi fused into the last product's stores, or NULL */
+    bool tile_lockstep;                 /* lockstep_units: n_outs panel buffers per task */
 } gemm_ctx_t;
 
 static void pack_x_task(void *arg, int i, int n)
@@ -108,6 +140,23 @@ static void pack_x_task(void *arg, int i, int n)
         const uint32_t nr = c->n_rows - r0 < PD_GEMM_NR ? c->n_rows - r0 : PD_GEMM_NR;
         pd_gemm_f32_pack_x_avx512(c->x, c->n_in, c->n_in, r0, nr, c->xp);
     }
+}
+
+/* Packs the panel of w from output row o0 into wp; weights of another
+ * type are dequantized first, row by row, into the task's buffer deq. */
+static void pack_panel(const gemm_ctx_t *c, const pd_mat_t *w, uint32_t o0, float *wp, int i_task)
+{
+    if (w->type == PD_GGML_TYPE_F32) {
+        pd_gemm_f32_pack_w_avx512(w, o0, wp);
+        return;
+    }
+    float *rows = c->deq + (size_t)i_task * c->wp_floats;
+    const uint32_t n_o = w->n_out - o0 < PD_GEMM_NO ? w->n_out - o0 : PD_GEMM_NO;
+    for (uint32_t o = 0; o < n_o; o++)
+        pd_dequant_row(w->type, (const uint8_t *)w->data + (size_t)(o0 + o) * w->row_bytes,
+                       rows + (size_t)o * w->n_in, w->n_in);
+    const pd_mat_t f = {rows, PD_GGML_TYPE_F32, n_o, w->n_in, (uint64_t)w->n_in * sizeof(float)};
+    pd_gemm_f32_pack_w_avx512(&f, 0, wp);
 }
 
 /* The product of unit u (the one it falls in; 0 with lockstep). */
@@ -134,12 +183,44 @@ static pd_gemm_next_t next_pack(const gemm_ctx_t *c, uint32_t u, uint32_t u1, in
 
 /* Units [u0, u1) of PD_GEMM_NO output rows: with lockstep, unit u is those
  * rows of every product; else of the product it falls in. */
+/* Lockstep units [u0, u1) with one panel buffer per product (wp: n_outs
+ * of them): the unit's panels packed together, then row tile by row tile
+ * through all of them (pd_gemm_f32_panels_avx512), the next unit's weights
+ * prefetched meanwhile. */
+static void lockstep_units(const gemm_ctx_t *c, int i_task, uint32_t u0, uint32_t u1)
+{
+    for (uint32_t u = u0; u < u1; u++) {
+        const uint32_t o0 = u * PD_GEMM_NO, n_out = c->outs[0].w->n_out;
+        const uint32_t n_o = n_out - o0 < PD_GEMM_NO ? n_out - o0 : PD_GEMM_NO;
+        pd_gemm_panel_t p[PD_MM_MAX_OUTS];
+        pd_gemm_next_t next[PD_MM_MAX_OUTS];
+        const pd_gemm_panel_fuse_t f = {c->fuse ? c->fuse->op : PD_GEMM_FUSE_ADD,
+                                        c->fuse ? c->fuse->a + o0 : NULL,
+                                        c->fuse ? c->fuse->stride : 0};
+        for (int j = 0; j < c->n_outs; j++) {
+            float *wj = c->wp + ((size_t)i_task * (size_t)c->n_outs + (size_t)j) * c->wp_floats;
+            pack_panel(c, c->outs[j].w, o0, wj, i_task);
+            p[j] = (pd_gemm_panel_t){wj, c->outs[j].y + o0, n_out,
+                                     c->fuse && j == c->n_outs - 1 ? &f : NULL};
+            next[j] = (pd_gemm_next_t){u + 1 < u1 ? c->outs[j].w : NULL, o0 + PD_GEMM_NO};
+        }
+        pd_gemm_f32_panels_avx512(p, c->n_outs, c->xp, c->n_in, c->n_rows, n_o, next,
+                                  u + 1 < u1 ? c->n_outs : 0);
+        if (c->epi && c->fuse == NULL)
+            c->epi(c->epi_ctx, -1, o0, o0 + n_o);
+    }
+}
+
 static void gemm_task(void *arg, int i_task, int n_tasks)
 {
     const gemm_ctx_t *c = arg;
-    float *wp = c->wp + (size_t)i_task * c->wp_floats;
     const uint32_t u0 = (uint32_t)((uint64_t)c->n_units * (uint32_t)i_task / (uint32_t)n_tasks);
     const uint32_t u1 = (uint32_t)((uint64_t)c->n_units * (uint32_t)(i_task + 1) / (uint32_t)n_tasks);
+    if (c->tile_lockstep) {
+        lockstep_units(c, i_task, u0, u1);
+        return;
+    }
+    float *wp = c->wp + (size_t)i_task * c->wp_floats;
     for (uint32_t u = u0; u < u1; u++) {
         const int i = unit_product(c, u);
         const uint32_t o0 = (u - c->first_unit[i]) * PD_GEMM_NO;
@@ -147,14 +228,31 @@ static void gemm_task(void *arg, int i_task, int n_tasks)
         const uint32_t n_o = n_out - o0 < PD_GEMM_NO ? n_out - o0 : PD_GEMM_NO;
         const int j_end = c->lockstep ? c->n_outs : i + 1;
         for (int j = i; j < j_end; j++) {
-            pd_gemm_f32_pack_w_avx512(c->outs[j].w, o0, wp);
+            pack_panel(c, c->outs[j].w, o0, wp, i_task);
             const pd_gemm_next_t next = next_pack(c, u, u1, j);
+            const pd_gemm_panel_fuse_t f = {c->fuse ? c->fuse->op : PD_GEMM_FUSE_ADD,
+                                            c->fuse ? c->fuse->a + o0 : NULL,
+                                            c->fuse ? c->fuse->stride : 0};
             pd_gemm_f32_panel_avx512(wp, c->xp, c->n_in, c->n_rows, n_o, c->outs[j].y + o0,
-                                     c->outs[j].w->n_out, &next);
+                                     c->outs[j].w->n_out,
+                                     c->fuse && j == c->n_outs - 1 ? &f : NULL, &next);
         }
-        if (c->epi)
+        if (c->epi && c->fuse == NULL)
             c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o0 + n_o);
     }
+}
+
+/* The epilogue when the micro-kernel can apply it as it stores the last
+ * product (see pd_gemm_fuse_epi), else NULL. */
+static const pd_gemm_fuse_t *fusable(const gemm_ctx_t *c)
+{
+    if (c->epi != pd_gemm_fuse_epi || (!c->lockstep && c->n_outs != 1))
+        return NULL;
+    const pd_gemm_fuse_t *f = c->epi_ctx;
+    const pd_mm_out_t *last = &c->outs[c->n_outs - 1];
+    const bool ok = f->b == last->y && f->stride == last->w->n_out && f->n_rows == c->n_rows &&
+                    (f->op == PD_GEMM_FUSE_ADD || last->w->n_out % 8 == 0);
+    return ok ? f : NULL;
 }
 
 void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
@@ -168,12 +266,14 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
     c.wp = (float *)(void *)((uint8_t *)scratch +
                              align_up((size_t)n_rows * n_in * sizeof(float), GEMM_ALIGN));
     c.wp_floats = align_up((size_t)PD_GEMM_NO * n_in * sizeof(float), GEMM_ALIGN) / sizeof(float);
+    c.deq = c.wp + PD_GEMM_MAX_TASKS * c.wp_floats;
     c.first_unit[0] = 0;
     for (int i = 0; i < n_outs; i++) {
         const uint32_t units = (outs[i].w->n_out + PD_GEMM_NO - 1) / PD_GEMM_NO;
         c.first_unit[i + 1] = c.first_unit[i] + (lockstep && i > 0 ? 0 : units);
     }
     c.n_units = c.first_unit[n_outs];
+    c.fuse = fusable(&c);
     const int n_threads = pd_pool_n_threads(pool);
     const uint32_t n_tiles = (n_rows + PD_GEMM_NR - 1) / PD_GEMM_NR;
     pd_pool_run(n_threads > 1 ? pool : NULL, pack_x_task, &c,
@@ -183,6 +283,10 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
         n_tasks = PD_GEMM_MAX_TASKS;
     if (n_tasks > c.n_units)
         n_tasks = c.n_units;
+    /* lockstep products tile by tile when every task gets a panel buffer
+     * per product (the scratch has PD_GEMM_MAX_TASKS) */
+    if (lockstep && n_outs > 1 && n_tasks * (uint32_t)n_outs <= PD_GEMM_MAX_TASKS)
+        c.tile_lockstep = true;
     if (n_tasks > 0)
         pd_pool_run(pool, gemm_task, &c, (int)n_tasks);
 }

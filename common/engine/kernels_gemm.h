@@ -46,6 +46,18 @@ bool pd_gemm_f32_takes(const pd_mat_t *w, uint32_t n_rows);
  * and PD_GEMM_MAX_TASKS panels (64-aligned parts). */
 size_t pd_gemm_f32_scratch_bytes(uint32_t n_in, uint32_t n_rows);
 
+/* The same micro-kernel for weights of any other type on the sgemm path
+ * (many rows, no batch invariance asked): each task dequantizes the
+ * PD_GEMM_NO rows of its next panel (pd_dequant_row, into its own buffer,
+ * in L2) and packs them; x is packed once per call. It replaces
+ * "dequantize a 512-row tile to L3, then sgemm", whose OpenBLAS copies of
+ * the tile and of x (for every tile) cost more than the dequantization.
+ * True for AVX-512, a type other than F32, n_in % 16 == 0 and n_rows >=
+ * PD_GEMM_MIN_ROWS. pd_gemm_f32_multi takes such products (all of one type)
+ * with pd_gemm_deq_scratch_bytes of scratch. */
+bool pd_gemm_deq_takes(const pd_mat_t *w, uint32_t n_rows);
+size_t pd_gemm_deq_scratch_bytes(uint32_t n_in, uint32_t n_rows);
+
 /* The packings described above (plain C; the AVX-512 versions write the
  * same bytes with 16 x 16 transposes). */
 void pd_gemm_f32_pack_w(const pd_mat_t *w, uint32_t o0, float *wp);
@@ -62,11 +74,63 @@ typedef struct {
     uint32_t o0;
 } pd_gemm_next_t;
 
+/* An element-wise epilogue the tiled kernel can apply as it stores a
+ * product's outputs (pd_gemm_fuse_epi is its plain form, for every other
+ * path): over rows r < n_rows and the epilogue's columns o,
+ *   ADD:    a[r][o] += b[r][o]               (pd_kern_axpy_f32 with 1)
+ *   SWIGLU: a[r][o] = silu(a[r][o]) * b[r][o] (pd_kern_swiglu)
+ * with a and b at `stride` floats per row. The fused form has the same
+ * bits: the same operations on the same floats, lane by lane. */
+typedef enum {
+    PD_GEMM_FUSE_ADD,
+    PD_GEMM_FUSE_SWIGLU,
+} pd_gemm_fuse_op_t;
+
+typedef struct {
+    pd_gemm_fuse_op_t op;
+    float *a;
+    const float *b;
+    uint32_t stride;
+    uint32_t n_rows;
+} pd_gemm_fuse_t;
+
+/* A pd_mm_epilogue_fn with a pd_gemm_fuse_t as ctx. pd_gemm_f32_multi
+ * fuses it into the stores of its last product when b is that product's y
+ * (and, for SWIGLU, n_out % 8 == 0: pd_kern_swiglu's 8-wide steps from
+ * every unit's first column then cover the unit with no scalar tail). */
+void pd_gemm_fuse_epi(void *ctx, int i_out, uint32_t o_begin, uint32_t o_end);
+
+/* The fused epilogue of one panel: a and its rows as pd_gemm_fuse_t's,
+ * already offset to the panel's first column. */
+typedef struct {
+    pd_gemm_fuse_op_t op;
+    float *a;
+    uint32_t stride;
+} pd_gemm_panel_fuse_t;
+
 /* y[r * y_stride + o] for r < n_rows, o < n_o (<= PD_GEMM_NO) from a packed
- * panel and packed x (all n_rows rows, tiled from row 0); next may be NULL. */
+ * panel and packed x (all n_rows rows, tiled from row 0), then the fused
+ * epilogue (NULL: none) on the same outputs; next may be NULL. */
 void pd_gemm_f32_panel_avx512(const float *wp, const float *xp, uint32_t n_in, uint32_t n_rows,
                               uint32_t n_o, float *y, uint32_t y_stride,
-                              const pd_gemm_next_t *next);
+                              const pd_gemm_panel_fuse_t *fuse, const pd_gemm_next_t *next);
+
+/* The same for n_p panels of one output unit (products in lockstep), tile
+ * by tile: each row tile runs through every panel in turn, so that a fused
+ * SwiGLU reads the gate outputs the panel before has just stored (in L1;
+ * a whole panel apart they came back from L2 or further, the rows 8 KB
+ * apart). next[0..n_next): the panels packed after these (same n_in, n_out
+ * and o0), prefetched over the last tiles. */
+typedef struct {
+    const float *wp;
+    float *y;
+    uint32_t y_stride;
+    const pd_gemm_panel_fuse_t *fuse;
+} pd_gemm_panel_t;
+
+void pd_gemm_f32_panels_avx512(const pd_gemm_panel_t *p, int n_p, const float *xp,
+                               uint32_t n_in, uint32_t n_rows, uint32_t n_o,
+                               const pd_gemm_next_t *next, int n_next);
 
 /* The definition, in plain C: per (o, r), 16 float lanes, lane j =
  * fmaf(W[o][k], x[r][k], lane j) for k = j, j + 16, ... in order, then

@@ -114,6 +114,8 @@ size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows)
         tile = (size_t)deq_tile_rows(w) * w->n_in * sizeof(float);
     if (pd_gemm_f32_takes(w, n_rows)) /* the tiled kernel's packed x and panels */
         tile = pd_gemm_f32_scratch_bytes(w->n_in, n_rows);
+    if (pd_gemm_deq_takes(w, n_rows) && pd_gemm_deq_scratch_bytes(w->n_in, n_rows) > tile)
+        tile = pd_gemm_deq_scratch_bytes(w->n_in, n_rows); /* and its dequantized rows */
     return align_up(xq > tile ? xq : tile, SCRATCH_ALIGN);
 }
 
@@ -209,6 +211,11 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
                     1.0f, x, n_in, w->data, n_in, 0.0f, y, (int)w->n_out);
         return;
     }
+    if (pd_gemm_deq_takes(w, n_rows)) { /* panels dequantized into L2, the tiled kernel */
+        const pd_mm_out_t o = {w, y};
+        pd_gemm_f32_multi(pool, &o, 1, false, x, n_rows, scratch, NULL, NULL);
+        return;
+    }
     /* Other types: dequantize a tile of output rows (spread over the pool),
      * then one sgemm writes those columns of y. */
     const uint32_t tile_rows = deq_tile_rows(w);
@@ -287,6 +294,14 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
         any_empty = any_empty || outs[i].w->n_out == 0;
     const pd_mat_t *w = outs[0].w;
     const int n_threads = pd_pool_n_threads(pool);
+    bool deq = n_outs <= PD_MM_MAX_OUTS && !any_empty && !pd_matmul_uses_skinny(w, n_rows, skinny_max);
+    for (int i = 0; deq && i < n_outs; i++) /* pd_gemm_f32_multi: one type and n_in */
+        deq = pd_gemm_deq_takes(outs[i].w, n_rows) && outs[i].w->type == w->type &&
+              outs[i].w->n_in == w->n_in;
+    if (deq) {
+        pd_gemm_f32_multi(pool, outs, n_outs, lockstep, x, n_rows, scratch, epi, epi_ctx);
+        return;
+    }
     if (!pd_matmul_uses_skinny(w, n_rows, skinny_max) || n_outs > PD_MM_MAX_OUTS || any_empty) {
         for (int i = 0; i < n_outs; i++) {
             pd_matmul(pool, outs[i].w, x, n_rows, outs[i].y, scratch, skinny_max);

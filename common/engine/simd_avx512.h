@@ -4,6 +4,7 @@
 #define PD_SIMD_AVX512_H
 
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 
 /* Transposes the 16 x 16 block v[i][k] in place: four levels of swapping
@@ -35,6 +36,32 @@ static inline __attribute__((always_inline)) void transpose16(__m512 v[16])
             v[i + d] = _mm512_permutex2var_ps(a, ihi, b);
         }
     }
+}
+
+/* exp8 (simd_avx2.h) on 16 lanes: the same operations in the same order,
+ * so every lane has exp8's bits (Cephes polynomial; -inf and anything
+ * below -87.3 give 0, NaN stays NaN). */
+static inline __attribute__((always_inline)) __m512 exp16(__m512 x)
+{
+    const __m512 hi = _mm512_set1_ps(88.0f), lo = _mm512_set1_ps(-87.3f);
+    const __mmask16 nan_mask = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    const __mmask16 zero_mask = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_slli_epi32(
+        _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    const __m512 res = _mm512_maskz_mul_ps((__mmask16)~zero_mask, p, _mm512_castsi512_ps(e));
+    return _mm512_mask_blend_ps(nan_mask, res, _mm512_set1_ps(NAN));
 }
 
 #endif

@@ -8,7 +8,11 @@
  *     writes nothing past its n_o outputs;
  *   - through pd_matmul and pd_matmul_multi (2 threads, lockstep or not,
  *     with an epilogue) a token's outputs in a batch of 64..150 rows are
- *     bitwise its outputs alone (the skinny kernel): batch invariance. */
+ *     bitwise its outputs alone (the skinny kernel): batch invariance;
+ *   - so is the residual add or SwiGLU fused into the tiled kernel's
+ *     stores (pd_gemm_fuse_epi);
+ *   - quantized weights on the sgemm path (panels dequantized, the same
+ *     micro-kernel) give the reference on the dequantized matrix. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,7 +134,7 @@ static void test_panel_matches_ref(void **state)
                     assert_memory_equal(wp, wp2, sizeof(float) * PD_GEMM_NO * n_in);
                     const pd_gemm_next_t next = {o0 + PD_GEMM_NO < n_out ? &w : NULL,
                                                  o0 + PD_GEMM_NO};
-                    pd_gemm_f32_panel_avx512(wp, xp, n_in, n_rows, n_o, y + o0, ys, &next);
+                    pd_gemm_f32_panel_avx512(wp, xp, n_in, n_rows, n_o, y + o0, ys, NULL, &next);
                 }
                 pd_gemm_f32_ref(&w, 0, n_out, x, n_in, n_rows, yr, ys);
                 for (uint32_t rr = 0; rr < n_rows; rr++)
@@ -217,12 +221,138 @@ static void test_matmul_batch_invariant(void **state)
     pd_pool_free(pool);
 }
 
+/* The fusable epilogue (pd_gemm_fuse_epi): the residual add over one
+ * product, SwiGLU over gate and up in lockstep. Through the tiled kernel
+ * (fused into its stores when n_out allows, plain otherwise) each row's
+ * result is bitwise that row's alone (the skinny kernel, plain epilogue). */
+static void test_fused_epilogue(void **state)
+{
+    (void)state;
+    if (!have_avx512())
+        skip();
+    rng_t r = {0x5eedull};
+    pd_pool_t *pool = pd_pool_new(2);
+    assert_non_null(pool);
+    const uint32_t n_in = 64, rows[] = {PD_GEMM_MIN_ROWS, 79}, outs_n[] = {104, 100};
+    for (size_t k = 0; k < 2; k++)
+        for (size_t q = 0; q < 2; q++)
+            for (int swiglu = 0; swiglu < 2; swiglu++) {
+                const uint32_t n_rows = rows[k], n_out = outs_n[q];
+                const int n = swiglu ? 2 : 1;
+                float *x = make_f((size_t)n_rows * n_in, &r), *wd[2], *y[2], *y1[2];
+                pd_mat_t w[2];
+                pd_mm_out_t o[2], o1[2];
+                for (int i = 0; i < n; i++) {
+                    wd[i] = make_f((size_t)n_out * n_in, &r);
+                    w[i] = mat(wd[i], n_out, n_in);
+                    y[i] = malloc(sizeof(float) * n_out * n_rows);
+                    y1[i] = malloc(sizeof(float) * n_out);
+                    assert_non_null(y[i]);
+                    assert_non_null(y1[i]);
+                    o[i] = (pd_mm_out_t){&w[i], y[i]};
+                    o1[i] = (pd_mm_out_t){&w[i], y1[i]};
+                }
+                float *res = make_f((size_t)n_rows * n_out, &r); /* the residual stream */
+                float *res1 = malloc(sizeof(float) * n_out);
+                void *scratch = aligned_alloc(64, pd_matmul_scratch_bytes(&w[0], n_rows));
+                assert_non_null(res1);
+                assert_non_null(scratch);
+                float *res0 = malloc(sizeof(float) * n_out * n_rows); /* res before */
+                assert_non_null(res0);
+                memcpy(res0, res, sizeof(float) * n_out * n_rows);
+                pd_gemm_fuse_t f = {swiglu ? PD_GEMM_FUSE_SWIGLU : PD_GEMM_FUSE_ADD,
+                                    swiglu ? y[0] : res, y[n - 1], n_out, n_rows};
+                pd_matmul_multi(pool, o, n, swiglu, x, n_rows, scratch, n_rows, pd_gemm_fuse_epi, &f);
+                for (uint32_t rr = 0; rr < n_rows; rr++) {
+                    memcpy(res1, res0 + (size_t)rr * n_out, sizeof(float) * n_out);
+                    pd_gemm_fuse_t f1 = {f.op, swiglu ? y1[0] : res1, y1[n - 1], n_out, 1};
+                    pd_matmul_multi(pool, o1, n, swiglu, x + (size_t)rr * n_in, 1, scratch,
+                                    n_rows, pd_gemm_fuse_epi, &f1);
+                    const float *got = swiglu ? y[0] : res, *want = swiglu ? y1[0] : res1;
+                    if (memcmp(got + (size_t)rr * n_out, want, sizeof(float) * n_out) != 0) {
+                        print_error("%s %ux%u rows %u: row %u differs\n", swiglu ? "swiglu" : "add",
+                                    n_out, n_in, n_rows, rr);
+                        fail();
+                    }
+                }
+                for (int i = 0; i < n; i++) {
+                    free(wd[i]);
+                    free(y[i]);
+                    free(y1[i]);
+                }
+                free(res0);
+                free(res);
+                free(res1);
+                free(scratch);
+                free(x);
+            }
+    pd_pool_free(pool);
+}
+
+/* Weights of other types on the sgemm path (pd_gemm_deq_takes): each
+ * panel dequantized and packed, then the same micro-kernel, so the result
+ * is bitwise pd_gemm_f32_ref on the dequantized matrix; through pd_matmul
+ * and pd_matmul_multi (lockstep, 2 threads), Q8_0 and Q4_0, ragged n_out. */
+static void test_dequantized_panels(void **state)
+{
+    (void)state;
+    if (!have_avx512())
+        skip();
+    rng_t r = {0xd0d0ull};
+    pd_pool_t *pool = pd_pool_new(2);
+    assert_non_null(pool);
+    const uint32_t n_in = 96, n_out = 70, n_rows = 79;
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    for (size_t t = 0; t < 2; t++) {
+        const uint64_t rb = pd_ggml_row_bytes(types[t], n_in);
+        float *x = make_f((size_t)n_rows * n_in, &r), *wd = make_f((size_t)n_out * n_in, &r);
+        float *deq = malloc(sizeof(float) * n_out * n_in), *yr = malloc(sizeof(float) * n_out * n_rows);
+        uint8_t *q[2] = {malloc(rb * n_out), malloc(rb * n_out)};
+        float *y[2] = {malloc(sizeof(float) * n_out * n_rows), malloc(sizeof(float) * n_out * n_rows)};
+        assert_true(deq && yr && q[0] && q[1] && y[0] && y[1]);
+        for (uint32_t o = 0; o < n_out; o++) {
+            if (types[t] == PD_GGML_TYPE_Q8_0)
+                pd_quant_row_q8_0(wd + (size_t)o * n_in, q[0] + o * rb, n_in);
+            else
+                pd_quant_row_q4_0(wd + (size_t)o * n_in, q[0] + o * rb, n_in);
+            pd_dequant_row(types[t], q[0] + o * rb, deq + (size_t)o * n_in, n_in);
+        }
+        memcpy(q[1], q[0], rb * n_out);
+        const pd_mat_t wq[2] = {{q[0], types[t], n_out, n_in, rb}, {q[1], types[t], n_out, n_in, rb}};
+        const pd_mat_t wf = mat(deq, n_out, n_in);
+        assert_true(pd_gemm_deq_takes(&wq[0], n_rows));
+        assert_false(pd_matmul_uses_skinny(&wq[0], n_rows, PD_SKINNY_QUANT_MAX));
+        void *scratch = aligned_alloc(64, pd_matmul_scratch_bytes(&wq[0], n_rows));
+        assert_non_null(scratch);
+        pd_gemm_f32_ref(&wf, 0, n_out, x, n_in, n_rows, yr, n_out);
+        pd_matmul(pool, &wq[0], x, n_rows, y[0], scratch, PD_SKINNY_QUANT_MAX);
+        assert_memory_equal(y[0], yr, sizeof(float) * n_out * n_rows);
+        const pd_mm_out_t outs[2] = {{&wq[0], y[0]}, {&wq[1], y[1]}};
+        memset(y[0], 0, sizeof(float) * n_out * n_rows);
+        pd_matmul_multi(pool, outs, 2, true, x, n_rows, scratch, PD_SKINNY_QUANT_MAX, NULL, NULL);
+        for (int i = 0; i < 2; i++)
+            assert_memory_equal(y[i], yr, sizeof(float) * n_out * n_rows);
+        for (int i = 0; i < 2; i++) {
+            free(q[i]);
+            free(y[i]);
+        }
+        free(scratch);
+        free(yr);
+        free(deq);
+        free(wd);
+        free(x);
+    }
+    pd_pool_free(pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_is_skinny),
         cmocka_unit_test(test_panel_matches_ref),
         cmocka_unit_test(test_matmul_batch_invariant),
+        cmocka_unit_test(test_fused_epilogue),
+        cmocka_unit_test(test_dequantized_panels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
