@@ -255,15 +255,21 @@ do_drain_worker() {
     restart_worker "$nid" "$role"
 }
 do_kill_router() {
-    # With requests in flight (the router's active_requests), up to 5 s:
-    # two or more for the first 3 s, so that one finishing between this
-    # status and the kill does not leave the kill hitting nothing.
-    local held="" t0=$SECONDS
-    while [ $((SECONDS - t0)) -lt 5 ]; do
+    # The kill must hit requests in flight. On the soak's fast model a
+    # request lives some 40 ms, less than a status round trip, so a request
+    # the status saw could end before the kill (seen). Every worker is
+    # stopped first (far inside the 2 s liveness window): after FREEZE_MS
+    # what they sent has reached the router and the client, and nothing
+    # the status then counts can finish before the kill. None held: thawed,
+    # tried again (up to 12 times, as freeze_victim), else a miss.
+    local held="" try id
+    for ((try = 0; try < 12; try++)); do
+        for id in "${!WPID[@]}"; do kill -STOP "${WPID[$id]}" 2>/dev/null; done
+        sleep_ms $FREEZE_MS
         held=$(status_num active_requests)
-        [ "${held:-0}" -ge 2 ] && break
-        [ "${held:-0}" -ge 1 ] && [ $((SECONDS - t0)) -ge 3 ] && break
-        sleep 0.1
+        [ "${held:-0}" -ge 1 ] && break
+        for id in "${!WPID[@]}"; do kill -CONT "${WPID[$id]}" 2>/dev/null; done
+        sleep_ms 150
     done
     [ "${held:-0}" -ge 1 ] || { nlog miss kind='"kill_router"'; return; }
     # Logged before the kill: clients see the connection drop at once, and
@@ -273,6 +279,7 @@ do_kill_router() {
     kill -9 "$ROUTER_PID"
     wait "$ROUTER_PID" 2>/dev/null
     forget_pid "$ROUTER_PID"
+    for id in "${!WPID[@]}"; do kill -CONT "${WPID[$id]}" 2>/dev/null; done
     sleep_ms "$(rnd_ms 200 1500)"
     rm -f "$T/router.ready"
     "$PD_BIN/pd-router" --model "$MODEL" "${COMMON_SETS[@]}" \
