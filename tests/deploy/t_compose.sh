@@ -128,7 +128,10 @@ sender_b=$!
 mid_stream "$T/b"
 cli status --json >"$T/status-before-kill.json"
 victim=$(node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1]));
-    const w = s.workers.filter(w => w.role == "decode" && w.assigned > 0)[0];
+    // the decode worker holding the most streams: one holding a single
+    // stream can finish it between this status and the kill (seen once)
+    const w = s.workers.filter(w => w.role == "decode" && w.assigned > 0)
+        .sort((a, b) => b.assigned - a.assigned)[0];
     console.log(w ? w.id + " " + w.assigned : "");' "$T/status-before-kill.json")
 held=${victim#* }
 victim=${victim%% *}
