@@ -50,6 +50,7 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/kernels_rows.h"
 #include "engine/quants_k.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -63,7 +64,15 @@
 #endif
 #define KNR 4     /* activation rows per micro-kernel call (1..4) */
 #define PANEL KPANEL
+#ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1 /* to L2: measured ahead of T0 here */
+#endif
+#ifndef K_PF
+#define K_PF 1 /* 0: none; 1: the next panel (kernels_pf.h); 2: r4 per stream */
+#endif
+#ifndef K_PF_ROWS
+#define K_PF_ROWS 1 /* K_PF 2: rows ahead in each stream */
+#endif
 
 #include "engine/kernels_pf.h"
 
@@ -337,8 +346,22 @@ typedef struct {
                            _mm512_set1_epi8((char)(16 * (o) + (a) + 2)))
 #define R4_SCMASK 0x5555555555555555ull
 
+/* The prefetch of an r4 kernel, as each row's super-block at wb (bb
+ * bytes) is read: K_PF 2, the same bytes pfd further (the stream's next
+ * rows); otherwise pf_n lines of the next panel (kernels_pf.h). */
+static ALWAYS_INLINE void r4_pf(pf_t *pf, size_t pf_n, const uint8_t *wb, size_t pfd, size_t bb)
+{
+    if (K_PF == 2) {
+        if (pfd)
+            for (size_t l = 0; l < bb; l += 64)
+                _mm_prefetch((const char *)wb + pfd + l, PF_HINT);
+    } else {
+        pf_step(pf, pf_n);
+    }
+}
+
 R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
-                           r4acc_t *io, pf_t *pf, size_t pf_n)
+                           r4acc_t *io, pf_t *pf, size_t pf_n, size_t pfd)
 {
     __m512 a01 = io->a01, a23 = io->a23, am = io->m;
     const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
@@ -379,7 +402,7 @@ R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *qs = w0 + (size_t)o * rb + 16;
-            pf_step(pf, pf_n);
+            r4_pf(pf, pf_n, qs - 16, pfd, PD_Q4_K_BYTES);
             const __m512i v0 = load512(qs), v1 = load512(qs + 64);
             /* chunk pairs (0, 2), (1, 3), (4, 6), (5, 7) */
 #define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, R4IX(o, ((k) >> 1) * 4 + ((k) & 1)), sm)
@@ -553,7 +576,7 @@ K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, con
  * 16 scales (int16), the float part on rows 0|1 and 2|3 in lanes. Lane by
  * lane the operations of mk5_q6k_g, so the same bits. */
 R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io,
-                           pf_t *pf, size_t pf_n)
+                           pf_t *pf, size_t pf_n, size_t pfd)
 {
     __m512 a01 = io->a01, a23 = io->a23;
     const __m512i m15 = _mm512_set1_epi8(15);
@@ -590,7 +613,7 @@ R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *wo = w0 + (size_t)o * rb;
-            pf_step(pf, pf_n);
+            r4_pf(pf, pf_n, wo, pfd, PD_Q6_K_BYTES);
             sc[o] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wo + 192)));
             const __m512i sc5 = _mm512_castsi256_si512(sc[o]);
             __m512i tt[2];
@@ -700,6 +723,84 @@ static bool has_r4(void)
     return v == 2;
 }
 
+/* What skinny5 hands each panel. */
+typedef struct {
+    bool q6;
+    int kind;       /* mk5_pick's */
+    bool r4;        /* full panels take q4k_r4 / q6k_r4 */
+    size_t bb, nb_all, xs, rb;
+    const uint8_t *x0;
+    uint32_t n_rows;
+    float *y;
+    uint32_t y_stride;
+} k5_call_t;
+
+/* Lines per call that spread pf's lines evenly over the panel's remaining
+ * calls, at the start of K-tile k0 (as pf_plan, without its set-up). */
+static size_t pf_share(const pf_t *pf, size_t k0, size_t kt, size_t k_all, size_t calls_per_tile)
+{
+    const size_t tiles_left = (k_all - k0 + kt - 1) / kt;
+    return (pf->left + calls_per_tile * tiles_left - 1) / (calls_per_tile * tiles_left);
+}
+
+/* One panel: np <= KPANEL weight rows from wp, rs bytes apart, giving
+ * output rows o0, o0 + os, ...; next: the first of the next panel's rows
+ * (rs apart; NULL: none), prefetched while this one computes (K_PF 1);
+ * pfd: the r4 kernels' per-stream prefetch distance (K_PF 2). */
+static void k5_panel(const k5_call_t *c, const uint8_t *wp, size_t rs, uint32_t np, uint32_t o0,
+                     uint32_t os, const uint8_t *next, size_t pfd)
+{
+    const size_t bb = c->bb, nb_all = c->nb_all, n_rows = c->n_rows;
+    pf_t pf;
+    pf_set(&pf, NULL, 0, 0, 0);
+    if (c->r4 && np == 4) {
+        r4acc_t ra = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
+            const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
+            if (b0 == 0 && K_PF == 1)
+                pf_set(&pf, next, rs, c->rb, next ? np : 0);
+            const size_t pf_per_call = pf_share(&pf, b0, KT_SB, nb_all, (size_t)np + 1);
+            /* the tile's share of the next panel's lines, spread over its
+             * row-super-blocks (one burst per tile measured slower) */
+            const size_t pf_n = (np * pf_per_call + 4 * nb - 1) / (4 * nb);
+            if (c->q6)
+                q6k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n, pfd);
+            else
+                q4k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n, pfd);
+        }
+        pf_step(&pf, pf.left);
+        for (uint32_t o = 0; o < 4; o++) {
+            const kacc_t k = r4_row(&ra, (int)o);
+            c->y[o0 + o * os] = finish5(c->q6, &k);
+        }
+        return;
+    }
+    kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
+    for (size_t i = 0; i < (size_t)np * n_rows; i++)
+        acc[i].a = acc[i].b = _mm256_setzero_ps();
+    for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
+        const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
+        /* the next panel's weights stream in while this one computes */
+        if (b0 == 0 && K_PF)
+            pf_set(&pf, next, rs, c->rb, next ? KPANEL : 0);
+        const size_t pf_per_call =
+            pf_share(&pf, b0, KT_SB, nb_all, (size_t)np * ((n_rows + KNR - 1) / KNR) + 1);
+        for (uint32_t r = 0; r < n_rows; r += KNR) {
+            const int nr = n_rows - r >= KNR ? KNR : (int)(n_rows - r);
+            const mk5_fn mk = mk5_pick(c->kind, nr);
+            for (uint32_t o = 0; o < np; o++) {
+                pf_step(&pf, pf_per_call);
+                mk(wp + o * rs + b0 * bb, c->x0 + r * c->xs + b0 * PD_Q8_K_BYTES, c->xs, nb,
+                   acc + o * n_rows + r);
+            }
+        }
+    }
+    pf_step(&pf, pf.left);
+    for (uint32_t o = 0; o < np; o++)
+        for (uint32_t r = 0; r < n_rows; r++)
+            c->y[(size_t)r * c->y_stride + o0 + o * os] = finish5(c->q6, &acc[o * n_rows + r]);
+}
+
 /* n_rows <= PD_SKINNY_MAX_ROWS, t Q4_K or Q6_K; fast: the rearranged
  * activations for Q4_K (when they fit k5x_buf) and GFNI for Q6_K (when the
  * CPU has it). */
@@ -719,56 +820,19 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
         x0 = k5x_buf;
         kind = 2;
     }
-    kacc_t acc[KPANEL * PD_SKINNY_MAX_ROWS]; /* (KPANEL, n_rows) */
-    pf_t pf;
-    const bool r4 = n_rows == 1 && (kind == 2 || kind == 3) && KPANEL == 4 && has_r4();
-
-    for (uint32_t p0 = o_begin; p0 < o_end; p0 += KPANEL) {
-        const uint32_t np = o_end - p0 < KPANEL ? o_end - p0 : KPANEL;
-        const uint8_t *wp = w0 + (size_t)p0 * rb;
-        if (r4 && np == 4) {
-            r4acc_t ra = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-            for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
-                const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
-                const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
-                                                   (size_t)np + 1);
-                /* the tile's share of the next panel's lines, spread over its
-                 * row-super-blocks (one burst per tile measured slower) */
-                const size_t pf_n = (np * pf_per_call + 4 * nb - 1) / (4 * nb);
-                if (q6)
-                    q6k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
-                else
-                    q4k_r4(wp + b0 * bb, rb, x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n);
-            }
-            pf_step(&pf, pf.left);
-            for (uint32_t o = 0; o < 4; o++) {
-                const kacc_t k = r4_row(&ra, (int)o);
-                y[p0 + o] = finish5(q6, &k);
-            }
-            continue;
-        }
-        for (size_t i = 0; i < (size_t)np * n_rows; i++)
-            acc[i].a = acc[i].b = _mm256_setzero_ps();
-        for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
-            const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
-            /* the next panel's weights stream in while this one computes */
-            const size_t pf_per_call = pf_plan(&pf, true, w0, rb, p0, o_end, b0, KT_SB, nb_all,
-                                               (size_t)np * ((n_rows + KNR - 1) / KNR) + 1);
-            for (uint32_t r = 0; r < n_rows; r += KNR) {
-                const int nr = n_rows - r >= KNR ? KNR : (int)(n_rows - r);
-                const mk5_fn mk = mk5_pick(kind, nr);
-                for (uint32_t o = 0; o < np; o++) {
-                    pf_step(&pf, pf_per_call);
-                    mk(wp + o * rb + b0 * bb, x0 + r * xs + b0 * PD_Q8_K_BYTES, xs, nb,
-                       acc + o * n_rows + r);
-                }
-            }
-        }
-        pf_step(&pf, pf.left);
-        for (uint32_t o = 0; o < np; o++)
-            for (uint32_t r = 0; r < n_rows; r++)
-                y[(size_t)r * y_stride + p0 + o] = finish5(q6, &acc[o * n_rows + r]);
+    const k5_call_t c = {q6, kind, n_rows == 1 && (kind == 2 || kind == 3) && KPANEL == 4 && has_r4(),
+                         bb, nb_all, xs, rb, x0, n_rows, y, y_stride};
+    const pd_rowmap_t m = pd_rowmap(o_begin, o_end, KPANEL);
+    const size_t rs = (size_t)m.stride * rb; /* bytes between a panel's rows */
+    for (uint32_t p = 0; p < m.n_panels; p++) {
+        const uint32_t o0 = pd_rowmap_row(&m, p, 0);
+        const uint8_t *next = K_PF && p + 1 < m.n_panels ? w0 + (size_t)(o0 + 1) * rb : NULL;
+        const size_t pfd = K_PF == 2 && p + K_PF_ROWS < m.n_panels ? K_PF_ROWS * rb : 0;
+        k5_panel(&c, w0 + (size_t)o0 * rb, rs, KPANEL, o0, m.stride, next, pfd);
     }
+    const uint32_t t0 = pd_rowmap_tail(&m, KPANEL);
+    if (t0 < o_end) /* the tail: adjacent rows, nothing to prefetch after it */
+        k5_panel(&c, w0 + (size_t)t0 * rb, rb, o_end - t0, t0, 1, NULL, 0);
 }
 
 void pd_kern_skinny_k_avx512_paths(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,

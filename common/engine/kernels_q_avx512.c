@@ -47,6 +47,7 @@
 #include <stdbool.h>
 
 #include "engine/kernels.h"
+#include "engine/kernels_rows.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define Q8_0_BYTES 34
@@ -58,8 +59,8 @@
 #ifndef Q_PF_HINT
 #define Q_PF_HINT _MM_HINT_T0
 #endif
-#ifndef Q_PF
-#define Q_PF 1
+#ifndef Q_PF_ROWS
+#define Q_PF_ROWS 1 /* prefetch distance in each stream, rows; 0: none */
 #endif
 #define MAX_NO 8  /* weight rows per micro-kernel: 8, 4 or 1 */
 #define MAX_NR 5  /* activation rows per micro-kernel: 1..5 */
@@ -153,7 +154,8 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
 #pragma GCC unroll 8
             for (int o = 0; o < NO; o++) {
                 const uint8_t *wb = w + (size_t)o * rb + (b0 + b) * bsz;
-                _mm_prefetch((const char *)wb + pf, Q_PF_HINT);
+                if (Q_PF_ROWS > 0)
+                    _mm_prefetch((const char *)wb + pf, Q_PF_HINT);
                 const __m256i wu =
                     q8 ? _mm256_xor_si256(
                              _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2)), k80)
@@ -222,7 +224,17 @@ static int pick_no(int nr, uint32_t left)
     return left >= want ? (int)want : left >= 4 ? 4 : 1;
 }
 
-/* n_rows <= PD_SKINNY_MAX_ROWS (the accumulators of a panel). */
+/* The y of one weight row (8 lanes of its sums for one activation row). */
+static ALWAYS_INLINE float finish_q(bool q8, size_t nb_all, __m256 a)
+{
+    return nb_all == 0 ? 0.0f : q8 ? hsum8_ggml(a) : hsum8_ggml(q4_unscale(a));
+}
+
+/* n_rows <= PD_SKINNY_MAX_ROWS (the accumulators of a panel). Panels of R
+ * weight rows, R the micro-kernel's 8 (one or two activation rows) or 4,
+ * take far rows (kernels_rows.h): rows p, p + G, ..., p + (R - 1) G of the
+ * range, so that the weights are read as R long sequential streams; the
+ * tail of (range % R) rows goes as before, in adjacent rows. */
 static void skinny_q(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const uint8_t *xq,
                      uint32_t n_rows, float *y, size_t y_stride)
 {
@@ -232,34 +244,51 @@ static void skinny_q(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
     const size_t xq_stride = nb_all * Q8_0_BYTES;
     const uint8_t *w0 = (const uint8_t *)w->data;
     __m256 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 8-lane sums */
+    const uint32_t R = pick_no(pick_nr(n_rows), MAX_NO);
+    const pd_rowmap_t m = pd_rowmap(o_begin, o_end, R);
+    const size_t rs = (size_t)m.stride * rb; /* bytes between a panel's rows */
 
-    for (uint32_t p0 = o_begin; p0 < o_end; p0 += PANEL) {
-        const uint32_t np = o_end - p0 < PANEL ? o_end - p0 : PANEL;
-        const uint8_t *wp = w0 + (size_t)p0 * rb;
+    for (uint32_t p = 0; p < m.n_panels; p++) {
+        const uint8_t *wp = w0 + (size_t)pd_rowmap_row(&m, p, 0) * rb;
+        /* the first pass over the activation rows prefetches each stream's
+         * row Q_PF_ROWS ahead */
+        const size_t pf = Q_PF_ROWS > 0 && p + Q_PF_ROWS < m.n_panels ? Q_PF_ROWS * rb : 0;
         for (size_t b0 = 0; b0 < nb_all; b0 += KT) {
             const size_t nb = nb_all - b0 < KT ? nb_all - b0 : KT;
             for (uint32_t r = 0; r < n_rows;) {
                 const int nr = pick_nr(n_rows - r);
-                for (uint32_t o = 0; o < np;) {
-                    const int no = pick_no(nr, np - o);
-                    /* the first pass over the rows prefetches the next no rows */
-                    const size_t pf = Q_PF && r == 0 && p0 + o + 2 * (uint32_t)no <= o_end
-                                          ? (size_t)no * rb : 0;
-                    mkq_pick(q8, no, nr)(wp + o * rb + b0 * bsz, rb,
-                                         xq + r * xq_stride + b0 * Q8_0_BYTES, xq_stride, nb,
-                                         acc + o * n_rows + r, n_rows, b0 == 0, pf);
-                    o += (uint32_t)no;
-                }
+                mkq_pick(q8, (int)R, nr)(wp + b0 * bsz, rs, xq + r * xq_stride + b0 * Q8_0_BYTES,
+                                         xq_stride, nb, acc + r, n_rows, b0 == 0,
+                                         r == 0 ? pf : 0);
                 r += (uint32_t)nr;
             }
         }
-        for (uint32_t o = 0; o < np; o++)
+        for (uint32_t k = 0; k < R; k++)
             for (uint32_t r = 0; r < n_rows; r++)
-                y[r * y_stride + p0 + o] =
-                    nb_all == 0 ? 0.0f
-                    : q8        ? hsum8_ggml(acc[o * n_rows + r])
-                                : hsum8_ggml(q4_unscale(acc[o * n_rows + r]));
+                y[r * y_stride + pd_rowmap_row(&m, p, k)] =
+                    finish_q(q8, nb_all, acc[k * n_rows + r]);
     }
+    const uint32_t t0 = pd_rowmap_tail(&m, R), nt = o_end - t0; /* nt < R <= PANEL */
+    if (nt == 0)
+        return;
+    const uint8_t *wt = w0 + (size_t)t0 * rb;
+    for (size_t b0 = 0; b0 < nb_all; b0 += KT) {
+        const size_t nb = nb_all - b0 < KT ? nb_all - b0 : KT;
+        for (uint32_t r = 0; r < n_rows;) {
+            const int nr = pick_nr(n_rows - r);
+            for (uint32_t o = 0; o < nt;) {
+                const int no = pick_no(nr, nt - o);
+                mkq_pick(q8, no, nr)(wt + o * rb + b0 * bsz, rb,
+                                     xq + r * xq_stride + b0 * Q8_0_BYTES, xq_stride, nb,
+                                     acc + o * n_rows + r, n_rows, b0 == 0, 0);
+                o += (uint32_t)no;
+            }
+            r += (uint32_t)nr;
+        }
+    }
+    for (uint32_t o = 0; o < nt; o++)
+        for (uint32_t r = 0; r < n_rows; r++)
+            y[r * y_stride + t0 + o] = finish_q(q8, nb_all, acc[o * n_rows + r]);
 }
 
 void pd_kern_skinny_q_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
