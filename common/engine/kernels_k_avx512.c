@@ -67,11 +67,8 @@
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1 /* to L2: measured ahead of T0 here */
 #endif
-#ifndef K_PF
-#define K_PF 1 /* 0: none; 1: the next panel (kernels_pf.h); 2: r4 per stream */
-#endif
 #ifndef K_PF_ROWS
-#define K_PF_ROWS 1 /* K_PF 2: rows ahead in each stream */
+#define K_PF_ROWS 1 /* r4 kernels: prefetch distance in each stream, rows; 0: none */
 #endif
 
 #include "engine/kernels_pf.h"
@@ -347,21 +344,17 @@ typedef struct {
 #define R4_SCMASK 0x5555555555555555ull
 
 /* The prefetch of an r4 kernel, as each row's super-block at wb (bb
- * bytes) is read: K_PF 2, the same bytes pfd further (the stream's next
- * rows); otherwise pf_n lines of the next panel (kernels_pf.h). */
-static ALWAYS_INLINE void r4_pf(pf_t *pf, size_t pf_n, const uint8_t *wb, size_t pfd, size_t bb)
+ * bytes) is read: the same bytes pfd further (K_PF_ROWS rows on in the
+ * row's stream; 0: none). */
+static ALWAYS_INLINE void r4_pf(const uint8_t *wb, size_t pfd, size_t bb)
 {
-    if (K_PF == 2) {
-        if (pfd)
-            for (size_t l = 0; l < bb; l += 64)
-                _mm_prefetch((const char *)wb + pfd + l, PF_HINT);
-    } else {
-        pf_step(pf, pf_n);
-    }
+    if (pfd)
+        for (size_t l = 0; l < bb; l += 64)
+            _mm_prefetch((const char *)wb + pfd + l, PF_HINT);
 }
 
 R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb,
-                           r4acc_t *io, pf_t *pf, size_t pf_n, size_t pfd)
+                           r4acc_t *io, size_t pfd)
 {
     __m512 a01 = io->a01, a23 = io->a23, am = io->m;
     const __m512i m4 = _mm512_set1_epi8(0xF), ghi = _mm512_set1_epi64(GF_HI4);
@@ -402,7 +395,7 @@ R4_ATTR static void q4k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *qs = w0 + (size_t)o * rb + 16;
-            r4_pf(pf, pf_n, qs - 16, pfd, PD_Q4_K_BYTES);
+            r4_pf(qs - 16, pfd, PD_Q4_K_BYTES);
             const __m512i v0 = load512(qs), v1 = load512(qs + 64);
             /* chunk pairs (0, 2), (1, 3), (4, 6), (5, 7) */
 #define R4SC(k) _mm512_maskz_permutexvar_epi8(R4_SCMASK, R4IX(o, ((k) >> 1) * 4 + ((k) & 1)), sm)
@@ -576,7 +569,7 @@ K6G_ATTR static ALWAYS_INLINE void mk5_q6k_g(const int NR, const uint8_t *w, con
  * 16 scales (int16), the float part on rows 0|1 and 2|3 in lanes. Lane by
  * lane the operations of mk5_q6k_g, so the same bits. */
 R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t nb, r4acc_t *io,
-                           pf_t *pf, size_t pf_n, size_t pfd)
+                           size_t pfd)
 {
     __m512 a01 = io->a01, a23 = io->a23;
     const __m512i m15 = _mm512_set1_epi8(15);
@@ -613,7 +606,7 @@ R4_ATTR static void q6k_r4(const uint8_t *w, size_t rb, const uint8_t *x, size_t
 #pragma GCC unroll 4
         for (int o = 0; o < 4; o++) {
             const uint8_t *wo = w0 + (size_t)o * rb;
-            r4_pf(pf, pf_n, wo, pfd, PD_Q6_K_BYTES);
+            r4_pf(wo, pfd, PD_Q6_K_BYTES);
             sc[o] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(const void *)(wo + 192)));
             const __m512i sc5 = _mm512_castsi256_si512(sc[o]);
             __m512i tt[2];
@@ -744,9 +737,9 @@ static size_t pf_share(const pf_t *pf, size_t k0, size_t kt, size_t k_all, size_
 }
 
 /* One panel: np <= KPANEL weight rows from wp, rs bytes apart, giving
- * output rows o0, o0 + os, ...; next: the first of the next panel's rows
- * (rs apart; NULL: none), prefetched while this one computes (K_PF 1);
- * pfd: the r4 kernels' per-stream prefetch distance (K_PF 2). */
+ * output rows o0, o0 + os, ...; the per-row kernels prefetch the next
+ * panel (rows from next, rs apart; NULL: none) while this one computes,
+ * the r4 kernels each row's stream pfd bytes ahead (0: none). */
 static void k5_panel(const k5_call_t *c, const uint8_t *wp, size_t rs, uint32_t np, uint32_t o0,
                      uint32_t os, const uint8_t *next, size_t pfd)
 {
@@ -757,18 +750,11 @@ static void k5_panel(const k5_call_t *c, const uint8_t *wp, size_t rs, uint32_t 
         r4acc_t ra = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
         for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
             const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
-            if (b0 == 0 && K_PF == 1)
-                pf_set(&pf, next, rs, c->rb, next ? np : 0);
-            const size_t pf_per_call = pf_share(&pf, b0, KT_SB, nb_all, (size_t)np + 1);
-            /* the tile's share of the next panel's lines, spread over its
-             * row-super-blocks (one burst per tile measured slower) */
-            const size_t pf_n = (np * pf_per_call + 4 * nb - 1) / (4 * nb);
             if (c->q6)
-                q6k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n, pfd);
+                q6k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, pfd);
             else
-                q4k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, &pf, pf_n, pfd);
+                q4k_r4(wp + b0 * bb, rs, c->x0 + b0 * PD_Q8_K_BYTES, nb, &ra, pfd);
         }
-        pf_step(&pf, pf.left);
         for (uint32_t o = 0; o < 4; o++) {
             const kacc_t k = r4_row(&ra, (int)o);
             c->y[o0 + o * os] = finish5(c->q6, &k);
@@ -781,7 +767,7 @@ static void k5_panel(const k5_call_t *c, const uint8_t *wp, size_t rs, uint32_t 
     for (size_t b0 = 0; b0 < nb_all; b0 += KT_SB) {
         const size_t nb = nb_all - b0 < KT_SB ? nb_all - b0 : KT_SB;
         /* the next panel's weights stream in while this one computes */
-        if (b0 == 0 && K_PF)
+        if (b0 == 0)
             pf_set(&pf, next, rs, c->rb, next ? KPANEL : 0);
         const size_t pf_per_call =
             pf_share(&pf, b0, KT_SB, nb_all, (size_t)np * ((n_rows + KNR - 1) / KNR) + 1);
@@ -826,8 +812,8 @@ static void skinny5(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
     const size_t rs = (size_t)m.stride * rb; /* bytes between a panel's rows */
     for (uint32_t p = 0; p < m.n_panels; p++) {
         const uint32_t o0 = pd_rowmap_row(&m, p, 0);
-        const uint8_t *next = K_PF && p + 1 < m.n_panels ? w0 + (size_t)(o0 + 1) * rb : NULL;
-        const size_t pfd = K_PF == 2 && p + K_PF_ROWS < m.n_panels ? K_PF_ROWS * rb : 0;
+        const uint8_t *next = p + 1 < m.n_panels ? w0 + (size_t)(o0 + 1) * rb : NULL;
+        const size_t pfd = K_PF_ROWS > 0 && p + K_PF_ROWS < m.n_panels ? K_PF_ROWS * rb : 0;
         k5_panel(&c, w0 + (size_t)o0 * rb, rs, KPANEL, o0, m.stride, next, pfd);
     }
     const uint32_t t0 = pd_rowmap_tail(&m, KPANEL);
