@@ -177,6 +177,53 @@ static void test_qlanes_ref_is_the_skinny_kernels(void **state)
         }
 }
 
+/* The AVX-512 skinny kernel's row map (kernels_rows.h): panels of 8 (1-2
+ * activation rows) or 4 (3-5) weight rows taken a stride apart within the
+ * call's range, the range % R last rows as a tail. Over ranges where the
+ * panels are far and the tail is not empty (odd sizes, the pool's chunk
+ * boundaries, ranges shorter than a panel), each output row gets the
+ * reference's bits and nothing outside the range is written. */
+static void test_skinny_far_rows(void **state)
+{
+    (void)state;
+    if (!have_qt())
+        skip();
+    rng_t r = {0xfa44ull};
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    const uint32_t n_rows[] = {1, 2, 3, 5, 7};
+    const uint32_t range[][2] = {{0, 203}, {1, 202}, {17, 150}, {16, 32}, {32, 203},
+                                 {5, 12}, {3, 4}, {0, 7}, {190, 203}};
+    const uint32_t n_out = 203;
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 2; i++) { /* one K-tile; two (past 8192 elements) */
+            const uint32_t n_in = 32 * (i ? 265 : 37), ys = n_out + 3;
+            uint8_t *wd = make_w(types[t], n_out, n_in, &r, false);
+            const pd_mat_t w = {wd, types[t], n_out, n_in, n_in / 32 * wblk(types[t])};
+            for (int k = 0; k < 5; k++) {
+                uint8_t *xq = make_xq(types[t], n_in, n_rows[k], &r, false);
+                float *ya = malloc(sizeof(float) * ys * n_rows[k]);
+                float *yr = malloc(sizeof(float) * ys * n_rows[k]);
+                assert_non_null(ya);
+                assert_non_null(yr);
+                for (size_t g = 0; g < sizeof range / sizeof range[0]; g++) {
+                    const uint32_t o0 = range[g][0], o1 = range[g][1];
+                    for (size_t j = 0; j < (size_t)ys * n_rows[k]; j++)
+                        ya[j] = yr[j] = 12345.0f;
+                    pd_kern_skinny_avx512(&w, o0, o1, NULL, 0, xq, n_rows[k], ya, ys);
+                    pd_kern_skinny_qlanes_ref(&w, o0, o1, xq, n_rows[k], yr, ys);
+                    char what[96];
+                    snprintf(what, sizeof what, "skinny avx512 type %d n_in %u rows %u [%u, %u)",
+                             types[t], n_in, n_rows[k], o0, o1);
+                    check_equal(ya, yr, n_rows[k], ys, o0, o1, what);
+                }
+                free(ya);
+                free(yr);
+                free(xq);
+            }
+            free(wd);
+        }
+}
+
 static void test_qt_matches_ref(void **state)
 {
     (void)state;
@@ -287,6 +334,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qlanes_ref_is_the_skinny_kernels),
+        cmocka_unit_test(test_skinny_far_rows),
         cmocka_unit_test(test_qt_matches_ref),
         cmocka_unit_test(test_qt_extremes),
         cmocka_unit_test(test_qt_rows_rule),

@@ -478,6 +478,63 @@ static void test_skinny_avx512_matches_avx2(void **state)
     skinny_under_test = pd_kern_skinny_avx2;
 }
 
+/* The AVX-512 kernel's row map (kernels_rows.h): panels of 4 weight rows
+ * taken a stride apart within the call's range, the range % 4 last rows as
+ * a tail. Over ranges where the panels are far and the tail is not empty
+ * (odd sizes, the pool's chunk boundaries, ranges shorter than a panel),
+ * both paths and the r4 kernels (1 row) give the AVX2 kernel's bits, and
+ * nothing outside the range is written. */
+static void test_skinny_avx512_far_rows(void **state)
+{
+    (void)state;
+    if (pd_kern_isa() < PD_ISA_AVX512)
+        skip();
+    rng_t r = {0xfa44};
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q4_K, PD_GGML_TYPE_Q6_K};
+    const uint32_t n_rows[] = {1, 2, 3, 5};
+    const uint32_t range[][2] = {{0, 203}, {1, 202}, {17, 150}, {16, 32}, {32, 203},
+                                 {5, 12}, {3, 4}, {0, 7}, {190, 203}};
+    const uint32_t n_out = 203;
+    for (int t = 0; t < 2; t++)
+        for (uint32_t nbk = 3; nbk <= 9; nbk += 6) { /* one K-tile; two */
+            const uint32_t n_in = 256 * nbk;
+            uint8_t *wd = make_w(types[t], n_out, n_in, &r);
+            pd_mat_t w = {wd, types[t], n_out, n_in, pd_ggml_row_bytes(types[t], n_in)};
+            for (size_t k = 0; k < 4; k++) {
+                const uint32_t nr = n_rows[k];
+                uint8_t *xq = random_q8k(n_in, nr, &r);
+                float *ya = malloc(sizeof(float) * n_out * nr);
+                float *yb = malloc(sizeof(float) * n_out * nr);
+                assert_non_null(ya);
+                assert_non_null(yb);
+                pd_kern_skinny_avx2(&w, 0, n_out, NULL, n_in, xq, nr, yb, n_out);
+                for (int fast = 0; fast < 2; fast++)
+                    for (size_t g = 0; g < sizeof range / sizeof range[0]; g++) {
+                        const uint32_t o0 = range[g][0], o1 = range[g][1];
+                        for (size_t j = 0; j < (size_t)n_out * nr; j++)
+                            ya[j] = 12345.0f;
+                        pd_kern_skinny_k_avx512_paths(&w, o0, o1, xq, nr, ya, n_out, fast);
+                        for (uint32_t rr = 0; rr < nr; rr++)
+                            for (uint32_t o = 0; o < n_out; o++) {
+                                const float a = ya[(size_t)rr * n_out + o];
+                                const float b = o < o0 || o >= o1 ? 12345.0f
+                                                                  : yb[(size_t)rr * n_out + o];
+                                if (memcmp(&a, &b, sizeof a) != 0) {
+                                    print_error("type %d n_in %u rows %u fast %d [%u, %u): "
+                                                "y[%u][%u] %.9g want %.9g\n", types[t], n_in, nr,
+                                                fast, o0, o1, rr, o, a, b);
+                                    fail();
+                                }
+                            }
+                    }
+                free(yb);
+                free(ya);
+                free(xq);
+            }
+            free(wd);
+        }
+}
+
 /* pd_matmul's two paths against a float64 product: the skinny path on the
  * quantized activations, the sgemm path on activations rounded the same way
  * (pd_kern_round_x), as the engine calls it. */
@@ -682,6 +739,7 @@ int main(void)
         cmocka_unit_test(test_skinny_vs_ref),
         cmocka_unit_test(test_skinny_batch_invariant),
         cmocka_unit_test(test_skinny_avx512_matches_avx2),
+        cmocka_unit_test(test_skinny_avx512_far_rows),
         cmocka_unit_test(test_matmul_paths),
         cmocka_unit_test(test_find_bad_scale),
         cmocka_unit_test(test_quant_mix_rules),
