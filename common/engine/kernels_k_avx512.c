@@ -22,13 +22,18 @@
  * y is bit-identical to pd_kern_skinny_k_avx2 and to ggml's AVX2
  * ggml_vec_dot_q4_K_q8_K / ggml_vec_dot_q6_K_q8_K, for any batch or range.
  *
- * Prefetch: while a panel computes, the next panel's rows are prefetched
- * (kernels_pf.h, as the Q8_0/Q4_0 kernels do): streaming a 5632 x 2048
- * matrix from memory at one row, Q4_K went from 0.92 to 0.68 ms and Q6_K
- * from 1.10 to 0.89 ms (pd-kbench --stream-mb 512, shared machine). The
- * lines go to L2 (T1): ahead of T0 in streamed and end-to-end runs on the
- * shared machine; more distance or the rows split in 2-8 interleaved
- * streams measured no better.
+ * Rows and prefetch: a panel's 4 weight rows are taken a stride apart in
+ * the call's range (kernels_rows.h), so that the weights are read as 4 long
+ * sequential streams the hardware prefetchers follow; the last range % 4
+ * rows run as before, adjacent. The r4 kernels prefetch each row's
+ * super-block one row further in its stream (the next panel's) to L2 as
+ * they read it: streamed 1 row, 1 thread (pd-kbench --stream-mb 1024,
+ * shared machine), 5632 x 2048 Q4_K 12.5 (adjacent rows, next-panel
+ * bursts) -> 14.6 (far rows, next-panel bursts) -> 15.9 GB/s (far rows,
+ * per stream), Q6_K 14.1 -> 14.6 -> 16.1; with no software prefetch
+ * 13.4 / 12.9; two rows ahead as one. The per-row kernels (2-4 activation
+ * rows, or no VBMI) prefetch the next panel's lines spread over the panel's
+ * calls (kernels_pf.h); the lines go to L2 (T1).
  *
  * Why it is faster (decode is one activation row): per super-block the AVX2
  * code spends 2 maddubs + 2 madd + 2 add per 64 elements plus the scale

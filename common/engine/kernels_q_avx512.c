@@ -31,13 +31,17 @@
  *     (8 or 16 independent FMA chains), 4 for three to five (12 to 20; at
  *     five a few registers spill, still faster than 3 + 2 passes over the
  *     weights: streamed 2048x5632, 7.5-7.9 -> 8.9-9.3 GB/s), over whole
- *     rows (K-tiles of KT blocks only past 8192 elements), each weight
- *     block's line NO rows
- *     further prefetched as the block is read: in decode the weights stream
- *     from memory, the next call's rows are contiguous with these, and the
- *     prefetch keeps NO sequential streams a call ahead (the next-panel
- *     bursts of kernels_pf.h over 16-block K-tiles measured slower here:
- *     pd-kbench --stream-mb, Q8_0 1 row, 12-12.7 against 13.2-14.8 GB/s).
+ *     rows (K-tiles of KT blocks only past 8192 elements);
+ *   - far rows (kernels_rows.h): a panel's 8 (or 4) weight rows are taken a
+ *     stride apart in the call's range, so that the weights are read as 8
+ *     (4) long sequential streams, which the hardware prefetchers follow
+ *     (8 adjacent rows, 8 short runs in the same few pages, they do not);
+ *     the last range % 8 (4) rows run as before, adjacent. Each block's
+ *     line one row further in its stream (the next panel's) is prefetched
+ *     as the block is read. Streamed 1 row, 1 thread (pd-kbench
+ *     --stream-mb 1024, shared machine): Q4_0 2048x2048 11.6 -> 16.0 GB/s,
+ *     Q8_0 12.8 -> 16.4; no software prefetch measured 12-13, two rows
+ *     ahead as one, four rows ahead 14-15, T1 as T0.
  * Rows beyond 5 are done 5 at a time, re-reading the panel from L1/L2;
  * pd_matmul gives this kernel at most 5 rows on AVX-512 machines (the qt
  * kernel takes batches from 6 on).
