@@ -1,6 +1,7 @@
 /* kernels_pf.h -- the software prefetch of the skinny matmul kernels
- * (kernels_avx2.c and the quantized AVX-512 kernels; the AVX-512 float
- * kernels take far-apart rows instead, kernels_rows.h): include it after
+ * (kernels_avx2.c, the qt kernel and the per-row Q4_K/Q6_K AVX-512
+ * kernels; the other AVX-512 skinny kernels take far-apart rows and
+ * prefetch per stream or not at all, kernels_rows.h): include it after
  * defining PANEL (weight rows per panel) and PF_HINT. */
 #ifndef PD_KERNELS_PF_H
 #define PD_KERNELS_PF_H
