@@ -542,8 +542,11 @@ static void round_task(void *arg, int i, int n)
     }
 }
 
-/* Rows per task below which the rounding stays on the calling thread. */
+/* Rows per task at least, and tasks per thread at most, of the rounding:
+ * small tasks claimed as threads finish, so a thread preempted on a shared
+ * machine holds up a small part only. */
 #define PD_ROUND_MIN_ROWS 16
+#define PD_ROUND_TASKS_PER_THREAD 4
 
 /* ggml multiplies a quantized or half-precision weight by activations
  * converted to the weight type's "vec_dot" format: Q8_0 for Q8_0/Q4_0/IQ4_NL
@@ -562,8 +565,12 @@ static const float *round_activations(pd_engine_t *e, pd_ggml_type_t wt, const f
      * activations per layer, ~2 % of the product time on one thread */
     const round_ctx_t rc = { wt, x, n_rows, n_in, e->qrow, e->xr };
     const int nt = pd_pool_n_threads(e->pool);
-    const int tasks = n_rows >= (uint32_t)nt * PD_ROUND_MIN_ROWS ? nt : 1;
-    pd_pool_run(tasks > 1 ? e->pool : NULL, round_task, (void *)&rc, tasks);
+    uint32_t tasks = n_rows / PD_ROUND_MIN_ROWS;
+    if (tasks > (uint32_t)nt * PD_ROUND_TASKS_PER_THREAD)
+        tasks = (uint32_t)nt * PD_ROUND_TASKS_PER_THREAD;
+    if (nt == 1 || tasks < 2)
+        tasks = 1;
+    pd_pool_run(tasks > 1 ? e->pool : NULL, round_task, (void *)&rc, (int)tasks);
     return e->xr;
 }
 
