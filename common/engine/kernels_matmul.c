@@ -69,20 +69,29 @@ static uint32_t prepare_qt(const pd_mat_t *w, const void *xq, uint32_t n_rows, v
     return n_qt;
 }
 
+/* The activations of a skinny product, as its kernels read them. */
+typedef struct {
+    const float *x;     /* (n_rows, x_stride) */
+    uint32_t x_stride;
+    const void *xq;     /* (n_rows, Q8_0 row) or NULL */
+    const void *qt;     /* the qt kernel's copy of the first n_qt rows, or NULL */
+    uint32_t n_qt;
+    uint32_t n_rows;
+} skinny_in_t;
+
 /* Output rows [o0, o1) of all n_rows: the first n_qt by the qt kernel,
  * the rest by the skinny kernel. */
-static void skinny_rows(const pd_mat_t *w, uint32_t o0, uint32_t o1, const float *x,
-                        uint32_t x_stride, const void *xq, const void *qt, uint32_t n_qt,
-                        uint32_t n_rows, float *y, uint32_t y_stride)
+static void skinny_rows(const pd_mat_t *w, uint32_t o0, uint32_t o1, const skinny_in_t *in, float *y,
+                        uint32_t y_stride)
 {
-    if (n_qt > 0)
-        pd_kern_skinny_qt_avx512(w, o0, o1, qt, n_qt, y, y_stride);
-    if (n_rows == n_qt)
+    if (in->n_qt > 0)
+        pd_kern_skinny_qt_avx512(w, o0, o1, in->qt, in->n_qt, y, y_stride);
+    if (in->n_rows == in->n_qt)
         return;
-    const size_t xq_rb = xq ? pd_kern_xq_bytes(w->type, w->n_in, 1) : 0;
-    pd_kern_skinny(w, o0, o1, x + (size_t)n_qt * x_stride, x_stride,
-                   xq ? (const uint8_t *)xq + n_qt * xq_rb : NULL, n_rows - n_qt,
-                   y + (size_t)n_qt * y_stride, y_stride);
+    const size_t xq_rb = in->xq ? pd_kern_xq_bytes(w->type, w->n_in, 1) : 0;
+    pd_kern_skinny(w, o0, o1, in->x + (size_t)in->n_qt * in->x_stride, in->x_stride,
+                   in->xq ? (const uint8_t *)in->xq + in->n_qt * xq_rb : NULL, in->n_rows - in->n_qt,
+                   y + (size_t)in->n_qt * y_stride, y_stride);
 }
 
 /* Activation rows whose byte stride is a multiple of 4 KB map to the same
@@ -96,6 +105,27 @@ static bool wants_x_pad(const pd_mat_t *w, uint32_t n_rows)
 {
     return !pd_kern_is_quant(w->type) && n_rows >= X_PAD_MIN_ROWS && n_rows <= PD_SKINNY_MAX_ROWS &&
            ((size_t)w->n_in * sizeof(float)) % 4096 == 0;
+}
+
+/* Fills in with x (n_rows, w->n_in) as the skinny kernels read it: quantized
+ * into scratch (and the qt kernel's copy after it) for quantized weights,
+ * copied with padding when wants_x_pad, else x itself. */
+static void prepare_x(const pd_mat_t *w, const float *x, uint32_t n_rows, void *scratch,
+                      skinny_in_t *in)
+{
+    *in = (skinny_in_t){.x = x, .x_stride = w->n_in, .n_rows = n_rows};
+    if (pd_kern_is_quant(w->type)) {
+        pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
+        in->xq = scratch;
+        in->n_qt = prepare_qt(w, scratch, n_rows, scratch, &in->qt);
+    } else if (wants_x_pad(w, n_rows)) {
+        float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
+        in->x_stride = w->n_in + X_PAD_FLOATS;
+        for (uint32_t r = 0; r < n_rows; r++)
+            memcpy(xp + (size_t)r * in->x_stride, x + (size_t)r * w->n_in,
+                   (size_t)w->n_in * sizeof(float));
+        in->x = xp;
+    }
 }
 
 /* Covers every call with at most n_rows rows (callers size the scratch
@@ -121,14 +151,9 @@ size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows)
 
 typedef struct {
     const pd_mat_t *w;
-    const float *x;     /* (n_rows, x_stride) */
-    uint32_t x_stride;
-    const void *xq;     /* (n_rows, Q8_0 row) or NULL */
-    const void *qt;     /* the qt kernel's copy of the first n_qt rows, or NULL */
-    uint32_t n_qt;
+    skinny_in_t in;
     float *y;           /* (n_rows, n_out) */
     float *tile;        /* (tile_rows, n_in) dequantized weights */
-    uint32_t n_rows;
     uint32_t chunk;     /* output rows per task */
     uint32_t o_begin;   /* first row of the current tile */
     uint32_t o_end;
@@ -140,8 +165,7 @@ static void skinny_task(void *arg, int i_task, int n_tasks)
     uint32_t o0 = (uint32_t)i_task * c->chunk;
     uint32_t o1 = o0 + c->chunk < c->w->n_out ? o0 + c->chunk : c->w->n_out;
     (void)n_tasks;
-    skinny_rows(c->w, o0, o1, c->x, c->x_stride, c->xq, c->qt, c->n_qt, c->n_rows, c->y,
-                c->w->n_out);
+    skinny_rows(c->w, o0, o1, &c->in, c->y, c->w->n_out);
 }
 
 static void dequant_task(void *arg, int i_task, int n_tasks)
@@ -182,25 +206,14 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
     if (n_rows == 0 || w->n_out == 0)
         return;
     const int n_threads = pd_pool_n_threads(pool);
-    matmul_ctx_t c = {.w = w, .x = x, .x_stride = w->n_in, .y = y, .n_rows = n_rows};
+    matmul_ctx_t c = {.w = w, .y = y};
     if (pd_matmul_uses_skinny(w, n_rows, skinny_max) && pd_gemm_f32_takes(w, n_rows)) {
         const pd_mm_out_t o = {w, y};
         pd_gemm_f32_multi(pool, &o, 1, false, x, n_rows, scratch, NULL, NULL);
         return;
     }
     if (pd_matmul_uses_skinny(w, n_rows, skinny_max)) {
-        if (pd_kern_is_quant(w->type)) {
-            pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
-            c.xq = scratch;
-            c.n_qt = prepare_qt(w, scratch, n_rows, scratch, &c.qt);
-        } else if (wants_x_pad(w, n_rows)) {
-            float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
-            c.x_stride = w->n_in + X_PAD_FLOATS;
-            for (uint32_t r = 0; r < n_rows; r++)
-                memcpy(xp + (size_t)r * c.x_stride, x + (size_t)r * w->n_in,
-                       (size_t)w->n_in * sizeof(float));
-            c.x = xp;
-        }
+        prepare_x(w, x, n_rows, scratch, &c.in);
         c.chunk = task_chunk(w->n_out, n_threads);
         pd_pool_run(pool, skinny_task, &c, (int)div_up(w->n_out, c.chunk));
         return;
@@ -237,12 +250,7 @@ typedef struct {
     const pd_mm_out_t *outs;
     int n_outs;
     bool lockstep;
-    const float *x;
-    uint32_t x_stride;
-    const void *xq;
-    const void *qt;                     /* as matmul_ctx_t's */
-    uint32_t n_qt;
-    uint32_t n_rows;
+    skinny_in_t in;
     uint32_t chunk;                     /* output rows per task */
     uint32_t first_task[PD_MM_MAX_OUTS + 1]; /* task index where each product starts */
     pd_mm_epilogue_fn epi;
@@ -262,8 +270,7 @@ static void multi_task(void *arg, int i_task, int n_tasks)
     const uint32_t o0 = (t - c->first_task[i]) * c->chunk;
     const uint32_t o1 = o0 + c->chunk < w->n_out ? o0 + c->chunk : w->n_out;
     for (int j = i; j < (c->lockstep ? c->n_outs : i + 1); j++)
-        skinny_rows(c->outs[j].w, o0, o1, c->x, c->x_stride, c->xq, c->qt, c->n_qt, c->n_rows,
-                    c->outs[j].y, c->outs[j].w->n_out);
+        skinny_rows(c->outs[j].w, o0, o1, &c->in, c->outs[j].y, c->outs[j].w->n_out);
     if (c->epi)
         c->epi(c->epi_ctx, c->lockstep ? -1 : i, o0, o1);
 }
@@ -320,20 +327,9 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
         pd_gemm_f32_multi(pool, outs, n_outs, lockstep, x, n_rows, scratch, epi, epi_ctx);
         return;
     }
-    multi_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .x = x,
-                     .x_stride = w->n_in, .n_rows = n_rows, .epi = epi, .epi_ctx = epi_ctx};
-    if (pd_kern_is_quant(w->type)) {
-        pd_kern_prepare_x(w->type, x, w->n_in, w->n_in, n_rows, scratch);
-        c.xq = scratch;
-        c.n_qt = prepare_qt(w, scratch, n_rows, scratch, &c.qt);
-    } else if (wants_x_pad(w, n_rows)) {
-        float *xp = scratch; /* (n_rows, n_in + X_PAD_FLOATS) */
-        c.x_stride = w->n_in + X_PAD_FLOATS;
-        for (uint32_t r = 0; r < n_rows; r++)
-            memcpy(xp + (size_t)r * c.x_stride, x + (size_t)r * w->n_in,
-                   (size_t)w->n_in * sizeof(float));
-        c.x = xp;
-    }
+    multi_ctx_t c = {.outs = outs, .n_outs = n_outs, .lockstep = lockstep, .epi = epi,
+                     .epi_ctx = epi_ctx};
+    prepare_x(w, x, n_rows, scratch, &c.in);
     /* one chunk size for all products, from their total rows */
     uint32_t total = 0;
     for (int i = 0; i < n_outs; i++)

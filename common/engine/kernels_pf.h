@@ -1,6 +1,7 @@
 /* kernels_pf.h -- the software prefetch of the skinny matmul kernels
- * (kernels_avx2.c, kernels_avx512.c): include it after defining PANEL
- * (weight rows per panel) and PF_HINT. */
+ * (kernels_avx2.c and the quantized AVX-512 kernels; the AVX-512 float
+ * kernels take far-apart rows instead, kernels_rows.h): include it after
+ * defining PANEL (weight rows per panel) and PF_HINT. */
 #ifndef PD_KERNELS_PF_H
 #define PD_KERNELS_PF_H
 

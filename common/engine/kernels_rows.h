@@ -16,6 +16,7 @@
 #ifndef PD_KERNELS_ROWS_H
 #define PD_KERNELS_ROWS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
@@ -41,6 +42,31 @@ static inline uint32_t pd_rowmap_row(const pd_rowmap_t *m, uint32_t p, uint32_t 
 static inline uint32_t pd_rowmap_tail(const pd_rowmap_t *m, uint32_t r)
 {
     return m->begin + m->n_panels * r;
+}
+
+/* A panel as the kernels walk it: n rows, the first `first`, `step` rows
+ * apart. */
+typedef struct {
+    uint32_t first;
+    uint32_t step;
+    uint32_t n;
+} pd_rowpanel_t;
+
+/* Panel i of rows [m->begin, o_end) in panels of r: the full panels of the
+ * map (i < n_panels), then the tail as one panel of consecutive rows.
+ * False when there is no panel i. */
+static inline bool pd_rowmap_panel(const pd_rowmap_t *m, uint32_t o_end, uint32_t r, uint32_t i,
+                                   pd_rowpanel_t *p)
+{
+    if (i < m->n_panels) {
+        *p = (pd_rowpanel_t){pd_rowmap_row(m, i, 0), m->stride, r};
+        return true;
+    }
+    const uint32_t t = pd_rowmap_tail(m, r);
+    if (i > m->n_panels || t >= o_end)
+        return false;
+    *p = (pd_rowpanel_t){t, 1, o_end - t};
+    return true;
 }
 
 #endif

@@ -5,7 +5,10 @@
  *   - any n_in (scalar tails): each row of a batch is bitwise the row alone
  *     through the 1-row kernel, with strided x and y;
  *   - through pd_matmul (pool of 2, the padded-x path at n_in 1024): a
- *     token in a decode batch of 2..63 rows is bitwise the token alone. */
+ *     token in a decode batch of 2..63 rows is bitwise the token alone;
+ *   - the far-row panels (kernels_rows.h) at 1, 8 and 32 rows: ranges with
+ *     a tail, odd starts, pd_matmul's task chunks at 1 and 2 threads, all
+ *     pd_gemm_f32_ref's bits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -195,12 +198,73 @@ static void test_f32_matmul_batch_invariant(void **state)
     pd_pool_free(pool);
 }
 
+/* The far-row panels (kernels_rows.h): output ranges whose row count is
+ * not a multiple of the panel (a tail after the far panels), odd starts,
+ * and pd_matmul's task chunks (1 and 2 threads), at 1, 8 and 32 rows
+ * (the 1-row kernel, the 3 x 8 kernel, the 4 x 6 kernel): every output is
+ * pd_gemm_f32_ref's bits and nothing outside the range is written. */
+static void test_f32_far_panels(void **state)
+{
+    (void)state;
+    if (!have_avx512())
+        skip();
+    rng_t r = {0x452821e638d01377ull};
+    const uint32_t n_in = 784, n_out = 997, max_rows = 32;
+    const uint32_t n_rows[] = {1, 8, 32};
+    /* [o0, o1): one row, under a panel, 2 panels + tail, many panels + tail */
+    const uint32_t ranges[][2] = {{5, 6}, {1, 12}, {0, 31}, {7, 250}, {13, 997}, {0, 997}};
+    float *wd = make_f((size_t)n_out * n_in, &r), *x = make_f((size_t)max_rows * n_in, &r);
+    const pd_mat_t w = mat(wd, n_out, n_in);
+    float *yr = malloc(sizeof(float) * n_out * max_rows), *y = malloc(sizeof(float) * n_out * max_rows);
+    void *scratch = malloc(pd_matmul_scratch_bytes(&w, max_rows) + 64);
+    pd_pool_t *pools[2] = {pd_pool_new(1), pd_pool_new(2)};
+    assert_non_null(yr);
+    assert_non_null(y);
+    assert_non_null(scratch);
+    assert_non_null(pools[0]);
+    assert_non_null(pools[1]);
+    pd_gemm_f32_ref(&w, 0, n_out, x, n_in, max_rows, yr, n_out);
+    for (size_t k = 0; k < 3; k++) {
+        const uint32_t nr = n_rows[k];
+        for (size_t g = 0; g < sizeof ranges / sizeof ranges[0]; g++) {
+            const uint32_t o0 = ranges[g][0], o1 = ranges[g][1];
+            memset(y, 0x7f, sizeof(float) * n_out * nr);
+            pd_kern_skinny(&w, o0, o1, x, n_in, NULL, nr, y, n_out);
+            for (uint32_t rr = 0; rr < nr; rr++)
+                for (uint32_t o = 0; o < n_out; o++) {
+                    const float *want = o >= o0 && o < o1 ? yr + (size_t)rr * n_out + o
+                                                          : (const float *)&(uint32_t){0x7f7f7f7fu};
+                    if (memcmp(y + (size_t)rr * n_out + o, want, sizeof(float)) != 0) {
+                        print_error("rows %u range [%u, %u): y[%u][%u] wrong\n", nr, o0, o1, rr, o);
+                        fail();
+                    }
+                }
+        }
+        for (int p = 0; p < 2; p++) {
+            memset(y, 0x7f, sizeof(float) * n_out * nr);
+            pd_matmul(pools[p], &w, x, nr, y, scratch, PD_SKINNY_MAX_ROWS);
+            if (memcmp(y, yr, sizeof(float) * n_out * nr) != 0) {
+                print_error("pd_matmul %d thread(s) rows %u differs from the reference\n", p + 1, nr);
+                fail();
+            }
+        }
+    }
+    pd_pool_free(pools[1]);
+    pd_pool_free(pools[0]);
+    free(scratch);
+    free(y);
+    free(yr);
+    free(x);
+    free(wd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f32_matches_ref),
         cmocka_unit_test(test_f32_tail_batch_invariant),
         cmocka_unit_test(test_f32_matmul_batch_invariant),
+        cmocka_unit_test(test_f32_far_panels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
