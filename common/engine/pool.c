@@ -282,3 +282,67 @@ void pd_pool_run(pd_pool_t *p, pd_pool_fn fn, void *ctx, int n_tasks)
         run_generation(p, slice_task, &s, n);
     }
 }
+
+/* ====== Splitting units of work ====== */
+
+#define RANGE_LO(r) ((uint32_t)(r))
+#define RANGE_HI(r) ((uint32_t)((r) >> 32))
+#define RANGE_MAKE(lo, hi) ((uint64_t)(lo) | ((uint64_t)(hi) << 32))
+
+void pd_split_init(pd_split_t *s, uint32_t n_units, uint32_t n_ranges)
+{
+    if (n_ranges > PD_SPLIT_MAX_RANGES)
+        n_ranges = PD_SPLIT_MAX_RANGES;
+    if (n_units > 0 && n_ranges > n_units)
+        n_ranges = n_units;
+    if (n_ranges < 1)
+        n_ranges = 1;
+    s->n_ranges = n_ranges;
+    for (uint32_t k = 0; k < n_ranges; k++)
+        atomic_init(&s->range[k], RANGE_MAKE((uint64_t)n_units * k / n_ranges,
+                                             (uint64_t)n_units * (k + 1) / n_ranges));
+}
+
+/* Takes the first unit left in range k (front) or the last (back). */
+static uint32_t split_claim(pd_split_t *s, uint32_t k, bool front, uint32_t *after)
+{
+    uint64_t r = atomic_load_explicit(&s->range[k], memory_order_relaxed);
+    for (;;) {
+        const uint32_t lo = RANGE_LO(r), hi = RANGE_HI(r);
+        if (lo >= hi)
+            return *after = PD_SPLIT_NONE;
+        const uint64_t nr = front ? RANGE_MAKE(lo + 1, hi) : RANGE_MAKE(lo, hi - 1);
+        /* relaxed: the claims of one word are totally ordered, which is all
+         * exclusivity needs; the units' results are published by the pool
+         * run's own synchronisation */
+        if (atomic_compare_exchange_weak_explicit(&s->range[k], &r, nr, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *after = hi - lo < 2 ? PD_SPLIT_NONE : front ? lo + 1 : hi - 2;
+            return front ? lo : hi - 1;
+        }
+    }
+}
+
+uint32_t pd_split_next(pd_split_t *s, int i_task, uint32_t *after)
+{
+    if (i_task >= 0 && (uint32_t)i_task < s->n_ranges) {
+        const uint32_t u = split_claim(s, (uint32_t)i_task, true, after);
+        if (u != PD_SPLIT_NONE)
+            return u;
+    }
+    for (;;) { /* ranges only shrink: this ends */
+        uint32_t best = PD_SPLIT_NONE, most = 0;
+        for (uint32_t k = 0; k < s->n_ranges; k++) {
+            const uint64_t r = atomic_load_explicit(&s->range[k], memory_order_relaxed);
+            if (RANGE_HI(r) > RANGE_LO(r) && RANGE_HI(r) - RANGE_LO(r) > most) {
+                most = RANGE_HI(r) - RANGE_LO(r);
+                best = k;
+            }
+        }
+        if (best == PD_SPLIT_NONE)
+            return *after = PD_SPLIT_NONE;
+        const uint32_t u = split_claim(s, best, false, after);
+        if (u != PD_SPLIT_NONE)
+            return u;
+    }
+}

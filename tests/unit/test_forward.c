@@ -22,6 +22,10 @@
  *    over the paged cache included), a sliding-window layer ignores every
  *    position outside its window while a global one does not (F32 and F16
  *    KV), and phi3's rope factors follow the context size as llama.cpp's do;
+ *  - a 200-token prefill chunk gives the same logits, bit for bit, on 1, 2
+ *    and 3 threads, with batch invariance on and off (the sgemm-path
+ *    products, the rounding of their activations and attention are split
+ *    over the threads; none of the splits may change a bit or lose a row);
  *  - bad batches are refused with a message naming the field.
  */
 #include <setjmp.h>
@@ -44,6 +48,7 @@
 #define MAX_LEN 48
 
 static bool g_invariant = true; /* engine option under test */
+static int g_threads = 2;        /* engine threads under test */
 static pd_kv_dtype_t g_kv_dtype = PD_KV_F32; /* KV cache type under test */
 
 typedef struct {
@@ -78,7 +83,7 @@ static int fx_open(fx_t *f, const char *name, uint32_t n_blocks, uint32_t max_ba
     pd_engine_opts_default(&o);
     o.max_batch_tokens = max_batch;
     o.max_ctx = 256;
-    o.n_threads = 2;
+    o.n_threads = g_threads;
     o.batch_invariant = g_invariant;
     o.batch_invariant_quant = g_invariant;
     f->e = pd_engine_new(f->m, f->kv, &o, &err);
@@ -598,6 +603,71 @@ static void test_prefix_hit_kv_f16(void **state)
     g_kv_dtype = PD_KV_F32;
 }
 
+/* Logits of a PF_TOKENS-token prefill chunk (every row) on `threads`
+ * threads; invariance as g_invariant. */
+#define PF_TOKENS 200
+static void prefill_logits(const char *model, int threads, float *out, size_t *n_out)
+{
+    fx_t f;
+    g_threads = threads;
+    const int rc = fx_open(&f, model, 64, PF_TOKENS);
+    g_threads = 2;
+    if (rc != 0)
+        fail();
+    const uint32_t V = f.m->cfg.vocab_size;
+    int32_t tok[PF_TOKENS], pos[PF_TOKENS], sq[PF_TOKENS];
+    bool want[PF_TOKENS];
+    pd_kv_seq_t seq = { 0 };
+    assert_int_equal(pd_kv_seq_reserve(f.kv, &seq, PF_TOKENS), 0);
+    for (uint32_t i = 0; i < PF_TOKENS; i++) {
+        tok[i] = (int32_t)((i * 2654435761u + 7u) % V);
+        pos[i] = (int32_t)i;
+        sq[i] = 0;
+        want[i] = true;
+    }
+    const int32_t *tables[1] = { seq.blocks };
+    uint32_t nt[1] = { seq.n_blocks };
+    pd_batch_t b = { PF_TOKENS, tok, pos, sq, want, 1, tables, nt };
+    pd_err_t err = { 0 };
+    assert_int_equal(pd_forward(f.e, &b, f.logits, &err), 0);
+    *n_out = (size_t)PF_TOKENS * V;
+    memcpy(out, f.logits, sizeof(float) * *n_out);
+    pd_kv_seq_release(f.kv, &seq);
+    fx_close(&f);
+}
+
+static void test_threads_bitwise(void **state)
+{
+    (void)state;
+    static const char *models[] = { "tiny-llama-spm-f32.gguf", "tiny-llama-spm-f16.gguf",
+                                    "tiny-llama-spm-q8_0.gguf", "tiny-llama-spm-q4_0.gguf",
+                                    "tiny-k-llama-spm-mix-q4_k_m.gguf", "qwen3-tiny-f32.gguf" };
+    const size_t cap = (size_t)PF_TOKENS * 65536;
+    float *one = malloc(sizeof(float) * cap), *many = malloc(sizeof(float) * cap);
+    assert_non_null(one);
+    assert_non_null(many);
+    for (int inv = 0; inv < 2; inv++)
+        for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+            g_invariant = inv;
+            size_t n1 = 0, n = 0;
+            prefill_logits(models[m], 1, one, &n1);
+            assert_true(n1 <= cap);
+            for (int t = 2; t <= 3; t++) {
+                prefill_logits(models[m], t, many, &n);
+                assert_int_equal(n, n1);
+                if (memcmp(one, many, sizeof(float) * n) != 0) {
+                    print_error("%s (invariance %s): %d threads differ from 1\n", models[m],
+                                inv ? "on" : "off", t);
+                    g_invariant = true;
+                    fail();
+                }
+            }
+        }
+    g_invariant = true;
+    free(many);
+    free(one);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -619,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_prefix_hit_qwen2),
         cmocka_unit_test(test_prefix_hit_q8_0),
         cmocka_unit_test(test_prefix_hit_kv_f16),
+        cmocka_unit_test(test_threads_bitwise),
         cmocka_unit_test(test_bad_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,9 @@
 /* test_pool.c -- the thread pool runs every task index exactly once, for
  * any task count and thread count, over many submissions, also after the
- * workers went to sleep; runs on the worker threads concurrently. */
+ * workers went to sleep; runs on the worker threads concurrently. The
+ * unit split (pd_split_t) hands out every unit exactly once: an owner's
+ * range front to back, then the back of the fullest range, in any task
+ * order and on 1..6 threads at once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -241,6 +244,121 @@ static void test_many_tasks(void **state)
     free(c);
 }
 
+/* ====== pd_split_t ====== */
+
+/* Tasks run one after the other (as pd_pool_run does without threads):
+ * task 0 takes its range front to back, then every other range from the
+ * back, fullest first; each unit once, with the right "after" hints. */
+static void test_split_sequential(void **state)
+{
+    (void)state;
+    pd_split_t s;
+    pd_split_init(&s, 10, 2); /* ranges [0, 5) and [5, 10) */
+    assert_int_equal(s.n_ranges, 2);
+    const uint32_t want[10] = {0, 1, 2, 3, 4, 9, 8, 7, 6, 5};
+    for (int k = 0; k < 10; k++) {
+        uint32_t after = 12345;
+        const uint32_t u = pd_split_next(&s, 0, &after);
+        assert_int_equal(u, want[k]);
+        assert_int_equal(after, k == 4 || k == 9 ? PD_SPLIT_NONE : want[k + 1]);
+    }
+    uint32_t after;
+    for (int t = 0; t < 4; t++)
+        assert_int_equal(pd_split_next(&s, t, &after), PD_SPLIT_NONE);
+    /* a thief (task >= n_ranges) takes from the back of the fullest range */
+    pd_split_init(&s, 9, 3); /* [0, 3) [3, 6) [6, 9) */
+    assert_int_equal(pd_split_next(&s, 1, &after), 3);
+    assert_int_equal(pd_split_next(&s, 4, &after), 2); /* ties: the first fullest */
+    assert_int_equal(after, 1);
+    assert_int_equal(pd_split_next(&s, 5, &after), 8);
+    assert_int_equal(pd_split_next(&s, 3, &after), 1);
+    assert_int_equal(pd_split_next(&s, 1, &after), 4); /* the owner, its front */
+    /* clamps: more ranges than units, no range, no units */
+    pd_split_init(&s, 3, 8);
+    assert_int_equal(s.n_ranges, 3);
+    pd_split_init(&s, 3, 0);
+    assert_int_equal(s.n_ranges, 1);
+    pd_split_init(&s, 0, 2);
+    assert_int_equal(pd_split_next(&s, 0, &after), PD_SPLIT_NONE);
+    assert_int_equal(pd_split_next(&s, 3, &after), PD_SPLIT_NONE);
+}
+
+/* Every task order a pool can produce, by random interleaving on one
+ * thread: each of n units handed out once, for n_units and n_ranges of
+ * every size up to 40 x 16. */
+static void test_split_any_order(void **state)
+{
+    (void)state;
+    uint64_t rng = 0x2545F4914F6CDD1Dull;
+    int seen[64];
+    for (uint32_t n = 0; n <= 40; n++)
+        for (uint32_t r = 1; r <= PD_SPLIT_MAX_RANGES; r++) {
+            pd_split_t s;
+            pd_split_init(&s, n, r);
+            memset(seen, 0, sizeof seen);
+            const int n_tasks = 2 * (int)s.n_ranges;
+            for (uint32_t got = 0;;) {
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                uint32_t after;
+                const uint32_t u = pd_split_next(&s, (int)(rng % (uint64_t)n_tasks), &after);
+                if (u == PD_SPLIT_NONE) {
+                    assert_int_equal(got, n);
+                    break;
+                }
+                assert_true(u < n);
+                assert_int_equal(seen[u]++, 0);
+                got++;
+            }
+        }
+}
+
+typedef struct {
+    pd_split_t split;
+    atomic_int count[MAX_TASKS];
+} split_ctx_t;
+
+static void split_task(void *arg, int i, int n)
+{
+    split_ctx_t *c = arg;
+    (void)n;
+    uint32_t after;
+    for (uint32_t u = pd_split_next(&c->split, i, &after); u != PD_SPLIT_NONE;
+         u = pd_split_next(&c->split, i, &after)) {
+        atomic_fetch_add(&c->count[u], 1);
+        if (u % 7 == (uint32_t)i % 7) /* uneven work, so that ranges get stolen */
+            for (volatile int k = 0; k < 2000; k++) {
+            }
+    }
+}
+
+/* Concurrent claims on 1..6 threads (more than this machine's cores, so
+ * threads are also preempted mid-range): each unit once. */
+static void test_split_concurrent(void **state)
+{
+    (void)state;
+    split_ctx_t *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    for (int nt = 1; nt <= 6; nt++) {
+        pd_pool_t *pool = pd_pool_new(nt);
+        assert_non_null(pool);
+        for (int rep = 0; rep < 200; rep++) {
+            const uint32_t n_units = 1 + (uint32_t)(rep * 37 % 3000);
+            for (uint32_t u = 0; u < n_units; u++)
+                atomic_store(&c->count[u], 0);
+            pd_split_init(&c->split, n_units, (uint32_t)nt);
+            pd_pool_run(pool, split_task, c, 2 * (int)c->split.n_ranges);
+            for (uint32_t u = 0; u < n_units; u++)
+                if (atomic_load(&c->count[u]) != 1) {
+                    print_error("%d threads, %u units: unit %u ran %d times\n", nt, n_units, u,
+                                atomic_load(&c->count[u]));
+                    fail();
+                }
+        }
+        pd_pool_free(pool);
+    }
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +368,9 @@ int main(void)
         cmocka_unit_test(test_wake_after_sleep),
         cmocka_unit_test(test_runs_concurrently),
         cmocka_unit_test(test_many_tasks),
+        cmocka_unit_test(test_split_sequential),
+        cmocka_unit_test(test_split_any_order),
+        cmocka_unit_test(test_split_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
