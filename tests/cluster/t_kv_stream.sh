@@ -131,6 +131,7 @@ check "kv.transfer whole streamed nothing (kv_layers stays $layers, is $layers2)
 # any other drop or refusal is a fault.
 rejected=$(status_field "s.workers.find(w => w.id === \"d1\").counters.kv_rejected")
 other_drops=$(grep "event=kv_stream_dropped" "$T/d1.log" | grep -v 'why="cancelled"' | head -3)
+[ "${rejected:-x}" = 0 ] || other_drops+=$(grep -E "event=(kv_rejected|bad_kv_message)" "$T/d1.log" | head -3)
 check "the decode worker refused no transfer (kv_rejected ${rejected:-?}) and dropped no stream but cancelled ones${other_drops:+ (dropped: $other_drops)}" \
     test "${rejected:-x}" = 0 -a -z "$other_drops"
 kill -TERM $P2
