@@ -123,15 +123,17 @@ mid_stream "$T/a"
 "${DC[@]}" up -d --no-recreate --scale prefill=2 --scale decode=3 >"$T/scale.log" 2>&1
 check "--scale decode=3 while streams flow: a fifth worker registers" \
     wait_status 's.workers.length == 5 && s.workers.filter(w => w.role == "decode").length == 3'
+# The decode workers are stopped (SIGSTOP to their host PIDs, far inside
+# the 2 s liveness window) from the status to the kill, so no stream the
+# status counts can end before the kill (one did once: the victim held 1
+# stream, it ended, and nothing was re-dispatched); the others are
+# continued after it. The PIDs are looked up first: a `docker kill -s STOP`
+# per container took long enough for every stream to end first.
+dpids=$(for c in $("${DC[@]}" ps -q decode); do docker inspect -f '{{.State.Pid}}' "$c"; done)
 send_all $N2 "$T/b" &
 sender_b=$!
 mid_stream "$T/b"
-# The decode containers are stopped (SIGSTOP, far inside the 2 s liveness
-# window) from the status to the kill, so no stream the status counts can
-# end before the kill (one did once: the victim held 1 stream, it ended,
-# and nothing was re-dispatched); the others are continued after it.
-decoders=$("${DC[@]}" ps -q decode)
-for c in $decoders; do docker kill -s STOP "$c" >/dev/null; done
+kill -STOP $dpids
 cli status --json >"$T/status-before-kill.json"
 victim=$(node -e 'const s = JSON.parse(require("fs").readFileSync(process.argv[1]));
     // the decode worker holding the most streams
@@ -145,9 +147,7 @@ if [ -n "$victim" ] && docker kill "$victim" >/dev/null 2>&1; then
 else
     not_ok "docker kill of a decode container holding streams" "victim '$victim'"
 fi
-for c in $decoders; do
-    [[ -n $victim && $c == "$victim"* ]] || docker kill -s CONT "$c" >/dev/null
-done
+kill -CONT $dpids 2>/dev/null # the victim's is gone (SIGKILL ends a stopped process)
 wait $sender_a $sender_b
 check_streams "$T/a" $N2 "streams while compose scales decode to 3"
 check_streams "$T/b" $N2 "decode container killed mid-stream"
