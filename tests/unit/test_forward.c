@@ -107,16 +107,17 @@ static int32_t seq_tok(const fx_t *f, int s, uint32_t i)
     return (int32_t)((s * 7919u + i * 104729u + 13u) % f->m->cfg.vocab_size);
 }
 
-/* Logits of every position of sequence s evaluated alone, in one call. */
-static void eval_alone(fx_t *f, int s, float *out)
+/* Logits of every position of tokens tok[0..n) as one new sequence, in one
+ * call (n <= ONE_SEQ_MAX); the sequence's blocks are released after. */
+#define ONE_SEQ_MAX 200
+static void eval_one_seq(fx_t *f, const int32_t *tok, uint32_t n, float *out)
 {
-    uint32_t n = seq_len(s), V = f->m->cfg.vocab_size;
-    int32_t tok[MAX_LEN], pos[MAX_LEN], sq[MAX_LEN];
-    bool want[MAX_LEN];
+    int32_t pos[ONE_SEQ_MAX], sq[ONE_SEQ_MAX];
+    bool want[ONE_SEQ_MAX];
+    assert_true(n <= ONE_SEQ_MAX);
     pd_kv_seq_t seq = { 0 };
     assert_int_equal(pd_kv_seq_reserve(f->kv, &seq, n), 0);
     for (uint32_t i = 0; i < n; i++) {
-        tok[i] = seq_tok(f, s, i);
         pos[i] = (int32_t)i;
         sq[i] = 0;
         want[i] = true;
@@ -126,8 +127,18 @@ static void eval_alone(fx_t *f, int s, float *out)
     pd_batch_t b = { n, tok, pos, sq, want, 1, tables, nt };
     pd_err_t err = { 0 };
     assert_int_equal(pd_forward(f->e, &b, f->logits, &err), 0);
-    memcpy(out, f->logits, sizeof(float) * n * V);
+    memcpy(out, f->logits, sizeof(float) * n * f->m->cfg.vocab_size);
     pd_kv_seq_release(f->kv, &seq);
+}
+
+/* Logits of every position of sequence s evaluated alone, in one call. */
+static void eval_alone(fx_t *f, int s, float *out)
+{
+    uint32_t n = seq_len(s);
+    int32_t tok[MAX_LEN];
+    for (uint32_t i = 0; i < n; i++)
+        tok[i] = seq_tok(f, s, i);
+    eval_one_seq(f, tok, n, out);
 }
 
 static void check_batching(const char *model)
@@ -615,24 +626,11 @@ static void prefill_logits(const char *model, int threads, float *out, size_t *n
     if (rc != 0)
         fail();
     const uint32_t V = f.m->cfg.vocab_size;
-    int32_t tok[PF_TOKENS], pos[PF_TOKENS], sq[PF_TOKENS];
-    bool want[PF_TOKENS];
-    pd_kv_seq_t seq = { 0 };
-    assert_int_equal(pd_kv_seq_reserve(f.kv, &seq, PF_TOKENS), 0);
-    for (uint32_t i = 0; i < PF_TOKENS; i++) {
+    int32_t tok[PF_TOKENS];
+    for (uint32_t i = 0; i < PF_TOKENS; i++)
         tok[i] = (int32_t)((i * 2654435761u + 7u) % V);
-        pos[i] = (int32_t)i;
-        sq[i] = 0;
-        want[i] = true;
-    }
-    const int32_t *tables[1] = { seq.blocks };
-    uint32_t nt[1] = { seq.n_blocks };
-    pd_batch_t b = { PF_TOKENS, tok, pos, sq, want, 1, tables, nt };
-    pd_err_t err = { 0 };
-    assert_int_equal(pd_forward(f.e, &b, f.logits, &err), 0);
+    eval_one_seq(&f, tok, PF_TOKENS, out);
     *n_out = (size_t)PF_TOKENS * V;
-    memcpy(out, f.logits, sizeof(float) * *n_out);
-    pd_kv_seq_release(f.kv, &seq);
     fx_close(&f);
 }
 
