@@ -104,6 +104,13 @@ typedef struct pd_gguf pd_gguf_t;
  * pd_gguf_free. */
 pd_gguf_t *pd_gguf_open(const char *path, pd_err_t *err);
 
+/* As pd_gguf_open, but the file is copied into private memory in 2 MB
+ * pages (transparent huge pages where the system allows them) instead of
+ * mapped: what the engine streams its weights from (gguf_map.c says why
+ * and what it costs). Falls back to the mapping when no such memory can
+ * be had; a failed read is an error. */
+pd_gguf_t *pd_gguf_open_resident(const char *path, pd_err_t *err);
+
 /* Parses a GGUF image already in memory (fuzzing, tests). buf is borrowed
  * and must outlive the returned object. */
 pd_gguf_t *pd_gguf_open_mem(const void *buf, size_t len, pd_err_t *err);

@@ -412,7 +412,7 @@ fail:
 
 pd_model_t *pd_model_load(const char *path, pd_err_t *err)
 {
-    pd_gguf_t *g = pd_gguf_open(path, err);
+    pd_gguf_t *g = pd_gguf_open_resident(path, err);
     if (g == NULL)
         return NULL;
     pd_model_t *m = pd_model_from_gguf(g, err);
