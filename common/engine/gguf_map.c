@@ -12,7 +12,8 @@
  * Measured on the TinyLlama-1.1B-shaped Q4_K_M file, batch 1, 1 thread
  * (docs/benchmarks.md). The cost: the copy's time at load (one pread of
  * the file, from the page cache when it is warm) and its memory, private
- * to the process where the mapping was shared through the page cache.
+ * to the process where the mapping was shared through the page cache; a
+ * file larger than half the machine's memory is mapped as before.
  * The bytes are the file's: the copy is made read-only before it is
  * parsed, as the mapping is. */
 #include <errno.h>
@@ -29,13 +30,18 @@
 
 /* A private anonymous copy of fd's size bytes in a mapping aligned to
  * HUGE_BYTES and advised as huge-page memory; *map_len: its length for
- * munmap. NULL when no mapping could be made (the caller maps the file
- * instead); a failed read is an error (err set, *failed true). */
+ * munmap. NULL when the file is more than half the machine's memory or no
+ * mapping could be made (the caller maps the file instead); a failed read
+ * is an error (err set, *failed true). */
 static uint8_t *copy_huge(int fd, const char *path, size_t size, size_t *map_len, bool *failed,
                           pd_err_t *err)
 {
     *failed = false;
-    if (size > SIZE_MAX - 2 * HUGE_BYTES)
+    /* a file near the machine's memory stays mapped: the page cache can
+     * drop and reread its pages, a private copy could only be swapped */
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0 || size / (size_t)page > (size_t)pages / 2 ||
+        size > SIZE_MAX - 2 * HUGE_BYTES)
         return NULL;
     const size_t len = (size + HUGE_BYTES - 1) / HUGE_BYTES * HUGE_BYTES;
     uint8_t *raw = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE,
