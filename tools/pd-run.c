@@ -83,7 +83,7 @@ static int runner_init(runner_t *r, const char *path, uint32_t n_seqs, uint32_t 
                        pd_err_t *err)
 {
     memset(r, 0, sizeof *r);
-    r->model = pd_model_load(path, err);
+    r->model = pd_model_load_weights(path, true, err);
     if (r->model == NULL)
         return PD_EINVAL;
     r->tok = pd_tok_load(r->model->gguf, err);

@@ -46,7 +46,8 @@ typedef struct {
 struct pd_gguf {
     const uint8_t *base;       /* (size) the whole file, mapped or borrowed */
     size_t size;
-    bool is_mapped;
+    bool is_mapped;            /* base is ours: a mapping of map_len bytes */
+    size_t map_len;
     uint32_t version;
     uint32_t alignment;
     int64_t n_kv;
@@ -676,55 +677,25 @@ fail:
     return NULL;
 }
 
-/* Maps path read-only. On success, *base and *size describe the mapping (NULL, 0
- * for an empty file). */
-static int map_file(const char *path, const uint8_t **base, size_t *size, pd_err_t *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return pd_err_set(err, PD_EIO, "gguf: cannot open %s: %s", path, strerror(errno));
-    struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) != 0) {
-        rc = pd_err_set(err, PD_EIO, "gguf: cannot stat %s: %s", path, strerror(errno));
-    } else if (!S_ISREG(st.st_mode)) {
-        rc = pd_err_set(err, PD_EIO, "gguf: %s is not a regular file", path);
-    } else if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = pd_err_set(err, PD_EIO, "gguf: %s is too large to map", path);
-    } else {
-        *size = (size_t)st.st_size;
-        *base = NULL;
-        if (*size > 0) {
-            void *p = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
-            if (p == MAP_FAILED)
-                rc = pd_err_set(err, PD_EIO, "gguf: cannot mmap %s (%zu bytes): %s", path, *size,
-                                strerror(errno));
-            else
-                *base = p;
-        }
-    }
-    close(fd);
-    return rc;
-}
-
-pd_gguf_t *pd_gguf_open(const char *path, pd_err_t *err)
+static pd_gguf_t *open_file(const char *path, bool resident, pd_err_t *err)
 {
     pd_err_t local;
     if (err == NULL)
         err = &local;
     const uint8_t *base = NULL;
-    size_t size = 0;
-    if (map_file(path, &base, &size, err) != 0)
+    size_t size = 0, map_len = 0;
+    if (pd_gguf__map_file(path, resident, &base, &size, &map_len, err) != 0)
         return NULL;
     pd_gguf_t *g = calloc(1, sizeof *g);
     if (g == NULL) {
         pd_err_set(err, PD_ENOMEM, "gguf: out of memory");
         if (base)
-            munmap((void *)base, size);
+            munmap((void *)base, map_len);
         return NULL;
     }
     g->base = base;
     g->size = size;
+    g->map_len = map_len;
     g->is_mapped = base != NULL;
     if (gguf_parse(g, err) != 0) {
         pd_err_wrap(err, err->code, "%s", path);
@@ -732,6 +703,16 @@ pd_gguf_t *pd_gguf_open(const char *path, pd_err_t *err)
         return NULL;
     }
     return g;
+}
+
+pd_gguf_t *pd_gguf_open(const char *path, pd_err_t *err)
+{
+    return open_file(path, false, err);
+}
+
+pd_gguf_t *pd_gguf_open_resident(const char *path, pd_err_t *err)
+{
+    return open_file(path, true, err);
 }
 
 void pd_gguf_free(pd_gguf_t *g)
@@ -748,7 +729,7 @@ void pd_gguf_free(pd_gguf_t *g)
     free(g->t_by_name);
     free(g->t_at);
     if (g->is_mapped)
-        munmap((void *)g->base, g->size);
+        munmap((void *)g->base, g->map_len);
     free(g);
 }
 

@@ -90,9 +90,10 @@ typedef struct {
     pd_ggml_type_t type;
     uint64_t offset;          /* byte offset inside the data section */
     uint64_t n_bytes;         /* bytes of the tensor's data */
-    const void *data;         /* points into the mapping; aligned to the file's
-                                 alignment when opened with pd_gguf_open (the
-                                 mapping is page-aligned) */
+    const void *data;         /* points into the mapping (or the resident
+                                 copy); aligned to the file's alignment when
+                                 opened with pd_gguf_open or _resident (both
+                                 start page-aligned) */
 } pd_gguf_tensor_t;
 
 typedef struct pd_gguf pd_gguf_t;
@@ -103,6 +104,14 @@ typedef struct pd_gguf pd_gguf_t;
  * (field name and byte offset for a malformed file). Caller frees with
  * pd_gguf_free. */
 pd_gguf_t *pd_gguf_open(const char *path, pd_err_t *err);
+
+/* As pd_gguf_open, but the file is copied into private memory in 2 MB
+ * pages (transparent huge pages where the system allows them) instead of
+ * mapped: what the engine streams its weights from (gguf_map.c says why
+ * and what it costs). Falls back to the mapping when the file is larger
+ * than half the machine's memory or no such memory can be had; a failed
+ * read is an error. */
+pd_gguf_t *pd_gguf_open_resident(const char *path, pd_err_t *err);
 
 /* Parses a GGUF image already in memory (fuzzing, tests). buf is borrowed
  * and must outlive the returned object. */

@@ -19,4 +19,12 @@ int pd_gguf__tensor_bytes(pd_ggml_type_t type, uint32_t n_dims, const uint64_t *
 /* Printable copy of up to 64 bytes of p (others as '?') in out; returns out. */
 const char *pd_gguf__show(const char *p, uint64_t len, char out[PD_GGUF_SHOW_BUF]);
 
+/* The bytes of the file at path in memory (gguf_map.c): mapped read-only,
+ * or, resident, copied into private read-only memory in 2 MB pages (the
+ * mapping when such a copy cannot be made). On success *base, *size: the
+ * file's bytes (NULL, 0 for an empty file), *map_len: what to munmap.
+ * On error returns PD_EIO and fills err. */
+int pd_gguf__map_file(const char *path, bool resident, const uint8_t **base, size_t *size,
+                      size_t *map_len, pd_err_t *err);
+
 #endif

@@ -412,7 +412,12 @@ fail:
 
 pd_model_t *pd_model_load(const char *path, pd_err_t *err)
 {
-    pd_gguf_t *g = pd_gguf_open(path, err);
+    return pd_model_load_weights(path, false, err);
+}
+
+pd_model_t *pd_model_load_weights(const char *path, bool resident, pd_err_t *err)
+{
+    pd_gguf_t *g = resident ? pd_gguf_open_resident(path, err) : pd_gguf_open(path, err);
     if (g == NULL)
         return NULL;
     pd_model_t *m = pd_model_from_gguf(g, err);

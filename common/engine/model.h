@@ -125,8 +125,13 @@ typedef struct {
 
 /* Opens path, checks every tensor's presence, type and shape, and returns
  * the model. NULL and err (naming the tensor or key) on failure. Caller
- * frees with pd_model_free. */
+ * frees with pd_model_free. The file is mapped (pd_gguf_open): what reads
+ * only the metadata and the tokenizer (the router, tools) wants. */
 pd_model_t *pd_model_load(const char *path, pd_err_t *err);
+/* The same with the file copied into private 2 MB pages
+ * (pd_gguf_open_resident) when resident is true: what streams the weights
+ * (workers, pd-run; config model.resident). */
+pd_model_t *pd_model_load_weights(const char *path, bool resident, pd_err_t *err);
 pd_model_t *pd_model_from_gguf(pd_gguf_t *g, pd_err_t *err); /* takes g */
 void pd_model_free(pd_model_t *m); /* accepts NULL */
 

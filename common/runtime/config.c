@@ -64,6 +64,7 @@ const cfg_key_t pd_cfg__keys[] = {
     U32(model, threads, 1, 1024),
     BOOL(model, batch_invariant),
     BOOL(model, batch_invariant_quant),
+    BOOL(model, resident),
 
     STRK(router, client_endpoint, K_ENDPOINT, false),
     STRK(router, worker_endpoint, K_ENDPOINT, false),
@@ -215,6 +216,7 @@ void pd_config_default(pd_config_t *c)
     c->model.max_seq_len = 0;
     c->model.threads = 1;
     c->model.batch_invariant = true;
+    c->model.resident = true;
 
     copy_str(c->router.client_endpoint, sizeof c->router.client_endpoint, "tcp://127.0.0.1:5555");
     copy_str(c->router.worker_endpoint, sizeof c->router.worker_endpoint, "tcp://127.0.0.1:5556");

@@ -53,6 +53,7 @@ typedef struct {
     uint32_t threads;             /* compute threads per worker */
     bool batch_invariant;         /* bit-identical rows in any batch (forward.h) */
     bool batch_invariant_quant;   /* the same for quantized weights */
+    bool resident;                /* weights copied into 2 MB pages, not mapped */
 } pd_cfg_model_t;
 
 typedef struct {

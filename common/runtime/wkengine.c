@@ -12,7 +12,7 @@ int pd_wkengine_init(pd_wkengine_t *e, const pd_config_t *cfg, bool prefill, boo
     memset(e, 0, sizeof *e);
     e->end_tokens = cfg->model.end_tokens;
     e->n_end_tokens = cfg->model.n_end_tokens;
-    e->model = pd_model_load(cfg->model.path, err);
+    e->model = pd_model_load_weights(cfg->model.path, cfg->model.resident, err);
     if (e->model == NULL)
         return pd_err_wrap(err, PD_EINVAL, "model %s", cfg->model.path);
     e->tok = pd_tok_load(e->model->gguf, err);

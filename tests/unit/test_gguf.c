@@ -462,6 +462,25 @@ static void check_full(const pd_gguf_t *g, uint32_t version, const uint8_t *buf,
     check_tensors(g, buf, len);
 }
 
+/* pd_gguf_open_resident: the same file, byte for byte, in a copy that
+ * starts on a 2 MB boundary (the last tensor ends the file, so the copy's
+ * start is found from it). */
+static void check_resident(const char *path, uint32_t version, const uint8_t *buf, size_t len)
+{
+    pd_err_t err = {0};
+    pd_gguf_t *g = pd_gguf_open_resident(path, &err);
+    if (g == NULL)
+        printf("# %s\n", err.msg);
+    assert_non_null(g);
+    assert_int_equal(pd_gguf_file_size(g), len);
+    check_full(g, version, NULL, 0);
+    const pd_gguf_tensor_t *last = pd_gguf_tensor(g, pd_gguf_n_tensors(g) - 1);
+    const uint8_t *base = (const uint8_t *)last->data + last->n_bytes - len;
+    assert_int_equal((uintptr_t)base % ((uintptr_t)2 << 20), 0);
+    assert_memory_equal(base, buf, len);
+    pd_gguf_free(g);
+}
+
 static void roundtrip(uint32_t version)
 {
     char path[256];
@@ -477,6 +496,7 @@ static void roundtrip(uint32_t version)
     assert_int_equal(pd_gguf_file_size(g), len);
     check_full(g, version, NULL, 0);
     pd_gguf_free(g);
+    check_resident(path, version, buf, len);
     g = pd_gguf_open_mem(buf, len, &err);
     assert_non_null(g);
     check_full(g, version, buf, len);
@@ -988,12 +1008,20 @@ static void test_open_errors(void **state)
     assert_non_null(strstr(err.msg, "/nonexistent/model.gguf"));
     assert_null(pd_gguf_open("/tmp", &err));
     assert_int_equal(err.code, PD_EIO);
+    assert_null(pd_gguf_open_resident("/nonexistent/model.gguf", &err));
+    assert_int_equal(err.code, PD_EIO);
+    assert_non_null(strstr(err.msg, "/nonexistent/model.gguf"));
+    assert_null(pd_gguf_open_resident("/tmp", &err));
+    assert_int_equal(err.code, PD_EIO);
     char path[256];
     tmp_path(path, sizeof path, "empty.gguf");
     spill(path, "", 0);
     assert_null(pd_gguf_open(path, &err));
     assert_int_equal(err.code, PD_EFORMAT);
     assert_non_null(strstr(err.msg, path));
+    assert_non_null(strstr(err.msg, "magic"));
+    assert_null(pd_gguf_open_resident(path, &err));
+    assert_int_equal(err.code, PD_EFORMAT);
     assert_non_null(strstr(err.msg, "magic"));
     bb_t b = {0};
     bb_header(&b, 1, 0, 0);
