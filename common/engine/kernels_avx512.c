@@ -17,6 +17,8 @@
  * stream as PANEL long sequential runs that the hardware prefetchers
  * follow, with no software prefetch (1 row, F32, streamed from DRAM,
  * 1 thread: 11-27 % faster than adjacent rows + prefetch, 2026-12-07).
+ * Above PD_F32_SMALL_MAX_ROWS rows (decode batch 32) skinny_float stages
+ * the far panels' outputs and prefetches the next tile (its comment).
  *
  * Quantized weights (Q8_0, Q4_0): kernels_q_avx512.c (VNNI), whose bits
  * are the AVX2 kernel's (and ggml's AVX2 vec_dot's, the referee's).
@@ -25,13 +27,15 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/simd_avx512.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define PANEL 12      /* weight rows per panel */
-#define KT_F 512      /* K-tile, elements: a panel's tile is 24 KB of fp32 */
+#define KT_F 512      /* K-tile, elements (at most): a panel's tile is 24 KB of fp32 */
 #define MAIN_NR 6     /* activation rows per float micro-kernel */
 #define MAX_NR 6
 #define MAX_NO 8
+#define YB 16        /* far panels whose outputs are stored together (pd_rowmap_flush16) */
 
 #include "engine/kernels_rows.h"
 
@@ -72,11 +76,15 @@ static ALWAYS_INLINE float hsum16(__m512 v)
 }
 
 /* acc[o * acc_stride + r] += sum over k in [0, n) (n % 16 == 0) of
- * W[o][k] * x[r][k] lane-wise, for o < NO, r < NR; `first` starts from 0. */
+ * W[o][k] * x[r][k] lane-wise, for o < NO, r < NR; `first` starts from 0.
+ * pf (or NULL): a weight row of the next tile, one line brought into L2
+ * per 16 elements (skinny_float). */
 static ALWAYS_INLINE void mk_float(const int NO, const int NR, const int wt, const uint8_t *w,
                                    size_t w_stride, const float *x, size_t x_stride, size_t n,
-                                   __m512 *acc_io, size_t acc_stride, bool first)
+                                   __m512 *acc_io, size_t acc_stride, bool first,
+                                   const uint8_t *pf)
 {
+    const size_t esz = wt == PD_GGML_TYPE_F32 ? 4 : 2;
     __m512 acc[MAX_NO][MAX_NR];
 #pragma GCC unroll 8
     for (int o = 0; o < NO; o++)
@@ -84,6 +92,8 @@ static ALWAYS_INLINE void mk_float(const int NO, const int NR, const int wt, con
         for (int r = 0; r < NR; r++)
             acc[o][r] = first ? _mm512_setzero_ps() : acc_io[o * acc_stride + r];
     for (size_t k = 0; k < n; k += 16) {
+        if (pf != NULL)
+            _mm_prefetch((const char *)pf + k * esz, _MM_HINT_T1);
         __m512 wv[MAX_NO];
 #pragma GCC unroll 8
         for (int o = 0; o < NO; o++) {
@@ -109,14 +119,15 @@ static ALWAYS_INLINE void mk_float(const int NO, const int NR, const int wt, con
 }
 
 typedef void (*mk_float_fn)(const uint8_t *w, size_t w_stride, const float *x, size_t x_stride,
-                            size_t n, __m512 *acc, size_t acc_stride, bool first);
+                            size_t n, __m512 *acc, size_t acc_stride, bool first,
+                            const uint8_t *pf);
 
 #define MKF(NO, NR, WT, SFX)                                                                   \
     static void mkf_##NO##x##NR##_##SFX(const uint8_t *w, size_t w_stride, const float *x,   \
                                         size_t x_stride, size_t n, __m512 *acc,               \
-                                        size_t acc_stride, bool first)                        \
+                                        size_t acc_stride, bool first, const uint8_t *pf)     \
     {                                                                                          \
-        mk_float(NO, NR, WT, w, w_stride, x, x_stride, n, acc, acc_stride, first);             \
+        mk_float(NO, NR, WT, w, w_stride, x, x_stride, n, acc, acc_stride, first, pf);         \
     }
 #define MKF_NO(NO, WT, SFX)                                                                    \
     MKF(NO, 1, WT, SFX) MKF(NO, 2, WT, SFX) MKF(NO, 3, WT, SFX) MKF(NO, 4, WT, SFX)             \
@@ -150,25 +161,95 @@ static int pick_no(int nr, uint32_t left)
     return left >= 4 ? 4 : 1;
 }
 
-/* y[r * y_stride + o * yo] for the panel's n_o x n_rows sums, row o of the
- * panel at w + o * ws. */
+/* y[r * y_stride + o * yo] for the panel's n_o x n_rows sums acc[o * n_rows
+ * + r], row o of the panel at w + o * ws: 16 sums at a time through
+ * pd_hsum16x16 (hsum16's tree, a quarter of its shuffles), then the scalar
+ * tail k >= k_tail. */
 static void finish_float(int wt, const uint8_t *w, size_t ws, uint32_t n_o, uint32_t n_in,
                          size_t k_tail, const float *x, size_t x_stride, uint32_t n_rows,
                          const __m512 *acc, float *y, size_t y_stride, size_t yo)
 {
-    for (uint32_t o = 0; o < n_o; o++) {
-        const uint8_t *row = w + o * ws;
-        for (uint32_t r = 0; r < n_rows; r++) {
-            float s = k_tail > 0 ? hsum16(acc[o * n_rows + r]) : 0.0f;
+    const uint32_t n = n_o * n_rows;
+    float sums[16] __attribute__((aligned(64)));
+    uint32_t o = 0, r = 0;
+    float *yo_p = y; /* y + o * yo */
+    for (uint32_t i0 = 0; i0 < n; i0 += 16) {
+        const uint32_t m = n - i0 < 16 ? n - i0 : 16;
+        if (k_tail > 0) {
+            __m512 v[16];
+            const __m512 *src = acc + i0;
+            if (m < 16) { /* the last sums: zeros after them */
+                for (uint32_t i = 0; i < 16; i++)
+                    v[i] = i < m ? acc[i0 + i] : _mm512_setzero_ps();
+                src = v;
+            }
+            _mm512_store_ps(sums, pd_hsum16x16(src));
+        } else {
+            _mm512_store_ps(sums, _mm512_setzero_ps());
+        }
+        if (k_tail == n_in) { /* no scalar tail (n_in % 16 == 0) */
+            for (uint32_t i = 0; i < m; i++) {
+                yo_p[r * y_stride] = sums[i];
+                if (++r == n_rows) {
+                    r = 0;
+                    yo_p += yo;
+                }
+            }
+            continue;
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            const uint8_t *row = w + o * ws;
             const float *xr = x + r * x_stride;
+            float s = sums[i];
             for (size_t k = k_tail; k < n_in; k++)
                 s += load_w1(row, k, wt) * xr[k];
             y[r * y_stride + o * yo] = s;
+            if (++r == n_rows) {
+                r = 0;
+                o++;
+            }
         }
     }
 }
 
-/* Panels of PANEL rows taken far apart (kernels_rows.h), then the tail. */
+/* The weights of the tile after (panel i, K-tile from k0) of rows that the
+ * next micro-kernel calls prefetch: the panel's next K-tile, else the next
+ * panel's first; n == 0: none. */
+typedef struct {
+    const uint8_t *row0; /* the tile's first row, at its first element */
+    size_t step;         /* bytes between its rows */
+    uint32_t n;          /* its rows */
+} next_tile_t;
+
+static next_tile_t next_tile(const pd_mat_t *w, const pd_rowmap_t *map, uint32_t o_end,
+                             const pd_rowpanel_t *pn, uint32_t i, size_t k1, size_t n16)
+{
+    const size_t rb = w->row_bytes, esz = w->type == PD_GGML_TYPE_F32 ? 4 : 2;
+    const uint8_t *w0 = (const uint8_t *)w->data;
+    if (k1 < n16)
+        return (next_tile_t){w0 + (size_t)pn->first * rb + k1 * esz, (size_t)pn->step * rb, pn->n};
+    pd_rowpanel_t nx;
+    if (!pd_rowmap_panel(map, o_end, PANEL, i + 1, &nx))
+        return (next_tile_t){NULL, 0, 0};
+    return (next_tile_t){w0 + (size_t)nx.first * rb, (size_t)nx.step * rb, nx.n};
+}
+
+/* Panels of PANEL rows taken far apart (kernels_rows.h), then the tail.
+ *
+ * Above PD_F32_SMALL_MAX_ROWS activation rows the product is compute-bound
+ * per tile (a panel's K-tile is used by every 6-row block from L1), and two
+ * things are done differently:
+ *   - the outputs of YB consecutive far panels are staged and stored YB at
+ *     a time: a panel's n_rows x PANEL outputs are far apart in y (rows
+ *     step apart, y rows n_out apart: with n_out 2048, the 32 rows' stores
+ *     of one output fall into one L1 set), and storing them one by one
+ *     missed L1 on every store (11 % of a 32-row step, perf);
+ *   - each micro-kernel call also brings one weight row of the next tile
+ *     into L2 (one line per 16 elements), with K-tiles made equal (a
+ *     768-long row: 2 x 384, not 512 + 256) so that a call's range covers
+ *     the next tile's row: the hardware prefetchers, driven by demand
+ *     misses, fetch nothing while the later row blocks compute from L1.
+ * Only where sums are stored and the order of loads change, not any sum. */
 static void skinny_float(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                          size_t x_stride, uint32_t n_rows, float *y, size_t y_stride)
 {
@@ -178,7 +259,15 @@ static void skinny_float(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
     const size_t rb = w->row_bytes;
     const size_t esz = wt == PD_GGML_TYPE_F32 ? 4 : 2;
     const uint8_t *w0 = (const uint8_t *)w->data;
+    const bool many = n_rows > PD_F32_SMALL_MAX_ROWS;
+    size_t kt = KT_F;
+    if (many && n16 > 0) { /* equal K-tiles of at most KT_F */
+        const size_t nt = (n16 + KT_F - 1) / KT_F;
+        kt = ((n16 + nt - 1) / nt + 15) & ~(size_t)15;
+    }
     __m512 acc[PANEL * PD_SKINNY_MAX_ROWS]; /* (PANEL, n_rows) 16-lane sums */
+    /* (n_rows, PANEL, YB) outputs of YB far panels */
+    float stage[PD_SKINNY_MAX_ROWS * PANEL * YB] __attribute__((aligned(64)));
 
     const pd_rowmap_t map = pd_rowmap(o_begin, o_end, PANEL);
     pd_rowpanel_t pn;
@@ -186,21 +275,33 @@ static void skinny_float(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
         const uint32_t np = pn.n;
         const size_t ws = (size_t)pn.step * rb;
         const uint8_t *wp = w0 + (size_t)pn.first * rb;
-        for (size_t k0 = 0; k0 < n16; k0 += KT_F) {
-            const size_t n = n16 - k0 < KT_F ? n16 - k0 : KT_F;
+        for (size_t k0 = 0; k0 < n16; k0 += kt) {
+            const size_t n = n16 - k0 < kt ? n16 - k0 : kt;
             const uint8_t *wk = wp + k0 * esz;
+            const next_tile_t nx = many ? next_tile(w, &map, o_end, &pn, i, k0 + kt, n16)
+                                        : (next_tile_t){NULL, 0, 0};
+            uint32_t c = 0; /* micro-kernel calls of this tile: call c prefetches row c */
             for (uint32_t r = 0; r < n_rows; r += MAIN_NR) {
                 const int nr = n_rows - r >= MAIN_NR ? MAIN_NR : (int)(n_rows - r);
-                for (uint32_t o = 0; o < np;) {
+                for (uint32_t o = 0; o < np; c++) {
                     const int no = pick_no(nr, np - o);
+                    const uint8_t *pf = c < nx.n ? nx.row0 + c * nx.step : NULL;
                     mkf_pick(wt, no, nr)(wk + o * ws, ws, x + r * x_stride + k0, x_stride, n,
-                                         acc + o * n_rows + r, n_rows, k0 == 0);
+                                         acc + o * n_rows + r, n_rows, k0 == 0, pf);
                     o += (uint32_t)no;
                 }
             }
         }
-        finish_float(wt, wp, ws, np, n_in, n16, x, x_stride, n_rows, acc, y + pn.first,
-                     y_stride, pn.step);
+        if (!many || i >= map.n_panels) { /* stored directly; the tail's rows are adjacent */
+            finish_float(wt, wp, ws, np, n_in, n16, x, x_stride, n_rows, acc, y + pn.first,
+                         y_stride, pn.step);
+            continue;
+        }
+        const uint32_t j = i % YB;
+        finish_float(wt, wp, ws, np, n_in, n16, x, x_stride, n_rows, acc, stage + j, PANEL * YB,
+                     YB);
+        if (j == YB - 1 || i + 1 == map.n_panels)
+            pd_rowmap_flush16(&map, PANEL, i - j, j + 1, stage, n_rows, y, y_stride);
     }
 }
 

@@ -69,4 +69,25 @@ static inline bool pd_rowmap_panel(const pd_rowmap_t *m, uint32_t o_end, uint32_
     return true;
 }
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#include <stddef.h>
+
+/* Stores staged outputs of cnt (<= 16) consecutive full panels of r rows
+ * from panel p0 (stage[(row * r + k) * 16 + j]: activation row `row`, panel
+ * slot k, panel p0 + j): for each (row, k), the outputs of rows
+ * pd_rowmap_row(m, p0 + j, k), j < cnt, are adjacent in y, so they go as
+ * one masked 16-float store instead of cnt scattered ones. */
+static inline void pd_rowmap_flush16(const pd_rowmap_t *m, uint32_t r, uint32_t p0, uint32_t cnt,
+                                     const float *stage, uint32_t n_rows, float *y,
+                                     size_t y_stride)
+{
+    const __mmask16 mk = (__mmask16)((1u << cnt) - 1u);
+    for (uint32_t row = 0; row < n_rows; row++)
+        for (uint32_t k = 0; k < r; k++)
+            _mm512_mask_storeu_ps(y + row * y_stride + pd_rowmap_row(m, p0, k), mk,
+                                  _mm512_load_ps(stage + (row * r + k) * 16));
+}
+#endif
+
 #endif

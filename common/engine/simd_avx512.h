@@ -38,6 +38,33 @@ static inline __attribute__((always_inline)) void transpose16(__m512 v[16])
     }
 }
 
+/* The skinny F32 kernels' hsum16 (halves, quarters, movehl, movehdup) of
+ * 16 vectors at once: lane i of the result is hsum16(v[i]),
+ * the same additions of the same pairs (halves, quarters, then the two
+ * pairs of a quarter), done with 15 shuffles pairs instead of 4 shuffles
+ * per sum. */
+static inline __attribute__((always_inline)) __m512 pd_hsum16x16(const __m512 *v)
+{
+    __m512 s[8], u[4], w[2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) /* 256-bit halves: [v2i: 8 sums | v2i+1: 8 sums] */
+        s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+#pragma GCC unroll 3
+    for (int i = 0; i < 4; i++) /* 128-bit quarters: chunk c = v[4i + c]'s 4 sums */
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; i++) /* r0 + r2, r1 + r3 (movehl) */
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xee));
+    /* (r0 + r2) + (r1 + r3) (movehdup); lane 4c + j holds v[4j + c] */
+    const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88),
+                                   _mm512_shuffle_ps(w[0], w[1], 0xdd));
+    const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(idx, t);
+}
+
 /* exp8 (simd_avx2.h) on 16 lanes: the same operations in the same order,
  * so every lane has exp8's bits (Cephes polynomial; -inf and anything
  * below -87.3 give 0, NaN stays NaN). */
