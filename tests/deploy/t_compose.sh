@@ -145,7 +145,11 @@ victim=${victim%% *}
 if [ -n "$victim" ] && docker kill "$victim" >/dev/null 2>&1; then
     ok "docker kill of decode container $victim mid-stream (it held $held requests)"
 else
-    not_ok "docker kill of a decode container holding streams" "victim '$victim'"
+    seen=$(node -e 'try { const s = JSON.parse(require("fs").readFileSync(process.argv[1]));
+        console.log(s.workers.map(w => w.role + ":" + w.id.slice(0, 12) + ":assigned=" + w.assigned).join(" ")
+                    + " active_requests=" + s.active_requests);
+    } catch (e) { console.log("no status: " + e.message); }' "$T/status-before-kill.json" 2>&1)
+    not_ok "docker kill of a decode container holding streams" "victim '$victim'; status: $seen"
 fi
 kill -CONT $dpids 2>/dev/null # the victim's is gone (SIGKILL ends a stopped process)
 wait $sender_a $sender_b
