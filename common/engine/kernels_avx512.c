@@ -161,55 +161,13 @@ static int pick_no(int nr, uint32_t left)
     return left >= 4 ? 4 : 1;
 }
 
-/* y[r * y_stride + o * yo] for the panel's n_o x n_rows sums acc[o * n_rows
- * + r], row o of the panel at w + o * ws: 16 sums at a time through
- * pd_hsum16x16 (hsum16's tree, a quarter of its shuffles), then the scalar
- * tail k >= k_tail. */
+/* The panel's outputs (pd_finish_panel16), the tail's elements by load_w1. */
 static void finish_float(int wt, const uint8_t *w, size_t ws, uint32_t n_o, uint32_t n_in,
                          size_t k_tail, const float *x, size_t x_stride, uint32_t n_rows,
                          const __m512 *acc, float *y, size_t y_stride, size_t yo)
 {
-    const uint32_t n = n_o * n_rows;
-    float sums[16] __attribute__((aligned(64)));
-    uint32_t o = 0, r = 0;
-    float *yo_p = y; /* y + o * yo */
-    for (uint32_t i0 = 0; i0 < n; i0 += 16) {
-        const uint32_t m = n - i0 < 16 ? n - i0 : 16;
-        if (k_tail > 0) {
-            __m512 v[16];
-            const __m512 *src = acc + i0;
-            if (m < 16) { /* the last sums: zeros after them */
-                for (uint32_t i = 0; i < 16; i++)
-                    v[i] = i < m ? acc[i0 + i] : _mm512_setzero_ps();
-                src = v;
-            }
-            _mm512_store_ps(sums, pd_hsum16x16(src));
-        } else {
-            _mm512_store_ps(sums, _mm512_setzero_ps());
-        }
-        if (k_tail == n_in) { /* no scalar tail (n_in % 16 == 0) */
-            for (uint32_t i = 0; i < m; i++) {
-                yo_p[r * y_stride] = sums[i];
-                if (++r == n_rows) {
-                    r = 0;
-                    yo_p += yo;
-                }
-            }
-            continue;
-        }
-        for (uint32_t i = 0; i < m; i++) {
-            const uint8_t *row = w + o * ws;
-            const float *xr = x + r * x_stride;
-            float s = sums[i];
-            for (size_t k = k_tail; k < n_in; k++)
-                s += load_w1(row, k, wt) * xr[k];
-            y[r * y_stride + o * yo] = s;
-            if (++r == n_rows) {
-                r = 0;
-                o++;
-            }
-        }
-    }
+    pd_finish_panel16(load_w1, wt, w, ws, n_o, n_in, k_tail, x, x_stride, n_rows, acc, y,
+                      y_stride, yo);
 }
 
 /* The weights of the tile after (panel i, K-tile from k0) of rows that the

@@ -79,8 +79,9 @@ void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
                                                           (size_t)o * w->row_bytes);
         for (uint32_t r = 0; r < n_rows; r++) {
             const float *xr = x + (size_t)r * x_stride;
+            const uint32_t n16 = w->n_in & ~(uint32_t)(LANES - 1);
             float l[LANES] = {0};
-            for (uint32_t k = 0; k < w->n_in; k += LANES)
+            for (uint32_t k = 0; k < n16; k += LANES)
                 for (uint32_t j = 0; j < LANES; j++)
                     l[j] = fmaf(row[k + j], xr[k + j], l[j]);
             float t8[8], t4[4], t2[2];
@@ -90,7 +91,10 @@ void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
                 t4[j] = t8[j] + t8[j + 4];
             for (int j = 0; j < 2; j++)
                 t2[j] = t4[j] + t4[j + 2];
-            y[(size_t)r * y_stride + o] = t2[0] + t2[1];
+            float s = t2[0] + t2[1];
+            for (uint32_t k = n16; k < w->n_in; k++)
+                s += row[k] * xr[k];
+            y[(size_t)r * y_stride + o] = s;
         }
     }
 }

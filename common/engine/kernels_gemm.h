@@ -135,7 +135,8 @@ void pd_gemm_f32_panels_avx512(const pd_gemm_panel_t *p, int n_p, const float *x
 /* The definition, in plain C: per (o, r), 16 float lanes, lane j =
  * fmaf(W[o][k], x[r][k], lane j) for k = j, j + 16, ... in order, then
  * ((l0+l8)+(l4+l12)) + ((l2+l10)+(l6+l14)) + the same from l1 (hsum16's
- * tree). n_in % 16 == 0. */
+ * tree), then + W[o][k] * x[r][k] one by one for the scalar tail k >=
+ * n_in & ~15 (the skinny kernels' tail; none when n_in % 16 == 0). */
 void pd_gemm_f32_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                      uint32_t x_stride, uint32_t n_rows, float *y, uint32_t y_stride);
 

@@ -5,6 +5,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Transposes the 16 x 16 block v[i][k] in place: four levels of swapping
@@ -63,6 +64,63 @@ static inline __attribute__((always_inline)) __m512 pd_hsum16x16(const __m512 *v
                                    _mm512_shuffle_ps(w[0], w[1], 0xdd));
     const __m512i idx = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     return _mm512_permutexvar_ps(idx, t);
+}
+
+/* A skinny kernel's panel finishing, shared by the F32 and the F16/BF16
+ * kernels: y[r * y_stride + o * yo] for the panel's n_o x n_rows 16-lane
+ * sums acc[o * n_rows + r] (row o of the panel at w + o * ws), 16 sums at a
+ * time through pd_hsum16x16 (hsum16's tree, a quarter of its shuffles),
+ * then the scalar tail k_tail <= k < n_in of each row, element k of a row
+ * read by load1(row, k, wt). k_tail == 0: no vector part. Inlined with a
+ * constant load1, so each kernel keeps its own element load. */
+typedef float (*pd_load1_fn)(const uint8_t *row, size_t k, int wt);
+
+static inline __attribute__((always_inline)) void
+pd_finish_panel16(pd_load1_fn load1, int wt, const uint8_t *w, size_t ws, uint32_t n_o,
+                  uint32_t n_in, size_t k_tail, const float *x, size_t x_stride, uint32_t n_rows,
+                  const __m512 *acc, float *y, size_t y_stride, size_t yo)
+{
+    const uint32_t n = n_o * n_rows;
+    float sums[16] __attribute__((aligned(64)));
+    uint32_t o = 0, r = 0;
+    float *yo_p = y; /* y + o * yo */
+    for (uint32_t i0 = 0; i0 < n; i0 += 16) {
+        const uint32_t m = n - i0 < 16 ? n - i0 : 16;
+        if (k_tail > 0) {
+            __m512 v[16];
+            const __m512 *src = acc + i0;
+            if (m < 16) { /* the last sums: zeros after them */
+                for (uint32_t i = 0; i < 16; i++)
+                    v[i] = i < m ? acc[i0 + i] : _mm512_setzero_ps();
+                src = v;
+            }
+            _mm512_store_ps(sums, pd_hsum16x16(src));
+        } else {
+            _mm512_store_ps(sums, _mm512_setzero_ps());
+        }
+        if (k_tail == n_in) { /* no scalar tail (n_in % 16 == 0) */
+            for (uint32_t i = 0; i < m; i++) {
+                yo_p[r * y_stride] = sums[i];
+                if (++r == n_rows) {
+                    r = 0;
+                    yo_p += yo;
+                }
+            }
+            continue;
+        }
+        for (uint32_t i = 0; i < m; i++) {
+            const uint8_t *row = w + o * ws;
+            const float *xr = x + r * x_stride;
+            float s = sums[i];
+            for (size_t k = k_tail; k < n_in; k++)
+                s += load1(row, k, wt) * xr[k];
+            y[r * y_stride + o * yo] = s;
+            if (++r == n_rows) {
+                r = 0;
+                o++;
+            }
+        }
+    }
 }
 
 /* exp8 (simd_avx2.h) on 16 lanes: the same operations in the same order,

@@ -2,8 +2,9 @@
  * (kernels_f32_avx512.c) against the definition, to the bit:
  *   - n_in % 16 == 0: pd_gemm_f32_ref's bits for every row count 2..64 and
  *     sliced batches (70, 130), odd n_out, output sub-ranges;
- *   - any n_in (scalar tails): each row of a batch is bitwise the row alone
- *     through the 1-row kernel, with strided x and y;
+ *   - any n_in (scalar tails): the 1-row kernel is pd_gemm_f32_ref's bits
+ *     (lanes, tree, then the tail one by one) and each row of a batch is
+ *     bitwise the row alone, with strided x and y;
  *   - through pd_matmul (pool of 2, the padded-x path at n_in 1024): a
  *     token in a decode batch of 2..63 rows is bitwise the token alone;
  *   - the far-row panels (kernels_rows.h) at 1, 8 and 32 rows: ranges with
@@ -143,6 +144,12 @@ static void test_f32_tail_batch_invariant(void **state)
         for (uint32_t rr = 0; rr < max_rows; rr++)
             pd_kern_skinny_avx512(&w, 0, n_out, x + (size_t)rr * xs, xs, NULL, 1,
                                   y1 + (size_t)rr * ys, ys);
+        pd_gemm_f32_ref(&w, 0, n_out, x, xs, max_rows, y, ys);
+        for (uint32_t rr = 0; rr < max_rows; rr++)
+            if (memcmp(y + (size_t)rr * ys, y1 + (size_t)rr * ys, sizeof(float) * n_out) != 0) {
+                print_error("n_in %u: row %u alone is not the definition\n", n_in, rr);
+                fail();
+            }
         for (size_t c = 0; c < n_rc; c++) {
             const uint32_t nr = rows[c];
             pd_kern_skinny(&w, 0, n_out, x, xs, NULL, nr, y, ys); /* the dispatch */
