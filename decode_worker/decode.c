@@ -59,7 +59,8 @@ static void timers(void *self) { dc_ingress_timers(self); }
 static bool busy(const void *self)
 {
     const pd_decode_t *d = self;
-    return d->n_expects > 0 || d->n_seqs > 0 || d->n_orphans > 0 || d->n_streams > 0;
+    return d->n_expects > 0 || d->n_seqs > 0 || d->n_orphans > 0 || d->n_streams > 0 ||
+           d->n_early > 0;
 }
 
 static uint32_t held(const void *self) { return (uint32_t)((const pd_decode_t *)self)->n_seqs; }
@@ -212,6 +213,7 @@ void pd_decode_held(const pd_decode_t *d, pd_decode_held_t *out)
     out->running = d->n_running;
     out->orphans = d->n_orphans;
     out->streams = d->n_streams;
+    out->early = d->n_early;
 }
 
 int pd_decode_check(const pd_decode_t *d, pd_err_t *why)
@@ -245,7 +247,7 @@ int pd_decode_check(const pd_decode_t *d, pd_err_t *why)
     }
     if (running != d->n_running)
         return pd_err_set(why, PD_EINVAL, "%u running, counted %u", running, d->n_running);
-    if (dc_stream_check(d, why) != 0)
+    if (dc_stream_check(d, why) != 0 || dc_early_check(d, why) != 0)
         return PD_EINVAL;
     for (uint32_t i = 0; i < d->n_orphans; i++)
         if (d->orphans[i].n_frames != (d->orphans[i].n_tokens + bs - 1) / bs)

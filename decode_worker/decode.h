@@ -58,6 +58,7 @@ void pd_decode_on_transfer(pd_decode_t *d, pd_net_in_t *in);
 typedef struct {
     uint32_t expected, waiting, running, orphans;
     uint32_t streams; /* layer streams being received (kv.transfer: layer) */
+    uint32_t early;   /* stream messages held until their DecodeTask */
 } pd_decode_held_t;
 void pd_decode_held(const pd_decode_t *d, pd_decode_held_t *out);
 

@@ -14,6 +14,8 @@
 #define DC_CANCELLED 256  /* recently cancelled (request, epoch): their KV is refused */
 #define DC_MAX_STREAMS 256 /* layer streams being received at once (kv.transfer: layer) */
 #define DC_REFUSED 256    /* recently refused streams: their later frames are refused quietly */
+#define DC_MAX_EARLY 256  /* stream messages held until their DecodeTask (stream_early.c) */
+#define DC_EARLY_BYTES ((size_t)64 << 20) /* and their frames' bytes, at most */
 
 /* A DecodeTask whose KV has not come yet. */
 typedef struct {
@@ -37,6 +39,17 @@ typedef struct {
     size_t sender_len;
     uint64_t t_ms;
 } dc_orphan_t;
+
+/* A stream message (KvLayer or its commit) that came before its
+ * DecodeTask: the whole message, its frames moved here. */
+typedef struct {
+    uint64_t req;
+    uint32_t epoch;
+    zmq_msg_t *frames;         /* (n_frames) [0] the sender, [1] the envelope, [2..] blocks */
+    uint32_t n_frames;
+    size_t bytes;
+    uint64_t t_ms;
+} dc_early_t;
 
 /* A layer stream being received (stream_in.c) for an expected request: its
  * blocks reserved, each layer's frames copied in as they come. */
@@ -102,6 +115,9 @@ struct pd_decode {
         uint32_t epoch;
     } refused[DC_REFUSED];     /* ring: streams refused (stream_in.c) */
     uint32_t refused_next;
+    dc_early_t early[DC_MAX_EARLY]; /* in arrival order */
+    uint32_t n_early;
+    size_t early_bytes;
     uint64_t tickets;
     /* batching */
     dc_seq_t **seqs;           /* (n_seqs) waiting and running, in ticket order */
@@ -153,9 +169,33 @@ void dc_on_commit(pd_decode_t *d, const Pd__KvTransfer *k, pd_net_in_t *in);
 void dc_stream_drop(pd_decode_t *d, uint64_t req, uint32_t epoch, uint32_t below_epoch,
                     const char *why);
 bool dc_stream_refused(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+/* Its later frames are refused quietly (a ring of DC_REFUSED). */
+void dc_stream_mark_refused(pd_decode_t *d, uint64_t req, uint32_t epoch);
 void dc_stream_timers(pd_decode_t *d);      /* idle streams */
 void dc_stream_drop_all(pd_decode_t *d);
 int dc_stream_check(const pd_decode_t *d, pd_err_t *why);
+
+/* stream_early.c: stream messages that came before their DecodeTask (it
+ * travels router -> decode while the layers travel router -> prefill ->
+ * decode, on another socket, so either may be read first). */
+/* Whether a stream message for (req, epoch), which this worker does not
+ * expect, may still get its DecodeTask: no task or sequence of req at this
+ * epoch or a newer one, not cancelled, not refused. */
+bool dc_early_wanted(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+bool dc_early_has(const pd_decode_t *d, uint64_t req, uint32_t epoch);
+/* Holds the message (its frames are moved out of in): 0, or -1 when the
+ * hold is full or out of memory (in untouched). */
+int dc_early_hold(pd_decode_t *d, uint64_t req, uint32_t epoch, pd_net_in_t *in);
+/* (req, epoch)'s task came: its held messages, in arrival order, go
+ * through the stream path as if they arrived now. */
+void dc_early_replay(pd_decode_t *d, uint64_t req, uint32_t epoch);
+/* Forgets req's held messages (epoch 0: every epoch): the first refused to
+ * its sender with why (not counted when why is "cancelled"), the rest
+ * counted in kv_rejected quietly; marked refused. */
+void dc_early_drop(pd_decode_t *d, uint64_t req, uint32_t epoch, const char *why);
+void dc_early_timers(pd_decode_t *d);       /* held past worker.lease_ms / 2: refused */
+void dc_early_drop_all(pd_decode_t *d);
+int dc_early_check(const pd_decode_t *d, pd_err_t *why);
 
 /* batch.c */
 int dc_seq_index(const pd_decode_t *d, uint64_t req, uint32_t epoch);

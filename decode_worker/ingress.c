@@ -441,6 +441,7 @@ void dc_on_task(pd_decode_t *d, const Pd__DecodeTask *m)
     x->n_hist = (uint32_t)m->n_history;
     x->ticket = ++d->tickets;
     match_orphan(d, d->n_expects - 1);
+    dc_early_replay(d, req, m->epoch);
     /* Its KV stream came before it and was refused: it will not come again. */
     if (dc_stream_refused(d, req, m->epoch))
         dc_load_failed(d, req, m->epoch, "its KV stream came before its decode task");
@@ -456,6 +457,7 @@ void dc_ingress_cancel(pd_decode_t *d, uint64_t req, uint32_t epoch)
     for (int i; (i = dc_expect_index(d, req, epoch)) >= 0;)
         dc_expect_remove(d, (size_t)i);
     dc_stream_drop(d, req, epoch, 0, "cancelled");
+    dc_early_drop(d, req, epoch, "cancelled");
     for (uint32_t i = 0; i < d->n_orphans;) {
         if (d->orphans[i].req == req && (epoch == 0 || d->orphans[i].epoch == epoch)) {
             orphan_drop(d, i, false, "cancelled");
@@ -477,11 +479,13 @@ void dc_ingress_timers(pd_decode_t *d)
         i++;
     }
     dc_stream_timers(d);
+    dc_early_timers(d);
 }
 
 void dc_ingress_drop_all(pd_decode_t *d)
 {
     dc_stream_drop_all(d);
+    dc_early_drop_all(d);
     while (d->n_expects > 0)
         dc_expect_remove(d, d->n_expects - 1);
     while (d->n_orphans > 0)

@@ -43,7 +43,7 @@ static void stream_remove(pd_decode_t *d, uint32_t i)
     d->streams[i] = d->streams[--d->n_streams];
 }
 
-static void mark_refused(pd_decode_t *d, uint64_t req, uint32_t epoch)
+void dc_stream_mark_refused(pd_decode_t *d, uint64_t req, uint32_t epoch)
 {
     d->refused[d->refused_next].req = req;
     d->refused[d->refused_next].epoch = epoch;
@@ -66,7 +66,7 @@ static void stream_break(pd_decode_t *d, uint32_t i, const char *why)
     uint64_t req = s->req;
     uint32_t epoch = s->epoch;
     dc_send_ack(d, s->sender, s->sender_len, req, epoch, false, why);
-    mark_refused(d, req, epoch);
+    dc_stream_mark_refused(d, req, epoch);
     d->c.kv_streams_dropped++;
     PD_WARN("event=kv_stream_dropped req=%llu epoch=%u layers_done=%u why=\"%s\"",
             (unsigned long long)req, epoch, s->layers_done, why);
@@ -90,7 +90,7 @@ void dc_stream_drop(pd_decode_t *d, uint64_t req, uint32_t epoch, uint32_t below
             PD_INFO("event=kv_stream_dropped req=%llu epoch=%u layers_done=%u why=\"%s\"",
                     (unsigned long long)s->req, s->epoch, s->layers_done, why);
         }
-        mark_refused(d, s->req, s->epoch); /* its later frames are refused */
+        dc_stream_mark_refused(d, s->req, s->epoch); /* its later frames are refused */
         stream_remove(d, i);
     }
 }
@@ -238,7 +238,7 @@ static void refuse_new(pd_decode_t *d, const uint8_t *from, size_t from_len, uin
                        uint32_t epoch, const char *why)
 {
     dc_send_ack(d, from, from_len, req, epoch, false, why);
-    mark_refused(d, req, epoch);
+    dc_stream_mark_refused(d, req, epoch);
     dc_load_failed(d, req, epoch, why);
 }
 
@@ -308,8 +308,15 @@ void dc_on_layer(pd_decode_t *d, const Pd__KvLayer *k, pd_net_in_t *in)
     }
     if (i < 0 && !bad && dc_was_cancelled(d, req, epoch)) {
         dc_send_ack(d, from, from_len, req, epoch, false, "cancelled");
-        mark_refused(d, req, epoch);
+        dc_stream_mark_refused(d, req, epoch);
         return;
+    }
+    if (i < 0 && !bad && dc_expect_index(d, req, epoch) < 0 && dc_early_wanted(d, req, epoch)) {
+        /* Its DecodeTask may still be on its way: held until it comes. */
+        if (dc_early_hold(d, req, epoch, in) == 0)
+            return;
+        dc_early_drop(d, req, epoch, NULL);
+        bad = "unknown request (no decode task for it, and too many stream messages held)";
     }
     if (i < 0 && !bad)
         i = stream_new(d, k, from, from_len, &bad);
@@ -375,6 +382,12 @@ void dc_on_commit(pd_decode_t *d, const Pd__KvTransfer *k, pd_net_in_t *in)
     if (bad == NULL && i < 0 && dc_was_cancelled(d, req, epoch)) {
         dc_send_ack(d, from, from_len, req, epoch, false, "cancelled"); /* not counted */
         return;
+    }
+    if (bad == NULL && i < 0 && dc_early_has(d, req, epoch)) { /* its layers are held */
+        if (dc_early_hold(d, req, epoch, in) == 0)
+            return;
+        dc_early_drop(d, req, epoch, NULL);
+        bad = "no stream for this commit (too many stream messages held)";
     }
     if (bad == NULL && i < 0)
         bad = dc_stream_refused(d, req, epoch) ? "stream refused" : "no stream for this commit";

@@ -2,7 +2,7 @@
  * (scripts/fuzz.sh): every byte the router or a prefill worker can send to
  * a worker.
  *
- * fuzz-sources: prefill_worker/prefill.c prefill_worker/egress.c prefill_worker/stream_out.c decode_worker/decode.c decode_worker/ingress.c decode_worker/batch.c decode_worker/stream_in.c
+ * fuzz-sources: prefill_worker/prefill.c prefill_worker/egress.c prefill_worker/stream_out.c decode_worker/decode.c decode_worker/ingress.c decode_worker/batch.c decode_worker/stream_in.c decode_worker/stream_early.c
  *
  * A colocated ("both") worker is built once, as worker/worker.c builds one,
  * but without an engine: a fake model identity and a small real KV pool;
@@ -420,8 +420,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pd_decode_held_t held;
 #ifdef FUZZ_TRACE /* seeds' reach, when built by hand with -DFUZZ_TRACE */
     pd_decode_held(g_decode, &held);
-    fprintf(stderr, "trace: expected=%u waiting=%u orphans=%u streams=%u tasks=%u\n",
-            held.expected, held.waiting, held.orphans, held.streams, pd_prefill_n_tasks(g_prefill));
+    fprintf(stderr, "trace: expected=%u waiting=%u orphans=%u streams=%u early=%u tasks=%u\n",
+            held.expected, held.waiting, held.orphans, held.streams, held.early,
+            pd_prefill_n_tasks(g_prefill));
 #endif
     char what[160];
     pd_wkrole_t pr = pd_prefill_role(g_prefill), dr = pd_decode_role(g_decode);
@@ -430,7 +431,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     drain_sink();
     pd_decode_held(g_decode, &held);
     CHECK(held.expected == 0 && held.waiting == 0 && held.running == 0 && held.orphans == 0 &&
-          held.streams == 0);
+          held.streams == 0 && held.early == 0);
     CHECK(pd_prefill_n_tasks(g_prefill) == 0);
     CHECK(pd_kv_n_used(g_eng.kv) == 0);
     /* Forget what is still queued for the router (back-pressure), and the

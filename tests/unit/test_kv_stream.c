@@ -13,11 +13,15 @@
  *    task: a streaming task to a listed decode worker does not wait for
  *    its socket; a listed socket is kept however idle, an unlisted one not;
  *  - hostile frames from a raw peer, each refused with its reason and
- *    counted once in kv_rejected: unknown request, stale epoch, layer >=
+ *    counted once in kv_rejected: unknown request (after half a lease),
+ *    stale epoch, layer >=
  *    n_layers, a frame of the wrong size, a duplicate, a gap, a bad
  *    checksum, a commit with layers missing, a frame from another peer
  *    (the stream goes on and completes); a stream that breaks hands its
  *    request back (Preempted) and frees its blocks;
+ *  - a stream's messages read before its DecodeTask (another socket) wait
+ *    for it and are taken in arrival order; a cancel or a newer epoch
+ *    ends the wait, and one that waits half a lease is refused;
  *  - a stream cut midway (the router's Cancel when its prefill worker
  *    died, or the stream going idle) is dropped and counted in
  *    kv_streams_dropped, its blocks freed. */
@@ -512,6 +516,21 @@ static void assert_preempted(const dfx_t *f, uint64_t req)
     assert_int_equal(m->preempted->request_id, req);
 }
 
+/* Turns the role until it holds n stream messages ahead of their tasks. */
+static void wait_early(dfx_t *f, uint32_t n)
+{
+    pd_decode_held_t held = { 0 };
+    for (int i = 0; i < 1000 && held.early != n; i++) {
+        fh_turn(&f->dh, f->dr);
+        assert_checked(f);
+        pd_decode_held(f->d, &held);
+        if (held.early != n)
+            usleep(1000);
+    }
+    if (held.early != n)
+        fail_msg("%u stream messages held ahead of their tasks, expected %u", held.early, n);
+}
+
 typedef struct {
     dfx_t f;
     peer_t peer, other;
@@ -546,9 +565,9 @@ static void hfx_case_done(hfx_t *h, uint64_t rejected0, const char *name)
                  (unsigned long long)rejected0, (unsigned long long)r);
     pd_decode_held_t held;
     pd_decode_held(h->f.d, &held);
-    if (held.streams || held.expected || held.waiting || held.running)
-        fail_msg("%s: still held: %u streams, %u expected, %u waiting, %u running", name,
-                 held.streams, held.expected, held.waiting, held.running);
+    if (held.streams || held.expected || held.waiting || held.running || held.early)
+        fail_msg("%s: still held: %u streams, %u expected, %u waiting, %u running, %u early",
+                 name, held.streams, held.expected, held.waiting, held.running, held.early);
     assert_int_equal(pd_kv_n_used(h->f.dh.eng.kv), h->used0);
 }
 
@@ -569,9 +588,12 @@ static void test_hostile_frames(void **state)
     uint32_t nb = h.data.n_blocks, n_layers = pd_kv_shape(f->dh.eng.kv)->n_layers;
     uint64_t r0;
 
-    /* Forged: a request nobody expects. */
+    /* Forged: a request nobody expects. Held as if its DecodeTask were on
+     * its way, then refused after half a lease. */
     r0 = counter_rejected(f);
     peer_layer(f, &h.peer, 901, 1, 0, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    wait_early(f, 1);
+    f->dh.now_ms += f->dh.cfg.worker.lease_ms;
     peer_ack(f, &h.peer, false, "unknown request");
     hfx_case_done(&h, r0, "unknown request");
 
@@ -750,6 +772,89 @@ static void test_stream_cut(void **state)
     hfx_close(&h);
 }
 
+/* ====== Before the DecodeTask ====== */
+
+/* The request's tokens are the engine's greedy continuation, and nothing is
+ * held or in use afterwards. */
+static void assert_decodes(hfx_t *h, uint64_t req)
+{
+    dfx_t *f = &h->f;
+    int32_t ref[MAX_GEN];
+    fh_reference(&f->dh, h->prompt, N_PROMPT, MAX_GEN, ref);
+    for (int i = 0; i < 200 && f->dr.ops->busy(f->dr.self); i++)
+        fh_turn(&f->dh, f->dr);
+    pd_token_entry_t tok[MAX_GEN + 2];
+    assert_int_equal(fh_tokens(&f->dh, req, tok, MAX_GEN + 2), MAX_GEN);
+    for (int i = 0; i < MAX_GEN; i++)
+        assert_int_equal(tok[i].token, ref[i]);
+    assert_false(f->dr.ops->busy(f->dr.self));
+    assert_int_equal(pd_kv_n_used(f->dh.eng.kv), h->used0);
+}
+
+/* The task goes router -> decode, the layers router -> prefill -> decode:
+ * a stream's messages can be read before their DecodeTask. They wait for
+ * it (no refusal, no re-prefill) in arrival order, and a cancel or a newer
+ * epoch ends the wait. */
+static void test_stream_before_task(void **state)
+{
+    (void)state;
+    hfx_t h;
+    hfx_open(&h);
+    dfx_t *f = &h.f;
+    uint32_t nb = h.data.n_blocks, n_layers = pd_kv_shape(f->dh.eng.kv)->n_layers;
+    uint64_t r0 = counter_rejected(f);
+
+    /* The first layer ahead of the task (the race as it happens), the rest
+     * after it. */
+    peer_layer(f, &h.peer, 931, 1, 0, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    wait_early(f, 1);
+    decode_task(f, 931, 1, h.prompt, N_PROMPT);
+    wait_early(f, 0);
+    for (uint32_t l = 1; l < n_layers; l++)
+        peer_layer(f, &h.peer, 931, 1, l, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    peer_commit(f, &h.peer, 931, N_PROMPT, h.first);
+    peer_ack(f, &h.peer, true, NULL);
+    assert_decodes(&h, 931);
+
+    /* The whole stream and its commit ahead of the task, the blocks in two
+     * messages per layer: replayed in arrival order when it comes. */
+    for (uint32_t l = 0; l < n_layers; l++) {
+        peer_layer(f, &h.peer, 932, 1, l, 0, 1, &h.data, N_PROMPT, BAD_NONE);
+        peer_layer(f, &h.peer, 932, 1, l, 1, nb - 1, &h.data, N_PROMPT, BAD_NONE);
+    }
+    peer_commit(f, &h.peer, 932, N_PROMPT, h.first);
+    wait_early(f, 2 * n_layers + 1);
+    assert_int_equal(pd_kv_n_used(f->dh.eng.kv), h.used0); /* nothing reserved yet */
+    decode_task(f, 932, 1, h.prompt, N_PROMPT);
+    peer_ack(f, &h.peer, true, NULL);
+    assert_decodes(&h, 932);
+    assert_int_equal(counter_rejected(f), r0);
+
+    /* Cancelled while its layers wait: refused as cancelled (not counted),
+     * and its later frames too. */
+    peer_layer(f, &h.peer, 933, 1, 0, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    wait_early(f, 1);
+    f->dr.ops->on_cancel(f->dr.self, 933, 1);
+    wait_early(f, 0);
+    peer_ack(f, &h.peer, false, "cancelled");
+    peer_layer(f, &h.peer, 933, 1, 1, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    for (int i = 0; i < 50; i++)
+        fh_turn(&f->dh, f->dr);
+    assert_int_equal(counter_rejected(f), r0);
+    wait_early(f, 0);
+
+    /* A newer epoch's task: the older epoch's held layer is dropped and
+     * counted, the newer one's stream is taken. */
+    peer_layer(f, &h.peer, 934, 1, 0, 0, nb, &h.data, N_PROMPT, BAD_NONE);
+    wait_early(f, 1);
+    decode_task(f, 934, 2, h.prompt, N_PROMPT);
+    wait_early(f, 0);
+    assert_int_equal(counter_rejected(f), r0 + 1);
+    f->dr.ops->on_cancel(f->dr.self, 934, 0);
+    hfx_case_done(&h, r0, "a newer epoch");
+    hfx_close(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -758,6 +863,7 @@ int main(void)
         cmocka_unit_test(test_peers_preconnect),
         cmocka_unit_test(test_hostile_frames),
         cmocka_unit_test(test_stream_cut),
+        cmocka_unit_test(test_stream_before_task),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
