@@ -60,7 +60,11 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
       let frac = "";
       const p0 = pd[0];
       if (k === "decode_b1_tok_s") frac = `${range(ours.map((v) => (100 * v * p0.weight_bytes) / (bw * 1e9)), 0)} % of read GB/s`;
-      if (k === "prefill_tok_s" && /f32/.test(m)) frac = `${range(ours.map((v) => (100 * v * 2 * p0.n_params) / (gf * 1e9)), 0)} % of sgemm`;
+      // A prefill computes the logits of its last row only (pd-run and the
+      // prefill worker alike): the output head once per prompt, not per token.
+      const head = p0.head_params ?? 0, np = p0.prefill_tokens ?? 512;
+      const pfFlops = 2 * (p0.n_params - head) + (2 * head) / np;
+      if (k === "prefill_tok_s" && /f32/.test(m)) frac = `${range(ours.map((v) => (100 * v * pfFlops) / (gf * 1e9)), 0)} % of sgemm`;
       if (k === "decode_b32_tok_s") frac = `${range(ours.map((v) => (v * 2 * p0.n_params) / 1e9), 0)} GFLOPS`;
       let before = "";
       if (hasBefore) {
@@ -78,4 +82,4 @@ for (const td of readdirSync(dir).filter((d) => /^t\d+$/.test(d)).sort()) {
   }
 }
 console.log("\nRatios: each round runs pdserve, llama.cpp, (pdserve before,) pdserve back to back; a ratio is one pdserve run over the llama.cpp run of its round.");
-console.log("Limits: decode b1 counts weight bytes read per token against the STREAM-style read bandwidth; prefill counts 2 x params FLOPs per token against OpenBLAS sgemm (F32 models).");
+console.log("Limits: decode b1 counts weight bytes read per token against the STREAM-style read bandwidth; prefill counts the weight products' FLOPs per token (2 x the layers' parameters, plus the output head once per 512-token prompt: only the last row's logits are computed; attention's FLOPs are not counted) against OpenBLAS sgemm (F32 models); decode b32 counts 2 x params per token (every row's logits).");

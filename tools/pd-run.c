@@ -345,11 +345,12 @@ static int bench(runner_t *r, const run_opts_t *o, pd_err_t *err)
         return PD_EINVAL;
     if (o->json)
         printf("{\"model\":\"%s\",\"weight_bytes\":%" PRIu64 ",\"n_params\":%" PRIu64
-               ",\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
+               ",\"head_params\":%" PRIu64 ",\"prefill_tokens\":%d,\"prefill_tok_s\":%.2f,\"decode_b1_tok_s\":%.2f,\"decode_b8_tok_s\":%.2f,"
                "\"decode_b32_tok_s\":%.2f,\"decode_ctx\":%u,\"threads\":%d,\"batch_invariant\":%s,"
                "\"kernels\":\"%s\",\"kv_dtype\":\"%s\"}\n",
-               r->model->name, r->model->weight_bytes, r->model->n_params, prefill_tps, d1, d8,
-               d32, bctx, o->threads, o->fast_prefill ? "false" : "true", pd_kern_isa_name(),
+               r->model->name, r->model->weight_bytes, r->model->n_params,
+               (uint64_t)r->model->output.n_in * r->model->output.n_out, N_PREFILL, prefill_tps,
+               d1, d8, d32, bctx, o->threads, o->fast_prefill ? "false" : "true", pd_kern_isa_name(),
                pd_kv_dtype_name(o->kv_dtype));
     else
         printf("model %s (%.1f M params, %.1f MB weights), %d threads, %s kernels, %s KV\n"
