@@ -68,7 +68,7 @@ static ALWAYS_INLINE void fuse_store(const pd_gemm_panel_fuse_t *f, float *a, __
 }
 
 /* Prefetches row r's output lines (and the fused epilogue's) into L2,
- * row r in pass r, ahead of the stores at the end of the tile: written a
+ * row r of a half tile in its pass r, ahead of the half's stores: written a
  * panel (or a product) apart, rows n_out floats apart, they are rarely
  * still cached, and the stores and epilogue loads otherwise wait for them
  * (~10 % of the kernel's time; all 56 prefetches at once waited too). */
