@@ -8,12 +8,13 @@
  * prefill sizes it reaches about 75 % of sgemm. The 16 lane chains are
  * independent, so they can run in any order: this kernel computes, for
  * each lane j on its own, an outer product over k = j + 16 m (a vector of
- * 16 outputs times a broadcast activation, 2 x 14 accumulators: 16 loads
- * per 28 FMAs, as sgemm does) and then adds the 16 lane sums with the same
- * tree. Every y[r][o] is the same sequence of roundings as the skinny
- * kernel's, so a token's outputs are bit-identical in a 512-token prefill
- * chunk (this kernel) and alone in a decode step (the skinny kernel): batch
- * invariance holds with prefill near sgemm speed.
+ * 16 outputs times a broadcast activation, lanes j and j + 8 in one
+ * pass, 4 x 7 accumulators: 16 loads per 28 FMAs, as sgemm does) and then
+ * adds the 16 lane sums with the same tree. Every y[r][o] is the same
+ * sequence of roundings as the skinny kernel's, so a token's outputs are
+ * bit-identical in a 512-token prefill chunk (this kernel) and alone in a
+ * decode step (the skinny kernel): batch invariance holds with prefill
+ * near sgemm speed.
  *
  * Layouts (both packed per product into the matmul scratch):
  *   W panel: PD_GEMM_NO outputs from o0, wp[(j * M + m) * PD_GEMM_NO + o] =
