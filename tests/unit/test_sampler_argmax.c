@@ -159,6 +159,8 @@ int main(void)
         cmocka_unit_test(test_specials),
     };
     if (pd_kern_isa() != PD_ISA_AVX512)
-        printf("test_sampler_argmax: no AVX-512 here, pd_argmax_avx512 not checked\n");
+        printf("test_sampler_argmax: pd_kern_isa() is %s (the CPU or PD_ISA), "
+               "pd_argmax_avx512 not checked\n",
+               pd_kern_isa_name());
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
