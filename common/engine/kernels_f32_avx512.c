@@ -25,7 +25,7 @@
  *     memory, which is the next far panel's row in the same slot). With
  *     8 FMAs per weight vector the core is busy for 60-90 % of the time
  *     the memory needs to deliver the weights (this kernel on L2-resident
- *     weights: 22-23 GB/s of weights against a 14-21 GB/s read limit),
+ *     weights: 22-23 GB/s of weights against a 14-25 GB/s read limit),
  *     so demand misses that the hardware prefetchers have not yet covered
  *     stall the FMAs instead of overlapping them;
  *   - the 16-lane sums of a panel are reduced 16 at a time (pd_hsum16x16,

@@ -60,7 +60,7 @@ int pd_sampling_validate(const pd_sampling_t *p, pd_err_t *err);
 double pd_rng_uniform(uint64_t seed, uint64_t position);
 
 /* The greedy pick: the lowest index holding the largest of x[0..n); NaN
- * never wins; 0 when every value is NaN or -inf (or n == 0).
+ * never wins; 0 when every value is NaN or -inf (or n == 0); n <= INT32_MAX.
  * pd_argmax_ref is the plain C definition; pd_argmax takes
  * pd_argmax_avx512 (sampler_avx512.c, one pass) when pd_kern_isa() ==
  * PD_ISA_AVX512; all give the same id. */
