@@ -296,14 +296,11 @@ static double bench_decode(runner_t *r, uint32_t n_seqs, uint32_t PROMPT, pd_err
         double t0 = pd_now_s();
         if (pd_forward(r->eng, &b, r->logits, err) != 0)
             return -1;
-        for (uint32_t s = 0; s < n_seqs; s++) {
-            const float *l = r->logits + (size_t)s * V;
-            int32_t best = 0;
-            for (uint32_t i = 1; i < V; i++)
-                if (l[i] > l[best])
-                    best = (int32_t)i;
-            tok[s] = best;
-        }
+        /* the greedy pick a decode worker makes (pd_sample at temperature
+         * 0): a scalar `l[i] > l[best]` loop here took 113 us a row, a
+         * load-compare-select chain through `best`, 2 % of a batch-8 step */
+        for (uint32_t s = 0; s < n_seqs; s++)
+            tok[s] = pd_argmax(r->logits + (size_t)s * V, V);
         if (step > 0)
             t_decode += pd_now_s() - t0;
     }

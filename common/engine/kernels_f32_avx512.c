@@ -19,8 +19,15 @@
  *   - K-tiles of 256 (32 rows of x are 32 KB, the L1 holds them);
  *   - a panel's 12 weight rows are taken a stride apart in the call's
  *     range (kernels_rows.h), so the weights stream as 12 long sequential
- *     runs the hardware prefetchers follow; no software prefetch (with the
- *     far rows, dropping it measured 0-8 % faster at 8 rows, 2026-12-07);
+ *     runs the hardware prefetchers follow;
+ *   - each weight load is paired with a prefetch into L2 of the same row
+ *     PF_BYTES ahead (two K-tiles; past a row's end it is the next row in
+ *     memory, which is the next far panel's row in the same slot). With
+ *     8 FMAs per weight vector the core is busy for 60-90 % of the time
+ *     the memory needs to deliver the weights (this kernel on L2-resident
+ *     weights: 22-23 GB/s of weights against a 14-25 GB/s read limit),
+ *     so demand misses that the hardware prefetchers have not yet covered
+ *     stall the FMAs instead of overlapping them;
  *   - the 16-lane sums of a panel are reduced 16 at a time (pd_hsum16x16,
  *     simd_avx512.h), and the outputs of 16 consecutive far panels are
  *     staged and stored 16 adjacent floats at a time (pd_rowmap_flush16):
@@ -47,6 +54,7 @@
 #define MAX_NO 3
 #define MAX_NR 8
 #define YB 16       /* far panels whose outputs are stored together (pd_rowmap_flush16) */
+#define PF_BYTES 2048 /* software prefetch distance along a weight row, bytes */
 
 #include "engine/kernels_rows.h"
 
@@ -76,6 +84,7 @@ static ALWAYS_INLINE void mk(const int NO, const int NR, const float *w, size_t 
         __m512 wv[MAX_NO];
 #pragma GCC unroll 3
         for (int o = 0; o < NO; o++) {
+            _mm_prefetch((const char *)(w + o * w_stride + k) + PF_BYTES, _MM_HINT_T1);
             wv[o] = _mm512_loadu_ps(w + o * w_stride + k);
             __asm__("" : "+v"(wv[o])); /* keep it in a register (see kernels_avx2.c) */
         }

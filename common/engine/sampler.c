@@ -1,6 +1,8 @@
 /* sampler.c -- see sampler.h */
 #include "engine/sampler.h"
 
+#include "engine/kernels.h"
+
 #include <assert.h>
 #include <float.h>
 #include <math.h>
@@ -278,10 +280,10 @@ static void apply_penalties(const pd_sampling_t *p, float *logits, uint32_t n_vo
     }
 }
 
-/* Index of the largest logit, lowest id on ties; NaN never wins; 0 when
- * every logit is NaN or -inf. Eight running maxima (a > b ? a : b compiles
- * to maxps), then one scan for the first index holding the maximum. */
-static int32_t argmax(const float *logits, uint32_t n_vocab)
+/* The definition of the greedy pick (sampler.h). Eight running maxima
+ * (a > b ? a : b compiles to maxps), then one scan for the first index
+ * holding the maximum. */
+int32_t pd_argmax_ref(const float *x, uint32_t n_vocab)
 {
     const size_t n = n_vocab;
     float m[8];
@@ -289,21 +291,28 @@ static int32_t argmax(const float *logits, uint32_t n_vocab)
         m[j] = -INFINITY;
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        const float *x = logits + i;
+        const float *v = x + i;
         for (int j = 0; j < 8; j++)
-            m[j] = x[j] > m[j] ? x[j] : m[j];
+            m[j] = v[j] > m[j] ? v[j] : m[j];
     }
     float best = -INFINITY;
     for (int j = 0; j < 8; j++)
         best = m[j] > best ? m[j] : best;
     for (; i < n; i++)
-        best = logits[i] > best ? logits[i] : best;
+        best = x[i] > best ? x[i] : best;
     if (best == -INFINITY)
         return 0;
     for (i = 0; i < n; i++)
-        if (logits[i] == best)
+        if (x[i] == best)
             return (int32_t)i;
     return 0; /* not reached */
+}
+
+int32_t pd_argmax(const float *x, uint32_t n)
+{
+    if (pd_kern_isa() == PD_ISA_AVX512)
+        return pd_argmax_avx512(x, n);
+    return pd_argmax_ref(x, n);
 }
 
 int32_t pd_sample(const pd_sampling_t *p, float *logits, uint32_t n_vocab, uint64_t position,
@@ -317,7 +326,7 @@ int32_t pd_sample(const pd_sampling_t *p, float *logits, uint32_t n_vocab, uint6
         (p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f))
         apply_penalties(p, logits, n_vocab, history, n_history, s->counts);
 
-    int32_t best = argmax(logits, n_vocab);
+    int32_t best = pd_argmax(logits, n_vocab);
     if (!(p->temperature > 0.0f) || !(logits[best] > -INFINITY))
         return best;
 

@@ -59,6 +59,15 @@ int pd_sampling_validate(const pd_sampling_t *p, pd_err_t *err);
  * of both words, no state. */
 double pd_rng_uniform(uint64_t seed, uint64_t position);
 
+/* The greedy pick: the lowest index holding the largest of x[0..n); NaN
+ * never wins; 0 when every value is NaN or -inf (or n == 0); n <= INT32_MAX.
+ * pd_argmax_ref is the plain C definition; pd_argmax takes
+ * pd_argmax_avx512 (sampler_avx512.c, one pass) when pd_kern_isa() ==
+ * PD_ISA_AVX512; all give the same id. */
+int32_t pd_argmax(const float *x, uint32_t n);
+int32_t pd_argmax_ref(const float *x, uint32_t n);
+int32_t pd_argmax_avx512(const float *x, uint32_t n); /* needs AVX-512F */
+
 /* Scratch for sampling over a vocabulary of up to n_vocab tokens (reusable,
  * one per thread). NULL when n_vocab is 0 or > INT32_MAX or out of memory. */
 typedef struct pd_sampler_scratch pd_sampler_scratch_t;
