@@ -63,6 +63,7 @@ struct pd_engine {
     uint32_t max_seq_blocks;   /* blocks of a max_ctx sequence */
     uint32_t *tiles;      /* (T + 1) first token of each attention tile, then T */
     uint32_t n_tiles;
+    uint32_t attn_heads;  /* KV heads per attention unit (make_tiles) */
     void *scratch;  /* pd_matmul scratch */
     size_t scratch_bytes;
     int32_t *rows;  /* (T) batch rows whose logits are wanted */
@@ -366,14 +367,17 @@ static void qkv_post_task(void *arg, int i, int n)
     }
 }
 
-/* Attention, one work unit per (tile, KV head): a tile is a run of
- * consecutive batch tokens of one sequence (one token in a decode batch,
- * up to PD_ATTN_TILE_Q / group tokens of a prefill chunk), and the unit's
- * queries are those tokens' heads that share the KV head. pd_kern_attn
- * reads each K/V block of the sequence once for all of them. Units
- * i, i+n, i+2n... go to task i, which owns scratch i. A token's result
- * does not depend on its tile (see pd_kern_attn), so tiling is free to
- * follow the batch. */
+/* Attention, one work unit per (tile, e->attn_heads KV heads): a tile is
+ * a run of consecutive batch tokens of one sequence (one token in a decode
+ * batch, up to PD_ATTN_TILE_Q / group tokens of a prefill chunk), and the
+ * queries of a KV head are those tokens' heads that share it.
+ * pd_kern_attn reads each K/V block of the sequence once for all of them;
+ * with several KV heads per unit (decode: make_tiles), one
+ * pd_kern_attn_heads call reads every head's rows of a block as one run.
+ * Units i, i+n, i+2n... go to task i, which owns scratch i. A token's
+ * result depends neither on its tile nor on the heads it is called with
+ * (see pd_kern_attn, pd_kern_attn_heads), so tiling is free to follow the
+ * batch. */
 static void attention_task(void *arg, int i, int n)
 {
     layer_ctx_t *lc = arg;
@@ -381,7 +385,7 @@ static void attention_task(void *arg, int i, int n)
     const pd_batch_t *b = lc->b;
     const pd_model_config_t *c = &e->model->cfg;
     const uint32_t hd = c->head_dim, q_dim = c->n_heads * hd;
-    const uint32_t group = c->n_heads / c->n_kv_heads;
+    const uint32_t group = c->n_heads / c->n_kv_heads, hg = e->attn_heads;
     const pd_kv_shape_t *ks = pd_kv_shape(e->kv);
     const bool f16 = ks->dtype == PD_KV_F16;
     const pd_layer_t *L = &e->model->layers[lc->layer];
@@ -398,42 +402,68 @@ static void attention_task(void *arg, int i, int n)
     const float *qp[PD_ATTN_TILE_Q];
     float *op[PD_ATTN_TILE_Q];
     uint32_t np[PD_ATTN_TILE_Q];
-    const uint32_t n_units = e->n_tiles * c->n_kv_heads;
+    const uint32_t n_hgroups = (c->n_kv_heads + hg - 1) / hg, n_units = e->n_tiles * n_hgroups;
     for (uint32_t u = (uint32_t)i; u < n_units; u += (uint32_t)n) {
-        const uint32_t tile = u / c->n_kv_heads, h = u % c->n_kv_heads;
-        const uint32_t t0 = e->tiles[tile], t1 = e->tiles[tile + 1];
+        const uint32_t tile = u / n_hgroups, h0 = u % n_hgroups * hg;
+        const uint32_t h1 = h0 + hg < c->n_kv_heads ? h0 + hg : c->n_kv_heads;
+        const uint32_t t0 = e->tiles[tile], t1 = e->tiles[tile + 1], nq = (t1 - t0) * group;
         const int32_t *table = b->block_tables[b->seq[t0]];
         const uint32_t n_blocks = ((uint32_t)b->pos[t1 - 1] + ks->block_size) / ks->block_size;
-        for (uint32_t j = 0; j < n_blocks; j++) {
-            kb[j] = (const char *)pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
-            vb[j] = (const char *)pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
-        }
-        uint32_t nq = 0;
-        for (uint32_t t = t0; t < t1; t++)
-            for (uint32_t g = 0; g < group; g++, nq++) {
-                const size_t off = (size_t)t * q_dim + (size_t)(h * group + g) * hd;
-                qp[nq] = e->q + off;
-                op[nq] = e->att + off;
-                np[nq] = (uint32_t)b->pos[t] + 1;
+        for (uint32_t q = 0; q < nq; q++) /* each token's, for each of its heads */
+            np[q] = (uint32_t)b->pos[t0 + q / group] + 1;
+        /* a tile's heads together when make_tiles chose so, else one by one */
+        const uint32_t step = hg > 1 ? h1 - h0 : 1;
+        for (uint32_t h = h0; h < h1; h += step) {
+            for (uint32_t j = 0; j < n_blocks; j++) {
+                kb[j] = (const char *)pd_kv_k(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
+                vb[j] = (const char *)pd_kv_v(e->kv, table[j], lc->layer) + (size_t)h * hd * elem;
             }
-        pd_kern_attn(&sh, kb, vb, nq, qp, np, op, scratch);
+            /* queries head-major: head h's, then head h + 1's */
+            uint32_t k = 0;
+            for (uint32_t hh = h; hh < h + step; hh++)
+                for (uint32_t t = t0; t < t1; t++)
+                    for (uint32_t g = 0; g < group; g++, k++) {
+                        const size_t off = (size_t)t * q_dim + (size_t)(hh * group + g) * hd;
+                        qp[k] = e->q + off;
+                        op[k] = e->att + off;
+                    }
+            if (step > 1)
+                pd_kern_attn_heads(&sh, step, kb, vb, nq, qp, np, op, scratch);
+            else
+                pd_kern_attn(&sh, kb, vb, nq, qp, np, op, scratch);
+        }
     }
 }
 
-/* Splits the batch into attention tiles (see attention_task). */
+/* Splits the batch into attention tiles (see attention_task), and chooses
+ * the KV heads per attention unit: all of a tile's (up to
+ * PD_ATTN_TILE_Q queries), when every tile has few enough queries per KV
+ * head for pd_kern_attn_heads to give pd_kern_attn's bits, and fewer
+ * while that leaves fewer units than attention chunks (threads). */
 static void make_tiles(pd_engine_t *e, const pd_batch_t *b)
 {
     const pd_model_config_t *c = &e->model->cfg;
     uint32_t group = c->n_heads / c->n_kv_heads;
     uint32_t max_tok = group >= PD_ATTN_TILE_Q ? 1 : PD_ATTN_TILE_Q / group;
+    uint32_t max_q = 0; /* queries per KV head in the largest tile */
     e->n_tiles = 0;
     for (uint32_t t = 0; t < b->n_tokens; t++) {
         bool start = t == 0 || b->seq[t] != b->seq[t - 1] ||
                      t - e->tiles[e->n_tiles - 1] >= max_tok;
         if (start)
             e->tiles[e->n_tiles++] = t;
+        const uint32_t q = (t - e->tiles[e->n_tiles - 1] + 1) * group;
+        max_q = q > max_q ? q : max_q;
     }
     e->tiles[e->n_tiles] = b->n_tokens;
+    const pd_attn_shape_t sh = { .head_dim = c->head_dim };
+    e->attn_heads = 1;
+    if (e->n_tiles > 0 && pd_kern_attn_heads_supported(&sh, max_q)) {
+        const uint32_t per_tile = (e->n_attn_chunks + e->n_tiles - 1) / e->n_tiles;
+        const uint32_t parts = per_tile < c->n_kv_heads ? per_tile : c->n_kv_heads;
+        const uint32_t hg = (c->n_kv_heads + parts - 1) / parts, cap = PD_ATTN_TILE_Q / max_q;
+        e->attn_heads = hg < cap ? hg : cap > 0 ? cap : 1;
+    }
 }
 
 typedef struct {
@@ -718,7 +748,7 @@ static void layer_forward(pd_engine_t *e, const pd_batch_t *b, uint32_t l,
     pd_pool_run(T >= 4 ? e->pool : NULL, qkv_post_task, &lc, T >= 4 ? nt : 1);
     if (hooks != NULL && hooks->on_layer != NULL)
         hooks->on_layer(hooks->ctx, l); /* layer l's K/V are final for this call */
-    uint32_t n_units = e->n_tiles * c->n_kv_heads;
+    uint32_t n_units = e->n_tiles * ((c->n_kv_heads + e->attn_heads - 1) / e->attn_heads);
     uint32_t chunks = n_units < e->n_attn_chunks ? n_units : e->n_attn_chunks;
     pd_pool_run(e->pool, attention_task, &lc, (int)chunks);
     residual(e, &L->wo, e->att, T, L->post_attn_norm);

@@ -273,6 +273,25 @@ void pd_kern_attn_avx512(const pd_attn_shape_t *s, const void *const *k_blk,
                          const void *const *v_blk, uint32_t n_q, const float *const *q,
                          const uint32_t *n_pos, float *const *out, float *scratch);
 
+/* n_h adjacent KV heads of one tile in one call, block by block for all
+ * of them: a position's rows of adjacent heads are adjacent in the cache,
+ * so the call streams each block's K (then V) rows as one run where
+ * pd_kern_attn per head strides over them (decode with one query per KV
+ * head waits on memory, not on arithmetic). k_blk / v_blk point at the
+ * first head's rows; head h's are h * head_dim elements further. q, out:
+ * (n_h * n_q) pointers, head h's n_q queries at [h * n_q, (h + 1) * n_q);
+ * n_pos: (n_q), the same for every head. Every head's outputs are the bits
+ * pd_kern_attn gives it alone when pd_kern_attn_heads_supported (the same
+ * AVX2 kernel: the same sums in the same order). scratch:
+ * pd_kern_attn_scratch_floats(s, n_h * n_q) floats. */
+void pd_kern_attn_heads(const pd_attn_shape_t *s, uint32_t n_h, const void *const *k_blk,
+                        const void *const *v_blk, uint32_t n_q, const float *const *q,
+                        const uint32_t *n_pos, float *const *out, float *scratch);
+/* True when pd_kern_attn would run n_q queries per head on the AVX2 kernel
+ * (AVX2, head_dim % 8 == 0, and not the AVX-512 kernel's n_q >= 4), so
+ * pd_kern_attn_heads gives its bits. */
+bool pd_kern_attn_heads_supported(const pd_attn_shape_t *s, uint32_t n_q);
+
 /* True when the AVX2/FMA/F16C paths are in use. */
 bool pd_kern_has_avx2(void);
 

@@ -89,13 +89,22 @@ void pd_kern_attn_ref(const pd_attn_shape_t *s, const void *const *k_blk,
     }
 }
 
+/* The AVX-512 kernel pays from this many queries per call on. */
+#define AVX512_MIN_Q 4
+
+bool pd_kern_attn_heads_supported(const pd_attn_shape_t *s, uint32_t n_q)
+{
+    return pd_kern_has_avx2() && s->head_dim % 8 == 0 &&
+           !(pd_kern_isa() == PD_ISA_AVX512 && s->head_dim % 16 == 0 && n_q >= AVX512_MIN_Q);
+}
+
 void pd_kern_attn(const pd_attn_shape_t *s, const void *const *k_blk, const void *const *v_blk,
                   uint32_t n_q, const float *const *q, const uint32_t *n_pos, float *const *out,
                   float *scratch)
 {
     /* the AVX-512 kernel transposes each K group once for all n_q queries:
      * from 4 on that pays (same bits either way, so the choice is free) */
-    if (pd_kern_isa() == PD_ISA_AVX512 && s->head_dim % 16 == 0 && n_q >= 4)
+    if (pd_kern_isa() == PD_ISA_AVX512 && s->head_dim % 16 == 0 && n_q >= AVX512_MIN_Q)
         pd_kern_attn_avx512(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);
     else if (pd_kern_has_avx2() && s->head_dim % 8 == 0)
         pd_kern_attn_avx2(s, k_blk, v_blk, n_q, q, n_pos, out, scratch);

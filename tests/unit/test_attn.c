@@ -15,7 +15,9 @@
  *    given as NULL (the kernel must not read them);
  *  - a known answer: one position gives exactly its V row; equal scores
  *    give the mean of the V rows; a window of 1 gives the last V row;
- *  - the AVX-512 kernel gives the AVX2 kernel's bits (head_dim % 16 == 0).
+ *  - the AVX-512 kernel gives the AVX2 kernel's bits (head_dim % 16 == 0);
+ *  - pd_kern_attn_heads (adjacent heads in one call) gives every head
+ *    pd_kern_attn's bits on that head alone, and the reference's tolerance.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -61,9 +63,12 @@ typedef struct {
     const void **kb32, **vb32; /* the same blocks of k, v */
 } cache_t;
 
-static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, bool f16, rng_t *r)
+/* n_heads heads under test from head 1 on (head 0 and 4 floats after the
+ * last one are not: an odd stride). */
+static void cache_init_heads(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, bool f16,
+                             uint32_t n_heads, rng_t *r)
 {
-    const uint32_t head_off = hd, row_stride = 3 * hd + 4; /* a middle head, odd stride */
+    const uint32_t head_off = hd, row_stride = (n_heads + 2) * hd + 4;
     c->sh = (pd_attn_shape_t){ hd, bs, row_stride, 1.0f / sqrtf((float)hd), max_pos, f16, 0,
                                0.0f };
     c->sh32 = c->sh;
@@ -106,6 +111,11 @@ static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, b
         c->kb[j] = f16 ? (const void *)(c->k16 + at) : c->kb32[j];
         c->vb[j] = f16 ? (const void *)(c->v16 + at) : c->vb32[j];
     }
+}
+
+static void cache_init(cache_t *c, uint32_t hd, uint32_t bs, uint32_t max_pos, bool f16, rng_t *r)
+{
+    cache_init_heads(c, hd, bs, max_pos, f16, 1, r); /* a middle head */
 }
 
 static void cache_free(cache_t *c)
@@ -411,6 +421,86 @@ static void test_attn_avx512_is_avx2(void **state)
     check_avx512_is_avx2(true);
 }
 
+/* Head h's queries of a pd_kern_attn_heads call against pd_kern_attn on
+ * head h alone (bit for bit) and the reference (within check_shape_w's
+ * tolerance). */
+static void check_head(const cache_t *c, const queries_t *Q, uint32_t h, uint32_t n_q)
+{
+    const uint32_t hd = c->sh.head_dim;
+    const size_t off = (size_t)h * hd * (c->sh.is_f16 ? 2 : 4);
+    const void **kb = malloc(sizeof(void *) * c->n_blocks);
+    const void **vb = malloc(sizeof(void *) * c->n_blocks);
+    float *alone = malloc(sizeof(float) * hd);
+    assert_non_null(kb);
+    assert_non_null(vb);
+    assert_non_null(alone);
+    for (uint32_t j = 0; j < c->n_blocks; j++) {
+        kb[j] = c->kb[j] ? (const char *)c->kb[j] + off : NULL;
+        vb[j] = c->vb[j] ? (const char *)c->vb[j] + off : NULL;
+    }
+    for (uint32_t i = 0; i < n_q; i++) {
+        const float *qs[1] = { Q->q[h * n_q + i] };
+        float *os[1] = { alone };
+        const float *got = Q->out[h * n_q + i];
+        pd_kern_attn(&c->sh, kb, vb, 1, qs, &Q->n_pos[i], os, Q->scratch);
+        if (memcmp(alone, got, sizeof(float) * hd) != 0)
+            fail_msg("hd %u bs %u window %u f16 %d: head %u query %u (n_pos %u) differs from "
+                     "pd_kern_attn on its head", hd, c->sh.block_size, c->sh.window,
+                     c->sh.is_f16, h, i, Q->n_pos[i]);
+        pd_kern_attn_ref(&c->sh, kb, vb, 1, qs, &Q->n_pos[i], os, NULL);
+        const float tol = c->sh.is_f16 ? 2e-6f + 0x1p-11f : 2e-6f;
+        for (uint32_t d = 0; d < hd; d++)
+            if (fabsf(alone[d] - got[d]) > tol)
+                fail_msg("hd %u: head %u query %u dim %u: %.9g vs ref %.9g", hd, h, i, d,
+                         (double)got[d], (double)alone[d]);
+    }
+    free((void *)kb);
+    free((void *)vb);
+    free(alone);
+}
+
+/* pd_kern_attn_heads: 1..12 adjacent heads of 1..3 queries each (the
+ * queries for which it is pd_kern_attn's AVX2 kernel), ragged n_pos,
+ * windows (blocks before every window NULL) and caps, F32 and F16. */
+static void check_heads(bool f16)
+{
+    rng_t r = { 0x4ead5ull + f16 };
+    const uint32_t hds[] = { 8, 24, 64, 128 };
+    const uint32_t bss[] = { 1, 5, 16, 17 };
+    const uint32_t nhs[] = { 1, 2, 5, 12 };
+    const uint32_t windows[] = { 0, 3, 40 };
+    for (size_t a = 0; a < sizeof hds / sizeof *hds; a++)
+        for (size_t b = 0; b < sizeof bss / sizeof *bss; b++)
+            for (size_t n = 0; n < sizeof nhs / sizeof *nhs; n++)
+                for (size_t w = 0; w < sizeof windows / sizeof *windows; w++) {
+                    const uint32_t max_pos = 1 + rng_u32(&r) % 90, n_q = 1 + rng_u32(&r) % 3;
+                    const uint32_t n_h = nhs[n];
+                    cache_t c;
+                    queries_t Q;
+                    cache_init_heads(&c, hds[a], bss[b], max_pos, f16, n_h, &r);
+                    c.sh.window = windows[w];
+                    c.sh.softcap = w == 2 ? 1.5f : 0.0f;
+                    assert_true(pd_kern_attn_heads_supported(&c.sh, n_q));
+                    queries_init(&Q, &c, n_h * n_q, max_pos, (n + w) % 2 == 0, &r);
+                    hide_blocks(&c, Q.n_pos, n_q); /* Q.n_pos[0..n_q): every head's */
+                    pd_kern_attn_heads(&c.sh, n_h, c.kb, c.vb, n_q, (const float *const *)Q.q,
+                                       Q.n_pos, Q.out, Q.scratch);
+                    for (uint32_t h = 0; h < n_h; h++)
+                        check_head(&c, &Q, h, n_q);
+                    queries_free(&Q);
+                    cache_free(&c);
+                }
+}
+
+static void test_attn_heads(void **state)
+{
+    (void)state;
+    if (!pd_kern_has_avx2())
+        skip();
+    check_heads(false);
+    check_heads(true);
+}
+
 static void check_known_answers(bool f16)
 {
     rng_t r = { 777 };
@@ -465,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_attn_regrouping),
         cmocka_unit_test(test_attn_known_answers),
         cmocka_unit_test(test_attn_avx512_is_avx2),
+        cmocka_unit_test(test_attn_heads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -141,7 +141,11 @@ static void eval_alone(fx_t *f, int s, float *out)
     eval_one_seq(f, tok, n, out);
 }
 
-static void check_batching(const char *model)
+/* A batch's logits against each sequence's alone. decode_only: every
+ * sequence's last token alone in the batch (a pure decode step, whose
+ * attention takes adjacent KV heads together: pd_kern_attn_heads); else
+ * continuing prefill chunks mixed with decode steps. */
+static void check_batching_mode(const char *model, bool decode_only)
 {
     fx_t f;
     if (fx_open(&f, model, 256, 1024) != 0)
@@ -160,7 +164,8 @@ static void check_batching(const char *model)
     pd_err_t err = { 0 };
     for (int s = 0; s < N_SEQ; s++) {
         uint32_t n = seq_len(s);
-        split[s] = s % 3 == 0 ? n - 1 : n / 2; /* n-1: a decode step for the last token */
+        /* n-1: a decode step for the last token */
+        split[s] = decode_only || s % 3 == 0 ? n - 1 : n / 2;
         assert_int_equal(pd_kv_seq_reserve(f.kv, &seqs[s], n), 0);
         for (uint32_t i = 0; i < split[s]; i++) {
             int32_t tok = seq_tok(&f, s, i), pos = (int32_t)i, sq = 0;
@@ -234,6 +239,8 @@ static void check_batching(const char *model)
     free(alone);
     fx_close(&f);
 }
+
+static void check_batching(const char *model) { check_batching_mode(model, false); }
 
 static void test_batching_llama(void **state) { (void)state; check_batching("tiny-llama-spm-f32.gguf"); }
 static void test_batching_qwen2(void **state) { (void)state; check_batching("tiny-qwen2-bpe-f32.gguf"); }
@@ -362,6 +369,21 @@ static void test_batching_sgemm_f32(void **state)
 }
 
 /* Batch invariance with an F16 KV cache, for float and quantized weights. */
+/* Pure decode steps: one token of each of 16 sequences, F32 and F16 KV,
+ * with GQA (group 2), a sliding window and a cap (gemma2-tiny). */
+static void test_batching_decode(void **state)
+{
+    (void)state;
+    const char *models[] = { "tiny-llama-spm-f32.gguf", "tiny-qwen2-bpe-f32.gguf",
+                             "gemma2-tiny-f32.gguf" };
+    for (int k = 0; k < 2; k++) {
+        g_kv_dtype = k ? PD_KV_F16 : PD_KV_F32;
+        for (size_t i = 0; i < sizeof models / sizeof *models; i++)
+            check_batching_mode(models[i], true);
+    }
+    g_kv_dtype = PD_KV_F32;
+}
+
 static void test_batching_kv_f16(void **state)
 {
     (void)state;
@@ -681,6 +703,7 @@ int main(void)
         cmocka_unit_test(test_rope_factors),
         cmocka_unit_test(test_batching_sgemm_f32),
         cmocka_unit_test(test_batching_kv_f16),
+        cmocka_unit_test(test_batching_decode),
         cmocka_unit_test(test_layer_hook),
         cmocka_unit_test(test_block_table_scrambled),
         cmocka_unit_test(test_prefix_hit_llama),
