@@ -96,14 +96,16 @@ for _ in $(seq 1 60); do
     sleep 0.1
 done
 check "closing HTTP connections cancels their requests (router and workers idle)" test "$idle" = true
-# The same for a non-streamed request: the client gives up after 0.5 s,
-# long before its 4000 tokens; the request ends "abort", not "length".
+# The same for a non-streamed request: the client gives up after 0.1 s,
+# long before its 4000 tokens; the request ends "abort", not "length". (The
+# context caps it at 2043 tokens, which a quiet Zen 4 core decodes in
+# 0.5 s: a 0.5 s client raced the end of the request and once lost.)
 aborts() {
     curl -s "http://$HTTP/metrics" |
         sed -n 's/^pdserve:request_success_total{.*finished_reason="abort"} //p'
 }
 a0=$(aborts)
-curl -s --max-time 0.5 "${AUTH[@]}" "http://$HTTP/v1/completions" \
+curl -s --max-time 0.1 "${AUTH[@]}" "http://$HTTP/v1/completions" \
     -d '{"prompt":"river mountain","max_tokens":4000,"ignore_eos":true}' >/dev/null
 idle=false
 for _ in $(seq 1 60); do
@@ -112,8 +114,12 @@ for _ in $(seq 1 60); do
     sleep 0.1
 done
 a1=$(aborts)
-check "a non-streamed request whose client hangs up is cancelled (aborts $a0 -> $a1)" \
-    bash -c "[ $idle = true ] && [ $((a0 + 1)) = '$a1' ]"
+if [ "$idle" = true ] && [ $((a0 + 1)) = "$a1" ]; then
+    ok "a non-streamed request whose client hangs up is cancelled (aborts $a0 -> $a1)"
+else
+    not_ok "a non-streamed request whose client hangs up is cancelled (aborts $a0 -> $a1)" \
+        "its end: $(grep 'event=request_done' "$T/router.log" | tail -1 | sed 's/.*event=//')"
+fi
 check "the router logs http_client_gone" grep -q 'event=http_client_gone' "$T/router.log"
 
 # Slowloris: a client that never finishes its headers is cut after
