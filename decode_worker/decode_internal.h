@@ -132,6 +132,14 @@ struct pd_decode {
 
 static inline uint64_t dc_now_ms(const pd_decode_t *d) { return d->port->now_ms(d->port->host); }
 
+/* How long KV waits for what it belongs to (an orphan for its DecodeTask,
+ * an early stream message for it, an idle stream for its next frame):
+ * half a lease, at least 200 ms. */
+static inline uint64_t dc_hold_ms(const pd_decode_t *d)
+{
+    return d->cfg->worker.lease_ms / 2 > 200 ? d->cfg->worker.lease_ms / 2 : 200;
+}
+
 void dc_close_frames(zmq_msg_t *frames, uint32_t n);
 
 /* ingress.c */

@@ -470,7 +470,7 @@ void dc_ingress_cancel(pd_decode_t *d, uint64_t req, uint32_t epoch)
 void dc_ingress_timers(pd_decode_t *d)
 {
     uint64_t now = dc_now_ms(d);
-    uint64_t hold_ms = d->cfg->worker.lease_ms / 2 > 200 ? d->cfg->worker.lease_ms / 2 : 200;
+    uint64_t hold_ms = dc_hold_ms(d);
     for (uint32_t i = 0; i < d->n_orphans;) {
         if (now - d->orphans[i].t_ms > hold_ms) {
             orphan_drop(d, i, false, "unknown request (no decode task for it)");

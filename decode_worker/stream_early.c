@@ -14,9 +14,6 @@
 #include "base/log.h"
 #include "decode_internal.h"
 
-#define DC_EARLY_HOLD_MS(d)                                                                     \
-    ((d)->cfg->worker.lease_ms / 2 > 200 ? (d)->cfg->worker.lease_ms / 2 : 200)
-
 bool dc_early_wanted(const pd_decode_t *d, uint64_t req, uint32_t epoch)
 {
     if (req == 0 || dc_was_cancelled(d, req, epoch) || dc_stream_refused(d, req, epoch))
@@ -138,7 +135,7 @@ void dc_early_replay(pd_decode_t *d, uint64_t req, uint32_t epoch)
 void dc_early_timers(pd_decode_t *d)
 {
     uint64_t now = dc_now_ms(d);
-    while (d->n_early > 0 && now - d->early[0].t_ms > DC_EARLY_HOLD_MS(d))
+    while (d->n_early > 0 && now - d->early[0].t_ms > dc_hold_ms(d))
         dc_early_drop(d, d->early[0].req, d->early[0].epoch,
                       "unknown request (no decode task for it)");
 }

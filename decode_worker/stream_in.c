@@ -98,7 +98,7 @@ void dc_stream_drop(pd_decode_t *d, uint64_t req, uint32_t epoch, uint32_t below
 void dc_stream_timers(pd_decode_t *d)
 {
     uint64_t now = dc_now_ms(d);
-    uint64_t idle_ms = d->cfg->worker.lease_ms / 2 > 200 ? d->cfg->worker.lease_ms / 2 : 200;
+    uint64_t idle_ms = dc_hold_ms(d);
     for (uint32_t i = 0; i < d->n_streams;) {
         if (now - d->streams[i].t_ms > idle_ms) {
             stream_break(d, i, "stream idle (its prefill worker stopped sending)");
