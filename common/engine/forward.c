@@ -663,7 +663,8 @@ static void products(pd_engine_t *e, const pd_mm_out_t *outs, int n, bool lockst
     /* The Q8_0 skinny kernels quantize x themselves, with the same
      * quantizer: rounding it here first would be the same work twice on
      * every decode step. Only the sgemm path needs the rounded floats. */
-    bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows);
+    bool skinny = invariant || pd_matmul_uses_skinny(w, n_rows, e->opts.skinny_max_rows) ||
+                  pd_kern_qg_takes(w, n_rows); /* it quantizes x itself too */
     const float *xin = quant && skinny ? x : round_activations(e, w->type, x, n_rows, w->n_in);
     for (uint32_t r = 0; r < n_rows; r += chunk) {
         uint32_t m = n_rows - r < chunk ? n_rows - r : chunk;

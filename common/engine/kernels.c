@@ -505,6 +505,34 @@ void pd_kern_skinny_qlanes_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_e
     }
 }
 
+/* The integer prefill kernel's definition (kernels.h, pd_kern_qg_*): one
+ * float chain per (o, r), one fmaf per block in order from +0, with the
+ * block's whole 32-element integer dot (exact in an int) and the one
+ * rounded product of the two fp16 scales. */
+void pd_kern_qg_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                    uint32_t n_rows, float *y, uint32_t y_stride)
+{
+    const uint8_t *wd = w->data;
+    const uint32_t nb = w->n_in / QK;
+    const size_t xq_rb = (size_t)nb * Q8_0_BYTES;
+    const size_t wblk = w->type == PD_GGML_TYPE_Q8_0 ? Q8_0_BYTES : Q4_0_BYTES;
+    for (uint32_t o = o_begin; o < o_end; o++) {
+        const uint8_t *row = wd + (size_t)o * w->row_bytes;
+        for (uint32_t r = 0; r < n_rows; r++) {
+            const uint8_t *xr = (const uint8_t *)xq + r * xq_rb;
+            float acc = 0.0f;
+            for (uint32_t b = 0; b < nb; b++) {
+                const uint8_t *wb = row + b * wblk, *xb = xr + (size_t)b * Q8_0_BYTES;
+                int dot = 0;
+                for (int j = 0; j < QK; j++)
+                    dot += q_elem(w->type, wb, j) * (int8_t)xb[2 + j];
+                acc = fmaf((float)dot, load_fp16(wb) * load_fp16(xb), acc);
+            }
+            y[(size_t)r * y_stride + o] = acc;
+        }
+    }
+}
+
 void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                     uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                     uint32_t y_stride)

@@ -129,6 +129,28 @@ void pd_kern_skinny_qt_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_en
 void pd_kern_skinny_qlanes_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
                                const void *xq, uint32_t n_rows, float *y, uint32_t y_stride);
 
+/* ====== Integer product for many rows (prefill) ======
+ *
+ * Q8_0 and Q4_0 weights times Q8_0 activations (pd_kern_prepare_x) for
+ * products of more than PD_SKINNY_QUANT_MAX rows on AVX-512 VNNI
+ * (kernels_qg_avx512.c), in place of dequantize + tiled F32. Its own bits,
+ * not the decode kernels' (those keep 8 lanes per (o, r)): per (o, r) one
+ * float chain, from +0, over the blocks in order,
+ *     acc = fmaf((float)dot_b, dw_b * dx_b, acc)
+ * where dot_b is the block's whole 32-element integer dot (exact) and
+ * dw_b * dx_b the one rounded float product of the two fp16 scales;
+ * y[r][o] = acc. pd_kern_qg_ref is that definition in plain C. Every
+ * (o, r) is the same operations whatever the batch, the thread count or
+ * the split of rows over tasks. */
+/* True when pd_matmul / pd_matmul_multi give an n_rows product with w to
+ * this kernel: AVX-512 ISA, Q8_0 or Q4_0, n_rows > PD_SKINNY_QUANT_MAX. */
+bool pd_kern_qg_takes(const pd_mat_t *w, uint32_t n_rows);
+/* Scratch bytes for products of n_in with up to n_rows rows. */
+size_t pd_kern_qg_scratch_bytes(uint32_t n_in, uint32_t n_rows);
+/* xq: n_rows rows of pd_kern_prepare_x's Q8_0 activations. */
+void pd_kern_qg_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const void *xq,
+                    uint32_t n_rows, float *y, uint32_t y_stride);
+
 /* ====== Matmul with dispatch ======
  *
  * y (n_rows, w->n_out) = x (n_rows, w->n_in) @ W^T, fp32 out.
@@ -174,6 +196,14 @@ typedef void (*pd_mm_epilogue_fn)(void *ctx, int i_out, uint32_t o_begin, uint32
 void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
                      const float *x, uint32_t n_rows, void *scratch, uint32_t skinny_max,
                      pd_mm_epilogue_fn epi, void *epi_ctx);
+
+/* pd_matmul_multi's contract on the integer prefill kernel (all products
+ * pd_kern_qg_takes, one type and n_in): x is quantized (pd_kern_prepare_x)
+ * and laid out once, then units of output rows go to the pool's tasks;
+ * the epilogue runs after each unit. scratch: pd_kern_qg_scratch_bytes. */
+void pd_kern_qg_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool lockstep,
+                      const float *x, uint32_t n_rows, void *scratch, pd_mm_epilogue_fn epi,
+                      void *epi_ctx);
 
 /* ====== Small vector kernels ====== */
 /* out[i] = x[i] / rms(x) * g[i]; rms = sqrt(mean(x^2) + eps). out may be x. */

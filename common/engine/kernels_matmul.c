@@ -146,6 +146,8 @@ size_t pd_matmul_scratch_bytes(const pd_mat_t *w, uint32_t n_rows)
         tile = pd_gemm_f32_scratch_bytes(w->n_in, n_rows);
     if (pd_gemm_deq_takes(w, n_rows) && pd_gemm_deq_scratch_bytes(w->n_in, n_rows) > tile)
         tile = pd_gemm_deq_scratch_bytes(w->n_in, n_rows); /* and its dequantized rows */
+    if (pd_kern_qg_takes(w, n_rows) && pd_kern_qg_scratch_bytes(w->n_in, n_rows) > tile)
+        tile = pd_kern_qg_scratch_bytes(w->n_in, n_rows); /* the integer prefill kernel */
     return align_up(xq > tile ? xq : tile, SCRATCH_ALIGN);
 }
 
@@ -216,6 +218,11 @@ void pd_matmul(pd_pool_t *pool, const pd_mat_t *w, const float *x, uint32_t n_ro
         prepare_x(w, x, n_rows, scratch, &c.in);
         c.chunk = task_chunk(w->n_out, n_threads);
         pd_pool_run(pool, skinny_task, &c, (int)div_up(w->n_out, c.chunk));
+        return;
+    }
+    if (pd_kern_qg_takes(w, n_rows)) { /* Q8_0 / Q4_0: the integer prefill kernel */
+        const pd_mm_out_t o = {w, y};
+        pd_kern_qg_multi(pool, &o, 1, false, x, n_rows, scratch, NULL, NULL);
         return;
     }
     const int n_in = (int)w->n_in;
@@ -302,9 +309,16 @@ void pd_matmul_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool 
     const pd_mat_t *w = outs[0].w;
     const int n_threads = pd_pool_n_threads(pool);
     bool deq = n_outs <= PD_MM_MAX_OUTS && !any_empty && !pd_matmul_uses_skinny(w, n_rows, skinny_max);
-    for (int i = 0; deq && i < n_outs; i++) /* pd_gemm_f32_multi: one type and n_in */
-        deq = pd_gemm_deq_takes(outs[i].w, n_rows) && outs[i].w->type == w->type &&
-              outs[i].w->n_in == w->n_in;
+    bool qg = deq;
+    for (int i = 0; (deq || qg) && i < n_outs; i++) { /* one type and n_in */
+        const bool same = outs[i].w->type == w->type && outs[i].w->n_in == w->n_in;
+        qg = qg && same && pd_kern_qg_takes(outs[i].w, n_rows);
+        deq = deq && same && pd_gemm_deq_takes(outs[i].w, n_rows);
+    }
+    if (qg) { /* Q8_0 / Q4_0: the integer prefill kernel */
+        pd_kern_qg_multi(pool, outs, n_outs, lockstep, x, n_rows, scratch, epi, epi_ctx);
+        return;
+    }
     if (deq) {
         pd_gemm_f32_multi(pool, outs, n_outs, lockstep, x, n_rows, scratch, epi, epi_ctx);
         return;
