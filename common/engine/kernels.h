@@ -158,7 +158,9 @@ void pd_kern_qg_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
  * (for quantized weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
  * integer kernel is slower than dequantize + sgemm).
  * Otherwise: cblas_sgemm (fp32 weights directly; other types dequantized
- * tile by tile into scratch, then sgemm).
+ * tile by tile into scratch, then sgemm), or on AVX-512 the tiled kernels
+ * (kernels_gemm.h) and, for Q8_0 / Q4_0, the integer prefill kernel
+ * (pd_kern_qg_takes), which quantizes x itself as the skinny path does.
  * scratch: at least pd_matmul_scratch_bytes(w, n_rows) bytes, 64-aligned;
  * pd_matmul_scratch_bytes(w, n) covers every call with at most n rows.
  * OpenBLAS threads are left alone (the engine sets them to its n_threads);

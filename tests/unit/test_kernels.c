@@ -590,7 +590,8 @@ static void test_skinny_batch_invariant(void **state)
 
 /* pd_matmul (skinny or sgemm path, with a pool) against a double-precision
  * product of the dequantized weights. For quantized weights the skinny path
- * quantizes x, so its reference uses the quantized x too. */
+ * and the integer prefill kernel quantize x, so the reference uses the
+ * quantized x too. */
 static void check_matmul(pd_pool_t *pool, pd_ggml_type_t t, uint32_t n_in, uint32_t n_out,
                          uint32_t n_rows, uint32_t skinny_max, rng_t *r)
 {
@@ -605,13 +606,15 @@ static void check_matmul(pd_pool_t *pool, pd_ggml_type_t t, uint32_t n_in, uint3
     pd_matmul(pool, &w, x, n_rows, y, scratch, skinny_max);
     const bool quant = t == PD_GGML_TYPE_Q8_0 || t == PD_GGML_TYPE_Q4_0;
     const bool skinny = n_rows <= skinny_max && (!quant || n_rows <= PD_SKINNY_QUANT_MAX);
+    /* the integer prefill kernel quantizes x too (pd_kern_qg_takes) */
+    const bool quant_x = skinny || pd_kern_qg_takes(&w, n_rows);
     float *wrow = malloc(sizeof(float) * n_in), *xrow = malloc(sizeof(float) * n_in);
     uint8_t *xq = malloc((size_t)n_in / 32 * 34 + 1);
     assert_non_null(wrow);
     assert_non_null(xrow);
     assert_non_null(xq);
     for (uint32_t rr = 0; rr < n_rows; rr++) {
-        if (skinny && quant) {
+        if (quant_x && quant) {
             pd_kern_prepare_x_ref(t, x + (size_t)rr * n_in, n_in, n_in, 1, xq);
             pd_dequant_row_ref(PD_GGML_TYPE_Q8_0, xq, xrow, n_in);
         } else {

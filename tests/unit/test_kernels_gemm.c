@@ -292,8 +292,10 @@ static void test_fused_epilogue(void **state)
 
 /* Weights of other types on the sgemm path (pd_gemm_deq_takes): each
  * panel dequantized and packed, then the same micro-kernel, so the result
- * is bitwise pd_gemm_f32_ref on the dequantized matrix; through pd_matmul
- * and pd_matmul_multi (lockstep, 2 threads), Q8_0 and Q4_0, ragged n_out. */
+ * is bitwise pd_gemm_f32_ref on the dequantized matrix; one product and two
+ * in lockstep (2 threads), Q8_0 and Q4_0, ragged n_out. Called directly:
+ * pd_matmul gives these two types to the integer kernel (test_kernels_qg),
+ * the path stays for the others (the K-quants, IQ4_NL, F16, BF16). */
 static void test_dequantized_panels(void **state)
 {
     (void)state;
@@ -326,11 +328,11 @@ static void test_dequantized_panels(void **state)
         void *scratch = aligned_alloc(64, pd_matmul_scratch_bytes(&wq[0], n_rows));
         assert_non_null(scratch);
         pd_gemm_f32_ref(&wf, 0, n_out, x, n_in, n_rows, yr, n_out);
-        pd_matmul(pool, &wq[0], x, n_rows, y[0], scratch, PD_SKINNY_QUANT_MAX);
-        assert_memory_equal(y[0], yr, sizeof(float) * n_out * n_rows);
         const pd_mm_out_t outs[2] = {{&wq[0], y[0]}, {&wq[1], y[1]}};
+        pd_gemm_f32_multi(pool, outs, 1, false, x, n_rows, scratch, NULL, NULL);
+        assert_memory_equal(y[0], yr, sizeof(float) * n_out * n_rows);
         memset(y[0], 0, sizeof(float) * n_out * n_rows);
-        pd_matmul_multi(pool, outs, 2, true, x, n_rows, scratch, PD_SKINNY_QUANT_MAX, NULL, NULL);
+        pd_gemm_f32_multi(pool, outs, 2, true, x, n_rows, scratch, NULL, NULL);
         for (int i = 0; i < 2; i++)
             assert_memory_equal(y[i], yr, sizeof(float) * n_out * n_rows);
         for (int i = 0; i < 2; i++) {
