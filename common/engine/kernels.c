@@ -546,7 +546,7 @@ void pd_kern_skinny(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const f
             pd_kern_skinny_k_avx512(w, o_begin, o_end, xq, n_rows, y, y_stride);
             break;
         }
-        if (w->type == PD_GGML_TYPE_F32 && n_rows >= 2 && n_rows <= PD_F32_SMALL_MAX_ROWS)
+        if (w->type == PD_GGML_TYPE_F32 && n_rows >= 2)
             pd_kern_skinny_f32_avx512(w, o_begin, o_end, x, x_stride, n_rows, y, y_stride);
         else
             pd_kern_skinny_avx512(w, o_begin, o_end, x, x_stride, xq, n_rows, y, y_stride);

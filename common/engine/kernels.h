@@ -356,10 +356,11 @@ void pd_kern_skinny_avx2(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, co
 void pd_kern_skinny_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const float *x,
                            uint32_t x_stride, const void *xq, uint32_t n_rows, float *y,
                            uint32_t y_stride);
-/* F32 weights, small batches (kernels_f32_avx512.c): the same bits as
- * pd_kern_skinny_avx512, blocked for 2..8 rows at a time; pd_kern_skinny
- * takes it for 2..PD_F32_SMALL_MAX_ROWS rows (more: compute-bound, where
- * pd_kern_skinny_avx512's 4 x 6 kernel measured as fast or faster). */
+/* F32 weights, decode batches (kernels_f32_avx512.c): the same bits as
+ * pd_kern_skinny_avx512; pd_kern_skinny takes it for 2 rows or more. Up
+ * to PD_F32_SMALL_MAX_ROWS rows it is blocked for 2..8 rows at a time
+ * (the weights streamed), above for whole-K 4 x 6 micro-kernel calls on
+ * panels of 16 adjacent outputs (compute-bound). */
 #define PD_F32_SMALL_MAX_ROWS 16
 void pd_kern_skinny_f32_avx512(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end,
                                const float *x, uint32_t x_stride, uint32_t n_rows, float *y,

@@ -18,7 +18,9 @@
  * follow, with no software prefetch (1 row, F32, streamed from DRAM,
  * 1 thread: 11-27 % faster than adjacent rows + prefetch, 2026-12-07).
  * Above PD_F32_SMALL_MAX_ROWS rows (decode batch 32) skinny_float stages
- * the far panels' outputs and prefetches the next tile (its comment).
+ * the far panels' outputs and prefetches the next tile (its comment); F32
+ * weights take kernels_f32_avx512.c from 2 rows on (pd_kern_skinny), so
+ * that is the F16 and BF16 path.
  *
  * Quantized weights (Q8_0, Q4_0): kernels_q_avx512.c (VNNI), whose bits
  * are the AVX2 kernel's (and ggml's AVX2 vec_dot's, the referee's).

@@ -9,7 +9,9 @@
  *     token in a decode batch of 2..63 rows is bitwise the token alone;
  *   - the far-row panels (kernels_rows.h) at 1, 8 and 32 rows: ranges with
  *     a tail, odd starts, pd_matmul's task chunks at 1 and 2 threads, all
- *     pd_gemm_f32_ref's bits. */
+ *     pd_gemm_f32_ref's bits;
+ *   - the many-row kernel (17..64 rows): K-tiles, panel tails, unaligned
+ *     ranges, strided x and y, pd_gemm_f32_ref's bits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -265,6 +267,52 @@ static void test_f32_far_panels(void **state)
     free(wd);
 }
 
+/* The many-row kernel (17..64 rows, decode batch 32): whole-K calls and
+ * K-tiles (n_in 4112: three tiles of at most 2048), 16-output panels with
+ * a tail under 16 and unaligned starts, strided x and y, batches sliced at
+ * 64 rows: every output pd_gemm_f32_ref's bits (the 1-row kernel's: the
+ * same lanes and tree), nothing outside the range written. */
+static void test_f32_many_rows(void **state)
+{
+    (void)state;
+    if (!have_avx512())
+        skip();
+    rng_t r = {0x082efa98ec4e6c89ull};
+    const uint32_t n_ins[] = {768, 2048, 4112, 1000}, n_out = 53, xs_pad = 16, ys_pad = 7;
+    const uint32_t n_rows[] = {17, 18, 23, 24, 31, 32, 33, 48, 63, 64, 70};
+    const uint32_t ranges[][2] = {{0, 53}, {7, 53}, {3, 19}, {16, 32}, {50, 53}};
+    for (size_t a = 0; a < sizeof n_ins / sizeof n_ins[0]; a++) {
+        const uint32_t n_in = n_ins[a], max_rows = 70, xs = n_in + xs_pad, ys = n_out + ys_pad;
+        float *wd = make_f((size_t)n_out * n_in, &r), *x = make_f((size_t)max_rows * xs, &r);
+        float *yr = malloc(sizeof(float) * ys * max_rows), *y = malloc(sizeof(float) * ys * max_rows);
+        assert_non_null(yr);
+        assert_non_null(y);
+        const pd_mat_t w = mat(wd, n_out, n_in);
+        pd_gemm_f32_ref(&w, 0, n_out, x, xs, max_rows, yr, ys);
+        for (size_t k = 0; k < sizeof n_rows / sizeof n_rows[0]; k++)
+            for (size_t g = 0; g < sizeof ranges / sizeof ranges[0]; g++) {
+                const uint32_t nr = n_rows[k], o0 = ranges[g][0], o1 = ranges[g][1];
+                memset(y, 0x7f, sizeof(float) * ys * nr);
+                pd_kern_skinny(&w, o0, o1, x, xs, NULL, nr, y, ys);
+                for (uint32_t rr = 0; rr < nr; rr++)
+                    for (uint32_t o = 0; o < ys; o++) {
+                        const float *want = o >= o0 && o < o1
+                                                ? yr + (size_t)rr * ys + o
+                                                : (const float *)&(uint32_t){0x7f7f7f7fu};
+                        if (memcmp(y + (size_t)rr * ys + o, want, sizeof(float)) != 0) {
+                            print_error("n_in %u rows %u range [%u, %u): y[%u][%u] wrong\n",
+                                        n_in, nr, o0, o1, rr, o);
+                            fail();
+                        }
+                    }
+            }
+        free(y);
+        free(yr);
+        free(x);
+        free(wd);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -272,6 +320,7 @@ int main(void)
         cmocka_unit_test(test_f32_tail_batch_invariant),
         cmocka_unit_test(test_f32_matmul_batch_invariant),
         cmocka_unit_test(test_f32_far_panels),
+        cmocka_unit_test(test_f32_many_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
