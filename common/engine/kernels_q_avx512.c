@@ -22,11 +22,15 @@
  *     [-127, 127] (all the activation quantizer gives for finite inputs);
  *     per block and (o, r) that leaves vpdpbusd, a convert and an FMA, plus
  *     the weight's xor (Q8_0) or shift and mask (Q4_0) shared by the NR rows;
- *   - the scales: per 16 blocks, one 16-lane gather converts the fp16
- *     scales of a weight row (and of an activation row) to float, and the
- *     products dw * dx of the micro-kernel's (o, r) pairs are formed 16 at a
- *     time (the same single rounding as a scalar dw * dx); the FMA takes its
- *     scale as a broadcast memory operand;
+ *   - the scales: per 16 blocks, the fp16 scales of a weight row (and of
+ *     an activation row) are picked from the blocks' bytes by vpermt2w
+ *     (scales16_full; a gather only for a row's last group of fewer than
+ *     16) and converted to float, and the products dw * dx of the
+ *     micro-kernel's (o, r) pairs are formed 16 at a time (the same single
+ *     rounding as a scalar dw * dx); the FMA takes its scale as a broadcast
+ *     memory operand. On Zen 4 the 16-lane gather this replaces cost about
+ *     a third of a Q4_0 row's time (2048x2048 from L2, 1 row, 1 thread:
+ *     Q4_0 0.99 -> 0.81 ns a block, Q8_0 1.02 -> 0.88);
  *   - a micro-kernel of NO = 8 weight rows for one or two activation rows
  *     (8 or 16 independent FMA chains), 4 for three to five (12 to 20; at
  *     five a few registers spill, still faster than 3 + 2 passes over the
@@ -37,11 +41,19 @@
  *     (4) long sequential streams, which the hardware prefetchers follow
  *     (8 adjacent rows, 8 short runs in the same few pages, they do not);
  *     the last range % 8 (4) rows run as before, adjacent. Each block's
- *     line one row further in its stream (the next panel's) is prefetched
- *     as the block is read. Streamed 1 row, 1 thread (pd-kbench
- *     --stream-mb 1024, shared machine): Q4_0 2048x2048 11.6 -> 16.0 GB/s,
- *     Q8_0 12.8 -> 16.4; no software prefetch measured 12-13, two rows
- *     ahead as one, four rows ahead 14-15, T1 as T0.
+ *     line a few rows further in its stream (a later panel's) is
+ *     prefetched as the block is read (Q_PF_ROWS). Streamed 1 row, 1
+ *     thread (pd-kbench --stream-mb 1024, shared machine): Q4_0 2048x2048
+ *     11.6 -> 16.0 GB/s, Q8_0 12.8 -> 16.4; no software prefetch measured
+ *     12-13, two rows ahead as one, four rows ahead 14-15, T1 as T0 (on
+ *     the Xeon). On the
+ *     Zen 4 VM, T1 (into L2) beats T0 (5632x2048 streamed, 1 row, best of
+ *     4 on a shared machine: Q8_0 16.5 -> 22.4 GB/s, Q4_0 16.2 -> 17.8
+ *     with the gather-free scales); 1 to 4 rows ahead and T2 measured
+ *     within noise of 2 rows, NTA and one prefetch per line of a 16-block
+ *     group (instead of one per block) lower. Q4_0 at 4 activation rows
+ *     and Q8_0 at 5 (bound by their arithmetic) keep T0 one row ahead: T1
+ *     two rows ahead cost them 1-3 %.
  * Rows beyond 5 are done 5 at a time, re-reading the panel from L1/L2;
  * pd_matmul gives this kernel at most 5 rows on AVX-512 machines (the qt
  * kernel takes batches from 6 on).
@@ -58,14 +70,27 @@
 #define Q4_0_BYTES 18
 #define QK 32
 #define KT 256    /* K-tile, blocks: 8.5 KB of an activation row */
-#define SC 16     /* blocks per 16-lane gather of scales */
+#define SC 16     /* blocks per group of scales (16 float lanes) */
 #define PANEL 16  /* weight rows per panel */
+/* Prefetch of the weights: Q_PF_ROWS rows ahead in each stream with
+ * Q_PF_HINT; the micro-kernels where T1 measured slower (Q4_0 4 x 4 and
+ * Q8_0 4 x 5, bound by their arithmetic) Q_PF_ROWS_AR rows ahead with
+ * Q_PF_HINT_AR. 0 rows: none. */
 #ifndef Q_PF_HINT
-#define Q_PF_HINT _MM_HINT_T0
+#define Q_PF_HINT _MM_HINT_T1 /* into L2: on Zen 4, T0 streamed slower */
 #endif
 #ifndef Q_PF_ROWS
-#define Q_PF_ROWS 1 /* prefetch distance in each stream, rows; 0: none */
+#define Q_PF_ROWS 2
 #endif
+#ifndef Q_PF_HINT_AR
+#define Q_PF_HINT_AR _MM_HINT_T0
+#endif
+#ifndef Q_PF_ROWS_AR
+#define Q_PF_ROWS_AR 1
+#endif
+/* The micro-kernels bound by their arithmetic, which prefetch with
+ * Q_PF_HINT_AR and gather their scales: as main's kernel did. */
+#define PF_AR(q8, nr) ((q8) ? (nr) == 5 : (nr) == 4)
 #define MAX_NO 8  /* weight rows per micro-kernel: 8, 4 or 1 */
 #define MAX_NR 5  /* activation rows per micro-kernel: 1..5 */
 
@@ -81,7 +106,7 @@ static ALWAYS_INLINE float hsum8_ggml(__m256 a)
 /* The fp16 scales of the n <= 16 blocks at p, stride bytes apart, as float
  * (lanes from n on are 0): the scale is the low half of a block's first
  * dword. */
-static ALWAYS_INLINE __m512 scales16(const uint8_t *p, size_t stride, size_t n)
+static ALWAYS_INLINE __m512 scales16_gather(const uint8_t *p, size_t stride, size_t n)
 {
     const __m512i idx = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -89,6 +114,67 @@ static ALWAYS_INLINE __m512 scales16(const uint8_t *p, size_t stride, size_t n)
     const __mmask16 m = (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1);
     const __m512i h = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, p, 1);
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+}
+
+/* The permute index of lane j < 16: word j * hw - w0 of a 64-word pair
+ * (hw: a block's size in words; w0: the pair's first word in the group). */
+#define SW(j, hw, w0) ((short)(((j) * (hw) - (w0)) & 63))
+
+static ALWAYS_INLINE __m512i perm_words(__m512i lo, __m512i hi, int hw, int w0)
+{
+    /* lane j < 16: word j * hw - w0 of (lo, hi), words 0..63; the caller
+     * keeps only the lanes whose word is in that window */
+    const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         SW(15, hw, w0), SW(14, hw, w0),
+                                         SW(13, hw, w0), SW(12, hw, w0),
+                                         SW(11, hw, w0), SW(10, hw, w0),
+                                         SW(9, hw, w0), SW(8, hw, w0),
+                                         SW(7, hw, w0), SW(6, hw, w0),
+                                         SW(5, hw, w0), SW(4, hw, w0),
+                                         SW(3, hw, w0), SW(2, hw, w0),
+                                         SW(1, hw, w0), SW(0, hw, w0));
+    return _mm512_permutex2var_epi16(lo, idx, hi);
+}
+
+static ALWAYS_INLINE __m512i ld64(const uint8_t *p, int i)
+{
+    return _mm512_loadu_si512((const void *)(p + 64 * i));
+}
+
+/* scales16 for 16 whole blocks without a gather (on Zen 4 a 16-lane gather
+ * and its convert took about 18 cycles, a third of a Q4_0 row's time: with
+ * the scales left out, 0.99 -> 0.67 ns a block from L2): the 16 blocks'
+ * bytes as 64-byte loads (Q8_0: 8, bytes 0..511; Q4_0: 4 and the 16 bytes
+ * 256..271), the scale words picked by vpermt2w from pairs of them and
+ * blended. The same fp16 words, the same exact conversion: the same bits. */
+static ALWAYS_INLINE __m512 scales16_full(const uint8_t *p, bool q8)
+{
+    __m512i h;
+    if (q8) { /* word 17 j: j 0..3 in words 0..63, 4..7 in 64..127, ... */
+        const __m512i a = perm_words(ld64(p, 0), ld64(p, 1), 17, 0);
+        const __m512i b = perm_words(ld64(p, 2), ld64(p, 3), 17, 64);
+        const __m512i c = perm_words(ld64(p, 4), ld64(p, 5), 17, 128);
+        const __m512i d = perm_words(ld64(p, 6), ld64(p, 7), 17, 192);
+        h = _mm512_mask_blend_epi16(0x00f0, a, b);
+        h = _mm512_mask_blend_epi16(0x0f00, h, c);
+        h = _mm512_mask_blend_epi16(0xf000, h, d);
+    } else { /* word 9 j: j 0..7 in words 0..63, 8..14 in 64..127, 15: 135 */
+        const __m512i a = perm_words(ld64(p, 0), ld64(p, 1), 9, 0);
+        const __m512i b = perm_words(ld64(p, 2), ld64(p, 3), 9, 64);
+        const __m512i e = _mm512_maskz_loadu_epi16(0x00ff, p + 256); /* word 135 = e[7] */
+        h = _mm512_mask_blend_epi16(0x7f00, a, b);
+        h = _mm512_mask_permutexvar_epi16(h, 0x8000, _mm512_set1_epi16(7), e);
+    }
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+}
+
+/* scales16_gather's result; without the gather for 16 whole blocks when
+ * no_gather. */
+static ALWAYS_INLINE __m512 scales16(const uint8_t *p, size_t stride, size_t n, bool no_gather)
+{
+    if (no_gather && n == SC && (stride == Q8_0_BYTES || stride == Q4_0_BYTES))
+        return scales16_full(p, stride == Q8_0_BYTES);
+    return scales16_gather(p, stride, n);
 }
 
 /* The 32 stored nibbles of a Q4_0 block, unsigned: elements 0..15 (the
@@ -126,6 +212,11 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
                           : _mm256_set_m128i(_mm_set1_epi8((char)0x80), _mm_set1_epi8(8));
     const __m256i k80 = _mm256_set1_epi8((char)0x80);
     alignas(64) float sc[MAX_NO][MAX_NR][SC]; /* dw * dx per (o, r, block) */
+    /* the gather-free scales, but for the micro-kernels bound by their
+     * arithmetic (PF_AR): there they measured no faster (Q8_0 4 x 5, 1
+     * thread) or slower (Q4_0 4 x 4, 2048x2048 from L2: 3.5 %; Q8_0 4 x 5
+     * in decode at 2 threads, batch 5: 1-5 %), so those two run as before */
+    const bool ng = !PF_AR(q8, NR);
     __m256 acc[MAX_NO][MAX_NR];
 #pragma GCC unroll 8
     for (int o = 0; o < NO; o++)
@@ -137,10 +228,10 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
         __m512 dx[MAX_NR];
 #pragma GCC unroll 5
         for (int r = 0; r < NR; r++)
-            dx[r] = scales16(xq + r * xq_stride + b0 * Q8_0_BYTES, Q8_0_BYTES, n);
+            dx[r] = scales16(xq + r * xq_stride + b0 * Q8_0_BYTES, Q8_0_BYTES, n, ng);
 #pragma GCC unroll 8
         for (int o = 0; o < NO; o++) {
-            const __m512 dw = scales16(w + (size_t)o * rb + b0 * bsz, bsz, n);
+            const __m512 dw = scales16(w + (size_t)o * rb + b0 * bsz, bsz, n, ng);
 #pragma GCC unroll 5
             for (int r = 0; r < NR; r++)
                 _mm512_store_ps(sc[o][r], _mm512_mul_ps(dw, dx[r]));
@@ -158,8 +249,10 @@ static ALWAYS_INLINE void mk_q(const int NO, const int NR, const bool q8, const 
 #pragma GCC unroll 8
             for (int o = 0; o < NO; o++) {
                 const uint8_t *wb = w + (size_t)o * rb + (b0 + b) * bsz;
-                if (Q_PF_ROWS > 0)
+                if (!PF_AR(q8, NR) && Q_PF_ROWS > 0) /* q8, NR: constants here */
                     _mm_prefetch((const char *)wb + pf, Q_PF_HINT);
+                else if (PF_AR(q8, NR) && Q_PF_ROWS_AR > 0)
+                    _mm_prefetch((const char *)wb + pf, Q_PF_HINT_AR);
                 const __m256i wu =
                     q8 ? _mm256_xor_si256(
                              _mm256_loadu_si256((const __m256i *)(const void *)(wb + 2)), k80)
@@ -255,8 +348,9 @@ static void skinny_q(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const 
     for (uint32_t p = 0; p < m.n_panels; p++) {
         const uint8_t *wp = w0 + (size_t)pd_rowmap_row(&m, p, 0) * rb;
         /* the first pass over the activation rows prefetches each stream's
-         * row Q_PF_ROWS ahead */
-        const size_t pf = Q_PF_ROWS > 0 && p + Q_PF_ROWS < m.n_panels ? Q_PF_ROWS * rb : 0;
+         * row `ahead` rows ahead */
+        const uint32_t ahead = PF_AR(q8, pick_nr(n_rows)) ? Q_PF_ROWS_AR : Q_PF_ROWS;
+        const size_t pf = ahead > 0 && p + ahead < m.n_panels ? ahead * rb : 0;
         for (size_t b0 = 0; b0 < nb_all; b0 += KT) {
             const size_t nb = nb_all - b0 < KT ? nb_all - b0 : KT;
             for (uint32_t r = 0; r < n_rows;) {

@@ -1,7 +1,8 @@
 /* test_kernels_qt.c -- the batched quantized product (kernels_qt_avx512.c)
  * and the definition it must meet to the bit (pd_kern_skinny_qlanes_ref):
  *   - the skinny AVX2 and AVX-512 kernels give the reference's bits (so the
- *     reference is the definition the engine has always used);
+ *     reference is the definition the engine has always used), with the
+ *     AVX-512 kernel's scales over fp16's range;
  *   - the qt kernel gives the reference's bits on odd shapes (row counts
  *     around the 16-token groups, K-tile and panel tails, sub-ranges of
  *     output rows), with Q8_0 weight bytes over the whole int8 range;
@@ -224,6 +225,58 @@ static void test_skinny_far_rows(void **state)
         }
 }
 
+/* The AVX-512 skinny kernel's scales of 16 whole blocks (picked from
+ * 64-byte loads by vpermt2w, no gather) and of a last group of fewer
+ * (gathered): every block's own fp16 scale, over fp16's range (subnormals,
+ * zero, both signs, up to 2^15) and in every lane of a group of 16, in
+ * rows of several groups and a K-tile tail (256 + 16 + 3 blocks), in a
+ * buffer of exactly the weights' bytes (an over-read shows under ASan). */
+static void test_skinny_scales16(void **state)
+{
+    (void)state;
+    if (!have_qt())
+        skip();
+    rng_t r = {0x5ca1e5ull};
+    const pd_ggml_type_t types[] = {PD_GGML_TYPE_Q8_0, PD_GGML_TYPE_Q4_0};
+    const uint32_t n_blocks[] = {16, 48, 256 + 16 + 3};
+    const uint32_t n_rows[] = {1, 2, 3, 5};
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < 3; i++) {
+            const uint32_t n_in = 32 * n_blocks[i], n_out = 19, ys = n_out;
+            const size_t rb = n_in / 32 * wblk(types[t]);
+            uint8_t *wd = make_w(types[t], n_out, n_in, &r, false);
+            uint8_t *exact = malloc(rb * n_out);
+            assert_non_null(exact);
+            for (size_t b = 0; b < (size_t)n_out * n_blocks[i]; b++) {
+                /* sign, exponent 0..15 (0: zero or subnormal), mantissa */
+                const uint32_t u = rng_u32(&r);
+                const uint32_t e = (u >> 16) % 16u;
+                const uint16_t d = (uint16_t)((u & 0x8000u) | e << 10 | (u & 0x3ffu));
+                memcpy(wd + b * wblk(types[t]), &d, 2);
+            }
+            memcpy(exact, wd, rb * n_out);
+            const pd_mat_t w = {exact, types[t], n_out, n_in, rb};
+            for (int k = 0; k < 4; k++) {
+                uint8_t *xq = make_xq(types[t], n_in, n_rows[k], &r, false);
+                float *ya = malloc(sizeof(float) * ys * n_rows[k]);
+                float *yr = malloc(sizeof(float) * ys * n_rows[k]);
+                assert_non_null(ya);
+                assert_non_null(yr);
+                pd_kern_skinny_avx512(&w, 0, n_out, NULL, 0, xq, n_rows[k], ya, ys);
+                pd_kern_skinny_qlanes_ref(&w, 0, n_out, xq, n_rows[k], yr, ys);
+                char what[96];
+                snprintf(what, sizeof what, "scales16 type %d blocks %u rows %u", types[t],
+                         n_blocks[i], n_rows[k]);
+                check_equal(ya, yr, n_rows[k], ys, 0, n_out, what);
+                free(ya);
+                free(yr);
+                free(xq);
+            }
+            free(exact);
+            free(wd);
+        }
+}
+
 static void test_qt_matches_ref(void **state)
 {
     (void)state;
@@ -335,6 +388,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qlanes_ref_is_the_skinny_kernels),
         cmocka_unit_test(test_skinny_far_rows),
+        cmocka_unit_test(test_skinny_scales16),
         cmocka_unit_test(test_qt_matches_ref),
         cmocka_unit_test(test_qt_extremes),
         cmocka_unit_test(test_qt_rows_rule),
