@@ -41,8 +41,11 @@ typedef struct {
                                    a row's result is then bit-identical whatever
                                    else is in the batch (default true) */
     bool batch_invariant_quant; /* the same for quantized weights (default false:
-                                   the int8 kernels are ~10x slower than
-                                   dequantize+sgemm for prefill) */
+                                   32-row chunks through the decode kernels
+                                   (8 float lanes per block) make a prefill
+                                   slower than the integer prefill kernel,
+                                   pd_kern_qg_takes, whose bits differ from
+                                   theirs) */
 } pd_engine_opts_t;
 
 typedef struct pd_engine pd_engine_t;

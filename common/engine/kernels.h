@@ -156,7 +156,8 @@ void pd_kern_qg_ref(const pd_mat_t *w, uint32_t o_begin, uint32_t o_end, const v
  * y (n_rows, w->n_out) = x (n_rows, w->n_in) @ W^T, fp32 out.
  * n_rows <= skinny_max: the skinny kernel, split over the pool by output rows
  * (for quantized weights only up to PD_SKINNY_QUANT_MAX rows: beyond, the
- * integer kernel is slower than dequantize + sgemm).
+ * skinny and qt kernels' 8 float lanes per (o, r) cost more than a whole
+ * block's integer dot and one FMA, which the prefill kernel below does).
  * Otherwise: cblas_sgemm (fp32 weights directly; other types dequantized
  * tile by tile into scratch, then sgemm), or on AVX-512 the tiled kernels
  * (kernels_gemm.h) and, for Q8_0 / Q4_0, the integer prefill kernel
@@ -390,8 +391,10 @@ void pd_kern_fp32_to_fp16_avx2(uint16_t *dst, const float *x, uint32_t n);
 /* Suggested skinny_max for pd_matmul on AVX2 machines (measured with
  * pd-kbench: up to this many rows the skinny kernel beats sgemm). */
 #define PD_SKINNY_DEFAULT_MAX 64
-/* Cap on the skinny path for quantized weights (measured crossover with
- * dequantize + sgemm on the same machine: 32 rows at 4096 x 4096). */
+/* Cap on the skinny path for quantized weights (the crossover measured
+ * with dequantize + sgemm, 32 rows at 4096 x 4096; beyond it Q8_0 / Q4_0
+ * take the integer prefill kernel, pd_kern_qg_takes, and other types the
+ * dequantizing path). */
 #define PD_SKINNY_QUANT_MAX 32
 
 #endif

@@ -60,8 +60,24 @@ const CASES = (process.env.CASES ? JSON.parse(process.env.CASES) : [
 const KV_CASES = process.env.KV_CASES ? JSON.parse(process.env.KV_CASES) : [
   "tiny-llama-spm-f32", "tiny-llama-spm-f16", "tiny-llama-spm-q8_0", "tiny-qwen2-bpe-f32",
 ];
-// [model, number of prompts (0: all), KV cache type]
-const RUNS = [...CASES.map(([n, p]) => [n, p, "f32"]), ...KV_CASES.map((n) => [n, 0, "f16"])];
+// One prompt long enough (over 64 tokens in every tokenizer here) that the
+// prompt is a many-row product: the integer prefill kernel for Q8_0 / Q4_0
+// (more than 32 rows), the tiled F32 kernel (64 rows and more), the
+// dequantizing path for the K-quants; the five prompts above are short and
+// reach only the decode kernels. Every prompt position is compared.
+const LONG_CASES = process.env.LONG_CASES ? JSON.parse(process.env.LONG_CASES) : [
+  "tiny-llama-spm-f32", "tiny-llama-spm-q8_0", "tiny-llama-spm-q4_0", "tiny-qwen2-bpe-q8_0",
+  "llama3-tiny-q8_0", "tiny-k-llama-spm-mix-q4_k_m",
+];
+const LONG_PROMPT =
+  "The lighthouse keeper had kept the same routine for thirty-one years. Every evening at " +
+  "dusk he climbed the one hundred and twelve steps, wound the clockwork, trimmed the wick " +
+  "and wrote three lines in the log: the wind, the sea, and the ships that passed. On the " +
+  "night of the great storm of 1887, the log has a fourth line, in a different hand, and " +
+  "nobody in the village has ever agreed on what it means. It reads:";
+// [model, number of prompts (0: all; -1: the long prompt), KV cache type]
+const RUNS = [...CASES.map(([n, p]) => [n, p, "f32"]), ...KV_CASES.map((n) => [n, 0, "f16"]),
+              ...LONG_CASES.map((n) => [n, -1, "f32"])];
 const PROMPTS = [
   "Once upon a time",
   "The quick brown fox jumps over the lazy dog.",
@@ -170,7 +186,8 @@ function runOurs(model, prompt, kv) {
 async function collect(llama, file, nPrompts, kv) {
   const model = await llama.loadModel({ modelPath: file, gpuLayers: 0 });
   const data = [];
-  for (const prompt of PROMPTS.slice(0, nPrompts || PROMPTS.length)) {
+  const prompts = nPrompts < 0 ? [LONG_PROMPT] : PROMPTS.slice(0, nPrompts || PROMPTS.length);
+  for (const prompt of prompts) {
     const ours = runOurs(file, prompt, kv);
     const refTokens = model.tokenize(prompt, false);
     const withBos = (model.tokens.bos != null && ours.tokens[0] === model.tokens.bos && refTokens[0] !== model.tokens.bos)
@@ -213,7 +230,7 @@ const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLev
 let sample = null;
 for (const [model, nPrompts, kv] of RUNS) {
   const file = path.join(MODELS, `${model}.gguf`);
-  const name = kv === "f32" ? model : `${model} (F16 KV)`;
+  const name = nPrompts < 0 ? `${model} (long prompt)` : kv === "f32" ? model : `${model} (F16 KV)`;
   const { tol: typeTol, maxTies } = tolFor(model);
   const tol = typeTol + (kv === "f32" ? 0 : TOL.kv_types.F16.tolerance);
   let verdicts;
