@@ -67,7 +67,8 @@ const KV_CASES = process.env.KV_CASES ? JSON.parse(process.env.KV_CASES) : [
 // reach only the decode kernels. Every prompt position is compared.
 const LONG_CASES = process.env.LONG_CASES ? JSON.parse(process.env.LONG_CASES) : [
   "tiny-llama-spm-f32", "tiny-llama-spm-q8_0", "tiny-llama-spm-q4_0", "tiny-qwen2-bpe-q8_0",
-  "llama3-tiny-q8_0", "tiny-k-llama-spm-mix-q4_k_m",
+  "tiny-k-llama-spm-mix-q4_k_m",
+  ...["llama3-tiny", "qwen3-tiny", "gemma2-tiny", "gemma3-tiny", "phi3-tiny"].map((a) => `${a}-q8_0`),
 ];
 const LONG_PROMPT =
   "The lighthouse keeper had kept the same routine for thirty-one years. Every evening at " +
@@ -231,7 +232,7 @@ let sample = null;
 for (const [model, nPrompts, kv] of RUNS) {
   const file = path.join(MODELS, `${model}.gguf`);
   const name = nPrompts < 0 ? `${model} (long prompt)` : kv === "f32" ? model : `${model} (F16 KV)`;
-  const { tol: typeTol, maxTies } = tolFor(model);
+  const { tol: typeTol, maxTies } = tolFor(nPrompts < 0 ? name : model);
   const tol = typeTol + (kv === "f32" ? 0 : TOL.kv_types.F16.tolerance);
   let verdicts;
   if (!existsSync(file)) {

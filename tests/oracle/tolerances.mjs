@@ -13,9 +13,10 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const TOL = JSON.parse(readFileSync(path.join(here, "tolerances.json"), "utf8"));
 
-// The tensor type of a test model, from its file name: tiny-llama-spm-q8_0 -> Q8_0.
+// The tensor type of a test model, from its file name: tiny-llama-spm-q8_0 -> Q8_0
+// (a run's " (long prompt)" after the name is not part of it).
 export function typeOf(name) {
-  const t = name.split("-").pop().toUpperCase();
+  const t = name.replace(/ \(.*\)$/, "").split("-").pop().toUpperCase();
   if (!TOL.types[t]) throw new Error(`${name}: tensor type ${t} has no tolerance in tolerances.json`);
   return t;
 }
