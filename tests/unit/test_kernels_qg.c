@@ -20,50 +20,11 @@
 
 #include "engine/kernels.h"
 #include "engine/pool.h"
-
-typedef struct {
-    uint64_t s;
-} rng_t;
-
-static uint32_t rng_u32(rng_t *r)
-{
-    r->s ^= r->s << 13;
-    r->s ^= r->s >> 7;
-    r->s ^= r->s << 17;
-    return (uint32_t)(r->s >> 16);
-}
-
-static float rng_f(rng_t *r)
-{
-    return (float)(rng_u32(r) & 0xffffff) / 8388608.0f - 1.0f;
-}
+#include "qblocks_fixture.h"
 
 static bool have_qg(void)
 {
     return pd_kern_isa() == PD_ISA_AVX512;
-}
-
-static size_t wblk(pd_ggml_type_t t)
-{
-    return t == PD_GGML_TYPE_Q8_0 ? 34 : 18;
-}
-
-/* n_out rows of raw blocks: a finite fp16 scale and random bytes (every
- * int8 weight, -128 included, for Q8_0; every nibble for Q4_0); `extreme`:
- * only the extreme weights (-128 and 127; nibbles 0 and 15). */
-static uint8_t *make_w(pd_ggml_type_t t, uint32_t n_out, uint32_t n_in, rng_t *r, bool extreme)
-{
-    static const uint8_t ext[2][4] = {{0x80, 0x7f, 0x80, 0x7f}, {0x00, 0x0f, 0xf0, 0xff}};
-    uint8_t *w = malloc((size_t)n_in / 32 * wblk(t) * n_out + 1);
-    assert_non_null(w);
-    for (size_t b = 0; b < (size_t)n_out * (n_in / 32); b++) {
-        uint8_t *blk = w + b * wblk(t);
-        const uint16_t d = pd_fp32_to_fp16(rng_f(r) * 0.01f);
-        memcpy(blk, &d, 2);
-        for (size_t j = 2; j < wblk(t); j++)
-            blk[j] = extreme ? ext[t == PD_GGML_TYPE_Q4_0][rng_u32(r) % 4] : (uint8_t)rng_u32(r);
-    }
-    return w;
 }
 
 /* n_rows rows of activations; every third row has one large value (its
