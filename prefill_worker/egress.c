@@ -212,6 +212,9 @@ static int ship(pd_prefill_t *p, pf_task_t *t)
 
 void pf_ship(pd_prefill_t *p, pf_task_t *t)
 {
+    /* kv_transfer_us counts from here, the send of the first block (the
+     * I/O thread starts on it while the later ones are queued), to the ack */
+    const uint64_t t_send_us = pd_now_us();
     int rc;
     if (t->streaming && !t->stream_broken) {
         rc = pf_stream_commit(p, t);
@@ -227,7 +230,7 @@ void pf_ship(pd_prefill_t *p, pf_task_t *t)
     uint64_t now = pf_now_ms(p);
     if (rc == 0) {
         t->st = PT_LEASED;
-        t->t_sent_us = pd_now_us();
+        t->t_sent_us = t_send_us;
         t->lease_deadline_ms = now + p->cfg->worker.lease_ms;
         PD_DEBUG("event=kv_shipped req=%llu epoch=%u blocks=%u to=%s", (unsigned long long)t->req,
                  t->epoch, t->seq.n_blocks, t->decode_id);

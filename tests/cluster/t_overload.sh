@@ -68,7 +68,11 @@ sleep 1
 check "router back to idle (0 active requests)" test "$(status_field 's.active_requests || 0')" = 0
 check_served "a request after the storm is served: pd-run's answer" "The river" -n 8
 r1=$(rss "$ROUTER_PID")
-if [ $((r1 - r0)) -le "$RSS_BUDGET_KB" ]; then
+if [ "$SANITIZER" = asan ]; then
+    # ASan's quarantine keeps freed memory resident by design (as in
+    # t_router_restarts); LeakSanitizer at exit (sanitizer_scan) is the leak check.
+    skip "router RSS flat after the storm (${r0} -> ${r1} kB)" "RSS means nothing under ASan"
+elif [ $((r1 - r0)) -le "$RSS_BUDGET_KB" ]; then
     ok "router RSS flat after the storm (${r0} -> ${r1} kB)"
 else
     not_ok "router RSS flat after the storm" "${r0} -> ${r1} kB, budget +${RSS_BUDGET_KB} kB"
