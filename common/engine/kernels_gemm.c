@@ -177,11 +177,7 @@ static void pack_panel(const gemm_ctx_t *c, const pd_mat_t *w, uint32_t o0, floa
 /* The product of unit u (the one it falls in; 0 with lockstep). */
 static int unit_product(const gemm_ctx_t *c, uint32_t u)
 {
-    int i = 0;
-    if (!c->lockstep)
-        while (u >= c->first_unit[i + 1])
-            i++;
-    return i;
+    return pd_mm_unit_product(c->first_unit, c->lockstep, u);
 }
 
 /* What this task packs after product j of unit u: the next product of the
@@ -286,11 +282,7 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
                              align_up((size_t)n_rows * n_in * sizeof(float), GEMM_ALIGN));
     c.wp_floats = align_up((size_t)PD_GEMM_NO * n_in * sizeof(float), GEMM_ALIGN) / sizeof(float);
     c.deq = c.wp + PD_GEMM_MAX_TASKS * c.wp_floats;
-    c.first_unit[0] = 0;
-    for (int i = 0; i < n_outs; i++) {
-        const uint32_t units = (outs[i].w->n_out + PD_GEMM_NO - 1) / PD_GEMM_NO;
-        c.first_unit[i + 1] = c.first_unit[i] + (lockstep && i > 0 ? 0 : units);
-    }
+    pd_mm_units_init(c.first_unit, outs, n_outs, lockstep, PD_GEMM_NO);
     c.n_units = c.first_unit[n_outs];
     c.fuse = fusable(&c);
     const int n_threads = pd_pool_n_threads(pool);

@@ -148,4 +148,28 @@ void pd_gemm_f32_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, boo
                        const float *x, uint32_t n_rows, void *scratch, pd_mm_epilogue_fn epi,
                        void *epi_ctx);
 
+/* Units of work over several products of one input (pd_gemm_f32_multi,
+ * pd_kern_qg_multi): product i's output rows in units of `rows`, its
+ * units numbered from first[i] (first[n_outs]: the total); in lockstep
+ * every product shares the first's units (the same n_out). */
+static inline void pd_mm_units_init(uint32_t *first, const pd_mm_out_t *outs, int n_outs,
+                                    bool lockstep, uint32_t rows)
+{
+    first[0] = 0;
+    for (int i = 0; i < n_outs; i++) {
+        const uint32_t units = (outs[i].w->n_out + rows - 1) / rows;
+        first[i + 1] = first[i] + (lockstep && i > 0 ? 0 : units);
+    }
+}
+
+/* The product unit u falls in (0 in lockstep). */
+static inline int pd_mm_unit_product(const uint32_t *first, bool lockstep, uint32_t u)
+{
+    int i = 0;
+    if (!lockstep)
+        while (u >= first[i + 1])
+            i++;
+    return i;
+}
+
 #endif

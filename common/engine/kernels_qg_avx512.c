@@ -45,6 +45,8 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/kernels_gemm.h"
+#include "engine/simd_avx512.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define Q8_0_BYTES 34
@@ -168,16 +170,6 @@ static void prepare_task(void *arg, int i, int n)
 
 /* ====== The weights, once per unit ====== */
 
-/* The 32 stored nibbles of a Q4_0 block as bytes, groups 0..7 in order
- * (as kernels_qt_avx512.c's q4_unpack). */
-static ALWAYS_INLINE __m256i q4_unpack(const uint8_t *qs)
-{
-    const __m256i t =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qs));
-    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
-                            _mm256_set1_epi8(0x0f));
-}
-
 /* Rows [o0, o0 + np) of w into the panel wp, unsigned, np rounded up to
  * whole QG_NO with zero rows. */
 static void prepare_panel(const pd_mat_t *w, uint32_t o0, uint32_t np, size_t nb, qg_wblk_t *wp)
@@ -204,7 +196,7 @@ static void prepare_panel(const pd_mat_t *w, uint32_t o0, uint32_t np, size_t nb
                 const __m256i u =
                     q8 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(src + 2)),
                                           _mm256_set1_epi8((char)0x80))
-                       : q4_unpack(src + 2);
+                       : pd_q4_unpack(src + 2);
                 _mm256_storeu_si256((__m256i *)(void *)wq[b].u[o], u);
             }
         }
@@ -314,16 +306,6 @@ static void unit_rows(const qg_ctx_t *c, const pd_mat_t *w, uint32_t o0, uint32_
     }
 }
 
-/* The product of unit u (the one it falls in; 0 with lockstep). */
-static int unit_product(const qg_ctx_t *c, uint32_t u)
-{
-    int i = 0;
-    if (!c->lockstep)
-        while (u >= c->first_unit[i + 1])
-            i++;
-    return i;
-}
-
 static void unit_task(void *arg, int i_task, int n_tasks)
 {
     qg_ctx_t *c = arg;
@@ -332,7 +314,7 @@ static void unit_task(void *arg, int i_task, int n_tasks)
     uint32_t after;
     for (uint32_t u = pd_split_next(&c->split, i_task, &after); u != PD_SPLIT_NONE;
          u = pd_split_next(&c->split, i_task, &after)) {
-        const int i = unit_product(c, u);
+        const int i = pd_mm_unit_product(c->first_unit, c->lockstep, u);
         const uint32_t o0 = (u - c->first_unit[i]) * QG_P;
         const uint32_t n_out = c->outs[i].w->n_out;
         const uint32_t np = n_out - o0 < QG_P ? n_out - o0 : QG_P;
@@ -356,11 +338,7 @@ void pd_kern_qg_multi(pd_pool_t *pool, const pd_mm_out_t *outs, int n_outs, bool
     c.xt = (qg_xblk_t *)(void *)(c.xq + xq_part(w->n_in, n_rows));
     c.wp = (qg_wblk_t *)(void *)((uint8_t *)c.xt + align_up(xt_part(w->n_in, n_rows), QG_ALIGN));
     c.wp_blks = wp_part(w->n_in) / sizeof(qg_wblk_t);
-    c.first_unit[0] = 0;
-    for (int i = 0; i < n_outs; i++) {
-        const uint32_t units = (outs[i].w->n_out + QG_P - 1) / QG_P;
-        c.first_unit[i + 1] = c.first_unit[i] + (lockstep && i > 0 ? 0 : units);
-    }
+    pd_mm_units_init(c.first_unit, outs, n_outs, lockstep, QG_P);
     const int n_threads = pd_pool_n_threads(pool);
     pd_pool_run(n_threads > 1 ? pool : NULL, prepare_task, &c, (int)c.n_groups);
     const uint32_t n_units = c.first_unit[n_outs];

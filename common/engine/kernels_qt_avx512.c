@@ -44,7 +44,7 @@
  * weights' fp16 scales are converted once per panel and K-tile (one
  * gather per row: qt_scales), not per block, row and token group, and a
  * Q4_0 block's nibbles are unpacked with one shift and one mask
- * (q4_unpack).
+ * (pd_q4_unpack, simd_avx512.h).
  *
  * A last group of at most 8 tokens (pd_matmul: a batch of 6..8, or the
  * tail of a larger one) is laid out in "qt8 blocks" instead: two of a token's 8
@@ -64,6 +64,7 @@
 #include <string.h>
 
 #include "engine/kernels.h"
+#include "engine/simd_avx512.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 #define Q8_0_BYTES 34
@@ -165,17 +166,6 @@ void pd_kern_qt_prepare_avx512(pd_ggml_type_t wtype, const void *xq, uint32_t n_
 
 /* ====== The micro-kernel ====== */
 
-/* The 32 stored nibbles of a Q4_0 block as bytes, groups 0..7 in order:
- * the 16 bytes in both halves, the upper half shifted right by 4 (per
- * dword: the bits a byte gets from its neighbour are masked off). */
-static ALWAYS_INLINE __m256i q4_unpack(const uint8_t *qs)
-{
-    const __m256i t =
-        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qs));
-    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
-                            _mm256_set1_epi8(0x0f));
-}
-
 /* acc[o * acc_stride + i] (16 tokens) += blocks [0, nb) of weight rows
  * w + o * rb (o < NO) times the qt blocks xt; `first` starts from 0. */
 static ALWAYS_INLINE void mk_qt(const int NO, const bool q8, const uint8_t *w, size_t rb,
@@ -202,7 +192,7 @@ static ALWAYS_INLINE void mk_qt(const int NO, const bool q8, const uint8_t *w, s
                 _mm256_store_si256((__m256i *)(void *)wu[o],
                                    _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
             } else {
-                _mm256_store_si256((__m256i *)(void *)wu[o], q4_unpack(wb + 2));
+                _mm256_store_si256((__m256i *)(void *)wu[o], pd_q4_unpack(wb + 2));
             }
         }
 #pragma GCC unroll 8
@@ -251,7 +241,7 @@ static ALWAYS_INLINE void mk_qt8(const int NO, const bool q8, const uint8_t *w, 
                 _mm256_store_si256((__m256i *)(void *)wu[o],
                                    _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)));
             } else {
-                _mm256_store_si256((__m256i *)(void *)wu[o], q4_unpack(wb + 2));
+                _mm256_store_si256((__m256i *)(void *)wu[o], pd_q4_unpack(wb + 2));
             }
         }
 #pragma GCC unroll 4

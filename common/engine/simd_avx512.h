@@ -149,4 +149,16 @@ static inline __attribute__((always_inline)) __m512 exp16(__m512 x)
     return _mm512_mask_blend_ps(nan_mask, res, _mm512_set1_ps(NAN));
 }
 
+/* The 32 stored nibbles of a Q4_0 block (qs: its 16 bytes) as bytes,
+ * groups 0..7 in order: the 16 bytes in both halves, the upper half
+ * shifted right by 4 (per dword: the bits a byte gets from its neighbour
+ * are masked off). The qt and qg kernels' unsigned Q4_0 weights. */
+static inline __attribute__((always_inline)) __m256i pd_q4_unpack(const uint8_t *qs)
+{
+    const __m256i t =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)qs));
+    return _mm256_and_si256(_mm256_srlv_epi32(t, _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0)),
+                            _mm256_set1_epi8(0x0f));
+}
+
 #endif
