@@ -46,8 +46,7 @@
  *     thread (pd-kbench --stream-mb 1024, shared machine): Q4_0 2048x2048
  *     11.6 -> 16.0 GB/s, Q8_0 12.8 -> 16.4; no software prefetch measured
  *     12-13, two rows ahead as one, four rows ahead 14-15, T1 as T0 (on
- *     the Xeon). On the
- *     Zen 4 VM, T1 (into L2) beats T0 (5632x2048 streamed, 1 row, best of
+ *     the Xeon). On the Zen 4 VM, T1 (into L2) beats T0 (5632x2048 streamed, 1 row, best of
  *     4 on a shared machine: Q8_0 16.5 -> 22.4 GB/s, Q4_0 16.2 -> 17.8
  *     with the gather-free scales); 1 to 4 rows ahead and T2 measured
  *     within noise of 2 rows, NTA and one prefetch per line of a 16-block
@@ -89,7 +88,8 @@
 #define Q_PF_ROWS_AR 1
 #endif
 /* The micro-kernels bound by their arithmetic, which prefetch with
- * Q_PF_HINT_AR and gather their scales: as main's kernel did. */
+ * Q_PF_HINT_AR and gather their scales, as every micro-kernel did before
+ * the Zen 4 tuning. */
 #define PF_AR(q8, nr) ((q8) ? (nr) == 5 : (nr) == 4)
 #define MAX_NO 8  /* weight rows per micro-kernel: 8, 4 or 1 */
 #define MAX_NR 5  /* activation rows per micro-kernel: 1..5 */
